@@ -1,0 +1,126 @@
+"""MagCache: skip the block stack while the accumulated magnitude error stays small.
+
+Per branch: ratio *= gamma[step]; steps += 1; error += |1 - ratio|; skip (reuse the cached residual) while the
+error is under the threshold and at most K calls in a row were skipped; otherwise compute and reset. The first
+``retention`` fraction of calls is always computed. Family differences (see presets.FamilyRule) reproduce the
+official releases exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from magcache_dist.cache.base import CachePolicy, CacheState, Decision
+from magcache_dist.cache.presets import FamilyRule, get_preset, get_rule
+from magcache_dist.cache.ratios import RatioTable
+
+
+@dataclass
+class MagCacheConfig:
+    thresh: float = 0.12
+    K: int = 2
+    retention: float = 0.2
+
+    def __post_init__(self):
+        if not isinstance(self.thresh, (int, float)) or not math.isfinite(self.thresh) or self.thresh < 0:
+            raise ValueError(f"cache.thresh={self.thresh!r} must be a number >= 0 (published: 0.12 or 0.24)")
+        if isinstance(self.K, bool) or not isinstance(self.K, int) or self.K < 1:
+            raise ValueError(f"cache.K={self.K!r} must be an integer >= 1 (max consecutive skips; published 2-6)")
+        if not isinstance(self.retention, (int, float)) or not 0 <= self.retention < 1:
+            raise ValueError(f"cache.retention={self.retention!r} must be in [0, 1) (fraction always computed; 0.2)")
+
+
+def check_num_steps(num_steps) -> int:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"sampler.num_steps={num_steps!r} must be an integer >= 1")
+    return num_steps
+
+
+class MagCachePolicy(CachePolicy):
+    name = "magcache"
+
+    def __init__(self, table: RatioTable, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int,
+                 branches: list[str], source: str = ""):
+        self.rule, self.cfg, self.table, self.source = rule, cfg, table, source
+        self.num_steps = check_num_steps(num_steps)
+        self.branches = list(branches)
+        missing = [b for b in self.branches if b not in table.ratios]
+        if missing:
+            raise ValueError(f"ratios: the table has branches {table.branches} but sampling runs {self.branches}; "
+                             f"calibrate with the same guidance setting or pick another preset")
+        self.gammas = {b: [g ** rule.ratio_power for g in v] for b, v in table.for_steps(self.num_steps).items()}
+        # Wan counts cond and uncond calls together; the call index of (step, branch) is step*C + branch index.
+        self.calls_per_step = len(self.branches) if rule.calls_per_step > 1 else 1
+        self.retention_calls = rule.retention_calls(self.num_steps, cfg.retention)
+
+    def call_index(self, step: int, branch: str) -> int:
+        return step * self.calls_per_step + (self.branches.index(branch) if self.calls_per_step > 1 else 0)
+
+    def forced(self, step: int) -> bool:
+        if self.rule.forced_grid is None or self.num_steps == 1:
+            return False
+        length, index = self.rule.forced_grid
+        return int(round(step * (length - 1) / (self.num_steps - 1))) == index  # numpy-style half-even
+
+    def gamma(self, state: CacheState, step: int, branch: str) -> float:
+        return self.gammas[branch][step]
+
+    def propose(self, state: CacheState, step: int, branch: str, probe=None) -> Decision:
+        if not 0 <= step < self.num_steps:
+            raise ValueError(f"step {step} outside 0..{self.num_steps - 1}")
+        bs = state[branch]
+        if self.call_index(step, branch) < self.retention_calls:
+            return Decision(True, bs.acc_err, bs.acc_ratio, "retention")
+        ratio = bs.acc_ratio * self.gamma(state, step, branch)
+        steps = bs.acc_steps + 1
+        err = bs.acc_err + (abs(1.0 - ratio) if self.rule.abs_error else 1.0 - ratio)
+        under = err < self.cfg.thresh if self.rule.strict else err <= self.cfg.thresh
+        reset = dict(acc_ratio=1.0, acc_err=0.0, acc_steps=0)
+        if not under:
+            return Decision(True, err, ratio, "threshold", reset)
+        if steps > self.cfg.K:
+            return Decision(True, err, ratio, "max-skips", reset)
+        if self.forced(step):
+            return Decision(True, err, ratio, "forced", reset)
+        if not bs.has_residual:
+            return Decision(True, err, ratio, "no-residual", reset)
+        return Decision(False, err, ratio, "skip", dict(acc_ratio=ratio, acc_err=err, acc_steps=steps))
+
+    def describe(self) -> dict:
+        return dict(policy="magcache", source=self.source, rule=self.rule.name, thresh=self.cfg.thresh,
+                    K=self.cfg.K, retention=self.cfg.retention, retention_calls=self.retention_calls,
+                    num_steps=self.num_steps, calibrated_steps=self.table.num_steps,
+                    ratios_meta=self.table.meta)
+
+
+def build_magcache(preset: str | None, ratios_file: str | None, cfg: MagCacheConfig, num_steps: int,
+                   branches: list[str], rule: str | None = None) -> MagCachePolicy:
+    """A policy from a preset name or a ratio file (a file takes its rule from ``rule``, default wan)."""
+    if preset and ratios_file:
+        raise ValueError("set either cache.preset or cache.ratios_file, not both")
+    if ratios_file:
+        table = RatioTable.load(ratios_file)
+        fam = get_rule(rule or table.meta.get("rule", "wan"))
+        return MagCachePolicy(table, fam, cfg, num_steps, branches, source=f"file:{ratios_file}")
+    if not preset:
+        raise ValueError("cache.preset or cache.ratios_file is required for cache.mode=magcache")
+    p = get_preset(preset)
+    fam = get_rule(rule) if rule else p.rule
+    return MagCachePolicy(p.table, fam, cfg, num_steps, branches, source=f"preset:{preset}")
+
+
+def plan(policy: CachePolicy, num_steps: int, branches: list[str]) -> dict:
+    """Run the decision rule alone (no tensors) and return the schedule."""
+    state = policy.new_state(branches)
+    skipped = {b: [] for b in branches}
+    for step in range(num_steps):
+        for b in branches:
+            d = policy.propose(state, step, b)
+            policy.commit(state, step, b, d)
+            if d.compute:
+                state[b].has_residual = True
+            else:
+                skipped[b].append(step)
+    total = num_steps * len(branches)
+    return dict(num_steps=num_steps, skipped_steps=skipped,
+                computed_calls=total - sum(len(v) for v in skipped.values()), total_calls=total)

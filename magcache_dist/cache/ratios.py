@@ -1,0 +1,122 @@
+"""Magnitude-ratio tables: per CFG branch, one ratio per sampling step, plus how they were measured.
+
+A table is what calibration writes and what a preset holds. ``gamma[branch][s]`` is the mean over tokens of
+|r_s| / |r_{s-1}| for that branch; entry 0 has no predecessor and is the placeholder 1.0.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT = "magcache-ratios/1"
+
+
+def nearest_interp(values, n: int) -> list[float]:
+    """Nearest-neighbour resampling to n entries: target i takes source round_half_even(i*(L-1)/(n-1))."""
+    src = np.asarray(values, dtype=np.float64)
+    if n < 1:
+        raise ValueError(f"num_steps={n} must be >= 1")
+    if n == 1:
+        return [float(src[-1])]
+    idx = np.round(np.arange(n) * ((len(src) - 1) / (n - 1))).astype(int)
+    return [float(v) for v in src[idx]]
+
+
+@dataclass
+class RatioTable:
+    num_steps: int
+    ratios: dict[str, list[float]]  # branch -> [num_steps]
+    std: dict[str, list[float]] = field(default_factory=dict)
+    cos_dist: dict[str, list[float]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # model, resolution, sampler, shift, source ...
+
+    def __post_init__(self):
+        if not self.ratios:
+            raise ValueError("ratios: at least one branch is required")
+        for branch, vals in self.ratios.items():
+            if not isinstance(vals, (list, tuple)) or len(vals) != self.num_steps:
+                got = len(vals) if isinstance(vals, (list, tuple)) else type(vals).__name__
+                raise ValueError(f"ratios.{branch}: expected {self.num_steps} values (num_steps), got {got}")
+            for i, v in enumerate(vals):
+                if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    raise ValueError(f"ratios.{branch}[{i}]={v!r}: magnitude ratios must be finite and > 0")
+
+    @property
+    def branches(self) -> list[str]:
+        return list(self.ratios)
+
+    def for_steps(self, n: int) -> dict[str, list[float]]:
+        """Per-branch ratios resampled to n steps (identity when n == num_steps)."""
+        if n == self.num_steps:
+            return {b: list(v) for b, v in self.ratios.items()}
+        return {b: nearest_interp(v, n) for b, v in self.ratios.items()}
+
+    # ---- files -------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        out = {"format": FORMAT, "num_steps": self.num_steps, "branches": {}, "meta": self.meta}
+        for b in self.ratios:
+            out["branches"][b] = {"ratios": self.ratios[b]}
+            if b in self.std:
+                out["branches"][b]["std"] = self.std[b]
+            if b in self.cos_dist:
+                out["branches"][b]["cos_dist"] = self.cos_dist[b]
+        return out
+
+    def save(self, path: str) -> None:
+        from magcache_dist.io.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "ratios file") -> "RatioTable":
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object")
+        if "mag_ratios" in obj:  # the published layout (see data/published_ratios.json)
+            return cls.from_published(obj, where)
+        if obj.get("format") != FORMAT:
+            raise ValueError(f"{where}: 'format' must be {FORMAT!r} (or a published entry with 'mag_ratios')")
+        try:
+            n = int(obj["num_steps"])
+            branches = obj["branches"]
+            ratios = {b: list(v["ratios"]) for b, v in branches.items()}
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{where}: missing or malformed key {e}; need num_steps and branches.<b>.ratios") from None
+        return cls(num_steps=n, ratios=ratios,
+                   std={b: list(v["std"]) for b, v in branches.items() if "std" in v},
+                   cos_dist={b: list(v["cos_dist"]) for b, v in branches.items() if "cos_dist" in v},
+                   meta=dict(obj.get("meta", {})))
+
+    @classmethod
+    def from_published(cls, entry: dict, where: str) -> "RatioTable":
+        """Published layout: one flat list, interleaved (cond, uncond) or single, with leading 1.0 padding."""
+        raw = [float(v) for v in entry["mag_ratios"]]
+        branches = list(entry.get("branches", ["cond"]))
+        n = int(entry["num_steps"])
+        pad = int(entry.get("padding", 0))
+        if entry.get("interleaved", False):
+            if len(raw) != 2 * n:
+                raise ValueError(f"{where}: interleaved mag_ratios must hold 2*num_steps={2 * n} values, got {len(raw)}")
+            ratios = {branches[0]: raw[0::2], branches[1]: raw[1::2]}
+        else:
+            # Open-Sora's list has no placeholder for step 0 (29 values for 30 steps): add it.
+            missing = n - len(raw)
+            if missing not in (0, 1) or (missing == 1 and pad != 0):
+                raise ValueError(f"{where}: mag_ratios must hold num_steps={n} values, got {len(raw)}")
+            ratios = {branches[0]: [1.0] * missing + raw}
+        meta = {k: v for k, v in entry.items() if k not in ("mag_ratios",)}
+        return cls(num_steps=n, ratios=ratios, meta=meta)
+
+    @classmethod
+    def load(cls, path: str) -> "RatioTable":
+        if not os.path.isfile(path):
+            raise ValueError(f"cache.ratios_file={path!r} does not exist")
+        try:
+            with open(path) as f:
+                obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"cache.ratios_file={path!r} is not valid JSON: {e}") from None
+        return cls.from_json(obj, where=f"cache.ratios_file={path!r}")

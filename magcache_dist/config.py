@@ -1,0 +1,107 @@
+"""Job configuration: OmegaConf YAML + ``key=value`` overrides, validated against a structured schema.
+
+Unknown keys and wrong types are errors naming the key. ``validate_job`` then checks everything that can be
+checked before a process group exists (parallel degrees, cache settings, files), so bad input never reaches a
+collective.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class ModelSection:
+    name: str = "tiny-video"  # a key of models.wan.WAN_CONFIGS
+    ckpt: Optional[str] = None  # weights; None = seeded random init (init_seed); relative paths: project root
+    init_seed: int = 0
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class VideoSection:
+    frames: int = 16
+    height: int = 64
+    width: int = 64
+    fps: int = 8
+
+
+@dataclass
+class SamplerSection:
+    num_steps: int = 20
+    shift: float = 5.0
+    guidance: float = 5.0
+    solver: str = "unipc"
+
+
+@dataclass
+class CacheSection:
+    mode: str = "magcache"  # off | magcache | calibrate
+    preset: Optional[str] = None
+    ratios_file: Optional[str] = None
+    rule: Optional[str] = None  # decision rule for ratios_file (wan, hunyuanvideo, flux, opensora)
+    thresh: float = 0.12
+    K: int = 2
+    retention: float = 0.2
+    consensus_guard: bool = True  # verify with one all-reduce per call that all ranks agree
+    calibration_out: Optional[str] = None  # calibrate mode: where to write the ratio file
+
+
+@dataclass
+class ParallelSection:
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+    cfg_degree: int = 1
+    backend: str = "native"  # native | deepspeed | xfuser
+    timeout_s: float = 600.0  # collective timeout
+
+
+@dataclass
+class JobConfig:
+    prompt: str = "a red circle moves right"
+    negative_prompt: str = ""
+    seed: int = 0
+    output_dir: str = "outputs/demo"
+    save_video: bool = True
+    progress: bool = True
+    model: ModelSection = field(default_factory=ModelSection)
+    video: VideoSection = field(default_factory=VideoSection)
+    sampler: SamplerSection = field(default_factory=SamplerSection)
+    cache: CacheSection = field(default_factory=CacheSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Merge schema defaults, the YAML file and ``key=value`` overrides; raise ValueError naming the key."""
+    try:
+        cfg = OmegaConf.structured(JobConfig)
+        if path is not None:
+            if not os.path.isfile(path):
+                raise ValueError(f"--config {path!r} does not exist")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key=value (e.g. sampler.num_steps=30)")
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        msg = str(e).splitlines()[0]
+        raise ValueError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
+
+
+def resolve_path(p: str | None) -> str | None:
+    if p is None or os.path.isabs(p):
+        return p
+    return p if os.path.exists(p) else os.path.join(PROJECT_ROOT, p)
+
+
+def to_dict(cfg: JobConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))

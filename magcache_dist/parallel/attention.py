@@ -1,0 +1,103 @@
+"""Sequence-parallel attention ops, swapped into the model's ``attn_op`` seams from outside.
+
+q/k/v arrive as this rank's sequence shard [B, L/P, N, Dh]; ``k_lens`` is the global number of real tokens.
+- Ulysses: all-to-all trades heads for sequence, full-sequence attention on N/P heads, all-to-all back.
+- Ring: K/V shards travel around the ring point to point; partial results merge by log-sum-exp.
+- USP: Ulysses inside each ring chunk, ring across chunks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from magcache_dist.parallel.comm import Comm
+from models.attention import key_padding_mask, sdpa
+
+
+def attention_with_lse(q, k, v, k_lens, k_offset: int, q_block: int = 4096):
+    """Exact attention of q over one K/V block plus its log-sum-exp, in fp32.
+
+    q [B, Lq, N, Dh], k/v [B, Lk, N, Dh]; keys at global positions >= k_lens are masked.
+    Returns out [B, Lq, N, Dh] (fp32) and lse [B, N, Lq] (-inf where no key is valid). Queries are processed
+    in blocks of ``q_block`` to bound the score matrix.
+    """
+    scale = q.shape[-1] ** -0.5
+    kh, vh = k.transpose(1, 2).float(), v.transpose(1, 2).float()  # [B, N, Lk, Dh]
+    mask = key_padding_mask(k_lens, k.shape[1], k_offset)  # [B, 1, 1, Lk] or None
+    outs, lses = [], []
+    for q0 in range(0, q.shape[1], q_block):
+        qh = q[:, q0:q0 + q_block].transpose(1, 2).float()
+        s = (qh @ kh.transpose(-1, -2)) * scale  # [B, N, lq, Lk]
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        lse = torch.logsumexp(s, dim=-1)  # [B, N, lq]
+        p = torch.exp(s - lse.unsqueeze(-1)).nan_to_num(0.0)
+        outs.append((p @ vh).transpose(1, 2))
+        lses.append(lse)
+    return torch.cat(outs, 1), torch.cat(lses, -1)
+
+
+def merge_partials(out_a, lse_a, out_b, lse_b):
+    """Combine two partial softmax-attention results over disjoint key sets."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    finite = torch.isfinite(lse)
+    wa = torch.where(finite, torch.exp(lse_a - lse), torch.zeros_like(lse))
+    wb = torch.where(finite, torch.exp(lse_b - lse), torch.zeros_like(lse))
+    w = lambda x: x.transpose(1, 2).unsqueeze(-1)  # [B, N, L] -> [B, L, N, 1]
+    return out_a * w(wa) + out_b * w(wb), lse
+
+
+class RingAttention(nn.Module):
+    """Ring attention over ``comm``: the rank's chunk index is comm.rank, chunk length Lc = q.shape[1]."""
+
+    def __init__(self, comm: Comm):
+        super().__init__()
+        self.comm = comm
+
+    def extra_repr(self):
+        return f"ring_degree={self.comm.size}"
+
+    def forward(self, q, k, v, k_lens=None, base_offset: int = 0):
+        p, r, lc = self.comm.size, self.comm.rank, k.shape[1]
+        kv = torch.stack([k, v])  # travels as one message
+        out = lse = None
+        for s in range(p):
+            src = (r - s) % p  # whose K/V we hold now
+            o, l = attention_with_lse(q, kv[0], kv[1], k_lens, base_offset + src * lc)
+            out, lse = (o, l) if out is None else merge_partials(out, lse, o, l)
+            if s + 1 < p:
+                kv = self.comm.ring_shift(kv)
+        return out.to(q.dtype)
+
+
+def _seq_to_heads(x, comm: Comm):
+    """[B, Ls, N, Dh] sequence shard -> [B, P*Ls, N/P, Dh] full (chunk) sequence on a head slice."""
+    parts = comm.all_to_all(list(x.chunk(comm.size, dim=2)))  # part from rank j: its seq shard, my heads
+    return torch.cat(parts, dim=1)
+
+
+def _heads_to_seq(x, comm: Comm):
+    """Inverse of _seq_to_heads."""
+    parts = comm.all_to_all(list(x.chunk(comm.size, dim=1)))  # part from rank j: my seq shard, its heads
+    return torch.cat(parts, dim=2)
+
+
+class UlyssesAttention(nn.Module):
+    """Ulysses all-to-all around an inner op (local attention, or ring attention for USP)."""
+
+    def __init__(self, comm: Comm, ring: RingAttention | None = None):
+        super().__init__()
+        self.comm, self.ring = comm, ring
+
+    def extra_repr(self):
+        return f"ulysses_degree={self.comm.size}"
+
+    def forward(self, q, k, v, k_lens=None):
+        if q.shape[2] % self.comm.size:
+            raise ValueError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
+        q, k, v = (_seq_to_heads(t, self.comm) for t in (q, k, v))  # [B, P*Ls, N/P, Dh]
+        if self.ring is not None:
+            out = self.ring(q, k, v, k_lens)
+        else:
+            out = sdpa(q, k, v, key_padding_mask(k_lens, k.shape[1]))
+        return _heads_to_seq(out, self.comm)

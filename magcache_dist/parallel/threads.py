@@ -1,0 +1,42 @@
+"""Run one function per simulated rank in threads (single-process mock distribution for tests and laptops)."""
+from __future__ import annotations
+
+import threading
+
+from magcache_dist.parallel.comm import ThreadComm
+from magcache_dist.parallel.dims import ParallelContext
+
+
+def _abort_all(contexts: list[ParallelContext]):
+    for ctx in contexts:
+        for comm in ctx.comms().values():
+            if isinstance(comm, ThreadComm):
+                comm.hub.abort()
+
+
+def run_threads(fn, contexts: list[ParallelContext], timeout: float = 120.0) -> list:
+    """fn(ctx) on every context at once; returns the results in rank order or raises the first rank's error.
+
+    A rank that raises breaks every hub so the other ranks fail fast instead of waiting for it.
+    """
+    results, errors = [None] * len(contexts), [None] * len(contexts)
+
+    def body(i):
+        try:
+            results[i] = fn(contexts[i])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors[i] = e
+            _abort_all(contexts)
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(len(contexts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if any(t.is_alive() for t in threads):
+        _abort_all(contexts)
+        raise TimeoutError(f"simulated ranks did not finish within {timeout}s")
+    primary = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
+    if primary or any(errors):
+        raise (primary or [e for e in errors if e is not None])[0]
+    return results

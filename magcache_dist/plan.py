@@ -1,0 +1,42 @@
+"""Print the MagCache skip schedule of a preset or ratio file as one JSON object.
+
+    python -m magcache_dist.plan --preset wan2.1-t2v-1.3b --steps 50 --thresh 0.12 --K 2 --retention 0.2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, plan
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m magcache_dist.plan", description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset")
+    src.add_argument("--ratios", help="ratio file (calibration output or a published entry)")
+    ap.add_argument("--rule", help="decision rule for --ratios: wan, hunyuanvideo, flux, opensora (default wan)")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--thresh", type=float, required=True)
+    ap.add_argument("--K", type=int, required=True)
+    ap.add_argument("--retention", type=float, required=True)
+    args = ap.parse_args(argv)
+    try:
+        cfg = MagCacheConfig(thresh=args.thresh, K=args.K, retention=args.retention)
+        if args.preset:
+            branches = get_preset(args.preset).table.branches
+        else:
+            from magcache_dist.cache import RatioTable
+            branches = RatioTable.load(args.ratios).branches
+        policy = build_magcache(args.preset, args.ratios, cfg, args.steps, branches, rule=args.rule)
+        out = plan(policy, args.steps, branches)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"preset": args.preset or args.ratios, **out}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

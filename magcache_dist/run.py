@@ -1,0 +1,120 @@
+"""One generation job on one rank: config -> model -> sample -> (rank 0) video + report.
+
+``run_job`` is what launch/generate.py calls under torchrun and what tests call with simulated ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from magcache_dist.cache import plan
+from magcache_dist.cache.magcache import MagCachePolicy
+from magcache_dist.config import JobConfig, to_dict
+from magcache_dist.io.atomic import atomic_path, atomic_write_text
+from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
+from magcache_dist.parallel.apply import apply_sequence_parallel
+from magcache_dist.parallel.dims import ParallelContext
+from magcache_dist.pipeline import build_model, build_policy, encode_texts, make_noise, validate_job
+from magcache_dist.sampling.loop import sample
+
+
+def summarize(decisions_by_rank: list[list[dict]], dims, branches) -> dict:
+    """Per-branch skipped steps (from the first rank of each branch's SP group) and the agreement check."""
+    per_branch, agree = {}, True
+    for rank, decs in enumerate(decisions_by_rank):
+        cfg_idx = rank // dims.sp_degree
+        mine = [branches[cfg_idx]] if dims.cfg_degree == 2 else branches
+        for b in mine:
+            seq = [(d["step"], d["compute"]) for d in decs if d["branch"] == b]
+            if b not in per_branch:
+                per_branch[b] = seq
+            elif per_branch[b] != seq:
+                agree = False
+    skipped = {b: [s for s, c in seq if not c] for b, seq in per_branch.items()}
+    total = sum(len(seq) for seq in per_branch.values())
+    return dict(skipped_steps=skipped, computed_calls=total - sum(len(v) for v in skipped.values()),
+                total_calls=total, decisions_identical_across_ranks=agree)
+
+
+def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
+    """Run the job on this rank; rank 0 writes outputs and returns the report (others return None)."""
+    phases = {}
+    t0 = time.perf_counter()
+    mcfg, dims, scfg = validate_job(cfg, par.world.size)
+    # rank 0's seed and prompts are the job's (identical configs are expected, but a shell can differ per node)
+    seed, prompt, negative = par.world.broadcast_object((cfg.seed, cfg.prompt, cfg.negative_prompt))
+    model, text_encoder = build_model(cfg, device)
+    apply_sequence_parallel(model, par)
+    phases["build"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    branches = scfg.branches
+    texts = {b: v.to(device) for b, v in encode_texts(text_encoder, prompt, negative, branches).items()}
+    noise = make_noise(cfg, mcfg, seed).to(device)
+    phases["encode"] = time.perf_counter() - t
+
+    mine = [branches[par.cfg_rank]] if dims.cfg_degree == 2 else branches
+    policy = build_policy(cfg, scfg, branches=mine,
+                          reduce_sum=lambda x: par.sp.all_reduce(x, "sum"))
+    if isinstance(policy, MagCachePolicy) and dims.cfg_degree == 2:
+        # keep Wan's interleaved call counting identical to the single-process run
+        policy = build_policy(cfg, scfg, branches=branches)
+    progress = None
+    if cfg.progress and par.rank == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=scfg.num_steps, desc="sampling", unit="step")
+    t = time.perf_counter()
+    result = sample(model, noise, texts, scfg, policy, par, guard=cfg.cache.consensus_guard, progress=progress)
+    if progress is not None:
+        progress.close()
+    phases["sample"] = time.perf_counter() - t
+
+    calibration = None
+    if cfg.cache.mode == "calibrate":
+        table = policy.table(result.state, meta=dict(
+            model=cfg.model.name, num_steps=scfg.num_steps, resolution=[cfg.video.frames, cfg.video.height,
+                                                                        cfg.video.width],
+            solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule="wan", sp_degree=dims.sp_degree))
+        calibration = table
+    per_rank = par.world.gather_objects(dict(rank=par.rank, decisions=result.decisions,
+                                             timings=result.timings.as_dict(),
+                                             consensus_reductions=result.extra["consensus_reductions"],
+                                             bytes_sent={k: c.bytes_sent for k, c in par.comms().items()}))
+    if par.rank != 0:
+        return None
+
+    t = time.perf_counter()
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    video_path = os.path.join(cfg.output_dir, "video.mp4")
+    if cfg.save_video:
+        frames = to_frames(result.latents[0].clamp(-1, 1))
+        write_mp4(video_path, frames, cfg.video.fps)
+        write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
+    with atomic_path(os.path.join(cfg.output_dir, "latents.pt")) as tmp:
+        torch.save(result.latents.cpu(), tmp)
+    if calibration is not None:
+        ratios_path = cfg.cache.calibration_out or os.path.join(cfg.output_dir, "ratios.json")
+        calibration.save(ratios_path)
+    phases["write"] = time.perf_counter() - t
+    phases["total"] = time.perf_counter() - t0
+
+    summary = summarize([r["decisions"] for r in per_rank], dims, branches)
+    report = dict(
+        config=to_dict(cfg), world_size=par.world.size,
+        parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
+                      cfg_degree=dims.cfg_degree, backend=cfg.parallel.backend),
+        cache=policy.describe() if hasattr(policy, "describe") else dict(policy=policy.name),
+        **summary,
+        plan=plan(policy, scfg.num_steps, branches) if isinstance(policy, MagCachePolicy) else None,
+        phases_s={k: round(v, 4) for k, v in phases.items()},
+        ranks=per_rank,
+        outputs=dict(video=video_path if cfg.save_video else None,
+                     ratios=(cfg.cache.calibration_out or os.path.join(cfg.output_dir, "ratios.json"))
+                     if calibration is not None else None),
+    )
+    atomic_write_text(os.path.join(cfg.output_dir, "report.json"), json.dumps(report, indent=1, default=str))
+    return report

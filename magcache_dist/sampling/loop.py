@@ -1,0 +1,133 @@
+"""The denoising loop. Every model call goes through ``model_call``: embed -> shard -> cache decision
+(agreed by all ranks) -> block stack or cached residual -> head -> gather. The cache sits at the block-stack
+boundary; the model never sees it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from magcache_dist.cache.base import CachePolicy
+from magcache_dist.parallel.consensus import SkipConsensus
+from magcache_dist.parallel.dims import ParallelContext, solo_context
+from magcache_dist.parallel.shard import Sharder
+from magcache_dist.sampling.schedulers import FlowScheduler
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = 20
+    shift: float = 5.0
+    guidance: float = 5.0
+    solver: str = "unipc"
+
+    def __post_init__(self):
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"sampler.num_steps={self.num_steps!r} must be an integer >= 1")
+        if not self.guidance >= 1.0:
+            raise ValueError(f"sampler.guidance={self.guidance} must be >= 1 (1 disables classifier-free guidance)")
+
+    @property
+    def branches(self) -> list[str]:
+        return ["cond", "uncond"] if self.guidance != 1.0 else ["cond"]
+
+
+@dataclass
+class Timings:
+    blocks: float = 0.0
+    embed_head: float = 0.0
+    cache: float = 0.0
+    consensus: float = 0.0
+    comm_gather: float = 0.0
+    scheduler: float = 0.0
+    total: float = 0.0
+
+    def as_dict(self):
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class SampleResult:
+    latents: torch.Tensor
+    decisions: list[dict]
+    timings: Timings
+    state: object = None
+    extra: dict = field(default_factory=dict)
+
+
+class _Clock:
+    def __init__(self, timings: Timings, key: str):
+        self.t, self.key = timings, key
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        setattr(self.t, self.key, getattr(self.t, self.key) + time.perf_counter() - self.start)
+
+
+def model_call(model, x, t, text, step: int, branch: str, policy: CachePolicy, state, consensus: SkipConsensus,
+               sharder: Sharder, timings: Timings) -> torch.Tensor:
+    """One denoiser evaluation of one CFG branch, consulting the cache with explicit (step, branch)."""
+    with _Clock(timings, "embed_head"):
+        tokens, ctx = model.embed(x, t, text)  # [B, L, D]
+        num_tokens = tokens.shape[1]
+        tokens, ctx, valid = sharder.shard(tokens, ctx)  # [B, L/P, D]
+    with _Clock(timings, "cache"):
+        proposal = policy.propose(state, step, branch, probe=(model, tokens, ctx) if policy.needs_probe else None)
+    with _Clock(timings, "consensus"):
+        decision = consensus.agree(proposal, step, branch)
+    policy.commit(state, step, branch, decision)
+    if decision.compute:
+        with _Clock(timings, "blocks"):
+            out = model.forward_blocks(tokens, ctx)
+        with _Clock(timings, "cache"):
+            policy.store(state, step, branch, tokens, out, valid)
+    else:
+        with _Clock(timings, "cache"):
+            out = tokens + state[branch].residual
+    with _Clock(timings, "embed_head"):
+        y = model.forward_head(out, ctx)  # [B, L/P, C*p]
+    with _Clock(timings, "comm_gather"):
+        y = sharder.gather(y, num_tokens)
+    return model.unpatchify(y, ctx.grid)
+
+
+def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: SamplerConfig, policy: CachePolicy,
+           par: ParallelContext | None = None, guard: bool = True, progress=None, state=None,
+           start_step: int = 0, scheduler: FlowScheduler | None = None, on_step=None) -> SampleResult:
+    """Denoise ``noise`` [B, C, F, H, W] with texts {branch: [B, T, text_dim]}; returns the final latents.
+
+    With cfg_degree 2, this rank computes only its branch and the predictions are exchanged for guidance.
+    ``state``/``start_step``/``scheduler`` allow resuming; ``on_step(step, x, state, scheduler)`` runs after each.
+    """
+    par = par or solo_context()
+    branches = cfg.branches
+    mine = [branches[par.cfg_rank]] if par.dims.cfg_degree == 2 else branches
+    sharder, consensus = Sharder(par.sp), SkipConsensus(par.sp, guard=guard)
+    scheduler = scheduler or FlowScheduler(cfg.solver, cfg.num_steps, cfg.shift)
+    state = state if state is not None else policy.new_state(mine)
+    timings = Timings()
+    x = noise.float()
+    t_start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(start_step, cfg.num_steps):
+            t = scheduler.timesteps[i].float().expand(x.shape[0])
+            preds = {b: model_call(model, x, t, texts[b], i, b, policy, state, consensus, sharder, timings)
+                     for b in mine}
+            if par.dims.cfg_degree == 2:
+                with _Clock(timings, "comm_gather"):
+                    both = par.cfg.all_gather(preds[mine[0]])
+                preds = dict(zip(branches, both))
+            v = preds["cond"] if len(branches) == 1 else preds["uncond"] + cfg.guidance * (preds["cond"] - preds["uncond"])
+            with _Clock(timings, "scheduler"):
+                x = scheduler.step(v, i, x)
+            if on_step is not None:
+                on_step(i, x, state, scheduler)
+            if progress is not None:
+                progress.update(1)
+    timings.total = time.perf_counter() - t_start
+    return SampleResult(latents=x, decisions=state.decisions, timings=timings, state=state,
+                        extra=dict(consensus_reductions=consensus.reductions))

@@ -1,0 +1,114 @@
+"""Weight loading for the Wan DiT: official layout (single or sharded safetensors, .pth) and diffusers layout.
+
+Nothing is unpickled: safetensors, or ``torch.load(weights_only=True)`` for .pth/.pt files.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+
+import torch
+import torch.nn as nn
+
+# official -> diffusers (WanTransformer3DModel) key fragments; applied per key, first match wins
+_DIFFUSERS_RULES = [
+    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
+    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
+    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
+    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
+    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
+    (r"^img_emb\.proj\.0\.", "condition_embedder.image_embedder.norm1."),
+    (r"^img_emb\.proj\.1\.", "condition_embedder.image_embedder.ff.net.0.proj."),
+    (r"^img_emb\.proj\.3\.", "condition_embedder.image_embedder.ff.net.2."),
+    (r"^img_emb\.proj\.4\.", "condition_embedder.image_embedder.norm2."),
+    (r"^head\.modulation$", "scale_shift_table"),
+    (r"^head\.head\.", "proj_out."),
+    (r"^blocks\.(\d+)\.modulation$", r"blocks.\1.scale_shift_table"),
+    (r"^blocks\.(\d+)\.self_attn\.([qkv])\.", r"blocks.\1.attn1.to_\2."),
+    (r"^blocks\.(\d+)\.self_attn\.o\.", r"blocks.\1.attn1.to_out.0."),
+    (r"^blocks\.(\d+)\.self_attn\.norm_([qk])\.", r"blocks.\1.attn1.norm_\2."),
+    (r"^blocks\.(\d+)\.cross_attn\.([qkv])\.", r"blocks.\1.attn2.to_\2."),
+    (r"^blocks\.(\d+)\.cross_attn\.o\.", r"blocks.\1.attn2.to_out.0."),
+    (r"^blocks\.(\d+)\.cross_attn\.norm_([qk])\.", r"blocks.\1.attn2.norm_\2."),
+    (r"^blocks\.(\d+)\.cross_attn\.k_img\.", r"blocks.\1.attn2.add_k_proj."),
+    (r"^blocks\.(\d+)\.cross_attn\.v_img\.", r"blocks.\1.attn2.add_v_proj."),
+    (r"^blocks\.(\d+)\.cross_attn\.norm_k_img\.", r"blocks.\1.attn2.norm_added_k."),
+    (r"^blocks\.(\d+)\.norm3\.", r"blocks.\1.norm2."),  # diffusers' norm2 is the (affine) cross-attn norm
+    (r"^blocks\.(\d+)\.ffn\.0\.", r"blocks.\1.ffn.net.0.proj."),
+    (r"^blocks\.(\d+)\.ffn\.2\.", r"blocks.\1.ffn.net.2."),
+]
+
+
+def official_to_diffusers_key(key: str) -> str:
+    for pat, rep in _DIFFUSERS_RULES:
+        new, n = re.subn(pat, rep, key)
+        if n:
+            return new
+    return key
+
+
+def is_diffusers_layout(keys) -> bool:
+    return any(k.startswith("condition_embedder.") or ".attn1." in k for k in keys)
+
+
+def read_tensors(path: str) -> dict[str, torch.Tensor]:
+    """A .safetensors file, a sharded index json, a directory holding either, or a .pth/.pt file."""
+    if os.path.isdir(path):
+        for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt"):
+            found = sorted(glob.glob(os.path.join(path, pattern)))
+            if found:
+                if pattern == "*.safetensors" and len(found) > 1:
+                    raise ValueError(f"model.ckpt={path!r} holds {len(found)} .safetensors files and no index json")
+                return read_tensors(found[0])
+        raise ValueError(f"model.ckpt={path!r}: no .safetensors, index json or .pth file in that directory")
+    if not os.path.isfile(path):
+        raise ValueError(f"model.ckpt={path!r} does not exist")
+    if path.endswith(".index.json"):
+        with open(path) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"model.ckpt={path!r}: index json has no 'weight_map'")
+        out = {}
+        base = os.path.dirname(path)
+        for shard in sorted(set(weight_map.values())):
+            shard_path = os.path.join(base, shard)
+            if not os.path.isfile(shard_path):
+                raise ValueError(f"model.ckpt={path!r}: shard {shard!r} listed in the index is missing")
+            out.update(read_tensors(shard_path))
+        return out
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # corrupt header / truncated file
+            raise ValueError(f"model.ckpt={path!r} is not a readable safetensors file: {e}") from None
+    if path.endswith((".pth", ".pt", ".bin")):
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"model.ckpt={path!r} could not be read with weights_only=True: {e}") from None
+        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    raise ValueError(f"model.ckpt={path!r}: unknown weight file type (use .safetensors, index json or .pth)")
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
+    """Load with strict key and shape checking; the error lists the missing/unexpected keys."""
+    own = model.state_dict()
+    if prefix:
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if is_diffusers_layout(sd.keys()):
+        inverse = {official_to_diffusers_key(k): k for k in own}
+        sd = {inverse.get(k, k): v for k, v in sd.items()}
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{where}: checkpoint does not match the model: missing keys {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected keys {unexpected[:8]}"
+                         f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)}); check model.name")
+    bad = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if sd[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(f"{where}: shape mismatch for {bad[:4]} (checkpoint vs model); check model.name")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
