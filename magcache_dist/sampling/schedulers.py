@@ -6,6 +6,7 @@ UniPC is diffusers' UniPCMultistepScheduler in flow mode (what diffusers' Wan pi
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 SOLVERS = ("unipc", "euler")
@@ -23,7 +24,8 @@ class FlowScheduler:
         self._unipc = UniPCMultistepScheduler(num_train_timesteps=num_train_timesteps,
                                               prediction_type="flow_prediction", use_flow_sigmas=True,
                                               flow_shift=shift, solver_order=2)
-        self._unipc.set_timesteps(num_steps)
+        # Wan's unshifted grid (diffusers' default grid starts at 1.0 instead of 0.999); diffusers applies the shift
+        self._unipc.set_timesteps(sigmas=np.linspace(1 - 1 / num_train_timesteps, 0, num_steps + 1)[:-1])
         self.sigmas = self._unipc.sigmas.clone().double()  # [N+1], last 0
         self.timesteps = self._unipc.timesteps.clone()  # [N] int64
 
