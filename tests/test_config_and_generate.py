@@ -1,0 +1,105 @@
+"""Config validation (clear errors naming the key) and end-to-end generation through launch/generate.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from magcache_dist.config import load_config
+from magcache_dist.pipeline import validate_job
+from tests.helpers import job_config, job_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _generate(*args, env=None, timeout=180):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch/generate.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("modle.name=tiny", "modle"),  # unknown top-level key
+    ("cache.treshold=0.1", "treshold"),  # unknown nested key
+    ("sampler.num_steps=many", "sampler.num_steps"),  # wrong type
+    ("parallel.ulysses_degree=1.5", "parallel.ulysses_degree"),
+])
+def test_unknown_keys_and_wrong_types_name_the_key(override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        load_config(os.path.join(ROOT, "configs/default.yaml"), [override])
+
+
+@pytest.mark.parametrize("extra,world,msg", [
+    (["parallel.ulysses_degree=2"], 1, r"parallel\.ulysses_degree=2 x ring_degree=1 x cfg_degree=1 = 2 does not match WORLD_SIZE=1"),
+    (["parallel.ulysses_degree=3"], 3, r"ulysses_degree=3 does not divide num_heads=4"),
+    (["parallel.cfg_degree=3"], 3, r"parallel\.cfg_degree=3 must be 1 or 2"),
+    (["parallel.cfg_degree=2", "sampler.guidance=1.0"], 2, r"cfg_degree=2 needs classifier-free guidance"),
+    (["parallel.backend=horovod"], 1, r"parallel\.backend='horovod' is unknown"),
+    (["parallel.backend=xfuser"], 1, r"parallel\.backend=xfuser needs CUDA"),
+    (["cache.mode=fast"], 1, r"cache\.mode='fast' is unknown"),
+    (["cache.preset=wan3"], 1, r"cache\.preset='wan3' is unknown"),
+    (["cache.K=0"], 1, r"cache\.K=0"),
+    (["cache.thresh=-1"], 1, r"cache\.thresh=-1"),
+    (["cache.retention=1.2"], 1, r"cache\.retention=1\.2"),
+    (["sampler.num_steps=0"], 1, r"sampler\.num_steps=0"),
+    (["sampler.solver=ddim"], 1, r"sampler\.solver='ddim'"),
+    (["video.height=30"], 1, r"video\.height=30 must be a positive multiple of the patch size 4"),
+    (["prompt=   "], 1, r"'prompt'"),  # YAML reads blanks as null: a type error naming the key
+    (["model.name=gpt2"], 1, r"model\.name='gpt2' is unknown"),
+    (["model.dtype=int8"], 1, r"model\.dtype='int8'"),
+])
+def test_bad_input_is_rejected_before_any_collective(tiny_ckpt, tmp_path, extra, world, msg):
+    with pytest.raises(ValueError, match=msg):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "out"), *extra), world)
+
+
+def test_blank_prompt(tiny_ckpt, tmp_path):
+    cfg = job_config(tiny_ckpt, str(tmp_path / "o"))
+    cfg.prompt = "  \n"
+    with pytest.raises(ValueError, match="prompt is empty"):
+        validate_job(cfg, 1)
+
+
+def test_missing_checkpoint_and_unwritable_output(tiny_ckpt, tmp_path):
+    with pytest.raises(ValueError, match=r"model\.ckpt='/nonexistent/x\.safetensors' does not exist"):
+        validate_job(job_config("/nonexistent/x.safetensors", str(tmp_path / "o")), 1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="output_dir"):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "file")), 1)
+
+
+def test_generate_rejects_bad_input_with_exit_code_2(tmp_path):
+    p = _generate("--config", "configs/default.yaml", "cache.K=0", f"output_dir={tmp_path}")
+    assert p.returncode == 2 and "cache.K=0" in p.stderr and "Traceback" not in p.stderr
+    p = _generate("--config", "configs/default.yaml", "sampler.stepz=3", f"output_dir={tmp_path}")
+    assert p.returncode == 2 and "stepz" in p.stderr and "Traceback" not in p.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_generate_end_to_end_matches_the_plan_command(tiny_ckpt, tmp_path):
+    out = tmp_path / "run"
+    args = job_overrides(tiny_ckpt, str(out), "save_video=true", "sampler.num_steps=10")
+    p = _generate(*args)
+    assert p.returncode == 0, p.stderr
+    report = json.loads((out / "report.json").read_text())
+    plan = subprocess.run([sys.executable, "-m", "magcache_dist.plan", "--preset", "wan2.1-t2v-1.3b", "--steps", "10",
+                           "--thresh", "0.12", "--K", "2", "--retention", "0.2"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    expect = json.loads(plan.stdout)
+    assert report["skipped_steps"] == expect["skipped_steps"]
+    assert (report["computed_calls"], report["total_calls"]) == (expect["computed_calls"], expect["total_calls"])
+    assert report["computed_calls"] < report["total_calls"]
+    decisions = report["ranks"][0]["decisions"]
+    assert [(d["step"], d["branch"]) for d in decisions] == [(s, b) for s in range(10) for b in ("cond", "uncond")]
+    assert set(report["phases_s"]) >= {"build", "encode", "sample", "write", "total"}
+    assert report["cache"]["source"] == "preset:wan2.1-t2v-1.3b"
+    assert (out / "video.mp4").stat().st_size > 1000 and (out / "frames.png").exists()
+    latents = torch.load(out / "latents.pt", weights_only=True)
+    assert latents.shape == (1, 3, 5, 20, 28) and torch.isfinite(latents).all()
+    assert sorted(os.listdir(out)) == ["frames.png", "latents.pt", "report.json", "video.mp4"]  # no temp files left
+
+
+def test_default_demo_config_validates():
+    cfg = load_config(os.path.join(ROOT, "configs/default.yaml"))
+    validate_job(cfg, 1)
