@@ -1,0 +1,147 @@
+"""Sequence parallelism with simulated ranks (threads in this process, real tensors exchanged): sharding,
+Ulysses / ring / USP attention, CFG parallel and the skip consensus, against the single-process run."""
+import pytest
+import torch
+
+from magcache_dist.cache import MagCacheConfig, build_magcache, plan
+from magcache_dist.cache.calibrate import CalibrationPolicy
+from magcache_dist.parallel import (ParallelDims, SkipDisagreement, apply_sequence_parallel, build_thread_contexts,
+                                    solo_context)
+from magcache_dist.parallel.apply import build_sp_attention
+from magcache_dist.parallel.threads import run_threads
+from magcache_dist.sampling import SamplerConfig, sample
+from models.attention import LocalAttention
+from tests.helpers import tiny_model
+
+STEPS = 8
+CFG = SamplerConfig(num_steps=STEPS)
+TOL = 1e-4  # max abs difference allowed between SP and single-process latents (fp32)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(1, 3, 5, 20, 28, generator=g)  # 175 tokens: not divisible by 2, 3 or 4
+    texts = {"cond": torch.randn(1, 6, 32, generator=g), "uncond": torch.zeros(1, 0, 32)}
+    return noise, texts
+
+
+def _policy(thresh=0.12, branches=None):
+    return build_magcache("wan2.1-t2v-1.3b", None, MagCacheConfig(thresh, 2, 0.2), STEPS, branches or CFG.branches)
+
+
+def _run(dims, policy_for_rank=lambda rank: _policy(), guard=True):
+    noise, texts = _inputs()
+
+    def one(par):
+        model = apply_sequence_parallel(tiny_model(0), par)
+        res = sample(model, noise, texts, CFG, policy_for_rank(par.rank), par, guard=guard)
+        return res.latents, res.decisions
+
+    if dims is None:
+        return [one(solo_context())]
+    return run_threads(one, build_thread_contexts(dims, timeout=60))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _run(None)[0]
+
+
+def test_attention_ops_equal_local_attention_on_uneven_lengths():
+    g = torch.Generator().manual_seed(0)
+    length = 37
+    q, k, v = (torch.randn(2, length, 4, 8, generator=g) for _ in range(3))
+    ref = LocalAttention()(q, k, v, torch.tensor([length, length]))
+    for dims in (ParallelDims(2, 1), ParallelDims(4, 1), ParallelDims(1, 2), ParallelDims(1, 3), ParallelDims(1, 4),
+                 ParallelDims(2, 2)):
+        def shard_and_attend(par):
+            chunk = -(-length // par.sp.size)
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, chunk * par.sp.size - length))
+            lo, hi = par.sp.rank * chunk, (par.sp.rank + 1) * chunk
+            out = build_sp_attention(par)(pad(q)[:, lo:hi], pad(k)[:, lo:hi], pad(v)[:, lo:hi],
+                                          torch.tensor([length, length]))
+            return torch.cat(par.sp.all_gather(out), dim=1)[:, :length]
+        for out in run_threads(shard_and_attend, build_thread_contexts(dims)):
+            assert (out - ref).abs().max() < 1e-5, dims
+
+
+def test_apply_swaps_the_op_and_keeps_the_state_dict():
+    par = build_thread_contexts(ParallelDims(2, 2))[0]
+    m = tiny_model(0)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    apply_sequence_parallel(m, par)
+    assert "UlyssesAttention(\n    ulysses_degree=2" in repr(m) and "RingAttention(ring_degree=2)" in repr(m)
+    assert m.blocks[0].cross_attn.attn_op.__class__.__name__ == "LocalAttention"  # text attention stays local
+    after = m.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("dims", [ParallelDims(2, 1), ParallelDims(4, 1), ParallelDims(1, 2), ParallelDims(1, 4),
+                                  ParallelDims(2, 2), ParallelDims(1, 3), ParallelDims(1, 1, 2), ParallelDims(2, 1, 2)],
+                         ids=lambda d: f"u{d.ulysses_degree}r{d.ring_degree}c{d.cfg_degree}")
+def test_sp_output_and_decisions_equal_single_process(dims, reference):
+    ref_latents, ref_decisions = reference
+    expect = plan(_policy(), STEPS, CFG.branches)["skipped_steps"]
+    assert sum(map(len, expect.values())) > 0  # the run really skips
+    for rank, (latents, decisions) in enumerate(_run(dims)):
+        assert (latents - ref_latents).abs().max() < TOL, rank
+        mine = {b for b in CFG.branches if any(d["branch"] == b for d in decisions)}
+        assert mine == ({CFG.branches[rank // dims.sp_degree]} if dims.cfg_degree == 2 else set(CFG.branches))
+        for b in mine:
+            assert [d["step"] for d in decisions if d["branch"] == b and not d["compute"]] == expect[b]
+            assert [d for d in decisions if d["branch"] == b] == [d for d in ref_decisions if d["branch"] == b]
+
+
+def test_divergent_rank_raises_a_clear_error_on_every_rank():
+    noise, texts = _inputs()
+    outcomes = {}
+
+    def one(par):
+        model = apply_sequence_parallel(tiny_model(0), par)
+        thresh = 0.12 if par.rank != 1 else 0.0  # rank 1 was started with another config
+        try:
+            sample(model, noise, texts, CFG, _policy(thresh), par)
+        except SkipDisagreement as e:
+            outcomes[par.rank] = str(e)
+        return None
+
+    run_threads(one, build_thread_contexts(ParallelDims(2, 1), timeout=30))
+    assert set(outcomes) == {0, 1}
+    assert all("ranks disagree on the cache decision at step" in m for m in outcomes.values())
+    assert len({m.split("(this rank")[0] for m in outcomes.values()}) == 1  # the same verdict everywhere
+
+
+@pytest.mark.parametrize("dims", [ParallelDims(2, 1), ParallelDims(1, 4)], ids=["u2", "r4"])
+def test_calibration_is_identical_across_degrees(dims):
+    noise, texts = _inputs()
+
+    def one(par):
+        model = apply_sequence_parallel(tiny_model(0), par)
+        pol = CalibrationPolicy(STEPS, CFG.branches, reduce_sum=lambda t: par.sp.all_reduce(t, "sum"))
+        res = sample(model, noise, texts, CFG, pol, par)
+        return pol.table(res.state)
+
+    solo = one(solo_context())
+    tables = run_threads(one, build_thread_contexts(dims))
+    for t in tables:
+        for b in CFG.branches:
+            for field in ("ratios", "std", "cos_dist"):
+                a, s = torch.tensor(getattr(t, field)[b]), torch.tensor(getattr(solo, field)[b])
+                assert ((a - s).abs() <= 1e-5 * s.abs().clamp_min(1e-3)).all(), (b, field)
+            assert t.ratios[b] == tables[0].ratios[b]  # bit-identical on every rank
+
+
+def test_dims_validation_messages():
+    with pytest.raises(ValueError, match="parallel.cfg_degree=4 must be 1 or 2"):
+        ParallelDims(1, 1, 4)
+    with pytest.raises(ValueError, match="parallel.ring_degree=0"):
+        ParallelDims(1, 0)
+    d = ParallelDims(8, 1)
+    with pytest.raises(ValueError, match="ulysses_degree=8 does not divide num_heads=12; use a divisor of 12"):
+        d.validate(8, 12, 2)
+    with pytest.raises(ValueError, match="does not match WORLD_SIZE=4"):
+        d.validate(4, 40, 2)
+    d.validate(8, 40, 2)
+    assert ParallelDims(2, 2, 2).group_ranks()["ulysses"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert ParallelDims(2, 2, 2).group_ranks()["ring"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert ParallelDims(2, 2, 2).group_ranks()["cfg"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
