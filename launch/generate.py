@@ -38,6 +38,7 @@ def main(argv=None) -> int:
 
     import torch.distributed as dist
 
+    from magcache_dist.parallel.consensus import SkipDisagreement
     from magcache_dist.parallel.dims import build_dist_context, solo_context
     from magcache_dist.run import run_job
 
@@ -70,6 +71,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         return 2
+    except SkipDisagreement as e:
+        print(f"[rank {rank}] error: {e}", file=sys.stderr)
+        return 3
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
