@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -42,7 +42,7 @@ class SamplerSection:
 
 @dataclass
 class CacheSection:
-    mode: str = "magcache"  # off | magcache | calibrate
+    mode: str = "magcache"  # off | magcache | calibrate | teacache
     preset: Optional[str] = None
     ratios_file: Optional[str] = None
     rule: Optional[str] = None  # decision rule for ratios_file (wan, hunyuanvideo, flux, opensora)
@@ -51,6 +51,9 @@ class CacheSection:
     retention: float = 0.2
     consensus_guard: bool = True  # verify with one all-reduce per call that all ranks agree
     calibration_out: Optional[str] = None  # calibrate mode: where to write the ratio file
+    teacache_thresh: float = 0.1  # teacache mode: threshold on the accumulated rescaled rel-L1 change
+    teacache_coefficients: Optional[List[float]] = None  # teacache mode: polynomial (highest degree first);
+    # None = the coefficients fitted for model.name (magcache_dist/cache/data/<model>-teacache.json)
 
 
 @dataclass

@@ -1,4 +1,10 @@
-"""From a validated JobConfig to the pieces the sampler needs: model, text encoder, cache policy, noise."""
+"""From a validated JobConfig to the pieces the sampler needs: model, text encoder, cache policy, noise, decode.
+
+Model families plug in through ``register_family``: a ``ModelFamily`` validates its part of the config before any
+collective, builds the denoiser (with the ``embed`` / ``forward_blocks`` / ``forward_head`` / ``unpatchify`` seams)
+and its conditioning, makes the noise and decodes latents to pixels. The sampler, cache and parallel code are
+shared by all families.
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +13,7 @@ import torch
 
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names
 from magcache_dist.cache.calibrate import CalibrationPolicy
+from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.config import JobConfig, resolve_path
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
@@ -16,11 +23,48 @@ from models.loading import load_state_dict_strict, read_tensors
 from models.tiny_text import TinyTextEncoder
 from models.wan import WAN_CONFIGS, WanConfig, WanModel, get_config
 
-CACHE_MODES = ("off", "magcache", "calibrate")
+CACHE_MODES = ("off", "magcache", "calibrate", "teacache")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TEXT_ENCODER_PREFIX = "text_encoder."
-# models whose text encoder ships with this project (the tiny word encoder); the rest need issue-6 encoders
-_TINY_TEXT = {"tiny", "tiny-video"}
+
+
+class ModelFamily:
+    """How one family of models is validated, built, conditioned and decoded (see TinyVideoFamily)."""
+
+    def validate(self, cfg: JobConfig) -> None:
+        """Family-specific checks (geometry, files) before any collective; raise ValueError naming the key."""
+
+    def num_heads(self, cfg: JobConfig) -> int:
+        return get_config(cfg.model.name).num_heads
+
+    def build(self, cfg: JobConfig, device) -> tuple[torch.nn.Module, object]:
+        """(denoiser with the sampler seams, conditioning encoder)."""
+        raise NotImplementedError
+
+    def encode(self, encoder, cfg: JobConfig, prompt: str, negative: str, branches) -> dict:
+        """{branch: conditioning passed as-is to model.embed}."""
+        raise NotImplementedError
+
+    def make_noise(self, cfg: JobConfig, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, H, W] latents -> [B, 3, F', H', W'] video in [-1, 1]."""
+        raise NotImplementedError
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(names, family: ModelFamily) -> None:
+    for n in names:
+        _FAMILIES[n] = family
+
+
+def get_family(name: str) -> ModelFamily:
+    if name not in _FAMILIES:
+        raise ValueError(f"model.name={name!r} has no pipeline; choose one of {sorted(_FAMILIES)}")
+    return _FAMILIES[name]
 
 
 def sampler_config(cfg: JobConfig) -> SamplerConfig:
@@ -34,36 +78,33 @@ def sampler_config(cfg: JobConfig) -> SamplerConfig:
 
 def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDims, SamplerConfig]:
     """Everything checkable before a process group exists. Raises ValueError naming the key and the fix."""
-    if cfg.model.name not in WAN_CONFIGS:
-        raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {sorted(WAN_CONFIGS)}")
-    if cfg.model.name not in _TINY_TEXT:
-        raise ValueError(f"model.name={cfg.model.name!r}: its umT5 text encoder and VAE are not wired into this "
-                         f"pipeline yet; use model.name=tiny-video (the embedded model) or tiny")
-    mcfg = get_config(cfg.model.name)
+    if cfg.model.name not in _FAMILIES:
+        known = sorted(set(_FAMILIES) | set(WAN_CONFIGS))
+        if cfg.model.name in WAN_CONFIGS:
+            raise ValueError(f"model.name={cfg.model.name!r}: its text encoder and VAE are not wired into a pipeline "
+                             f"yet; use model.name=tiny-video (the embedded model) or tiny")
+        raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {known}")
+    family = get_family(cfg.model.name)
+    mcfg = get_config(cfg.model.name) if cfg.model.name in WAN_CONFIGS else None
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPES)}")
-    if cfg.model.ckpt is not None and not os.path.exists(resolve_path(cfg.model.ckpt)):
-        raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist (relative paths are taken from the project "
-                         f"root); set model.ckpt=null for seeded random weights")
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
         raise ValueError("prompt is empty; pass prompt=\"a red circle moves right\"")
+    family.validate(cfg)
     v = cfg.video
-    pf, ph, pw = mcfg.patch_size
-    for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph), ("video.width", v.width, pw)):
-        if val < 1 or val % p:
-            raise ValueError(f"{key}={val} must be a positive multiple of the patch size {p} of model {cfg.model.name}")
     if v.fps < 1:
         raise ValueError(f"video.fps={v.fps} must be >= 1")
     scfg = sampler_config(cfg)
     dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
-    dims.validate(world_size, mcfg.num_heads, len(scfg.branches))
+    num_heads = family.num_heads(cfg)
+    dims.validate(world_size, num_heads, len(scfg.branches))
     check_backend(cfg.parallel.backend)
     if cfg.parallel.timeout_s <= 0:
         raise ValueError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
     if cfg.cache.mode not in CACHE_MODES:
         raise ValueError(f"cache.mode={cfg.cache.mode!r} is unknown; choose one of {CACHE_MODES}")
-    if cfg.cache.mode == "magcache":
-        build_policy(cfg, scfg)  # resolves preset / ratio file and checks thresh, K, retention, branches
+    if cfg.cache.mode in ("magcache", "teacache"):
+        build_policy(cfg, scfg)  # resolves preset / ratio file / coefficients and checks the thresholds
     out = os.path.abspath(cfg.output_dir)
     probe = out
     while not os.path.exists(probe):
@@ -85,6 +126,9 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
         return NoCache()
     if c.mode == "calibrate":
         return CalibrationPolicy(scfg.num_steps, branches, reduce_sum=reduce_sum)
+    if c.mode == "teacache":
+        return build_teacache(cfg.model.name, c.teacache_thresh, scfg.num_steps, branches,
+                              coefficients=c.teacache_coefficients, reduce_sum=reduce_sum)
     preset = c.preset
     if preset is None and c.ratios_file is None:
         preset = default_preset(cfg.model.name)
@@ -95,7 +139,12 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
                           scfg.num_steps, branches, rule=c.rule)
 
 
-def build_model(cfg: JobConfig, device="cpu") -> tuple[WanModel, TinyTextEncoder]:
+def build_model(cfg: JobConfig, device="cpu"):
+    """(denoiser, conditioning encoder) for the configured model family."""
+    return get_family(cfg.model.name).build(cfg, device)
+
+
+def _build_tiny(cfg: JobConfig, device="cpu") -> tuple[WanModel, TinyTextEncoder]:
     mcfg = get_config(cfg.model.name)
     torch.manual_seed(cfg.model.init_seed)
     model = WanModel(mcfg)
@@ -113,11 +162,14 @@ def build_model(cfg: JobConfig, device="cpu") -> tuple[WanModel, TinyTextEncoder
     return model, text.to(device).eval()
 
 
-def make_noise(cfg: JobConfig, mcfg: WanConfig, seed: int) -> torch.Tensor:
-    """[1, C, F, H, W] float32 from a CPU generator: identical on every rank and device."""
-    g = torch.Generator("cpu").manual_seed(seed)
-    v = cfg.video
-    return torch.randn(1, mcfg.in_dim, v.frames, v.height, v.width, generator=g, dtype=torch.float32)
+def make_noise(cfg: JobConfig, mcfg: WanConfig | None, seed: int) -> torch.Tensor:
+    """Initial noise of the configured family (``mcfg`` is ignored; kept for callers of the first API)."""
+    return get_family(cfg.model.name).make_noise(cfg, seed)
+
+
+def seeded_noise(shape, seed: int) -> torch.Tensor:
+    """float32 noise from a CPU generator: identical on every rank and device."""
+    return torch.randn(*shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
 def encode_texts(text_encoder, prompt: str, negative: str, branches) -> dict[str, torch.Tensor]:
@@ -126,3 +178,36 @@ def encode_texts(text_encoder, prompt: str, negative: str, branches) -> dict[str
         if "uncond" in branches:
             out["uncond"] = text_encoder.encode([negative])
     return out
+
+
+class TinyVideoFamily(ModelFamily):
+    """The embedded pixel-space models (``tiny``, ``tiny-video``): tiny word encoder, identity 'VAE'."""
+
+    def validate(self, cfg: JobConfig) -> None:
+        mcfg = get_config(cfg.model.name)
+        if cfg.model.ckpt is not None and not os.path.exists(resolve_path(cfg.model.ckpt)):
+            raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist (relative paths are taken from the "
+                             f"project root); set model.ckpt=null for seeded random weights")
+        v = cfg.video
+        pf, ph, pw = mcfg.patch_size
+        for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph),
+                            ("video.width", v.width, pw)):
+            if val < 1 or val % p:
+                raise ValueError(f"{key}={val} must be a positive multiple of the patch size {p} of model "
+                                 f"{cfg.model.name}")
+
+    def build(self, cfg, device):
+        return _build_tiny(cfg, device)
+
+    def encode(self, encoder, cfg, prompt, negative, branches):
+        return encode_texts(encoder, prompt, negative, branches)
+
+    def make_noise(self, cfg, seed):
+        v = cfg.video
+        return seeded_noise((1, get_config(cfg.model.name).in_dim, v.frames, v.height, v.width), seed)
+
+    def decode(self, latents):
+        return latents.clamp(-1, 1)  # pixel space
+
+
+register_family(["tiny", "tiny-video"], TinyVideoFamily())

@@ -17,7 +17,7 @@ from magcache_dist.io.atomic import atomic_path, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
 from magcache_dist.parallel.apply import apply_sequence_parallel
 from magcache_dist.parallel.dims import ParallelContext
-from magcache_dist.pipeline import build_model, build_policy, encode_texts, make_noise, validate_job
+from magcache_dist.pipeline import build_policy, get_family, validate_job
 from magcache_dist.sampling.loop import sample
 
 
@@ -46,14 +46,16 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     mcfg, dims, scfg = validate_job(cfg, par.world.size)
     # rank 0's seed and prompts are the job's (identical configs are expected, but a shell can differ per node)
     seed, prompt, negative = par.world.broadcast_object((cfg.seed, cfg.prompt, cfg.negative_prompt))
-    model, text_encoder = build_model(cfg, device)
+    family = get_family(cfg.model.name)
+    model, encoder = family.build(cfg, device)
     apply_sequence_parallel(model, par)
     phases["build"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     branches = scfg.branches
-    texts = {b: v.to(device) for b, v in encode_texts(text_encoder, prompt, negative, branches).items()}
-    noise = make_noise(cfg, mcfg, seed).to(device)
+    conds = family.encode(encoder, cfg, prompt, negative, branches)
+    conds = {b: (v.to(device) if torch.is_tensor(v) else v) for b, v in conds.items()}
+    noise = family.make_noise(cfg, seed).to(device)
     phases["encode"] = time.perf_counter() - t
 
     mine = [branches[par.cfg_rank]] if dims.cfg_degree == 2 else branches
@@ -68,7 +70,7 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
 
         progress = tqdm(total=scfg.num_steps, desc="sampling", unit="step")
     t = time.perf_counter()
-    result = sample(model, noise, texts, scfg, policy, par, guard=cfg.cache.consensus_guard, progress=progress)
+    result = sample(model, noise, conds, scfg, policy, par, guard=cfg.cache.consensus_guard, progress=progress)
     if progress is not None:
         progress.close()
     phases["sample"] = time.perf_counter() - t
@@ -91,7 +93,7 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     os.makedirs(cfg.output_dir, exist_ok=True)
     video_path = os.path.join(cfg.output_dir, "video.mp4")
     if cfg.save_video:
-        frames = to_frames(result.latents[0].clamp(-1, 1))
+        frames = to_frames(family.decode(result.latents)[0])
         write_mp4(video_path, frames, cfg.video.fps)
         write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
     with atomic_path(os.path.join(cfg.output_dir, "latents.pt")) as tmp:
