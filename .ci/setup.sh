@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs the pinned CPU stack. Idempotent; used by the README commands and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# DS_BUILD_OPS=0: deepspeed installs without compiling its CUDA ops (we use only its Ulysses layer)
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -r .ci/requirements-cpu.txt
