@@ -1,0 +1,44 @@
+"""Shared by the benchmark scripts: build the shipped job once, then sample many (prompt, seed, policy) runs."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from magcache_dist.config import JobConfig, load_config  # noqa: E402
+from magcache_dist.pipeline import (build_model, encode_texts, make_noise, sampler_config,  # noqa: E402
+                                    validate_job)
+from magcache_dist.sampling.loop import SampleResult, SamplerConfig, sample  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")
+
+
+@dataclass
+class Job:
+    cfg: JobConfig
+    scfg: SamplerConfig
+    model: torch.nn.Module
+    text: torch.nn.Module
+
+    def run(self, policy, prompt: str, seed: int) -> tuple[torch.Tensor, SampleResult, float]:
+        """(video [3, F, H, W] clamped to [-1, 1], result, sampling wall seconds)."""
+        mcfg = self.model.cfg
+        texts = encode_texts(self.text, prompt, self.cfg.negative_prompt, self.scfg.branches)
+        noise = make_noise(self.cfg, mcfg, seed)
+        t = time.perf_counter()
+        result = sample(self.model, noise, texts, self.scfg, policy)
+        wall = time.perf_counter() - t
+        return result.latents[0].clamp(-1, 1), result, wall
+
+
+def build_job(overrides: list[str] | None = None, config: str = DEFAULT_CONFIG) -> Job:
+    cfg = load_config(config, list(overrides or []) + ["cache.mode='off'"])
+    validate_job(cfg, 1)
+    model, text = build_model(cfg)
+    return Job(cfg, sampler_config(cfg), model, text)

@@ -1,0 +1,270 @@
+"""Quality versus speed of MagCache and TeaCache against full sampling on the shipped tiny-video model.
+
+    python benchmarks/quality.py                      # ~5-10 min on 2 shared cores
+    python benchmarks/quality.py --table-only         # regenerate benchmarks/README.md from the JSON
+
+For each fixed (prompt, seed) pair: a full run (every call computed), MagCache at several (thresh, K) and
+TeaCache at several thresholds, all in one process on the same model. Per run: computed / total block-stack
+calls, sampling wall time (best of ``--repeats``) and the speedup against the full run of the same pair, PSNR
+and SSIM of the video against the full run's. LPIPS is not computed: it needs a pretrained backbone (AlexNet/VGG)
+that cannot be downloaded here and none is available locally.
+
+Writes benchmarks/results/quality.json, benchmarks/results/quality.png and the table in benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import ROOT, build_job  # noqa: E402
+
+from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
+from magcache_dist.cache.teacache import build_teacache  # noqa: E402
+
+PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs overlap
+    ("a small red circle moves right", 11),
+    ("a big blue square moves left", 12),
+    ("a small green triangle moves up", 13),
+    ("a big yellow circle moves down", 14),
+    ("a small white square bounces", 15),
+    ("a cyan circle grows", 16),
+    ("a magenta triangle shrinks", 17),
+    ("a big orange triangle moves right", 18),
+]
+MAGCACHE = [(0.06, 2), (0.12, 2), (0.12, 4), (0.24, 4), (0.24, 6), (0.5, 8)]  # (thresh, K), retention 0.2
+TEACACHE = [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2]
+PSNR_CAP = 100.0  # identical videos (PSNR = inf) are counted as this
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+README = os.path.join(ROOT, "benchmarks", "README.md")
+BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Videos in [-1, 1]; PSNR over all pixels with data range 1 (after mapping to [0, 1])."""
+    mse = float(((a.double() - b.double()) / 2).pow(2).mean())
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(1.0 / mse))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM (Wang et al. 2004: Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03) over frames and channels.
+
+    a, b: [C, F, H, W] in [-1, 1], mapped to [0, 1]; valid (unpadded) windows only.
+    """
+    x = ((a.double() + 1) / 2).permute(1, 0, 2, 3).reshape(-1, 1, *a.shape[2:])  # [F*C, 1, H, W]
+    y = ((b.double() + 1) / 2).permute(1, 0, 2, 3).reshape(-1, 1, *b.shape[2:])
+    r = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    g = torch.exp(-r * r / (2 * sigma * sigma))
+    g = (g / g.sum())
+    k = (g[:, None] * g[None, :])[None, None]  # [1, 1, win, win]
+    mu_x, mu_y = F.conv2d(x, k), F.conv2d(y, k)
+    sxx = F.conv2d(x * x, k) - mu_x ** 2
+    syy = F.conv2d(y * y, k) - mu_y ** 2
+    sxy = F.conv2d(x * y, k) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+def timed(job, policy_fn, prompt, seed, repeats):
+    """(video, computed calls, total calls, best wall seconds) over ``repeats`` identical runs."""
+    best, video, result = math.inf, None, None
+    for _ in range(repeats):
+        video, result, wall = job.run(policy_fn(), prompt, seed)
+        best = min(best, wall)
+    computed = sum(1 for d in result.decisions if d["compute"])
+    return video, computed, len(result.decisions), best, result.timings.as_dict()
+
+
+def run_benchmark(args) -> dict:
+    torch.set_num_threads(args.threads)
+    job = build_job(args.overrides)
+    n, branches = job.scfg.num_steps, job.scfg.branches
+    methods = [("full", None, lambda: NoCache())]
+    for thresh, k in MAGCACHE:
+        methods.append((f"magcache t={thresh} K={k}", dict(method="magcache", thresh=thresh, K=k, retention=0.2),
+                        lambda t=thresh, kk=k: build_magcache(None if args.ratios else args.preset, args.ratios,
+                                                              MagCacheConfig(t, kk, 0.2), n, branches)))
+    coefficients = None
+    if args.teacache_file:
+        with open(args.teacache_file) as f:
+            coefficients = json.load(f)["coefficients"]
+    for thresh in TEACACHE:
+        methods.append((f"teacache t={thresh}", dict(method="teacache", thresh=thresh),
+                        lambda t=thresh: build_teacache(job.cfg.model.name, t, n, branches, coefficients)))
+    pairs = PAIRS[: args.pairs]
+    job.run(NoCache(), pairs[0][0], pairs[0][1])  # warm-up (allocator, scheduler import)
+    runs = []
+    t_start = time.perf_counter()
+    for prompt, seed in pairs:
+        ref, _, total_ref, wall_ref, _ = timed(job, methods[0][2], prompt, seed, args.repeats)
+        runs.append(dict(method="full", label="full", prompt=prompt, seed=seed, computed_calls=total_ref,
+                         total_calls=total_ref, wall_s=wall_ref, speedup=1.0, psnr=PSNR_CAP, ssim=1.0))
+        for label, params, fn in methods[1:]:
+            video, computed, total, wall, timings = timed(job, fn, prompt, seed, args.repeats)
+            runs.append(dict(**params, label=label, prompt=prompt, seed=seed, computed_calls=computed,
+                             total_calls=total, wall_s=wall, speedup=wall_ref / wall, psnr=psnr(video, ref),
+                             ssim=ssim(video, ref), cache_s=timings["cache"]))
+        print(f"{prompt!r} seed {seed}: done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+    summary = []
+    for label, params, _ in methods:
+        rs = [r for r in runs if r["label"] == label]
+        comp, tot = sum(r["computed_calls"] for r in rs), sum(r["total_calls"] for r in rs)
+        wall = sum(r["wall_s"] for r in rs)
+        wall_full = sum(r["wall_s"] for r in runs if r["method"] == "full")
+        summary.append(dict(label=label, **(params or dict(method="full")),
+                            computed_calls=comp, total_calls=tot, call_reduction=tot / comp,
+                            wall_speedup=wall_full / wall, speedup_over_call_reduction=(wall_full / wall) / (tot / comp),
+                            psnr=float(np.mean([r["psnr"] for r in rs])), psnr_min=float(min(r["psnr"] for r in rs)),
+                            ssim=float(np.mean([r["ssim"] for r in rs])), num_pairs=len(rs)))
+    return dict(
+        model=job.cfg.model.name, ckpt=job.cfg.model.ckpt, magcache_preset=args.ratios or args.preset,
+        video=dict(frames=job.cfg.video.frames, height=job.cfg.video.height, width=job.cfg.video.width),
+        sampler=dict(num_steps=n, shift=job.scfg.shift, guidance=job.scfg.guidance, solver=job.scfg.solver),
+        threads=args.threads, repeats=args.repeats, machine=platform.processor() or platform.machine(),
+        psnr_cap=PSNR_CAP, lpips="not computed: no pretrained backbone can be downloaded here",
+        pairs=[dict(prompt=p, seed=s) for p, s in pairs], summary=summary, runs=runs,
+        targets=targets(summary), benchmark_wall_s=round(time.perf_counter() - t_start, 1))
+
+
+def _interp(xs, ys, x):
+    """Linear interpolation of y at x along a curve sorted by x; None outside its range."""
+    pts = sorted(zip(xs, ys))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def targets(summary: list[dict]) -> dict:
+    mag = [s for s in summary if s["method"] == "magcache"]
+    tea = [s for s in summary if s["method"] == "teacache"]
+    a = [dict(label=s["label"], call_reduction=round(s["call_reduction"], 3), wall_speedup=round(s["wall_speedup"], 3),
+              ratio=round(s["speedup_over_call_reduction"], 3), met=s["speedup_over_call_reduction"] >= 0.95)
+         for s in mag]
+    b = []
+    for s in mag:
+        if s["call_reduction"] < 2.5:
+            continue
+        tp = _interp([t["call_reduction"] for t in tea], [t["psnr"] for t in tea], s["call_reduction"])
+        b.append(dict(label=s["label"], call_reduction=round(s["call_reduction"], 3), magcache_psnr=round(s["psnr"], 2),
+                      teacache_psnr_at_same_calls=None if tp is None else round(tp, 2),
+                      margin_db=None if tp is None else round(s["psnr"] - tp, 2),
+                      met=None if tp is None else s["psnr"] >= tp + 3.0))
+    return dict(a_wall_speedup_ge_095_call_reduction=a, b_psnr_margin_ge_3db_at_ge_2_5x=b)
+
+
+def plot(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for method, colour in (("magcache", "tab:blue"), ("teacache", "tab:orange")):
+        pts = sorted((s for s in res["summary"] if s["method"] == method), key=lambda s: s["call_reduction"])
+        for ax, xkey, ykey in ((axes[0], "wall_speedup", "psnr"), (axes[1], "call_reduction", "psnr"),
+                               (axes[2], "wall_speedup", "ssim")):
+            ax.plot([s[xkey] for s in pts], [s[ykey] for s in pts], "o-", color=colour, label=method)
+            for s in pts:
+                tag = f"{s['thresh']}/{s['K']}" if method == "magcache" else f"{s['thresh']}"
+                ax.annotate(tag, (s[xkey], s[ykey]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axes[0].set(xlabel="wall-time speedup vs full", ylabel="PSNR vs full (dB)", title="PSNR vs wall speedup")
+    axes[1].set(xlabel="total / computed block-stack calls", ylabel="PSNR vs full (dB)", title="PSNR vs call reduction")
+    axes[2].set(xlabel="wall-time speedup vs full", ylabel="SSIM vs full", title="SSIM vs wall speedup")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{res['model']}: {len(res['pairs'])} (prompt, seed) pairs, {res['sampler']['num_steps']} steps, "
+                 f"CFG {res['sampler']['guidance']} (labels: thresh/K, thresh)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(res: dict) -> str:
+    s = res["sampler"]
+    lines = [BEGIN, "",
+             f"Model `{res['model']}` ({res['ckpt']}), {res['video']['frames']}x{res['video']['height']}x"
+             f"{res['video']['width']}, {s['num_steps']} steps {s['solver']}, shift {s['shift']}, CFG {s['guidance']}; "
+             f"{len(res['pairs'])} (prompt, seed) pairs; {res['threads']} thread(s), best of {res['repeats']}; "
+             f"MagCache retention 0.2, preset `{res['magcache_preset']}`. PSNR/SSIM are means over pairs against the "
+             f"full run (identical videos count as {res['psnr_cap']:.0f} dB). LPIPS: {res['lpips']}.", "",
+             "| method | computed / total calls | call reduction | wall speedup | speedup / call reduction | "
+             "PSNR (dB) | min PSNR | SSIM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["summary"]:
+        lines.append(f"| {r['label']} | {r['computed_calls']} / {r['total_calls']} | {r['call_reduction']:.2f}x | "
+                     f"{r['wall_speedup']:.2f}x | {r['speedup_over_call_reduction']:.3f} | {r['psnr']:.2f} | "
+                     f"{r['psnr_min']:.2f} | {r['ssim']:.4f} |")
+    t = res["targets"]
+    lines += ["", "Target (a), MagCache wall speedup >= 0.95 x call reduction: " +
+              ", ".join(f"{x['label']}: {x['ratio']:.3f} ({'met' if x['met'] else 'not met'})"
+                        for x in t["a_wall_speedup_ge_095_call_reduction"]) + ".", ""]
+    if t["b_psnr_margin_ge_3db_at_ge_2_5x"]:
+        lines.append("Target (b), at >= 2.5x fewer calls MagCache PSNR >= TeaCache PSNR (interpolated at the same call "
+                     "reduction) + 3 dB: " + ", ".join(
+                         f"{x['label']} at {x['call_reduction']:.2f}x: {x['magcache_psnr']:.2f} vs "
+                         f"{x['teacache_psnr_at_same_calls']} dB (margin {x['margin_db']} dB, "
+                         f"{'met' if x['met'] else 'not met' if x['met'] is not None else 'TeaCache curve does not reach it'})"
+                         for x in t["b_psnr_margin_ge_3db_at_ge_2_5x"]) + ".")
+    else:
+        lines.append("Target (b): no MagCache setting reached 2.5x fewer calls.")
+    lines += ["", f"Benchmark wall time: {res['benchmark_wall_s']:.0f} s.", "", END]
+    return "\n".join(lines)
+
+
+def write_readme(res: dict) -> None:
+    block = table(res)
+    if os.path.isfile(README):
+        with open(README) as f:
+            text = f.read()
+        if BEGIN in text and END in text:
+            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+    else:
+        text = ("# Benchmarks\n\nScripts here print a table and write JSON/PNG under `results/`; nothing here is "
+                "asserted in tests.\n\n## Quality vs speed (`quality.py`)\n\n`python benchmarks/quality.py` "
+                "(generated from `results/quality.json`; plot: `results/quality.png`).\n\n" + block + "\n")
+    with open(README, "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=len(PAIRS))
+    ap.add_argument("--repeats", type=int, default=2, help="timed repeats per run (the best counts)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--preset", default="tiny-video", help="MagCache preset for the model")
+    ap.add_argument("--ratios", help="a MagCache ratio file instead of --preset")
+    ap.add_argument("--teacache-file", help="a fit_teacache.py output instead of the shipped coefficients")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "quality.json"))
+    ap.add_argument("--table-only", action="store_true", help="only regenerate README table and plot from --out")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. sampler.num_steps=20")
+    args = ap.parse_args(argv)
+    if args.table_only:
+        with open(args.out) as f:
+            res = json.load(f)
+    else:
+        res = run_benchmark(args)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    plot(res, os.path.splitext(args.out)[0] + ".png")
+    write_readme(res)
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
