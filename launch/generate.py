@@ -3,7 +3,9 @@
     python launch/generate.py --config configs/default.yaml prompt="a blue square moves up"
     torchrun --nproc_per_node 4 launch/generate.py --config configs/default.yaml parallel.ulysses_degree=4
 
-Bad input exits with code 2 and a message naming the key, before any process group is created.
+Bad input exits with code 2 and a message naming the key, before any process group is created. A rank that fails
+exits with 4 naming itself and the cause; the others end within seconds with 5, naming that rank (see
+magcache_dist/parallel/health.py). ``dry_run=true`` prints the plan (magcache_dist/planner) and loads nothing.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ def main(argv=None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     try:
         cfg = load_config(args.config, args.overrides)
+        if cfg.dry_run:  # the planner: no weights, no process group
+            from magcache_dist.planner import dry_run
+
+            dry_run(cfg, write=rank == 0)
+            return 0
         validate_job(cfg, world)
     except ValueError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
@@ -40,12 +47,14 @@ def main(argv=None) -> int:
 
     from magcache_dist.parallel.consensus import SkipDisagreement
     from magcache_dist.parallel.dims import build_dist_context, solo_context
+    from magcache_dist.parallel.health import build_health_monitor, report_failure
     from magcache_dist.run import run_job
 
     use_cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    monitor = None
     try:
         if world > 1:
             backend = "nccl" if use_cuda else "gloo"
@@ -56,6 +65,7 @@ def main(argv=None) -> int:
                 deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
             else:
                 dist.init_process_group(backend=backend, timeout=timeout)
+            monitor = build_health_monitor(rank, world)  # a failing rank ends every rank, naming itself
             from magcache_dist.parallel.dims import ParallelDims
 
             dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
@@ -67,14 +77,25 @@ def main(argv=None) -> int:
         if report is not None:
             print(f"wrote {cfg.output_dir}/report.json: {report['computed_calls']}/{report['total_calls']} calls "
                   f"computed, skipped {report['skipped_steps']}, sampling {report['phases_s']['sample']:.2f}s")
+        if monitor is not None:
+            monitor.mark_done()
         return 0
     except ValueError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
+        if monitor is not None:  # e.g. this rank's checkpoint file is unreadable: the others must not wait
+            monitor.post_failure(f"ValueError: {e}")
+            monitor.mark_reported()
         return 2
     except SkipDisagreement as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
+        if monitor is not None:
+            monitor.mark_reported()
         return 3
+    except Exception as e:  # noqa: BLE001 - any other failure: name the rank and the cause, end the job
+        return report_failure(e, rank, monitor)
     finally:
+        if monitor is not None:
+            monitor.stop()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -66,6 +66,17 @@ class ParallelSection:
 
 
 @dataclass
+class CheckpointSection:
+    every_n_steps: int = 0  # write the sampling state every N steps (0 = never); resume=true continues from it
+    dir: Optional[str] = None  # default <output_dir>/checkpoint; must be shared by all ranks (see checkpoint.py)
+
+
+@dataclass
+class PlannerSection:
+    device: str = "cpu"  # dry_run device profile: a name in magcache_dist/planner/profiles (h100, h200, cpu) or a path
+
+
+@dataclass
 class JobConfig:
     prompt: str = "a red circle moves right"
     negative_prompt: str = ""
@@ -78,6 +89,10 @@ class JobConfig:
     sampler: SamplerSection = field(default_factory=SamplerSection)
     cache: CacheSection = field(default_factory=CacheSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    resume: bool = False  # continue from checkpoint.dir (same config required)
+    dry_run: bool = False  # print and write the plan (launch/generate.py); loads no weights, starts no process group
+    planner: PlannerSection = field(default_factory=PlannerSection)
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:

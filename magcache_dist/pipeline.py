@@ -14,12 +14,13 @@ import torch
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names
 from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.teacache import build_teacache
+from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, resolve_path
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.sampling.schedulers import SOLVERS
-from models.loading import load_state_dict_strict, read_tensors
+from models.loading import check_shapes, load_state_dict_strict, read_shapes, read_tensors
 from models.tiny_text import TinyTextEncoder
 from models.wan import WAN_CONFIGS, WanConfig, WanModel, get_config
 
@@ -112,6 +113,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     if not os.access(probe if os.path.isdir(probe) else os.path.dirname(probe), os.W_OK) or \
             (os.path.exists(out) and not os.path.isdir(out)):
         raise ValueError(f"output_dir={cfg.output_dir!r} is not a writable directory")
+    validate_checkpointing(cfg, world_size)
     return mcfg, dims, scfg
 
 
@@ -180,6 +182,18 @@ def encode_texts(text_encoder, prompt: str, negative: str, branches) -> dict[str
     return out
 
 
+def _check_tiny_checkpoint(cfg: JobConfig, mcfg: WanConfig) -> None:
+    shapes = read_shapes(resolve_path(cfg.model.ckpt))
+    where = f"model.ckpt={cfg.model.ckpt!r}"
+    with torch.device("meta"):
+        model, text = WanModel(mcfg), TinyTextEncoder(text_dim=mcfg.text_dim, max_len=mcfg.text_len)
+    check_shapes(model, {k: v for k, v in shapes.items() if not k.startswith(TEXT_ENCODER_PREFIX)}, where)
+    text_shapes = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in shapes.items() if k.startswith(TEXT_ENCODER_PREFIX)}
+    if not text_shapes:
+        raise ValueError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
+    check_shapes(text, text_shapes, f"{where} (text encoder)")
+
+
 class TinyVideoFamily(ModelFamily):
     """The embedded pixel-space models (``tiny``, ``tiny-video``): tiny word encoder, identity 'VAE'."""
 
@@ -188,6 +202,8 @@ class TinyVideoFamily(ModelFamily):
         if cfg.model.ckpt is not None and not os.path.exists(resolve_path(cfg.model.ckpt)):
             raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist (relative paths are taken from the "
                              f"project root); set model.ckpt=null for seeded random weights")
+        if cfg.model.ckpt is not None:  # headers only: a corrupt or foreign file fails here, before any collective
+            _check_tiny_checkpoint(cfg, mcfg)
         v = cfg.video
         pf, ph, pw = mcfg.patch_size
         for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph),

@@ -12,6 +12,7 @@ import torch
 
 from magcache_dist.cache import plan
 from magcache_dist.cache.magcache import MagCachePolicy
+from magcache_dist.checkpoint import Checkpointer
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
@@ -19,6 +20,7 @@ from magcache_dist.parallel.apply import apply_sequence_parallel
 from magcache_dist.parallel.dims import ParallelContext
 from magcache_dist.pipeline import build_policy, get_family, validate_job
 from magcache_dist.sampling.loop import sample
+from magcache_dist.sampling.schedulers import FlowScheduler
 
 
 def summarize(decisions_by_rank: list[list[dict]], dims, branches) -> dict:
@@ -69,8 +71,13 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         from tqdm import tqdm
 
         progress = tqdm(total=scfg.num_steps, desc="sampling", unit="step")
+    ckpt = Checkpointer(cfg, par, scfg.num_steps, device)
+    resume = ckpt.restore(policy, mine, lambda: FlowScheduler(scfg.solver, scfg.num_steps, scfg.shift))
+    if progress is not None and resume:
+        progress.update(resume["start_step"])
     t = time.perf_counter()
-    result = sample(model, noise, conds, scfg, policy, par, guard=cfg.cache.consensus_guard, progress=progress)
+    result = sample(model, resume.pop("noise", noise), conds, scfg, policy, par, guard=cfg.cache.consensus_guard,
+                    progress=progress, on_step=ckpt.on_step, **resume)
     if progress is not None:
         progress.close()
     phases["sample"] = time.perf_counter() - t
@@ -113,6 +120,7 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         **summary,
         plan=plan(policy, scfg.num_steps, branches) if isinstance(policy, MagCachePolicy) else None,
         phases_s={k: round(v, 4) for k, v in phases.items()},
+        checkpoint=ckpt.describe(),
         ranks=per_rank,
         outputs=dict(video=video_path if cfg.save_video else None,
                      ratios=(cfg.cache.calibration_out or os.path.join(cfg.output_dir, "ratios.json"))

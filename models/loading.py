@@ -112,3 +112,67 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where:
     if bad:
         raise ValueError(f"{where}: shape mismatch for {bad[:4]} (checkpoint vs model); check model.name")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a weight file (same inputs as ``read_tensors``) without reading the tensors: the
+    safetensors headers, or a memory-mapped ``torch.load(weights_only=True)``. For checks before any collective."""
+    if os.path.isdir(path):
+        for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt"):
+            found = sorted(glob.glob(os.path.join(path, pattern)))
+            if found:
+                return read_shapes(found[0])
+        raise ValueError(f"model.ckpt={path!r}: no .safetensors, index json or .pth file in that directory")
+    if not os.path.isfile(path):
+        raise ValueError(f"model.ckpt={path!r} does not exist")
+    if path.endswith(".index.json"):
+        try:
+            with open(path) as f:
+                weight_map = json.load(f).get("weight_map")
+        except (OSError, json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"model.ckpt={path!r} is not a readable index json ({e}); re-download it") from None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"model.ckpt={path!r}: index json has no 'weight_map'")
+        out = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = os.path.join(os.path.dirname(path), shard)
+            if not os.path.isfile(shard_path):
+                raise ValueError(f"model.ckpt={path!r}: shard {shard!r} listed in the index is missing")
+            out.update(read_shapes(shard_path))
+        return out
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # corrupt header / truncated file
+            raise ValueError(f"model.ckpt={path!r} is not a readable safetensors file ({e}); re-download or "
+                             f"re-export it") from None
+    if path.endswith((".pth", ".pt", ".bin")):
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise ValueError(f"model.ckpt={path!r} could not be read with weights_only=True: "
+                             f"{str(e).splitlines()[0]}; convert it to .safetensors") from None
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+            raise ValueError(f"model.ckpt={path!r} does not hold a dict of tensors")
+        return {k: tuple(v.shape) for k, v in sd.items()}
+    raise ValueError(f"model.ckpt={path!r}: unknown weight file type (use .safetensors, index json or .pth)")
+
+
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """The checks of ``load_state_dict_strict`` on shapes only (``model`` may live on the meta device)."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if is_diffusers_layout(shapes):
+        inverse = {official_to_diffusers_key(k): k for k in own}
+        shapes = {inverse.get(k, k): v for k, v in shapes.items()}
+    missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{where}: checkpoint does not match the model: missing keys {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected keys {unexpected[:8]}"
+                         f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)}); check model.name")
+    bad = [(k, shapes[k], own[k]) for k in own if shapes[k] != own[k]]
+    if bad:
+        raise ValueError(f"{where}: shape mismatch for {bad[:4]} (checkpoint vs model); check model.name")

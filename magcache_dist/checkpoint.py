@@ -1,0 +1,233 @@
+"""Resumable sampling: the state of a generation written every ``checkpoint.every_n_steps`` steps.
+
+Each rank writes its own file (the cached residuals are sharded like the tokens), then all ranks meet in one
+barrier and rank 0 points ``latest.json`` at the new step. A job killed at any moment leaves the pointer on a
+step every rank finished writing; ``resume=true`` continues from it and, on CPU, produces the same final latents
+(and video) bit for bit as an uninterrupted run.
+
+Layout of ``checkpoint.dir`` (default ``<output_dir>/checkpoint``; every rank must see the same directory, e.g.
+shared storage across nodes):
+
+    latest.json                     {"format", "next_step", "world_size", "config_hash", "config"}  (rank 0)
+    step000004.rank0000.pt          this rank's state after 4 finished steps
+
+A rank file holds only tensors, lists, dicts and numbers (``torch.save``) and is read with
+``torch.load(weights_only=True)``: nothing is unpickled beyond plain data. It holds: the latents, the scheduler's
+multistep history, the cache state of each branch this rank runs (accumulators, the sharded cached residual,
+policy extras, the decision log), the torch RNG state, and the config fingerprint.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+
+import torch
+
+from magcache_dist.config import JobConfig, resolve_path, to_dict
+from magcache_dist.io.atomic import atomic_path, atomic_write_text
+
+FORMAT = "magcache-dist-checkpoint/1"
+POINTER = "latest.json"
+# keys that do not change the generated video: a resumed job may change them
+FREE_KEYS = ("progress", "save_video", "resume", "dry_run", "output_dir", "checkpoint.", "planner.",
+             "parallel.timeout_s")
+
+
+def fingerprint(cfg: JobConfig) -> dict:
+    """The flattened config keys that determine the result (``{"sampler.num_steps": 8, ...}``)."""
+    flat = {}
+
+    def walk(prefix, obj):
+        for k, v in obj.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v)
+            elif not any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE_KEYS):
+                flat[key] = v
+
+    walk("", to_dict(cfg))
+    return flat
+
+
+def config_hash(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(cfg: JobConfig) -> str:
+    return resolve_path(cfg.checkpoint.dir) if cfg.checkpoint.dir else os.path.join(cfg.output_dir, "checkpoint")
+
+
+def read_pointer(cfg: JobConfig) -> dict:
+    path = os.path.join(checkpoint_dir(cfg), POINTER)
+    if not os.path.isfile(path):
+        raise ValueError(f"resume=true but checkpoint.dir={checkpoint_dir(cfg)!r} holds no checkpoint ({POINTER}); "
+                         f"set resume=false to start from scratch, or point checkpoint.dir at the interrupted job's "
+                         f"checkpoint directory")
+    try:
+        with open(path) as f:
+            ptr = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"resume=true: {path} is unreadable ({e}); set resume=false to start from scratch") from None
+    if not isinstance(ptr, dict) or ptr.get("format") != FORMAT or not isinstance(ptr.get("next_step"), int):
+        raise ValueError(f"resume=true: {path} is not a {FORMAT!r} pointer; set resume=false to start from scratch")
+    return ptr
+
+
+def config_diff(saved: dict, now: dict) -> list[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}={saved.get(k, '<unset>')!r} in the checkpoint but {now.get(k, '<unset>')!r} now"
+            for k in keys if saved.get(k, "<unset>") != now.get(k, "<unset>")]
+
+
+def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
+    """Before any collective: checkpoint settings, and for resume=true a checkpoint of this very job."""
+    n = cfg.checkpoint.every_n_steps
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"checkpoint.every_n_steps={n!r} must be an integer >= 0 (0 disables checkpoints)")
+    if n == 0 and not cfg.resume:
+        return
+    d = checkpoint_dir(cfg)
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise ValueError(f"checkpoint.dir={d!r} is a file; point checkpoint.dir at a directory")
+    if not cfg.resume:
+        return
+    ptr = read_pointer(cfg)
+    diff = config_diff(ptr.get("config", {}), fingerprint(cfg))
+    if diff:
+        raise ValueError(f"resume=true: the checkpoint in checkpoint.dir={d!r} was written by a different job: "
+                         f"{'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Resume with the original values, "
+                         f"or set resume=false to start again")
+    if ptr.get("world_size") != world_size:
+        raise ValueError(f"resume=true: the checkpoint was written by {ptr.get('world_size')} ranks, this job has "
+                         f"WORLD_SIZE={world_size}; relaunch with the original number of processes")
+    if not 0 < ptr["next_step"] < cfg.sampler.num_steps:
+        raise ValueError(f"resume=true: the checkpoint's next step {ptr['next_step']} is outside 1.."
+                         f"{cfg.sampler.num_steps - 1} (sampler.num_steps); set resume=false")
+
+
+def _to(obj, device):
+    """Tensors inside nested dicts/lists/tuples moved to ``device`` (detached clones on save)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to(device, copy=True)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def cache_state_dict(state) -> dict:
+    return dict(decisions=[dict(d) for d in state.decisions],
+                branches={b: dict(acc_ratio=bs.acc_ratio, acc_err=bs.acc_err, acc_steps=bs.acc_steps,
+                                  has_residual=bs.has_residual, residual=_to(bs.residual, "cpu"),
+                                  extra=_to(bs.extra, "cpu"))
+                          for b, bs in state.branches.items()})
+
+
+def load_cache_state(policy, branches, sd: dict, device):
+    state = policy.new_state(branches)
+    if sorted(sd["branches"]) != sorted(branches):
+        raise ValueError(f"resume: the checkpoint holds branches {sorted(sd['branches'])}, this rank runs "
+                         f"{sorted(branches)}; relaunch with the original parallel layout")
+    for b, d in sd["branches"].items():
+        bs = state[b]
+        bs.acc_ratio, bs.acc_err, bs.acc_steps = d["acc_ratio"], d["acc_err"], d["acc_steps"]
+        bs.has_residual, bs.residual, bs.extra = d["has_residual"], _to(d["residual"], device), _to(d["extra"], device)
+    state.decisions = [dict(x) for x in sd["decisions"]]
+    return state
+
+
+class Checkpointer:
+    """Per-rank writer (``on_step`` passed to ``sample``) and reader (``restore``) of the sampling state."""
+
+    def __init__(self, cfg: JobConfig, par, num_steps: int, device="cpu"):
+        self.cfg, self.par, self.num_steps, self.device = cfg, par, num_steps, device
+        self.every = cfg.checkpoint.every_n_steps
+        self.dir = checkpoint_dir(cfg)
+        self.fp = fingerprint(cfg)
+        self.hash = config_hash(self.fp)
+        self.written: list[int] = []
+        self.resumed_from: int | None = None
+        if self.every and not cfg.resume:
+            self._clear_stale()
+
+    def rank_file(self, next_step: int, rank: int | None = None) -> str:
+        return os.path.join(self.dir, f"step{next_step:06d}.rank{self.par.rank if rank is None else rank:04d}.pt")
+
+    def _own_files(self) -> list[tuple[int, str]]:
+        out = []
+        for p in glob.glob(os.path.join(self.dir, f"step*.rank{self.par.rank:04d}.pt")):
+            try:
+                out.append((int(os.path.basename(p)[4:10]), p))
+            except ValueError:
+                pass
+        return sorted(out)
+
+    def _clear_stale(self) -> None:
+        """A fresh job (resume=false) never mixes with an older job's files: drop ours and, on rank 0, the pointer."""
+        for _, p in self._own_files():
+            os.remove(p)
+        if self.par.rank == 0 and os.path.exists(os.path.join(self.dir, POINTER)):
+            os.remove(os.path.join(self.dir, POINTER))
+
+    # ---- write ----------------------------------------------------------------------------------------
+    def on_step(self, step: int, x: torch.Tensor, state, scheduler) -> None:
+        done = step + 1
+        if not self.every or done % self.every or done >= self.num_steps:
+            return
+        payload = dict(format=FORMAT, next_step=done, rank=self.par.rank, world_size=self.par.world.size,
+                       config_hash=self.hash, x=_to(x, "cpu"), scheduler=_to(scheduler.state_dict(), "cpu"),
+                       cache=cache_state_dict(state), rng=dict(torch=torch.get_rng_state()))
+        if torch.cuda.is_available():
+            payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        with atomic_path(self.rank_file(done)) as tmp:
+            torch.save(payload, tmp)
+        # every rank's file is complete before the pointer moves (one tiny all-reduce as a barrier)
+        self.par.world.all_reduce(torch.zeros(1))
+        if self.par.rank == 0:
+            atomic_write_text(os.path.join(self.dir, POINTER), json.dumps(dict(
+                format=FORMAT, next_step=done, world_size=self.par.world.size, config_hash=self.hash,
+                config=self.fp), indent=1, default=str))
+        # after this barrier rank 0 has moved the pointer at least to our previous checkpoint: older files can go
+        previous = self.written[-1] if self.written else None
+        self.written.append(done)
+        for s, p in self._own_files():
+            if previous is not None and s < previous:
+                os.remove(p)
+
+    # ---- read -----------------------------------------------------------------------------------------
+    def restore(self, policy, branches, scheduler_factory) -> dict:
+        """{} for a fresh run; for resume=true: dict(noise=x, state, start_step, scheduler) for ``sample``."""
+        if not self.cfg.resume:
+            return {}
+        ptr = read_pointer(self.cfg) if self.par.rank == 0 else None
+        next_step = self.par.world.broadcast_object(ptr["next_step"] if ptr else None)
+        path = self.rank_file(next_step)
+        if not os.path.isfile(path):
+            raise ValueError(f"resume=true: {path} is missing (checkpoint.dir must be shared by all ranks)")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated file, or anything that is not plain data
+            raise ValueError(f"resume=true: {path} could not be read as plain data (weights_only=True): "
+                             f"{type(e).__name__}: {str(e).splitlines()[0]}; set resume=false") from None
+        if not isinstance(sd, dict) or sd.get("format") != FORMAT:
+            raise ValueError(f"resume=true: {path} is not a {FORMAT!r} file; set resume=false")
+        if (sd["config_hash"], sd["next_step"], sd["rank"], sd["world_size"]) != \
+                (self.hash, next_step, self.par.rank, self.par.world.size):
+            raise ValueError(f"resume=true: {path} belongs to another job or rank (config hash {sd['config_hash']} "
+                             f"vs {self.hash}); set resume=false")
+        scheduler = scheduler_factory()
+        scheduler.load_state_dict(_to(sd["scheduler"], self.device))
+        torch.set_rng_state(sd["rng"]["torch"])
+        if "cuda" in sd["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
+        self.resumed_from = next_step
+        self.written.append(next_step)
+        return dict(noise=_to(sd["x"], self.device), state=load_cache_state(policy, branches, sd["cache"], self.device),
+                    start_step=next_step, scheduler=scheduler)
+
+    def describe(self) -> dict:
+        return dict(dir=self.dir, every_n_steps=self.every, written_steps=list(self.written),
+                    resumed_from_step=self.resumed_from, config_hash=self.hash)
