@@ -1,0 +1,78 @@
+"""The dry-run planner's time estimate (cpu profile) against measured CPU sampling runs of the tiny model.
+
+    python benchmarks/calibrate_cpu_profile.py && python benchmarks/planner_check.py     # ~1-2 min
+
+One intra-op thread, single process, the embedded tiny-video model (seeded weights), cache off and MagCache
+(wan2.1-t2v-1.3b preset, 0.12/2/0.2), three sizes. Measured = the sampler's own wall time (best of --repeats);
+estimate = planner per_rank.time_s.sampling. Prints a table and writes benchmarks/results/planner_check.json,
+plus the planner's projection for Wan2.1-14B 720P 81 frames on 8xH100 with MagCache E0.24/K6.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from magcache_dist.config import load_config  # noqa: E402
+from magcache_dist.pipeline import build_model, build_policy, encode_texts, make_noise, sampler_config  # noqa: E402
+from magcache_dist.planner import format_plan, plan_job  # noqa: E402
+from magcache_dist.sampling.loop import sample  # noqa: E402
+
+SIZES = [("16x64x64", 16, 64, 64), ("16x128x128", 16, 128, 128), ("32x128x128", 32, 128, 128)]
+WAN14B_720P = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",
+               "video.width=1280", "sampler.num_steps=50", "sampler.guidance=5.0", "sampler.shift=5.0",
+               "cache.preset=wan2.1-t2v-14b", "cache.thresh=0.24", "cache.K=6", "cache.retention=0.2",
+               "parallel.ulysses_degree=8", "planner.device=h100"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for label, f, h, w in SIZES:
+        for mode in ("off", "magcache"):
+            ov = ["model.name=tiny-video", f"video.frames={f}", f"video.height={h}", f"video.width={w}",
+                  f"sampler.num_steps={args.steps}", f"cache.mode='{mode}'", "cache.preset=wan2.1-t2v-1.3b",
+                  "planner.device=cpu", "progress=false"]
+            cfg = load_config(None, ov)
+            scfg = sampler_config(cfg)
+            model, text = build_model(cfg)
+            texts = encode_texts(text, cfg.prompt, cfg.negative_prompt, scfg.branches)
+            noise = make_noise(cfg, None, 0)
+            best = float("inf")
+            for _ in range(args.repeats):
+                res = sample(model, noise, texts, scfg, build_policy(cfg, scfg))
+                best = min(best, res.timings.total)
+            est = plan_job(cfg)["per_rank"]["time_s"]["sampling"]
+            rows.append(dict(size=label, cache=mode, tokens=f // 2 * (h // 8) * (w // 8),
+                             computed=sum(1 for d in res.decisions if d["compute"]), calls=len(res.decisions),
+                             measured_s=best, estimated_s=est, error=(est - best) / best))
+    print(f"{'video':<12}{'cache':<10}{'tokens':>7}{'computed':>10}{'measured s':>12}{'estimate s':>12}{'error':>8}")
+    for r in rows:
+        print(f"{r['size']:<12}{r['cache']:<10}{r['tokens']:>7}{r['computed']:>6}/{r['calls']:<3}"
+              f"{r['measured_s']:>12.3f}{r['estimated_s']:>12.3f}{r['error'] * 100:>7.1f}%")
+    mean_abs = sum(abs(r["error"]) for r in rows) / len(rows)
+    print(f"mean |error| {mean_abs * 100:.1f}%")
+    proj = plan_job(load_config(None, WAN14B_720P + ["output_dir=/tmp/unused"]))
+    print("\nprojection:\n" + format_plan(proj))
+    os.makedirs(os.path.join(ROOT, "benchmarks/results"), exist_ok=True)
+    path = os.path.join(ROOT, "benchmarks/results/planner_check.json")
+    with open(path, "w") as fh:
+        json.dump(dict(rows=rows, mean_abs_error=mean_abs, threads=1, steps=args.steps,
+                       wan14b_720p_8xh100=dict(per_rank=proj["per_rank"], skip_plan=proj["skip_plan"])),
+                  fh, indent=1, default=str)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

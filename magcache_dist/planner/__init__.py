@@ -1,0 +1,112 @@
+"""Dry-run planner: what a job will do and cost, without loading weights or starting a process group.
+
+    python launch/generate.py --config configs/wan14b_720p_8gpu.yaml dry_run=true planner.device=h100
+
+Prints and writes ``<output_dir>/plan.json``: the MagCache skip plan, tokens per rank, weight and activation
+memory per rank, all-to-all / ring / gather bytes per step, and the estimated sampling time on a device profile
+(magcache_dist/planner/profiles/*.json). The world size is the one the parallel degrees describe, so a job for
+8 GPUs can be planned on a laptop. Cost model: magcache_dist/planner/cost.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from magcache_dist.cache import plan as skip_plan
+from magcache_dist.cache.magcache import MagCachePolicy
+from magcache_dist.config import JobConfig, to_dict
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.parallel.dims import ParallelDims
+from magcache_dist.planner.cost import DTYPE_BYTES, estimate, latent_shape, memory_per_rank, param_count
+from magcache_dist.planner.profiles import load_profile
+from models.wan import WAN_CONFIGS, get_config
+
+GB = 1e9
+
+
+def plan_job(cfg: JobConfig) -> dict:
+    """The plan of ``cfg`` on ``cfg.planner.device`` (ValueError naming the key on bad input)."""
+    from magcache_dist.pipeline import CACHE_MODES, build_policy, sampler_config
+
+    if cfg.model.name not in WAN_CONFIGS:
+        raise ValueError(f"model.name={cfg.model.name!r} is unknown to the planner; choose one of {sorted(WAN_CONFIGS)}")
+    mcfg = get_config(cfg.model.name)
+    if cfg.model.dtype not in DTYPE_BYTES:
+        raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
+    scfg = sampler_config(cfg)
+    branches = scfg.branches
+    dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
+    dims.validate(dims.world_size, mcfg.num_heads, len(branches))
+    if cfg.cache.mode not in CACHE_MODES:
+        raise ValueError(f"cache.mode={cfg.cache.mode!r} is unknown; choose one of {CACHE_MODES}")
+    profile = load_profile(cfg.planner.device)
+    v = cfg.video
+    latent = latent_shape(cfg.model.name, mcfg, v.frames, v.height, v.width)
+
+    note = None
+    if cfg.cache.mode == "magcache":
+        policy = build_policy(cfg, scfg)
+        schedule = skip_plan(policy, scfg.num_steps, branches)
+        cache = policy.describe() if isinstance(policy, MagCachePolicy) else None
+    else:
+        schedule = dict(num_steps=scfg.num_steps, skipped_steps={b: [] for b in branches},
+                        computed_calls=scfg.num_steps * len(branches), total_calls=scfg.num_steps * len(branches))
+        cache = dict(policy=cfg.cache.mode)
+        if cfg.cache.mode == "teacache":
+            note = "TeaCache decides from the model's activations: planned as if every call were computed"
+    mine = [branches[0]] if dims.cfg_degree == 2 else branches  # rank 0 (every rank costs the same)
+    calls = [(s, s not in schedule["skipped_steps"][b]) for s in range(scfg.num_steps) for b in mine]
+    est = estimate(mcfg, dims, profile, dtype=cfg.model.dtype, latent=latent, num_steps=scfg.num_steps,
+                   calls_per_rank=calls, guard=cfg.cache.consensus_guard)
+    n_params = param_count(mcfg)
+    cached = len(mine) if cfg.cache.mode in ("magcache", "teacache", "calibrate") else 0
+    mem = memory_per_rank(mcfg, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
+                          DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached)
+    return dict(
+        model=cfg.model.name, dtype=cfg.model.dtype, params=n_params,
+        video=dict(frames=v.frames, height=v.height, width=v.width), latent_shape=list(latent),
+        parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree, cfg_degree=dims.cfg_degree,
+                      world_size=dims.world_size),
+        sampler=dict(num_steps=scfg.num_steps, solver=scfg.solver, guidance=scfg.guidance, branches=branches),
+        cache=cache, skip_plan=schedule, device=dict(name=profile.name, description=profile.description),
+        per_rank=dict(**est, memory_bytes=mem, fits_in_memory=mem["total"] <= profile.memory_capacity),
+        not_modelled="text encoder, VAE decode, weight loading and process start-up (DiT sampling only)",
+        note=note, config=to_dict(cfg),
+    )
+
+
+def format_plan(p: dict) -> str:
+    r, t, m = p["per_rank"], p["per_rank"]["time_s"], p["per_rank"]["memory_bytes"]
+    par = p["parallel"]
+    sk = p["skip_plan"]
+    lines = [
+        f"dry run: {p['model']} ({p['params'] / 1e9:.2f}B params, {p['dtype']}) on {par['world_size']} x "
+        f"{p['device']['name']} (ulysses {par['ulysses_degree']} x ring {par['ring_degree']} x cfg {par['cfg_degree']})",
+        f"  video {p['video']['frames']}x{p['video']['height']}x{p['video']['width']} -> latents "
+        f"{'x'.join(map(str, p['latent_shape']))} -> {r['tokens']:,} tokens; {r['tokens_per_rank']:,} per rank "
+        f"({r['padding_tokens']} padding)",
+        f"  skip plan: {sk['computed_calls']}/{sk['total_calls']} calls computed; skipped steps "
+        + ", ".join(f"{b}: {v}" for b, v in sk["skipped_steps"].items()),
+        f"  memory per rank: weights {m['weights'] / GB:.2f} GB + activations {m['activations_total'] / GB:.2f} GB = "
+        f"{m['total'] / GB:.2f} GB ({'fits' if r['fits_in_memory'] else 'DOES NOT FIT'})",
+        "  bytes sent per rank per computed call: " + ", ".join(
+            f"{k} {v / 1e6:.2f} MB" for k, v in r["comm_bytes_per_computed_step_per_branch"].items()),
+        "  bytes sent per rank, whole job: " + ", ".join(f"{k} {v / GB:.3f} GB" for k, v in r["comm_bytes_total"].items()),
+        f"  time per computed call {t['per_computed_call']:.4g} s (blocks {t['blocks_compute_per_call']:.4g} s + "
+        f"comm {t['blocks_comm_per_call']:.4g} s), per skipped call {t['per_skipped_call']:.4g} s",
+        f"  estimated sampling time {t['sampling']:.4g} s (without cache {t['sampling_without_cache']:.4g} s, "
+        f"speedup {t['speedup']:.2f}x); not modelled: {p['not_modelled']}",
+    ]
+    if p.get("note"):
+        lines.append(f"  note: {p['note']}")
+    return "\n".join(lines)
+
+
+def dry_run(cfg: JobConfig, write: bool = True) -> dict:
+    p = plan_job(cfg)
+    print(format_plan(p))
+    if write:
+        path = os.path.join(cfg.output_dir, "plan.json")
+        atomic_write_text(path, json.dumps(p, indent=1, default=str))
+        print(f"wrote {path}")
+    return p

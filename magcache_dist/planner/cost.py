@@ -1,0 +1,164 @@
+"""Analytic cost of one generation job per rank: tokens, FLOPs, bytes moved, memory, and time on a device profile.
+
+Everything follows the code paths of this repository (models/wan.py, magcache_dist/parallel, sampling/loop.py):
+- tokens: the latent grid divided by the patch size; SP pads the sequence to a multiple of the SP degree and each
+  rank computes ``chunk = ceil(L / sp)`` tokens (padding included).
+- per block and computed call, per rank (B = 1, D dim, Fh FFN dim, T text_len, Lp padded tokens, c = chunk):
+  GEMMs 2*c*D*D*(4 self + 2 cross q/o) + 2*2*T*D*D (cross k/v, on every rank) + 2*2*c*D*Fh (FFN);
+  attention 4*c*Lp*D (self, QK^T and PV: Ulysses and ring give every rank the same share) + 4*c*T*D (cross);
+  elementwise traffic ~ ELEMENTWISE_PASSES reads+writes of c*D values plus the FFN activation (memory bound).
+- communication per block and computed call, bytes leaving a rank (the convention of Comm.bytes_sent):
+  Ulysses: 4 all-to-alls (q, k, v in; out back) of c*D*b*(u-1)/u; ring: (r-1) shifts of K and V, 2*c*D*b each;
+  per call (computed or not): the gather of the head output c*C*prod(patch)*b*(sp-1) and the 32-byte consensus
+  all-reduce 32*(sp-1); per step with cfg_degree 2: the all-gather of the fp32 prediction.
+- time: GEMM FLOPs / (peak * gemm_efficiency) + attention FLOPs / (peak * attention_efficiency) + elementwise
+  bytes / memory bandwidth + kernels * op_overhead + bytes / (link bandwidth * link_efficiency) + messages *
+  latency. No overlap of compute and communication is assumed (the code does not overlap them).
+Not modelled: the text encoder and the VAE (outside the DiT), weight loading, process start-up.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from magcache_dist.planner.profiles import DeviceProfile
+from models.wan import WanConfig, WanModel
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ELEMENTWISE_PASSES = 40  # reads + writes of [c, D] tensors per block outside GEMMs/attention (norms, RoPE, gates)
+# torch ops dispatched per block / per embed / per head+unpatchify (counted with a TorchDispatchMode; a test keeps
+# these in sync with models/wan.py)
+KERNELS_PER_BLOCK, KERNELS_EMBED, KERNELS_HEAD = 123, 75, 15
+# VAE compression of the families that have one: (time stride, space stride); frames must be 1 + time*k
+VAE_STRIDE = {"wan2.1-t2v-1.3b": (4, 8), "wan2.1-t2v-14b": (4, 8)}
+
+
+def latent_shape(model_name: str, mcfg: WanConfig, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(C, F, H, W) of the latents the DiT sees; pixel-space models see the video itself."""
+    if model_name in VAE_STRIDE:
+        st, ss = VAE_STRIDE[model_name]
+        if frames < 1 or (frames - 1) % st:
+            raise ValueError(f"video.frames={frames} must be {st}k+1 for the Wan VAE (e.g. 81); use "
+                             f"video.frames={max(1, (frames - 1) // st * st + 1)}")
+        for key, v in (("video.height", height), ("video.width", width)):
+            if v < 1 or v % (ss * 2):
+                raise ValueError(f"{key}={v} must be a multiple of {ss * 2} (VAE stride {ss} x patch 2), e.g. "
+                                 f"{max(ss * 2, v // (ss * 2) * ss * 2)}")
+        return mcfg.in_dim, (frames - 1) // st + 1, height // ss, width // ss
+    pf, ph, pw = mcfg.patch_size
+    for key, v, p in (("video.frames", frames, pf), ("video.height", height, ph), ("video.width", width, pw)):
+        if v < 1 or v % p:
+            raise ValueError(f"{key}={v} must be a positive multiple of the patch size {p} of model {model_name}")
+    return mcfg.in_dim, frames, height, width
+
+
+def param_count(mcfg: WanConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in WanModel(mcfg).parameters())
+
+
+def block_costs(mcfg: WanConfig, chunk: int, padded: int, dtype_bytes: int) -> dict:
+    d, fh, t = mcfg.dim, mcfg.ffn_dim, mcfg.text_len
+    return dict(
+        gemm_flops=2 * chunk * d * d * 6 + 2 * 2 * t * d * d + 2 * 2 * chunk * d * fh,
+        attention_flops=4 * chunk * padded * d + 4 * chunk * t * d,
+        elementwise_bytes=(ELEMENTWISE_PASSES * chunk * d + 2 * chunk * fh) * dtype_bytes,
+    )
+
+
+def comm_costs(mcfg: WanConfig, dims, chunk: int, dtype_bytes: int, latent_numel: int, guard: bool) -> dict:
+    """Bytes leaving one rank, and message counts, per computed block, per call and per step."""
+    d, u, r, sp = mcfg.dim, dims.ulysses_degree, dims.ring_degree, dims.sp_degree
+    a2a = chunk * d * dtype_bytes * (u - 1) // u if u > 1 else 0  # one all-to-all (Comm's count)
+    ring = 2 * chunk * d * dtype_bytes if r > 1 else 0  # one ring shift of K and V
+    out_ch = mcfg.out_dim * math.prod(mcfg.patch_size)
+    return dict(
+        ulysses_bytes_per_block=4 * a2a, ulysses_msgs_per_block=4 if u > 1 else 0,
+        ring_bytes_per_block=(r - 1) * ring, ring_msgs_per_block=r - 1,
+        sp_bytes_per_call=(chunk * out_ch * dtype_bytes * (sp - 1) + (32 * (sp - 1) if guard else 0)) if sp > 1 else 0,
+        sp_msgs_per_call=(1 + (1 if guard else 0)) if sp > 1 else 0,
+        cfg_bytes_per_step=latent_numel * 4 * (dims.cfg_degree - 1), cfg_msgs_per_step=1 if dims.cfg_degree > 1 else 0,
+    )
+
+
+def memory_per_rank(mcfg: WanConfig, n_params: int, chunk: int, padded: int, dims, dtype_bytes: int,
+                    latent_numel: int, cached_branches: int, ring_q_block: int = 4096) -> dict:
+    """Bytes resident on one rank at the peak of a block (inference, no autograd)."""
+    d, fh, u, r = mcfg.dim, mcfg.ffn_dim, dims.ulysses_degree, dims.ring_degree
+    heads_local = mcfg.num_heads // u
+    act = dict(
+        tokens_and_block_io=3 * chunk * d * dtype_bytes,
+        modulation_fp32=2 * chunk * d * 4,
+        qkv_and_ulysses_buffers=(3 + (3 if u > 1 else 0)) * chunk * d * dtype_bytes,
+        rope_float64=2 * chunk * d * 8,
+        ffn_hidden=2 * chunk * fh * dtype_bytes,
+        ring_scores=(min(ring_q_block, u * chunk) * u * chunk * heads_local * 4 * 2 + 2 * 2 * u * chunk * (d // u) * 4)
+        if r > 1 else 0,
+        embed_full_sequence=padded * d * dtype_bytes + padded * (d // mcfg.num_heads // 2) * 16,
+        cached_residuals=cached_branches * chunk * d * dtype_bytes,
+        latents_and_solver=6 * latent_numel * 4,
+    )
+    return dict(weights=n_params * dtype_bytes, activations=act, activations_total=sum(act.values()),
+                total=n_params * dtype_bytes + sum(act.values()))
+
+
+def estimate(mcfg: WanConfig, dims, profile: DeviceProfile, *, dtype: str, latent: tuple[int, int, int, int],
+             num_steps: int, calls_per_rank: list[tuple[int, bool]], guard: bool = True) -> dict:
+    """Per-rank totals. ``calls_per_rank``: (step, computed) of every call this rank makes, in order."""
+    b = DTYPE_BYTES[dtype]
+    c, f, h, w = latent
+    pf, ph, pw = mcfg.patch_size
+    grid = (f // pf, h // ph, w // pw)
+    tokens = math.prod(grid)
+    sp = dims.sp_degree
+    chunk = -(-tokens // sp)
+    padded = chunk * sp
+    latent_numel = c * f * h * w
+    blk = block_costs(mcfg, chunk, padded, b)
+    comm = comm_costs(mcfg, dims, chunk, b, latent_numel, guard)
+    peak = profile.peak(dtype)
+    link = profile.link_bandwidth * profile.link_efficiency
+
+    def compute_time(gemm, attn, elem, kernels):
+        return (gemm / (peak * profile.gemm_efficiency) + attn / (peak * profile.attention_efficiency)
+                + elem / profile.memory_bandwidth + kernels * profile.op_overhead_s)
+
+    layers = mcfg.num_layers
+    blocks_s = compute_time(blk["gemm_flops"] * layers, blk["attention_flops"] * layers,
+                            blk["elementwise_bytes"] * layers, KERNELS_PER_BLOCK * layers)
+    in_ch = mcfg.in_dim * math.prod(mcfg.patch_size)
+    out_ch = mcfg.out_dim * math.prod(mcfg.patch_size)
+    embed_head_s = compute_time(2 * tokens * mcfg.dim * in_ch + 2 * chunk * mcfg.dim * out_ch, 0,
+                                (padded + 2 * chunk) * mcfg.dim * b + 4 * latent_numel * 4,
+                                KERNELS_EMBED + KERNELS_HEAD)
+    block_comm_bytes = (comm["ulysses_bytes_per_block"] + comm["ring_bytes_per_block"]) * layers
+    block_comm_msgs = (comm["ulysses_msgs_per_block"] + comm["ring_msgs_per_block"]) * layers
+    block_comm_s = block_comm_bytes / link + block_comm_msgs * profile.link_latency_s if sp > 1 else 0.0
+    call_comm_s = comm["sp_bytes_per_call"] / link + comm["sp_msgs_per_call"] * profile.link_latency_s if sp > 1 else 0.0
+    step_comm_s = (comm["cfg_bytes_per_step"] / link + comm["cfg_msgs_per_step"] * profile.link_latency_s
+                   if dims.cfg_degree > 1 else 0.0)
+    computed = sum(1 for _, comp in calls_per_rank if comp)
+    total_calls = len(calls_per_rank)
+    skipped = total_calls - computed
+    per_computed_call = blocks_s + block_comm_s + embed_head_s + call_comm_s
+    per_skipped_call = embed_head_s + call_comm_s
+    sampling_s = computed * per_computed_call + skipped * per_skipped_call + num_steps * step_comm_s
+    no_cache_s = total_calls * per_computed_call + num_steps * step_comm_s
+    bytes_total = dict(ulysses=computed * layers * comm["ulysses_bytes_per_block"],
+                       ring=computed * layers * comm["ring_bytes_per_block"],
+                       sp=total_calls * comm["sp_bytes_per_call"], cfg=num_steps * comm["cfg_bytes_per_step"])
+    return dict(
+        tokens=tokens, latent_grid_patches=list(grid), tokens_per_rank=chunk, padded_tokens=padded,
+        padding_tokens=padded - tokens,
+        flops_per_computed_call=dict(gemm=blk["gemm_flops"] * layers, attention=blk["attention_flops"] * layers),
+        comm_per_block=comm, comm_bytes_per_computed_step_per_branch=dict(
+            ulysses=layers * comm["ulysses_bytes_per_block"], ring=layers * comm["ring_bytes_per_block"],
+            sp_gather_and_consensus=comm["sp_bytes_per_call"]),
+        comm_bytes_total=bytes_total,
+        time_s=dict(per_computed_call=per_computed_call, per_skipped_call=per_skipped_call,
+                    blocks_compute_per_call=blocks_s, blocks_comm_per_call=block_comm_s,
+                    embed_head_per_call=embed_head_s, sampling=sampling_s, sampling_without_cache=no_cache_s,
+                    speedup=no_cache_s / sampling_s if sampling_s > 0 else 1.0),
+        calls=dict(total=total_calls, computed=computed, skipped=skipped),
+    )

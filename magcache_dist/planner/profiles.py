@@ -1,0 +1,54 @@
+"""Device profiles for the dry-run planner: peak FLOP/s, efficiencies, memory and link bandwidth (JSON files)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    peak_flops: dict  # dtype name -> FLOP/s
+    gemm_efficiency: float
+    attention_efficiency: float
+    memory_bandwidth: float  # bytes/s
+    memory_capacity: float  # bytes
+    link_bandwidth: float  # bytes/s per rank and direction (all-to-all, ring)
+    link_efficiency: float
+    link_latency_s: float
+    op_overhead_s: float  # per dispatched op (launch / Python overhead)
+    description: str = ""
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def peak(self, dtype: str) -> float:
+        if dtype not in self.peak_flops:
+            raise ValueError(f"planner.device={self.name!r} has no peak FLOP/s for model.dtype={dtype!r}; "
+                             f"choose one of {sorted(self.peak_flops)}")
+        return float(self.peak_flops[dtype])
+
+
+def profile_names() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(PROFILE_DIR) if f.endswith(".json"))
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    path = name_or_path if name_or_path.endswith(".json") else os.path.join(PROFILE_DIR, f"{name_or_path}.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"planner.device={name_or_path!r} is unknown; choose one of {profile_names()} or give a "
+                         f"path to a profile .json")
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+        known = set(DeviceProfile.__dataclass_fields__)
+        prof = DeviceProfile(**{k: v for k, v in obj.items() if k in known},
+                             extra={k: v for k, v in obj.items() if k not in known})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"planner.device={name_or_path!r}: {path} is not a valid profile ({e})") from None
+    for k in ("gemm_efficiency", "attention_efficiency", "link_efficiency"):
+        if not 0 < getattr(prof, k) <= 1:
+            raise ValueError(f"planner.device={name_or_path!r}: {k}={getattr(prof, k)} must be in (0, 1]")
+    return prof
