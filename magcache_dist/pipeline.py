@@ -110,9 +110,9 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     probe = out
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    if not os.access(probe if os.path.isdir(probe) else os.path.dirname(probe), os.W_OK) or \
-            (os.path.exists(out) and not os.path.isdir(out)):
-        raise ValueError(f"output_dir={cfg.output_dir!r} is not a writable directory")
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK) or (os.path.exists(out) and not os.path.isdir(out)):
+        raise ValueError(f"output_dir={cfg.output_dir!r} is not a writable directory ({probe!r} is "
+                         f"{'not writable' if os.path.isdir(probe) else 'a file'}); choose a directory you can write to")
     validate_checkpointing(cfg, world_size)
     return mcfg, dims, scfg
 

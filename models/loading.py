@@ -151,7 +151,16 @@ def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
                              f"re-export it") from None
     if path.endswith((".pth", ".pt", ".bin")):
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+                if "mmap" not in str(e):
+                    raise
+                import warnings
+
+                with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing it
+                    warnings.simplefilter("ignore")
+                    sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"model.ckpt={path!r} could not be read with weights_only=True: "
                              f"{str(e).splitlines()[0]}; convert it to .safetensors") from None

@@ -113,10 +113,15 @@ class RatioTable:
     @classmethod
     def load(cls, path: str) -> "RatioTable":
         if not os.path.isfile(path):
-            raise ValueError(f"cache.ratios_file={path!r} does not exist")
+            raise ValueError(f"cache.ratios_file={path!r} does not exist; write one with cache.mode=calibrate or "
+                             f"use cache.preset")
         try:
             with open(path) as f:
                 obj = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"cache.ratios_file={path!r} is not valid JSON: {e}") from None
-        return cls.from_json(obj, where=f"cache.ratios_file={path!r}")
+        where = f"cache.ratios_file={path!r}"
+        try:
+            return cls.from_json(obj, where=where)
+        except ValueError as e:  # name the config key also for errors found inside the table
+            raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None

@@ -1,0 +1,126 @@
+"""The catalogue of bad inputs: each is rejected by launch/generate.py before any collective, on every rank, with
+exit code 2 and a message naming the config key and the fix (tests/test_bad_input_catalogue.py runs each one).
+
+An entry: (id, overrides, world size, regex for the key, regex for the fix, setup). ``setup(tmp)`` may create
+files and returns extra overrides; ``{tmp}`` in overrides is replaced by the test's temporary directory. The
+base job is tests.helpers.job_overrides on the tiny checkpoint with parallel.ulysses_degree=2 on 2 ranks; later
+overrides win. To add a rule (e.g. a model family's frame rule), append an entry.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+from tests.helpers import save_tiny_checkpoint
+
+
+def _write(path, data: bytes | str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return path
+
+
+def _ratios(tmp, branches=("cond",), value=1.0):
+    obj = {"format": "magcache-ratios/1", "num_steps": 8,
+           "branches": {b: {"ratios": [value] * 8} for b in branches}}
+    return _write(os.path.join(tmp, "ratios.json"), json.dumps(obj))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def _resume_with_other_steps(tmp):
+    from magcache_dist.checkpoint import FORMAT, POINTER, config_hash, fingerprint
+    from magcache_dist.config import load_config
+    from tests.helpers import job_overrides
+
+    other = load_config(None, job_overrides(os.path.join(tmp, "tiny.safetensors"), os.path.join(tmp, "out"),
+                                            "parallel.ulysses_degree=2", "sampler.num_steps=12"))
+    fp = fingerprint(other)
+    _write(os.path.join(tmp, "ck", POINTER), json.dumps(dict(format=FORMAT, next_step=4, world_size=2,
+                                                             config_hash=config_hash(fp), config=fp)))
+    return [f"checkpoint.dir={tmp}/ck", "resume=true"]
+
+
+CATALOGUE = [
+    # id, overrides, world, key, fix, setup
+    ("unknown-top-level-key", ["modle.name=tiny"], 2, r"'modle'", r"Did you mean: 'model'", None),
+    ("unknown-nested-key", ["cache.treshold=0.1"], 2, r"cache\.treshold", r"Did you mean: 'thresh'", None),
+    ("wrong-type-int", ["sampler.num_steps=many"], 2, r"sampler\.num_steps", r"converted to Integer", None),
+    ("wrong-type-degree", ["parallel.ulysses_degree=1.5"], 2, r"parallel\.ulysses_degree", r"converted to Integer",
+     None),
+    ("wrong-type-bool", ["resume=maybe"], 2, r"'resume'", r"not a valid bool", None),
+    ("degrees-not-world-size", ["parallel.ulysses_degree=4"], 2, r"parallel\.ulysses_degree=4",
+     r"make the product equal the number of processes", None),
+    ("ulysses-does-not-divide-heads", ["parallel.ulysses_degree=3"], 3, r"parallel\.ulysses_degree=3",
+     r"use a divisor of 4 and put the rest in parallel\.ring_degree", None),
+    ("cfg-degree-3", ["parallel.ulysses_degree=1", "parallel.cfg_degree=3"], 3, r"parallel\.cfg_degree=3",
+     r"must be 1 or 2", None),
+    ("cfg-parallel-without-guidance", ["parallel.ulysses_degree=1", "parallel.cfg_degree=2", "sampler.guidance=1.0"],
+     2, r"parallel\.cfg_degree=2", r"sampler\.guidance != 1", None),
+    ("unknown-backend", ["parallel.backend=horovod"], 2, r"parallel\.backend='horovod'", r"choose one of", None),
+    ("xfuser-without-cuda", ["parallel.backend=xfuser"], 2, r"parallel\.backend=xfuser", r"needs CUDA", None),
+    ("timeout-zero", ["parallel.timeout_s=0"], 2, r"parallel\.timeout_s=0", r"must be > 0", None),
+    ("unknown-cache-mode", ["cache.mode=fast"], 2, r"cache\.mode='fast'", r"choose one of", None),
+    ("unknown-preset", ["cache.preset=wan3"], 2, r"cache\.preset='wan3'", r"choose one of", None),
+    ("K-zero", ["cache.K=0"], 2, r"cache\.K=0", r"integer >= 1", None),
+    ("thresh-negative", ["cache.thresh=-1"], 2, r"cache\.thresh=-1", r"number >= 0", None),
+    ("retention-above-1", ["cache.retention=1.2"], 2, r"cache\.retention=1\.2", r"must be in \[0, 1\)", None),
+    ("zero-steps", ["sampler.num_steps=0"], 2, r"sampler\.num_steps=0", r"integer >= 1", None),
+    ("negative-steps", ["sampler.num_steps=-5"], 2, r"sampler\.num_steps=-5", r"integer >= 1", None),
+    ("unknown-solver", ["sampler.solver=ddim"], 2, r"sampler\.solver='ddim'", r"choose one of", None),
+    ("guidance-below-1", ["sampler.guidance=0.5"], 2, r"sampler\.guidance=0\.5", r"must be >= 1", None),
+    ("shift-zero", ["sampler.shift=0"], 2, r"sampler\.shift=0", r"must be > 0", None),
+    ("height-not-patch-multiple", ["video.height=30"], 2, r"video\.height=30",
+     r"positive multiple of the patch size 4", None),
+    ("zero-frames", ["video.frames=0"], 2, r"video\.frames=0", r"positive multiple of the patch size", None),
+    ("fps-zero", ["video.fps=0"], 2, r"video\.fps=0", r"must be >= 1", None),
+    ("empty-prompt", ["prompt="], 2, r"'prompt'", r"Incompatible value 'None' for field of type 'str'", None),
+    ("unknown-model", ["model.name=gpt2"], 2, r"model\.name='gpt2'", r"choose one of", None),
+    ("model-without-pipeline", ["model.name=wan2.1-t2v-14b"], 2, r"model\.name='wan2\.1-t2v-14b'",
+     r"use model\.name=tiny-video", None),
+    ("bad-dtype", ["model.dtype=int8"], 2, r"model\.dtype='int8'", r"must be one of", None),
+    ("missing-checkpoint", ["model.ckpt=/nonexistent/x.safetensors"], 2, r"model\.ckpt='/nonexistent/x\.safetensors'",
+     r"set model\.ckpt=null", None),
+    ("corrupt-checkpoint", ["model.ckpt={tmp}/corrupt.safetensors"], 2, r"model\.ckpt=.*corrupt\.safetensors",
+     r"re-download or re-export it",
+     lambda tmp: _write(os.path.join(tmp, "corrupt.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header") and []),
+    ("checkpoint-of-another-model", ["model.ckpt={tmp}/tv.safetensors"], 2, r"model\.ckpt=.*tv\.safetensors",
+     r"check model\.name",
+     lambda tmp: save_tiny_checkpoint(os.path.join(tmp, "tv.safetensors"), name="tiny-video") and []),
+    ("pickle-checkpoint", ["model.ckpt={tmp}/evil.pth"], 2, r"model\.ckpt=.*evil\.pth",
+     r"weights_only=True.*convert it to \.safetensors",
+     lambda tmp: _write(os.path.join(tmp, "evil.pth"), pickle.dumps(_Evil())) and []),
+    ("missing-ratio-file", ["cache.preset=null", "cache.ratios_file=/nonexistent/r.json"], 2,
+     r"cache\.ratios_file='/nonexistent/r\.json'", r"cache\.mode=calibrate or use cache\.preset", None),
+    ("ratio-file-not-json", ["cache.preset=null", "cache.ratios_file={tmp}/r.json"], 2, r"cache\.ratios_file=",
+     r"is not valid JSON", lambda tmp: _write(os.path.join(tmp, "r.json"), "{not json") and []),
+    ("ratio-file-missing-branch", ["cache.preset=null", "cache.ratios_file={tmp}/ratios.json"], 2,
+     r"ratios: the table has branches \['cond'\]", r"calibrate with the same guidance setting",
+     lambda tmp: _ratios(tmp) and []),
+    ("ratio-file-negative-ratio", ["cache.preset=null", "cache.ratios_file={tmp}/ratios.json"], 2,
+     r"cache\.ratios_file=.*ratios\.cond\[0\]=-1\.0", r"must be finite and > 0", lambda tmp: _ratios(tmp, value=-1.0) and []),
+    ("ratio-file-unknown-rule", ["cache.preset=null", "cache.ratios_file={tmp}/ratios.json", "cache.rule=sdxl"], 2,
+     r"cache\.rule='sdxl'", r"choose one of", lambda tmp: _ratios(tmp, ("cond", "uncond")) and []),
+    ("preset-and-ratio-file", ["cache.ratios_file={tmp}/ratios.json"], 2, r"cache\.preset or cache\.ratios_file",
+     r"set either", lambda tmp: _ratios(tmp, ("cond", "uncond")) and []),
+    ("output-dir-is-a-file", ["output_dir={tmp}/afile"], 2, r"output_dir=.*afile",
+     r"choose a directory you can write to", lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("output-dir-under-a-file", ["output_dir={tmp}/afile/sub"], 2, r"output_dir=.*afile/sub",
+     r"choose a directory you can write to", lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("checkpoint-every-negative", ["checkpoint.every_n_steps=-1"], 2, r"checkpoint\.every_n_steps=-1",
+     r"integer >= 0", None),
+    ("resume-without-checkpoint", ["resume=true", "checkpoint.dir={tmp}/none"], 2, r"checkpoint\.dir=",
+     r"set resume=false to start from scratch", None),
+    ("resume-with-other-config", [], 2, r"sampler\.num_steps=12 in the checkpoint but 8 now",
+     r"Resume with the original values, or set resume=false", _resume_with_other_steps),
+    ("dry-run-unknown-device", ["dry_run=true", "planner.device=tpu9"], 2, r"planner\.device='tpu9'",
+     r"choose one of \['cpu', 'h100', 'h200'\]", None),
+    ("dry-run-wan-frames-not-4k+1", ["dry_run=true", "model.name=wan2.1-t2v-14b", "video.frames=80",
+                                     "video.height=720", "video.width=1280"], 2, r"video\.frames=80",
+     r"4k\+1 for the Wan VAE .* use video\.frames=77", None),
+]
