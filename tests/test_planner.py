@@ -1,0 +1,115 @@
+"""Dry-run planner: exact shapes and token counts, communication bytes equal to what the SP code really sends,
+kernel counts in sync with the model, and the generate.py dry run (no weights, no process group)."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from diffusers import UniPCMultistepScheduler  # noqa: F401 - diffusers' lazy import is not thread-safe: load it once
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from magcache_dist.cache import MagCacheConfig, build_magcache, plan
+from magcache_dist.config import load_config
+from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts
+from magcache_dist.parallel.threads import run_threads
+from magcache_dist.planner import cost, plan_job
+from magcache_dist.sampling import SamplerConfig, sample
+from models.wan import get_config
+from tests.helpers import ODD_VIDEO, tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAN14B = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",
+          "video.width=1280", "sampler.num_steps=50", "cache.preset=wan2.1-t2v-14b", "cache.thresh=0.24", "cache.K=6",
+          "cache.retention=0.2", "parallel.ulysses_degree=8", "planner.device=h100"]
+
+
+def test_wan14b_720p_on_8_ranks():
+    p = plan_job(load_config(None, WAN14B))
+    r = p["per_rank"]
+    assert p["latent_shape"] == [16, 21, 90, 160] and r["latent_grid_patches"] == [21, 45, 80]
+    assert r["tokens"] == 75_600 and r["tokens_per_rank"] == 9_450 and r["padding_tokens"] == 0
+    assert p["params"] == cost.param_count(get_config("wan2.1-t2v-14b"))
+    assert 14.0e9 < p["params"] < 14.5e9
+    assert r["memory_bytes"]["weights"] == 2 * p["params"]
+    expect = plan(build_magcache("wan2.1-t2v-14b", None, MagCacheConfig(0.24, 6, 0.2), 50, ["cond", "uncond"]), 50,
+                  ["cond", "uncond"])
+    assert p["skip_plan"] == expect and r["calls"]["computed"] == expect["computed_calls"]
+    # Ulysses 8: 4 all-to-alls per block, each 9450 tokens x 5120 x 2 bytes x 7/8 leave the rank; 40 blocks
+    assert r["comm_per_block"]["ulysses_bytes_per_block"] == 4 * 9450 * 5120 * 2 * 7 // 8
+    assert r["comm_bytes_total"]["ulysses"] == expect["computed_calls"] * 40 * 4 * 9450 * 5120 * 2 * 7 // 8
+    # attention FLOPs per computed call: 4 * chunk * L * D per block (+ cross-attention with 512 text tokens)
+    assert r["flops_per_computed_call"]["attention"] == 40 * (4 * 9450 * 75600 * 5120 + 4 * 9450 * 512 * 5120)
+    t = r["time_s"]
+    assert t["sampling"] < t["sampling_without_cache"] and r["fits_in_memory"]
+
+
+def _measured_bytes(dims, steps=6):
+    cfg = SamplerConfig(num_steps=steps)
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(1, 3, 5, 20, 28, generator=g)
+    texts = {"cond": torch.randn(1, 6, 32, generator=g), "uncond": torch.zeros(1, 0, 32)}
+
+    def one(par):
+        model = apply_sequence_parallel(tiny_model(0), par)
+        policy = build_magcache("wan2.1-t2v-1.3b", None, MagCacheConfig(0.12, 2, 0.2), steps, cfg.branches)
+        sample(model, noise, texts, cfg, policy, par)
+        return {k: c.bytes_sent for k, c in par.comms().items()}
+
+    return run_threads(one, build_thread_contexts(dims, timeout=120))
+
+
+@pytest.mark.parametrize("layout", [(2, 1, 1), (1, 2, 1), (2, 2, 1), (1, 3, 1), (2, 1, 2)],
+                         ids=["ulysses2", "ring2", "usp2x2", "ring3", "cfg2-ulysses2"])
+def test_planned_bytes_equal_the_bytes_the_sp_code_sends(layout):
+    u, r, c = layout
+    measured = _measured_bytes(ParallelDims(u, r, c))
+    p = plan_job(load_config(None, ["model.name=tiny", *ODD_VIDEO, "sampler.num_steps=6", "cache.preset=wan2.1-t2v-1.3b",
+                                    f"parallel.ulysses_degree={u}", f"parallel.ring_degree={r}",
+                                    f"parallel.cfg_degree={c}"]))
+    want = p["per_rank"]["comm_bytes_total"]
+    assert p["per_rank"]["tokens"] == 175 and p["per_rank"]["padding_tokens"] == -175 % (u * r)
+    for rank_bytes in measured:  # every rank sends exactly what the planner says
+        assert rank_bytes["ulysses"] == want["ulysses"] and rank_bytes["ring"] == want["ring"]
+        assert rank_bytes["sp"] == want["sp"] and rank_bytes["cfg"] == want["cfg"], (rank_bytes, want)
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_kernel_counts_match_the_model():
+    m = tiny_model(0)
+    x, t, c = torch.randn(1, 3, 5, 20, 28), torch.tensor([500.0]), torch.randn(1, 6, 32)
+    with torch.no_grad():
+        with _Count() as k:
+            tokens, ctx = m.embed(x, t, c)
+        assert k.n == cost.KERNELS_EMBED
+        with _Count() as k:
+            m.blocks[0](tokens, ctx)
+        assert k.n == cost.KERNELS_PER_BLOCK
+        with _Count() as k:
+            m.unpatchify(m.forward_head(tokens, ctx), ctx.grid)
+        assert k.n == cost.KERNELS_HEAD
+
+
+def test_generate_dry_run_writes_the_plan_without_weights_or_process_group(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "launch"))
+    import generate
+
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("dry run created a process group"))
+    monkeypatch.setattr("models.loading.read_tensors", lambda *a, **k: pytest.fail("dry run read weights"))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # planned for 8 ranks from a single process
+    assert generate.main([*WAN14B, "dry_run=true", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "75,600 tokens; 9,450 per rank" in out and "estimated sampling time" in out
+    p = json.loads((tmp_path / "plan.json").read_text())
+    assert p["per_rank"]["tokens_per_rank"] == 9450 and p["device"]["name"] == "h100"
+    assert os.listdir(tmp_path) == ["plan.json"]
