@@ -170,3 +170,21 @@ def test_block_attention_with_lse_matches_the_math_on_masked_and_dead_blocks():
         assert (out - ref).abs().max() < 1e-5
         assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
         assert (lse - ref_lse).nan_to_num(0).abs().max() < 1e-5
+
+
+def test_run_job_calibration_under_cfg_parallel_keeps_both_branches(tiny_ckpt, tmp_path):
+    from magcache_dist.cache import RatioTable
+    from magcache_dist.run import run_job
+    from tests.helpers import job_config
+
+    run_job(job_config(tiny_ckpt, str(tmp_path / "solo"), "cache.mode=calibrate"), solo_context())
+    cfgs = [job_config(tiny_ckpt, str(tmp_path / "cfg2"), "cache.mode=calibrate", "parallel.cfg_degree=2",
+                       "parallel.ulysses_degree=2") for _ in range(4)]
+    contexts = build_thread_contexts(ParallelDims(2, 1, 2))
+    run_threads(lambda par: run_job(cfgs[par.rank], par), contexts)
+    solo = RatioTable.load(str(tmp_path / "solo" / "ratios.json"))
+    split = RatioTable.load(str(tmp_path / "cfg2" / "ratios.json"))
+    assert split.branches == ["cond", "uncond"]
+    for b in ("cond", "uncond"):
+        a, s = torch.tensor(split.ratios[b]), torch.tensor(solo.ratios[b])
+        assert ((a - s).abs() <= 1e-5 * s.abs()).all(), b
