@@ -108,13 +108,13 @@ class FluxDiT(FluxTransformer2DModel):
         dtype = self.x_embedder.weight.dtype
         b, _, _, h, w = x.shape
         tokens = self.x_embedder(pack(x).to(dtype))  # [B, L, D]
-        pooled = cond.pooled.to(dtype).expand(b, -1)
+        pooled = cond.pooled.to(x.device, dtype).expand(b, -1)
         if self.config.guidance_embeds:
             g = torch.full((b,), float(cond.guidance) * 1000.0, device=x.device)
             temb = self.time_text_embed(t.to(dtype), g.to(dtype), pooled)
         else:
             temb = self.time_text_embed(t.to(dtype), pooled)
-        txt = self.context_embedder(cond.text.to(dtype).expand(b, -1, -1))  # [B, T, D]
+        txt = self.context_embedder(cond.text.to(x.device, dtype).expand(b, -1, -1))  # [B, T, D]
         grid = (1, h // 2, w // 2)
         rows, cols = torch.meshgrid(torch.arange(grid[1]), torch.arange(grid[2]), indexing="ij")
         img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).to(x.device)

@@ -103,10 +103,10 @@ class HunyuanVideoDiT(HunyuanVideoTransformer3DModel):
         b = x.shape[0]
         cos, sin = self.rope(x)  # [L, Dh] each
         g = torch.full((b,), float(cond.guidance) * 1000.0, device=x.device, dtype=dtype)
-        temb, _ = self.time_text_embed(t.to(dtype), cond.pooled.to(dtype).expand(b, -1), g)
+        temb, _ = self.time_text_embed(t.to(dtype), cond.pooled.to(x.device, dtype).expand(b, -1), g)
         tokens = self.x_embedder(x.to(dtype))  # [B, L, D]
-        mask = cond.mask.expand(b, -1)
-        txt = self.context_embedder(cond.text.to(dtype).expand(b, -1, -1), t.to(dtype), mask)  # [B, T, D]
+        mask = cond.mask.to(x.device).expand(b, -1)
+        txt = self.context_embedder(cond.text.to(x.device, dtype).expand(b, -1, -1), t.to(dtype), mask)  # [B, T, D]
         p, pt = self.config.patch_size, self.config.patch_size_t
         grid = (x.shape[2] // pt, x.shape[3] // p, x.shape[4] // p)
         return tokens, JointContext(temb=temb, txt=txt, freqs=torch.stack([cos, sin], 1), txt_freqs=None,
