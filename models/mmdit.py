@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
 from models.attention_joint import LocalJointAttention
 
@@ -94,7 +93,3 @@ def install_joint_attention(blocks) -> int:
 
 def image_token_lens(batch: int, num_tokens: int, device) -> torch.Tensor:
     return torch.full((batch,), num_tokens, dtype=torch.long, device=device)
-
-
-def copy_weights(dst: nn.Module, src: nn.Module) -> None:
-    dst.load_state_dict(src.state_dict(), strict=True)
