@@ -53,6 +53,18 @@ class ModelFamily:
         """[B, C, F, H, W] latents -> [B, 3, F', H', W'] video in [-1, 1]."""
         raise NotImplementedError
 
+    def sampler_config(self, cfg: JobConfig) -> SamplerConfig:
+        """CFG mode and sigma grid of the family (default: Wan's separate CFG calls on its shifted grid)."""
+        return sampler_config(cfg)
+
+    def default_preset(self, name: str) -> str | None:
+        """The MagCache preset used when cache.preset and cache.ratios_file are both unset."""
+        return None
+
+    def cache_rule(self, name: str) -> str:
+        """The decision rule written into ratio files calibrated on this model."""
+        return "wan"
+
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
@@ -95,7 +107,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     v = cfg.video
     if v.fps < 1:
         raise ValueError(f"video.fps={v.fps} must be >= 1")
-    scfg = sampler_config(cfg)
+    scfg = family.sampler_config(cfg)
     dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
     num_heads = family.num_heads(cfg)
     dims.validate(world_size, num_heads, len(scfg.branches))
@@ -117,7 +129,9 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
 
 
 def default_preset(model_name: str) -> str | None:
-    return model_name if model_name in preset_names() else None
+    family = _FAMILIES.get(model_name)
+    own = family.default_preset(model_name) if family is not None else None
+    return own or (model_name if model_name in preset_names() else None)
 
 
 def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=None):
@@ -218,3 +232,5 @@ class TinyVideoFamily(ModelFamily):
 
 register_family(["tiny"], TinyVideoFamily(stride=1))
 register_family(["tiny-video"], TinyVideoFamily(stride=2))
+
+import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2)

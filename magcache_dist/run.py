@@ -80,7 +80,8 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         table = policy.table(result.state, meta=dict(
             model=cfg.model.name, num_steps=scfg.num_steps, resolution=[cfg.video.frames, cfg.video.height,
                                                                         cfg.video.width],
-            solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule="wan", sp_degree=dims.sp_degree))
+            solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule=family.cache_rule(cfg.model.name),
+            sp_degree=dims.sp_degree))
         if dims.cfg_degree == 2:  # each half measured one branch: put the table back together
             from magcache_dist.cache.ratios import RatioTable
 
