@@ -52,8 +52,9 @@ def main() -> int:
             for _ in range(args.repeats):
                 res = sample(model, noise, texts, scfg, build_policy(cfg, scfg))
                 best = min(best, res.timings.total)
-            est = plan_job(cfg)["per_rank"]["time_s"]["sampling"]
-            rows.append(dict(size=label, cache=mode, tokens=f // 2 * (h // 8) * (w // 8),
+            planned = plan_job(cfg)["per_rank"]
+            est = planned["time_s"]["sampling"]
+            rows.append(dict(size=label, cache=mode, tokens=planned["tokens"],
                              computed=sum(1 for d in res.decisions if d["compute"]), calls=len(res.decisions),
                              measured_s=best, estimated_s=est, error=(est - best) / best))
     print(f"{'video':<12}{'cache':<10}{'tokens':>7}{'computed':>10}{'measured s':>12}{'estimate s':>12}{'error':>8}")

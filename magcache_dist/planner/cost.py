@@ -30,23 +30,26 @@ ELEMENTWISE_PASSES = 40  # reads + writes of [c, D] tensors per block outside GE
 # torch ops dispatched per block / per embed / per head+unpatchify (counted with a TorchDispatchMode; a test keeps
 # these in sync with models/wan.py)
 KERNELS_PER_BLOCK, KERNELS_EMBED, KERNELS_HEAD = 123, 75, 15
-# VAE compression of the families that have one: (time stride, space stride); frames must be 1 + time*k
-VAE_STRIDE = {"wan2.1-t2v-1.3b": (4, 8), "wan2.1-t2v-14b": (4, 8)}
+# (time stride, space stride) of the autoencoder in front of the DiT; a causal time stride st needs 1 + st*k frames.
+# tiny-video: the fixed 2x pixel autoencoder of models/tiny_ae.py; models not listed work on pixels.
+VAE_STRIDE = {"wan2.1-t2v-1.3b": (4, 8), "wan2.1-t2v-14b": (4, 8), "tiny-video": (1, 2)}
 
 
 def latent_shape(model_name: str, mcfg: WanConfig, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     """(C, F, H, W) of the latents the DiT sees; pixel-space models see the video itself."""
+    pf, ph, pw = mcfg.patch_size
     if model_name in VAE_STRIDE:
         st, ss = VAE_STRIDE[model_name]
-        if frames < 1 or (frames - 1) % st:
+        if frames < 1 or (frames - 1) % st or ((frames - 1) // st + 1) % pf:
             raise ValueError(f"video.frames={frames} must be {st}k+1 for the Wan VAE (e.g. 81); use "
-                             f"video.frames={max(1, (frames - 1) // st * st + 1)}")
-        for key, v in (("video.height", height), ("video.width", width)):
-            if v < 1 or v % (ss * 2):
-                raise ValueError(f"{key}={v} must be a multiple of {ss * 2} (VAE stride {ss} x patch 2), e.g. "
-                                 f"{max(ss * 2, v // (ss * 2) * ss * 2)}")
+                             f"video.frames={max(1, (frames - 1) // st * st + 1)}" if st > 1 else
+                             f"video.frames={frames} must be a positive multiple of the patch size {pf} of model "
+                             f"{model_name}")
+        for key, v, p in (("video.height", height, ph), ("video.width", width, pw)):
+            if v < 1 or v % (ss * p):
+                raise ValueError(f"{key}={v} must be a multiple of {ss * p} (autoencoder stride {ss} x patch {p}), "
+                                 f"e.g. {max(ss * p, v // (ss * p) * ss * p)}")
         return mcfg.in_dim, (frames - 1) // st + 1, height // ss, width // ss
-    pf, ph, pw = mcfg.patch_size
     for key, v, p in (("video.frames", frames, pf), ("video.height", height, ph), ("video.width", width, pw)):
         if v < 1 or v % p:
             raise ValueError(f"{key}={v} must be a positive multiple of the patch size {p} of model {model_name}")
