@@ -16,7 +16,7 @@ from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_
 from magcache_dist.parallel.threads import run_threads
 from magcache_dist.planner import cost, plan_job
 from magcache_dist.sampling import SamplerConfig, sample
-from models.wan import get_config
+from models.wan import WanModel, get_config
 from tests.helpers import ODD_VIDEO, tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,3 +113,16 @@ def test_generate_dry_run_writes_the_plan_without_weights_or_process_group(tmp_p
     p = json.loads((tmp_path / "plan.json").read_text())
     assert p["per_rank"]["tokens_per_rank"] == 9450 and p["device"]["name"] == "h100"
     assert os.listdir(tmp_path) == ["plan.json"]
+
+
+@pytest.mark.parametrize("overrides", [["model.name=tiny-video"], ["model.name=tiny", *ODD_VIDEO]])
+def test_planned_tokens_equal_the_tokens_the_model_sees(overrides):
+    from magcache_dist.pipeline import get_family
+
+    cfg = load_config(None, overrides)
+    noise = get_family(cfg.model.name).make_noise(cfg, 0)
+    with torch.device("meta"):
+        model = WanModel(get_config(cfg.model.name))
+    grid = [n // p for n, p in zip(noise.shape[2:], model.cfg.patch_size)]
+    p = plan_job(cfg)
+    assert p["latent_shape"] == list(noise.shape[1:]) and p["per_rank"]["latent_grid_patches"] == grid
