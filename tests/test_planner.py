@@ -115,7 +115,8 @@ def test_generate_dry_run_writes_the_plan_without_weights_or_process_group(tmp_p
     assert os.listdir(tmp_path) == ["plan.json"]
 
 
-@pytest.mark.parametrize("overrides", [["model.name=tiny-video"], ["model.name=tiny", *ODD_VIDEO]])
+@pytest.mark.parametrize("overrides", [["model.name=tiny-video", "cache.preset=wan2.1-t2v-1.3b"],
+                                       ["model.name=tiny", "cache.preset=wan2.1-t2v-1.3b", *ODD_VIDEO]])
 def test_planned_tokens_equal_the_tokens_the_model_sees(overrides):
     from magcache_dist.pipeline import get_family
 
