@@ -42,7 +42,7 @@ class SamplerSection:
 
 @dataclass
 class CacheSection:
-    mode: str = "magcache"  # off | magcache | calibrate | teacache
+    mode: str = "magcache"  # off | magcache | calibrate | teacache | auto | online
     preset: Optional[str] = None
     ratios_file: Optional[str] = None
     rule: Optional[str] = None  # decision rule for ratios_file (wan, hunyuanvideo, flux, opensora)
@@ -54,6 +54,9 @@ class CacheSection:
     teacache_thresh: float = 0.1  # teacache mode: threshold on the accumulated rescaled rel-L1 change
     teacache_coefficients: Optional[List[float]] = None  # teacache mode: polynomial (highest degree first);
     # None = the coefficients fitted for model.name (magcache_dist/cache/data/<model>-teacache.json)
+    store_dir: Optional[str] = None  # ratio store: calibrate writes into it, auto reads (and fills) it
+    online_predictor: str = "powerlaw"  # online mode: powerlaw | hold (magcache_dist/cache/online.py)
+    online_window: int = 6  # online mode: measurements the predictor fits
 
 
 @dataclass
