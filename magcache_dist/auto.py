@@ -94,19 +94,6 @@ def resolve_ratios(cfg: JobConfig, scfg, par) -> ResolvedRatios | None:
     return found
 
 
-def merge_branch_tables(table: RatioTable, par, dims) -> RatioTable:
-    """Under CFG parallel each half calibrates one branch: join them (collective over the cfg group)."""
-    if dims.cfg_degree == 1:
-        return table
-    parts = [RatioTable.from_json(obj) for obj in par.cfg.gather_objects(table.to_json())]
-    ratios, std, cos = {}, {}, {}
-    for p in parts:
-        ratios.update(p.ratios)
-        std.update(p.std)
-        cos.update(p.cos_dist)
-    return RatioTable(num_steps=table.num_steps, ratios=ratios, std=std, cos_dist=cos, meta=dict(table.meta))
-
-
 def store_calibration(cfg: JobConfig, scfg, table: RatioTable) -> str:
     """Rank 0: add the table to ``cache.store_dir``; returns the file written."""
     store = RatioStore(resolve_path(cfg.cache.store_dir))

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from magcache_dist.auto import calibration_meta, merge_branch_tables, ratios_used, resolve_ratios, store_calibration
+from magcache_dist.auto import calibration_meta, ratios_used, resolve_ratios, store_calibration
 from magcache_dist.cache import plan
 from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.magcache import MagCachePolicy
@@ -82,7 +82,14 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     calibration = None
     if isinstance(policy, CalibrationPolicy):  # cache.mode=calibrate, or auto with nothing stored for this job
         table = policy.table(result.state, meta=calibration_meta(cfg, scfg, dims))
-        calibration = merge_branch_tables(table, par, dims)  # CFG parallel: each half measured one branch
+        if dims.cfg_degree == 2:  # each half measured one branch: put the table back together
+            from magcache_dist.cache.ratios import RatioTable
+
+            parts = [RatioTable.from_json(t) for t in par.cfg.gather_objects(table.to_json())]
+            table = RatioTable(num_steps=table.num_steps, meta=table.meta,
+                               **{f: {b: v for t in parts for b, v in getattr(t, f).items()}
+                                  for f in ("ratios", "std", "cos_dist")})
+        calibration = table
     per_rank = par.world.gather_objects(dict(rank=par.rank, decisions=result.decisions,
                                              timings=result.timings.as_dict(),
                                              consensus_reductions=result.extra["consensus_reductions"],
