@@ -44,12 +44,16 @@ MIN_FIT_POINTS = 3
 class OnlineConfig:
     predictor: str = "powerlaw"
     window: int = 6
+    margin: bool = True  # widen each skipped call's error by the predictor's recent miss (0 miss: MagCache's rule)
+    miss_window: int = 3  # the miss is the mean over this many latest measurements
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
             raise ValueError(f"cache.online_predictor={self.predictor!r} is unknown; choose one of {PREDICTORS}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < MIN_FIT_POINTS:
             raise ValueError(f"cache.online_window={self.window!r} must be an integer >= {MIN_FIT_POINTS}")
+        if not isinstance(self.margin, bool):
+            raise ValueError(f"cache.online_margin={self.margin!r} must be true or false")
 
 
 def predict_slope(history: list[tuple[float, float]], sigma_mid: float, predictor: str, window: int) -> float:
@@ -94,7 +98,7 @@ class OnlineMagCachePolicy(CachePolicy):
     def new_state(self, branches) -> CacheState:
         state = super().new_state(branches)
         for b in branches:
-            state[b].extra.update(history=[], last_step=None)
+            state[b].extra.update(history=[], misses=[], last_step=None)
         return state
 
     def call_index(self, step: int, branch: str) -> int:
@@ -106,13 +110,21 @@ class OnlineMagCachePolicy(CachePolicy):
         length, index = self.rule.forced_grid
         return int(round(step * (length - 1) / (self.num_steps - 1))) == index
 
+    def log_gamma(self, history: list[dict], step: int) -> float:
+        """Predicted log ratio of step ``step`` over step-1 from measurements ``history`` (non-empty)."""
+        lo, hi = self.sigmas[step - 1], self.sigmas[step]
+        k = predict_slope([(h["sigma_mid"], h["k"]) for h in history], 0.5 * (lo + hi), self.online.predictor,
+                          self.online.window)
+        return k * (hi - lo)
+
     def gamma(self, state: CacheState, step: int, branch: str) -> float:
         """Predicted ratio of step ``step`` over step-1 (needs at least one measurement)."""
-        hist = state[branch].extra["history"]
-        lo, hi = self.sigmas[step - 1], self.sigmas[step]
-        k = predict_slope([(h["sigma_mid"], h["k"]) for h in hist], 0.5 * (lo + hi), self.online.predictor,
-                          self.online.window)
-        return math.exp(k * (hi - lo)) ** self.rule.ratio_power
+        return math.exp(self.log_gamma(state[branch].extra["history"], step)) ** self.rule.ratio_power
+
+    def miss(self, state: CacheState, branch: str) -> float:
+        """Recent prediction miss per step, |log measured - log predicted| / gap (mean of the latest few)."""
+        misses = state[branch].extra["misses"][-self.online.miss_window:]
+        return sum(misses) / len(misses) if (misses and self.online.margin) else 0.0
 
     def propose(self, state: CacheState, step: int, branch: str, probe=None) -> Decision:
         if not 0 <= step < self.num_steps:
@@ -124,7 +136,12 @@ class OnlineMagCachePolicy(CachePolicy):
         if not bs.extra["history"]:
             return Decision(True, bs.acc_err, bs.acc_ratio, "no-history", reset)
         ratio = bs.acc_ratio * self.gamma(state, step, branch)
-        err = bs.acc_err + (abs(1.0 - ratio) if self.rule.abs_error else 1.0 - ratio)
+        # worst deviation of the skipped residual's magnitude over the prediction's band ratio * exp(+-miss*steps)
+        band = math.exp(self.miss(state, branch) * (bs.acc_steps + 1))
+        if self.rule.abs_error:
+            err = bs.acc_err + max(abs(1.0 - ratio * band), abs(1.0 - ratio / band))
+        else:
+            err = bs.acc_err + 1.0 - ratio / band
         # the scalars that decide are the group's (identical on every rank by construction)
         err, ratio = (float(v) for v in self.reduce_max(torch.tensor([err, ratio], dtype=torch.float64)))
         steps = bs.acc_steps + 1
@@ -155,6 +172,9 @@ class OnlineMagCachePolicy(CachePolicy):
             d_sigma = self.sigmas[step] - self.sigmas[prev_step]
             if r > 0 and d_sigma != 0:
                 k = math.log(r) / d_sigma
+                if bs.extra["history"]:  # how far off the predictor was over this gap
+                    pred = sum(self.log_gamma(bs.extra["history"], j) for j in range(prev_step + 1, step + 1))
+                    bs.extra["misses"].append(abs(math.log(r) - pred) / (step - prev_step))
                 m = dict(step=step, from_step=prev_step, ratio=r, k=k,
                          sigma_mid=0.5 * (self.sigmas[step] + self.sigmas[prev_step]))
                 bs.extra["history"].append(m)
@@ -165,7 +185,8 @@ class OnlineMagCachePolicy(CachePolicy):
 
     def describe(self) -> dict:
         return dict(policy="online", source="online (measured during this generation; no ratio file)",
-                    predictor=self.online.predictor, window=self.online.window, rule=self.rule.name,
+                    predictor=self.online.predictor, window=self.online.window, margin=self.online.margin,
+                    rule=self.rule.name,
                     thresh=self.cfg.thresh, K=self.cfg.K, retention=self.cfg.retention,
                     retention_calls=self.retention_calls, num_steps=self.num_steps)
 
