@@ -24,6 +24,7 @@ from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.sampling.schedulers import SOLVERS
 from models.loading import load_state_dict_strict, read_tensors
+from models.tiny_ae import PixelAutoencoder
 from models.tiny_text import TinyTextEncoder
 from models.wan import WAN_CONFIGS, WanConfig, WanModel, get_config
 
@@ -200,7 +201,11 @@ def encode_texts(text_encoder, prompt: str, negative: str, branches) -> dict[str
 
 
 class TinyVideoFamily(ModelFamily):
-    """The embedded pixel-space models (``tiny``, ``tiny-video``): tiny word encoder, identity 'VAE'."""
+    """The embedded models (``tiny``, ``tiny-video``): tiny word encoder; the 'VAE' is identity (``tiny``) or
+    the fixed 2x pixel autoencoder of models/tiny_ae.py (``tiny-video``): noise is drawn at the latent size."""
+
+    def __init__(self, stride: int = 1):
+        self.ae = PixelAutoencoder(stride)
 
     def validate(self, cfg: JobConfig) -> None:
         mcfg = get_config(cfg.model.name)
@@ -209,8 +214,9 @@ class TinyVideoFamily(ModelFamily):
                              f"project root); set model.ckpt=null for seeded random weights")
         v = cfg.video
         pf, ph, pw = mcfg.patch_size
-        for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph),
-                            ("video.width", v.width, pw)):
+        s = self.ae.stride
+        for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph * s),
+                            ("video.width", v.width, pw * s)):
             if val < 1 or val % p:
                 raise ValueError(f"{key}={val} must be a positive multiple of the patch size {p} of model "
                                  f"{cfg.model.name}")
@@ -222,11 +228,12 @@ class TinyVideoFamily(ModelFamily):
         return encode_texts(encoder, prompt, negative, branches)
 
     def make_noise(self, cfg, seed):
-        v = cfg.video
-        return seeded_noise((1, get_config(cfg.model.name).in_dim, v.frames, v.height, v.width), seed)
+        v, s = cfg.video, self.ae.stride
+        return seeded_noise((1, get_config(cfg.model.name).in_dim, v.frames, v.height // s, v.width // s), seed)
 
     def decode(self, latents):
-        return latents.clamp(-1, 1)  # pixel space
+        return self.ae.decode(latents)
 
 
-register_family(["tiny", "tiny-video"], TinyVideoFamily())
+register_family(["tiny"], TinyVideoFamily(stride=1))
+register_family(["tiny-video"], TinyVideoFamily(stride=2))
