@@ -27,7 +27,7 @@ def _inputs():
     return noise, texts
 
 
-def _policy(par, thresh=0.05, K=2, predictor="powerlaw", perturb=1.0):
+def _policy(par, thresh=0.4, K=2, predictor="powerlaw", perturb=1.0):
     def reduce_sum(t):
         t = t.clone()
         t[0] *= perturb  # perturb != 1: this rank measures slightly different ratios
@@ -151,3 +151,23 @@ def test_online_decisions_identical_on_every_rank_and_equal_to_single_process(di
     for g in range(dims.cfg_degree):
         group = [outs[r][1] for r in range(g * sp, (g + 1) * sp)]
         assert all(d == group[0] for d in group)
+
+
+def test_error_is_magcaches_when_the_predictor_is_exact_and_widened_by_its_recent_miss():
+    k_true = 0.8
+    pol = build_online(MagCacheConfig(0.5, 3, 0.0), STEPS, ["cond"], SIGMAS)
+    state = _feed(pol, lambda s: math.exp(k_true * s), 4)  # computed 0..3, exact law: no miss
+    assert state["cond"].extra["misses"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    g = math.exp(k_true * (SIGMAS[4] - SIGMAS[3]))
+    d = pol.propose(state, 4, "cond")
+    assert not d.compute and d.error == pytest.approx(abs(1 - g), rel=1e-9)  # MagCache's |1 - ratio|
+    # step 4 comes out 10% larger than the law: the miss is |log 1.1| per step, averaged over the last 3
+    base = torch.randn(1, 9, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pol.store(state, 4, "cond", torch.zeros_like(base), 1.1 * math.exp(k_true * SIGMAS[4]) * base)
+    m = math.log(1.1) / 3
+    assert pol.miss(state, "cond") == pytest.approx(m, rel=1e-9)
+    d = pol.propose(state, 5, "cond")
+    g5 = pol.gamma(state, 5, "cond")
+    assert d.error == pytest.approx(max(abs(1 - g5 * math.exp(m)), abs(1 - g5 * math.exp(-m))), rel=1e-9)
+    pol.online = OnlineConfig(margin=False)
+    assert pol.propose(state, 5, "cond").error == pytest.approx(abs(1 - g5), rel=1e-9)
