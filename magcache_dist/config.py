@@ -57,6 +57,7 @@ class CacheSection:
     store_dir: Optional[str] = None  # ratio store: calibrate writes into it, auto reads (and fills) it
     online_predictor: str = "powerlaw"  # online mode: powerlaw | hold (magcache_dist/cache/online.py)
     online_window: int = 6  # online mode: measurements the predictor fits
+    online_margin: bool = True  # online mode: widen the error by the predictor's latest miss
 
 
 @dataclass

@@ -135,7 +135,7 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
     if c.mode == "online":  # call counting over all branches, measurements over this rank's SP group
         return build_online(MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, scfg.branches,
                             sigma_grid(scfg.num_steps, scfg.shift, scfg.solver), rule=c.rule,
-                            online=OnlineConfig(c.online_predictor, c.online_window), reduce_sum=reduce_sum,
+                            online=OnlineConfig(c.online_predictor, c.online_window, c.online_margin), reduce_sum=reduce_sum,
                             reduce_max=reduce_max)
     if c.mode == "auto":
         if resolved is None or resolved.table_json is None:  # nothing stored for this key: calibrate now

@@ -45,7 +45,7 @@ class OnlineConfig:
     predictor: str = "powerlaw"
     window: int = 6
     margin: bool = True  # widen each skipped call's error by the predictor's recent miss (0 miss: MagCache's rule)
-    miss_window: int = 3  # the miss is the mean over this many latest measurements
+    miss_window: int = 1  # the miss is the mean over this many latest measurements (1: the latest)
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
@@ -54,6 +54,8 @@ class OnlineConfig:
             raise ValueError(f"cache.online_window={self.window!r} must be an integer >= {MIN_FIT_POINTS}")
         if not isinstance(self.margin, bool):
             raise ValueError(f"cache.online_margin={self.margin!r} must be true or false")
+        if isinstance(self.miss_window, bool) or not isinstance(self.miss_window, int) or self.miss_window < 1:
+            raise ValueError(f"online miss_window={self.miss_window!r} must be an integer >= 1")
 
 
 def predict_slope(history: list[tuple[float, float]], sigma_mid: float, predictor: str, window: int) -> float:
