@@ -21,9 +21,13 @@ from magcache_dist.config import JobConfig, resolve_path
 from magcache_dist.sampling.schedulers import FlowScheduler
 
 
-def sigma_grid(num_steps: int, shift: float, solver: str = "unipc") -> list[float]:
-    """The sampler's sigma at each of the ``num_steps`` steps (same grid for every solver)."""
-    return [float(s) for s in FlowScheduler(solver, num_steps, shift).sigmas[:num_steps]]
+def sigma_grid(num_steps: int, shift: float, solver: str = "unipc", sigmas=None) -> list[float]:
+    """The sampler's sigma at each of the ``num_steps`` steps: Wan's shifted grid, or a family's own ``sigmas``."""
+    return [float(s) for s in FlowScheduler(solver, num_steps, shift, sigmas=sigmas).sigmas[:num_steps]]
+
+
+def job_sigmas(scfg) -> list[float]:
+    return sigma_grid(scfg.num_steps, scfg.shift, scfg.solver, getattr(scfg, "sigmas", None))
 
 
 def ratio_key(cfg: JobConfig, scfg) -> dict:
@@ -32,12 +36,13 @@ def ratio_key(cfg: JobConfig, scfg) -> dict:
                     [cfg.video.frames, cfg.video.height, cfg.video.width], scfg.solver, scfg.shift, scfg.guidance)
 
 
-def calibration_meta(cfg: JobConfig, scfg, dims) -> dict:
+def calibration_meta(cfg: JobConfig, scfg, dims, rule: str = "wan") -> dict:
+    """``rule``: the model family's decision rule (ModelFamily.cache_rule), written into the table."""
     key = ratio_key(cfg, scfg)
     return dict(model=key["model"], weights=key["weights"], num_steps=scfg.num_steps, resolution=key["resolution"],
-                solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule=cfg.cache.rule or "wan",
+                solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule=cfg.cache.rule or rule,
                 sp_degree=dims.sp_degree, ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
-                cfg_degree=dims.cfg_degree)
+                cfg_degree=dims.cfg_degree, sigmas=job_sigmas(scfg))
 
 
 @dataclass
@@ -73,8 +78,8 @@ def lookup(cfg: JobConfig, scfg) -> ResolvedRatios:
     if kind == "exact":
         return ResolvedRatios("exact", key, table.to_json(), store.path(entry))
     src = entry["key"]
-    table = interpolate_table(table, sigma_grid(src["num_steps"], src["shift"], src["solver"]),
-                              sigma_grid(scfg.num_steps, scfg.shift, scfg.solver))
+    src_sigmas = table.meta.get("sigmas") or sigma_grid(src["num_steps"], src["shift"], src["solver"])
+    table = interpolate_table(table, src_sigmas, job_sigmas(scfg))
     return ResolvedRatios("interpolated", key, table.to_json(), store.path(entry), from_steps=src["num_steps"])
 
 

@@ -12,7 +12,7 @@ import os
 import torch
 
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names
-from magcache_dist.auto import check_store, sigma_grid
+from magcache_dist.auto import check_store, job_sigmas
 from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.online import OnlineConfig, build_online
@@ -57,6 +57,18 @@ class ModelFamily:
         """[B, C, F, H, W] latents -> [B, 3, F', H', W'] video in [-1, 1]."""
         raise NotImplementedError
 
+    def sampler_config(self, cfg: JobConfig) -> SamplerConfig:
+        """CFG mode and sigma grid of the family (default: Wan's separate CFG calls on its shifted grid)."""
+        return sampler_config(cfg)
+
+    def default_preset(self, name: str) -> str | None:
+        """The MagCache preset used when cache.preset and cache.ratios_file are both unset."""
+        return None
+
+    def cache_rule(self, name: str) -> str:
+        """The decision rule written into ratio files calibrated on this model."""
+        return "wan"
+
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
@@ -99,7 +111,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     v = cfg.video
     if v.fps < 1:
         raise ValueError(f"video.fps={v.fps} must be >= 1")
-    scfg = sampler_config(cfg)
+    scfg = family.sampler_config(cfg)
     dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
     num_heads = family.num_heads(cfg)
     dims.validate(world_size, num_heads, len(scfg.branches))
@@ -122,7 +134,9 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
 
 
 def default_preset(model_name: str) -> str | None:
-    return model_name if model_name in preset_names() else None
+    family = _FAMILIES.get(model_name)
+    own = family.default_preset(model_name) if family is not None else None
+    return own or (model_name if model_name in preset_names() else None)
 
 
 def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=None, reduce_max=None,
@@ -134,14 +148,15 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
         return NoCache()
     if c.mode == "online":  # call counting over all branches, measurements over this rank's SP group
         return build_online(MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, scfg.branches,
-                            sigma_grid(scfg.num_steps, scfg.shift, scfg.solver), rule=c.rule,
+                            job_sigmas(scfg), rule=c.rule or get_family(cfg.model.name).cache_rule(cfg.model.name),
                             online=OnlineConfig(c.online_predictor, c.online_window, c.online_margin), reduce_sum=reduce_sum,
                             reduce_max=reduce_max)
     if c.mode == "auto":
         if resolved is None or resolved.table_json is None:  # nothing stored for this key: calibrate now
             return CalibrationPolicy(scfg.num_steps, branches, reduce_sum=reduce_sum)
         table = resolved.table
-        return MagCachePolicy(table, get_rule(c.rule or table.meta.get("rule", "wan")),
+        rule = c.rule or table.meta.get("rule") or get_family(cfg.model.name).cache_rule(cfg.model.name)
+        return MagCachePolicy(table, get_rule(rule),
                               MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, branches,
                               source=resolved.source())
     if c.mode == "calibrate":
@@ -237,3 +252,5 @@ class TinyVideoFamily(ModelFamily):
 
 register_family(["tiny"], TinyVideoFamily(stride=1))
 register_family(["tiny-video"], TinyVideoFamily(stride=2))
+
+import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2)

@@ -81,7 +81,7 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
 
     calibration = None
     if isinstance(policy, CalibrationPolicy):  # cache.mode=calibrate, or auto with nothing stored for this job
-        table = policy.table(result.state, meta=calibration_meta(cfg, scfg, dims))
+        table = policy.table(result.state, meta=calibration_meta(cfg, scfg, dims, family.cache_rule(cfg.model.name)))
         if dims.cfg_degree == 2:  # each half measured one branch: put the table back together
             from magcache_dist.cache.ratios import RatioTable
 

@@ -1,0 +1,6 @@
+"""Model families beyond Wan2.1: each module registers a ModelFamily (magcache_dist.pipeline.register_family).
+
+The sampler, cache and parallel code are shared; a family only says how to validate, build, condition, make
+noise for and decode its model (see docs/adding_a_model.md).
+"""
+from magcache_dist.families import flux, hunyuanvideo, opensora  # noqa: F401  (registration)
