@@ -149,8 +149,8 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
     if c.mode == "online":  # call counting over all branches, measurements over this rank's SP group
         return build_online(MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, scfg.branches,
                             job_sigmas(scfg), rule=c.rule or get_family(cfg.model.name).cache_rule(cfg.model.name),
-                            online=OnlineConfig(c.online_predictor, c.online_window, c.online_margin), reduce_sum=reduce_sum,
-                            reduce_max=reduce_max)
+                            online=OnlineConfig(c.online_predictor, c.online_window, c.online_margin),
+                            reduce_sum=reduce_sum, reduce_max=reduce_max)
     if c.mode == "auto":
         if resolved is None or resolved.table_json is None:  # nothing stored for this key: calibrate now
             return CalibrationPolicy(scfg.num_steps, branches, reduce_sum=reduce_sum)
