@@ -174,3 +174,13 @@ def test_error_is_magcaches_when_the_predictor_is_exact_and_widened_by_its_recen
     assert d.error == pytest.approx(max(abs(1 - g5 * math.exp(m)), abs(1 - g5 * math.exp(-m))), rel=1e-9)
     pol.online = OnlineConfig(margin=False)
     assert pol.propose(state, 5, "cond").error == pytest.approx(abs(1 - g5), rel=1e-9)
+
+
+def test_online_config_errors_before_any_collective(tiny_ckpt, tmp_path):
+    from magcache_dist.pipeline import validate_job
+    from tests.helpers import job_config
+
+    with pytest.raises(ValueError, match="cache.online_predictor='magic' is unknown"):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=online", "cache.online_predictor=magic"), 1)
+    with pytest.raises(ValueError, match="cache.K=0"):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=online", "cache.K=0"), 1)
