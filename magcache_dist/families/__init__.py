@@ -1,0 +1,1 @@
+"""Model families beyond the embedded tiny models; each module registers itself with pipeline.register_family."""
