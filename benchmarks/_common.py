@@ -11,8 +11,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from magcache_dist.config import JobConfig, load_config  # noqa: E402
-from magcache_dist.pipeline import (build_model, encode_texts, make_noise, sampler_config,  # noqa: E402
-                                    validate_job)
+from magcache_dist.pipeline import (build_model, encode_texts, get_family, make_noise,  # noqa: E402
+                                    sampler_config, validate_job)
 from magcache_dist.sampling.loop import SampleResult, SamplerConfig, sample  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,14 +27,14 @@ class Job:
     text: torch.nn.Module
 
     def run(self, policy, prompt: str, seed: int) -> tuple[torch.Tensor, SampleResult, float]:
-        """(video [3, F, H, W] clamped to [-1, 1], result, sampling wall seconds)."""
+        """(decoded video [3, F, H, W] in [-1, 1], result, sampling wall seconds)."""
         mcfg = self.model.cfg
         texts = encode_texts(self.text, prompt, self.cfg.negative_prompt, self.scfg.branches)
         noise = make_noise(self.cfg, mcfg, seed)
         t = time.perf_counter()
         result = sample(self.model, noise, texts, self.scfg, policy)
         wall = time.perf_counter() - t
-        return result.latents[0].clamp(-1, 1), result, wall
+        return get_family(self.cfg.model.name).decode(result.latents)[0], result, wall
 
 
 def build_job(overrides: list[str] | None = None, config: str = DEFAULT_CONFIG) -> Job:

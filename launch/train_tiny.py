@@ -1,8 +1,9 @@
 """Train the embedded ``tiny-video`` DiT and its TinyTextEncoder from scratch on the procedural video set.
 
-    python launch/train_tiny.py --steps 5000 --out models/weights/tiny-video.safetensors --work /tmp/tiny_train
+    python launch/train_tiny.py --steps 3500 --out models/weights/tiny-video.safetensors --work /tmp/tiny_train
 
-Flow matching as Wan trains: x_t = (1 - sigma) x0 + sigma noise, target v = noise - x0, t = 1000 sigma, with
+The DiT works on 2x-downsampled pixels (the fixed autoencoder of models/tiny_ae.py). Flow matching as Wan
+trains: x_t = (1 - sigma) x0 + sigma noise, target v = noise - x0, t = 1000 sigma, with
 sigma = shift(u) for u ~ uniform(0, 1) (or logit-normal with --sigma-dist), Wan's shift mapping u to
 shift*u / (1 + (shift-1) u). The default shift 2 keeps ~10% of the draws at sigma 0.2-0.35, where the last
 sampling steps of the demo (20 steps, shift 5: last sigma 0.21) evaluate the model. The caption is
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from magcache_dist.data import ProceduralVideos  # noqa: E402
+from models.tiny_ae import PixelAutoencoder  # noqa: E402
 from models.tiny_text import TinyTextEncoder  # noqa: E402
 from models.wan import WanModel, get_config  # noqa: E402
 
@@ -64,6 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--shift", type=float, default=2.0, help="Wan's sigma shift applied to u")
+    ap.add_argument("--stride", type=int, default=2, help="pixel autoencoder stride (models/tiny_ae.py)")
     ap.add_argument("--sigma-dist", default="uniform", choices=["uniform", "logit-normal"], help="law of u")
     ap.add_argument("--drop", type=float, default=0.1, help="probability of the empty caption (CFG)")
     ap.add_argument("--seed", type=int, default=0)
@@ -104,10 +107,12 @@ def main(argv=None) -> int:
         print(f"resumed at step {start}", flush=True)
 
     data = ProceduralVideos(seed=args.seed)
+    ae = PixelAutoencoder(args.stride)
     t0, seen_t0, loss_avg = time.time(), start, None
     for step in range(start, args.steps):
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        x0, captions = data.batch(step * args.batch, args.batch)  # [B, 3, F, H, W] in [-1, 1]
+        video, captions = data.batch(step * args.batch, args.batch)  # [B, 3, F, H, W] in [-1, 1]
+        x0 = ae.encode(video)  # [B, 3, F, H/s, W/s]
         noise = torch.randn(x0.shape, generator=g)
         sigma = sample_sigmas(args.batch, args.shift, args.sigma_dist, g)
         keep = (torch.rand(args.batch, generator=g) >= args.drop).float()  # 0 -> empty prompt

@@ -20,6 +20,7 @@ from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.sampling.schedulers import SOLVERS
 from models.loading import load_state_dict_strict, read_tensors
+from models.tiny_ae import PixelAutoencoder
 from models.tiny_text import TinyTextEncoder
 from models.wan import WAN_CONFIGS, WanConfig, WanModel, get_config
 
@@ -51,6 +52,18 @@ class ModelFamily:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, F, H, W] latents -> [B, 3, F', H', W'] video in [-1, 1]."""
         raise NotImplementedError
+
+    def sampler_config(self, cfg: JobConfig) -> SamplerConfig:
+        """CFG mode and sigma grid of the family (default: Wan's separate CFG calls on its shifted grid)."""
+        return sampler_config(cfg)
+
+    def default_preset(self, name: str) -> str | None:
+        """The MagCache preset used when cache.preset and cache.ratios_file are both unset."""
+        return None
+
+    def cache_rule(self, name: str) -> str:
+        """The decision rule written into ratio files calibrated on this model."""
+        return "wan"
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -97,7 +110,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     v = cfg.video
     if v.fps < 1:
         raise ValueError(f"video.fps={v.fps} must be >= 1")
-    scfg = sampler_config(cfg)
+    scfg = family.sampler_config(cfg)
     dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
     num_heads = family.num_heads(cfg)
     dims.validate(world_size, num_heads, len(scfg.branches))
@@ -119,7 +132,9 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
 
 
 def default_preset(model_name: str) -> str | None:
-    return model_name if model_name in preset_names() else None
+    family = _FAMILIES.get(model_name)
+    own = family.default_preset(model_name) if family is not None else None
+    return own or (model_name if model_name in preset_names() else None)
 
 
 def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=None):
@@ -184,7 +199,11 @@ def encode_texts(text_encoder, prompt: str, negative: str, branches) -> dict[str
 
 
 class TinyVideoFamily(ModelFamily):
-    """The embedded pixel-space models (``tiny``, ``tiny-video``): tiny word encoder, identity 'VAE'."""
+    """The embedded models (``tiny``, ``tiny-video``): tiny word encoder; the 'VAE' is identity (``tiny``) or
+    the fixed 2x pixel autoencoder of models/tiny_ae.py (``tiny-video``): noise is drawn at the latent size."""
+
+    def __init__(self, stride: int = 1):
+        self.ae = PixelAutoencoder(stride)
 
     def validate(self, cfg: JobConfig) -> None:
         mcfg = get_config(cfg.model.name)
@@ -193,8 +212,9 @@ class TinyVideoFamily(ModelFamily):
                              f"project root); set model.ckpt=null for seeded random weights")
         v = cfg.video
         pf, ph, pw = mcfg.patch_size
-        for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph),
-                            ("video.width", v.width, pw)):
+        s = self.ae.stride
+        for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph * s),
+                            ("video.width", v.width, pw * s)):
             if val < 1 or val % p:
                 raise ValueError(f"{key}={val} must be a positive multiple of the patch size {p} of model "
                                  f"{cfg.model.name}")
@@ -206,13 +226,14 @@ class TinyVideoFamily(ModelFamily):
         return encode_texts(encoder, prompt, negative, branches)
 
     def make_noise(self, cfg, seed):
-        v = cfg.video
-        return seeded_noise((1, get_config(cfg.model.name).in_dim, v.frames, v.height, v.width), seed)
+        v, s = cfg.video, self.ae.stride
+        return seeded_noise((1, get_config(cfg.model.name).in_dim, v.frames, v.height // s, v.width // s), seed)
 
     def decode(self, latents):
-        return latents.clamp(-1, 1)  # pixel space
+        return self.ae.decode(latents)
 
 
-register_family(["tiny", "tiny-video"], TinyVideoFamily())
+register_family(["tiny"], TinyVideoFamily(stride=1))
+register_family(["tiny-video"], TinyVideoFamily(stride=2))
 
-from magcache_dist.families import wan as _wan_families  # noqa: E402,F401  (registers the Wan2.1 families)
+import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2, Wan2.1)

@@ -80,7 +80,15 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         table = policy.table(result.state, meta=dict(
             model=cfg.model.name, num_steps=scfg.num_steps, resolution=[cfg.video.frames, cfg.video.height,
                                                                         cfg.video.width],
-            solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule="wan", sp_degree=dims.sp_degree))
+            solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule=family.cache_rule(cfg.model.name),
+            sp_degree=dims.sp_degree))
+        if dims.cfg_degree == 2:  # each half measured one branch: put the table back together
+            from magcache_dist.cache.ratios import RatioTable
+
+            parts = [RatioTable.from_json(t) for t in par.cfg.gather_objects(table.to_json())]
+            table = RatioTable(num_steps=table.num_steps, meta=table.meta,
+                               **{f: {b: v for t in parts for b, v in getattr(t, f).items()}
+                                  for f in ("ratios", "std", "cos_dist")})
         calibration = table
     per_rank = par.world.gather_objects(dict(rank=par.rank, decisions=result.decisions,
                                              timings=result.timings.as_dict(),

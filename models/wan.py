@@ -59,9 +59,9 @@ WAN_CONFIGS: dict[str, WanConfig] = {
     # tests: 4 heads so that Ulysses degree 2 and 4 divide it
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=3, out_dim=3, text_dim=32,
                       text_len=16, freq_dim=32, patch_size=(1, 4, 4)),
-    # the embedded demo model: pixel space (3 channels), 2x8x8 patches -> 512 tokens for 16x64x64
+    # the embedded demo model: 2x-downsampled pixels (models/tiny_ae.py), 2x4x4 patches -> 512 tokens for 16x64x64
     "tiny-video": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=3, out_dim=3, text_dim=64,
-                            text_len=16, freq_dim=64, patch_size=(2, 8, 8)),
+                            text_len=16, freq_dim=64, patch_size=(2, 4, 4)),
 }
 
 

@@ -146,3 +146,45 @@ def test_dims_validation_messages():
     assert ParallelDims(2, 2, 2).group_ranks()["ulysses"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert ParallelDims(2, 2, 2).group_ranks()["ring"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
     assert ParallelDims(2, 2, 2).group_ranks()["cfg"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+
+
+def test_block_attention_with_lse_matches_the_math_on_masked_and_dead_blocks():
+    from magcache_dist.parallel.attention import attention_with_lse
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 50, 4, 8, generator=g) for _ in range(3))
+
+    def math(k_lens, off):
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+        s = qh @ kh.transpose(-1, -2) * 8 ** -0.5
+        valid = torch.arange(off, off + 50)[None, :] < k_lens[:, None]
+        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+        lse = torch.logsumexp(s, -1)
+        return (torch.exp(s - lse[..., None]).nan_to_num(0) @ vh).transpose(1, 2), lse
+
+    # all valid; partly padded; padded for one batch item only and wholly padding for the other; all padding
+    for k_lens, off in ((torch.tensor([50, 50]), 0), (torch.tensor([30, 30]), 0), (torch.tensor([30, 60]), 40),
+                        (torch.tensor([10, 10]), 20)):
+        out, lse = attention_with_lse(q, k, v, k_lens, off)
+        ref, ref_lse = math(k_lens, off)
+        assert (out - ref).abs().max() < 1e-5
+        assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+        assert (lse - ref_lse).nan_to_num(0).abs().max() < 1e-5
+
+
+def test_run_job_calibration_under_cfg_parallel_keeps_both_branches(tiny_ckpt, tmp_path):
+    from magcache_dist.cache import RatioTable
+    from magcache_dist.run import run_job
+    from tests.helpers import job_config
+
+    run_job(job_config(tiny_ckpt, str(tmp_path / "solo"), "cache.mode=calibrate"), solo_context())
+    cfgs = [job_config(tiny_ckpt, str(tmp_path / "cfg2"), "cache.mode=calibrate", "parallel.cfg_degree=2",
+                       "parallel.ulysses_degree=2") for _ in range(4)]
+    contexts = build_thread_contexts(ParallelDims(2, 1, 2))
+    run_threads(lambda par: run_job(cfgs[par.rank], par), contexts)
+    solo = RatioTable.load(str(tmp_path / "solo" / "ratios.json"))
+    split = RatioTable.load(str(tmp_path / "cfg2" / "ratios.json"))
+    assert split.branches == ["cond", "uncond"]
+    for b in ("cond", "uncond"):
+        a, s = torch.tensor(split.ratios[b]), torch.tensor(solo.ratios[b])
+        assert ((a - s).abs() <= 1e-5 * s.abs()).all(), b

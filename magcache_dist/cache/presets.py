@@ -46,6 +46,8 @@ RULES = {
     "hunyuanvideo": FamilyRule("hunyuanvideo"),
     "flux": FamilyRule("flux", retention_rounding="half_up", forced_grid=(28, 11)),
     "opensora": FamilyRule("opensora", abs_error=False, ratio_power=0.5),
+    # FLUX.1-schnell has no official MagCache release: FLUX's loop without dev's forced step (calibrated per model)
+    "flux-schnell": FamilyRule("flux-schnell", retention_rounding="half_up"),
 }
 
 
@@ -72,6 +74,8 @@ _PUBLISHED = {
 # Our own calibrated models: name -> (file in data/, rule, defaults). Filled by calibration runs.
 _OWN = {
     "tiny-video": ("tiny-video.json", "wan", (0.12, 2, 0.2)),
+    # configs/flux-schnell-tiny.yaml calibrated with cache.mode=calibrate (4 steps, seeded random weights)
+    "flux.1-schnell-tiny": ("flux.1-schnell-tiny.json", "flux-schnell", (0.12, 1, 0.25)),
 }
 
 

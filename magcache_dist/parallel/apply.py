@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from magcache_dist.parallel.attention import RingAttention, UlyssesAttention
 from magcache_dist.parallel.dims import ParallelContext
+from models.attention_joint import LocalFactorizedAttention, LocalJointAttention
 
 BACKENDS = ("native", "deepspeed", "xfuser")
 
@@ -44,14 +45,36 @@ def build_sp_attention(par: ParallelContext) -> nn.Module | None:
     return UlyssesAttention(par.ulysses, ring)
 
 
+def build_sp_seam(seam: nn.Module, par: ParallelContext) -> nn.Module:
+    """The SP version of a joint or factorised attention seam (native backend only)."""
+    from magcache_dist.parallel.joint import JointSPAttention, UlyssesFactorizedAttention
+
+    if par.backend != "native":
+        raise ValueError(f"parallel.backend={par.backend!r} has no joint/factorised attention; use parallel.backend=native")
+    if isinstance(seam, LocalJointAttention):
+        return JointSPAttention(par.ulysses, par.ring)
+    if par.dims.ring_degree > 1:
+        raise ValueError(f"parallel.ring_degree={par.dims.ring_degree}: factorised spatial/temporal attention needs "
+                         f"whole frames per rank; use parallel.ulysses_degree instead")
+    return UlyssesFactorizedAttention(par.ulysses, seam.axis)
+
+
 def apply_sequence_parallel(model: nn.Module, par: ParallelContext) -> nn.Module:
-    """In place: every ``self_attn.attn_op`` becomes the SP op (one shared instance, it holds no weights)."""
+    """In place: every ``self_attn.attn_op`` becomes the SP op (one shared instance, it holds no weights).
+
+    Joint text+image seams (``LocalJointAttention``) and factorised video seams (``LocalFactorizedAttention``)
+    become their SP versions (magcache_dist.parallel.joint) wherever they sit.
+    """
     op = build_sp_attention(par)
     if op is None:
         return model
     swapped = 0
     for name, module in model.named_modules():
-        if name.endswith("self_attn") and hasattr(module, "attn_op"):
+        seam = getattr(module, "attn_op", None)
+        if isinstance(seam, (LocalJointAttention, LocalFactorizedAttention)):
+            module.attn_op = build_sp_seam(seam, par)
+            swapped += 1
+        elif name.endswith("self_attn") and hasattr(module, "attn_op"):
             module.attn_op = op
             swapped += 1
     if swapped == 0:

@@ -18,23 +18,31 @@ def attention_with_lse(q, k, v, k_lens, k_offset: int, q_block: int = 4096):
     """Exact attention of q over one K/V block plus its log-sum-exp, in fp32.
 
     q [B, Lq, N, Dh], k/v [B, Lk, N, Dh]; keys at global positions >= k_lens are masked.
-    Returns out [B, Lq, N, Dh] (fp32) and lse [B, N, Lq] (-inf where no key is valid). Queries are processed
-    in blocks of ``q_block`` to bound the score matrix.
+    Returns out [B, Lq, N, Dh] (fp32) and lse [B, N, Lq] (-inf where no key is valid).
+    On CPU this is torch's fused flash kernel (which returns the log-sum-exp); elsewhere a math path that
+    processes queries in blocks of ``q_block`` to bound the score matrix.
     """
-    scale = q.shape[-1] ** -0.5
-    kh, vh = k.transpose(1, 2).float(), v.transpose(1, 2).float()  # [B, N, Lk, Dh]
-    mask = key_padding_mask(k_lens, k.shape[1], k_offset)  # [B, 1, 1, Lk] or None
-    outs, lses = [], []
-    for q0 in range(0, q.shape[1], q_block):
-        qh = q[:, q0:q0 + q_block].transpose(1, 2).float()
-        s = (qh @ kh.transpose(-1, -2)) * scale  # [B, N, lq, Lk]
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
-        lse = torch.logsumexp(s, dim=-1)  # [B, N, lq]
-        p = torch.exp(s - lse.unsqueeze(-1)).nan_to_num(0.0)
-        outs.append((p @ vh).transpose(1, 2))
-        lses.append(lse)
-    return torch.cat(outs, 1), torch.cat(lses, -1)
+    mask = key_padding_mask(k_lens, k.shape[1], k_offset)  # [B, 1, 1, Lk] bool or None
+    qh, kh, vh = (t.transpose(1, 2).float() for t in (q, k, v))  # [B, N, L, Dh]
+    dead = None if mask is None else ~mask.any(dim=-1)  # [B, 1, 1]: the whole block is padding
+    if q.device.type == "cpu":
+        bias = None if mask is None else torch.zeros(mask.shape, dtype=qh.dtype).masked_fill(~mask, float("-inf"))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qh, kh, vh, 0.0, False, attn_mask=bias)
+    else:
+        scale = q.shape[-1] ** -0.5
+        outs, lses = [], []
+        for q0 in range(0, qh.shape[2], q_block):
+            sc = (qh[:, :, q0:q0 + q_block] @ kh.transpose(-1, -2)) * scale  # [B, N, lq, Lk]
+            if mask is not None:
+                sc = sc.masked_fill(~mask, float("-inf"))
+            l_ = torch.logsumexp(sc, dim=-1)
+            outs.append(torch.exp(sc - l_.unsqueeze(-1)).nan_to_num(0.0) @ vh)
+            lses.append(l_)
+        out, lse = torch.cat(outs, 2), torch.cat(lses, -1)
+    if dead is not None and bool(dead.any()):
+        lse = lse.masked_fill(dead, float("-inf"))
+        out = out.masked_fill(dead.unsqueeze(-1), 0.0)
+    return out.transpose(1, 2), lse
 
 
 def merge_partials(out_a, lse_a, out_b, lse_b):

@@ -22,15 +22,23 @@ class SamplerConfig:
     shift: float = 5.0
     guidance: float = 5.0
     solver: str = "unipc"
+    # "separate": one call per CFG branch (Wan); "batched": one call on [cond; uncond] rows (Open-Sora);
+    # "distilled": one conditional call, the guidance is an input of the model (FLUX.1-dev, HunyuanVideo)
+    cfg_mode: str = "separate"
+    sigmas: tuple | None = None  # the family's own sigma grid (num_steps values, Euler); None: Wan's shifted grid
 
     def __post_init__(self):
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise ValueError(f"sampler.num_steps={self.num_steps!r} must be an integer >= 1")
         if not self.guidance >= 1.0:
             raise ValueError(f"sampler.guidance={self.guidance} must be >= 1 (1 disables classifier-free guidance)")
+        if self.cfg_mode not in ("separate", "batched", "distilled"):
+            raise ValueError(f"cfg_mode={self.cfg_mode!r} must be separate, batched or distilled")
 
     @property
     def branches(self) -> list[str]:
+        if self.cfg_mode != "separate":
+            return ["cond"]  # one call per step
         return ["cond", "uncond"] if self.guidance != 1.0 else ["cond"]
 
 
@@ -107,21 +115,24 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
     branches = cfg.branches
     mine = [branches[par.cfg_rank]] if par.dims.cfg_degree == 2 else branches
     sharder, consensus = Sharder(par.sp), SkipConsensus(par.sp, guard=guard)
-    scheduler = scheduler or FlowScheduler(cfg.solver, cfg.num_steps, cfg.shift)
+    scheduler = scheduler or FlowScheduler(cfg.solver, cfg.num_steps, cfg.shift, sigmas=cfg.sigmas)
     state = state if state is not None else policy.new_state(mine)
     timings = Timings()
     x = noise.float()
     t_start = time.perf_counter()
     with torch.no_grad():
         for i in range(start_step, cfg.num_steps):
-            t = scheduler.timesteps[i].float().expand(x.shape[0])
-            preds = {b: model_call(model, x, t, texts[b], i, b, policy, state, consensus, sharder, timings)
+            x_in = torch.cat([x, x]) if cfg.cfg_mode == "batched" else x  # batched CFG: rows [cond; uncond]
+            t = scheduler.timesteps[i].float().expand(x_in.shape[0])
+            preds = {b: model_call(model, x_in, t, texts[b], i, b, policy, state, consensus, sharder, timings)
                      for b in mine}
+            if cfg.cfg_mode == "batched":
+                preds = dict(zip(("cond", "uncond"), preds["cond"].chunk(2)))
             if par.dims.cfg_degree == 2:
                 with _Clock(timings, "comm_gather"):
                     both = par.cfg.all_gather(preds[mine[0]])
                 preds = dict(zip(branches, both))
-            v = preds["cond"] if len(branches) == 1 else preds["uncond"] + cfg.guidance * (preds["cond"] - preds["uncond"])
+            v = preds["cond"] if len(preds) == 1 else preds["uncond"] + cfg.guidance * (preds["cond"] - preds["uncond"])
             with _Clock(timings, "scheduler"):
                 x = scheduler.step(v, i, x)
             if on_step is not None:

@@ -13,7 +13,7 @@ SOLVERS = ("unipc", "euler")
 
 
 class FlowScheduler:
-    def __init__(self, solver: str, num_steps: int, shift: float, num_train_timesteps: int = 1000):
+    def __init__(self, solver: str, num_steps: int, shift: float, num_train_timesteps: int = 1000, sigmas=None):
         if solver not in SOLVERS:
             raise ValueError(f"sampler.solver={solver!r} is unknown; choose one of {SOLVERS}")
         if shift <= 0:
@@ -28,6 +28,12 @@ class FlowScheduler:
         self._unipc.set_timesteps(sigmas=np.linspace(1 - 1 / num_train_timesteps, 0, num_steps + 1)[:-1])
         self.sigmas = self._unipc.sigmas.clone().double()  # [N+1], last 0
         self.timesteps = self._unipc.timesteps.clone()  # [N] int64
+        if sigmas is not None:  # a family's own grid (FLUX, HunyuanVideo, Open-Sora): Euler, t = sigma * 1000
+            if solver != "euler" or len(sigmas) != num_steps:
+                raise ValueError(f"sampler.solver={solver!r}: an explicit sigma grid of {len(sigmas)} values needs "
+                                 f"sampler.solver=euler and num_steps={len(sigmas)}")
+            self.sigmas = torch.tensor([*map(float, sigmas), 0.0], dtype=torch.float64)
+            self.timesteps = (self.sigmas[:-1] * num_train_timesteps).float()
 
     def step(self, v: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
         if self.solver == "euler":

@@ -1,0 +1,79 @@
+"""Sequence-parallel versions of the joint text+image and factorised attention seams.
+
+Joint attention (FLUX, HunyuanVideo): the image tokens are sharded like any sequence; the text tokens are kept
+whole on every rank. Ulysses trades the image shard for a head slice (all-to-all) and takes the same head slice of
+the text locally; queries [text; image chunk] attend to the text keys once and to the image chunks around the
+ring (log-sum-exp merges, so ring and USP work too). Padded image keys (global position >= img_lens) and padded
+text keys (>= txt_lens) get no weight. The text output of each head slice is all-gathered, so every rank ends
+with the whole text stream, identical to the single-process one up to float rounding.
+
+Factorised attention (Open-Sora's spatial / temporal blocks): Ulysses gives every rank the whole sequence on a
+head slice, so each frame and each spatial position is complete there; padding is cut before and restored after.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from magcache_dist.parallel.attention import _heads_to_seq, _seq_to_heads, attention_with_lse, merge_partials
+from magcache_dist.parallel.comm import Comm
+from models.attention_joint import factorized_attention
+
+
+class JointSPAttention(nn.Module):
+    """Ulysses x ring joint attention; either degree may be 1."""
+
+    def __init__(self, ulysses: Comm, ring: Comm):
+        super().__init__()
+        self.ulysses, self.ring = ulysses, ring
+
+    def extra_repr(self):
+        return f"ulysses_degree={self.ulysses.size}, ring_degree={self.ring.size}"
+
+    def forward(self, q_img, k_img, v_img, q_txt, k_txt, v_txt, img_lens=None, txt_lens=None):
+        u = self.ulysses.size
+        if u > 1:
+            n = q_img.shape[2]
+            if n % u:
+                raise ValueError(f"ulysses_degree={u} does not divide num_heads={n}")
+            q_img, k_img, v_img = (_seq_to_heads(x, self.ulysses) for x in (q_img, k_img, v_img))  # [B, Lc, N/U, Dh]
+            heads = slice(self.ulysses.rank * (n // u), (self.ulysses.rank + 1) * (n // u))
+            q_txt, k_txt, v_txt = (x[:, :, heads] for x in (q_txt, k_txt, v_txt))  # [B, T, N/U, Dh]
+        t, lc = q_txt.shape[1], k_img.shape[1]
+        q = torch.cat([q_txt, q_img], 1)  # [B, T + Lc, N/U, Dh]
+        out, lse = attention_with_lse(q, k_txt, v_txt, txt_lens, 0)
+        kv = torch.stack([k_img, v_img])
+        p, r = self.ring.size, self.ring.rank
+        for s in range(p):
+            src = (r - s) % p  # ring chunk whose image K/V this rank holds now
+            o, l = attention_with_lse(q, kv[0], kv[1], img_lens, src * lc)
+            out, lse = merge_partials(out, lse, o, l)
+            if s + 1 < p:
+                kv = self.ring.ring_shift(kv)
+        out = out.to(q_img.dtype)
+        o_txt, o_img = out[:, :t], out[:, t:]
+        if u > 1:
+            o_img = _heads_to_seq(o_img.contiguous(), self.ulysses)  # [B, Ls, N, Dh]
+            o_txt = torch.cat(self.ulysses.all_gather(o_txt.contiguous()), dim=2)  # [B, T, N, Dh]
+        return o_img, o_txt
+
+
+class UlyssesFactorizedAttention(nn.Module):
+    """Spatial / temporal attention under Ulysses: whole sequence per head slice, padding cut and restored."""
+
+    def __init__(self, comm: Comm, axis: str):
+        super().__init__()
+        self.comm, self.axis = comm, axis
+
+    def extra_repr(self):
+        return f"axis={self.axis}, ulysses_degree={self.comm.size}"
+
+    def forward(self, q, k, v, grid):
+        if q.shape[2] % self.comm.size:
+            raise ValueError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
+        q, k, v = (_seq_to_heads(x, self.comm) for x in (q, k, v))  # [B, Lpad, N/P, Dh]
+        padded, real = q.shape[1], grid[0] * grid[1]
+        out = factorized_attention(q[:, :real], k[:, :real], v[:, :real], self.axis, grid)
+        out = F.pad(out, (0, 0, 0, 0, 0, padded - real))
+        return _heads_to_seq(out.contiguous(), self.comm)

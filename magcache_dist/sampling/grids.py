@@ -1,0 +1,42 @@
+"""Sigma grids of the families that sample with Euler on their own schedule (sigma 1 = noise, final sigma 0).
+
+- HunyuanVideo / Open-Sora 1.2 (rectified flow): s_i = 1 - i/N, sigma_i = shift*s / (1 + (shift-1)*s).
+  HunyuanVideo's published shift is 7.0 (flow_shift); Open-Sora's is resolution- and length-dependent
+  (``opensora_shift``, its "timestep transform").
+- FLUX.1-dev: the same s_i with BFL's exponential time shift, mu linear in the image token count
+  (0.5 at 256 tokens, 1.15 at 4096): sigma = e^mu / (e^mu + 1/s - 1). FLUX.1-schnell: no shift.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def linear_grid(num_steps: int) -> np.ndarray:
+    return np.linspace(1.0, 0.0, num_steps + 1)[:-1]
+
+
+def shifted_sigmas(num_steps: int, shift: float) -> tuple[float, ...]:
+    s = linear_grid(num_steps)
+    return tuple(float(v) for v in shift * s / (1 + (shift - 1) * s))
+
+
+def flux_mu(image_seq_len: int, base_len: int = 256, max_len: int = 4096, base_shift: float = 0.5,
+            max_shift: float = 1.15) -> float:
+    m = (max_shift - base_shift) / (max_len - base_len)
+    return image_seq_len * m + (base_shift - m * base_len)
+
+
+def flux_sigmas(num_steps: int, image_seq_len: int, shift: bool = True) -> tuple[float, ...]:
+    s = linear_grid(num_steps)
+    if not shift:
+        return tuple(float(v) for v in s)
+    e = math.exp(flux_mu(image_seq_len))
+    return tuple(float(v) for v in e / (e + (1.0 / s - 1.0)))
+
+
+def opensora_shift(height: int, width: int, num_frames: int, base_resolution: int = 512 * 512) -> float:
+    """Open-Sora 1.2's timestep-transform ratio for a pixel height x width x num_frames video."""
+    frames = 1 if num_frames == 1 else num_frames // 17 * 5
+    return math.sqrt(height * width / base_resolution) * math.sqrt(frames)
