@@ -22,6 +22,7 @@ class ModelSection:
     ckpt: Optional[str] = None  # weights; None = seeded random init (init_seed); relative paths: project root
     init_seed: int = 0
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    layout: str = "auto"  # Wan2.1 ckpt_dir: auto | official | diffusers
 
 
 @dataclass
@@ -70,6 +71,25 @@ class ParallelSection:
 
 
 @dataclass
+class TextEncoderSection:
+    """Wan2.1: where umT5 (and CLIP for I2V) run; they are loaded for encoding only and freed right after."""
+    device: str = "auto"  # auto (the DiT's device) | cpu
+    dtype: str = "bfloat16"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class VaeSection:
+    """Wan2.1 VAE: decoded on rank 0 after sampling (frame by frame: it is causal in time)."""
+    dtype: str = "float32"
+    tiling: bool = False  # spatial tiles (diffusers' tiled decode) so a 720P decode fits in little memory
+    tile_height: int = 256  # pixels
+    tile_width: int = 256
+    tile_stride_height: int = 192  # < tile size: the overlap is blended
+    tile_stride_width: int = 192
+    offload_dit: bool = True  # move the DiT to CPU before decoding, freeing its GPU memory for the VAE
+
+
+@dataclass
 class JobConfig:
     prompt: str = "a red circle moves right"
     negative_prompt: str = ""
@@ -82,6 +102,10 @@ class JobConfig:
     sampler: SamplerSection = field(default_factory=SamplerSection)
     cache: CacheSection = field(default_factory=CacheSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
+    ckpt_dir: Optional[str] = None  # Wan2.1 checkpoint directory (official or diffusers layout)
+    image: Optional[str] = None  # I2V: the first frame (any image file PIL reads)
+    text_encoder: TextEncoderSection = field(default_factory=TextEncoderSection)
+    vae: VaeSection = field(default_factory=VaeSection)
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:

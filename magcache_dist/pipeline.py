@@ -73,7 +73,9 @@ class ModelFamily:
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
-def register_family(names, family: ModelFamily) -> None:
+def register_family(names, family) -> None:
+    """``family``: a stateless ModelFamily instance, or a ModelFamily class instantiated once per job (per call
+    of ``get_family``) for families that keep per-job handles between build, encode and decode."""
     for n in names:
         _FAMILIES[n] = family
 
@@ -81,7 +83,8 @@ def register_family(names, family: ModelFamily) -> None:
 def get_family(name: str) -> ModelFamily:
     if name not in _FAMILIES:
         raise ValueError(f"model.name={name!r} has no pipeline; choose one of {sorted(_FAMILIES)}")
-    return _FAMILIES[name]
+    family = _FAMILIES[name]
+    return family() if isinstance(family, type) else family
 
 
 def sampler_config(cfg: JobConfig) -> SamplerConfig:
@@ -253,4 +256,4 @@ class TinyVideoFamily(ModelFamily):
 register_family(["tiny"], TinyVideoFamily(stride=1))
 register_family(["tiny-video"], TinyVideoFamily(stride=2))
 
-import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2)
+import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2, Wan2.1)
