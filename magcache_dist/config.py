@@ -22,6 +22,7 @@ class ModelSection:
     ckpt: Optional[str] = None  # weights; None = seeded random init (init_seed); relative paths: project root
     init_seed: int = 0
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    layout: str = "auto"  # Wan2.1 ckpt_dir: auto | official | diffusers
 
 
 @dataclass
@@ -42,7 +43,7 @@ class SamplerSection:
 
 @dataclass
 class CacheSection:
-    mode: str = "magcache"  # off | magcache | calibrate | teacache
+    mode: str = "magcache"  # off | magcache | calibrate | teacache | auto | online
     preset: Optional[str] = None
     ratios_file: Optional[str] = None
     rule: Optional[str] = None  # decision rule for ratios_file (wan, hunyuanvideo, flux, opensora)
@@ -54,6 +55,10 @@ class CacheSection:
     teacache_thresh: float = 0.1  # teacache mode: threshold on the accumulated rescaled rel-L1 change
     teacache_coefficients: Optional[List[float]] = None  # teacache mode: polynomial (highest degree first);
     # None = the coefficients fitted for model.name (magcache_dist/cache/data/<model>-teacache.json)
+    store_dir: Optional[str] = None  # ratio store: calibrate writes into it, auto reads (and fills) it
+    online_predictor: str = "powerlaw"  # online mode: powerlaw | hold (magcache_dist/cache/online.py)
+    online_window: int = 6  # online mode: measurements the predictor fits
+    online_margin: bool = True  # online mode: widen the error by the predictor's latest miss
 
 
 @dataclass
@@ -77,6 +82,25 @@ class PlannerSection:
 
 
 @dataclass
+class TextEncoderSection:
+    """Wan2.1: where umT5 (and CLIP for I2V) run; they are loaded for encoding only and freed right after."""
+    device: str = "auto"  # auto (the DiT's device) | cpu
+    dtype: str = "bfloat16"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class VaeSection:
+    """Wan2.1 VAE: decoded on rank 0 after sampling (frame by frame: it is causal in time)."""
+    dtype: str = "float32"
+    tiling: bool = False  # spatial tiles (diffusers' tiled decode) so a 720P decode fits in little memory
+    tile_height: int = 256  # pixels
+    tile_width: int = 256
+    tile_stride_height: int = 192  # < tile size: the overlap is blended
+    tile_stride_width: int = 192
+    offload_dit: bool = True  # move the DiT to CPU before decoding, freeing its GPU memory for the VAE
+
+
+@dataclass
 class JobConfig:
     prompt: str = "a red circle moves right"
     negative_prompt: str = ""
@@ -93,6 +117,10 @@ class JobConfig:
     resume: bool = False  # continue from checkpoint.dir (same config required)
     dry_run: bool = False  # print and write the plan (launch/generate.py); loads no weights, starts no process group
     planner: PlannerSection = field(default_factory=PlannerSection)
+    ckpt_dir: Optional[str] = None  # Wan2.1 checkpoint directory (official or diffusers layout)
+    image: Optional[str] = None  # I2V: the first frame (any image file PIL reads)
+    text_encoder: TextEncoderSection = field(default_factory=TextEncoderSection)
+    vae: VaeSection = field(default_factory=VaeSection)
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:

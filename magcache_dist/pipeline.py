@@ -12,7 +12,11 @@ import os
 import torch
 
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names
+from magcache_dist.auto import check_store, job_sigmas
 from magcache_dist.cache.calibrate import CalibrationPolicy
+from magcache_dist.cache.magcache import MagCachePolicy
+from magcache_dist.cache.online import OnlineConfig, build_online
+from magcache_dist.cache.presets import get_rule
 from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, resolve_path
@@ -25,7 +29,7 @@ from models.tiny_ae import PixelAutoencoder
 from models.tiny_text import TinyTextEncoder
 from models.wan import WAN_CONFIGS, WanConfig, WanModel, get_config
 
-CACHE_MODES = ("off", "magcache", "calibrate", "teacache")
+CACHE_MODES = ("off", "magcache", "calibrate", "teacache", "auto", "online")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TEXT_ENCODER_PREFIX = "text_encoder."
 
@@ -70,7 +74,9 @@ class ModelFamily:
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
-def register_family(names, family: ModelFamily) -> None:
+def register_family(names, family) -> None:
+    """``family``: a stateless ModelFamily instance, or a ModelFamily class instantiated once per job (per call
+    of ``get_family``) for families that keep per-job handles between build, encode and decode."""
     for n in names:
         _FAMILIES[n] = family
 
@@ -78,7 +84,8 @@ def register_family(names, family: ModelFamily) -> None:
 def get_family(name: str) -> ModelFamily:
     if name not in _FAMILIES:
         raise ValueError(f"model.name={name!r} has no pipeline; choose one of {sorted(_FAMILIES)}")
-    return _FAMILIES[name]
+    family = _FAMILIES[name]
+    return family() if isinstance(family, type) else family
 
 
 def sampler_config(cfg: JobConfig) -> SamplerConfig:
@@ -117,8 +124,9 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
         raise ValueError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
     if cfg.cache.mode not in CACHE_MODES:
         raise ValueError(f"cache.mode={cfg.cache.mode!r} is unknown; choose one of {CACHE_MODES}")
-    if cfg.cache.mode in ("magcache", "teacache"):
+    if cfg.cache.mode in ("magcache", "teacache", "online"):
         build_policy(cfg, scfg)  # resolves preset / ratio file / coefficients and checks the thresholds
+    check_store(cfg)
     out = os.path.abspath(cfg.output_dir)
     probe = out
     while not os.path.exists(probe):
@@ -136,11 +144,26 @@ def default_preset(model_name: str) -> str | None:
     return own or (model_name if model_name in preset_names() else None)
 
 
-def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=None):
+def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=None, reduce_max=None,
+                 resolved=None):
+    """``resolved``: what cache.mode=auto found in the ratio store (magcache_dist.auto.resolve_ratios)."""
     c = cfg.cache
     branches = branches or scfg.branches
     if c.mode == "off":
         return NoCache()
+    if c.mode == "online":  # call counting over all branches, measurements over this rank's SP group
+        return build_online(MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, scfg.branches,
+                            job_sigmas(scfg), rule=c.rule or get_family(cfg.model.name).cache_rule(cfg.model.name),
+                            online=OnlineConfig(c.online_predictor, c.online_window, c.online_margin),
+                            reduce_sum=reduce_sum, reduce_max=reduce_max)
+    if c.mode == "auto":
+        if resolved is None or resolved.table_json is None:  # nothing stored for this key: calibrate now
+            return CalibrationPolicy(scfg.num_steps, branches, reduce_sum=reduce_sum)
+        table = resolved.table
+        rule = c.rule or table.meta.get("rule") or get_family(cfg.model.name).cache_rule(cfg.model.name)
+        return MagCachePolicy(table, get_rule(rule),
+                              MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, branches,
+                              source=resolved.source())
     if c.mode == "calibrate":
         return CalibrationPolicy(scfg.num_steps, branches, reduce_sum=reduce_sum)
     if c.mode == "teacache":
@@ -249,4 +272,4 @@ class TinyVideoFamily(ModelFamily):
 register_family(["tiny"], TinyVideoFamily(stride=1))
 register_family(["tiny-video"], TinyVideoFamily(stride=2))
 
-import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2)
+import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2, Wan2.1)

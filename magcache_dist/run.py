@@ -10,7 +10,9 @@ import time
 
 import torch
 
+from magcache_dist.auto import calibration_meta, ratios_used, resolve_ratios, store_calibration
 from magcache_dist.cache import plan
+from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.checkpoint import Checkpointer
 from magcache_dist.config import JobConfig, to_dict
@@ -61,11 +63,13 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     phases["encode"] = time.perf_counter() - t
 
     mine = [branches[par.cfg_rank]] if dims.cfg_degree == 2 else branches
+    resolved = resolve_ratios(cfg, scfg, par)  # cache.mode=auto: rank 0 reads the ratio store, every rank gets it
     policy = build_policy(cfg, scfg, branches=mine,
-                          reduce_sum=lambda x: par.sp.all_reduce(x, "sum"))
+                          reduce_sum=lambda x: par.sp.all_reduce(x, "sum"),
+                          reduce_max=lambda x: par.sp.all_reduce(x, "max"), resolved=resolved)
     if isinstance(policy, MagCachePolicy) and dims.cfg_degree == 2:
         # keep Wan's interleaved call counting identical to the single-process run
-        policy = build_policy(cfg, scfg, branches=branches)
+        policy = build_policy(cfg, scfg, branches=branches, resolved=resolved)
     progress = None
     if cfg.progress and par.rank == 0:
         from tqdm import tqdm
@@ -83,12 +87,8 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     phases["sample"] = time.perf_counter() - t
 
     calibration = None
-    if cfg.cache.mode == "calibrate":
-        table = policy.table(result.state, meta=dict(
-            model=cfg.model.name, num_steps=scfg.num_steps, resolution=[cfg.video.frames, cfg.video.height,
-                                                                        cfg.video.width],
-            solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule=family.cache_rule(cfg.model.name),
-            sp_degree=dims.sp_degree))
+    if isinstance(policy, CalibrationPolicy):  # cache.mode=calibrate, or auto with nothing stored for this job
+        table = policy.table(result.state, meta=calibration_meta(cfg, scfg, dims, family.cache_rule(cfg.model.name)))
         if dims.cfg_degree == 2:  # each half measured one branch: put the table back together
             from magcache_dist.cache.ratios import RatioTable
 
@@ -113,9 +113,12 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
     with atomic_path(os.path.join(cfg.output_dir, "latents.pt")) as tmp:
         torch.save(result.latents.cpu(), tmp)
+    ratios_path = stored = None
     if calibration is not None:
         ratios_path = cfg.cache.calibration_out or os.path.join(cfg.output_dir, "ratios.json")
         calibration.save(ratios_path)
+        if cfg.cache.store_dir:
+            stored = store_calibration(cfg, scfg, calibration)
     phases["write"] = time.perf_counter() - t
     phases["total"] = time.perf_counter() - t0
 
@@ -125,6 +128,7 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
                       cfg_degree=dims.cfg_degree, backend=cfg.parallel.backend),
         cache=policy.describe() if hasattr(policy, "describe") else dict(policy=policy.name),
+        ratios_used=ratios_used(cfg, policy, resolved, ratios_path, stored),
         **summary,
         plan=plan(policy, scfg.num_steps, branches) if isinstance(policy, MagCachePolicy) else None,
         phases_s={k: round(v, 4) for k, v in phases.items()},

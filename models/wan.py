@@ -33,6 +33,7 @@ class WanConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
     cross_attn_norm: bool = True
+    image_dim: int = 0  # I2V: width of the CLIP image features (1280); 0 = text-only (models/wan_i2v.py builds I2V)
 
     @property
     def head_dim(self) -> int:
@@ -49,6 +50,12 @@ class WanConfig:
 WAN_CONFIGS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    "wan2.1-i2v-14b-480p": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, image_dim=1280),
+    "wan2.1-i2v-14b-720p": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, image_dim=1280),
+    # tests: the real Wan pipeline (umT5 / VAE / CLIP) with tiny components; 16 latent channels, 2x2 patches
+    "tiny-wan-t2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=24, freq_dim=32),
+    "tiny-wan-i2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=36, text_dim=32, text_len=24,
+                              freq_dim=32, image_dim=160),
     # tests: 4 heads so that Ulysses degree 2 and 4 divide it
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=3, out_dim=3, text_dim=32,
                       text_len=16, freq_dim=32, patch_size=(1, 4, 4)),

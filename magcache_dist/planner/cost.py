@@ -32,7 +32,8 @@ ELEMENTWISE_PASSES = 40  # reads + writes of [c, D] tensors per block outside GE
 KERNELS_PER_BLOCK, KERNELS_EMBED, KERNELS_HEAD = 123, 75, 15
 # (time stride, space stride) of the autoencoder in front of the DiT; a causal time stride st needs 1 + st*k frames.
 # tiny-video: the fixed 2x pixel autoencoder of models/tiny_ae.py; models not listed work on pixels.
-VAE_STRIDE = {"wan2.1-t2v-1.3b": (4, 8), "wan2.1-t2v-14b": (4, 8), "tiny-video": (1, 2)}
+VAE_STRIDE = {"wan2.1-t2v-1.3b": (4, 8), "wan2.1-t2v-14b": (4, 8), "wan2.1-i2v-14b-480p": (4, 8),
+              "wan2.1-i2v-14b-720p": (4, 8), "tiny-video": (1, 2)}
 
 
 def latent_shape(model_name: str, mcfg: WanConfig, frames: int, height: int, width: int) -> tuple[int, int, int, int]:

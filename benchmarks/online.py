@@ -1,0 +1,203 @@
+"""Online MagCache (no ratio file) against calibrated MagCache and TeaCache on the shipped tiny-video model.
+
+    python benchmarks/online.py                       # all pairs of quality.py; a few minutes on 2 shared cores
+    python benchmarks/online.py --table-only          # reprint from the JSON
+
+Same fixed (prompt, seed) pairs and the same metrics as benchmarks/quality.py (PSNR and SSIM of the video
+against the full run of the pair). Curves: calibrated MagCache (the shipped preset, or --ratios) and online
+MagCache at the same (thresh, K) grid plus wider thresholds, online with the ``hold`` predictor (ablation), and
+TeaCache. The comparison that matters is at equal computed calls: each online point's PSNR against the
+calibrated-MagCache and TeaCache curves interpolated at the same call reduction (linear in call reduction,
+between measured points; none outside their range).
+
+Writes benchmarks/results/online.json and benchmarks/results/online.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import ROOT, build_job  # noqa: E402
+from quality import MAGCACHE, PAIRS, PSNR_CAP, TEACACHE, psnr, ssim, timed  # noqa: E402
+
+from magcache_dist.auto import sigma_grid  # noqa: E402
+from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names  # noqa: E402
+from magcache_dist.cache.online import OnlineConfig, build_online  # noqa: E402
+from magcache_dist.cache.teacache import build_teacache  # noqa: E402
+
+ONLINE = MAGCACHE + [(0.03, 2), (0.5, 4), (1.0, 8)]  # (thresh, K); retention 0.2 like MagCache
+HOLD = [(0.06, 2), (0.12, 2), (0.24, 4), (0.5, 8)]
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def interp(points: list[tuple[float, float]], x: float):
+    """y at x on the polyline through (x, y) points sorted by x (mean y for equal x); None outside."""
+    by_x: dict[float, list[float]] = {}
+    for px, py in points:
+        by_x.setdefault(px, []).append(py)
+    pts = sorted((px, float(np.mean(v))) for px, v in by_x.items())
+    if len(pts) == 1:
+        return pts[0][1] if abs(pts[0][0] - x) < 1e-9 else None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 - 1e-9 <= x <= x1 + 1e-9:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def run_benchmark(args) -> dict:
+    torch.set_num_threads(args.threads)
+    job = build_job(args.overrides)
+    n, branches = job.scfg.num_steps, job.scfg.branches
+    sig = sigma_grid(n, job.scfg.shift, job.scfg.solver)
+    preset = None if args.ratios else args.preset
+    methods = [("full", dict(method="full"), lambda: NoCache())]
+    for t, k in MAGCACHE:
+        methods.append((f"magcache t={t} K={k}", dict(method="magcache", thresh=t, K=k),
+                        lambda t=t, k=k: build_magcache(preset, args.ratios, MagCacheConfig(t, k, 0.2), n, branches)))
+    for name, grid, predictor in (("online", ONLINE, "powerlaw"), ("online-hold", HOLD, "hold")):
+        for t, k in grid:
+            methods.append((f"{name} t={t} K={k}", dict(method=name, thresh=t, K=k),
+                            lambda t=t, k=k, p=predictor: build_online(MagCacheConfig(t, k, 0.2), n, branches, sig,
+                                                                       online=OnlineConfig(p))))
+    coefficients = None
+    if args.teacache_file:
+        with open(args.teacache_file) as f:
+            coefficients = json.load(f)["coefficients"]
+    for t in TEACACHE:
+        methods.append((f"teacache t={t}", dict(method="teacache", thresh=t),
+                        lambda t=t: build_teacache(job.cfg.model.name, t, n, branches, coefficients)))
+    pairs = PAIRS[: args.pairs]
+    job.run(NoCache(), pairs[0][0], pairs[0][1])  # warm-up
+    runs, t_start = [], time.perf_counter()
+    for prompt, seed in pairs:
+        ref, _, total, wall_ref, _ = timed(job, methods[0][2], prompt, seed, args.repeats)
+        runs.append(dict(method="full", label="full", prompt=prompt, seed=seed, computed_calls=total,
+                         total_calls=total, wall_s=wall_ref, psnr=PSNR_CAP, ssim=1.0))
+        for label, params, fn in methods[1:]:
+            video, computed, total, wall, _ = timed(job, fn, prompt, seed, args.repeats)
+            runs.append(dict(params, label=label, prompt=prompt, seed=seed, computed_calls=computed,
+                             total_calls=total, wall_s=wall, psnr=psnr(video, ref), ssim=ssim(video, ref)))
+        print(f"{prompt!r} seed {seed}: done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+    summary = []
+    wall_full = sum(r["wall_s"] for r in runs if r["method"] == "full")
+    for label, params, _ in methods:
+        rs = [r for r in runs if r["label"] == label]
+        comp, tot = sum(r["computed_calls"] for r in rs), sum(r["total_calls"] for r in rs)
+        summary.append(dict(params, label=label, computed_calls=comp, total_calls=tot, call_reduction=tot / comp,
+                            wall_speedup=wall_full / sum(r["wall_s"] for r in rs),
+                            psnr=float(np.mean([r["psnr"] for r in rs])),
+                            psnr_min=float(min(r["psnr"] for r in rs)),
+                            ssim=float(np.mean([r["ssim"] for r in rs]))))
+    return dict(model=job.cfg.model.name, ckpt=job.cfg.model.ckpt, magcache_ratios=args.ratios or args.preset,
+                video=dict(frames=job.cfg.video.frames, height=job.cfg.video.height, width=job.cfg.video.width),
+                sampler=dict(num_steps=n, shift=job.scfg.shift, guidance=job.scfg.guidance, solver=job.scfg.solver),
+                threads=args.threads, repeats=args.repeats, machine=platform.processor() or platform.machine(),
+                pairs=[dict(prompt=p, seed=s) for p, s in pairs], summary=summary, runs=runs,
+                comparison=compare(summary), benchmark_wall_s=round(time.perf_counter() - t_start, 1))
+
+
+def compare(summary: list[dict]) -> list[dict]:
+    """Each online point against the other curves at its call reduction."""
+    curve = {m: [(s["call_reduction"], s["psnr"]) for s in summary if s["method"] == m]
+             for m in ("magcache", "teacache", "online-hold")}
+    out = []
+    for s in summary:
+        if s["method"] != "online":
+            continue
+        row = dict(label=s["label"], call_reduction=round(s["call_reduction"], 3), online_psnr=round(s["psnr"], 2))
+        for m, pts in curve.items():
+            y = interp(pts, s["call_reduction"])
+            row[f"{m}_psnr"] = None if y is None else round(y, 2)
+            row[f"vs_{m}_db"] = None if y is None else round(s["psnr"] - y, 2)
+        out.append(row)
+    return out
+
+
+def table(res: dict) -> str:
+    s = res["sampler"]
+    lines = [f"Model `{res['model']}` ({res['ckpt']}), {res['video']['frames']}x{res['video']['height']}x"
+             f"{res['video']['width']}, {s['num_steps']} steps {s['solver']}, shift {s['shift']}, CFG {s['guidance']}; "
+             f"{len(res['pairs'])} (prompt, seed) pairs; calibrated MagCache ratios `{res['magcache_ratios']}`; "
+             f"retention 0.2; {res['threads']} thread(s), best of {res['repeats']}.", "",
+             "| method | computed / total calls | call reduction | wall speedup | PSNR (dB) | min PSNR | SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["summary"]:
+        lines.append(f"| {r['label']} | {r['computed_calls']} / {r['total_calls']} | {r['call_reduction']:.2f}x | "
+                     f"{r['wall_speedup']:.2f}x | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.4f} |")
+    lines += ["", "At equal computed calls (other curves interpolated at the online point's call reduction):", "",
+              "| online point | call reduction | online PSNR | calibrated MagCache | online - MagCache | TeaCache | "
+              "online - TeaCache | online-hold |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    for c in res["comparison"]:
+        lines.append(f"| {c['label']} | {c['call_reduction']:.2f}x | {c['online_psnr']:.2f} | {fmt(c['magcache_psnr'])} | "
+                     f"{fmt(c['vs_magcache_db'])} | {fmt(c['teacache_psnr'])} | {fmt(c['vs_teacache_db'])} | "
+                     f"{fmt(c['online-hold_psnr'])} |")
+    lines += ["", f"Benchmark wall time: {res['benchmark_wall_s']:.0f} s."]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
+    styles = dict(magcache=("tab:blue", "o-"), online=("tab:green", "s-"), teacache=("tab:orange", "^-"))
+    styles["online-hold"] = ("tab:olive", "x--")
+    for m, (colour, style) in styles.items():
+        pts = sorted((s for s in res["summary"] if s["method"] == m), key=lambda s: s["call_reduction"])
+        if not pts:
+            continue
+        for ax, key in ((axes[0], "psnr"), (axes[1], "ssim")):
+            ax.plot([s["call_reduction"] for s in pts], [s[key] for s in pts], style, color=colour, ms=4,
+                    label=m if m != "magcache" else "magcache (calibrated)")
+    axes[0].set(xlabel="total / computed block-stack calls", ylabel="PSNR vs full (dB)", title="PSNR at equal calls")
+    axes[1].set(xlabel="total / computed block-stack calls", ylabel="SSIM vs full", title="SSIM at equal calls")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{res['model']}: {len(res['pairs'])} pairs, {res['sampler']['num_steps']} steps; online needs no "
+                 f"ratio file")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=len(PAIRS))
+    ap.add_argument("--repeats", type=int, default=1, help="timed repeats per run (the best counts)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--preset", default="tiny-video", help="calibrated MagCache preset")
+    ap.add_argument("--ratios", help="a calibrated ratio file instead of --preset")
+    ap.add_argument("--teacache-file", help="a fit_teacache.py output instead of the shipped coefficients")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "online.json"))
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.ckpt=...")
+    args = ap.parse_args(argv)
+    if args.table_only:
+        with open(args.out) as f:
+            res = json.load(f)
+    else:
+        if not args.ratios and args.preset not in preset_names():
+            ap.error(f"--preset {args.preset!r} is not available; pass --ratios FILE (a cache.mode=calibrate output)")
+        res = run_benchmark(args)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    plot(res, os.path.splitext(args.out)[0] + ".png")
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

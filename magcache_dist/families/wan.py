@@ -1,0 +1,322 @@
+"""Wan2.1 T2V and I2V from a local checkpoint directory (official or diffusers layout).
+
+Memory plan on one node (every rank runs the same steps; nothing is downloaded):
+- build: the DiT only, created on the meta device and materialised directly in ``model.dtype`` on the job device.
+- encode: umT5 (and for I2V: CLIP + the VAE encoder) are loaded, run once, and freed before sampling starts
+  (``text_encoder.device=cpu`` keeps them off the GPU entirely).
+- decode (rank 0 only): the DiT is moved to CPU (``vae.offload_dit``), the VAE is loaded and decodes frame by
+  frame (causal in time), optionally in overlapping spatial tiles (``vae.tiling``).
+
+A ``WanFamily`` object lives for one job (``register_family`` with the class): it keeps the DiT handle from
+``build`` for ``decode``; nothing is shared between jobs.
+"""
+from __future__ import annotations
+
+import gc
+import glob
+import html
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from magcache_dist.config import JobConfig, resolve_path
+from magcache_dist.pipeline import DTYPES, ModelFamily, register_family, seeded_noise
+from models import wan_components
+from models.loading import load_state_dict_strict, read_tensors
+from models.wan import get_config
+from models.wan_i2v import I2VCondition, build_wan_model
+
+VAE_STRIDE = (4, 8, 8)  # time, height, width
+Z_DIM = 16
+LAYOUTS = ("auto", "official", "diffusers")
+# Official release file names (Wan-AI/Wan2.1-*): wan/configs/*.py
+OFFICIAL_FILES = dict(t5="models_t5_umt5-xxl-enc-bf16.pth", tokenizer="google/umt5-xxl", vae="Wan2.1_VAE.pth",
+                      clip="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+DIFFUSERS_DIRS = dict(dit="transformer", t5="text_encoder", tokenizer="tokenizer", vae="vae", clip="image_encoder")
+WAN_FAMILY_NAMES = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
+                    "tiny-wan-t2v", "tiny-wan-i2v")
+
+
+@dataclass(frozen=True)
+class WanFiles:
+    layout: str
+    dit: str  # a .safetensors file, or a sharded index json
+    t5: str
+    tokenizer: str
+    vae: str
+    clip: str | None  # I2V only
+
+
+def detect_layout(ckpt_dir: str) -> str:
+    if os.path.isfile(os.path.join(ckpt_dir, "model_index.json")) or os.path.isdir(os.path.join(ckpt_dir, "transformer")):
+        return "diffusers"
+    return "official"
+
+
+def _dit_weights(folder: str, where: str) -> str:
+    index = sorted(glob.glob(os.path.join(folder, "diffusion_pytorch_model*.safetensors.index.json")))
+    if index:
+        return index[0]
+    files = sorted(glob.glob(os.path.join(folder, "diffusion_pytorch_model*.safetensors")))
+    if len(files) == 1:
+        return files[0]
+    if len(files) > 1:
+        raise ValueError(f"ckpt_dir: {where} holds {len(files)} DiT shards but no "
+                         f"diffusion_pytorch_model.safetensors.index.json; restore the index file")
+    raise ValueError(f"ckpt_dir: no DiT weights (diffusion_pytorch_model.safetensors or its sharded index) in {where}")
+
+
+def resolve_files(ckpt_dir: str, layout: str, i2v: bool) -> WanFiles:
+    """Every file the job needs, or a ValueError naming the first missing one."""
+    if not os.path.isdir(ckpt_dir):
+        raise ValueError(f"ckpt_dir={ckpt_dir!r} is not a directory; point it at a Wan2.1 checkpoint folder")
+    if layout not in LAYOUTS:
+        raise ValueError(f"model.layout={layout!r} is unknown; choose one of {LAYOUTS}")
+    layout = detect_layout(ckpt_dir) if layout == "auto" else layout
+
+    def need(rel: str, what: str, is_dir: bool = False) -> str:
+        p = os.path.join(ckpt_dir, rel)
+        if not (os.path.isdir(p) if is_dir else os.path.isfile(p)):
+            raise ValueError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'")
+        return p
+
+    if layout == "official":
+        return WanFiles(layout, _dit_weights(ckpt_dir, ckpt_dir), need(OFFICIAL_FILES["t5"], "umT5 encoder"),
+                        need(OFFICIAL_FILES["tokenizer"], "umT5 tokenizer folder", is_dir=True),
+                        need(OFFICIAL_FILES["vae"], "VAE"),
+                        need(OFFICIAL_FILES["clip"], "CLIP image encoder") if i2v else None)
+    d = DIFFUSERS_DIRS
+    return WanFiles(layout, _dit_weights(need(d["dit"], "DiT folder", True), os.path.join(ckpt_dir, d["dit"])),
+                    need(os.path.join(d["t5"], "config.json"), "umT5 encoder config"),
+                    need(d["tokenizer"], "tokenizer folder", is_dir=True),
+                    need(os.path.join(d["vae"], "config.json"), "VAE config"),
+                    need(os.path.join(d["clip"], "config.json"), "CLIP image encoder config") if i2v else None)
+
+
+def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
+    """The checkpoint's own config.json (when shipped) must describe the model that model.name builds."""
+    mcfg = get_config(model_name)
+    path = os.path.join(os.path.dirname(files.dit), "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        c = json.load(f)
+    if "num_attention_heads" in c:  # diffusers
+        got = dict(dim=c.get("num_attention_heads", 0) * c.get("attention_head_dim", 0), num_layers=c.get("num_layers"),
+                   in_dim=c.get("in_channels"))
+    else:
+        got = dict(dim=c.get("dim"), num_layers=c.get("num_layers"), in_dim=c.get("in_dim"))
+    want = dict(dim=mcfg.dim, num_layers=mcfg.num_layers, in_dim=mcfg.in_dim)
+    diff = {k: (got[k], want[k]) for k in want if got[k] is not None and got[k] != want[k]}
+    if diff:
+        raise ValueError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
+                         f"but model.name={model_name!r} has {', '.join(f'{k}={w}' for k, (_, w) in diff.items())}; "
+                         f"set model.name to the checkpoint's model")
+
+
+def i2v_geometry(image_hw: tuple[int, int], max_area: int, patch: tuple[int, int, int]) -> tuple[int, int]:
+    """Wan I2V: latent (h, w) keeping the image's aspect ratio within ``max_area`` pixels, multiples of the patch."""
+    aspect = image_hw[0] / image_hw[1]
+    lat_h = round(math.sqrt(max_area * aspect) // VAE_STRIDE[1] // patch[1] * patch[1])
+    lat_w = round(math.sqrt(max_area / aspect) // VAE_STRIDE[2] // patch[2] * patch[2])
+    return lat_h, lat_w
+
+
+def load_image(path: str) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] * 2 - 1
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's 'whitespace' cleaning (without ftfy): unescape HTML entities, collapse whitespace."""
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
+
+
+def encode_prompts(t5, tokenizer, texts: list[str], text_len: int) -> list[torch.Tensor]:
+    """Like Wan's T5EncoderModel: pad to text_len, encode with the mask, keep the real tokens -> [T'_i, C] each."""
+    batch = tokenizer([clean_prompt(t) for t in texts], padding="max_length", truncation=True, max_length=text_len,
+                      add_special_tokens=True, return_tensors="pt")
+    device = next(t5.parameters()).device
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    out = t5(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # [B, text_len, C]
+    return [out[i, : int(n)] for i, n in enumerate(mask.sum(dim=1))]
+
+
+def _free(device) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class WanFamily(ModelFamily):
+    """Wan2.1 T2V / I2V (model.name decides), weights from ``ckpt_dir``. One instance per job."""
+
+    def __init__(self):
+        self.model = None  # the DiT, kept for decode's offload
+        self.files: WanFiles | None = None
+        self.device = "cpu"
+        self.cfg: JobConfig | None = None
+
+    # ---- before any collective -----------------------------------------------------------------------------
+    def validate(self, cfg: JobConfig) -> None:
+        mcfg = get_config(cfg.model.name)
+        i2v = mcfg.image_dim > 0
+        if cfg.model.ckpt is not None:
+            raise ValueError(f"model.ckpt is for the embedded tiny models; {cfg.model.name} loads everything from "
+                             f"ckpt_dir (set model.ckpt=null and ckpt_dir=/path/to/Wan2.1-...)")
+        if cfg.ckpt_dir is None:
+            raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {cfg.model.name} checkpoint folder "
+                             f"(official or diffusers layout)")
+        files = resolve_files(resolve_path(cfg.ckpt_dir), cfg.model.layout, i2v)
+        check_dit_config(files, cfg.ckpt_dir, cfg.model.name)
+        v, p = cfg.video, mcfg.patch_size
+        if v.frames < 1 or (v.frames - 1) % VAE_STRIDE[0]:
+            raise ValueError(f"video.frames={v.frames} must be 4k+1 for the Wan VAE (e.g. 81)")
+        step = VAE_STRIDE[1] * p[1]
+        for key, val in (("video.height", v.height), ("video.width", v.width)):
+            if val < step or val % step:
+                raise ValueError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2)")
+        if i2v:
+            if cfg.image is None:
+                raise ValueError(f"image is not set; {cfg.model.name} is image-to-video: pass image=/path/to/first_frame.png")
+            path = resolve_path(cfg.image)
+            if not os.path.isfile(path):
+                raise ValueError(f"image={cfg.image!r} does not exist")
+            try:
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    w, h = im.size
+            except Exception as e:
+                raise ValueError(f"image={cfg.image!r} is not a readable image: {e}") from None
+            lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, p)
+            if lat_h < p[1] or lat_w < p[2]:
+                raise ValueError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
+                                 f"{v.height}x{v.width} pixels")
+        elif cfg.image is not None:
+            raise ValueError(f"image is set but {cfg.model.name} is text-to-video; use an i2v model.name or image=null")
+        if cfg.text_encoder.device not in ("auto", "cpu"):
+            raise ValueError(f"text_encoder.device={cfg.text_encoder.device!r} must be 'auto' or 'cpu'")
+        for key, val in (("text_encoder.dtype", cfg.text_encoder.dtype), ("vae.dtype", cfg.vae.dtype)):
+            if val not in DTYPES:
+                raise ValueError(f"{key}={val!r} must be one of {sorted(DTYPES)}")
+        t = cfg.vae
+        for a, b in (("tile_height", "tile_stride_height"), ("tile_width", "tile_stride_width")):
+            size, stride = getattr(t, a), getattr(t, b)
+            if size < 16 or size % 8 or not 0 < stride <= size or stride % 8:
+                raise ValueError(f"vae.{a}={size} / vae.{b}={stride}: need a multiple of 8 >= 16 and "
+                                 f"0 < stride <= tile, stride a multiple of 8")
+
+    # ---- geometry --------------------------------------------------------------------------------------------
+    def latent_shape(self, cfg: JobConfig) -> tuple[int, int, int, int]:
+        """(C, F, H, W) of the latents; for I2V from the image's aspect ratio within height x width pixels."""
+        mcfg, v = get_config(cfg.model.name), cfg.video
+        lat_f = (v.frames - 1) // VAE_STRIDE[0] + 1
+        if mcfg.image_dim > 0:
+            from PIL import Image
+
+            with Image.open(resolve_path(cfg.image)) as im:
+                w, h = im.size
+            lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, mcfg.patch_size)
+        else:
+            lat_h, lat_w = v.height // VAE_STRIDE[1], v.width // VAE_STRIDE[2]
+        return Z_DIM, lat_f, lat_h, lat_w
+
+    # ---- build / encode / noise / decode -------------------------------------------------------------------
+    def build(self, cfg: JobConfig, device):
+        mcfg = get_config(cfg.model.name)
+        self.files = resolve_files(resolve_path(cfg.ckpt_dir), cfg.model.layout, mcfg.image_dim > 0)
+        self.device, self.cfg = device, cfg
+        with torch.device("meta"):
+            model = build_wan_model(mcfg)
+        # materialise straight in the run dtype on the job device: a 14B DiT never exists in fp32
+        model = model.to(dtype=DTYPES[cfg.model.dtype]).to_empty(device=device)
+        load_state_dict_strict(model, read_tensors(self.files.dit), f"ckpt_dir={cfg.ckpt_dir!r} (DiT)")
+        self.model = model.eval().requires_grad_(False)
+        return self.model, self.files
+
+    def _encoder_device(self, cfg):
+        return "cpu" if cfg.text_encoder.device == "cpu" else self.device
+
+    def encode(self, encoder, cfg: JobConfig, prompt: str, negative: str, branches) -> dict:
+        from transformers import AutoTokenizer
+
+        files: WanFiles = encoder
+        mcfg = get_config(cfg.model.name)
+        dev, dtype = self._encoder_device(cfg), DTYPES[cfg.text_encoder.dtype]
+        with torch.no_grad():
+            tokenizer = AutoTokenizer.from_pretrained(files.tokenizer, local_files_only=True)
+            t5 = wan_components.load_umt5(files.t5 if files.layout == "official" else os.path.dirname(files.t5),
+                                          files.layout, dtype=dtype, device=dev)
+            texts = [prompt] + ([negative] if "uncond" in branches else [])
+            contexts = [c[None].to(self.device) for c in encode_prompts(t5, tokenizer, texts, mcfg.text_len)]
+            del t5  # run once and freed
+            _free(dev)
+            if mcfg.image_dim == 0:
+                return dict(zip(["cond", "uncond"], contexts))
+            clip_fea, y = self._encode_image(cfg, files, dev, dtype)
+        return {b: I2VCondition(c, clip_fea, y) for b, c in zip(["cond", "uncond"], contexts)}
+
+    def _encode_image(self, cfg, files: WanFiles, dev, dtype):
+        image = load_image(resolve_path(cfg.image))  # [1, 3, h0, w0]
+        clip = wan_components.load_clip_vision(
+            files.clip if files.layout == "official" else os.path.dirname(files.clip), files.layout, dtype=dtype,
+            device=dev)
+        clip_fea = wan_components.clip_features(clip, image).float().to(self.device)  # [1, I, image_dim]
+        del clip
+        _free(dev)
+        _, lat_f, lat_h, lat_w = self.latent_shape(cfg)
+        h, w = lat_h * VAE_STRIDE[1], lat_w * VAE_STRIDE[2]
+        first = torch.nn.functional.interpolate(image, size=(h, w), mode="bicubic")  # [1, 3, h, w]
+        video = torch.cat([first[:, :, None], torch.zeros(1, 3, cfg.video.frames - 1, h, w)], dim=2)
+        vae = self._load_vae(cfg, files, dev)
+        param = next(vae.parameters())
+        mu = vae.encode(video.to(device=param.device, dtype=param.dtype)).latent_dist.mode().float()
+        mean, std = wan_components.latent_stats(vae)
+        latents = (mu - mean.to(mu.device)) / std.to(mu.device)  # [1, 16, F', h', w']
+        del vae
+        _free(dev)
+        mask = torch.zeros(1, 4, lat_f, lat_h, lat_w)
+        mask[:, :, 0] = 1  # the first latent frame (= the first 4 frames' slot) is the given image
+        y = torch.cat([mask.to(latents.device), latents], dim=1).to(self.device)  # [1, 20, F', h', w']
+        return clip_fea, y
+
+    def _load_vae(self, cfg, files: WanFiles, device):
+        path = files.vae if files.layout == "official" else os.path.dirname(files.vae)
+        return wan_components.load_wan_vae(path, files.layout, dtype=DTYPES[cfg.vae.dtype], device=device)
+
+    def make_noise(self, cfg: JobConfig, seed: int) -> torch.Tensor:
+        return seeded_noise((1, *self.latent_shape(cfg)), seed)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32)."""
+        cfg = self.cfg
+        if cfg.vae.offload_dit and self.model is not None and torch.device(self.device).type != "cpu":
+            self.model.to("cpu")  # the DiT's GPU memory goes to the decode
+            _free(self.device)
+        vae = self._load_vae(cfg, self.files, self.device)
+        if cfg.vae.tiling:
+            t = cfg.vae
+            vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
+                              tile_sample_stride_height=t.tile_stride_height,
+                              tile_sample_stride_width=t.tile_stride_width)
+        mean, std = wan_components.latent_stats(vae)
+        param = next(vae.parameters())
+        z = latents.float().to(param.device) * std.to(param.device) + mean.to(param.device)
+        with torch.no_grad():
+            video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
+        del vae
+        _free(self.device)
+        return video
+
+
+register_family(list(WAN_FAMILY_NAMES), WanFamily)

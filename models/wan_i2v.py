@@ -1,0 +1,97 @@
+"""Wan2.1 image-to-video DiT: the T2V model plus image conditioning, official checkpoint key names.
+
+Differences from T2V (Wan-Video/Wan2.1 ``model_type='i2v'``):
+- ``patch_embedding`` takes 36 channels: the 16 noise channels followed by ``y`` = 4 mask channels (first frame
+  known) + 16 VAE latents of the conditioning video (the image, then zeros).
+- ``img_emb.proj`` = LayerNorm - Linear - GELU - Linear - LayerNorm maps CLIP ViT-H/14 penultimate-layer features
+  [B, 257, 1280] to [B, 257, dim]; they are put in front of the (padded) text tokens.
+- every cross-attention has ``k_img`` / ``v_img`` / ``norm_k_img``: the output is attn(q, k, v) over the text
+  tokens plus attn(q, k_img, v_img) over the image tokens, then ``o``.
+
+The extra conditioning travels in ``I2VCondition``, which the sampler passes opaquely to ``embed``.
+Shape legend as in models/wan.py; I image tokens (257), Cy = 20 channels of ``y``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from models.wan import CrossAttention, RMSNorm, WanConfig, WanModel
+
+
+@dataclass
+class I2VCondition:
+    """Per-branch conditioning of the I2V model (text differs per branch; image and y are shared)."""
+    context: torch.Tensor  # [B, T', text_dim] umT5 features of the real tokens
+    clip_fea: torch.Tensor  # [B, I, image_dim] CLIP penultimate-layer features
+    y: torch.Tensor  # [B, 20, F, H, W] mask (4) + image latents (16)
+
+    def to(self, device):
+        return I2VCondition(self.context.to(device), self.clip_fea.to(device), self.y.to(device))
+
+
+class I2VCrossAttention(CrossAttention):
+    """Cross-attention over [image tokens | text tokens]: the last ``text_len`` tokens are text."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, text_len: int):
+        super().__init__(dim, num_heads, eps)
+        self.text_len = text_len
+        self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm_k_img = RMSNorm(dim, eps)
+
+    def forward(self, x, context):
+        b, l, d = x.shape
+        n, dh = self.num_heads, d // self.num_heads
+        img, text = context[:, : -self.text_len], context[:, -self.text_len:]  # [B, I, D], [B, T, D]
+        q = self.norm_q(self.q(x)).view(b, l, n, dh)
+        k = self.norm_k(self.k(text)).view(b, -1, n, dh)
+        v = self.v(text).view(b, -1, n, dh)
+        k_img = self.norm_k_img(self.k_img(img)).view(b, -1, n, dh)
+        v_img = self.v_img(img).view(b, -1, n, dh)
+        out = self.attn_op(q, k, v, None) + self.attn_op(q, k_img, v_img, None)  # [B, L, N, Dh]
+        return self.o(out.flatten(2))
+
+
+class ImageEmbedding(nn.Module):
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, image_dim), nn.GELU(),
+                                  nn.Linear(image_dim, dim), nn.LayerNorm(dim))
+
+    def forward(self, clip_fea):
+        return self.proj(clip_fea)  # [B, I, D]
+
+
+class WanI2VModel(WanModel):
+    def __init__(self, cfg: WanConfig):
+        if cfg.image_dim <= 0:
+            raise ValueError(f"WanI2VModel needs image_dim > 0 (the CLIP feature width), got {cfg.image_dim}")
+        super().__init__(cfg)
+        for block in self.blocks:
+            block.cross_attn = I2VCrossAttention(cfg.dim, cfg.num_heads, cfg.eps, cfg.text_len)
+        self.img_emb = ImageEmbedding(cfg.image_dim, cfg.dim)
+        for block in self.blocks:
+            for m in (block.cross_attn.q, block.cross_attn.k, block.cross_attn.v, block.cross_attn.o,
+                      block.cross_attn.k_img, block.cross_attn.v_img):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: I2VCondition):
+        """x [B, 16, F, H, W] noise latents + cond -> tokens [B, L, D] and a context of [image | text] tokens."""
+        y = cond.y.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1, -1, -1)
+        tokens, ctx = super().embed(torch.cat([x, y], dim=1), t, cond.context)  # 36 input channels
+        img = self.img_emb(cond.clip_fea.to(device=x.device, dtype=self.img_emb.proj[1].weight.dtype))
+        img = img.expand(x.shape[0], -1, -1).to(ctx.context.dtype)
+        return tokens, dataclasses.replace(ctx, context=torch.cat([img, ctx.context], dim=1))  # [B, I+T, D]
+
+    def forward(self, x, t, cond: I2VCondition):
+        tokens, ctx = self.embed(x, t, cond)
+        return self.unpatchify(self.forward_head(self.forward_blocks(tokens, ctx), ctx), ctx.grid)
+
+
+def build_wan_model(cfg: WanConfig) -> WanModel:
+    """The T2V or I2V DiT for a config (``image_dim`` > 0 means I2V)."""
+    return WanI2VModel(cfg) if cfg.image_dim > 0 else WanModel(cfg)
