@@ -6,7 +6,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import torch  # noqa: E402
+
 from tests.helpers import save_tiny_checkpoint  # noqa: E402
+
+# Tiny models run fastest on one intra-op thread, and simulated / spawned ranks would otherwise oversubscribe
+# the cores (each rank's pool wants every core). Results do not depend on it.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

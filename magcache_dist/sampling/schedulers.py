@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers import UniPCMultistepScheduler  # module level: importing inside threads is not thread-safe
 
 SOLVERS = ("unipc", "euler")
 
@@ -18,8 +19,6 @@ class FlowScheduler:
             raise ValueError(f"sampler.solver={solver!r} is unknown; choose one of {SOLVERS}")
         if shift <= 0:
             raise ValueError(f"sampler.shift={shift} must be > 0 (Wan: 5.0, 3.0 for I2V 480P)")
-        from diffusers import UniPCMultistepScheduler
-
         self.solver, self.num_steps = solver, num_steps
         self._unipc = UniPCMultistepScheduler(num_train_timesteps=num_train_timesteps,
                                               prediction_type="flow_prediction", use_flow_sigmas=True,
