@@ -36,19 +36,14 @@ def check_num_steps(num_steps) -> int:
     return num_steps
 
 
-class MagCachePolicy(CachePolicy):
-    name = "magcache"
+class AccumulatedErrorPolicy(CachePolicy):
+    """What calibrated and online MagCache share: call counting, retention, the family's forced step, and the
+    accumulated-error decision. Subclasses say where the ratio of a step comes from."""
 
-    def __init__(self, table: RatioTable, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int,
-                 branches: list[str], source: str = ""):
-        self.rule, self.cfg, self.table, self.source = rule, cfg, table, source
+    def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str]):
+        self.rule, self.cfg = rule, cfg
         self.num_steps = check_num_steps(num_steps)
-        self.branches = list(branches)
-        missing = [b for b in self.branches if b not in table.ratios]
-        if missing:
-            raise ValueError(f"ratios: the table has branches {table.branches} but sampling runs {self.branches}; "
-                             f"calibrate with the same guidance setting or pick another preset")
-        self.gammas = {b: [g ** rule.ratio_power for g in v] for b, v in table.for_steps(self.num_steps).items()}
+        self.branches = list(branches)  # every branch of the job (Wan's call counting), even under CFG parallel
         # Wan counts cond and uncond calls together; the call index of (step, branch) is step*C + branch index.
         self.calls_per_step = len(self.branches) if rule.calls_per_step > 1 else 1
         self.retention_calls = rule.retention_calls(self.num_steps, cfg.retention)
@@ -62,18 +57,16 @@ class MagCachePolicy(CachePolicy):
         length, index = self.rule.forced_grid
         return int(round(step * (length - 1) / (self.num_steps - 1))) == index  # numpy-style half-even
 
-    def gamma(self, state: CacheState, step: int, branch: str) -> float:
-        return self.gammas[branch][step]
-
-    def propose(self, state: CacheState, step: int, branch: str, probe=None) -> Decision:
+    def check_step(self, step: int) -> None:
         if not 0 <= step < self.num_steps:
             raise ValueError(f"step {step} outside 0..{self.num_steps - 1}")
-        bs = state[branch]
-        if self.call_index(step, branch) < self.retention_calls:
-            return Decision(True, bs.acc_err, bs.acc_ratio, "retention")
-        ratio = bs.acc_ratio * self.gamma(state, step, branch)
+
+    def retained(self, step: int, branch: str) -> bool:
+        return self.call_index(step, branch) < self.retention_calls
+
+    def decide(self, bs, step: int, err: float, ratio: float) -> Decision:
+        """The accumulated-error rule, given this call's accumulated error and ratio."""
         steps = bs.acc_steps + 1
-        err = bs.acc_err + (abs(1.0 - ratio) if self.rule.abs_error else 1.0 - ratio)
         under = err < self.cfg.thresh if self.rule.strict else err <= self.cfg.thresh
         reset = dict(acc_ratio=1.0, acc_err=0.0, acc_steps=0)
         if not under:
@@ -85,6 +78,32 @@ class MagCachePolicy(CachePolicy):
         if not bs.has_residual:
             return Decision(True, err, ratio, "no-residual", reset)
         return Decision(False, err, ratio, "skip", dict(acc_ratio=ratio, acc_err=err, acc_steps=steps))
+
+
+class MagCachePolicy(AccumulatedErrorPolicy):
+    name = "magcache"
+
+    def __init__(self, table: RatioTable, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int,
+                 branches: list[str], source: str = ""):
+        super().__init__(rule, cfg, num_steps, branches)
+        self.table, self.source = table, source
+        missing = [b for b in self.branches if b not in table.ratios]
+        if missing:
+            raise ValueError(f"ratios: the table has branches {table.branches} but sampling runs {self.branches}; "
+                             f"calibrate with the same guidance setting or pick another preset")
+        self.gammas = {b: [g ** rule.ratio_power for g in v] for b, v in table.for_steps(self.num_steps).items()}
+
+    def gamma(self, state: CacheState, step: int, branch: str) -> float:
+        return self.gammas[branch][step]
+
+    def propose(self, state: CacheState, step: int, branch: str, probe=None) -> Decision:
+        self.check_step(step)
+        bs = state[branch]
+        if self.retained(step, branch):
+            return Decision(True, bs.acc_err, bs.acc_ratio, "retention")
+        ratio = bs.acc_ratio * self.gamma(state, step, branch)
+        err = bs.acc_err + (abs(1.0 - ratio) if self.rule.abs_error else 1.0 - ratio)
+        return self.decide(bs, step, err, ratio)
 
     def describe(self) -> dict:
         return dict(policy="magcache", source=self.source, rule=self.rule.name, thresh=self.cfg.thresh,

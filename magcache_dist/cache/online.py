@@ -31,9 +31,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from magcache_dist.cache.base import CachePolicy, CacheState, Decision
+from magcache_dist.cache.base import CacheState, Decision
 from magcache_dist.cache.calibrate import residual_ratio_sums
-from magcache_dist.cache.magcache import MagCacheConfig, check_num_steps
+from magcache_dist.cache.magcache import AccumulatedErrorPolicy, MagCacheConfig
 from magcache_dist.cache.presets import FamilyRule, get_rule
 
 PREDICTORS = ("powerlaw", "hold")
@@ -77,40 +77,27 @@ def predict_slope(history: list[tuple[float, float]], sigma_mid: float, predicto
     return float(min(1.0 / inv, 4.0 * k_last))
 
 
-class OnlineMagCachePolicy(CachePolicy):
+class OnlineMagCachePolicy(AccumulatedErrorPolicy):
     name = "online"
 
     def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str], sigmas,
                  online: OnlineConfig | None = None,
                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.rule, self.cfg = rule, cfg
+        super().__init__(rule, cfg, num_steps, branches)
         self.online = online or OnlineConfig()
-        self.num_steps = check_num_steps(num_steps)
-        self.branches = list(branches)  # every branch of the job (Wan's call counting), even under CFG parallel
         sig = [float(s) for s in sigmas]
         if len(sig) not in (num_steps, num_steps + 1):
             raise ValueError(f"online cache: {len(sig)} sigmas for num_steps={num_steps}")
         self.sigmas = sig[:num_steps]
         self.reduce_sum = reduce_sum or (lambda t: t)
         self.reduce_max = reduce_max or (lambda t: t)
-        self.calls_per_step = len(self.branches) if rule.calls_per_step > 1 else 1
-        self.retention_calls = rule.retention_calls(self.num_steps, cfg.retention)
 
     def new_state(self, branches) -> CacheState:
         state = super().new_state(branches)
         for b in branches:
             state[b].extra.update(history=[], misses=[], last_step=None)
         return state
-
-    def call_index(self, step: int, branch: str) -> int:
-        return step * self.calls_per_step + (self.branches.index(branch) if self.calls_per_step > 1 else 0)
-
-    def forced(self, step: int) -> bool:
-        if self.rule.forced_grid is None or self.num_steps == 1:
-            return False
-        length, index = self.rule.forced_grid
-        return int(round(step * (length - 1) / (self.num_steps - 1))) == index
 
     def log_gamma(self, history: list[dict], step: int) -> float:
         """Predicted log ratio of step ``step`` over step-1 from measurements ``history`` (non-empty)."""
@@ -129,14 +116,12 @@ class OnlineMagCachePolicy(CachePolicy):
         return sum(misses) / len(misses) if (misses and self.online.margin) else 0.0
 
     def propose(self, state: CacheState, step: int, branch: str, probe=None) -> Decision:
-        if not 0 <= step < self.num_steps:
-            raise ValueError(f"step {step} outside 0..{self.num_steps - 1}")
+        self.check_step(step)
         bs = state[branch]
-        if self.call_index(step, branch) < self.retention_calls:
+        if self.retained(step, branch):
             return Decision(True, bs.acc_err, bs.acc_ratio, "retention")
-        reset = dict(acc_ratio=1.0, acc_err=0.0, acc_steps=0)
         if not bs.extra["history"]:
-            return Decision(True, bs.acc_err, bs.acc_ratio, "no-history", reset)
+            return Decision(True, bs.acc_err, bs.acc_ratio, "no-history", dict(acc_ratio=1.0, acc_err=0.0, acc_steps=0))
         ratio = bs.acc_ratio * self.gamma(state, step, branch)
         # worst deviation of the skipped residual's magnitude over the prediction's band ratio * exp(+-miss*steps)
         band = math.exp(self.miss(state, branch) * (bs.acc_steps + 1))
@@ -146,17 +131,7 @@ class OnlineMagCachePolicy(CachePolicy):
             err = bs.acc_err + 1.0 - ratio / band
         # the scalars that decide are the group's (identical on every rank by construction)
         err, ratio = (float(v) for v in self.reduce_max(torch.tensor([err, ratio], dtype=torch.float64)))
-        steps = bs.acc_steps + 1
-        under = err < self.cfg.thresh if self.rule.strict else err <= self.cfg.thresh
-        if not under:
-            return Decision(True, err, ratio, "threshold", reset)
-        if steps > self.cfg.K:
-            return Decision(True, err, ratio, "max-skips", reset)
-        if self.forced(step):
-            return Decision(True, err, ratio, "forced", reset)
-        if not bs.has_residual:
-            return Decision(True, err, ratio, "no-residual", reset)
-        return Decision(False, err, ratio, "skip", dict(acc_ratio=ratio, acc_err=err, acc_steps=steps))
+        return self.decide(bs, step, err, ratio)
 
     def commit(self, state, step, branch, decision) -> None:
         super().commit(state, step, branch, decision)
