@@ -1,0 +1,113 @@
+"""The shipped tiny-video model: weights, presets, a short generation against the plan, and its data set."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from magcache_dist import plan as plan_cli
+from magcache_dist.cache import get_preset, preset_names
+from magcache_dist.cache.teacache import load_coefficients
+from magcache_dist.config import load_config
+from magcache_dist.data import ProceduralVideos, caption_words
+from magcache_dist.parallel.dims import solo_context
+from magcache_dist.pipeline import build_model, get_family
+from magcache_dist.run import run_job
+from models.loading import load_state_dict_strict, read_tensors
+from models.tiny_text import VOCAB, TinyTextEncoder
+from models.wan import WanModel, get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WEIGHTS = os.path.join(ROOT, "models", "weights", "tiny-video.safetensors")
+DEFAULT = os.path.join(ROOT, "configs", "default.yaml")
+
+
+def test_shipped_weights_load_strictly():
+    assert os.path.getsize(WEIGHTS) <= 20 * 1024 * 1024
+    sd = read_tensors(WEIGHTS)
+    cfg = get_config("tiny-video")
+    load_state_dict_strict(WanModel(cfg), {k: v for k, v in sd.items() if not k.startswith("text_encoder.")},
+                           "shipped DiT")
+    load_state_dict_strict(TinyTextEncoder(cfg.text_dim, cfg.text_len), sd, "shipped text encoder",
+                           prefix="text_encoder.")
+    assert all(torch.isfinite(v.float()).all() for v in sd.values())
+
+
+def test_default_config_is_the_shipped_model():
+    cfg = load_config(DEFAULT)
+    assert cfg.model.name == "tiny-video" and os.path.samefile(os.path.join(ROOT, cfg.model.ckpt), WEIGHTS)
+    assert cfg.cache.mode == "magcache" and cfg.cache.preset == "tiny-video"
+    model, text = build_model(cfg)  # strict load through the pipeline
+    assert model.cfg == get_config("tiny-video") and not model.training and not text.training
+
+
+def test_shipped_presets_load():
+    assert "tiny-video" in preset_names()
+    p = get_preset("tiny-video")
+    cfg = load_config(DEFAULT)
+    assert p.table.branches == ["cond", "uncond"] and p.table.num_steps == cfg.sampler.num_steps
+    assert p.table.meta["model"] == "tiny-video"
+    assert p.table.ratios["cond"][0] == 1.0 and all(0.0 < r < 5.0 for r in p.table.ratios["cond"])
+    coefficients, meta = load_coefficients("tiny-video")
+    assert len(coefficients) == meta["degree"] + 1 and meta["model"] == "tiny-video"
+
+
+def test_short_generation_matches_the_plan(tmp_path, capsys):
+    """A reduced-step generation on the shipped weights skips exactly what the plan command prints."""
+    steps, thresh, k, retention = 8, 0.24, 3, 0.2
+    cfg = load_config(DEFAULT, [f"output_dir={tmp_path}", "progress=false", "save_video=false",
+                                f"sampler.num_steps={steps}", f"cache.thresh={thresh}", f"cache.K={k}",
+                                f"cache.retention={retention}", "video.frames=8"])
+    report = run_job(cfg, solo_context())
+    assert plan_cli.main(["--preset", "tiny-video", "--steps", str(steps), "--thresh", str(thresh), "--K", str(k),
+                          "--retention", str(retention)]) == 0
+    planned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["skipped_steps"] == planned["skipped_steps"]
+    assert report["computed_calls"] == planned["computed_calls"] < report["total_calls"] == 2 * steps
+    latents = torch.load(os.path.join(tmp_path, "latents.pt"), weights_only=True)
+    assert latents.shape == (1, 3, 8, 32, 32) and torch.isfinite(latents).all()  # 2x pixel autoencoder latents
+    video = get_family("tiny-video").decode(latents)
+    assert video.shape == (1, 3, 8, 64, 64) and float(video.abs().max()) <= 1.0
+
+
+def test_procedural_data_is_deterministic():
+    a, b = ProceduralVideos(seed=3), ProceduralVideos(seed=3)
+    for i in (0, 7, 123):
+        va, ca = a[i]
+        vb, cb = b[i]
+        assert ca == cb and torch.equal(va, vb)
+        assert va.shape == (3, 16, 64, 64) and va.dtype == torch.float32
+        assert float(va.min()) >= -1.0 and float(va.max()) <= 1.0
+    batch, captions = a.batch(5, 3)
+    assert torch.equal(batch[1], a[6][0]) and captions[2] == a[7][1]
+    other = ProceduralVideos(seed=4)
+    assert any(a.spec(i) != other.spec(i) for i in range(8))
+
+
+def test_captions_use_only_vocab_words():
+    vocab = set(VOCAB)
+    assert caption_words() <= vocab
+    data = ProceduralVideos(seed=0)
+    seen = set()
+    for i in range(300):
+        caption = data.spec(i).caption()
+        words = re.findall(r"[a-z]+", caption)
+        assert words and set(words) <= vocab, caption
+        seen.update(words)
+    # every motion appears in a few hundred samples
+    assert {"left", "right", "up", "down", "bounces", "grows", "shrinks"} <= seen
+
+
+def test_shapes_actually_move():
+    """A 'moves right' clip's foreground centroid goes right; 'grows' gains area."""
+    from magcache_dist.data.procedural import VideoSpec, render
+
+    v = render(VideoSpec("red", "circle", "right", "big", 0.5, 0.5, 1.0))
+    fg = (v[0] > 0).float()  # red channel is high only on the shape, [F, H, W]
+    xs = torch.arange(64).float()
+    cx = (fg.sum(1) * xs).sum(-1) / fg.sum((1, 2))
+    assert cx[-1] - cx[0] > 20
+    g = render(VideoSpec("blue", "square", "grows", "small", 0.5, 0.5, 1.0))
+    area = (g[2] > 0).float().sum((1, 2))
+    assert area[-1] > 4 * area[0]
