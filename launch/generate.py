@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    if not use_cuda or cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads or 1)
     monitor = None
     try:
         if world > 1:

@@ -108,6 +108,9 @@ class JobConfig:
     output_dir: str = "outputs/demo"
     save_video: bool = True
     progress: bool = True
+    # intra-op threads per rank on CPU. None = 1: small models gain nothing from more, and on a busy machine
+    # OpenMP's spinning threads slow them down by an order of magnitude. GPU runs leave torch's default.
+    cpu_threads: Optional[int] = None
     model: ModelSection = field(default_factory=ModelSection)
     video: VideoSection = field(default_factory=VideoSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)

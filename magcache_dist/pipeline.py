@@ -109,6 +109,8 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     mcfg = get_config(cfg.model.name) if cfg.model.name in WAN_CONFIGS else None
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPES)}")
+    if cfg.cpu_threads is not None and cfg.cpu_threads < 1:
+        raise ValueError(f"cpu_threads={cfg.cpu_threads} must be >= 1 (or null for the default, 1 on CPU)")
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
         raise ValueError("prompt is empty; pass prompt=\"a red circle moves right\"")
     family.validate(cfg)
