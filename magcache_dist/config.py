@@ -68,6 +68,7 @@ class ParallelSection:
     cfg_degree: int = 1
     backend: str = "native"  # native | deepspeed | xfuser
     timeout_s: float = 600.0  # collective timeout
+    fsdp: bool = False  # shard the DiT's block weights across each sequence-parallel group
 
 
 @dataclass

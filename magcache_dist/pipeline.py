@@ -21,6 +21,7 @@ from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, resolve_path
 from magcache_dist.parallel.apply import check_backend
+from magcache_dist.parallel.fsdp import check_fsdp
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.sampling.schedulers import SOLVERS
@@ -122,6 +123,8 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     num_heads = family.num_heads(cfg)
     dims.validate(world_size, num_heads, len(scfg.branches))
     check_backend(cfg.parallel.backend)
+    if cfg.parallel.fsdp:
+        check_fsdp(dims)
     if cfg.parallel.timeout_s <= 0:
         raise ValueError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
     if cfg.cache.mode not in CACHE_MODES:

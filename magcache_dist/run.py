@@ -19,6 +19,7 @@ from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
 from magcache_dist.parallel.apply import apply_sequence_parallel
+from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
 from magcache_dist.parallel.dims import ParallelContext
 from magcache_dist.pipeline import build_policy, get_family, validate_job
 from magcache_dist.sampling.loop import sample
@@ -53,6 +54,8 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     family = get_family(cfg.model.name)
     model, encoder = family.build(cfg, device)
     apply_sequence_parallel(model, par)
+    if cfg.parallel.fsdp:
+        apply_fsdp(model, par)
     phases["build"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -100,7 +103,8 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     per_rank = par.world.gather_objects(dict(rank=par.rank, decisions=result.decisions,
                                              timings=result.timings.as_dict(),
                                              consensus_reductions=result.extra["consensus_reductions"],
-                                             bytes_sent={k: c.bytes_sent for k, c in par.comms().items()}))
+                                             bytes_sent={k: c.bytes_sent for k, c in par.comms().items()},
+                                             param_bytes=local_param_bytes(model)))
     if par.rank != 0:
         return None
 

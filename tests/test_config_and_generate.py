@@ -35,6 +35,7 @@ def test_unknown_keys_and_wrong_types_name_the_key(override, key):
     (["parallel.ulysses_degree=3"], 3, r"ulysses_degree=3 does not divide num_heads=4"),
     (["parallel.cfg_degree=3"], 3, r"parallel\.cfg_degree=3 must be 1 or 2"),
     (["parallel.cfg_degree=2", "sampler.guidance=1.0"], 2, r"cfg_degree=2 needs classifier-free guidance"),
+    (["parallel.fsdp=true"], 1, r"parallel\.fsdp=true shards weights over the sequence-parallel group"),
     (["parallel.backend=horovod"], 1, r"parallel\.backend='horovod' is unknown"),
     (["parallel.backend=xfuser"], 1, r"parallel\.backend=xfuser needs CUDA"),
     (["cache.mode=fast"], 1, r"cache\.mode='fast' is unknown"),

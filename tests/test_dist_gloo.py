@@ -26,10 +26,12 @@ TOL = 1e-4
 
 LAYOUTS = {
     2: {"u2": ["parallel.ulysses_degree=2"], "r2": ["parallel.ring_degree=2"], "cfg2": ["parallel.cfg_degree=2"],
-        "ds_u2": ["parallel.ulysses_degree=2", "parallel.backend=deepspeed"]},
+        "ds_u2": ["parallel.ulysses_degree=2", "parallel.backend=deepspeed"],
+        "u2_fsdp": ["parallel.ulysses_degree=2", "parallel.fsdp=true"]},
     4: {"u4": ["parallel.ulysses_degree=4"], "r4": ["parallel.ring_degree=4"],
         "usp": ["parallel.ulysses_degree=2", "parallel.ring_degree=2"],
         "cfg2_u2": ["parallel.cfg_degree=2", "parallel.ulysses_degree=2"],
+        "cfg2_r2_fsdp": ["parallel.cfg_degree=2", "parallel.ring_degree=2", "parallel.fsdp=true"],
         "ds_usp": ["parallel.ulysses_degree=2", "parallel.ring_degree=2", "parallel.backend=deepspeed"]},
 }
 
@@ -87,6 +89,11 @@ def test_multiprocess_layouts_equal_single_process(world, tiny_ckpt, reference, 
             sp_degree = world // report["parallel"]["cfg_degree"]
             # one small all-reduce per call wherever a branch is shared by several ranks
             assert r["consensus_reductions"] == (len(r["decisions"]) if sp_degree > 1 else 0)
+        if "fsdp" in name:  # every rank holds about 1/SP of the block weights
+            solo_bytes = reference["report"]["ranks"][0]["param_bytes"]
+            sp_degree = world // report["parallel"]["cfg_degree"]
+            for r in report["ranks"]:
+                assert r["param_bytes"] < solo_bytes * (1 / sp_degree + 0.25), (name, r["param_bytes"], solo_bytes)
     cal = RatioTable.load(str(tmp_path / "calib" / "ratios.json"))
     for b in ("cond", "uncond"):
         a, s = torch.tensor(cal.ratios[b]), torch.tensor(reference["ratios"].ratios[b])
