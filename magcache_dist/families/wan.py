@@ -300,7 +300,9 @@ class WanFamily(ModelFamily):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32)."""
         cfg = self.cfg
-        if cfg.vae.offload_dit and self.model is not None and torch.device(self.device).type != "cpu":
+        sharded = self.model is not None and any(hasattr(p, "to_local") for p in self.model.parameters())
+        # an FSDP-sharded DiT (parallel.fsdp) already holds 1/SP of its weights and cannot leave its device mesh
+        if cfg.vae.offload_dit and self.model is not None and not sharded and torch.device(self.device).type != "cpu":
             self.model.to("cpu")  # the DiT's GPU memory goes to the decode
             _free(self.device)
         vae = self._load_vae(cfg, self.files, self.device)
