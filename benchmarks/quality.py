@@ -1,6 +1,6 @@
 """Quality versus speed of MagCache and TeaCache against full sampling on the shipped tiny-video model.
 
-    python benchmarks/quality.py                      # ~5-10 min on 2 shared cores
+    python benchmarks/quality.py                      # ~3 min (one thread, best of 3 timings)
     python benchmarks/quality.py --table-only         # regenerate benchmarks/README.md from the JSON
 
 For each fixed (prompt, seed) pair: a full run (every call computed), MagCache at several (thresh, K) and

@@ -52,9 +52,7 @@ class VideoSpec:
 
 def caption_words() -> set[str]:
     """Every word any caption can contain."""
-    words = {"a", "moves", *COLOURS, *SHAPES, *MOTIONS, *SIZES}
-    words.discard("left"), words.discard("right")
-    return words | {"left", "right"}
+    return {"a", "moves", *COLOURS, *SHAPES, *MOTIONS, *SIZES}
 
 
 def _sdf(shape: str, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -67,7 +65,7 @@ def _sdf(shape: str, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch
     n = math.sqrt(5.0)
     left = (-2.0 * x - y) / n
     right = (2.0 * x - y) / n
-    return torch.maximum(torch.maximum(left, right), y) - 0.55 * r + 0.0 * r
+    return torch.maximum(torch.maximum(left, right), y) - 0.55 * r
 
 
 def render(spec: VideoSpec, frames: int = 16, height: int = 64, width: int = 64) -> torch.Tensor:
