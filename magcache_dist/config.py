@@ -140,7 +140,11 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                 raise ValueError(f"override {item!r} must look like key=value (e.g. sampler.num_steps=30)")
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(cfg)
+        job = OmegaConf.to_object(cfg)
+        if job.cache.mode in ("False", "false"):
+            # YAML 1.1 reads a bare `off` as the boolean false, which OmegaConf turns into "False" for this str field
+            job.cache.mode = "off"
+        return job
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
         msg = str(e).splitlines()[0]

@@ -101,6 +101,13 @@ def test_generate_end_to_end_matches_the_plan_command(tiny_ckpt, tmp_path):
     assert sorted(os.listdir(out)) == ["frames.png", "latents.pt", "report.json", "video.mp4"]  # no temp files left
 
 
+def test_cache_mode_off_survives_yaml(tmp_path):
+    assert load_config(None, ["cache.mode=off"]).cache.mode == "off"  # YAML 1.1 would make it a boolean
+    f = tmp_path / "c.yaml"
+    f.write_text("cache:\n  mode: off\n")
+    assert load_config(str(f)).cache.mode == "off"
+
+
 def test_default_demo_config_validates():
     cfg = load_config(os.path.join(ROOT, "configs/default.yaml"))
     validate_job(cfg, 1)

@@ -84,7 +84,8 @@ def model_call(model, x, t, text, step: int, branch: str, policy: CachePolicy, s
         num_tokens = tokens.shape[1]
         tokens, ctx, valid = sharder.shard(tokens, ctx)  # [B, L/P, D]
     with _Clock(timings, "cache"):
-        proposal = policy.propose(state, step, branch, probe=(model, tokens, ctx) if policy.needs_probe else None)
+        probe = (model, tokens, ctx, valid) if policy.needs_probe else None  # valid: this rank's real tokens
+        proposal = policy.propose(state, step, branch, probe=probe)
     with _Clock(timings, "consensus"):
         decision = consensus.agree(proposal, step, branch)
     policy.commit(state, step, branch, decision)
