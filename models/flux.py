@@ -14,7 +14,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from models.layouts import Rule
-from models.mmdit import JointContext, image_token_lens, install_joint_attention
+from models.mmdit import JointContext, JointSeams, image_token_lens
 
 # name -> FluxTransformer2DModel config. Published sizes from black-forest-labs/FLUX.1-{dev,schnell}; tiny: ours.
 FLUX_CONFIGS = {
@@ -92,16 +92,8 @@ def unpack(tokens: torch.Tensor, grid) -> torch.Tensor:
     return x[:, :, None]
 
 
-class FluxDiT(FluxTransformer2DModel):
+class FluxDiT(JointSeams, FluxTransformer2DModel):
     """diffusers' FLUX transformer plus the sampler seams; joint attention goes through ``attn_op``."""
-
-    def __init__(self, **config):
-        super().__init__(**config)
-        install_joint_attention(list(self.transformer_blocks) + list(self.single_transformer_blocks))
-
-    @property
-    def num_heads(self) -> int:
-        return self.config.num_attention_heads
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, cond) -> tuple[torch.Tensor, JointContext]:
         """x [B, C, 1, H, W], t [B] in 0..1000, cond FluxCond -> image tokens [B, L, D]."""
@@ -133,13 +125,6 @@ class FluxDiT(FluxTransformer2DModel):
             txt, tokens = block(hidden_states=tokens, encoder_hidden_states=txt, temb=ctx.temb, image_rotary_emb=ctx)
         return tokens  # [B, L, D]: the image tokens only (the cached residual covers these)
 
-    def forward_head(self, tokens: torch.Tensor, ctx: JointContext) -> torch.Tensor:
-        return self.proj_out(self.norm_out(tokens, ctx.temb))  # [B, L, 4C]
-
     def unpatchify(self, out: torch.Tensor, grid) -> torch.Tensor:
         return unpack(out.float(), grid)  # [B, C, 1, H, W]; FLUX predicts noise - x0, the sampler's convention
 
-    def denoise(self, x, t, cond):
-        """Full call through the seams (no cache, no parallelism): the reference path."""
-        tokens, ctx = self.embed(x, t, cond)
-        return self.unpatchify(self.forward_head(self.forward_blocks(tokens, ctx), ctx), ctx.grid)

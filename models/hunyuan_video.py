@@ -13,7 +13,7 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
 from models.layouts import Rule
-from models.mmdit import JointContext, image_token_lens, install_joint_attention
+from models.mmdit import JointContext, JointSeams, image_token_lens
 
 # Published size from tencent/HunyuanVideo (diffusers config); tiny: ours (pixel space, tiny text encoder).
 HUNYUAN_CONFIGS = {
@@ -86,16 +86,8 @@ def hunyuan_config(name: str) -> dict:
     return dict(HUNYUAN_CONFIGS[name])
 
 
-class HunyuanVideoDiT(HunyuanVideoTransformer3DModel):
+class HunyuanVideoDiT(JointSeams, HunyuanVideoTransformer3DModel):
     """diffusers' HunyuanVideo transformer plus the sampler seams; joint attention goes through ``attn_op``."""
-
-    def __init__(self, **config):
-        super().__init__(**config)
-        install_joint_attention(list(self.transformer_blocks) + list(self.single_transformer_blocks))
-
-    @property
-    def num_heads(self) -> int:
-        return self.config.num_attention_heads
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, cond) -> tuple[torch.Tensor, JointContext]:
         """x [B, C, F, H, W], t [B] in 0..1000, cond HunyuanCond -> image tokens [B, L, D]."""
@@ -119,9 +111,6 @@ class HunyuanVideoDiT(HunyuanVideoTransformer3DModel):
             tokens, txt = block(tokens, txt, ctx.temb, None, ctx)
         return tokens  # [B, L, D]: image tokens only
 
-    def forward_head(self, tokens: torch.Tensor, ctx: JointContext) -> torch.Tensor:
-        return self.proj_out(self.norm_out(tokens, ctx.temb))  # [B, L, C*pt*p*p]
-
     def unpatchify(self, out: torch.Tensor, grid) -> torch.Tensor:
         """[B, L, C*pt*p*p] -> [B, C, F, H, W] (diffusers' channel order: C, pt, p, p)."""
         p, pt = self.config.patch_size, self.config.patch_size_t
@@ -129,6 +118,3 @@ class HunyuanVideoDiT(HunyuanVideoTransformer3DModel):
         out = out.float().reshape(out.shape[0], f, h, w, -1, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
         return out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
-    def denoise(self, x, t, cond):
-        tokens, ctx = self.embed(x, t, cond)
-        return self.unpatchify(self.forward_head(self.forward_blocks(tokens, ctx), ctx), ctx.grid)

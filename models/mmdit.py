@@ -93,3 +93,25 @@ def install_joint_attention(blocks) -> int:
 
 def image_token_lens(batch: int, num_tokens: int, device) -> torch.Tensor:
     return torch.full((batch,), num_tokens, dtype=torch.long, device=device)
+
+
+class JointSeams:
+    """Sampler seams shared by the diffusers MM-DiT adapters (FLUX, HunyuanVideo): joint attention through a
+    swappable ``attn_op``, the modulated head and the reference path. Subclasses add embed, forward_blocks and
+    unpatchify; put this class first in the bases."""
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        install_joint_attention(list(self.transformer_blocks) + list(self.single_transformer_blocks))
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    def forward_head(self, tokens: torch.Tensor, ctx: JointContext) -> torch.Tensor:
+        return self.proj_out(self.norm_out(tokens, ctx.temb))  # [B, L, C * patch volume]
+
+    def denoise(self, x, t, cond):
+        """Full call through the seams (no cache, no parallelism): the reference path."""
+        tokens, ctx = self.embed(x, t, cond)
+        return self.unpatchify(self.forward_head(self.forward_blocks(tokens, ctx), ctx), ctx.grid)
