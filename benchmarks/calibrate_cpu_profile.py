@@ -17,6 +17,8 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
+
 
 def best_of(fn, repeats=5, inner=1):
     fn()
@@ -55,8 +57,7 @@ def main() -> int:
         source="measured: 1024x256x1024 GEMM, SDPA [1,4,1024,32], 32 MB copy, 4-element add_",
     )
     path = os.path.join(ROOT, "magcache_dist/planner/profiles/cpu.json")
-    with open(path, "w") as f:
-        json.dump(profile, f, indent=1)
+    atomic_write_text(path, json.dumps(profile, indent=1))
     print(f"{'quantity':<28}{'value':>14}")
     for k, v in (("fp32 GEMM GFLOP/s", out["float32"] / 1e9), ("bf16 GEMM GFLOP/s", out["bfloat16"] / 1e9),
                  ("SDPA GFLOP/s", attn_flops / 1e9), ("memory GB/s", mem_bw / 1e9), ("op overhead us", op_s * 1e6)):

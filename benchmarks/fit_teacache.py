@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import ROOT, build_job  # noqa: E402
 
+from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.cache.base import CachePolicy, Decision  # noqa: E402
 from magcache_dist.cache.presets import DATA_DIR  # noqa: E402
 from magcache_dist.cache.teacache import TEACACHE_FORMAT, modulated_input, polyval  # noqa: E402
@@ -85,8 +86,7 @@ def main(argv=None) -> int:
                sampler=dict(num_steps=job.scfg.num_steps, shift=job.scfg.shift, guidance=job.scfg.guidance,
                             solver=job.scfg.solver),
                runs=runs, points=[[int(s), round(float(a), 6), round(float(b), 6)] for s, a, b in zip(steps, x, y)])
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    atomic_write_text(args.out, json.dumps(out, indent=1))
     print(f"coefficients {out['coefficients']} (R^2 {r2:.4f}, {len(x)} points) -> {args.out}")
     if args.plot:
         import matplotlib

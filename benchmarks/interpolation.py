@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import ROOT, build_job  # noqa: E402
 
+from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.auto import sigma_grid  # noqa: E402
 from magcache_dist.cache.calibrate import CalibrationPolicy  # noqa: E402
 from magcache_dist.cache.ratios import nearest_interp  # noqa: E402
@@ -57,9 +58,8 @@ def main(argv=None) -> int:
         print(f"| {r['src']} | {r['dst']} | {r['sigma']:.4f} | {r['nearest']:.4f} |")
     print("mean |log predicted ratio - log measured ratio| per step, both branches")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(dict(prompt=args.prompt, seed=args.seed, overrides=args.overrides, rows=rows,
-                       tables={n: t.to_json() for n, (t, _) in tables.items()}), f, indent=1)
+    atomic_write_text(args.out, json.dumps(dict(prompt=args.prompt, seed=args.seed, overrides=args.overrides, rows=rows,
+                                                tables={n: t.to_json() for n, (t, _) in tables.items()}), indent=1))
     return 0 if all(math.isfinite(r["sigma"]) for r in rows) else 1
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import ROOT, build_job  # noqa: E402
 from quality import MAGCACHE, PAIRS, PSNR_CAP, TEACACHE, psnr, ssim, timed  # noqa: E402
 
+from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.auto import sigma_grid  # noqa: E402
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names  # noqa: E402
 from magcache_dist.cache.online import OnlineConfig, build_online  # noqa: E402
@@ -192,8 +193,7 @@ def main(argv=None) -> int:
             ap.error(f"--preset {args.preset!r} is not available; pass --ratios FILE (a cache.mode=calibrate output)")
         res = run_benchmark(args)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        atomic_write_text(args.out, json.dumps(res, indent=1))
     plot(res, os.path.splitext(args.out)[0] + ".png")
     print(table(res))
     return 0

@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.auto import sigma_grid  # noqa: E402
 from magcache_dist.cache import RatioTable, get_preset  # noqa: E402
 from magcache_dist.cache.online import OnlineConfig, predict_slope  # noqa: E402
@@ -121,8 +122,7 @@ def main(argv=None) -> int:
                                t.meta.get("solver", "unipc")))
     plot(results, args.png)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(dict(results=results, predictors=PREDICTORS, horizons=HORIZONS), f, indent=1)
+    atomic_write_text(args.out, json.dumps(dict(results=results, predictors=PREDICTORS, horizons=HORIZONS), indent=1))
     head = "| calibration | branch | " + " | ".join(f"{p} h={h}" for p in PREDICTORS for h in HORIZONS) + " |"
     print(head)
     print("|" + "---|" * (2 + len(PREDICTORS) * len(HORIZONS)))

@@ -19,6 +19,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.config import load_config  # noqa: E402
 from magcache_dist.pipeline import build_model, build_policy, encode_texts, make_noise, sampler_config  # noqa: E402
 from magcache_dist.planner import format_plan, plan_job  # noqa: E402
@@ -67,10 +68,10 @@ def main() -> int:
     print("\nprojection:\n" + format_plan(proj))
     os.makedirs(os.path.join(ROOT, "benchmarks/results"), exist_ok=True)
     path = os.path.join(ROOT, "benchmarks/results/planner_check.json")
-    with open(path, "w") as fh:
-        json.dump(dict(rows=rows, mean_abs_error=mean_abs, threads=1, steps=args.steps,
-                       wan14b_720p_8xh100=dict(per_rank=proj["per_rank"], skip_plan=proj["skip_plan"])),
-                  fh, indent=1, default=str)
+    atomic_write_text(path, json.dumps(dict(rows=rows, mean_abs_error=mean_abs, threads=1, steps=args.steps,
+                                            wan14b_720p_8xh100=dict(per_rank=proj["per_rank"],
+                                                                    skip_plan=proj["skip_plan"])),
+                                       indent=1, default=str))
     print(f"wrote {path}")
     return 0
 

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import ROOT, build_job  # noqa: E402
 
+from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
 from magcache_dist.cache.teacache import build_teacache  # noqa: E402
 
@@ -246,8 +247,7 @@ def write_readme(res: dict) -> None:
         text = ("# Benchmarks\n\nScripts here print a table and write JSON/PNG under `results/`; nothing here is "
                 "asserted in tests.\n\n## Quality vs speed (`quality.py`)\n\n`python benchmarks/quality.py` "
                 "(generated from `results/quality.json`; plot: `results/quality.png`).\n\n" + block + "\n")
-    with open(README, "w") as f:
-        f.write(text)
+    atomic_write_text(README, text)
 
 
 def main(argv=None) -> int:
@@ -268,8 +268,7 @@ def main(argv=None) -> int:
     else:
         res = run_benchmark(args)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        atomic_write_text(args.out, json.dumps(res, indent=1))
     plot(res, os.path.splitext(args.out)[0] + ".png")
     write_readme(res)
     print(table(res))
