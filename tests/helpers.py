@@ -49,3 +49,31 @@ def job_overrides(ckpt: str, out: str, *extra: str) -> list[str]:
 
 def job_config(ckpt: str, out: str, *extra: str):
     return load_config(None, job_overrides(ckpt, out, *extra))
+
+
+def odd_inputs():
+    """Noise for 5 x 20 x 28 pixels (175 tokens with the tiny model's 1x4x4 patches: divisible by neither 2, 3
+    nor 4) and cond / empty uncond text features."""
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(1, 3, 5, 20, 28, generator=g)
+    texts = {"cond": torch.randn(1, 6, 32, generator=g), "uncond": torch.zeros(1, 0, 32)}
+    return noise, texts
+
+
+def run_sampling(dims, cfg, policy_for, guard: bool = True) -> list:
+    """Sample the tiny model on ``odd_inputs`` with one simulated rank per thread (``dims``; None = single
+    process); ``policy_for(par)`` builds each rank's cache policy. Returns [(latents, decisions)] in rank order."""
+    from magcache_dist.parallel import apply_sequence_parallel, build_thread_contexts, solo_context
+    from magcache_dist.parallel.threads import run_threads
+    from magcache_dist.sampling import sample
+
+    noise, texts = odd_inputs()
+
+    def one(par):
+        model = apply_sequence_parallel(tiny_model(0), par)
+        res = sample(model, noise, texts, cfg, policy_for(par), par, guard=guard)
+        return res.latents, res.decisions
+
+    if dims is None:
+        return [one(solo_context())]
+    return run_threads(one, build_thread_contexts(dims, timeout=60))

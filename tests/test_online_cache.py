@@ -8,23 +8,15 @@ import torch
 
 from magcache_dist.auto import sigma_grid
 from magcache_dist.cache import MagCacheConfig
-from magcache_dist.cache.online import OnlineConfig, OnlineMagCachePolicy, build_online, predict_slope
-from magcache_dist.cache.presets import get_rule
-from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts, solo_context
+from magcache_dist.cache.online import OnlineConfig, build_online, predict_slope
+from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts
 from magcache_dist.parallel.threads import run_threads
 from magcache_dist.sampling import SamplerConfig, sample
-from tests.helpers import tiny_model
+from tests.helpers import odd_inputs, run_sampling, tiny_model
 
 STEPS = 10
 CFG = SamplerConfig(num_steps=STEPS)
 SIGMAS = sigma_grid(STEPS, CFG.shift)
-
-
-def _inputs():
-    g = torch.Generator().manual_seed(7)
-    noise = torch.randn(1, 3, 5, 20, 28, generator=g)  # 175 tokens
-    texts = {"cond": torch.randn(1, 6, 32, generator=g), "uncond": torch.zeros(1, 0, 32)}
-    return noise, texts
 
 
 def _policy(par, thresh=0.4, K=2, predictor="powerlaw", perturb=1.0):
@@ -39,16 +31,7 @@ def _policy(par, thresh=0.4, K=2, predictor="powerlaw", perturb=1.0):
 
 
 def _run(dims, **kw):
-    noise, texts = _inputs()
-
-    def one(par):
-        model = apply_sequence_parallel(tiny_model(0), par)
-        res = sample(model, noise, texts, CFG, _policy(par, **kw), par, guard=True)
-        return res.latents, res.decisions
-
-    if dims is None:
-        return [one(solo_context())]
-    return run_threads(one, build_thread_contexts(dims, timeout=60))
+    return run_sampling(dims, CFG, lambda par: _policy(par, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +99,7 @@ def test_no_measurement_means_compute_and_bad_config_names_the_key():
 
 def test_error_scalar_is_the_groups_so_ranks_agree_even_when_their_measurements_differ():
     """Rank 1 measures ratios 0.3% off; the all-reduced (error, ratio) still gives every rank one decision."""
-    noise, texts = _inputs()
+    noise, texts = odd_inputs()
 
     def one(par):
         model = apply_sequence_parallel(tiny_model(0), par)

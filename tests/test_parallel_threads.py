@@ -11,35 +11,19 @@ from magcache_dist.parallel.apply import build_sp_attention
 from magcache_dist.parallel.threads import run_threads
 from magcache_dist.sampling import SamplerConfig, sample
 from models.attention import LocalAttention
-from tests.helpers import tiny_model
+from tests.helpers import odd_inputs, run_sampling, tiny_model
 
 STEPS = 8
 CFG = SamplerConfig(num_steps=STEPS)
 TOL = 1e-4  # max abs difference allowed between SP and single-process latents (fp32)
 
 
-def _inputs():
-    g = torch.Generator().manual_seed(7)
-    noise = torch.randn(1, 3, 5, 20, 28, generator=g)  # 175 tokens: not divisible by 2, 3 or 4
-    texts = {"cond": torch.randn(1, 6, 32, generator=g), "uncond": torch.zeros(1, 0, 32)}
-    return noise, texts
-
-
 def _policy(thresh=0.12, branches=None):
     return build_magcache("wan2.1-t2v-1.3b", None, MagCacheConfig(thresh, 2, 0.2), STEPS, branches or CFG.branches)
 
 
-def _run(dims, policy_for_rank=lambda rank: _policy(), guard=True):
-    noise, texts = _inputs()
-
-    def one(par):
-        model = apply_sequence_parallel(tiny_model(0), par)
-        res = sample(model, noise, texts, CFG, policy_for_rank(par.rank), par, guard=guard)
-        return res.latents, res.decisions
-
-    if dims is None:
-        return [one(solo_context())]
-    return run_threads(one, build_thread_contexts(dims, timeout=60))
+def _run(dims):
+    return run_sampling(dims, CFG, lambda par: _policy())
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +78,7 @@ def test_sp_output_and_decisions_equal_single_process(dims, reference):
 
 
 def test_divergent_rank_raises_a_clear_error_on_every_rank():
-    noise, texts = _inputs()
+    noise, texts = odd_inputs()
     outcomes = {}
 
     def one(par):
@@ -114,7 +98,7 @@ def test_divergent_rank_raises_a_clear_error_on_every_rank():
 
 @pytest.mark.parametrize("dims", [ParallelDims(2, 1), ParallelDims(1, 4)], ids=["u2", "r4"])
 def test_calibration_is_identical_across_degrees(dims):
-    noise, texts = _inputs()
+    noise, texts = odd_inputs()
 
     def one(par):
         model = apply_sequence_parallel(tiny_model(0), par)
