@@ -41,6 +41,22 @@ class ModelFamily:
     def validate(self, cfg: JobConfig) -> None:
         """Family-specific checks (geometry, files) before any collective; raise ValueError naming the key."""
 
+    @staticmethod
+    def check_ckpt_exists(cfg: JobConfig) -> None:
+        if cfg.model.ckpt is not None and not os.path.exists(resolve_path(cfg.model.ckpt)):
+            raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist (relative paths are taken from the "
+                             f"project root); set model.ckpt=null for seeded random weights")
+
+    @staticmethod
+    def check_geometry(cfg: JobConfig, frames_multiple: int, spatial_multiple: int, one_frame: bool = False):
+        v = cfg.video
+        if one_frame and v.frames != 1:
+            raise ValueError(f"video.frames={v.frames}: {cfg.model.name} is an image model; set video.frames=1")
+        for key, val, m in (("video.frames", v.frames, frames_multiple), ("video.height", v.height, spatial_multiple),
+                            ("video.width", v.width, spatial_multiple)):
+            if val < 1 or val % m:
+                raise ValueError(f"{key}={val} must be a positive multiple of {m} for model {cfg.model.name}")
+
     def num_heads(self, cfg: JobConfig) -> int:
         return get_config(cfg.model.name).num_heads
 
@@ -189,20 +205,26 @@ def build_model(cfg: JobConfig, device="cpu"):
     return get_family(cfg.model.name).build(cfg, device)
 
 
+def load_dit_and_text(cfg: JobConfig, model, text, convert_dit=None) -> None:
+    """model.ckpt -> the DiT (top-level keys, through ``convert_dit(sd, where)`` if given) and the tiny text
+    encoder (keys under ``text_encoder.``), both loaded strictly."""
+    where = f"model.ckpt={cfg.model.ckpt!r}"
+    sd = read_tensors(resolve_path(cfg.model.ckpt))
+    text_sd = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_ENCODER_PREFIX)}
+    dit_sd = {k: v for k, v in sd.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
+    load_state_dict_strict(model, convert_dit(dit_sd, where) if convert_dit else dit_sd, where)
+    if not text_sd:
+        raise ValueError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
+    load_state_dict_strict(text, text_sd, f"{where} (text encoder)")
+
+
 def _build_tiny(cfg: JobConfig, device="cpu") -> tuple[WanModel, TinyTextEncoder]:
     mcfg = get_config(cfg.model.name)
     torch.manual_seed(cfg.model.init_seed)
     model = WanModel(mcfg)
     text = TinyTextEncoder(text_dim=mcfg.text_dim, max_len=mcfg.text_len)
     if cfg.model.ckpt is not None:
-        path = resolve_path(cfg.model.ckpt)
-        sd = read_tensors(path)
-        text_sd = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_ENCODER_PREFIX)}
-        dit_sd = {k: v for k, v in sd.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
-        load_state_dict_strict(model, dit_sd, f"model.ckpt={cfg.model.ckpt!r}")
-        if not text_sd:
-            raise ValueError(f"model.ckpt={cfg.model.ckpt!r} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
-        load_state_dict_strict(text, text_sd, f"model.ckpt={cfg.model.ckpt!r} (text encoder)")
+        load_dit_and_text(cfg, model, text)
     model = model.to(device=device, dtype=DTYPES[cfg.model.dtype]).eval()
     return model, text.to(device).eval()
 
@@ -246,9 +268,7 @@ class TinyVideoFamily(ModelFamily):
 
     def validate(self, cfg: JobConfig) -> None:
         mcfg = get_config(cfg.model.name)
-        if cfg.model.ckpt is not None and not os.path.exists(resolve_path(cfg.model.ckpt)):
-            raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist (relative paths are taken from the "
-                             f"project root); set model.ckpt=null for seeded random weights")
+        self.check_ckpt_exists(cfg)
         if cfg.model.ckpt is not None:  # headers only: a corrupt or foreign file fails here, before any collective
             _check_tiny_checkpoint(cfg, mcfg)
         v = cfg.video

@@ -2,14 +2,11 @@
 reading (DiT weights in the official or diffusers layout plus ``text_encoder.*``), prompt encoding."""
 from __future__ import annotations
 
-import os
-
 import torch
 
-from magcache_dist.config import JobConfig, resolve_path
-from magcache_dist.pipeline import DTYPES, TEXT_ENCODER_PREFIX, ModelFamily
+from magcache_dist.config import JobConfig
+from magcache_dist.pipeline import DTYPES, ModelFamily, load_dit_and_text
 from models.layouts import Rule, is_official, official_to_diffusers
-from models.loading import load_state_dict_strict, read_tensors
 from models.tiny_text import TinyTextEncoder
 
 
@@ -35,9 +32,7 @@ class TinyFamily(ModelFamily):
             raise ValueError(f"model.name={name!r}: the {self.family} model, its weight loading and MagCache preset "
                              f"are here, but its text encoder and VAE are not wired into a pipeline yet; use one of "
                              f"{list(self.tiny_names)}")
-        if cfg.model.ckpt is not None and not os.path.exists(resolve_path(cfg.model.ckpt)):
-            raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist (relative paths are taken from the "
-                             f"project root); set model.ckpt=null for seeded random weights")
+        self.check_ckpt_exists(cfg)
         if cfg.cache.mode == "teacache":
             raise ValueError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
                              f"{name}")
@@ -53,28 +48,15 @@ class TinyFamily(ModelFamily):
             raise ValueError(f"sampler.solver={cfg.sampler.solver!r}: {self.family} samples with Euler on its own "
                              f"sigma grid; set sampler.solver=euler")
 
-    def check_geometry(self, cfg: JobConfig, frames_multiple: int, spatial_multiple: int, one_frame: bool = False):
-        v = cfg.video
-        if one_frame and v.frames != 1:
-            raise ValueError(f"video.frames={v.frames}: {cfg.model.name} is an image model; set video.frames=1")
-        for key, val, m in (("video.frames", v.frames, frames_multiple), ("video.height", v.height, spatial_multiple),
-                            ("video.width", v.width, spatial_multiple)):
-            if val < 1 or val % m:
-                raise ValueError(f"{key}={val} must be a positive multiple of {m} for model {cfg.model.name}")
-
     def load_weights(self, cfg: JobConfig, model, text, official_rules: list[Rule] | None, marker: str = "",
                      hidden: int = 0) -> None:
         """model.ckpt -> DiT (official layout converted when ``official_rules`` is given) + tiny text encoder."""
-        where = f"model.ckpt={cfg.model.ckpt!r}"
-        sd = read_tensors(resolve_path(cfg.model.ckpt))
-        text_sd = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_ENCODER_PREFIX)}
-        dit = {k: v for k, v in sd.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
-        if official_rules is not None and is_official(dit, marker):
-            dit = official_to_diffusers(dit, official_rules, hidden, where)
-        load_state_dict_strict(model, dit, where)
-        if not text_sd:
-            raise ValueError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
-        load_state_dict_strict(text, text_sd, f"{where} (text encoder)")
+        def convert(dit, where):
+            if official_rules is not None and is_official(dit, marker):
+                return official_to_diffusers(dit, official_rules, hidden, where)
+            return dit
+
+        load_dit_and_text(cfg, model, text, convert)
 
     def finish(self, cfg: JobConfig, model, text, device):
         model = model.to(device=device)
