@@ -32,6 +32,7 @@ from _common import ROOT, build_job  # noqa: E402
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
 from magcache_dist.cache.teacache import build_teacache  # noqa: E402
+from magcache_dist.data.judge import judge  # noqa: E402
 
 PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs overlap
     ("a small red circle moves right", 11),
@@ -111,12 +112,14 @@ def run_benchmark(args) -> dict:
         ref, _, total_ref, wall_ref, t_ref = timed(job, methods[0][2], prompt, seed, args.repeats)
         runs.append(dict(method="full", label="full", prompt=prompt, seed=seed, computed_calls=total_ref,
                          total_calls=total_ref, wall_s=wall_ref, speedup=1.0, psnr=PSNR_CAP, ssim=1.0,
+                         prompt_match=judge(ref, prompt)["verdict"],
                          cache_s=t_ref["cache"], blocks_s=t_ref["blocks"], timings=t_ref))
         for label, params, fn in methods[1:]:
             video, computed, total, wall, timings = timed(job, fn, prompt, seed, args.repeats)
             runs.append(dict(**params, label=label, prompt=prompt, seed=seed, computed_calls=computed,
                              total_calls=total, wall_s=wall, speedup=wall_ref / wall, psnr=psnr(video, ref),
-                             ssim=ssim(video, ref), cache_s=timings["cache"], blocks_s=timings["blocks"],
+                             ssim=ssim(video, ref), prompt_match=judge(video, prompt)["verdict"],
+                             cache_s=timings["cache"], blocks_s=timings["blocks"],
                              timings=timings))
         print(f"{prompt!r} seed {seed}: done ({time.perf_counter() - t_start:.0f}s)", flush=True)
     full_runs = [r for r in runs if r["method"] == "full"]
@@ -132,6 +135,7 @@ def run_benchmark(args) -> dict:
                             wall_speedup=wall_full / wall, speedup_over_call_reduction=(wall_full / wall) / (tot / comp),
                             psnr=float(np.mean([r["psnr"] for r in rs])), psnr_min=float(min(r["psnr"] for r in rs)),
                             ssim=float(np.mean([r["ssim"] for r in rs])), num_pairs=len(rs),
+                            prompt_match=float(np.mean([ok for r in rs for ok in r["prompt_match"].values()])),
                             cache_overhead_s_per_run=float(np.mean([r["cache_s"] for r in rs])),
                             amdahl_speedup=1.0 / ((1 - blocks_fraction) + blocks_fraction * comp / tot)))
     return dict(
@@ -198,6 +202,10 @@ def plot(res: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def table(res: dict) -> str:
     s = res["sampler"]
     lines = [BEGIN, "",
@@ -205,15 +213,17 @@ def table(res: dict) -> str:
              f"{res['video']['width']}, {s['num_steps']} steps {s['solver']}, shift {s['shift']}, CFG {s['guidance']}; "
              f"{len(res['pairs'])} (prompt, seed) pairs; {res['threads']} thread(s), best of {res['repeats']}; "
              f"MagCache retention 0.2, preset `{res['magcache_preset']}`. PSNR/SSIM are means over pairs against the "
-             f"full run (identical videos count as {res['psnr_cap']:.0f} dB). LPIPS: {res['lpips']}.", "",
+             f"full run (identical videos count as {res['psnr_cap']:.0f} dB). LPIPS: {res['lpips']}. Prompt "
+             "match: share of the caption's attributes (colour, shape, size, motion) that "
+             "`magcache_dist.data.judge` reads back from the video.", "",
              "| method | computed / total calls | call reduction | wall speedup | speedup / call reduction | "
-             "Amdahl bound | cache s/run | PSNR (dB) | min PSNR | SSIM |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Amdahl bound | cache s/run | PSNR (dB) | min PSNR | SSIM | prompt match |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["summary"]:
         lines.append(f"| {r['label']} | {r['computed_calls']} / {r['total_calls']} | {r['call_reduction']:.2f}x | "
                      f"{r['wall_speedup']:.2f}x | {r['speedup_over_call_reduction']:.3f} | "
                      f"{r['amdahl_speedup']:.2f}x | {r['cache_overhead_s_per_run']:.3f} | {r['psnr']:.2f} | "
-                     f"{r['psnr_min']:.2f} | {r['ssim']:.4f} |")
+                     f"{r['psnr_min']:.2f} | {r['ssim']:.4f} | {_pct(r.get('prompt_match'))} |")
     t = res["targets"]
     lines += ["", f"The block stack is {100 * res['blocks_fraction_of_full_sampling']:.1f}% of a full run's sampling "
               "time (embedding, head, unpatchify and the UniPC step run on every call, skipped or not); 'Amdahl "

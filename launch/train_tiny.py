@@ -1,12 +1,12 @@
 """Train the embedded ``tiny-video`` DiT and its TinyTextEncoder from scratch on the procedural video set.
 
-    python launch/train_tiny.py --steps 3500 --out models/weights/tiny-video.safetensors --work /tmp/tiny_train
+    python launch/train_tiny.py --threads 2 --compile --work /tmp/tiny_train --out models/weights/tiny-video.safetensors
 
 The DiT works on 2x-downsampled pixels (the fixed autoencoder of models/tiny_ae.py). Flow matching as Wan
 trains: x_t = (1 - sigma) x0 + sigma noise, target v = noise - x0, t = 1000 sigma, with
 sigma = shift(u) for u ~ uniform(0, 1) (or logit-normal with --sigma-dist), Wan's shift mapping u to
-shift*u / (1 + (shift-1) u). The default shift 2 keeps ~10% of the draws at sigma 0.2-0.35, where the last
-sampling steps of the demo (20 steps, shift 5: last sigma 0.21) evaluate the model. The caption is
+shift*u / (1 + (shift-1) u). The default shift 3 puts a quarter of the draws above sigma 0.9, where sampling
+from noise has to lay the video out, and ~7% at sigma 0.2-0.35, where the demo's last steps evaluate it. The caption is
 replaced by the empty prompt (an all-zero context) with probability ``--drop`` so classifier-free guidance works.
 Seeded and resumable: every batch and noise draw is a function of (seed, step), so ``--resume`` continues from the
 last checkpoint in ``--work`` bit for bit. The shipped file holds the EMA weights: DiT keys at the top level and
@@ -60,17 +60,19 @@ def export(path: str, model: WanModel, text: TinyTextEncoder, dtype: torch.dtype
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-video")
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--steps", type=int, default=5000)  # the shipped weights: the defaults of this parser
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--ema", type=float, default=0.998)
-    ap.add_argument("--shift", type=float, default=2.0, help="Wan's sigma shift applied to u")
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--shift", type=float, default=3.0, help="Wan's sigma shift applied to u")
     ap.add_argument("--stride", type=int, default=2, help="pixel autoencoder stride (models/tiny_ae.py)")
     ap.add_argument("--sigma-dist", default="uniform", choices=["uniform", "logit-normal"], help="law of u")
     ap.add_argument("--drop", type=float, default=0.1, help="probability of the empty caption (CFG)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the DiT's forward (inductor, C++ codegen; ~1.3x faster per step on CPU)")
     ap.add_argument("--work", default="/tmp/tiny_train", help="checkpoints and the resumable state")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--out", default="models/weights/tiny-video.safetensors")
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
         start = int(st["step"])
         print(f"resumed at step {start}", flush=True)
 
+    forward = torch.compile(model) if args.compile else model  # shares the parameters: state_dict is unchanged
     data = ProceduralVideos(seed=args.seed)
     ae = PixelAutoencoder(args.stride)
     t0, seen_t0, loss_avg = time.time(), start, None
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
         s = sigma[:, None, None, None, None]
         xt = (1.0 - s) * x0 + s * noise
         context = text.encode(captions) * keep[:, None, None]  # the empty prompt's context is all zero
-        pred = model(xt, sigma * 1000.0, context)
+        pred = forward(xt, sigma * 1000.0, context)
         loss = torch.nn.functional.mse_loss(pred, noise - x0)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)

@@ -111,3 +111,74 @@ def test_shapes_actually_move():
     g = render(VideoSpec("blue", "square", "grows", "small", 0.5, 0.5, 1.0))
     area = (g[2] > 0).float().sum((1, 2))
     assert area[-1] > 4 * area[0]
+
+
+def test_judge_reads_the_data_set_back():
+    """The prompt-adherence judge names colour, shape, size and motion of real data clips without a miss."""
+    from magcache_dist.data import ProceduralVideos
+    from magcache_dist.data.judge import judge
+
+    data, misses = ProceduralVideos(seed=7), []
+    for i in range(140):
+        video, caption = data[i]
+        j = judge(video, caption)
+        if not j["all"]:
+            misses.append((caption, j["seen"]))
+    assert misses == []
+
+
+def test_judge_notices_a_wrong_caption_and_an_empty_video():
+    from magcache_dist.data.judge import describe, judge
+    from magcache_dist.data.procedural import VideoSpec, render
+
+    video = render(VideoSpec("red", "circle", "right", "big", 0.5, 0.2, 1.0))
+    seen = describe(video)
+    assert (seen["colour"], seen["shape"], seen["size"], seen["motion"]) == ("red", "circle", "big", "right")
+    assert seen["dx"] > 20 and abs(seen["dy"]) < 1
+    j = judge(video, "a small blue square moves left")
+    assert j["verdict"] == dict(colour=False, shape=False, size=False, motion=False) and not j["all"]
+    still = render(VideoSpec("green", "triangle", "right", "small", 0.5, 0.5, 0.0))  # speed 0: does not move
+    assert describe(still)["motion"] == "still" and describe(still)["shape"] == "triangle"
+    blank = render(VideoSpec("red", "circle", "right", "big", 0.5, 0.5, 1.0)) * 0 + render(
+        VideoSpec("red", "circle", "right", "big", 0.5, 0.5, 1.0)).amin()  # background only
+    assert describe(blank)["colour"] is None and not judge(blank, "a red circle grows")["all"]
+
+
+def test_training_is_seeded_and_resumes_bit_for_bit(tmp_path):
+    """launch/train_tiny.py: 4 steps straight equal 2 steps + --resume to 4 (same batches, noise, optimizer)."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("train_tiny", os.path.join(ROOT, "launch", "train_tiny.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    common = ["--batch", "2", "--warmup", "2", "--ckpt-every", "2"]
+    straight, split = tmp_path / "straight.safetensors", tmp_path / "split.safetensors"
+    assert train.main(common + ["--steps", "4", "--work", str(tmp_path / "a"), "--out", str(straight)]) == 0
+    assert train.main(common + ["--steps", "2", "--work", str(tmp_path / "b"), "--out", str(tmp_path / "x.st")]) == 0
+    assert train.main(common + ["--steps", "4", "--work", str(tmp_path / "b"), "--out", str(split), "--resume"]) == 0
+    a, b = load_file(str(straight)), load_file(str(split))
+    assert a.keys() == b.keys() and any(k.startswith("text_encoder.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = WanModel(get_config("tiny-video"))
+    assert not torch.equal(a["head.head.weight"], fresh.state_dict()["head.head.weight"])  # it did train
+
+
+@pytest.mark.parametrize("prompt", ["a big red circle moves right", "a small blue square moves up",
+                                    "a yellow triangle grows", "a big white circle bounces"])
+def test_shipped_model_draws_the_prompted_colour(prompt, tmp_path):
+    """The demo job (MagCache on) draws one object in the caption's colour on a clean background.
+
+    What the shipped model does *not* yet do reliably (shape and direction of motion, see
+    benchmarks/results/adherence.json) is reported by benchmarks/adherence.py, not asserted here.
+    """
+    from magcache_dist.data.judge import describe, parse_caption
+
+    cfg = load_config(DEFAULT, [f"output_dir={tmp_path}", "progress=false", "save_video=false", f"prompt={prompt!r}"])
+    report = run_job(cfg, solo_context())
+    assert report["computed_calls"] < report["total_calls"]
+    video = get_family("tiny-video").decode(torch.load(os.path.join(tmp_path, "latents.pt"), weights_only=True))[0]
+    seen = describe(video)
+    assert seen["colour"] == parse_caption(prompt)["colour"]
+    assert seen["frames_with_object"] == 16

@@ -27,7 +27,7 @@ COLOURS = {  # name -> RGB in [0, 1]
 }
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("left", "right", "up", "down", "bounces", "grows", "shrinks")
-SIZES = {"small": 0.10, "big": 0.17}  # radius as a fraction of the shorter side
+SIZES = {"small": 0.13, "big": 0.19}  # radius as a fraction of the shorter side
 BACKGROUND = (0.08, 0.08, 0.10)  # near-black, fixed: the captions never describe it
 
 
@@ -40,7 +40,7 @@ class VideoSpec:
     size: str  # "small" | "big" (moving/bouncing shapes); grows/shrinks ignore it
     pos: float  # 0..1: the coordinate that does not move (row for left/right, column for up/down/bounces)
     offset: float  # 0..1: start/end margin jitter, or the resize centre
-    speed: float  # 0.75..1: fraction of the path travelled (moves) / bounce height / resize range
+    speed: float  # 0..1: fraction of the free path travelled (moves) / bounce height / resize range
 
     def caption(self) -> str:
         if self.motion in ("left", "right", "up", "down"):
@@ -68,47 +68,52 @@ def _sdf(shape: str, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch
     return torch.maximum(torch.maximum(left, right), y) - 0.55 * r
 
 
-def render(spec: VideoSpec, frames: int = 16, height: int = 64, width: int = 64) -> torch.Tensor:
-    """[3, F, H, W] float32 in [-1, 1]."""
+TRAIL = ((2 / 15, 0.45), (4 / 15, 0.25), (6 / 15, 0.12))  # (how long ago in clip time, opacity) of each ghost
+
+
+def trajectory(spec: VideoSpec, t: torch.Tensor, height: int = 64, width: int = 64):
+    """Centre x, centre y and radius (pixels) at clip times t (0 = first frame, 1 = last; any t, also < 0)."""
     side = min(height, width)
-    t = torch.linspace(0.0, 1.0, frames)  # [F]
     r0 = SIZES[spec.size] * side
-    cx = torch.full((frames,), 0.0)
-    cy = torch.full((frames,), 0.0)
-    r = torch.full((frames,), r0)
+    cx, cy, r = torch.zeros_like(t), torch.zeros_like(t), torch.full_like(t, r0)
     margin_x, margin_y = r0 + 2.0, r0 + 2.0
-    if spec.motion in ("left", "right"):
-        span = (width - 2 * margin_x) * spec.speed
-        start = margin_x + (width - 2 * margin_x - span) * spec.offset
-        path = start + span * t
-        cx = path.flip(0) if spec.motion == "left" else path
-        cy = cy + margin_y + (height - 2 * margin_y) * spec.pos
-    elif spec.motion in ("up", "down"):
-        span = (height - 2 * margin_y) * spec.speed
-        start = margin_y + (height - 2 * margin_y - span) * spec.offset
-        path = start + span * t
-        cy = path.flip(0) if spec.motion == "up" else path
-        cx = cx + margin_x + (width - 2 * margin_x) * spec.pos
+    if spec.motion in ("left", "right", "up", "down"):
+        horizontal = spec.motion in ("left", "right")
+        length, cross, m_along, m_cross = (width, height, margin_x, margin_y) if horizontal else (
+            height, width, margin_y, margin_x)
+        span = (length - 2 * m_along) * spec.speed
+        start = m_along + (length - 2 * m_along - span) * spec.offset
+        path = start + span * (t if spec.motion in ("right", "down") else 1.0 - t)
+        fixed = torch.full_like(t, m_cross + (cross - 2 * m_cross) * spec.pos)
+        cx, cy = (path, fixed) if horizontal else (fixed, path)
     elif spec.motion == "bounces":  # two hops on the floor
         floor = height - margin_y
         hop = (height - 2 * margin_y) * spec.speed
-        phase = spec.offset * 0.5
-        cy = floor - hop * torch.sin(math.pi * (2.0 * t + phase)).abs()
+        cy = floor - hop * torch.sin(math.pi * (2.0 * t + spec.offset * 0.5)).abs()
         cx = cx + margin_x + (width - 2 * margin_x) * spec.pos
     else:  # grows / shrinks around a point near the centre
         small, big = 0.06 * side, (0.06 + 0.20 * spec.speed) * side
-        path = small + (big - small) * t
-        r = path if spec.motion == "grows" else path.flip(0)
+        r = (small + (big - small) * (t if spec.motion == "grows" else 1.0 - t)).clamp(min=0.0)
         m = big + 2.0
         cx = cx + m + (width - 2 * m) * spec.pos
         cy = cy + m + (height - 2 * m) * spec.offset
+    return cx, cy, r
+
+
+def render(spec: VideoSpec, frames: int = 16, height: int = 64, width: int = 64, trail: bool = True) -> torch.Tensor:
+    """[3, F, H, W] float32 in [-1, 1]. With ``trail``, fading ghosts of where the shape was (``TRAIL``) are drawn
+    behind it, as a long exposure would: which way a shape moves is then visible in every single frame."""
+    t = torch.linspace(0.0, 1.0, frames)  # [F]
     ys = torch.arange(height, dtype=torch.float32)[None, :, None] + 0.5  # [1, H, 1]
     xs = torch.arange(width, dtype=torch.float32)[None, None, :] + 0.5  # [1, 1, W]
-    d = _sdf(spec.shape, xs - cx[:, None, None], ys - cy[:, None, None], r[:, None, None])  # [F, H, W]
-    alpha = (0.5 - d).clamp(0.0, 1.0)[None]  # [1, F, H, W], one-pixel anti-aliased edge
+    alpha = torch.zeros(frames, height, width)
+    for ago, opacity in ((0.0, 1.0), *(TRAIL if trail else ())):
+        cx, cy, r = trajectory(spec, t - ago, height, width)
+        d = _sdf(spec.shape, xs - cx[:, None, None], ys - cy[:, None, None], r[:, None, None])  # [F, H, W]
+        alpha = torch.maximum(alpha, opacity * (0.5 - d).clamp(0.0, 1.0))  # one-pixel anti-aliased edge
     fg = torch.tensor(COLOURS[spec.colour])[:, None, None, None]
     bg = torch.tensor(BACKGROUND)[:, None, None, None]
-    video = bg + (fg - bg) * alpha  # [3, F, H, W] in [0, 1]
+    video = bg + (fg - bg) * alpha[None]  # [3, F, H, W] in [0, 1]
     return video * 2.0 - 1.0
 
 
@@ -125,7 +130,13 @@ class ProceduralVideos:
         motion = MOTIONS[rng.integers(len(MOTIONS))]
         size = list(SIZES)[rng.integers(len(SIZES))]
         pos, offset = float(rng.uniform(0.0, 1.0)), float(rng.uniform(0.0, 1.0))
-        speed = float(rng.uniform(0.75, 1.0))
+        rng.uniform(0.75, 1.0)  # (drawn and unused: keeps every later draw of the stream where it was)
+        # A Wan DiT has no absolute position embedding (3D RoPE is relative), so from pure noise it can only produce
+        # what is the same anywhere in the frame and at any time. The clips are made (nearly) translation
+        # invariant to match: a fixed path length along the motion with a uniformly random start, a bounce at a
+        # random phase, a resize around a random centre. (Full-width paths that always start at the edge need
+        # absolute positions; trained on those, the model drew static blobs: docs/tiny_model.md.)
+        speed = {"bounces": 0.6, "grows": 1.0, "shrinks": 1.0}.get(motion, 0.5)
         return VideoSpec(colour, shape, motion, size, pos, offset, speed)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
@@ -136,3 +147,30 @@ class ProceduralVideos:
         """Samples start .. start+size-1 stacked: ([B, 3, F, H, W], captions)."""
         items = [self[start + i] for i in range(size)]
         return torch.stack([v for v, _ in items]), [c for _, c in items]
+
+
+def main(argv=None) -> int:
+    """python -m magcache_dist.data.procedural --sheet docs/data_samples.png: a contact sheet of data clips."""
+    import argparse
+
+    from magcache_dist.io.video import contact_sheet, to_frames, write_png
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--sheet", required=True, help="PNG to write: one clip per row, every other frame")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    data, rows, seen = ProceduralVideos(args.seed), [], set()
+    for i in range(1000):  # the first clip of each motion
+        spec = data.spec(i)
+        if spec.motion not in seen:
+            seen.add(spec.motion)
+            rows.append((MOTIONS.index(spec.motion), to_frames(render(spec))[::2]))
+            print(f"row {MOTIONS.index(spec.motion)}: {spec.caption()}")
+        if len(seen) == len(MOTIONS):
+            break
+    write_png(args.sheet, contact_sheet(np.concatenate([r for _, r in sorted(rows, key=lambda x: x[0])]), cols=8))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
