@@ -28,7 +28,7 @@ from _common import ROOT, build_job  # noqa: E402
 
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
 from magcache_dist.data.judge import ATTRIBUTES, judge  # noqa: E402
-from magcache_dist.data.procedural import COLOURS, MOTIONS, SHAPES, SIZES  # noqa: E402
+from magcache_dist.data.procedural import COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec  # noqa: E402
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.io.video import contact_sheet, to_frames, write_png  # noqa: E402
 
@@ -42,12 +42,7 @@ def prompt_grid() -> list[str]:
     for rep in range(2):
         for i, (motion, shape) in enumerate((m, s) for m in MOTIONS for s in SHAPES):
             colour, size = colours[(3 * i + 5 * rep) % len(colours)], sizes[(i + rep) % len(sizes)]
-            if motion in ("grows", "shrinks"):
-                out.append(f"a {colour} {shape} {motion}")
-            elif motion == "bounces":
-                out.append(f"a {size} {colour} {shape} bounces")
-            else:
-                out.append(f"a {size} {colour} {shape} moves {motion}")
+            out.append(VideoSpec(colour, shape, motion, size, 0.0, 0.0, 0.0).caption())
     return out
 
 

@@ -139,8 +139,7 @@ def test_judge_notices_a_wrong_caption_and_an_empty_video():
     assert j["verdict"] == dict(colour=False, shape=False, size=False, motion=False) and not j["all"]
     still = render(VideoSpec("green", "triangle", "right", "small", 0.5, 0.5, 0.0))  # speed 0: does not move
     assert describe(still)["motion"] == "still" and describe(still)["shape"] == "triangle"
-    blank = render(VideoSpec("red", "circle", "right", "big", 0.5, 0.5, 1.0)) * 0 + render(
-        VideoSpec("red", "circle", "right", "big", 0.5, 0.5, 1.0)).amin()  # background only
+    blank = torch.full_like(video, float(video.amin()))  # background only
     assert describe(blank)["colour"] is None and not judge(blank, "a red circle grows")["all"]
 
 

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from magcache_dist.data.procedural import BACKGROUND, COLOURS, SIZES, SHAPES, VideoSpec, render
+from magcache_dist.data.procedural import BACKGROUND, COLOURS, MOTIONS, SIZES, SHAPES, VideoSpec, render
 
 ATTRIBUTES = ("colour", "shape", "size", "motion")
 _FG_THRESHOLD = 0.25  # max |rgb - background| (in [0, 1]) below which a pixel is never foreground
@@ -31,7 +31,8 @@ _MIN_PIXELS = 12  # a frame with fewer foreground pixels has no measurable objec
 
 def _shape_area_factor(shape: str, side: int = 64) -> float:
     """Area / radius^2 of a rendered shape (measured on the renderer, so it matches the data exactly)."""
-    v = render(VideoSpec("white", shape, "grows", "small", 0.5, 0.5, 1.0), frames=2, height=side, width=side)
+    v = render(VideoSpec("white", shape, "grows", "small", 0.5, 0.5, 1.0), frames=2, height=side, width=side,
+               trail=False)
     r0 = 0.26 * side  # the last frame of 'grows' at speed 1 has radius (0.06 + 0.20) * side
     return float((v[0, -1] > 0).float().sum()) / (r0 * r0)
 
@@ -47,7 +48,7 @@ def parse_caption(caption: str) -> dict:
             want["shape"] = w
         elif w in SIZES:
             want["size"] = w
-        elif w in ("left", "right", "up", "down", "bounces", "grows", "shrinks"):
+        elif w in MOTIONS:
             want["motion"] = w
     return want
 
