@@ -9,7 +9,6 @@ only the caption can say what to draw. Writes benchmarks/results/word_sensitivit
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT, build_job  # noqa: E402
+from _common import probe_job  # noqa: E402
 
 from magcache_dist.data.procedural import VideoSpec, render  # noqa: E402
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
@@ -36,13 +35,7 @@ SIGMAS = (0.5, 0.9, 0.97)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", help="weights instead of the default config's")
-    ap.add_argument("--draws", type=int, default=4)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "word_sensitivity.json"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    job = build_job([f"model.ckpt={args.ckpt}"] if args.ckpt else [])
+    args, job = probe_job(__doc__, 4, "word_sensitivity.json", argv)
     x0 = PixelAutoencoder(2).encode(render(VideoSpec("red", "circle", "right", "big", 0.5, 0.3, 0.5))[None])
     noise = torch.randn((args.draws, *x0.shape[1:]), generator=torch.Generator().manual_seed(0))
     res = {}

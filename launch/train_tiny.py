@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from magcache_dist.data import ProceduralVideos  # noqa: E402
 from models.tiny_ae import PixelAutoencoder  # noqa: E402
 from models.tiny_text import TinyTextEncoder  # noqa: E402
-from models.wan import WanModel, get_config  # noqa: E402
+from models.wan import get_config  # noqa: E402
+from models.wan_i2v import build_wan_model  # noqa: E402
 
 TEXT_ENCODER_PREFIX = "text_encoder."
 
@@ -45,7 +46,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, final_frac: float = 0
     return peak * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def export(path: str, model: WanModel, text: TinyTextEncoder, dtype: torch.dtype) -> int:
+def export(path: str, model: torch.nn.Module, text: TinyTextEncoder, dtype: torch.dtype) -> int:
     from safetensors.torch import save_file
 
     sd = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
@@ -60,7 +61,7 @@ def export(path: str, model: WanModel, text: TinyTextEncoder, dtype: torch.dtype
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-video")
-    ap.add_argument("--steps", type=int, default=5000)  # the shipped weights: the defaults of this parser
+    ap.add_argument("--steps", type=int, default=10000)  # the shipped weights: the defaults of this parser
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=200)
@@ -84,10 +85,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = get_config(args.model)
-    model = WanModel(cfg)
-    text = TinyTextEncoder(text_dim=cfg.text_dim, max_len=cfg.text_len)
-    ema_model = WanModel(cfg)
-    ema_text = TinyTextEncoder(text_dim=cfg.text_dim, max_len=cfg.text_len)
+    model = build_wan_model(cfg)
+    text = TinyTextEncoder.for_model(args.model, cfg.text_dim, cfg.text_len)
+    ema_model = build_wan_model(cfg)
+    ema_text = TinyTextEncoder.for_model(args.model, cfg.text_dim, cfg.text_len)
     ema_model.load_state_dict(model.state_dict())
     ema_text.load_state_dict(text.state_dict())
     params = list(model.parameters()) + list(text.parameters())

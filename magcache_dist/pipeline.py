@@ -29,6 +29,7 @@ from models.loading import check_shapes, load_state_dict_strict, read_shapes, re
 from models.tiny_ae import PixelAutoencoder
 from models.tiny_text import TinyTextEncoder
 from models.wan import WAN_CONFIGS, WanConfig, WanModel, get_config
+from models.wan_i2v import build_wan_model
 
 CACHE_MODES = ("off", "magcache", "calibrate", "teacache", "auto", "online")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -221,8 +222,8 @@ def load_dit_and_text(cfg: JobConfig, model, text, convert_dit=None) -> None:
 def _build_tiny(cfg: JobConfig, device="cpu") -> tuple[WanModel, TinyTextEncoder]:
     mcfg = get_config(cfg.model.name)
     torch.manual_seed(cfg.model.init_seed)
-    model = WanModel(mcfg)
-    text = TinyTextEncoder(text_dim=mcfg.text_dim, max_len=mcfg.text_len)
+    model = build_wan_model(mcfg)
+    text = TinyTextEncoder.for_model(cfg.model.name, mcfg.text_dim, mcfg.text_len)
     if cfg.model.ckpt is not None:
         load_dit_and_text(cfg, model, text)
     model = model.to(device=device, dtype=DTYPES[cfg.model.dtype]).eval()
@@ -251,7 +252,7 @@ def _check_tiny_checkpoint(cfg: JobConfig, mcfg: WanConfig) -> None:
     shapes = read_shapes(resolve_path(cfg.model.ckpt))
     where = f"model.ckpt={cfg.model.ckpt!r}"
     with torch.device("meta"):
-        model, text = WanModel(mcfg), TinyTextEncoder(text_dim=mcfg.text_dim, max_len=mcfg.text_len)
+        model, text = build_wan_model(mcfg), TinyTextEncoder.for_model(cfg.model.name, mcfg.text_dim, mcfg.text_len)
     check_shapes(model, {k: v for k, v in shapes.items() if not k.startswith(TEXT_ENCODER_PREFIX)}, where)
     text_shapes = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in shapes.items() if k.startswith(TEXT_ENCODER_PREFIX)}
     if not text_shapes:
@@ -288,7 +289,7 @@ class TinyVideoFamily(ModelFamily):
 
     def make_noise(self, cfg, seed):
         v, s = cfg.video, self.ae.stride
-        return seeded_noise((1, get_config(cfg.model.name).in_dim, v.frames, v.height // s, v.width // s), seed)
+        return seeded_noise((1, get_config(cfg.model.name).out_dim, v.frames, v.height // s, v.width // s), seed)
 
     def decode(self, latents):
         return self.ae.decode(latents)

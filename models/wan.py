@@ -34,6 +34,7 @@ class WanConfig:
     eps: float = 1e-6
     cross_attn_norm: bool = True
     image_dim: int = 0  # I2V: width of the CLIP image features (1280); 0 = text-only (models/wan_i2v.py builds I2V)
+    coord_channels: int = 0  # embedded model: fixed coordinate input channels, counted in in_dim (models/wan_coords.py)
 
     @property
     def head_dim(self) -> int:
@@ -60,8 +61,8 @@ WAN_CONFIGS: dict[str, WanConfig] = {
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=3, out_dim=3, text_dim=32,
                       text_len=16, freq_dim=32, patch_size=(1, 4, 4)),
     # the embedded demo model: 2x-downsampled pixels (models/tiny_ae.py), 2x4x4 patches -> 512 tokens for 16x64x64
-    "tiny-video": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=3, out_dim=3, text_dim=64,
-                            text_len=16, freq_dim=64, patch_size=(2, 4, 4)),
+    "tiny-video": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=6, out_dim=3, text_dim=64,
+                            text_len=8, freq_dim=64, patch_size=(2, 4, 4), coord_channels=3),
 }
 
 

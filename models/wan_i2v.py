@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from models.wan import CrossAttention, RMSNorm, WanConfig, WanModel
+from models.wan_coords import WanCoordModel
 
 
 @dataclass
@@ -93,5 +94,10 @@ class WanI2VModel(WanModel):
 
 
 def build_wan_model(cfg: WanConfig) -> WanModel:
-    """The T2V or I2V DiT for a config (``image_dim`` > 0 means I2V)."""
-    return WanI2VModel(cfg) if cfg.image_dim > 0 else WanModel(cfg)
+    """The T2V or I2V DiT for a config (``image_dim`` > 0 means I2V; ``coord_channels`` > 0 the embedded model's
+    coordinate-channel variant, models/wan_coords.py)."""
+    if cfg.image_dim > 0:
+        return WanI2VModel(cfg)
+    if cfg.coord_channels > 0:
+        return WanCoordModel(cfg)
+    return WanModel(cfg)

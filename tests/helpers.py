@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from magcache_dist.config import load_config
 from models.tiny_text import TinyTextEncoder
 from models.wan import WanModel, get_config
+from models.wan_i2v import build_wan_model
 
 # 5 frames x 20 x 28 pixels with 1x4x4 patches -> 5*5*7 = 175 tokens: divisible by neither 2 nor 4
 ODD_VIDEO = ["video.frames=5", "video.height=20", "video.width=28"]
@@ -27,13 +28,13 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.15) -> torch.nn
 
 
 def tiny_model(seed: int = 0, name: str = "tiny") -> WanModel:
-    return randomize(WanModel(get_config(name)), seed).eval()
+    return randomize(build_wan_model(get_config(name)), seed).eval()
 
 
 def save_tiny_checkpoint(path: str, seed: int = 0, name: str = "tiny") -> str:
     cfg = get_config(name)
     model = tiny_model(seed, name)
-    text = randomize(TinyTextEncoder(text_dim=cfg.text_dim, max_len=cfg.text_len), seed + 1)
+    text = randomize(TinyTextEncoder.for_model(name, cfg.text_dim, cfg.text_len), seed + 1)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     sd.update({f"text_encoder.{k}": v.contiguous() for k, v in text.state_dict().items()})
     os.makedirs(os.path.dirname(path), exist_ok=True)

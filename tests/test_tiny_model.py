@@ -29,9 +29,25 @@ def test_shipped_weights_load_strictly():
     cfg = get_config("tiny-video")
     load_state_dict_strict(WanModel(cfg), {k: v for k, v in sd.items() if not k.startswith("text_encoder.")},
                            "shipped DiT")
-    load_state_dict_strict(TinyTextEncoder(cfg.text_dim, cfg.text_len), sd, "shipped text encoder",
-                           prefix="text_encoder.")
+    text = TinyTextEncoder.for_model("tiny-video", cfg.text_dim, cfg.text_len)
+    load_state_dict_strict(text, sd, "shipped text encoder", prefix="text_encoder.")
     assert all(torch.isfinite(v.float()).all() for v in sd.values())
+
+
+def test_text_encoder_broadcast_ignores_padding():
+    """The caption-wide term added to every token is a mean over real tokens only: a short prompt encodes the same
+    alone and padded in a batch with a longer one, and its padded positions stay zero."""
+    cfg = get_config("tiny-video")
+    torch.manual_seed(0)
+    text = TinyTextEncoder.for_model("tiny-video", cfg.text_dim, cfg.text_len).eval()
+    assert text.pool is not None and len(text.layers) == 2
+    with torch.no_grad():
+        alone = text.encode(["a red circle"])  # [1, 3, D]
+        both = text.encode(["a red circle", "a big blue square moves left"])  # [2, 6, D]
+        assert alone.shape == (1, 3, cfg.text_dim) and both.shape == (2, 6, cfg.text_dim)
+        torch.testing.assert_close(both[0, :3], alone[0], rtol=1e-5, atol=1e-5)
+        assert torch.all(both[0, 3:] == 0)
+        assert text.encode([""]).shape == (1, 0, cfg.text_dim)  # the empty prompt: an all-zero context
 
 
 def test_default_config_is_the_shipped_model():
@@ -164,13 +180,16 @@ def test_training_is_seeded_and_resumes_bit_for_bit(tmp_path):
     assert not torch.equal(a["head.head.weight"], fresh.state_dict()["head.head.weight"])  # it did train
 
 
-@pytest.mark.parametrize("prompt", ["a big red circle moves right", "a small blue square moves up",
-                                    "a yellow triangle grows", "a big white circle bounces"])
-def test_shipped_model_draws_the_prompted_colour(prompt, tmp_path):
-    """The demo job (MagCache on) draws one object in the caption's colour on a clean background.
+@pytest.mark.parametrize("prompt", ["a big red circle moves right", "a small red circle moves left",
+                                    "a small blue square moves up", "a big yellow circle moves down",
+                                    "a big white circle bounces", "a yellow triangle grows", "a magenta circle shrinks"])
+def test_shipped_model_draws_the_prompted_colour_and_motion(prompt, tmp_path):
+    """The demo job (MagCache on, seed 0) draws one object in the caption's colour that moves as the caption says,
+    as the judge reads it back (one prompt per motion; the judge makes no error on the data set).
 
-    What the shipped model does *not* yet do reliably (shape and direction of motion, see
-    benchmarks/results/adherence.json) is reported by benchmarks/adherence.py, not asserted here.
+    A resizing object is drawn in at least 12 of the 16 frames: the model leaves out the smallest ones (radius under
+    ~6 px at the start of "grows" / the end of "shrinks"), which the data has. Shape and size are at chance for the
+    shipped model (benchmarks/results/adherence.json) and are not asserted.
     """
     from magcache_dist.data.judge import describe, parse_caption
 
@@ -178,6 +197,55 @@ def test_shipped_model_draws_the_prompted_colour(prompt, tmp_path):
     report = run_job(cfg, solo_context())
     assert report["computed_calls"] < report["total_calls"]
     video = get_family("tiny-video").decode(torch.load(os.path.join(tmp_path, "latents.pt"), weights_only=True))[0]
-    seen = describe(video)
-    assert seen["colour"] == parse_caption(prompt)["colour"]
-    assert seen["frames_with_object"] == 16
+    seen, want = describe(video), parse_caption(prompt)
+    assert (seen["colour"], seen["motion"]) == (want["colour"], want["motion"])
+    assert seen["frames_with_object"] >= (12 if want["motion"] in ("grows", "shrinks") else 16)
+
+
+def test_coordinate_channels_and_their_errors():
+    from models.wan_coords import WanCoordModel, coordinate_channels
+
+    c = coordinate_channels((2, 3, 4, 3, 5))
+    assert c.shape == (2, 3, 4, 3, 5)
+    torch.testing.assert_close(c[0, 0, :, 0, 0], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))  # frame
+    assert torch.equal(c[1, 1, 0, :, 0], torch.tensor([-1.0, 0.0, 1.0]))  # row
+    assert torch.equal(c[0, 2, 3, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))  # column
+    assert torch.equal(coordinate_channels((1, 3, 1, 2, 2))[0, 0], torch.zeros(1, 2, 2))  # one frame: 0
+    model = WanCoordModel(get_config("tiny-video"))
+    with pytest.raises(ValueError, match="latents have 6 channels; this model takes 3"):
+        model(torch.zeros(1, 6, 2, 8, 8), torch.tensor([500.0]), torch.zeros(1, 2, 64))
+    with pytest.raises(ValueError, match="coord_channels=3"):
+        WanCoordModel(get_config("tiny"))
+
+
+@pytest.mark.parametrize("ulysses,ring", [(2, 1), (1, 2), (2, 2)])
+def test_shipped_model_under_sequence_parallelism_equals_one_process(ulysses, ring):
+    """The coordinate channels are appended before the tokens are sharded: the shipped model with its MagCache
+    preset gives the single-process latents (fp32, max abs difference < 1e-4) and the same skips on every rank."""
+    from magcache_dist.cache import MagCacheConfig, build_magcache
+    from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts
+    from magcache_dist.parallel.threads import run_threads
+    from magcache_dist.pipeline import encode_texts
+    from magcache_dist.sampling import SamplerConfig, sample
+
+    cfg = load_config(DEFAULT, ["video.frames=8"])
+    family = get_family("tiny-video")
+    scfg = SamplerConfig(num_steps=8, shift=cfg.sampler.shift, guidance=cfg.sampler.guidance,
+                         solver=cfg.sampler.solver)
+    noise = family.make_noise(cfg, 0)
+    model0, text = build_model(cfg)
+    texts = encode_texts(text, cfg.prompt, "", scfg.branches)
+
+    def one(par):
+        model = build_model(cfg)[0] if par.sp.size > 1 else model0
+        model = apply_sequence_parallel(model, par)
+        policy = build_magcache("tiny-video", None, MagCacheConfig(0.24, 3, 0.2), 8, scfg.branches)
+        res = sample(model, noise, texts, scfg, policy, par, guard=True)
+        return res.latents, res.decisions
+
+    ref, ref_decisions = one(solo_context())
+    outs = run_threads(one, build_thread_contexts(ParallelDims(ulysses, ring), timeout=60))
+    assert any(not d["compute"] for d in ref_decisions)  # the run really skips
+    for latents, decisions in outs:
+        assert decisions == ref_decisions
+        assert (latents - ref).abs().max() < 1e-4

@@ -131,12 +131,15 @@ class ProceduralVideos:
         size = list(SIZES)[rng.integers(len(SIZES))]
         pos, offset = float(rng.uniform(0.0, 1.0)), float(rng.uniform(0.0, 1.0))
         rng.uniform(0.75, 1.0)  # (drawn and unused: keeps every later draw of the stream where it was)
-        # A Wan DiT has no absolute position embedding (3D RoPE is relative), so from pure noise it can only produce
-        # what is the same anywhere in the frame and at any time. The clips are made (nearly) translation
-        # invariant to match: a fixed path length along the motion with a uniformly random start, a bounce at a
-        # random phase, a resize around a random centre. (Full-width paths that always start at the edge need
-        # absolute positions; trained on those, the model drew static blobs: docs/tiny_model.md.)
-        speed = {"bounces": 0.6, "grows": 1.0, "shrinks": 1.0}.get(motion, 0.5)
+        # What the caption says fixes the path: a shape that moves crosses the whole frame, edge to edge (only the
+        # row or column it travels along is random); a bounce starts on the floor; a resize is about a random
+        # centre. Averaged over the random part, each caption's clips still show its motion, which is what a
+        # sampler starting from noise sees first. The model knows where the edges and the first frame are from
+        # the coordinate channels it is given (models/wan_coords.py). (Random starts on shorter paths average
+        # out to a static haze, and a model trained on them drew static blobs: docs/tiny_model.md.)
+        speed = {"bounces": 0.6}.get(motion, 1.0)
+        if motion == "bounces":
+            offset = 0.0
         return VideoSpec(colour, shape, motion, size, pos, offset, speed)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:

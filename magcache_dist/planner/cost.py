@@ -50,11 +50,11 @@ def latent_shape(model_name: str, mcfg: WanConfig, frames: int, height: int, wid
             if v < 1 or v % (ss * p):
                 raise ValueError(f"{key}={v} must be a multiple of {ss * p} (autoencoder stride {ss} x patch {p}), "
                                  f"e.g. {max(ss * p, v // (ss * p) * ss * p)}")
-        return mcfg.in_dim, (frames - 1) // st + 1, height // ss, width // ss
+        return mcfg.in_dim - mcfg.coord_channels, (frames - 1) // st + 1, height // ss, width // ss
     for key, v, p in (("video.frames", frames, pf), ("video.height", height, ph), ("video.width", width, pw)):
         if v < 1 or v % p:
             raise ValueError(f"{key}={v} must be a positive multiple of the patch size {p} of model {model_name}")
-    return mcfg.in_dim, frames, height, width
+    return mcfg.in_dim - mcfg.coord_channels, frames, height, width  # the coordinates are not latents
 
 
 def param_count(mcfg: WanConfig) -> int:
