@@ -48,6 +48,11 @@ def centroid_x(red: torch.Tensor) -> list[float]:
     return [round(float((p * xs).sum() / (p.sum() + 1e-6)), 1) for p in prof[FRAMES]]
 
 
+def mass(red: torch.Tensor) -> list[int]:
+    """Red mass (positive part summed over the frame) in frames 0, 3, ..., 15."""
+    return [round(float(m)) for m in red.clamp(min=0).sum((1, 2))[FRAMES]]
+
+
 def main(argv=None) -> int:
     args, job = probe_job(__doc__, 16, "conditional_mean.json", argv)
     ae = PixelAutoencoder(2)
@@ -60,17 +65,15 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for s in SIGMAS:
-            noise = torch.randn((args.draws, 3, 16, 32, 32), generator=g)
+            x_t = s * torch.randn(data_right.shape, generator=g)  # sigma * noise: the clean part is ~0
             t = torch.full((args.draws,), s * 1000.0)
             red = {}
             for cap in ("a red circle grows", "a red circle shrinks", "a big red circle moves right",
                         "a big red circle moves left"):
-                v = job.model(noise * s, t, job.text.encode([cap] * args.draws))
-                red[cap] = redness(noise * s - s * v)  # x0 = x_t - sigma v, with x_t = sigma * noise
+                v = job.model(x_t, t, job.text.encode([cap] * args.draws))
+                red[cap] = redness(x_t - s * v)  # x0 = x_t - sigma v
             r, l = red["a big red circle moves right"], red["a big red circle moves left"]
-            row = dict(grows_mass=[round(float(m)) for m in red["a red circle grows"].clamp(min=0).sum((1, 2))[FRAMES]],
-                       shrinks_mass=[round(float(m)) for m in
-                                     red["a red circle shrinks"].clamp(min=0).sum((1, 2))[FRAMES]],
+            row = dict(grows_mass=mass(red["a red circle grows"]), shrinks_mass=mass(red["a red circle shrinks"]),
                        right_centroid_x=centroid_x(r), left_centroid_x=centroid_x(l),
                        right_minus_left=round(float((r.mean(1) - l.mean(1)).abs().mean()), 4))
             res["sigmas"][str(s)] = row

@@ -223,7 +223,7 @@ def _build_tiny(cfg: JobConfig, device="cpu") -> tuple[WanModel, TinyTextEncoder
     mcfg = get_config(cfg.model.name)
     torch.manual_seed(cfg.model.init_seed)
     model = build_wan_model(mcfg)
-    text = TinyTextEncoder.for_model(cfg.model.name, mcfg.text_dim, mcfg.text_len)
+    text = TinyTextEncoder.for_model(cfg.model.name)
     if cfg.model.ckpt is not None:
         load_dit_and_text(cfg, model, text)
     model = model.to(device=device, dtype=DTYPES[cfg.model.dtype]).eval()
@@ -252,7 +252,7 @@ def _check_tiny_checkpoint(cfg: JobConfig, mcfg: WanConfig) -> None:
     shapes = read_shapes(resolve_path(cfg.model.ckpt))
     where = f"model.ckpt={cfg.model.ckpt!r}"
     with torch.device("meta"):
-        model, text = build_wan_model(mcfg), TinyTextEncoder.for_model(cfg.model.name, mcfg.text_dim, mcfg.text_len)
+        model, text = build_wan_model(mcfg), TinyTextEncoder.for_model(cfg.model.name)
     check_shapes(model, {k: v for k, v in shapes.items() if not k.startswith(TEXT_ENCODER_PREFIX)}, where)
     text_shapes = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in shapes.items() if k.startswith(TEXT_ENCODER_PREFIX)}
     if not text_shapes:

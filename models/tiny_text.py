@@ -63,15 +63,21 @@ class TinyTextEncoder(nn.Module):
         nn.init.normal_(self.pos, std=0.1)
 
     @classmethod
-    def for_model(cls, name: str, text_dim: int, max_len: int) -> "TinyTextEncoder":
-        return cls(text_dim=text_dim, max_len=max_len, **TEXT_ENCODER_ARGS.get(name, {}))
+    def for_model(cls, name: str) -> "TinyTextEncoder":
+        """The encoder a Wan config of models/wan.py is trained with: its text_dim and text_len, plus the
+        per-model shape of ``TEXT_ENCODER_ARGS``."""
+        from models.wan import get_config
+
+        cfg = get_config(name)
+        return cls(text_dim=cfg.text_dim, max_len=cfg.text_len, **TEXT_ENCODER_ARGS.get(name, {}))
 
     def forward(self, ids: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> [B, T, text_dim], zero at padded positions."""
         pad = torch.arange(ids.shape[1])[None, :] >= lens[:, None]  # [B, T]
         h = self.embed(ids) + self.pos[: ids.shape[1]]
+        key_mask = pad if bool(pad.any()) else None
         for layer in self.layers:
-            h = layer(h, src_key_padding_mask=pad if bool(pad.any()) else None)
+            h = layer(h, src_key_padding_mask=key_mask)
         if self.pool is not None:
             real = (~pad).float()[..., None]  # [B, T, 1]
             mean = (h * real).sum(1) / real.sum(1).clamp(min=1.0)  # [B, text_dim]: the caption as a whole

@@ -32,9 +32,8 @@ def tiny_model(seed: int = 0, name: str = "tiny") -> WanModel:
 
 
 def save_tiny_checkpoint(path: str, seed: int = 0, name: str = "tiny") -> str:
-    cfg = get_config(name)
     model = tiny_model(seed, name)
-    text = randomize(TinyTextEncoder.for_model(name, cfg.text_dim, cfg.text_len), seed + 1)
+    text = randomize(TinyTextEncoder.for_model(name), seed + 1)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     sd.update({f"text_encoder.{k}": v.contiguous() for k, v in text.state_dict().items()})
     os.makedirs(os.path.dirname(path), exist_ok=True)

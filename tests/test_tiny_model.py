@@ -29,7 +29,7 @@ def test_shipped_weights_load_strictly():
     cfg = get_config("tiny-video")
     load_state_dict_strict(WanModel(cfg), {k: v for k, v in sd.items() if not k.startswith("text_encoder.")},
                            "shipped DiT")
-    text = TinyTextEncoder.for_model("tiny-video", cfg.text_dim, cfg.text_len)
+    text = TinyTextEncoder.for_model("tiny-video")
     load_state_dict_strict(text, sd, "shipped text encoder", prefix="text_encoder.")
     assert all(torch.isfinite(v.float()).all() for v in sd.values())
 
@@ -39,7 +39,7 @@ def test_text_encoder_broadcast_ignores_padding():
     alone and padded in a batch with a longer one, and its padded positions stay zero."""
     cfg = get_config("tiny-video")
     torch.manual_seed(0)
-    text = TinyTextEncoder.for_model("tiny-video", cfg.text_dim, cfg.text_len).eval()
+    text = TinyTextEncoder.for_model("tiny-video").eval()
     assert text.pool is not None and len(text.layers) == 2
     with torch.no_grad():
         alone = text.encode(["a red circle"])  # [1, 3, D]

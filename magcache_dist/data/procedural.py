@@ -137,9 +137,7 @@ class ProceduralVideos:
         # sampler starting from noise sees first. The model knows where the edges and the first frame are from
         # the coordinate channels it is given (models/wan_coords.py). (Random starts on shorter paths average
         # out to a static haze, and a model trained on them drew static blobs: docs/tiny_model.md.)
-        speed = {"bounces": 0.6}.get(motion, 1.0)
-        if motion == "bounces":
-            offset = 0.0
+        speed, offset = (0.6, 0.0) if motion == "bounces" else (1.0, offset)
         return VideoSpec(colour, shape, motion, size, pos, offset, speed)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
