@@ -26,13 +26,14 @@ class Job:
     model: torch.nn.Module
     text: torch.nn.Module
 
-    def run(self, policy, prompt: str, seed: int) -> tuple[torch.Tensor, SampleResult, float]:
-        """(decoded video [3, F, H, W] in [-1, 1], result, sampling wall seconds)."""
+    def run(self, policy, prompt: str, seed: int, model=None) -> tuple[torch.Tensor, SampleResult, float]:
+        """(decoded video [3, F, H, W] in [-1, 1], result, sampling wall seconds); ``model`` replaces the job's
+        (e.g. a copy carrying another library's hooks)."""
         mcfg = self.model.cfg
         texts = encode_texts(self.text, prompt, self.cfg.negative_prompt, self.scfg.branches)
         noise = make_noise(self.cfg, mcfg, seed)
         t = time.perf_counter()
-        result = sample(self.model, noise, texts, self.scfg, policy)
+        result = sample(model or self.model, noise, texts, self.scfg, policy)
         wall = time.perf_counter() - t
         return get_family(self.cfg.model.name).decode(result.latents)[0], result, wall
 

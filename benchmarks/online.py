@@ -3,12 +3,14 @@
     python benchmarks/online.py                       # all pairs of quality.py; a few minutes on 2 shared cores
     python benchmarks/online.py --table-only          # reprint from the JSON
 
-Same fixed (prompt, seed) pairs and the same metrics as benchmarks/quality.py (PSNR and SSIM of the video
-against the full run of the pair). Curves: calibrated MagCache (the shipped preset, or --ratios) and online
-MagCache at the same (thresh, K) grid plus wider thresholds, online with the ``hold`` predictor (ablation), and
-TeaCache. The comparison that matters is at equal computed calls: each online point's PSNR against the
-calibrated-MagCache and TeaCache curves interpolated at the same call reduction (linear in call reduction,
-between measured points; none outside their range).
+The same metrics as benchmarks/quality.py (PSNR and SSIM of the video against the full run of the pair), on
+held-out (prompt, seed) pairs by default: none of them was used to tune the online predictor or any setting
+(``--pair-set quality`` uses quality.py's pairs instead). Every cache runs with ``--branch-sync`` (default joint:
+one decision per step for both CFG branches). Curves: calibrated MagCache (the shipped preset, or --ratios) over a
+grid that reaches from 1.6x to 4x fewer calls, online MagCache over a (thresh, K) grid, online with the ``hold``
+predictor (ablation), and TeaCache. The comparison that matters is at equal computed calls: each online point's
+PSNR against the calibrated-MagCache and TeaCache Pareto fronts at the same call reduction (linear in call
+reduction between front points; none outside their range).
 
 Writes benchmarks/results/online.json and benchmarks/results/online.png.
 """
@@ -27,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import ROOT, build_job  # noqa: E402
+from branch_sync import at  # noqa: E402
 from quality import MAGCACHE, PAIRS, PSNR_CAP, TEACACHE, psnr, ssim, timed  # noqa: E402
 
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
@@ -37,21 +40,18 @@ from magcache_dist.cache.teacache import build_teacache  # noqa: E402
 
 ONLINE = MAGCACHE + [(0.03, 2), (0.5, 4), (1.0, 8)]  # (thresh, K); retention 0.2 like MagCache
 HOLD = [(0.06, 2), (0.12, 2), (0.24, 4), (0.5, 8)]
+CALIBRATED = [(0.01, 1), (0.03, 1)] + MAGCACHE + [(0.5, 4), (1.0, 8)]
+HELDOUT_PAIRS = [  # never used to tune anything: other captions and seeds than quality.py and the exploration runs
+    ("a big cyan triangle moves left", 301),
+    ("a small magenta circle moves up", 302),
+    ("a green square bounces", 303),
+    ("a big red square shrinks", 304),
+    ("a small orange circle moves down", 305),
+    ("a white triangle grows", 306),
+    ("a blue square moves right", 307),
+    ("a small yellow triangle bounces", 308),
+]
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-
-
-def interp(points: list[tuple[float, float]], x: float):
-    """y at x on the polyline through (x, y) points sorted by x (mean y for equal x); None outside."""
-    by_x: dict[float, list[float]] = {}
-    for px, py in points:
-        by_x.setdefault(px, []).append(py)
-    pts = sorted((px, float(np.mean(v))) for px, v in by_x.items())
-    if len(pts) == 1:
-        return pts[0][1] if abs(pts[0][0] - x) < 1e-9 else None
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 - 1e-9 <= x <= x1 + 1e-9:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return None
 
 
 def run_benchmark(args) -> dict:
@@ -60,23 +60,26 @@ def run_benchmark(args) -> dict:
     n, branches = job.scfg.num_steps, job.scfg.branches
     sig = sigma_grid(n, job.scfg.shift, job.scfg.solver)
     preset = None if args.ratios else args.preset
+    sync = args.branch_sync
     methods = [("full", dict(method="full"), lambda: NoCache())]
-    for t, k in MAGCACHE:
+    for t, k in CALIBRATED:
         methods.append((f"magcache t={t} K={k}", dict(method="magcache", thresh=t, K=k),
-                        lambda t=t, k=k: build_magcache(preset, args.ratios, MagCacheConfig(t, k, 0.2), n, branches)))
+                        lambda t=t, k=k: build_magcache(preset, args.ratios, MagCacheConfig(t, k, 0.2), n, branches,
+                                                        branch_sync=sync)))
     for name, grid, predictor in (("online", ONLINE, "powerlaw"), ("online-hold", HOLD, "hold")):
         for t, k in grid:
             methods.append((f"{name} t={t} K={k}", dict(method=name, thresh=t, K=k),
                             lambda t=t, k=k, p=predictor: build_online(MagCacheConfig(t, k, 0.2), n, branches, sig,
-                                                                       online=OnlineConfig(p))))
+                                                                       online=OnlineConfig(p), branch_sync=sync)))
     coefficients = None
     if args.teacache_file:
         with open(args.teacache_file) as f:
             coefficients = json.load(f)["coefficients"]
     for t in TEACACHE:
         methods.append((f"teacache t={t}", dict(method="teacache", thresh=t),
-                        lambda t=t: build_teacache(job.cfg.model.name, t, n, branches, coefficients)))
-    pairs = PAIRS[: args.pairs]
+                        lambda t=t: build_teacache(job.cfg.model.name, t, n, branches, coefficients,
+                                                   branch_sync=sync)))
+    pairs = (HELDOUT_PAIRS if args.pair_set == "heldout" else PAIRS)[: args.pairs]
     job.run(NoCache(), pairs[0][0], pairs[0][1])  # warm-up
     runs, t_start = [], time.perf_counter()
     for prompt, seed in pairs:
@@ -99,6 +102,7 @@ def run_benchmark(args) -> dict:
                             psnr_min=float(min(r["psnr"] for r in rs)),
                             ssim=float(np.mean([r["ssim"] for r in rs]))))
     return dict(model=job.cfg.model.name, ckpt=job.cfg.model.ckpt, magcache_ratios=args.ratios or args.preset,
+                branch_sync=sync, pair_set=args.pair_set,
                 video=dict(frames=job.cfg.video.frames, height=job.cfg.video.height, width=job.cfg.video.width),
                 sampler=dict(num_steps=n, shift=job.scfg.shift, guidance=job.scfg.guidance, solver=job.scfg.solver),
                 threads=args.threads, repeats=args.repeats, machine=platform.processor() or platform.machine(),
@@ -116,7 +120,7 @@ def compare(summary: list[dict]) -> list[dict]:
             continue
         row = dict(label=s["label"], call_reduction=round(s["call_reduction"], 3), online_psnr=round(s["psnr"], 2))
         for m, pts in curve.items():
-            y = interp(pts, s["call_reduction"])
+            y = at(pts, s["call_reduction"])
             row[f"{m}_psnr"] = None if y is None else round(y, 2)
             row[f"vs_{m}_db"] = None if y is None else round(s["psnr"] - y, 2)
         out.append(row)
@@ -127,14 +131,15 @@ def table(res: dict) -> str:
     s = res["sampler"]
     lines = [f"Model `{res['model']}` ({res['ckpt']}), {res['video']['frames']}x{res['video']['height']}x"
              f"{res['video']['width']}, {s['num_steps']} steps {s['solver']}, shift {s['shift']}, CFG {s['guidance']}; "
-             f"{len(res['pairs'])} (prompt, seed) pairs; calibrated MagCache ratios `{res['magcache_ratios']}`; "
-             f"retention 0.2; {res['threads']} thread(s), best of {res['repeats']}.", "",
+             f"{len(res['pairs'])} (prompt, seed) pairs ({res.get('pair_set', 'quality')}); calibrated MagCache ratios "
+             f"`{res['magcache_ratios']}`; branch_sync {res.get('branch_sync', 'official')}; retention 0.2; "
+             f"{res['threads']} thread(s), best of {res['repeats']}.", "",
              "| method | computed / total calls | call reduction | wall speedup | PSNR (dB) | min PSNR | SSIM |",
              "|---|---|---|---|---|---|---|"]
     for r in res["summary"]:
         lines.append(f"| {r['label']} | {r['computed_calls']} / {r['total_calls']} | {r['call_reduction']:.2f}x | "
                      f"{r['wall_speedup']:.2f}x | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.4f} |")
-    lines += ["", "At equal computed calls (other curves interpolated at the online point's call reduction):", "",
+    lines += ["", "At equal computed calls (the other methods' Pareto fronts at the online point's call reduction):", "",
               "| online point | call reduction | online PSNR | calibrated MagCache | online - MagCache | TeaCache | "
               "online - TeaCache | online-hold |", "|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
@@ -175,7 +180,9 @@ def plot(res: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=len(PAIRS))
+    ap.add_argument("--pairs", type=int, default=len(HELDOUT_PAIRS))
+    ap.add_argument("--pair-set", choices=("heldout", "quality"), default="heldout")
+    ap.add_argument("--branch-sync", choices=("joint", "official"), default="joint")
     ap.add_argument("--repeats", type=int, default=1, help="timed repeats per run (the best counts)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--preset", default="tiny-video", help="calibrated MagCache preset")

@@ -13,6 +13,7 @@ import torch
 
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names
 from magcache_dist.auto import check_store, job_sigmas
+from magcache_dist.cache.base import check_branch_sync
 from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.online import OnlineConfig, build_online
@@ -146,6 +147,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
         raise ValueError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
     if cfg.cache.mode not in CACHE_MODES:
         raise ValueError(f"cache.mode={cfg.cache.mode!r} is unknown; choose one of {CACHE_MODES}")
+    check_branch_sync(cfg.cache.branch_sync)
     if cfg.cache.mode in ("magcache", "teacache", "online"):
         build_policy(cfg, scfg)  # resolves preset / ratio file / coefficients and checks the thresholds
     check_store(cfg)
@@ -177,7 +179,7 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
         return build_online(MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, scfg.branches,
                             job_sigmas(scfg), rule=c.rule or get_family(cfg.model.name).cache_rule(cfg.model.name),
                             online=OnlineConfig(c.online_predictor, c.online_window, c.online_margin),
-                            reduce_sum=reduce_sum, reduce_max=reduce_max)
+                            reduce_sum=reduce_sum, reduce_max=reduce_max, branch_sync=c.branch_sync)
     if c.mode == "auto":
         if resolved is None or resolved.table_json is None:  # nothing stored for this key: calibrate now
             return CalibrationPolicy(scfg.num_steps, branches, reduce_sum=reduce_sum)
@@ -185,12 +187,13 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
         rule = c.rule or table.meta.get("rule") or get_family(cfg.model.name).cache_rule(cfg.model.name)
         return MagCachePolicy(table, get_rule(rule),
                               MagCacheConfig(c.thresh, c.K, c.retention), scfg.num_steps, branches,
-                              source=resolved.source())
+                              source=resolved.source(), branch_sync=c.branch_sync)
     if c.mode == "calibrate":
         return CalibrationPolicy(scfg.num_steps, branches, reduce_sum=reduce_sum)
     if c.mode == "teacache":
         return build_teacache(cfg.model.name, c.teacache_thresh, scfg.num_steps, branches,
-                              coefficients=c.teacache_coefficients, reduce_sum=reduce_sum)
+                              coefficients=c.teacache_coefficients, reduce_sum=reduce_sum,
+                              branch_sync=c.branch_sync)
     preset = c.preset
     if preset is None and c.ratios_file is None:
         preset = default_preset(cfg.model.name)
@@ -198,7 +201,7 @@ def build_policy(cfg: JobConfig, scfg: SamplerConfig, branches=None, reduce_sum=
             raise ValueError(f"cache.preset is not set and model {cfg.model.name!r} has no calibrated preset; set "
                              f"cache.preset (one of {preset_names()}), cache.ratios_file, or run cache.mode=calibrate")
     return build_magcache(preset, resolve_path(c.ratios_file), MagCacheConfig(c.thresh, c.K, c.retention),
-                          scfg.num_steps, branches, rule=c.rule)
+                          scfg.num_steps, branches, rule=c.rule, branch_sync=c.branch_sync)
 
 
 def build_model(cfg: JobConfig, device="cpu"):

@@ -1,6 +1,7 @@
 """Print the MagCache skip schedule of a preset or ratio file as one JSON object.
 
     python -m magcache_dist.plan --preset wan2.1-t2v-1.3b --steps 50 --thresh 0.12 --K 2 --retention 0.2
+    python -m magcache_dist.plan --preset tiny-video --steps 30 --thresh 0.12 --K 4 --retention 0.25 --branch-sync joint
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def main(argv=None) -> int:
     ap.add_argument("--thresh", type=float, required=True)
     ap.add_argument("--K", type=int, required=True)
     ap.add_argument("--retention", type=float, required=True)
+    ap.add_argument("--branch-sync", choices=("official", "joint"), default="official",
+                    help="official (default): the family's released per-branch rule; joint: one decision per step "
+                         "for all CFG branches (what cache.branch_sync=joint runs)")
     args = ap.parse_args(argv)
     try:
         cfg = MagCacheConfig(thresh=args.thresh, K=args.K, retention=args.retention)
@@ -29,7 +33,8 @@ def main(argv=None) -> int:
         else:
             from magcache_dist.cache import RatioTable
             branches = RatioTable.load(args.ratios).branches
-        policy = build_magcache(args.preset, args.ratios, cfg, args.steps, branches, rule=args.rule)
+        policy = build_magcache(args.preset, args.ratios, cfg, args.steps, branches, rule=args.rule,
+                                branch_sync=args.branch_sync)
         out = plan(policy, args.steps, branches)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

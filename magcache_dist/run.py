@@ -40,8 +40,14 @@ def summarize(decisions_by_rank: list[list[dict]], dims, branches) -> dict:
                 agree = False
     skipped = {b: [s for s, c in seq if not c] for b, seq in per_branch.items()}
     total = sum(len(seq) for seq in per_branch.values())
+    # did every branch of every rank take the same decision at each step (what branch_sync=joint guarantees)?
+    by_step = {}
+    for decs in decisions_by_rank:
+        for d in decs:
+            by_step.setdefault(d["step"], set()).add(d["compute"])
     return dict(skipped_steps=skipped, computed_calls=total - sum(len(v) for v in skipped.values()),
-                total_calls=total, decisions_identical_across_ranks=agree)
+                total_calls=total, decisions_identical_across_ranks=agree,
+                steps_identical_across_branches=all(len(v) == 1 for v in by_step.values()))
 
 
 def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
@@ -132,6 +138,7 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
                       cfg_degree=dims.cfg_degree, backend=cfg.parallel.backend),
         cache=policy.describe() if hasattr(policy, "describe") else dict(policy=policy.name),
+        branch_sync=policy.branch_sync,
         ratios_used=ratios_used(cfg, policy, resolved, ratios_path, stored),
         **summary,
         plan=plan(policy, scfg.num_steps, branches) if isinstance(policy, MagCachePolicy) else None,

@@ -23,6 +23,7 @@ from tests.helpers import job_overrides
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
+OFFICIAL = "cache.branch_sync=official"  # these tests pin the released per-branch rule (joint: test_branch_sync*)
 
 LAYOUTS = {
     2: {"u2": ["parallel.ulysses_degree=2"], "r2": ["parallel.ring_degree=2"], "cfg2": ["parallel.cfg_degree=2"],
@@ -47,7 +48,7 @@ def _has_deepspeed():
 @pytest.fixture(scope="module")
 def reference(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    report = run_job(load_config(None, job_overrides(tiny_ckpt, str(out / "job"))), solo_context())
+    report = run_job(load_config(None, job_overrides(tiny_ckpt, str(out / "job"), OFFICIAL)), solo_context())
     cal = tmp_path_factory.mktemp("refcal")
     run_job(load_config(None, job_overrides(tiny_ckpt, str(cal / "job"), "cache.mode=calibrate")), solo_context())
     return dict(latents=torch.load(out / "job" / "latents.pt", weights_only=True), report=report,
@@ -66,7 +67,7 @@ def test_multiprocess_layouts_equal_single_process(world, tiny_ckpt, reference, 
     layouts = dict(LAYOUTS[world])
     if not _has_deepspeed():
         layouts = {k: v for k, v in layouts.items() if not k.startswith("ds_")}
-    jobs = [(name, job_overrides(tiny_ckpt, str(tmp_path / name), *extra)) for name, extra in layouts.items()]
+    jobs = [(name, job_overrides(tiny_ckpt, str(tmp_path / name), OFFICIAL, *extra)) for name, extra in layouts.items()]
     jobs.append(("calib", job_overrides(tiny_ckpt, str(tmp_path / "calib"), "cache.mode=calibrate",
                                         f"parallel.ulysses_degree={world}")))
     spawn(world, jobs, str(tmp_path), timeout=300)
@@ -100,12 +101,14 @@ def test_multiprocess_layouts_equal_single_process(world, tiny_ckpt, reference, 
         assert ((a - s).abs() <= 1e-5 * s.abs()).all(), b
 
 
-def test_divergent_rank_errors_on_every_rank_instead_of_hanging(tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("sync", ["official", "joint"])
+def test_divergent_rank_errors_on_every_rank_instead_of_hanging(sync, tiny_ckpt, tmp_path):
     # rank 1 is started with another threshold than rank 0 (as when nodes get different command lines)
     script = f"""
 import os, sys
 sys.path.insert(0, {ROOT!r})
-args = {job_overrides(tiny_ckpt, str(tmp_path / 'div'), 'parallel.ulysses_degree=2', 'parallel.timeout_s=60')!r}
+args = {job_overrides(tiny_ckpt, str(tmp_path / 'div'), 'parallel.ulysses_degree=2', 'parallel.timeout_s=60',
+                      'cache.branch_sync=' + sync)!r}
 sys.argv = ['generate.py', *args, 'cache.thresh=' + ('0.0' if os.environ['RANK'] == '1' else '0.12')]
 sys.path.insert(0, {os.path.join(ROOT, 'launch')!r})
 import generate
@@ -115,9 +118,11 @@ sys.exit(generate.main(sys.argv[1:]))
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(tmp_path / "entry.py")], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert p.returncode != 0
-    # the first call after retention (int(2*8*0.2) = 3 calls: step 1, uncond) is where the 0.12 rank would skip
-    # and the 0.0 rank compute; both ranks say so and exit, neither hangs
-    msg = "error: ranks disagree on the cache decision at step 1 branch 'uncond'"
+    # official: the first call after retention (int(2*8*0.2) = 3 calls: step 1, uncond) is where the 0.12 rank
+    # would skip and the 0.0 rank compute; joint: the settings fingerprint travels with the first step's decision.
+    # Both ranks say so and exit, neither hangs
+    msg = ("error: ranks disagree on the cache decision at step 1 branch 'uncond'" if sync == "official" else
+           "error: ranks run different cache settings")
     assert p.stderr.count(msg) == 2, p.stderr[-3000:]
     assert "raise SkipDisagreement" not in p.stderr  # a message, not a traceback from inside the library
     assert not (tmp_path / "div" / "video.mp4").exists() and not (tmp_path / "div" / "report.json").exists()
@@ -127,7 +132,7 @@ def test_torchrun_entry_point_ulysses2(tiny_ckpt, reference, tmp_path):
     out = tmp_path / "tr"
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         os.path.join(ROOT, "launch/generate.py"),
-                        *job_overrides(tiny_ckpt, str(out), "parallel.ulysses_degree=2", "save_video=true")],
+                        *job_overrides(tiny_ckpt, str(out), OFFICIAL, "parallel.ulysses_degree=2", "save_video=true")],
                        capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     latents = torch.load(out / "latents.pt", weights_only=True)

@@ -191,7 +191,8 @@ def test_plan_command():
     p = run_plan("--preset", "wan2.1-t2v-1.3b", "--steps", "50", "--thresh", "0.12", "--K", "2", "--retention", "0.2")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out == {"preset": "wan2.1-t2v-1.3b", "num_steps": 50, "skipped_steps": {"cond": WAN_EXAMPLE,
+    assert out == {"preset": "wan2.1-t2v-1.3b", "num_steps": 50, "branch_sync": "official",
+                   "skipped_steps": {"cond": WAN_EXAMPLE,
                    "uncond": WAN_EXAMPLE}, "computed_calls": 50, "total_calls": 100}
     p = run_plan("--preset", "flux.1-dev", "--steps", "28", "--thresh", "0.24", "--K", "5", "--retention", "0.1")
     assert json.loads(p.stdout)["skipped_steps"] == {"cond": FLUX_EXAMPLE}

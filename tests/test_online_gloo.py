@@ -68,6 +68,8 @@ def test_online_and_store_on_two_processes(tiny_ckpt, tmp_path):
         assert rep["cache"]["policy"] == "online" and rep["decisions_identical_across_ranks"]
         for rank in range(2):
             assert _decisions(rep, rank) == ref, (name, rank)
-        assert all(r["consensus_reductions"] == len(r["decisions"]) for r in rep["ranks"])
+        # joint (the default): one all-reduce per step for both branches
+        assert rep["branch_sync"] == "joint" and rep["steps_identical_across_branches"]
+        assert all(r["consensus_reductions"] == len(r["decisions"]) // 2 == 8 for r in rep["ranks"])
         lat = torch.load(tmp_path / name / "latents.pt", weights_only=True)
         assert (lat - torch.load(tmp_path / "solo_online" / "latents.pt", weights_only=True)).abs().max() < 1e-4

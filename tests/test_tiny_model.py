@@ -77,8 +77,9 @@ def test_short_generation_matches_the_plan(tmp_path, capsys):
                                 f"cache.retention={retention}", "video.frames=8"])
     report = run_job(cfg, solo_context())
     assert plan_cli.main(["--preset", "tiny-video", "--steps", str(steps), "--thresh", str(thresh), "--K", str(k),
-                          "--retention", str(retention)]) == 0
+                          "--retention", str(retention), "--branch-sync", "joint"]) == 0
     planned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["branch_sync"] == planned["branch_sync"] == "joint"  # generate.py's default
     assert report["skipped_steps"] == planned["skipped_steps"]
     assert report["computed_calls"] == planned["computed_calls"] < report["total_calls"] == 2 * steps
     latents = torch.load(os.path.join(tmp_path, "latents.pt"), weights_only=True)

@@ -4,9 +4,22 @@ A policy is stateless configuration; the per-generation state is a fresh object 
 At each model call the sampler asks ``propose(state, step, branch, probe)`` for a Decision (which does not
 mutate state), makes every rank agree on it (magcache_dist.parallel.consensus), then ``commit``s it, and after
 a computed call hands the residual to ``store``.
+
+Branch synchronisation (``branch_sync``):
+
+- ``official``: each CFG branch decides on its own (the family's released rule, bit for bit), so the
+  conditional and the unconditional call of one step may differ: one fresh, one stale prediction, and guidance
+  ``uncond + g * (cond - uncond)`` amplifies the mismatch.
+- ``joint``: one decision per *step* for all branches. Each branch still proposes from its own accumulators;
+  ``skip_key`` turns a proposal into one scalar (its accumulated error where only the threshold stands between it
+  and a skip, +inf where it must compute for another reason), the maximum over every branch of every rank is
+  taken (one all-reduce), and the step is skipped only if that maximum ``passes`` the threshold, i.e. when every
+  branch may skip. ``joint_decisions`` then turns the proposals into the committed decisions.
 """
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -45,8 +58,19 @@ class CacheState:
         return self.branches[branch]
 
 
+BRANCH_SYNC = ("joint", "official")
+
+
+def check_branch_sync(value) -> str:
+    if value not in BRANCH_SYNC:
+        raise ValueError(f"cache.branch_sync={value!r} must be one of {BRANCH_SYNC} (joint: one skip decision per "
+                         f"step for both CFG branches; official: the family's released per-branch rule)")
+    return value
+
+
 class CachePolicy:
     name = "base"
+    branch_sync = "official"
 
     def new_state(self, branches) -> CacheState:
         return CacheState(branches)
@@ -70,9 +94,56 @@ class CachePolicy:
         bs.residual = block_out - block_in
         bs.has_residual = True
 
+    def reuse(self, state: CacheState, branch: str, decision: Decision) -> torch.Tensor:
+        """What a skipped call adds to its block-stack input: the branch's cached residual."""
+        return state[branch].residual
+
     @property
     def needs_probe(self) -> bool:
         return False
+
+    # -- joint branch synchronisation -------------------------------------------------------------------------
+    def skip_key(self, d: Decision) -> float:
+        """The scalar whose maximum over branches and ranks decides a joint step: the accumulated error when the
+        threshold is what decides this proposal, +inf when the call must be computed anyway."""
+        if not d.compute or d.reason == "threshold":
+            return float(d.error)
+        return math.inf
+
+    def passes(self, key: float) -> bool:
+        """Whether the joint maximum allows skipping (the policy's own threshold comparison)."""
+        return False
+
+    def as_compute(self, d: Decision, reason: str) -> Decision:
+        """The computed-call decision for a branch whose own proposal ``d`` was a skip (joint mode)."""
+        return Decision(True, d.error, d.ratio, reason, dict(acc_ratio=1.0, acc_err=0.0, acc_steps=0))
+
+    def settings_fingerprint(self) -> float:
+        """A number every rank must share (joint mode checks it in the deciding all-reduce): the settings that
+        change decisions. Exact in float64 (< 2**32)."""
+        return float(zlib.crc32(repr(self.fingerprint_items()).encode()))
+
+    def fingerprint_items(self) -> tuple:
+        return (self.name, self.branch_sync)
+
+
+def joint_key(policy: CachePolicy, proposals: dict[str, Decision]) -> float:
+    """This rank's contribution to the joint decision: the largest skip key of its branches."""
+    return max(policy.skip_key(d) for d in proposals.values())
+
+
+def joint_decisions(policy: CachePolicy, proposals: dict[str, Decision], key: float) -> dict[str, Decision]:
+    """One decision for every branch of a step, from the group-wide maximum ``key`` of the skip keys.
+
+    Skip only when ``key`` passes the threshold: then every proposal was a skip (a compute proposal contributes
+    either an error that fails the threshold or +inf) and each branch commits its own accumulators. Otherwise
+    every branch computes; a branch that could have skipped resets as a computed call does (reason "joint")."""
+    if policy.passes(key):
+        bad = [b for b, d in proposals.items() if d.compute]
+        if bad:  # cannot happen with a consistent skip_key/passes pair; never skip one branch alone
+            raise RuntimeError(f"joint cache decision: key {key} passes but branches {bad} must compute")
+        return dict(proposals)
+    return {b: (d if d.compute else policy.as_compute(d, "joint")) for b, d in proposals.items()}
 
 
 class NoCache(CachePolicy):

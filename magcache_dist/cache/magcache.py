@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from magcache_dist.cache.base import CachePolicy, CacheState, Decision
+from magcache_dist.cache.base import (CachePolicy, CacheState, Decision, check_branch_sync, joint_decisions,
+                                      joint_key)
 from magcache_dist.cache.presets import FamilyRule, get_preset, get_rule
 from magcache_dist.cache.ratios import RatioTable
 
@@ -38,15 +39,23 @@ def check_num_steps(num_steps) -> int:
 
 class AccumulatedErrorPolicy(CachePolicy):
     """What calibrated and online MagCache share: call counting, retention, the family's forced step, and the
-    accumulated-error decision. Subclasses say where the ratio of a step comes from."""
+    accumulated-error decision. Subclasses say where the ratio of a step comes from.
 
-    def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str]):
+    ``branch_sync="official"``: retention as the family released it (Wan: ``int(2*N*R)`` calls, cond and uncond
+    interleaved, so a retention that is not a whole number of steps keeps the conditional call of one more step).
+    ``"joint"``: retention in steps, ``ceil(official retained calls / calls per step)``: every step in which the
+    official rule retains any call is retained for all branches (Wan 30 steps, R=0.25: 15 calls -> 8 steps)."""
+
+    def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str],
+                 branch_sync: str = "official"):
         self.rule, self.cfg = rule, cfg
         self.num_steps = check_num_steps(num_steps)
+        self.branch_sync = check_branch_sync(branch_sync)
         self.branches = list(branches)  # every branch of the job (Wan's call counting), even under CFG parallel
         # Wan counts cond and uncond calls together; the call index of (step, branch) is step*C + branch index.
         self.calls_per_step = len(self.branches) if rule.calls_per_step > 1 else 1
         self.retention_calls = rule.retention_calls(self.num_steps, cfg.retention)
+        self.retention_steps = -(-self.retention_calls // self.calls_per_step)  # joint: ceil, in steps
 
     def call_index(self, step: int, branch: str) -> int:
         return step * self.calls_per_step + (self.branches.index(branch) if self.calls_per_step > 1 else 0)
@@ -62,14 +71,25 @@ class AccumulatedErrorPolicy(CachePolicy):
             raise ValueError(f"step {step} outside 0..{self.num_steps - 1}")
 
     def retained(self, step: int, branch: str) -> bool:
+        if self.branch_sync == "joint":
+            return step < self.retention_steps
         return self.call_index(step, branch) < self.retention_calls
+
+    def under(self, err: float) -> bool:
+        return err < self.cfg.thresh if self.rule.strict else err <= self.cfg.thresh
+
+    def passes(self, key: float) -> bool:
+        return self.under(key)
+
+    def fingerprint_items(self) -> tuple:
+        return (self.name, self.branch_sync, self.rule, self.cfg.thresh, self.cfg.K, self.cfg.retention,
+                self.num_steps, tuple(self.branches))
 
     def decide(self, bs, step: int, err: float, ratio: float) -> Decision:
         """The accumulated-error rule, given this call's accumulated error and ratio."""
         steps = bs.acc_steps + 1
-        under = err < self.cfg.thresh if self.rule.strict else err <= self.cfg.thresh
         reset = dict(acc_ratio=1.0, acc_err=0.0, acc_steps=0)
-        if not under:
+        if not self.under(err):
             return Decision(True, err, ratio, "threshold", reset)
         if steps > self.cfg.K:
             return Decision(True, err, ratio, "max-skips", reset)
@@ -84,8 +104,8 @@ class MagCachePolicy(AccumulatedErrorPolicy):
     name = "magcache"
 
     def __init__(self, table: RatioTable, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int,
-                 branches: list[str], source: str = ""):
-        super().__init__(rule, cfg, num_steps, branches)
+                 branches: list[str], source: str = "", branch_sync: str = "official"):
+        super().__init__(rule, cfg, num_steps, branches, branch_sync)
         self.table, self.source = table, source
         missing = [b for b in self.branches if b not in table.ratios]
         if missing:
@@ -106,40 +126,51 @@ class MagCachePolicy(AccumulatedErrorPolicy):
         return self.decide(bs, step, err, ratio)
 
     def describe(self) -> dict:
-        return dict(policy="magcache", source=self.source, rule=self.rule.name, thresh=self.cfg.thresh,
-                    K=self.cfg.K, retention=self.cfg.retention, retention_calls=self.retention_calls,
+        return dict(policy="magcache", source=self.source, rule=self.rule.name, branch_sync=self.branch_sync,
+                    thresh=self.cfg.thresh, K=self.cfg.K, retention=self.cfg.retention,
+                    retention_calls=self.retention_calls, retention_steps=self.retention_steps,
                     num_steps=self.num_steps, calibrated_steps=self.table.num_steps,
                     ratios_meta=self.table.meta)
 
 
 def build_magcache(preset: str | None, ratios_file: str | None, cfg: MagCacheConfig, num_steps: int,
-                   branches: list[str], rule: str | None = None) -> MagCachePolicy:
+                   branches: list[str], rule: str | None = None, branch_sync: str = "official") -> MagCachePolicy:
     """A policy from a preset name or a ratio file (a file takes its rule from ``rule``, default wan)."""
     if preset and ratios_file:
         raise ValueError("set either cache.preset or cache.ratios_file, not both")
     if ratios_file:
         table = RatioTable.load(ratios_file)
         fam = get_rule(rule or table.meta.get("rule", "wan"))
-        return MagCachePolicy(table, fam, cfg, num_steps, branches, source=f"file:{ratios_file}")
+        return MagCachePolicy(table, fam, cfg, num_steps, branches, source=f"file:{ratios_file}",
+                              branch_sync=branch_sync)
     if not preset:
         raise ValueError("cache.preset or cache.ratios_file is required for cache.mode=magcache")
     p = get_preset(preset)
     fam = get_rule(rule) if rule else p.rule
-    return MagCachePolicy(p.table, fam, cfg, num_steps, branches, source=f"preset:{preset}")
+    return MagCachePolicy(p.table, fam, cfg, num_steps, branches, source=f"preset:{preset}", branch_sync=branch_sync)
 
 
 def plan(policy: CachePolicy, num_steps: int, branches: list[str]) -> dict:
-    """Run the decision rule alone (no tensors) and return the schedule."""
+    """Run the decision rule alone (no tensors) and return the schedule (joint or official, as the policy's
+    ``branch_sync`` says; joint takes the same maximum over branches as the sampler's all-reduce)."""
     state = policy.new_state(branches)
     skipped = {b: [] for b in branches}
     for step in range(num_steps):
-        for b in branches:
-            d = policy.propose(state, step, b)
-            policy.commit(state, step, b, d)
+        if policy.branch_sync == "joint":
+            proposals = {b: policy.propose(state, step, b) for b in branches}
+            decisions = joint_decisions(policy, proposals, joint_key(policy, proposals))
+        else:
+            decisions = {}
+            for b in branches:  # official: a branch's proposal sees the earlier branches' commits
+                decisions[b] = policy.propose(state, step, b)
+                policy.commit(state, step, b, decisions[b])
+        for b, d in decisions.items():
+            if policy.branch_sync == "joint":
+                policy.commit(state, step, b, d)
             if d.compute:
                 state[b].has_residual = True
             else:
                 skipped[b].append(step)
     total = num_steps * len(branches)
-    return dict(num_steps=num_steps, skipped_steps=skipped,
+    return dict(num_steps=num_steps, branch_sync=policy.branch_sync, skipped_steps=skipped,
                 computed_calls=total - sum(len(v) for v in skipped.values()), total_calls=total)

@@ -83,8 +83,8 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
     def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str], sigmas,
                  online: OnlineConfig | None = None,
                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        super().__init__(rule, cfg, num_steps, branches)
+                 reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None, branch_sync: str = "official"):
+        super().__init__(rule, cfg, num_steps, branches, branch_sync)
         self.online = online or OnlineConfig()
         sig = [float(s) for s in sigmas]
         if len(sig) not in (num_steps, num_steps + 1):
@@ -160,15 +160,19 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
         bs.residual, bs.has_residual = residual, True
         bs.extra["last_step"] = step
 
+    def fingerprint_items(self) -> tuple:
+        return super().fingerprint_items() + (self.online, tuple(self.sigmas))
+
     def describe(self) -> dict:
         return dict(policy="online", source="online (measured during this generation; no ratio file)",
                     predictor=self.online.predictor, window=self.online.window, margin=self.online.margin,
-                    rule=self.rule.name,
+                    rule=self.rule.name, branch_sync=self.branch_sync, retention_steps=self.retention_steps,
                     thresh=self.cfg.thresh, K=self.cfg.K, retention=self.cfg.retention,
                     retention_calls=self.retention_calls, num_steps=self.num_steps)
 
 
 def build_online(cfg: MagCacheConfig, num_steps: int, branches: list[str], sigmas, rule: str | None = None,
-                 online: OnlineConfig | None = None, reduce_sum=None, reduce_max=None) -> OnlineMagCachePolicy:
+                 online: OnlineConfig | None = None, reduce_sum=None, reduce_max=None,
+                 branch_sync: str = "official") -> OnlineMagCachePolicy:
     return OnlineMagCachePolicy(get_rule(rule or "wan"), cfg, num_steps, branches, sigmas, online,
-                                reduce_sum=reduce_sum, reduce_max=reduce_max)
+                                reduce_sum=reduce_sum, reduce_max=reduce_max, branch_sync=branch_sync)

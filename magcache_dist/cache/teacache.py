@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from magcache_dist.cache.base import CachePolicy, CacheState, Decision
+from magcache_dist.cache.base import CachePolicy, CacheState, Decision, check_branch_sync
 from magcache_dist.cache.magcache import check_num_steps
 from magcache_dist.cache.presets import DATA_DIR
 
@@ -77,8 +77,10 @@ class TeaCachePolicy(CachePolicy):
     name = "teacache"
 
     def __init__(self, cfg: TeaCacheConfig, num_steps: int, branches: list[str],
-                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None, source: str = ""):
+                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None, source: str = "",
+                 branch_sync: str = "official"):
         self.cfg, self.source = cfg, source
+        self.branch_sync = check_branch_sync(branch_sync)
         self.num_steps = check_num_steps(num_steps)
         self.branches = list(branches)
         self.reduce_sum = reduce_sum or (lambda t: t)
@@ -120,18 +122,30 @@ class TeaCachePolicy(CachePolicy):
             return Decision(True, err, 1.0, "no-residual", reset)
         return Decision(False, err, 1.0, "skip", dict(acc_err=err, acc_steps=bs.acc_steps + 1, extra=extra))
 
+    def passes(self, key: float) -> bool:
+        return key < self.cfg.thresh
+
+    def as_compute(self, d: Decision, reason: str) -> Decision:
+        # a computed call resets the accumulator but keeps this step's modulated input as the next reference
+        return Decision(True, d.error, d.ratio, reason, dict(acc_err=0.0, acc_steps=0, extra=d.updates["extra"]))
+
+    def fingerprint_items(self) -> tuple:
+        return (self.name, self.branch_sync, self.cfg.thresh, tuple(self.cfg.coefficients), self.cfg.warmup_steps,
+                self.cfg.final_steps, self.num_steps)
+
     def describe(self) -> dict:
-        return dict(policy="teacache", source=self.source, thresh=self.cfg.thresh,
+        return dict(policy="teacache", source=self.source, branch_sync=self.branch_sync, thresh=self.cfg.thresh,
                     coefficients=list(self.cfg.coefficients), warmup_steps=self.cfg.warmup_steps,
                     final_steps=self.cfg.final_steps, num_steps=self.num_steps)
 
 
 def build_teacache(model_name: str, thresh: float, num_steps: int, branches: list[str],
-                   coefficients: list[float] | None = None, reduce_sum=None) -> TeaCachePolicy:
+                   coefficients: list[float] | None = None, reduce_sum=None,
+                   branch_sync: str = "official") -> TeaCachePolicy:
     if coefficients is None:
         coefficients, _ = load_coefficients(model_name)
         source = f"fitted:{model_name}"
     else:
         source = "config"
     return TeaCachePolicy(TeaCacheConfig(thresh=thresh, coefficients=list(coefficients)), num_steps, branches,
-                          reduce_sum=reduce_sum, source=source)
+                          reduce_sum=reduce_sum, source=source, branch_sync=branch_sync)

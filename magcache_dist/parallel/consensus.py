@@ -38,3 +38,36 @@ class SkipConsensus:
                 f"[{c_min:.0f}, {c_max:.0f}], error in [{e_min:.6g}, {e_max:.6g}] (this rank: compute="
                 f"{d.compute}, error={d.error:.6g}). Every rank must run the same cache config and ratios.")
         return d
+
+
+class JointConsensus:
+    """One skip decision per step for every CFG branch on every rank of ``comm`` (the whole job: SP ranks and
+    both CFG-parallel halves).
+
+    Each rank contributes its largest skip key (``cache.base.joint_key``); one all-reduce (MAX) of
+    ``[key, fingerprint, -fingerprint]`` gives every rank the same maximum, and every rank derives its decisions
+    from that same number, so they agree by construction. The policy's settings fingerprint rides along in the
+    same message: ranks started with different cache settings raise the same SkipDisagreement on every rank
+    instead of deciding differently. Identical settings and one identical key leave no room for disagreement, so
+    no second verifying message is needed (official mode's SkipConsensus verifies each call instead).
+    """
+
+    def __init__(self, comm: Comm):
+        self.comm = comm
+        self.reductions = 0
+
+    def agree(self, policy, proposals: dict, step: int) -> tuple[dict, float]:
+        """(decisions per local branch, the group-wide key) for ``step``."""
+        from magcache_dist.cache.base import joint_decisions, joint_key
+
+        key = joint_key(policy, proposals)
+        if self.comm.size > 1:
+            fp = policy.settings_fingerprint()
+            r = self.comm.all_reduce(torch.tensor([key, fp, -fp], dtype=torch.float64), op="max").tolist()
+            self.reductions += 1
+            if r[1] != -r[2]:
+                raise SkipDisagreement(
+                    f"ranks run different cache settings (fingerprints {-r[2]:.0f}..{r[1]:.0f}, this rank {fp:.0f}) "
+                    f"at step {step}: every rank must run the same cache config, ratios and branch_sync")
+            key = r[0]
+        return joint_decisions(policy, proposals, key), key

@@ -4,13 +4,14 @@ boundary; the model never sees it.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from magcache_dist.cache.base import CachePolicy
-from magcache_dist.parallel.consensus import SkipConsensus
+from magcache_dist.parallel.consensus import JointConsensus, SkipConsensus
 from magcache_dist.parallel.dims import ParallelContext, solo_context
 from magcache_dist.parallel.shard import Sharder
 from magcache_dist.sampling.schedulers import FlowScheduler
@@ -76,9 +77,20 @@ class _Clock:
         setattr(self.t, self.key, getattr(self.t, self.key) + time.perf_counter() - self.start)
 
 
-def model_call(model, x, t, text, step: int, branch: str, policy: CachePolicy, state, consensus: SkipConsensus,
-               sharder: Sharder, timings: Timings) -> torch.Tensor:
-    """One denoiser evaluation of one CFG branch, consulting the cache with explicit (step, branch)."""
+@dataclass
+class _Call:
+    """One branch's call of one step, embedded and sharded, with its cache proposal."""
+    branch: str
+    tokens: torch.Tensor
+    ctx: object
+    valid: torch.Tensor | None
+    num_tokens: int
+    proposal: object
+
+
+def prepare_call(model, x, t, text, step: int, branch: str, policy: CachePolicy, state, sharder: Sharder,
+                 timings: Timings) -> _Call:
+    """Embed and shard one branch's input and ask the cache for its proposal (state is not changed)."""
     with _Clock(timings, "embed_head"):
         tokens, ctx = model.embed(x, t, text)  # [B, L, D]
         num_tokens = tokens.shape[1]
@@ -86,22 +98,51 @@ def model_call(model, x, t, text, step: int, branch: str, policy: CachePolicy, s
     with _Clock(timings, "cache"):
         probe = (model, tokens, ctx, valid) if policy.needs_probe else None  # valid: this rank's real tokens
         proposal = policy.propose(state, step, branch, probe=probe)
-    with _Clock(timings, "consensus"):
-        decision = consensus.agree(proposal, step, branch)
+    return _Call(branch, tokens, ctx, valid, num_tokens, proposal)
+
+
+def finish_call(model, call: _Call, step: int, decision, policy: CachePolicy, state, sharder: Sharder,
+                timings: Timings) -> torch.Tensor:
+    """Commit the agreed decision, then the block stack or the cached residual, the head and the gather."""
+    branch = call.branch
     policy.commit(state, step, branch, decision)
     if decision.compute:
         with _Clock(timings, "blocks"):
-            out = model.forward_blocks(tokens, ctx)
+            out = model.forward_blocks(call.tokens, call.ctx)
         with _Clock(timings, "cache"):
-            policy.store(state, step, branch, tokens, out, valid)
+            policy.store(state, step, branch, call.tokens, out, call.valid)
     else:
         with _Clock(timings, "cache"):
-            out = tokens + state[branch].residual
+            out = call.tokens + policy.reuse(state, branch, decision)
     with _Clock(timings, "embed_head"):
-        y = model.forward_head(out, ctx)  # [B, L/P, C*p]
+        y = model.forward_head(out, call.ctx)  # [B, L/P, C*p]
     with _Clock(timings, "comm_gather"):
-        y = sharder.gather(y, num_tokens)
-    return model.unpatchify(y, ctx.grid)
+        y = sharder.gather(y, call.num_tokens)
+    return model.unpatchify(y, call.ctx.grid)
+
+
+def model_call(model, x, t, text, step: int, branch: str, policy: CachePolicy, state, consensus: SkipConsensus,
+               sharder: Sharder, timings: Timings) -> torch.Tensor:
+    """One denoiser evaluation of one CFG branch, consulting the cache with explicit (step, branch): the
+    official per-branch decision, agreed over the SP group."""
+    call = prepare_call(model, x, t, text, step, branch, policy, state, sharder, timings)
+    with _Clock(timings, "consensus"):
+        decision = consensus.agree(call.proposal, step, branch)
+    return finish_call(model, call, step, decision, policy, state, sharder, timings)
+
+
+def joint_step_calls(model, x, t, texts, step: int, branches: list[str], policy: CachePolicy, state,
+                     consensus: JointConsensus, sharder: Sharder, timings: Timings) -> dict[str, torch.Tensor]:
+    """Every local branch of one step under ``branch_sync=joint``: all proposals first, one decision for the
+    step agreed over the whole job (both CFG halves), then each branch's block stack or cached residual."""
+    calls = [prepare_call(model, x, t, texts[b], step, b, policy, state, sharder, timings) for b in branches]
+    with _Clock(timings, "consensus"):
+        decisions, key = consensus.agree(policy, {c.branch: c.proposal for c in calls}, step)
+    out = {}
+    for c in calls:
+        out[c.branch] = finish_call(model, c, step, decisions[c.branch], policy, state, sharder, timings)
+        state.decisions[-1]["joint_key"] = key if math.isfinite(key) else None
+    return out
 
 
 def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: SamplerConfig, policy: CachePolicy,
@@ -115,7 +156,10 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
     par = par or solo_context()
     branches = cfg.branches
     mine = [branches[par.cfg_rank]] if par.dims.cfg_degree == 2 else branches
-    sharder, consensus = Sharder(par.sp), SkipConsensus(par.sp, guard=guard)
+    joint = policy.branch_sync == "joint"
+    # official: each call agreed over the SP group; joint: each step agreed over the whole job
+    sharder = Sharder(par.sp)
+    consensus = JointConsensus(par.world) if joint else SkipConsensus(par.sp, guard=guard)
     scheduler = scheduler or FlowScheduler(cfg.solver, cfg.num_steps, cfg.shift, sigmas=cfg.sigmas)
     state = state if state is not None else policy.new_state(mine)
     timings = Timings()
@@ -125,8 +169,11 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
         for i in range(start_step, cfg.num_steps):
             x_in = torch.cat([x, x]) if cfg.cfg_mode == "batched" else x  # batched CFG: rows [cond; uncond]
             t = scheduler.timesteps[i].float().expand(x_in.shape[0])
-            preds = {b: model_call(model, x_in, t, texts[b], i, b, policy, state, consensus, sharder, timings)
-                     for b in mine}
+            if joint:
+                preds = joint_step_calls(model, x_in, t, texts, i, mine, policy, state, consensus, sharder, timings)
+            else:
+                preds = {b: model_call(model, x_in, t, texts[b], i, b, policy, state, consensus, sharder, timings)
+                         for b in mine}
             if cfg.cfg_mode == "batched":
                 preds = dict(zip(("cond", "uncond"), preds["cond"].chunk(2)))
             if par.dims.cfg_degree == 2:
