@@ -17,6 +17,21 @@ from magcache_dist.sampling.loop import SampleResult, SamplerConfig, sample  # n
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")
+BENCH_README = os.path.join(ROOT, "benchmarks", "README.md")
+
+
+def write_readme_block(block: str, begin: str, end: str, heading: str) -> None:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) into benchmarks/README.md: in place of the
+    previous block between the markers, or appended under ``heading`` the first time."""
+    from magcache_dist.io.atomic import atomic_write_text
+
+    with open(BENCH_README) as f:
+        text = f.read()
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
+    atomic_write_text(BENCH_README, text)
 
 
 @dataclass

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT, build_job  # noqa: E402
+from _common import ROOT, build_job, write_readme_block  # noqa: E402
 from quality import PAIRS, PSNR_CAP, psnr, ssim  # noqa: E402
 
 from magcache_dist.auto import sigma_grid  # noqa: E402
@@ -51,7 +51,6 @@ SCENARIOS = [
 TEACACHE = [0.05, 0.1, 0.2, 0.4, 0.8]
 TARGET_REDUCTIONS = (2.0, 2.5, 3.0)
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-README = os.path.join(ROOT, "benchmarks", "README.md")
 BEGIN, END = "<!-- branch-sync-table:begin -->", "<!-- branch-sync-table:end -->"
 MAGCACHE_METHODS = ("joint", "joint-sigma", "official", "diffusers")
 
@@ -271,16 +270,7 @@ def table(res: dict) -> str:
 
 
 def write_readme(res: dict) -> None:
-    block = table(res)
-    with open(README) as f:
-        text = f.read()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = (text.rstrip() + "\n\n## Joint vs official branch synchronisation (`branch_sync.py`)\n\n"
-                "`python benchmarks/branch_sync.py` (generated from `results/branch_sync.json`; plot: "
-                "`results/branch_sync.png`).\n\n" + block + "\n")
-    atomic_write_text(README, text)
+    write_readme_block(table(res), BEGIN, END, "## Joint vs official branch synchronisation (`branch_sync.py`)")
 
 
 def main(argv=None) -> int:

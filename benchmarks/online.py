@@ -1,6 +1,7 @@
 """Online MagCache (no ratio file) against calibrated MagCache and TeaCache on the shipped tiny-video model.
 
-    python benchmarks/online.py                       # all pairs of quality.py; a few minutes on 2 shared cores
+    python benchmarks/online.py                       # 8 held-out pairs, joint; ~6 min on one core
+    python benchmarks/online.py --branch-sync official --out benchmarks/results/online_official.json
     python benchmarks/online.py --table-only          # reprint from the JSON
 
 The same metrics as benchmarks/quality.py (PSNR and SSIM of the video against the full run of the pair), on
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import ROOT, build_job  # noqa: E402
-from branch_sync import at  # noqa: E402
+from branch_sync import at, desync  # noqa: E402
 from quality import MAGCACHE, PAIRS, PSNR_CAP, TEACACHE, psnr, ssim, timed  # noqa: E402
 
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
@@ -83,13 +84,14 @@ def run_benchmark(args) -> dict:
     job.run(NoCache(), pairs[0][0], pairs[0][1])  # warm-up
     runs, t_start = [], time.perf_counter()
     for prompt, seed in pairs:
-        ref, _, total, wall_ref, _ = timed(job, methods[0][2], prompt, seed, args.repeats)
+        ref, _, total, wall_ref, _, _ = timed(job, methods[0][2], prompt, seed, args.repeats)
         runs.append(dict(method="full", label="full", prompt=prompt, seed=seed, computed_calls=total,
                          total_calls=total, wall_s=wall_ref, psnr=PSNR_CAP, ssim=1.0))
         for label, params, fn in methods[1:]:
-            video, computed, total, wall, _ = timed(job, fn, prompt, seed, args.repeats)
+            video, computed, total, wall, _, decisions = timed(job, fn, prompt, seed, args.repeats)
             runs.append(dict(params, label=label, prompt=prompt, seed=seed, computed_calls=computed,
-                             total_calls=total, wall_s=wall, psnr=psnr(video, ref), ssim=ssim(video, ref)))
+                             total_calls=total, wall_s=wall, psnr=psnr(video, ref), ssim=ssim(video, ref),
+                             desync=desync(decisions)))
         print(f"{prompt!r} seed {seed}: done ({time.perf_counter() - t_start:.0f}s)", flush=True)
     summary = []
     wall_full = sum(r["wall_s"] for r in runs if r["method"] == "full")
@@ -100,7 +102,8 @@ def run_benchmark(args) -> dict:
                             wall_speedup=wall_full / sum(r["wall_s"] for r in rs),
                             psnr=float(np.mean([r["psnr"] for r in rs])),
                             psnr_min=float(min(r["psnr"] for r in rs)),
-                            ssim=float(np.mean([r["ssim"] for r in rs]))))
+                            ssim=float(np.mean([r["ssim"] for r in rs])),
+                            desync_share=float(np.mean([r.get("desync", False) for r in rs]))))
     return dict(model=job.cfg.model.name, ckpt=job.cfg.model.ckpt, magcache_ratios=args.ratios or args.preset,
                 branch_sync=sync, pair_set=args.pair_set,
                 video=dict(frames=job.cfg.video.frames, height=job.cfg.video.height, width=job.cfg.video.width),
@@ -134,11 +137,12 @@ def table(res: dict) -> str:
              f"{len(res['pairs'])} (prompt, seed) pairs ({res.get('pair_set', 'quality')}); calibrated MagCache ratios "
              f"`{res['magcache_ratios']}`; branch_sync {res.get('branch_sync', 'official')}; retention 0.2; "
              f"{res['threads']} thread(s), best of {res['repeats']}.", "",
-             "| method | computed / total calls | call reduction | wall speedup | PSNR (dB) | min PSNR | SSIM |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | computed / total calls | call reduction | wall speedup | PSNR (dB) | min PSNR | SSIM | "
+             "branches desync |", "|---|---|---|---|---|---|---|---|"]
     for r in res["summary"]:
         lines.append(f"| {r['label']} | {r['computed_calls']} / {r['total_calls']} | {r['call_reduction']:.2f}x | "
-                     f"{r['wall_speedup']:.2f}x | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.4f} |")
+                     f"{r['wall_speedup']:.2f}x | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.4f} | "
+                     f"{100 * r.get('desync_share', 0):.0f}% |")
     lines += ["", "At equal computed calls (the other methods' Pareto fronts at the online point's call reduction):", "",
               "| online point | call reduction | online PSNR | calibrated MagCache | online - MagCache | TeaCache | "
               "online - TeaCache | online-hold |", "|---|---|---|---|---|---|---|---|"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT, build_job  # noqa: E402
+from _common import ROOT, build_job, write_readme_block  # noqa: E402
 
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
@@ -48,7 +48,6 @@ MAGCACHE = [(0.06, 2), (0.12, 2), (0.24, 4), (0.24, 6), (0.5, 8)]  # (thresh, K)
 TEACACHE = [0.05, 0.1, 0.2, 0.4, 0.8]
 PSNR_CAP = 100.0  # identical videos (PSNR = inf) are counted as this
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-README = os.path.join(ROOT, "benchmarks", "README.md")
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
 
 
@@ -79,13 +78,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 
 def timed(job, policy_fn, prompt, seed, repeats):
-    """(video, computed calls, total calls, best wall seconds) over ``repeats`` identical runs."""
+    """(video, computed calls, total calls, best wall seconds, timings, decisions) over ``repeats`` identical runs."""
     best, video, result = math.inf, None, None
     for _ in range(repeats):
         video, result, wall = job.run(policy_fn(), prompt, seed)
         best = min(best, wall)
     computed = sum(1 for d in result.decisions if d["compute"])
-    return video, computed, len(result.decisions), best, result.timings.as_dict()
+    return video, computed, len(result.decisions), best, result.timings.as_dict(), result.decisions
 
 
 def run_benchmark(args) -> dict:
@@ -109,13 +108,13 @@ def run_benchmark(args) -> dict:
     runs = []
     t_start = time.perf_counter()
     for prompt, seed in pairs:
-        ref, _, total_ref, wall_ref, t_ref = timed(job, methods[0][2], prompt, seed, args.repeats)
+        ref, _, total_ref, wall_ref, t_ref, _ = timed(job, methods[0][2], prompt, seed, args.repeats)
         runs.append(dict(method="full", label="full", prompt=prompt, seed=seed, computed_calls=total_ref,
                          total_calls=total_ref, wall_s=wall_ref, speedup=1.0, psnr=PSNR_CAP, ssim=1.0,
                          prompt_match=judge(ref, prompt)["verdict"],
                          cache_s=t_ref["cache"], blocks_s=t_ref["blocks"], timings=t_ref))
         for label, params, fn in methods[1:]:
-            video, computed, total, wall, timings = timed(job, fn, prompt, seed, args.repeats)
+            video, computed, total, wall, timings, _ = timed(job, fn, prompt, seed, args.repeats)
             runs.append(dict(**params, label=label, prompt=prompt, seed=seed, computed_calls=computed,
                              total_calls=total, wall_s=wall, speedup=wall_ref / wall, psnr=psnr(video, ref),
                              ssim=ssim(video, ref), prompt_match=judge(video, prompt)["verdict"],
@@ -245,19 +244,7 @@ def table(res: dict) -> str:
 
 
 def write_readme(res: dict) -> None:
-    block = table(res)
-    if os.path.isfile(README):
-        with open(README) as f:
-            text = f.read()
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-    else:
-        text = ("# Benchmarks\n\nScripts here print a table and write JSON/PNG under `results/`; nothing here is "
-                "asserted in tests.\n\n## Quality vs speed (`quality.py`)\n\n`python benchmarks/quality.py` "
-                "(generated from `results/quality.json`; plot: `results/quality.png`).\n\n" + block + "\n")
-    atomic_write_text(README, text)
+    write_readme_block(table(res), BEGIN, END, "## Quality vs speed (`quality.py`)")
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,8 @@
     python launch/generate.py --config configs/default.yaml prompt="a blue square moves up"
     torchrun --nproc_per_node 4 launch/generate.py --config configs/default.yaml parallel.ulysses_degree=4
 
-Bad input exits with code 2 and a message naming the key, before any process group is created. A rank that fails
+Bad input exits with code 2 and a message naming the key, before any process group is created; so does a
+second job on an ``output_dir`` that a running job holds (rank 0 locks it). A rank that fails
 exits with 4 naming itself and the cause; the others end within seconds with 5, naming that rank (see
 magcache_dist/parallel/health.py). ``dry_run=true`` prints the plan (magcache_dist/planner) and loads nothing.
 """
@@ -23,14 +24,13 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sampler.num_steps=30")
     args = ap.parse_args(argv)
 
-    import torch
-
     from magcache_dist.config import load_config
     from magcache_dist.pipeline import validate_job
 
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    lock = None
     try:
         cfg = load_config(args.config, args.overrides)
         if cfg.dry_run:  # the planner: no weights, no process group
@@ -39,10 +39,23 @@ def main(argv=None) -> int:
             dry_run(cfg, write=rank == 0)
             return 0
         validate_job(cfg, world)
+        if rank == 0:  # a second job on the same output_dir stops here, naming the first (released at exit)
+            from magcache_dist.io.probe import OutputLock
+
+            lock = OutputLock(os.path.abspath(cfg.output_dir))
     except ValueError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         return 2
+    try:
+        return _run(cfg, rank, world, local_rank)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run(cfg, rank: int, world: int, local_rank: int) -> int:
+    """The job proper, once the input is known good (validated, output_dir locked)."""
+    import torch
     import torch.distributed as dist
 
     from magcache_dist.parallel.consensus import SkipDisagreement

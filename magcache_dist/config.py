@@ -52,7 +52,7 @@ class CacheSection:
     retention: float = 0.2
     consensus_guard: bool = True  # verify with one all-reduce per call that all ranks agree
     # joint: one skip decision per step for both CFG branches, agreed over every rank (magcache, online,
-    # teacache); official: each family's released per-branch rule, bit for bit (docs: README "How MagCache decides")
+    # teacache); official: each family's released per-branch rule, bit for bit (docs/magcache.md)
     branch_sync: str = "joint"
     calibration_out: Optional[str] = None  # calibrate mode: where to write the ratio file
     teacache_thresh: float = 0.1  # teacache mode: threshold on the accumulated rescaled rel-L1 change

@@ -20,6 +20,7 @@ from magcache_dist.cache.online import OnlineConfig, build_online
 from magcache_dist.cache.presets import get_rule
 from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.checkpoint import validate_checkpointing
+from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.config import JobConfig, resolve_path
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.fsdp import check_fsdp
@@ -151,13 +152,13 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     if cfg.cache.mode in ("magcache", "teacache", "online"):
         build_policy(cfg, scfg)  # resolves preset / ratio file / coefficients and checks the thresholds
     check_store(cfg)
-    out = os.path.abspath(cfg.output_dir)
-    probe = out
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK) or (os.path.exists(out) and not os.path.isdir(out)):
-        raise ValueError(f"output_dir={cfg.output_dir!r} is not a writable directory ({probe!r} is "
-                         f"{'not writable' if os.path.isdir(probe) else 'a file'}); choose a directory you can write to")
+    ensure_writable_dir(os.path.abspath(cfg.output_dir), "output_dir")
+    if cfg.cache.mode in ("calibrate", "auto"):  # where the calibrated table goes (if this run calibrates)
+        out = cfg.cache.calibration_out
+        ensure_writable_dir(os.path.dirname(os.path.abspath(out)) if out else os.path.abspath(cfg.output_dir),
+                            "cache.calibration_out")
+        if out and os.path.isdir(out):
+            raise ValueError(f"cache.calibration_out={out!r} is a directory; give a file path (e.g. ratios.json)")
     validate_checkpointing(cfg, world_size)
     return mcfg, dims, scfg
 

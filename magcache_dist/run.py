@@ -16,7 +16,7 @@ from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.checkpoint import Checkpointer
 from magcache_dist.config import JobConfig, to_dict
-from magcache_dist.io.atomic import atomic_path, atomic_write_text
+from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
 from magcache_dist.parallel.apply import apply_sequence_parallel
 from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
@@ -121,8 +121,7 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         frames = to_frames(family.decode(result.latents)[0])
         write_mp4(video_path, frames, cfg.video.fps)
         write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
-    with atomic_path(os.path.join(cfg.output_dir, "latents.pt")) as tmp:
-        torch.save(result.latents.cpu(), tmp)
+    atomic_torch_save(result.latents.cpu(), os.path.join(cfg.output_dir, "latents.pt"))
     ratios_path = stored = None
     if calibration is not None:
         ratios_path = cfg.cache.calibration_out or os.path.join(cfg.output_dir, "ratios.json")

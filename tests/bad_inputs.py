@@ -46,6 +46,16 @@ def _resume_with_other_steps(tmp):
     return [f"checkpoint.dir={tmp}/ck", "resume=true"]
 
 
+_HELD = []  # locks held by a setup for the rest of the session (the "first job" of output-dir-in-use)
+
+
+def _first_job_holds(tmp):
+    from magcache_dist.io.probe import OutputLock
+
+    _HELD.append(OutputLock(os.path.join(tmp, "out")))
+    return []
+
+
 CATALOGUE = [
     # id, overrides, world, key, fix, setup
     ("unknown-top-level-key", ["modle.name=tiny"], 2, r"'modle'", r"Did you mean: 'model'", None),
@@ -118,6 +128,20 @@ CATALOGUE = [
      r"choose a directory you can write to", lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
     ("output-dir-under-a-file", ["output_dir={tmp}/afile/sub"], 2, r"output_dir=.*afile/sub",
      r"choose a directory you can write to", lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("output-dir-name-too-long", ["output_dir={tmp}/" + "x" * 300], 2, r"output_dir=.*xxx",
+     r"cannot be written \(the name is too long\); choose a directory you can write to", None),
+    ("output-dir-in-use", ["parallel.ulysses_degree=1"], 1, r"output_dir=.*/out' is in use by another job \(pid \d+ on host .*, started",
+     r"wait for it to finish or choose another output_dir", _first_job_holds),
+    ("checkpoint-dir-under-a-file", ["checkpoint.every_n_steps=2", "checkpoint.dir={tmp}/afile/ck"], 2,
+     r"checkpoint\.dir=.*afile/ck", r"choose a directory you can write to",
+     lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("calibration-out-under-a-file", ["cache.mode=calibrate", "cache.calibration_out={tmp}/afile/r.json"], 2,
+     r"cache\.calibration_out=.*afile", r"choose a directory you can write to",
+     lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("calibration-out-is-a-directory", ["cache.mode=calibrate", "cache.calibration_out={tmp}"], 2,
+     r"cache\.calibration_out=.* is a directory", r"give a file path", None),
+    ("store-dir-name-too-long", ["cache.mode=calibrate", "cache.store_dir={tmp}/" + "y" * 300], 2,
+     r"cache\.store_dir=.*yyy", r"the name is too long", None),
     ("checkpoint-every-negative", ["checkpoint.every_n_steps=-1"], 2, r"checkpoint\.every_n_steps=-1",
      r"integer >= 0", None),
     ("resume-without-checkpoint", ["resume=true", "checkpoint.dir={tmp}/none"], 2, r"checkpoint\.dir=",

@@ -70,7 +70,7 @@ def check_branch_sync(value) -> str:
 
 class CachePolicy:
     name = "base"
-    branch_sync = "official"
+    branch_sync = None  # "joint" | "official" for policies that skip; None where every call is computed
 
     def new_state(self, branches) -> CacheState:
         return CacheState(branches)

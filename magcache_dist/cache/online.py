@@ -9,7 +9,7 @@ The predictor works in sigma, not in steps. Over one call the log magnitude chan
 log R = k * (sigma_s - sigma_p), and the slope k = d log||r|| / d sigma is smooth along the trajectory: on Wan's
 published calibrations it stays near 0.7 for most of the run and rises to about 2.5 at the end, while the per-step
 ratios drop from 0.995 to 0.82, because a shifted grid spends its last steps on large sigma intervals (see
-README "Online MagCache" and docs/online_predictor.png). Two predictors of k for the coming interval:
+docs/magcache.md "Online MagCache" and docs/online_predictor.png). Two predictors of k for the coming interval:
 
 - ``powerlaw`` (default): ||r|| ~ (sigma + c)^a, i.e. 1/k = (sigma + c) / a is linear in sigma. A least-squares
   line through (sigma_mid, 1/k) of the last ``window`` measurements is evaluated at the new interval's middle.

@@ -121,13 +121,9 @@ class RatioStore:
 
     def check(self) -> None:
         """Raise ValueError (naming cache.store_dir) if the store cannot be read or written."""
-        probe = os.path.abspath(self.dir)
-        if os.path.exists(probe) and not os.path.isdir(probe):
-            raise ValueError(f"cache.store_dir={self.dir!r} exists and is not a directory")
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        if not os.access(probe, os.W_OK):
-            raise ValueError(f"cache.store_dir={self.dir!r} is not writable; choose a writable directory")
+        from magcache_dist.io.probe import ensure_writable_dir
+
+        ensure_writable_dir(os.path.abspath(self.dir), "cache.store_dir")
         self.entries()
 
     def entries(self) -> list[dict]:

@@ -32,3 +32,13 @@ def atomic_write_text(path: str, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` through an open file: the archive inside is then named ``archive/`` instead of after the
+    temporary file, so identical objects give byte-identical files."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)

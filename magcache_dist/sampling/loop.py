@@ -43,6 +43,17 @@ class SamplerConfig:
         return ["cond", "uncond"] if self.guidance != 1.0 else ["cond"]
 
 
+class NonFiniteError(RuntimeError):
+    """The model produced NaN or inf: the job stops at that step instead of writing a black video."""
+
+
+def check_finite(t: torch.Tensor, what: str, step: int) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise NonFiniteError(f"{what} at step {step} holds {bad} non-finite values (NaN/inf) of {t.numel()}: "
+                             f"check the weights (model.ckpt / ckpt_dir), model.dtype and sampler.guidance")
+
+
 @dataclass
 class Timings:
     blocks: float = 0.0
@@ -180,9 +191,12 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
                 with _Clock(timings, "comm_gather"):
                     both = par.cfg.all_gather(preds[mine[0]])
                 preds = dict(zip(branches, both))
+            for b, p in preds.items():  # identical on every rank (gathered): all ranks stop at the same step
+                check_finite(p, f"the {b!r} prediction", i)
             v = preds["cond"] if len(preds) == 1 else preds["uncond"] + cfg.guidance * (preds["cond"] - preds["uncond"])
             with _Clock(timings, "scheduler"):
                 x = scheduler.step(v, i, x)
+            check_finite(x, "the latents", i)
             if on_step is not None:
                 on_step(i, x, state, scheduler)
             if progress is not None:
