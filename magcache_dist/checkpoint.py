@@ -32,8 +32,16 @@ from magcache_dist.io.atomic import atomic_path, atomic_write_text
 FORMAT = "magcache-dist-checkpoint/1"
 POINTER = "latest.json"
 # keys that do not change the generated video: a resumed job may change them
+# Keys that cannot change the sampled latents: a resume may change them (a prefix ending in "." covers a section).
+# consensus_guard only verifies decisions; fps, vae.* and calibration_out act after sampling; model.layout names
+# how the same weights are stored.
 FREE_KEYS = ("progress", "save_video", "resume", "dry_run", "output_dir", "checkpoint.", "planner.",
-             "parallel.timeout_s")
+             "parallel.timeout_s", "cache.consensus_guard", "cache.calibration_out", "video.fps", "vae.",
+             "model.layout")
+
+
+def _free(key: str) -> bool:
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE_KEYS)
 
 
 def fingerprint(cfg: JobConfig) -> dict:
@@ -45,7 +53,7 @@ def fingerprint(cfg: JobConfig) -> dict:
             key = f"{prefix}{k}"
             if isinstance(v, dict):
                 walk(key + ".", v)
-            elif not any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE_KEYS):
+            elif not _free(key):
                 flat[key] = v
 
     walk("", to_dict(cfg))
@@ -77,7 +85,7 @@ def read_pointer(cfg: JobConfig) -> dict:
 
 
 def config_diff(saved: dict, now: dict) -> list[str]:
-    keys = sorted(set(saved) | set(now))
+    keys = sorted(k for k in set(saved) | set(now) if not _free(k))  # a checkpoint may predate a key's freedom
     return [f"{k}={saved.get(k, '<unset>')!r} in the checkpoint but {now.get(k, '<unset>')!r} now"
             for k in keys if saved.get(k, "<unset>") != now.get(k, "<unset>")]
 

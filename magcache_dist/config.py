@@ -6,10 +6,14 @@ collective.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -130,28 +134,177 @@ class JobConfig:
     vae: VaeSection = field(default_factory=VaeSection)
 
 
+class _Plain(str):
+    """An unquoted YAML scalar, kept as its text until the schema says what type it is."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML loader for config files: unquoted scalars stay text (typed later from the schema, so that ``prompt: no``
+    is the word no, not a boolean), and a key given twice in one mapping is an error naming both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} appears twice in one section (lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _plain_scalar(loader, node):
+    return _Plain(node.value) if node.style is None else loader.construct_scalar(node)
+
+
+for _tag in ("bool", "int", "float", "null", "str", "timestamp"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _plain_scalar)
+
+
+def _field_type(path: list[str]):
+    """The schema type at a dotted path (a dataclass for a section), or None where the path is not in the schema."""
+    cls = JobConfig
+    for i, name in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            return None
+        cls = hints[name]
+    return cls
+
+
+def _is_str(tp) -> bool:
+    return tp is str or tp == Optional[str]
+
+
+def _typed(value, path: list[str], where: str):
+    """YAML data with unquoted scalars as _Plain -> values for OmegaConf: text for string fields (no YAML
+    coercion, ``${`` escaped so nothing is interpolated), YAML's reading of the text for every other field."""
+    tp = _field_type(path)
+    if isinstance(value, dict):
+        if tp is not None and not dataclasses.is_dataclass(tp) and not typing.get_origin(tp) is dict:
+            raise ValueError(f"{where}: {'.'.join(path)} must be a single value, not a section")
+        return {k: _typed(v, path + [str(k)], where) for k, v in value.items()}
+    if tp is not None and dataclasses.is_dataclass(tp):
+        raise ValueError(f"{where}: {'.'.join(path)} is a section ({tp.__name__}); set its keys, e.g. "
+                         f"{'.'.join(path)}.{dataclasses.fields(tp)[0].name}=...")
+    if isinstance(value, list):
+        return [_typed(v, path + ["[]"], where) for v in value]
+    if isinstance(value, _Plain):
+        if _is_str(tp):
+            return None if (tp != str and value in ("null", "~")) else _escape(str(value))
+        return yaml.safe_load(str(value)) if str(value) != "" else None
+    return _escape(value) if isinstance(value, str) else value
+
+
+def _escape(text: str) -> str:
+    return text.replace("${", "\\${")  # OmegaConf would interpolate ${...} (environment variables, other keys)
+
+
+def _read_yaml(path: str) -> dict:
+    where = f"--config {path!r}"
+    if not os.path.isfile(path):
+        raise ValueError(f"{where} does not exist")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as e:
+        raise ValueError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+        hint = " (YAML indents with spaces, not tabs)" if "\t" in line else ""
+        raise ValueError(f"{where} is not valid YAML{at}: {problem}{hint}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping of keys (e.g. 'prompt: ...'), not a {type(data).__name__}")
+    return _typed(data, [], where)
+
+
+def _override(item: str) -> dict:
+    """``a.b=value`` -> {"a": {"b": typed value}}: strings stay as written (one pair of surrounding quotes is
+    removed; ``null`` unsets an optional string), everything else is read as YAML, as OmegaConf does."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key=value (e.g. sampler.num_steps=30)")
+    key, value = item.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ValueError(f"override {item!r}: the key {key!r} is not a dotted config key")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    else:
+        value = _Plain(value)
+    out = _typed(value, path, f"override {item!r}")
+    for name in reversed(path):
+        out = {name: out}
+    return out
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
     """Merge schema defaults, the YAML file and ``key=value`` overrides; raise ValueError naming the key."""
     try:
+        parts = ([_read_yaml(path)] if path is not None else []) + [_override(o) for o in overrides or []]
         cfg = OmegaConf.structured(JobConfig)
-        if path is not None:
-            if not os.path.isfile(path):
-                raise ValueError(f"--config {path!r} does not exist")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        for item in overrides or []:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must look like key=value (e.g. sampler.num_steps=30)")
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        for part in parts:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(part))
         job = OmegaConf.to_object(cfg)
-        if job.cache.mode in ("False", "false"):
-            # YAML 1.1 reads a bare `off` as the boolean false, which OmegaConf turns into "False" for this str field
-            job.cache.mode = "off"
-        return job
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
         msg = str(e).splitlines()[0]
         raise ValueError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
+    check_values(job)
+    return job
+
+
+# Ranges a value must be in to mean anything: key -> (low, low included, high); every float must also be finite.
+RANGES = {
+    "seed": (0, True, 2**63 - 1),
+    "video.fps": (1, True, 240),
+    "parallel.timeout_s": (10, True, 7 * 24 * 3600),  # under 10 s a collective times out before NCCL/gloo warm up
+    "sampler.guidance": (1, True, 100),
+    "sampler.shift": (0, False, 1000),
+}
+# Optional paths for which an empty string would silently mean something else (e.g. random weights)
+NON_EMPTY = ("output_dir", "model.ckpt", "ckpt_dir", "image", "cache.ratios_file", "cache.store_dir",
+             "cache.calibration_out", "cache.preset", "cache.rule", "checkpoint.dir")
+
+
+def check_values(job: JobConfig) -> None:
+    """Type-independent sanity of every value: finite floats, meaningful ranges, no empty paths."""
+    problems = []
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            key, v = f"{prefix}{f.name}", getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, key + ".")
+                continue
+            values = v if isinstance(v, list) else [v]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                problems.append(f"{key}={v!r} must be a finite number")
+            elif key in RANGES and isinstance(v, (int, float)) and not isinstance(v, bool):
+                lo, inclusive, hi = RANGES[key]
+                if not ((lo <= v) if inclusive else (lo < v)) or v > hi:
+                    problems.append(f"{key}={v!r} must be {'>=' if inclusive else '>'} {lo} and <= {hi}")
+            if key in NON_EMPTY and isinstance(v, str) and not v.strip():
+                problems.append(f"{key} is an empty string; give a value or leave it unset (null)")
+
+    walk(job, "")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def resolve_path(p: str | None) -> str | None:

@@ -7,6 +7,7 @@ shared by all families.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -101,9 +102,21 @@ def register_family(names, family) -> None:
         _FAMILIES[n] = family
 
 
+def family_names() -> list[str]:
+    """Every model name with a pipeline, registered or registering on first use (magcache_dist.families)."""
+    from magcache_dist.families import MODULES
+
+    return sorted(set(_FAMILIES).union(*MODULES.values()))
+
+
 def get_family(name: str) -> ModelFamily:
     if name not in _FAMILIES:
-        raise ValueError(f"model.name={name!r} has no pipeline; choose one of {sorted(_FAMILIES)}")
+        from magcache_dist.families import MODULES
+
+        module = next((m for m, names in MODULES.items() if name in names), None)
+        if module is None:
+            raise ValueError(f"model.name={name!r} has no pipeline; choose one of {family_names()}")
+        importlib.import_module(module)  # registers its names
     family = _FAMILIES[name]
     return family() if isinstance(family, type) else family
 
@@ -119,8 +132,8 @@ def sampler_config(cfg: JobConfig) -> SamplerConfig:
 
 def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDims, SamplerConfig]:
     """Everything checkable before a process group exists. Raises ValueError naming the key and the fix."""
-    if cfg.model.name not in _FAMILIES:
-        known = sorted(set(_FAMILIES) | set(WAN_CONFIGS))
+    if cfg.model.name not in family_names():
+        known = sorted(set(family_names()) | set(WAN_CONFIGS))
         if cfg.model.name in WAN_CONFIGS:
             raise ValueError(f"model.name={cfg.model.name!r}: its text encoder and VAE are not wired into a pipeline "
                              f"yet; use model.name=tiny-video (the embedded model) or tiny")
@@ -164,7 +177,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
 
 
 def default_preset(model_name: str) -> str | None:
-    family = _FAMILIES.get(model_name)
+    family = get_family(model_name) if model_name in family_names() else None
     own = family.default_preset(model_name) if family is not None else None
     return own or (model_name if model_name in preset_names() else None)
 
@@ -255,8 +268,9 @@ def encode_texts(text_encoder, prompt: str, negative: str, branches) -> dict[str
 def _check_tiny_checkpoint(cfg: JobConfig, mcfg: WanConfig) -> None:
     shapes = read_shapes(resolve_path(cfg.model.ckpt))
     where = f"model.ckpt={cfg.model.ckpt!r}"
-    with torch.device("meta"):
-        model, text = build_wan_model(mcfg), TinyTextEncoder.for_model(cfg.model.name)
+    # built on the CPU, not the meta device: a few MB, and meta-tensor arithmetic in the init imports torch's
+    # compiler stack (~1 s), which a rejected input should not pay
+    model, text = build_wan_model(mcfg), TinyTextEncoder.for_model(cfg.model.name)
     check_shapes(model, {k: v for k, v in shapes.items() if not k.startswith(TEXT_ENCODER_PREFIX)}, where)
     text_shapes = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in shapes.items() if k.startswith(TEXT_ENCODER_PREFIX)}
     if not text_shapes:
@@ -301,5 +315,3 @@ class TinyVideoFamily(ModelFamily):
 
 register_family(["tiny"], TinyVideoFamily(stride=1))
 register_family(["tiny-video"], TinyVideoFamily(stride=2))
-
-import magcache_dist.families  # noqa: E402,F401  (registers FLUX.1, HunyuanVideo, Open-Sora 1.2, Wan2.1)

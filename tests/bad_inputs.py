@@ -46,6 +46,12 @@ def _resume_with_other_steps(tmp):
     return [f"checkpoint.dir={tmp}/ck", "resume=true"]
 
 
+def _yaml(text: str | bytes):
+    """A setup writing ``{tmp}/bad.yaml`` (the overrides pass it with --config)."""
+    return lambda tmp: _write(os.path.join(tmp, "bad.yaml"), text) and []
+
+
+YAML = ["--config", "{tmp}/bad.yaml"]
 _HELD = []  # locks held by a setup for the rest of the session (the "first job" of output-dir-in-use)
 
 
@@ -74,7 +80,7 @@ CATALOGUE = [
      2, r"parallel\.cfg_degree=2", r"sampler\.guidance != 1", None),
     ("unknown-backend", ["parallel.backend=horovod"], 2, r"parallel\.backend='horovod'", r"choose one of", None),
     ("xfuser-without-cuda", ["parallel.backend=xfuser"], 2, r"parallel\.backend=xfuser", r"needs CUDA", None),
-    ("timeout-zero", ["parallel.timeout_s=0"], 2, r"parallel\.timeout_s=0", r"must be > 0", None),
+    ("timeout-zero", ["parallel.timeout_s=0"], 2, r"parallel\.timeout_s=0", r"must be >= 10", None),
     ("unknown-cache-mode", ["cache.mode=fast"], 2, r"cache\.mode='fast'", r"choose one of", None),
     ("unknown-preset", ["cache.preset=wan3"], 2, r"cache\.preset='wan3'", r"choose one of", None),
     ("K-zero", ["cache.K=0"], 2, r"cache\.K=0", r"integer >= 1", None),
@@ -89,7 +95,7 @@ CATALOGUE = [
      r"positive multiple of the patch size 4", None),
     ("zero-frames", ["video.frames=0"], 2, r"video\.frames=0", r"positive multiple of the patch size", None),
     ("fps-zero", ["video.fps=0"], 2, r"video\.fps=0", r"must be >= 1", None),
-    ("empty-prompt", ["prompt="], 2, r"'prompt'", r"Incompatible value 'None' for field of type 'str'", None),
+    ("empty-prompt", ["prompt="], 2, r"prompt is empty", r'pass prompt="a red circle moves right"', None),
     ("unknown-model", ["model.name=gpt2"], 2, r"model\.name='gpt2'", r"choose one of", None),
     ("wan-with-model-ckpt", ["model.name=wan2.1-t2v-14b"], 2, r"model\.ckpt is for the embedded tiny models",
      r"set model\.ckpt=null and ckpt_dir=", None),
@@ -142,6 +148,40 @@ CATALOGUE = [
      r"cache\.calibration_out=.* is a directory", r"give a file path", None),
     ("store-dir-name-too-long", ["cache.mode=calibrate", "cache.store_dir={tmp}/" + "y" * 300], 2,
      r"cache\.store_dir=.*yyy", r"the name is too long", None),
+    # config files that are not the YAML mapping they should be: the file, the line and the fix are named
+    ("yaml-unclosed-bracket", YAML, 2, r"bad\.yaml' is not valid YAML at line 3", r"expected ',' or '}'",
+     _yaml("seed: 1\nvideo: {frames: 16\n")),
+    ("yaml-top-level-list", YAML, 2, r"bad\.yaml' must be a mapping of keys", r"not a list", _yaml("- seed: 1\n- seed: 2\n")),
+    ("yaml-duplicate-key", YAML, 2, r"key 'seed' appears twice in one section \(lines 1 and 3\)", r"keep one",
+     _yaml("seed: 1\nprompt: a red circle\nseed: 2\n")),
+    ("yaml-tab-indent", YAML, 2, r"bad\.yaml' is not valid YAML at line 2", r"spaces, not tabs",
+     _yaml("model:\n\tname: tiny\n")),
+    ("yaml-not-utf8", YAML, 2, r"bad\.yaml' is not UTF-8 text \(byte 8\)", r"save it as UTF-8",
+     _yaml(b"prompt: \xff\xfe red\n")),
+    ("yaml-section-as-value", YAML, 2, r"sampler is a section \(SamplerSection\)", r"set its keys",
+     _yaml("sampler: 5\n")),
+    ("override-section-as-value", ["sampler=5"], 2, r"override 'sampler=5': sampler is a section",
+     r"sampler\.num_steps=\.\.\.", None),
+    ("yaml-value-as-section", YAML, 2, r"seed must be a single value, not a section", r"bad\.yaml",
+     _yaml("seed: {a: 1}\n")),
+    # numbers that are not finite or not meaningful
+    ("thresh-nan", ["cache.thresh=nan"], 2, r"cache\.thresh=nan", r"must be a finite number", None),
+    ("shift-inf", ["sampler.shift=inf"], 2, r"sampler\.shift=inf", r"must be a finite number", None),
+    ("guidance-inf", ["sampler.guidance=.inf"], 2, r"sampler\.guidance=inf", r"must be a finite number", None),
+    ("guidance-absurd", ["sampler.guidance=1e6"], 2, r"sampler\.guidance=1000000\.0", r"must be >= 1 and <= 100", None),
+    ("timeout-nan", ["parallel.timeout_s=nan"], 2, r"parallel\.timeout_s=nan", r"must be a finite number", None),
+    ("timeout-too-small", ["parallel.timeout_s=0.5"], 2, r"parallel\.timeout_s=0\.5", r"must be >= 10", None),
+    ("fps-absurd", ["video.fps=100000"], 2, r"video\.fps=100000", r"must be >= 1 and <= 240", None),
+    ("seed-negative", ["seed=-1"], 2, r"seed=-1", r"must be >= 0 and <= 9223372036854775807", None),
+    ("seed-too-large", ["seed=18446744073709551616"], 2, r"seed=18446744073709551616", r"<= 9223372036854775807",
+     None),
+    ("teacache-coefficient-nan", ["cache.mode=teacache", "cache.teacache_coefficients=[1.0,nan]"], 2,
+     r"cache\.teacache_coefficients=\[1\.0, nan\]", r"must be a finite number", None),
+    # empty strings that would silently change the job's meaning
+    ("ckpt-empty", ["model.ckpt="], 2, r"model\.ckpt is an empty string", r"leave it unset \(null\)", None),
+    ("ratios-file-empty", ["cache.preset=null", "cache.ratios_file=''"], 2, r"cache\.ratios_file is an empty string",
+     r"give a value", None),
+    ("output-dir-empty", ["output_dir="], 2, r"output_dir is an empty string", r"give a value", None),
     ("checkpoint-every-negative", ["checkpoint.every_n_steps=-1"], 2, r"checkpoint\.every_n_steps=-1",
      r"integer >= 0", None),
     ("resume-without-checkpoint", ["resume=true", "checkpoint.dir={tmp}/none"], 2, r"checkpoint\.dir=",

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from magcache_dist.config import load_config
+from magcache_dist.config import load_config, to_dict
 from magcache_dist.pipeline import validate_job
 from tests.helpers import job_config, job_overrides
 
@@ -46,7 +46,7 @@ def test_unknown_keys_and_wrong_types_name_the_key(override, key):
     (["sampler.num_steps=0"], 1, r"sampler\.num_steps=0"),
     (["sampler.solver=ddim"], 1, r"sampler\.solver='ddim'"),
     (["video.height=30"], 1, r"video\.height=30 must be a positive multiple of the patch size 4"),
-    (["prompt=   "], 1, r"'prompt'"),  # YAML reads blanks as null: a type error naming the key
+    (["prompt=   "], 1, r"prompt is empty; pass prompt="),  # a string stays a string: blank, not null
     (["model.name=gpt2"], 1, r"model\.name='gpt2' is unknown"),
     (["model.dtype=int8"], 1, r"model\.dtype='int8'"),
 ])
@@ -111,3 +111,18 @@ def test_cache_mode_off_survives_yaml(tmp_path):
 def test_default_demo_config_validates():
     cfg = load_config(os.path.join(ROOT, "configs/default.yaml"))
     validate_job(cfg, 1)
+
+
+def test_strings_stay_strings(tmp_path, monkeypatch):
+    """Prompts and paths are taken as written: no YAML booleans or numbers, no ${...} interpolation."""
+    monkeypatch.setenv("SECRET_TOKEN", "s3cret")
+    cfg = load_config(None, ["prompt=no", "negative_prompt=${oc.env:SECRET_TOKEN}", "output_dir=123",
+                             "cache.preset=null", "cache.mode=off", 'model.name="tiny"'])
+    assert (cfg.prompt, cfg.negative_prompt, cfg.output_dir) == ("no", "${oc.env:SECRET_TOKEN}", "123")
+    assert cfg.cache.preset is None and cfg.cache.mode == "off" and cfg.model.name == "tiny"
+    (tmp_path / "job.yaml").write_text("prompt: yes\nnegative_prompt: 1e3\noutput_dir: '${oc.env:SECRET_TOKEN}'\n"
+                                       "cache: {mode: off, thresh: 0.5}\nseed: 7\n")
+    cfg = load_config(str(tmp_path / "job.yaml"))
+    assert (cfg.prompt, cfg.negative_prompt, cfg.output_dir) == ("yes", "1e3", "${oc.env:SECRET_TOKEN}")
+    assert (cfg.cache.mode, cfg.cache.thresh, cfg.seed) == ("off", 0.5, 7)  # numbers are still numbers
+    assert "s3cret" not in json.dumps(to_dict(cfg))

@@ -6,11 +6,21 @@ UniPC is diffusers' UniPCMultistepScheduler in flow mode (what diffusers' Wan pi
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
-from diffusers import UniPCMultistepScheduler  # module level: importing inside threads is not thread-safe
 
 SOLVERS = ("unipc", "euler")
+_IMPORT_LOCK = threading.Lock()  # diffusers' lazy modules are not safe to import from several threads at once
+
+
+def _unipc_class():
+    """diffusers' UniPC, imported on first use (importing diffusers costs seconds: a rejected input never pays it)."""
+    with _IMPORT_LOCK:
+        from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler
 
 
 class FlowScheduler:
@@ -20,9 +30,8 @@ class FlowScheduler:
         if shift <= 0:
             raise ValueError(f"sampler.shift={shift} must be > 0 (Wan: 5.0, 3.0 for I2V 480P)")
         self.solver, self.num_steps = solver, num_steps
-        self._unipc = UniPCMultistepScheduler(num_train_timesteps=num_train_timesteps,
-                                              prediction_type="flow_prediction", use_flow_sigmas=True,
-                                              flow_shift=shift, solver_order=2)
+        self._unipc = _unipc_class()(num_train_timesteps=num_train_timesteps, prediction_type="flow_prediction",
+                                     use_flow_sigmas=True, flow_shift=shift, solver_order=2)
         # Wan's unshifted grid (diffusers' default grid starts at 1.0 instead of 0.999); diffusers applies the shift
         self._unipc.set_timesteps(sigmas=np.linspace(1 - 1 / num_train_timesteps, 0, num_steps + 1)[:-1])
         self.sigmas = self._unipc.sigmas.clone().double()  # [N+1], last 0
