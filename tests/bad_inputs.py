@@ -46,6 +46,15 @@ def _resume_with_other_steps(tmp):
     return [f"checkpoint.dir={tmp}/ck", "resume=true"]
 
 
+def _ratio_json(obj) -> callable:
+    return lambda tmp: _write(os.path.join(tmp, "r.json"), json.dumps(obj)) and []
+
+
+def _store_index(entries) -> callable:
+    return lambda tmp: _write(os.path.join(tmp, "store", "index.json"),
+                              json.dumps({"format": "magcache-ratio-store/1", "entries": entries})) and []
+
+
 def _yaml(text: str | bytes):
     """A setup writing ``{tmp}/bad.yaml`` (the overrides pass it with --config)."""
     return lambda tmp: _write(os.path.join(tmp, "bad.yaml"), text) and []
@@ -164,6 +173,37 @@ CATALOGUE = [
      r"sampler\.num_steps=\.\.\.", None),
     ("yaml-value-as-section", YAML, 2, r"seed must be a single value, not a section", r"bad\.yaml",
      _yaml("seed: {a: 1}\n")),
+    # ratio files and ratio-store indexes: schema-checked, naming the file and the field
+    ("ratio-file-zero-steps", ["cache.preset=null", "cache.ratios_file={tmp}/r.json"], 2,
+     r"cache\.ratios_file=.*r\.json': 'num_steps' must be an integer >= 1, got 0", r"integer >= 1",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 0, "branches": {"cond": {"ratios": []}}})),
+    ("ratio-file-steps-as-text", ["cache.preset=null", "cache.ratios_file={tmp}/r.json"], 2,
+     r"'num_steps' must be an integer >= 1, got '8'", r"cache\.ratios_file=",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": "8", "branches": {"cond": {"ratios": [1] * 8}}})),
+    ("ratio-file-branches-list", ["cache.preset=null", "cache.ratios_file={tmp}/r.json"], 2,
+     r"'branches' must be an object", r"got list",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 8, "branches": [1, 2]})),
+    ("ratio-file-ratios-text", ["cache.preset=null", "cache.ratios_file={tmp}/r.json"], 2,
+     r"branches\.cond\.ratios must be a list of 8 numbers \(num_steps\)", r"got str",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 8, "branches": {"cond": {"ratios": "abc"}}})),
+    ("ratio-file-bool-ratio", ["cache.preset=null", "cache.ratios_file={tmp}/r.json"], 2,
+     r"branches\.uncond\.ratios\[7\]=True", r"must be a finite number",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 8,
+                  "branches": {"cond": {"ratios": [1] * 8}, "uncond": {"ratios": [1] * 7 + [True]}}})),
+    ("ratio-file-bad-meta", ["cache.preset=null", "cache.ratios_file={tmp}/r.json"], 2, r"'meta' must be an object",
+     r"got int", _ratio_json({"format": "magcache-ratios/1", "num_steps": 8, "meta": 5,
+                              "branches": {"cond": {"ratios": [1] * 8}, "uncond": {"ratios": [1] * 8}}})),
+    ("store-index-entry-not-object", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
+     r"cache\.store_dir=.*index\.json entries\[0\] is a int", r"fix or remove that entry", _store_index([3])),
+    ("store-index-entry-bad-steps", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
+     r"entries\[0\] key\.num_steps=0 must be an integer >= 1", r"fix or remove that entry",
+     _store_index([{"file": "a.json", "key": {"model": "tiny", "weights": "x", "num_steps": 0, "resolution": [5, 20, 28],
+                                             "solver": "unipc", "shift": 5.0, "guidance": 5.0}}])),
+    ("store-index-entry-escapes", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
+     r"entries\[0\] 'file'='\.\./\.\./etc/passwd' must be a file name inside the store", r"fix or remove",
+     _store_index([{"file": "../../etc/passwd", "key": {"model": "tiny", "weights": "x", "num_steps": 8,
+                                                       "resolution": [5, 20, 28], "solver": "unipc", "shift": 5.0,
+                                                       "guidance": 5.0}}])),
     # numbers that are not finite or not meaningful
     ("thresh-nan", ["cache.thresh=nan"], 2, r"cache\.thresh=nan", r"must be a finite number", None),
     ("shift-inf", ["sampler.shift=inf"], 2, r"sampler\.shift=inf", r"must be a finite number", None),

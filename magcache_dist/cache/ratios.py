@@ -79,16 +79,34 @@ class RatioTable:
             return cls.from_published(obj, where)
         if obj.get("format") != FORMAT:
             raise ValueError(f"{where}: 'format' must be {FORMAT!r} (or a published entry with 'mag_ratios')")
-        try:
-            n = int(obj["num_steps"])
-            branches = obj["branches"]
-            ratios = {b: list(v["ratios"]) for b, v in branches.items()}
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{where}: missing or malformed key {e}; need num_steps and branches.<b>.ratios") from None
-        return cls(num_steps=n, ratios=ratios,
-                   std={b: list(v["std"]) for b, v in branches.items() if "std" in v},
-                   cos_dist={b: list(v["cos_dist"]) for b, v in branches.items() if "cos_dist" in v},
-                   meta=dict(obj.get("meta", {})))
+        n = obj.get("num_steps")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{where}: 'num_steps' must be an integer >= 1, got {n!r}")
+        branches = obj.get("branches")
+        if not isinstance(branches, dict) or not branches:
+            raise ValueError(f"{where}: 'branches' must be an object {{branch: {{'ratios': [...]}}}}, got "
+                             f"{type(branches).__name__}")
+        fields = {"ratios": {}, "std": {}, "cos_dist": {}}
+        for b, v in branches.items():
+            if not isinstance(v, dict) or "ratios" not in v:
+                raise ValueError(f"{where}: branches.{b} must be an object with a 'ratios' list")
+            for name, out in fields.items():
+                if name not in v:
+                    continue
+                vals = v[name]
+                if not isinstance(vals, list):
+                    raise ValueError(f"{where}: branches.{b}.{name} must be a list of {n} numbers (num_steps), got "
+                                     f"{type(vals).__name__}")
+                if len(vals) != n:
+                    raise ValueError(f"{where}: {name}.{b}: expected {n} values (num_steps), got {len(vals)}")
+                for i, x in enumerate(vals):
+                    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                        raise ValueError(f"{where}: branches.{b}.{name}[{i}]={x!r} must be a finite number")
+                out[b] = [float(x) for x in vals]
+        meta = obj.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ValueError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+        return cls(num_steps=n, ratios=fields["ratios"], std=fields["std"], cos_dist=fields["cos_dist"], meta=dict(meta))
 
     @classmethod
     def from_published(cls, entry: dict, where: str) -> "RatioTable":

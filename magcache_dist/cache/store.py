@@ -114,6 +114,21 @@ def interpolate_table(table: RatioTable, src_sigmas, dst_sigmas) -> RatioTable:
     return RatioTable(num_steps=n, ratios=ratios, meta=meta)
 
 
+def _entry_problem(e) -> str | None:
+    """What is wrong with one index entry, or None."""
+    if not isinstance(e, dict):
+        return f"is a {type(e).__name__}, not an object"
+    key, name = e.get("key"), e.get("file")
+    if not isinstance(key, dict) or set(key) != set(KEY_FIELDS):
+        return f"'key' must be an object with exactly the fields {sorted(KEY_FIELDS)}"
+    steps = key["num_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        return f"key.num_steps={steps!r} must be an integer >= 1"
+    if not isinstance(name, str) or not name or os.path.basename(name) != name:
+        return f"'file'={name!r} must be a file name inside the store"
+    return None
+
+
 class RatioStore:
     def __init__(self, directory: str):
         self.dir = directory
@@ -138,6 +153,11 @@ class RatioStore:
         if not isinstance(obj, dict) or obj.get("format") != STORE_FORMAT or not isinstance(obj.get("entries"), list):
             raise ValueError(f"cache.store_dir={self.dir!r}: index.json is not a {STORE_FORMAT!r} index; point "
                              f"cache.store_dir at a ratio store directory")
+        for i, e in enumerate(obj["entries"]):
+            problem = _entry_problem(e)
+            if problem:
+                raise ValueError(f"cache.store_dir={self.dir!r}: index.json entries[{i}] {problem}; fix or remove "
+                                 f"that entry (or delete index.json to start a new store)")
         return obj["entries"]
 
     def lookup(self, key: dict) -> tuple[str, dict] | None:
