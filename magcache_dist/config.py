@@ -87,6 +87,7 @@ class CheckpointSection:
 @dataclass
 class PlannerSection:
     device: str = "cpu"  # dry_run device profile: a name in magcache_dist/planner/profiles (h100, h200, cpu) or a path
+    memory_check: bool = True  # before loading weights: refuse a job whose estimated memory exceeds what is free
 
 
 @dataclass

@@ -173,6 +173,10 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
         if out and os.path.isdir(out):
             raise ValueError(f"cache.calibration_out={out!r} is a directory; give a file path (e.g. ratios.json)")
     validate_checkpointing(cfg, world_size)
+    if not cfg.dry_run:
+        from magcache_dist.planner.preflight import memory_preflight
+
+        memory_preflight(cfg, world_size)  # last: the estimate needs a valid job
     return mcfg, dims, scfg
 
 

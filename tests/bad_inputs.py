@@ -204,6 +204,10 @@ CATALOGUE = [
      _store_index([{"file": "../../etc/passwd", "key": {"model": "tiny", "weights": "x", "num_steps": 8,
                                                        "resolution": [5, 20, 28], "solver": "unipc", "shift": 5.0,
                                                        "guidance": 5.0}}])),
+    # a job that cannot fit in this machine's memory
+    ("does-not-fit-in-memory", ["video.frames=4096", "video.height=2048", "video.width=2048"], 2,
+     r"memory: the planner estimates .* GB per rank x 2 ranks = .* GB for sampling, but only .* GB is free",
+     r"parallel\.fsdp=true.*planner\.memory_check=false to run anyway", None),
     # numbers that are not finite or not meaningful
     ("thresh-nan", ["cache.thresh=nan"], 2, r"cache\.thresh=nan", r"must be a finite number", None),
     ("shift-inf", ["sampler.shift=inf"], 2, r"sampler\.shift=inf", r"must be a finite number", None),

@@ -126,3 +126,10 @@ def test_strings_stay_strings(tmp_path, monkeypatch):
     assert (cfg.prompt, cfg.negative_prompt, cfg.output_dir) == ("yes", "1e3", "${oc.env:SECRET_TOKEN}")
     assert (cfg.cache.mode, cfg.cache.thresh, cfg.seed) == ("off", 0.5, 7)  # numbers are still numbers
     assert "s3cret" not in json.dumps(to_dict(cfg))
+
+
+def test_memory_preflight_can_be_overridden(tiny_ckpt, tmp_path):
+    huge = ["video.frames=4096", "video.height=2048", "video.width=2048", "parallel.ulysses_degree=1"]
+    with pytest.raises(ValueError, match=r"memory: the planner estimates [\d.]+ GB per rank for sampling, but only"):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge), 1)
+    validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge, "planner.memory_check=false"), 1)  # forced

@@ -1,0 +1,49 @@
+"""Memory preflight: the planner's per-rank estimate against the memory this machine has free, before any weight is
+loaded. A job that cannot fit exits 2 with the estimate and the knobs that would make it fit, instead of running
+until the allocator fails (``planner.memory_check=false`` runs it anyway)."""
+from __future__ import annotations
+
+import os
+
+GB = 1e9
+
+
+def available_memory(local_rank: int = 0) -> tuple[int, str, bool]:
+    """(free bytes, what was measured, whether it is per device) on this machine: a GPU's free memory when CUDA is
+    available, else the RAM the kernel reports as available (shared by every rank of the node)."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(local_rank % torch.cuda.device_count())
+        return free, f"free memory of cuda:{local_rank % torch.cuda.device_count()}", True
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if ":" in line}
+    return info.get("MemAvailable", info.get("MemFree", 0)), "MemAvailable of this node (/proc/meminfo)", False
+
+
+def memory_preflight(cfg, world_size: int) -> dict:
+    """Raise ValueError if the job's estimated memory exceeds what is free here; returns what was compared."""
+    from models.wan import WAN_CONFIGS
+
+    if not cfg.planner.memory_check:
+        return dict(checked=False, reason="planner.memory_check=false")
+    if cfg.model.name not in WAN_CONFIGS:
+        return dict(checked=False, reason=f"the planner has no cost model for {cfg.model.name}")
+    from magcache_dist.planner import plan_job
+
+    per_rank = plan_job(cfg)["per_rank"]["memory_bytes"]["total"]
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    free, what, per_device = available_memory(local_rank)
+    ranks_here = 1 if per_device else int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    need = per_rank * ranks_here
+    out = dict(checked=True, estimate_per_rank_bytes=per_rank, ranks_sharing=ranks_here, needed_bytes=need,
+               available_bytes=free, measured=what)
+    if need > free:
+        share = f"{per_rank / GB:.2f} GB per rank x {ranks_here} ranks = {need / GB:.2f} GB" if ranks_here > 1 \
+            else f"{need / GB:.2f} GB per rank"
+        raise ValueError(
+            f"memory: the planner estimates {share} for sampling, but only {free / GB:.2f} GB is free ({what}). "
+            f"To fit: more ranks (parallel.ulysses_degree / parallel.ring_degree), parallel.fsdp=true, "
+            f"model.dtype=bfloat16, fewer video.frames or a smaller video.height / video.width (vae.tiling=true for "
+            f"the decode); or planner.memory_check=false to run anyway")
+    return out
