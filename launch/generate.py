@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,7 +61,7 @@ def _run(cfg, rank: int, world: int, local_rank: int) -> int:
 
     from magcache_dist.parallel.consensus import SkipDisagreement
     from magcache_dist.parallel.dims import build_dist_context, solo_context
-    from magcache_dist.parallel.health import build_health_monitor, report_failure
+    from magcache_dist.parallel.health import build_health_monitor, on_launcher_stop, report_failure
     from magcache_dist.run import run_job
 
     use_cuda = torch.cuda.is_available()
@@ -81,6 +82,8 @@ def _run(cfg, rank: int, world: int, local_rank: int) -> int:
             else:
                 dist.init_process_group(backend=backend, timeout=timeout)
             monitor = build_health_monitor(rank, world)  # a failing rank ends every rank, naming itself
+            if monitor is not None:  # torchrun SIGTERMs the survivors: they still say which rank failed and why
+                signal.signal(signal.SIGTERM, on_launcher_stop(monitor, rank))
             from magcache_dist.parallel.dims import ParallelDims
 
             dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)

@@ -5,6 +5,7 @@ srun or mpirun would: nothing but our own watchdog ends the survivors). Faults a
 tests/fault_entry.py. Every test carries a timeout.
 """
 import json
+import re
 import os
 import socket
 import subprocess
@@ -150,6 +151,9 @@ def test_torchrun_kill_one_rank_mid_sampling_then_resume(tiny_ckpt, tmp_path):
     assert p.returncode != 0 and time.monotonic() - t < 90
     summary = p.stderr[p.stderr.find("Root Cause"):]
     assert "rank      : 1 (local_rank: 1)" in summary and "Signal 9 (SIGKILL)" in summary, p.stderr[-3000:]
+    # the survivor names the dead rank, whether its own collective failed first or torchrun's SIGTERM came first
+    assert "[rank 0] error: job aborted: rank 1 stopped responding" in p.stderr, p.stderr[-3000:]
+    assert re.search(r"rank +: 0 \(local_rank: 0\)\s+exitcode +: 5 ", p.stderr), p.stderr[-3000:]  # not -15
     assert not (job / "video.mp4").exists() and not (job / "report.json").exists()
     assert json.loads((job / "checkpoint" / "latest.json").read_text())["next_step"] in (2, 4)
 

@@ -166,6 +166,24 @@ class HealthMonitor:
         self.exit_fn(EXIT_PEER_FAILED)
 
 
+def on_launcher_stop(monitor: HealthMonitor, rank: int):
+    """A SIGTERM handler: torchrun stops the surviving ranks with SIGTERM as soon as one rank dies, usually before
+    they have said why. Name the cause known from the failure board / heartbeats (as the watchdog would) and exit
+    with EXIT_PEER_FAILED; when no peer is to blame, say the launcher stopped the job and exit 143 (128 + SIGTERM)."""
+    def handler(signum, frame):
+        if monitor._reported.is_set():  # this rank already reported; the launcher is only cleaning up
+            _default_exit(EXIT_PEER_FAILED)
+        cause = monitor.explain(wait=max(4 * monitor.interval, 1.0))
+        monitor.mark_reported()
+        if cause:
+            print(f"[rank {rank}] error: job aborted: {cause} (stopped by the launcher)", file=sys.stderr, flush=True)
+            _default_exit(EXIT_PEER_FAILED)
+        print(f"[rank {rank}] error: stopped by the launcher (SIGTERM); no rank reported a failure", file=sys.stderr,
+              flush=True)
+        _default_exit(128 + signum)
+    return handler
+
+
 def build_health_monitor(rank: int, world_size: int, **kw) -> HealthMonitor | None:
     """A monitor on a new client connection to the job's rendezvous store (MASTER_ADDR:MASTER_PORT).
 
