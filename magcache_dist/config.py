@@ -267,7 +267,28 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         msg = str(e).splitlines()[0]
         raise ValueError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
     check_values(job)
+    set_at = {}  # key -> index of the last source that set it (0: the file, then each override in order)
+    for i, part in enumerate(parts if path is not None else [{}] + parts):
+        for key in _leaves(part):
+            set_at[key] = i
+    object.__setattr__(job, "_set_at", set_at)
     return job
+
+
+def _leaves(d: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the values a config source sets (null sets nothing)."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _leaves(v, f"{prefix}{k}.")
+        elif v is not None:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def explicitly_set(job: JobConfig) -> dict:
+    """{dotted key: index of the source that last set it}: what the user wrote, not the schema's defaults."""
+    return getattr(job, "_set_at", {})
 
 
 # Ranges a value must be in to mean anything: key -> (low, low included, high); every float must also be finite.

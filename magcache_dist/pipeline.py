@@ -147,6 +147,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
         raise ValueError("prompt is empty; pass prompt=\"a red circle moves right\"")
     family.validate(cfg)
+    check_applicable(cfg)
     v = cfg.video
     if v.fps < 1:
         raise ValueError(f"video.fps={v.fps} must be >= 1")
@@ -178,6 +179,65 @@ def validate_job(cfg: JobConfig, world_size: int) -> tuple[WanConfig, ParallelDi
 
         memory_preflight(cfg, world_size)  # last: the estimate needs a valid job
     return mcfg, dims, scfg
+
+
+def _is_wan(cfg: JobConfig) -> bool:
+    from magcache_dist.families import MODULES
+
+    return cfg.model.name in MODULES["magcache_dist.families.wan"]
+
+
+_MAGCACHE_MODES = ("magcache", "auto", "online")
+# key (or section prefix ending in "."), the keys that decide whether it applies, the test, what it is for
+APPLIES = [
+    ("cache.preset", ("cache.mode",), lambda c: c.cache.mode == "magcache", "cache.mode=magcache"),
+    ("cache.ratios_file", ("cache.mode",), lambda c: c.cache.mode == "magcache", "cache.mode=magcache"),
+    ("cache.rule", ("cache.mode",), lambda c: c.cache.mode in _MAGCACHE_MODES, "cache.mode=magcache, auto or online"),
+    ("cache.thresh", ("cache.mode",), lambda c: c.cache.mode in _MAGCACHE_MODES,
+     "cache.mode=magcache, auto or online (TeaCache's is cache.teacache_thresh)"),
+    ("cache.K", ("cache.mode",), lambda c: c.cache.mode in _MAGCACHE_MODES, "cache.mode=magcache, auto or online"),
+    ("cache.retention", ("cache.mode",), lambda c: c.cache.mode in _MAGCACHE_MODES,
+     "cache.mode=magcache, auto or online"),
+    ("cache.branch_sync", ("cache.mode",), lambda c: c.cache.mode in _MAGCACHE_MODES + ("teacache",),
+     "a cache that skips (magcache, auto, online, teacache)"),
+    ("cache.teacache_", ("cache.mode",), lambda c: c.cache.mode == "teacache", "cache.mode=teacache"),
+    ("cache.online_", ("cache.mode",), lambda c: c.cache.mode == "online", "cache.mode=online"),
+    ("cache.store_dir", ("cache.mode",), lambda c: c.cache.mode in ("calibrate", "auto"), "cache.mode=calibrate or auto"),
+    ("cache.calibration_out", ("cache.mode",), lambda c: c.cache.mode in ("calibrate", "auto"),
+     "cache.mode=calibrate or auto"),
+    ("checkpoint.dir", ("checkpoint.every_n_steps", "resume"), lambda c: c.checkpoint.every_n_steps > 0 or c.resume,
+     "checkpoint.every_n_steps > 0 or resume=true"),
+    ("image", ("model.name",), lambda c: "i2v" in c.model.name, "image-to-video models (wan2.1-i2v-*)"),
+    ("ckpt_dir", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("model.layout", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("text_encoder.", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("vae.", ("model.name",), _is_wan, "Wan2.1 models"),
+]
+
+
+def check_applicable(cfg: JobConfig) -> None:
+    """A key the user set that does not apply to this model or mode is an error, not silently ignored. A key set
+    in an earlier source than the switch that made it inapplicable is left alone: a config file's MagCache
+    settings stay behind when the command line says cache.mode=teacache."""
+    from magcache_dist.config import explicitly_set
+
+    set_at, problems = explicitly_set(cfg), []
+    for pattern, deciders, applies, what in APPLIES:
+        keys = [k for k in set_at if k == pattern or (pattern.endswith((".", "_")) and k.startswith(pattern))]
+        if not keys or applies(cfg):
+            continue
+        switched = max((set_at.get(d, -1) for d in deciders), default=-1)
+        now = ", ".join(f"{d}={_get(cfg, d)!r}" for d in deciders)
+        problems += [f"{k} does not apply here ({now}); it is for {what}: remove it" for k in keys
+                     if set_at[k] >= switched]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def default_preset(model_name: str) -> str | None:

@@ -9,7 +9,7 @@ import torch
 
 from magcache_dist.config import load_config, to_dict
 from magcache_dist.pipeline import validate_job
-from tests.helpers import job_config, job_overrides
+from tests.helpers import ODD_VIDEO, job_config, job_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,3 +133,17 @@ def test_memory_preflight_can_be_overridden(tiny_ckpt, tmp_path):
     with pytest.raises(ValueError, match=r"memory: the planner estimates [\d.]+ GB per rank for sampling, but only"):
         validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge), 1)
     validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge, "planner.memory_check=false"), 1)  # forced
+
+
+def test_settings_left_behind_by_a_switch_are_not_errors(tiny_ckpt, tmp_path):
+    """A config file's MagCache settings stay behind when the command line switches cache.mode; a key set after the
+    switch (or with it, in the same source) must apply."""
+    (tmp_path / "job.yaml").write_text("cache: {mode: magcache, preset: wan2.1-t2v-1.3b, thresh: 0.12, K: 2}\n")
+    base = [f"model.ckpt={tiny_ckpt}", "model.name=tiny", f"output_dir={tmp_path / 'o'}", *ODD_VIDEO]
+    validate_job(load_config(str(tmp_path / "job.yaml"), base + ["cache.mode=teacache",
+                                                                  "cache.teacache_coefficients=[1.0,0.0]"]), 1)
+    with pytest.raises(ValueError, match=r"cache\.K does not apply here \(cache\.mode='teacache'\)"):
+        validate_job(load_config(str(tmp_path / "job.yaml"), base + ["cache.mode=teacache", "cache.K=3"]), 1)
+    (tmp_path / "tea.yaml").write_text("cache: {mode: teacache, thresh: 0.12}\n")  # the file contradicts itself
+    with pytest.raises(ValueError, match=r"cache\.thresh does not apply here"):
+        validate_job(load_config(str(tmp_path / "tea.yaml"), base), 1)
