@@ -45,7 +45,8 @@ def main(argv=None) -> int:
 
             lock = OutputLock(os.path.abspath(cfg.output_dir))
     except ValueError as e:
-        print(f"[rank {rank}] error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:  # one line per problem, each naming its key
+            print(f"[rank {rank}] error: {line}", file=sys.stderr)
         return 2
     try:
         return _run(cfg, rank, world, local_rank)

@@ -97,6 +97,9 @@ def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
         raise ValueError(f"checkpoint.every_n_steps={n!r} must be an integer >= 0 (0 disables checkpoints)")
     if n == 0 and not cfg.resume:
         return
+    if n >= cfg.sampler.num_steps:
+        raise ValueError(f"checkpoint.every_n_steps={n} >= sampler.num_steps={cfg.sampler.num_steps}: no checkpoint "
+                         f"would ever be written; use a smaller value (0 disables checkpoints)")
     d = checkpoint_dir(cfg)
     if os.path.exists(d) and not os.path.isdir(d):
         raise ValueError(f"checkpoint.dir={d!r} is a file; point checkpoint.dir at a directory")

@@ -298,6 +298,12 @@ RANGES = {
     "parallel.timeout_s": (10, True, 7 * 24 * 3600),  # under 10 s a collective times out before NCCL/gloo warm up
     "sampler.guidance": (1, True, 100),
     "sampler.shift": (0, False, 1000),
+    "sampler.num_steps": (None, True, 1000),  # the lower bounds of these four: checked where the meaning is known
+    "model.init_seed": (0, True, 2**63 - 1),
+    "cpu_threads": (1, True, 1024),
+    "video.frames": (None, True, 100_000),
+    "video.height": (None, True, 16_384),
+    "video.width": (None, True, 16_384),
 }
 # Optional paths for which an empty string would silently mean something else (e.g. random weights)
 NON_EMPTY = ("output_dir", "model.ckpt", "ckpt_dir", "image", "cache.ratios_file", "cache.store_dir",
@@ -319,14 +325,16 @@ def check_values(job: JobConfig) -> None:
                 problems.append(f"{key}={v!r} must be a finite number")
             elif key in RANGES and isinstance(v, (int, float)) and not isinstance(v, bool):
                 lo, inclusive, hi = RANGES[key]
-                if not ((lo <= v) if inclusive else (lo < v)) or v > hi:
+                if lo is None and v > hi:
+                    problems.append(f"{key}={v!r} must be <= {hi}")
+                elif lo is not None and (not ((lo <= v) if inclusive else (lo < v)) or v > hi):
                     problems.append(f"{key}={v!r} must be {'>=' if inclusive else '>'} {lo} and <= {hi}")
             if key in NON_EMPTY and isinstance(v, str) and not v.strip():
                 problems.append(f"{key} is an empty string; give a value or leave it unset (null)")
 
     walk(job, "")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError("\n".join(problems))  # one line per problem
 
 
 def resolve_path(p: str | None) -> str | None:

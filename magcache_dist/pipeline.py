@@ -231,7 +231,7 @@ def check_applicable(cfg: JobConfig) -> None:
         problems += [f"{k} does not apply here ({now}); it is for {what}: remove it" for k in keys
                      if set_at[k] >= switched]
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError("\n".join(problems))  # one line per problem
 
 
 def _get(cfg, dotted: str):
