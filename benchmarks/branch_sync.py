@@ -166,6 +166,9 @@ def compare(summary: list[dict]) -> dict:
         pts = {m: [(s["call_reduction"], s["psnr"]) for s in rows if s["method"] == m]
                for m in {s["method"] for s in rows}}
         pts["teacache"] = pts.get("teacache-official", []) + pts.get("teacache-joint", [])
+        ssim = {m: [(s["call_reduction"], s["ssim"]) for s in rows if s["method"] == m]
+                for m in {s["method"] for s in rows}}
+        ssim["teacache"] = ssim.get("teacache-official", []) + ssim.get("teacache-joint", [])
         per_setting = []
         for s in rows:
             if s["method"] != "joint":
@@ -191,6 +194,8 @@ def compare(summary: list[dict]) -> dict:
             targets.append(dict(call_reduction=x, **{f"{m}_psnr": None if v is None else round(v, 3)
                                                      for m, v in mags.items()},
                                 teacache_psnr=None if tea is None else round(tea, 3),
+                                ssim={m: None if at(ssim[m], x) is None else round(at(ssim[m], x), 4)
+                                      for m in (*MAGCACHE_METHODS, "teacache") if m in ssim},
                                 best_magcache_minus_teacache_db=None if best is None or tea is None
                                 else round(best - tea, 3)))
         out[sc] = dict(per_setting=per_setting,
@@ -264,7 +269,9 @@ def table(res: dict) -> str:
             lines.append(f"| {t['call_reduction']}x | {joint} | {_f(t['official_psnr'])} | "
                          f"{_f(t['diffusers_psnr'])} | {_f(t['teacache_psnr'])} | "
                          f"{_f(t['best_magcache_minus_teacache_db'], '{:+.2f}')} |")
-        lines.append("")
+        lines += ["", "SSIM (each method's SSIM front) at " + "; ".join(
+            f"{t['call_reduction']}x: " + ", ".join(f"{m} {_f(v, '{:.3f}')}" for m, v in t["ssim"].items())
+            for t in cmp["at_call_reduction"]) + ".", ""]
     lines += [f"Benchmark wall time: {res['benchmark_wall_s']:.0f} s.", "", END]
     return "\n".join(lines)
 

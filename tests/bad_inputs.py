@@ -229,6 +229,17 @@ CATALOGUE = [
      r"parallel\.fsdp=true.*planner\.memory_check=false to run anyway", None),
     ("does-not-fit-long-video", ["video.frames=20000", "video.height=512", "video.width=512"], 2,
      r"memory: the planner estimates", r"fewer video\.frames", None),
+    ("store-index-table-missing", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
+     r"entries\[0\] names 'gone\.json', which is missing", r"fix or remove that entry",
+     _store_index([{"file": "gone.json", "key": {"model": "tiny", "weights": "x", "num_steps": 8,
+                                                "resolution": [5, 20, 28], "solver": "unipc", "shift": 5.0,
+                                                "guidance": 5.0}}])),
+    ("store-index-table-broken", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
+     r"entries\[0\]: cache\.ratios_file=.*t\.json': 'num_steps' must be an integer >= 1", r"recalibrate or remove",
+     lambda tmp: _write(os.path.join(tmp, "store", "t.json"), json.dumps({"format": "magcache-ratios/1"})) and
+     _store_index([{"file": "t.json", "key": {"model": "tiny", "weights": "x", "num_steps": 8,
+                                             "resolution": [5, 20, 28], "solver": "unipc", "shift": 5.0,
+                                             "guidance": 5.0}}])(tmp)),
     # numbers that are not finite or not meaningful
     ("checkpoint-never-written", ["checkpoint.every_n_steps=8"], 2, r"checkpoint\.every_n_steps=8 >= sampler\.num_steps=8",
      r"no checkpoint would ever be written", None),

@@ -139,7 +139,16 @@ class RatioStore:
         from magcache_dist.io.probe import ensure_writable_dir
 
         ensure_writable_dir(os.path.abspath(self.dir), "cache.store_dir")
-        self.entries()
+        for i, e in enumerate(self.entries()):  # the tables too: a broken one must not surface after the model loads
+            path = self.path(e)
+            if not os.path.isfile(path):
+                raise ValueError(f"cache.store_dir={self.dir!r}: index.json entries[{i}] names {e['file']!r}, which "
+                                 f"is missing; fix or remove that entry (or delete index.json to start a new store)")
+            try:
+                RatioTable.load(path)
+            except ValueError as err:
+                raise ValueError(f"cache.store_dir={self.dir!r}: index.json entries[{i}]: {err}; recalibrate or "
+                                 f"remove that entry") from None
 
     def entries(self) -> list[dict]:
         if not os.path.isfile(self.index_path):
