@@ -303,8 +303,9 @@ def test_bad_input_is_rejected_before_any_collective(task, extra, msg, wan_ckpts
 def test_checkpoint_of_another_size_is_named(wan_ckpts, tmp_path):
     cfg = load_config(None, wan_overrides("t2v", wan_ckpts["t2v"]["official"], str(tmp_path),
                                           "model.name=wan2.1-t2v-1.3b"))
-    with pytest.raises(ValueError, match=r"holds a DiT with dim=64, num_layers=2 but model\.name='wan2\.1-t2v-1\.3b' "
-                                         r"has dim=1536, num_layers=30"):
+    with pytest.raises(ValueError, match=r"holds a DiT with dim=64, num_heads=4, num_layers=2, ffn_dim=128, text_len=24 "
+                                         r"but model\.name='wan2\.1-t2v-1\.3b' has dim=1536, num_heads=12, "
+                                         r"num_layers=30"):
         validate_job(cfg, 1)
     cfg = load_config(None, wan_overrides("t2v", wan_ckpts["t2v"]["official"], str(tmp_path),
                                           image=wan_ckpts["image"]))
@@ -331,3 +332,42 @@ def test_shipped_configs_carry_the_published_defaults(name, model, steps, shift,
     ParallelDims(*par).validate(8, get_config(model).num_heads, 2)  # the 8-GPU layout fits the model's heads
     with pytest.raises(ValueError, match="ckpt_dir is not set"):
         validate_job(cfg, 8)  # everything else validates; the user passes ckpt_dir=...
+
+
+@pytest.mark.parametrize("layout,config,field", [("official", "config.json", "num_heads"),
+                                                 ("diffusers", "transformer/config.json", "num_attention_heads")])
+def test_same_shapes_other_heads_is_refused(layout, config, field, wan_ckpts, tmp_path):
+    """A checkpoint whose head count differs has the very same tensor shapes: only its config.json can tell, and
+    loading it anyway would compute garbage silently."""
+    import shutil
+
+    root = tmp_path / layout
+    shutil.copytree(wan_ckpts["t2v"][layout], root)
+    c = json.loads((root / config).read_text())
+    c[field] = 2
+    if layout == "diffusers":
+        c["attention_head_dim"] *= 2  # same width: 2 heads of 32 instead of 4 of 16
+    (root / config).write_text(json.dumps(c))
+    cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "out")))
+    with pytest.raises(ValueError, match=r"holds a DiT with num_heads=2 but model\.name='tiny-wan-t2v' has "
+                                         r"num_heads=4 \(" + config.replace(".", r"\.") + r"\)"):
+        validate_job(cfg, 1)
+
+
+def test_diffusers_scheduler_shift_is_the_default(wan_ckpts, tmp_path):
+    """A diffusers folder's scheduler/scheduler_config.json flow_shift becomes sampler.shift unless the job sets it."""
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(wan_ckpts["t2v"]["diffusers"], root)
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "UniPCMultistepScheduler",
+                                                                          "flow_shift": 3.0}))
+    cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o")))
+    _, _, scfg = validate_job(cfg, 1)
+    assert cfg.sampler.shift == scfg.shift == 3.0  # the folder's, not the schema default 5.0
+    cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o"), "sampler.shift=7"))
+    assert validate_job(cfg, 1)[2].shift == 7.0  # given: kept
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"flow_shift": -1}))
+    with pytest.raises(ValueError, match=r"scheduler/scheduler_config\.json has flow_shift=-1"):
+        validate_job(load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o"))), 1)

@@ -12,6 +12,7 @@ A ``WanFamily`` object lives for one job (``register_family`` with the class): i
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import glob
 import html
@@ -97,25 +98,69 @@ def resolve_files(ckpt_dir: str, layout: str, i2v: bool) -> WanFiles:
                     need(os.path.join(d["clip"], "config.json"), "CLIP image encoder config") if i2v else None)
 
 
+def _dit_fields(c: dict) -> dict:
+    """The fields of a DiT config.json (official or diffusers layout) that change the math, in WanConfig's names;
+    absent fields are left out."""
+    if "num_attention_heads" in c:  # diffusers
+        heads, head_dim = c.get("num_attention_heads"), c.get("attention_head_dim")
+        got = dict(num_heads=heads, dim=heads * head_dim if heads and head_dim else None, num_layers=c.get("num_layers"),
+                   in_dim=c.get("in_channels"), out_dim=c.get("out_channels"), ffn_dim=c.get("ffn_dim"),
+                   text_dim=c.get("text_dim"), freq_dim=c.get("freq_dim"), eps=c.get("eps"),
+                   cross_attn_norm=c.get("cross_attn_norm"),
+                   patch_size=tuple(c["patch_size"]) if isinstance(c.get("patch_size"), list) else None)
+        if "image_dim" in c:
+            got["image_dim"] = c["image_dim"] or 0
+    else:  # official
+        got = {k: c.get(k) for k in ("dim", "num_heads", "num_layers", "in_dim", "out_dim", "ffn_dim", "text_dim",
+                                     "freq_dim", "eps", "text_len")}
+        if c.get("model_type") in ("t2v", "i2v"):
+            got["image_dim"] = None if c["model_type"] == "i2v" else 0  # i2v: any CLIP width
+    return {k: v for k, v in got.items() if v is not None}
+
+
 def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
-    """The checkpoint's own config.json (when shipped) must describe the model that model.name builds."""
+    """The checkpoint's own config.json (when shipped) must describe the model that model.name builds, in every
+    field that changes the math (heads, widths, layers, channels, norms, patch, eps), not only in its shapes:
+    a checkpoint with other heads has the same tensor shapes and would load silently and compute garbage."""
     mcfg = get_config(model_name)
     path = os.path.join(os.path.dirname(files.dit), "config.json")
     if not os.path.isfile(path):
         return
     with open(path) as f:
         c = json.load(f)
-    if "num_attention_heads" in c:  # diffusers
-        got = dict(dim=c.get("num_attention_heads", 0) * c.get("attention_head_dim", 0), num_layers=c.get("num_layers"),
-                   in_dim=c.get("in_channels"))
-    else:
-        got = dict(dim=c.get("dim"), num_layers=c.get("num_layers"), in_dim=c.get("in_dim"))
-    want = dict(dim=mcfg.dim, num_layers=mcfg.num_layers, in_dim=mcfg.in_dim)
-    diff = {k: (got[k], want[k]) for k in want if got[k] is not None and got[k] != want[k]}
+    if not isinstance(c, dict):
+        raise ValueError(f"ckpt_dir={ckpt_dir!r}: {path} is not a JSON object")
+    want = dataclasses.asdict(mcfg)
+    want["patch_size"] = tuple(mcfg.patch_size)
+    diff = {k: (g, want[k]) for k, g in _dit_fields(c).items() if k in want and g != want[k]}
+    if "image_dim" in diff and diff["image_dim"][0] is None and mcfg.image_dim:  # official i2v: any CLIP width
+        diff.pop("image_dim")
     if diff:
         raise ValueError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
-                         f"but model.name={model_name!r} has {', '.join(f'{k}={w}' for k, (_, w) in diff.items())}; "
-                         f"set model.name to the checkpoint's model")
+                         f"but model.name={model_name!r} has {', '.join(f'{k}={w}' for k, (_, w) in diff.items())} "
+                         f"({os.path.relpath(path, ckpt_dir)}); set model.name to the checkpoint's model")
+
+
+def folder_shift(cfg: JobConfig, files: WanFiles) -> None:
+    """A diffusers folder's scheduler/scheduler_config.json names the sigma shift its model was released with: it
+    becomes sampler.shift unless the job sets sampler.shift itself (a config file counts as setting it)."""
+    from magcache_dist.config import explicitly_set
+
+    path = os.path.join(resolve_path(cfg.ckpt_dir), "scheduler", "scheduler_config.json")
+    if files.layout != "diffusers" or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            shift = json.load(f).get("flow_shift")
+    except (json.JSONDecodeError, AttributeError):
+        raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: scheduler/scheduler_config.json is not a JSON object") from None
+    if shift is None:
+        return
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: scheduler/scheduler_config.json has flow_shift={shift!r}; "
+                         f"it must be a number > 0 (or set sampler.shift)")
+    if "sampler.shift" not in explicitly_set(cfg):
+        cfg.sampler.shift = float(shift)
 
 
 def i2v_geometry(image_hw: tuple[int, int], max_area: int, patch: tuple[int, int, int]) -> tuple[int, int]:
@@ -178,6 +223,7 @@ class WanFamily(ModelFamily):
                              f"(official or diffusers layout)")
         files = resolve_files(resolve_path(cfg.ckpt_dir), cfg.model.layout, i2v)
         check_dit_config(files, cfg.ckpt_dir, cfg.model.name)
+        folder_shift(cfg, files)
         v, p = cfg.video, mcfg.patch_size
         if v.frames < 1 or (v.frames - 1) % VAE_STRIDE[0]:
             raise ValueError(f"video.frames={v.frames} must be 4k+1 for the Wan VAE (e.g. 81)")
