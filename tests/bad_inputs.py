@@ -50,6 +50,11 @@ def _ratio_json(obj) -> callable:
     return lambda tmp: _write(os.path.join(tmp, "r.json"), json.dumps(obj)) and []
 
 
+def _store_key(num_steps=8) -> dict:
+    return {"model": "tiny", "weights": "x", "num_steps": num_steps, "resolution": [5, 20, 28], "solver": "unipc",
+            "shift": 5.0, "guidance": 5.0}
+
+
 def _store_index(entries) -> callable:
     return lambda tmp: _write(os.path.join(tmp, "store", "index.json"),
                               json.dumps({"format": "magcache-ratio-store/1", "entries": entries})) and []
@@ -197,13 +202,10 @@ CATALOGUE = [
      r"cache\.store_dir=.*index\.json entries\[0\] is a int", r"fix or remove that entry", _store_index([3])),
     ("store-index-entry-bad-steps", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
      r"entries\[0\] key\.num_steps=0 must be an integer >= 1", r"fix or remove that entry",
-     _store_index([{"file": "a.json", "key": {"model": "tiny", "weights": "x", "num_steps": 0, "resolution": [5, 20, 28],
-                                             "solver": "unipc", "shift": 5.0, "guidance": 5.0}}])),
+     _store_index([{"file": "a.json", "key": _store_key(num_steps=0)}])),
     ("store-index-entry-escapes", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
      r"entries\[0\] 'file'='\.\./\.\./etc/passwd' must be a file name inside the store", r"fix or remove",
-     _store_index([{"file": "../../etc/passwd", "key": {"model": "tiny", "weights": "x", "num_steps": 8,
-                                                       "resolution": [5, 20, 28], "solver": "unipc", "shift": 5.0,
-                                                       "guidance": 5.0}}])),
+     _store_index([{"file": "../../etc/passwd", "key": _store_key()}])),
     # keys that do not apply to the chosen model or mode: an error naming the key, not silently ignored
     ("thresh-for-teacache", ["cache.mode=teacache", "cache.thresh=0.2"], 2,
      r"cache\.thresh does not apply here \(cache\.mode='teacache'\)", r"TeaCache's is cache\.teacache_thresh", None),
@@ -231,15 +233,11 @@ CATALOGUE = [
      r"memory: the planner estimates", r"fewer video\.frames", None),
     ("store-index-table-missing", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
      r"entries\[0\] names 'gone\.json', which is missing", r"fix or remove that entry",
-     _store_index([{"file": "gone.json", "key": {"model": "tiny", "weights": "x", "num_steps": 8,
-                                                "resolution": [5, 20, 28], "solver": "unipc", "shift": 5.0,
-                                                "guidance": 5.0}}])),
+     _store_index([{"file": "gone.json", "key": _store_key()}])),
     ("store-index-table-broken", ["cache.mode=auto", "cache.store_dir={tmp}/store"], 2,
      r"entries\[0\]: cache\.ratios_file=.*t\.json': 'num_steps' must be an integer >= 1", r"recalibrate or remove",
      lambda tmp: _write(os.path.join(tmp, "store", "t.json"), json.dumps({"format": "magcache-ratios/1"})) and
-     _store_index([{"file": "t.json", "key": {"model": "tiny", "weights": "x", "num_steps": 8,
-                                             "resolution": [5, 20, 28], "solver": "unipc", "shift": 5.0,
-                                             "guidance": 5.0}}])(tmp)),
+     _store_index([{"file": "t.json", "key": _store_key()}])(tmp)),
     # numbers that are not finite or not meaningful
     ("checkpoint-never-written", ["checkpoint.every_n_steps=8"], 2, r"checkpoint\.every_n_steps=8 >= sampler\.num_steps=8",
      r"no checkpoint would ever be written", None),
