@@ -101,10 +101,8 @@ def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
         raise ValueError(f"checkpoint.every_n_steps={n} >= sampler.num_steps={cfg.sampler.num_steps}: no checkpoint "
                          f"would ever be written; use a smaller value (0 disables checkpoints)")
     d = checkpoint_dir(cfg)
-    if os.path.exists(d) and not os.path.isdir(d):
-        raise ValueError(f"checkpoint.dir={d!r} is a file; point checkpoint.dir at a directory")
+    ensure_writable_dir(d, "checkpoint.dir")  # found unwritable now, not at the first checkpoint mid-run
     if not cfg.resume:
-        ensure_writable_dir(d, "checkpoint.dir")  # found unwritable now, not at the first checkpoint mid-run
         return
     ptr = read_pointer(cfg)
     diff = config_diff(ptr.get("config", {}), fingerprint(cfg))
@@ -115,7 +113,6 @@ def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
     if ptr.get("world_size") != world_size:
         raise ValueError(f"resume=true: the checkpoint was written by {ptr.get('world_size')} ranks, this job has "
                          f"WORLD_SIZE={world_size}; relaunch with the original number of processes")
-    ensure_writable_dir(d, "checkpoint.dir")
     if not 0 < ptr["next_step"] < cfg.sampler.num_steps:
         raise ValueError(f"resume=true: the checkpoint's next step {ptr['next_step']} is outside 1.."
                          f"{cfg.sampler.num_steps - 1} (sampler.num_steps); set resume=false")

@@ -169,7 +169,7 @@ for _tag in ("bool", "int", "float", "null", "str", "timestamp"):
 def _field_type(path: list[str]):
     """The schema type at a dotted path (a dataclass for a section), or None where the path is not in the schema."""
     cls = JobConfig
-    for i, name in enumerate(path):
+    for name in path:
         if not dataclasses.is_dataclass(cls):
             return None
         hints = typing.get_type_hints(cls)
@@ -188,7 +188,7 @@ def _typed(value, path: list[str], where: str):
     coercion, ``${`` escaped so nothing is interpolated), YAML's reading of the text for every other field."""
     tp = _field_type(path)
     if isinstance(value, dict):
-        if tp is not None and not dataclasses.is_dataclass(tp) and not typing.get_origin(tp) is dict:
+        if tp is not None and not dataclasses.is_dataclass(tp) and typing.get_origin(tp) is not dict:
             raise ValueError(f"{where}: {'.'.join(path)} must be a single value, not a section")
         return {k: _typed(v, path + [str(k)], where) for k, v in value.items()}
     if tp is not None and dataclasses.is_dataclass(tp):
@@ -268,7 +268,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         raise ValueError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
     check_values(job)
     set_at = {}  # key -> index of the last source that set it (0: the file, then each override in order)
-    for i, part in enumerate(parts if path is not None else [{}] + parts):
+    for i, part in enumerate(parts, start=0 if path is not None else 1):
         for key in _leaves(part):
             set_at[key] = i
     object.__setattr__(job, "_set_at", set_at)

@@ -159,14 +159,14 @@ def plan(policy: CachePolicy, num_steps: int, branches: list[str]) -> dict:
         if policy.branch_sync == "joint":
             proposals = {b: policy.propose(state, step, b) for b in branches}
             decisions = joint_decisions(policy, proposals, joint_key(policy, proposals))
+            for b, d in decisions.items():
+                policy.commit(state, step, b, d)
         else:
             decisions = {}
             for b in branches:  # official: a branch's proposal sees the earlier branches' commits
                 decisions[b] = policy.propose(state, step, b)
                 policy.commit(state, step, b, decisions[b])
         for b, d in decisions.items():
-            if policy.branch_sync == "joint":
-                policy.commit(state, step, b, d)
             if d.compute:
                 state[b].has_residual = True
             else:

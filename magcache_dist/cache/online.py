@@ -19,8 +19,8 @@ docs/magcache.md "Online MagCache" and docs/online_predictor.png). Two predictor
 The predicted per-step ratio is gamma_s = exp(k_hat * (sigma_s - sigma_{s-1})) and the decision is MagCache's:
 ratio *= gamma, error += |1 - ratio|, skip while error < thresh and at most K calls in a row (the family rule
 decides strictness, retention counting...). The (error, ratio) pair that decides is all-reduced (MAX) over the SP
-group before the comparison, so every rank takes the identical decision by construction; SkipConsensus then
-still verifies it.
+group before the comparison (official branch sync; under joint the step's key is reduced over the whole job
+instead), so every rank takes the identical decision by construction; SkipConsensus then still verifies it.
 """
 from __future__ import annotations
 
@@ -129,8 +129,10 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
             err = bs.acc_err + max(abs(1.0 - ratio * band), abs(1.0 - ratio / band))
         else:
             err = bs.acc_err + 1.0 - ratio / band
-        # the scalars that decide are the group's (identical on every rank by construction)
-        err, ratio = (float(v) for v in self.reduce_max(torch.tensor([err, ratio], dtype=torch.float64)))
+        # the scalars that decide are the group's (identical on every rank by construction); under joint branch
+        # sync the step's key is reduced over the whole job anyway (JointConsensus), so no second message per call
+        if self.branch_sync != "joint":
+            err, ratio = (float(v) for v in self.reduce_max(torch.tensor([err, ratio], dtype=torch.float64)))
         return self.decide(bs, step, err, ratio)
 
     def commit(self, state, step, branch, decision) -> None:
