@@ -8,3 +8,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # DS_BUILD_OPS=0: deepspeed installs without compiling its CUDA ops (we use only its Ulysses layer)
 DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -r .ci/requirements-cpu.txt
+# the project itself (editable): `import magcache_dist` from anywhere, `magcache-generate`, `torchrun launch/generate.py`
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .

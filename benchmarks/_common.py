@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools.* (the package is installed)
 
 from magcache_dist.config import JobConfig, load_config  # noqa: E402
-from magcache_dist.pipeline import (build_model, encode_texts, get_family, make_noise,  # noqa: E402
-                                    sampler_config, validate_job)
+from magcache_dist.families.base import ModelFamily  # noqa: E402
+from magcache_dist.job import validate_job  # noqa: E402
 from magcache_dist.sampling.loop import SampleResult, SamplerConfig, sample  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,24 +40,24 @@ class Job:
     scfg: SamplerConfig
     model: torch.nn.Module
     text: torch.nn.Module
+    family: ModelFamily
 
     def run(self, policy, prompt: str, seed: int, model=None) -> tuple[torch.Tensor, SampleResult, float]:
         """(decoded video [3, F, H, W] in [-1, 1], result, sampling wall seconds); ``model`` replaces the job's
         (e.g. a copy carrying another library's hooks)."""
-        mcfg = self.model.cfg
-        texts = encode_texts(self.text, prompt, self.cfg.negative_prompt, self.scfg.branches)
-        noise = make_noise(self.cfg, mcfg, seed)
+        texts = self.family.encode(self.text, prompt, self.cfg.negative_prompt, self.scfg.branches)
+        noise = self.family.make_noise(seed)
         t = time.perf_counter()
         result = sample(model or self.model, noise, texts, self.scfg, policy)
         wall = time.perf_counter() - t
-        return get_family(self.cfg.model.name).decode(result.latents)[0], result, wall
+        return self.family.decode(result.latents)[0], result, wall
 
 
 def build_job(overrides: list[str] | None = None, config: str = DEFAULT_CONFIG) -> Job:
     cfg = load_config(config, list(overrides or []) + ["cache.mode='off'"])
-    validate_job(cfg, 1)
-    model, text = build_model(cfg)
-    return Job(cfg, sampler_config(cfg), model, text)
+    job = validate_job(cfg, 1)
+    model, text = job.family.build("cpu")
+    return Job(cfg, job.scfg, model, text, job.family)
 
 
 def probe_job(doc: str, draws: int, out_name: str, argv=None):

@@ -6,7 +6,7 @@
 
 Every prompt of a fixed grid (each motion x each shape, colours and sizes in rotation) is sampled with the demo's
 settings (config overrides allowed), once with every call computed and once with the default config's MagCache
-setting, and ``magcache_dist.data.judge`` reads the video back: the share of prompts whose colour / shape / size /
+setting, and ``tools.tinydata.judge`` reads the video back: the share of prompts whose colour / shape / size /
 motion match, and of prompts that match entirely. The same judge reads the data set itself back without a single
 error (tests/test_tiny_model.py), so every miss here is the model's. Writes benchmarks/results/adherence.json.
 """
@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import ROOT, build_job  # noqa: E402
 
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
-from magcache_dist.data.judge import ATTRIBUTES, judge  # noqa: E402
-from magcache_dist.data.procedural import COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec  # noqa: E402
+from tools.tinydata.judge import ATTRIBUTES, judge  # noqa: E402
+from tools.tinydata.procedural import COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec  # noqa: E402
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.io.video import contact_sheet, to_frames, write_png  # noqa: E402
 

@@ -110,7 +110,7 @@ def methods_for(job, sc: dict, ratios_cond: list[float]):
     for t in TEACACHE:
         for sync in ("official", "joint"):
             out.append((f"teacache-{sync}", dict(thresh=t), lambda t=t, s=sync: build_teacache(
-                job.cfg.model.name, t, n, branches, branch_sync=s)))
+                job.cfg.model.name, t, n, branch_sync=s)))
     return out
 
 

@@ -40,7 +40,7 @@ def worker(rank, world, port, args, out_dir):
         for rep in range(args.repeats + 1):  # the first round warms up
             for sync in ("official", "joint"):
                 cfg = load_config(os.path.join(ROOT, "configs", "default.yaml"), [
-                    f"cache.branch_sync={sync}", f"cache.thresh={args.thresh}", f"cache.K={args.K}",
+                    f"cache.branch_sync={sync}", f"cache.magcache.thresh={args.thresh}", f"cache.magcache.K={args.K}",
                     "parallel.cfg_degree=2", "progress=false", "save_video=false",
                     f"output_dir={os.path.join(out_dir, sync)}"])
                 report = run_job(cfg, par)

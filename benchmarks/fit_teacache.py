@@ -25,7 +25,7 @@ from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.cache.base import CachePolicy, Decision  # noqa: E402
 from magcache_dist.cache.presets import DATA_DIR  # noqa: E402
 from magcache_dist.cache.teacache import TEACACHE_FORMAT, modulated_input, polyval  # noqa: E402
-from magcache_dist.data import ProceduralVideos  # noqa: E402
+from tools.tinydata import ProceduralVideos  # noqa: E402
 
 
 def rel_l1(cur: torch.Tensor, prev: torch.Tensor) -> float:

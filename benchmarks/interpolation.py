@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     tables = {}
     for n in steps:
         job = build_job(list(args.overrides) + [f"sampler.num_steps={n}"])
-        pol = CalibrationPolicy(n, job.scfg.branches)
+        pol = CalibrationPolicy(n)
         _, res, _ = job.run(pol, args.prompt, args.seed)
         tables[n] = (pol.table(res.state), sigma_grid(n, job.scfg.shift, job.scfg.solver))
     rows = []

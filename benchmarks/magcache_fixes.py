@@ -102,7 +102,7 @@ def methods(job):
     for w in (1, 2, 4):
         for sync in ("official", "joint"):
             out += [(f"teacache warm-up {w} {sync}", t, None, lambda t=t, w=w, s=sync: TeaCachePolicy(
-                TeaCacheConfig(thresh=t, coefficients=coefficients, warmup_steps=w), n, branches, branch_sync=s))
+                TeaCacheConfig(thresh=t, coefficients=coefficients, warmup_steps=w), n, branch_sync=s))
                     for t in TEACACHE]
     return out
 

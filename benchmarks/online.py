@@ -78,7 +78,7 @@ def run_benchmark(args) -> dict:
             coefficients = json.load(f)["coefficients"]
     for t in TEACACHE:
         methods.append((f"teacache t={t}", dict(method="teacache", thresh=t),
-                        lambda t=t: build_teacache(job.cfg.model.name, t, n, branches, coefficients,
+                        lambda t=t: build_teacache(job.cfg.model.name, t, n, coefficients,
                                                    branch_sync=sync)))
     pairs = (HELDOUT_PAIRS if args.pair_set == "heldout" else PAIRS)[: args.pairs]
     job.run(NoCache(), pairs[0][0], pairs[0][1])  # warm-up

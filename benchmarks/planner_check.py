@@ -12,23 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from magcache_dist.config import load_config
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.job import validate_job
+from magcache_dist.planner import format_plan, plan_job
+from magcache_dist.sampling.loop import sample
 
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.config import load_config  # noqa: E402
-from magcache_dist.pipeline import build_model, build_policy, encode_texts, make_noise, sampler_config  # noqa: E402
-from magcache_dist.planner import format_plan, plan_job  # noqa: E402
-from magcache_dist.sampling.loop import sample  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SIZES = [("16x64x64", 16, 64, 64), ("16x128x128", 16, 128, 128), ("32x128x128", 32, 128, 128)]
 WAN14B_720P = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",
                "video.width=1280", "sampler.num_steps=50", "sampler.guidance=5.0", "sampler.shift=5.0",
-               "cache.preset=wan2.1-t2v-14b", "cache.thresh=0.24", "cache.K=6", "cache.retention=0.2",
+               "cache.magcache.preset=wan2.1-t2v-14b", "cache.magcache.thresh=0.24", "cache.magcache.K=6", "cache.magcache.retention=0.2",
                "parallel.ulysses_degree=8", "planner.device=h100"]
 
 
@@ -42,16 +40,17 @@ def main() -> int:
     for label, f, h, w in SIZES:
         for mode in ("off", "magcache"):
             ov = ["model.name=tiny-video", f"video.frames={f}", f"video.height={h}", f"video.width={w}",
-                  f"sampler.num_steps={args.steps}", f"cache.mode='{mode}'", "cache.preset=wan2.1-t2v-1.3b",
+                  f"sampler.num_steps={args.steps}", f"cache.mode='{mode}'", "cache.magcache.preset=wan2.1-t2v-1.3b",
                   "planner.device=cpu", "progress=false"]
             cfg = load_config(None, ov)
-            scfg = sampler_config(cfg)
-            model, text = build_model(cfg)
-            texts = encode_texts(text, cfg.prompt, cfg.negative_prompt, scfg.branches)
-            noise = make_noise(cfg, None, 0)
+            job = validate_job(cfg, 1)
+            scfg = job.scfg
+            model, text = job.family.build("cpu")
+            texts = job.family.encode(text, cfg.prompt, cfg.negative_prompt, scfg.branches)
+            noise = job.family.make_noise(0)
             best = float("inf")
             for _ in range(args.repeats):
-                res = sample(model, noise, texts, scfg, build_policy(cfg, scfg))
+                res = sample(model, noise, texts, scfg, job.policy)
                 best = min(best, res.timings.total)
             planned = plan_job(cfg)["per_rank"]
             est = planned["time_s"]["sampling"]
@@ -77,4 +76,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

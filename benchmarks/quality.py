@@ -32,7 +32,7 @@ from _common import ROOT, build_job, write_readme_block  # noqa: E402
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
 from magcache_dist.cache.teacache import build_teacache  # noqa: E402
-from magcache_dist.data.judge import judge  # noqa: E402
+from tools.tinydata.judge import judge  # noqa: E402
 
 PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs overlap
     ("a small red circle moves right", 11),
@@ -102,7 +102,7 @@ def run_benchmark(args) -> dict:
             coefficients = json.load(f)["coefficients"]
     for thresh in TEACACHE:
         methods.append((f"teacache t={thresh}", dict(method="teacache", thresh=thresh),
-                        lambda t=thresh: build_teacache(job.cfg.model.name, t, n, branches, coefficients)))
+                        lambda t=thresh: build_teacache(job.cfg.model.name, t, n, coefficients)))
     pairs = PAIRS[: args.pairs]
     job.run(NoCache(), pairs[0][0], pairs[0][1])  # warm-up (allocator, scheduler import)
     runs = []
@@ -214,7 +214,7 @@ def table(res: dict) -> str:
              f"MagCache retention 0.2, preset `{res['magcache_preset']}`. PSNR/SSIM are means over pairs against the "
              f"full run (identical videos count as {res['psnr_cap']:.0f} dB). LPIPS: {res['lpips']}. Prompt "
              "match: share of the caption's attributes (colour, shape, size, motion) that "
-             "`magcache_dist.data.judge` reads back from the video.", "",
+             "`tools.tinydata.judge` reads back from the video.", "",
              "| method | computed / total calls | call reduction | wall speedup | speedup / call reduction | "
              "Amdahl bound | cache s/run | PSNR (dB) | min PSNR | SSIM | prompt match |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

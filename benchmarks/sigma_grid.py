@@ -23,7 +23,6 @@ from quality import PAIRS, psnr, ssim  # noqa: E402
 
 from magcache_dist.cache import NoCache  # noqa: E402
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.pipeline import encode_texts, get_family, make_noise  # noqa: E402
 from magcache_dist.sampling import sample  # noqa: E402
 from magcache_dist.sampling.schedulers import FlowScheduler  # noqa: E402
 
@@ -47,12 +46,12 @@ def main(argv=None) -> int:
     theirs = diffusers_grid(job)
     rows = []
     for prompt, seed in PAIRS[: args.pairs]:
-        texts = encode_texts(job.text, prompt, job.cfg.negative_prompt, job.scfg.branches)
-        noise = make_noise(job.cfg, None, seed)
+        texts = job.family.encode(job.text, prompt, job.cfg.negative_prompt, job.scfg.branches)
+        noise = job.family.make_noise(seed)
         videos = []
         for sched in (FlowScheduler(job.scfg.solver, job.scfg.num_steps, job.scfg.shift), diffusers_grid(job)):
             lat = sample(job.model, noise, texts, job.scfg, NoCache(), scheduler=sched).latents
-            videos.append(get_family(job.cfg.model.name).decode(lat)[0])
+            videos.append(job.family.decode(lat)[0])
         rows.append(dict(prompt=prompt, seed=seed, psnr=psnr(videos[1], videos[0]), ssim=ssim(videos[1], videos[0])))
         print(f"{prompt!r} seed {seed}: PSNR {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.4f}", flush=True)
     res = dict(num_steps=job.scfg.num_steps, shift=job.scfg.shift,

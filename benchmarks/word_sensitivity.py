@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import probe_job  # noqa: E402
 
-from magcache_dist.data.procedural import VideoSpec, render  # noqa: E402
+from tools.tinydata.procedural import VideoSpec, render  # noqa: E402
 from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
 from models.tiny_ae import PixelAutoencoder  # noqa: E402
 

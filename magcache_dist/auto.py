@@ -1,13 +1,13 @@
 """Calibrate on demand: the glue between a job, the ratio store and the cache policy.
 
-``cache.mode=auto``: rank 0 looks the job's key up in ``cache.store_dir`` and broadcasts what it found, so every
+``cache.mode=auto``: rank 0 looks the job's key up in ``cache.calibration.store_dir`` and broadcasts what it found, so every
 rank builds the same policy from the same numbers even when only rank 0 sees the store:
   - an entry with the same (model, weights, steps, resolution, solver, shift, guidance): MagCache with its ratios;
   - an entry differing only in the step count: its ratios interpolated onto this job's sigma grid
     (magcache_dist/cache/store.py: log magnitude as a function of sigma);
   - nothing: this request runs as a calibration (every call computed: the output is the full-quality video) and
     rank 0 stores the table, so the next request with this key reuses it.
-``cache.mode=calibrate`` with ``cache.store_dir`` set also stores its table. The report's ``ratios_used`` says
+``cache.mode=calibrate`` with ``cache.calibration.store_dir`` set also stores its table. The report's ``ratios_used`` says
 which ratios were used and where they came from.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def calibration_meta(cfg: JobConfig, scfg, dims, rule: str = "wan") -> dict:
     """``rule``: the model family's decision rule (ModelFamily.cache_rule), written into the table."""
     key = ratio_key(cfg, scfg)
     return dict(model=key["model"], weights=key["weights"], num_steps=scfg.num_steps, resolution=key["resolution"],
-                solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule=cfg.cache.rule or rule,
+                solver=scfg.solver, shift=scfg.shift, guidance=scfg.guidance, rule=cfg.cache.magcache.rule or rule,
                 sp_degree=dims.sp_degree, ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
                 cfg_degree=dims.cfg_degree, sigmas=job_sigmas(scfg))
 
@@ -68,7 +68,7 @@ class ResolvedRatios:
 
 def lookup(cfg: JobConfig, scfg) -> ResolvedRatios:
     """Resolve ``cache.mode=auto`` against the store (reads files; call on one rank)."""
-    store = RatioStore(resolve_path(cfg.cache.store_dir))
+    store = RatioStore(resolve_path(cfg.cache.calibration.store_dir))
     key = ratio_key(cfg, scfg)
     hit = store.lookup(key)
     if hit is None:
@@ -100,8 +100,8 @@ def resolve_ratios(cfg: JobConfig, scfg, par) -> ResolvedRatios | None:
 
 
 def store_calibration(cfg: JobConfig, scfg, table: RatioTable) -> str:
-    """Rank 0: add the table to ``cache.store_dir``; returns the file written."""
-    store = RatioStore(resolve_path(cfg.cache.store_dir))
+    """Rank 0: add the table to ``cache.calibration.store_dir``; returns the file written."""
+    store = RatioStore(resolve_path(cfg.cache.calibration.store_dir))
     entry = store.save(ratio_key(cfg, scfg), table)
     return store.path(entry)
 
@@ -129,8 +129,8 @@ def ratios_used(cfg: JobConfig, policy, resolved: ResolvedRatios | None, calibra
 def check_store(cfg: JobConfig) -> None:
     """Before any collective: auto needs a usable store; calibrate may write into one."""
     c = cfg.cache
-    if c.mode == "auto" and not c.store_dir:
-        raise ValueError("cache.mode=auto needs cache.store_dir (a directory holding calibrated ratio tables; "
+    if c.mode == "auto" and not c.calibration.store_dir:
+        raise ValueError("cache.mode=auto needs cache.calibration.store_dir (a directory holding calibrated ratio tables; "
                          "it is created and filled on first use)")
-    if c.store_dir and c.mode in ("auto", "calibrate"):  # auto ignores cache.preset / cache.ratios_file
-        RatioStore(os.path.abspath(resolve_path(c.store_dir))).check()
+    if c.calibration.store_dir and c.mode in ("auto", "calibrate"):  # auto ignores cache.magcache.preset / cache.magcache.ratios_file
+        RatioStore(os.path.abspath(resolve_path(c.calibration.store_dir))).check()

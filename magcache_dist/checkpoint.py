@@ -36,7 +36,7 @@ POINTER = "latest.json"
 # consensus_guard only verifies decisions; fps, vae.* and calibration_out act after sampling; model.layout names
 # how the same weights are stored.
 FREE_KEYS = ("progress", "save_video", "resume", "dry_run", "output_dir", "checkpoint.", "planner.",
-             "parallel.timeout_s", "cache.consensus_guard", "cache.calibration_out", "video.fps", "vae.",
+             "parallel.timeout_s", "cache.consensus_guard", "cache.calibration.out", "video.fps", "vae.",
              "model.layout")
 
 
@@ -129,27 +129,6 @@ def _to(obj, device):
     return obj
 
 
-def cache_state_dict(state) -> dict:
-    return dict(decisions=[dict(d) for d in state.decisions],
-                branches={b: dict(acc_ratio=bs.acc_ratio, acc_err=bs.acc_err, acc_steps=bs.acc_steps,
-                                  has_residual=bs.has_residual, residual=_to(bs.residual, "cpu"),
-                                  extra=_to(bs.extra, "cpu"))
-                          for b, bs in state.branches.items()})
-
-
-def load_cache_state(policy, branches, sd: dict, device):
-    state = policy.new_state(branches)
-    if sorted(sd["branches"]) != sorted(branches):
-        raise ValueError(f"resume: the checkpoint holds branches {sorted(sd['branches'])}, this rank runs "
-                         f"{sorted(branches)}; relaunch with the original parallel layout")
-    for b, d in sd["branches"].items():
-        bs = state[b]
-        bs.acc_ratio, bs.acc_err, bs.acc_steps = d["acc_ratio"], d["acc_err"], d["acc_steps"]
-        bs.has_residual, bs.residual, bs.extra = d["has_residual"], _to(d["residual"], device), _to(d["extra"], device)
-    state.decisions = [dict(x) for x in sd["decisions"]]
-    return state
-
-
 class Checkpointer:
     """Per-rank writer (``on_step`` passed to ``sample``) and reader (``restore``) of the sampling state."""
 
@@ -190,7 +169,7 @@ class Checkpointer:
             return
         payload = dict(format=FORMAT, next_step=done, rank=self.par.rank, world_size=self.par.world.size,
                        config_hash=self.hash, x=_to(x, "cpu"), scheduler=_to(scheduler.state_dict(), "cpu"),
-                       cache=cache_state_dict(state), rng=dict(torch=torch.get_rng_state()))
+                       cache=state.state_dict(), rng=dict(torch=torch.get_rng_state()))
         if torch.cuda.is_available():
             payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         with atomic_path(self.rank_file(done)) as tmp:
@@ -236,8 +215,15 @@ class Checkpointer:
             torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
         self.resumed_from = next_step
         self.written.append(next_step)
-        return dict(noise=_to(sd["x"], self.device), state=load_cache_state(policy, branches, sd["cache"], self.device),
+        return dict(noise=_to(sd["x"], self.device), state=self._cache_state(policy, branches, sd["cache"]),
                     start_step=next_step, scheduler=scheduler)
+
+    def _cache_state(self, policy, branches, sd: dict):
+        from magcache_dist.sampling.loop import new_cache_state
+
+        state = new_cache_state(policy, branches, self.par)
+        state.load_state_dict(sd, self.device)
+        return state
 
     def describe(self) -> dict:
         return dict(dir=self.dir, every_n_steps=self.every, written_steps=list(self.written),

@@ -46,26 +46,57 @@ class SamplerSection:
 
 
 @dataclass
-class CacheSection:
-    mode: str = "magcache"  # off | magcache | calibrate | teacache | auto | online
+class MagCacheSection:
+    """The MagCache rule (cache.mode=magcache, auto and online): thresholds, and for magcache where the ratios come
+    from (a preset, or a ratio file; neither: the model's default preset)."""
     preset: Optional[str] = None
     ratios_file: Optional[str] = None
     rule: Optional[str] = None  # decision rule for ratios_file (wan, hunyuanvideo, flux, opensora)
     thresh: float = 0.12
     K: int = 2
     retention: float = 0.2
-    consensus_guard: bool = True  # verify with one all-reduce per call that all ranks agree
+
+
+@dataclass
+class TeaCacheSection:
+    thresh: float = 0.1  # threshold on the accumulated rescaled rel-L1 change
+    coefficients: Optional[List[float]] = None  # polynomial (highest degree first); None = the coefficients fitted
+    # for model.name (magcache_dist/cache/data/<model>-teacache.json)
+
+
+@dataclass
+class OnlineSection:
+    predictor: str = "powerlaw"  # powerlaw | hold (magcache_dist/cache/online.py)
+    window: int = 6  # measurements the predictor fits
+    margin: bool = True  # widen the error by the predictor's latest miss
+
+
+@dataclass
+class CalibrationSection:
+    out: Optional[str] = None  # calibrate: where to write the ratio file (default <output_dir>/ratios.json)
+    store_dir: Optional[str] = None  # ratio store: calibrate writes into it, auto reads (and fills) it
+
+
+@dataclass
+class CacheSection:
+    mode: str = "magcache"  # off | magcache | calibrate | teacache | auto | online
     # joint: one skip decision per step for both CFG branches, agreed over every rank (magcache, online,
     # teacache); official: each family's released per-branch rule, bit for bit (docs/magcache.md)
     branch_sync: str = "joint"
-    calibration_out: Optional[str] = None  # calibrate mode: where to write the ratio file
-    teacache_thresh: float = 0.1  # teacache mode: threshold on the accumulated rescaled rel-L1 change
-    teacache_coefficients: Optional[List[float]] = None  # teacache mode: polynomial (highest degree first);
-    # None = the coefficients fitted for model.name (magcache_dist/cache/data/<model>-teacache.json)
-    store_dir: Optional[str] = None  # ratio store: calibrate writes into it, auto reads (and fills) it
-    online_predictor: str = "powerlaw"  # online mode: powerlaw | hold (magcache_dist/cache/online.py)
-    online_window: int = 6  # online mode: measurements the predictor fits
-    online_margin: bool = True  # online mode: widen the error by the predictor's latest miss
+    consensus_guard: bool = True  # verify with one all-reduce per call that all ranks agree
+    magcache: MagCacheSection = field(default_factory=MagCacheSection)
+    teacache: TeaCacheSection = field(default_factory=TeaCacheSection)
+    online: OnlineSection = field(default_factory=OnlineSection)
+    calibration: CalibrationSection = field(default_factory=CalibrationSection)
+
+
+# The flat cache keys of earlier versions -> where they live now (an old key is an error naming the new one)
+MOVED = {f"cache.{k}": f"cache.magcache.{k}" for k in ("preset", "ratios_file", "rule", "thresh", "K", "retention")}
+MOVED.update({"cache.teacache_thresh": "cache.teacache.thresh",
+              "cache.teacache_coefficients": "cache.teacache.coefficients",
+              "cache.online_predictor": "cache.online.predictor", "cache.online_window": "cache.online.window",
+              "cache.online_margin": "cache.online.margin", "cache.calibration_out": "cache.calibration.out",
+              "cache.store_dir": "cache.calibration.store_dir"})
 
 
 @dataclass
@@ -254,10 +285,48 @@ def _override(item: str) -> dict:
     return out
 
 
+def _schema_keys(cls=None, prefix: str = "") -> list[str]:
+    cls = cls or JobConfig
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        out += _schema_keys(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else [f"{prefix}{name}"]
+    return out
+
+
+def _suggest(key: str) -> str:
+    """'; did you mean: ...' naming the closest keys of the whole schema (a key may have moved to a subsection)."""
+    import difflib
+
+    keys = _schema_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf = {}
+    for k in keys:
+        by_leaf.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    close = [k for name in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.6) for k in by_leaf[name]]
+    close += [k for k in difflib.get_close_matches(key, keys, n=2, cutoff=0.75) if k not in close]
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    close.sort(key=lambda k: not k.startswith(section))  # the same section first
+    return f"; did you mean: {', '.join(close[:3])}" if close else ""
+
+
+def _all_keys(d: dict, prefix: str = "") -> list[str]:
+    return [k for key, v in d.items()
+            for k in (_all_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
+
+
+def _check_moved(parts: list[dict], path: str | None, overrides: list[str]) -> None:
+    wheres = ([f"--config {path!r}"] if path is not None else []) + [f"override {o!r}" for o in overrides]
+    problems = [f"{where}: {k} has moved; use {MOVED[k]}" for where, part in zip(wheres, parts)
+                for k in _all_keys(part) if k in MOVED]
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
     """Merge schema defaults, the YAML file and ``key=value`` overrides; raise ValueError naming the key."""
     try:
         parts = ([_read_yaml(path)] if path is not None else []) + [_override(o) for o in overrides or []]
+        _check_moved(parts, path, list(overrides or []))
         cfg = OmegaConf.structured(JobConfig)
         for part in parts:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(part))
@@ -265,6 +334,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
         msg = str(e).splitlines()[0]
+        if key and _field_type(key.split(".")) is None and "not in" in msg and "Did you mean" not in msg:
+            msg += _suggest(key)
         raise ValueError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
     check_values(job)
     set_at = {}  # key -> index of the last source that set it (0: the file, then each override in order)
@@ -306,8 +377,9 @@ RANGES = {
     "video.width": (None, True, 16_384),
 }
 # Optional paths for which an empty string would silently mean something else (e.g. random weights)
-NON_EMPTY = ("output_dir", "model.ckpt", "ckpt_dir", "image", "cache.ratios_file", "cache.store_dir",
-             "cache.calibration_out", "cache.preset", "cache.rule", "checkpoint.dir")
+NON_EMPTY = ("output_dir", "model.ckpt", "ckpt_dir", "image", "cache.magcache.ratios_file",
+             "cache.calibration.store_dir", "cache.calibration.out", "cache.magcache.preset", "cache.magcache.rule",
+             "checkpoint.dir")
 
 
 def check_values(job: JobConfig) -> None:

@@ -1,27 +1,31 @@
-"""One generation job on one rank: config -> model -> sample -> (rank 0) video + report.
+"""One generation job on one rank: build -> parallelize -> sample -> finalize.
 
-``run_job`` is what launch/generate.py calls under torchrun and what tests call with simulated ranks.
+``run_job`` is what the launcher calls under torchrun (with a validated ``Job``) and what tests call with simulated
+ranks (a ``JobConfig`` is validated first). Rank 0 writes the outputs and returns the report.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
 from magcache_dist.auto import calibration_meta, ratios_used, resolve_ratios, store_calibration
 from magcache_dist.cache import plan
 from magcache_dist.cache.calibrate import CalibrationPolicy
+from magcache_dist.cache.factory import build_cache
 from magcache_dist.cache.magcache import MagCachePolicy
+from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.checkpoint import Checkpointer
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
+from magcache_dist.job import Job, validate_job
 from magcache_dist.parallel.apply import apply_sequence_parallel
-from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
 from magcache_dist.parallel.dims import ParallelContext
-from magcache_dist.pipeline import build_policy, get_family, validate_job
+from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
 from magcache_dist.sampling.loop import sample
 from magcache_dist.sampling.schedulers import FlowScheduler
 
@@ -50,88 +54,123 @@ def summarize(decisions_by_rank: list[list[dict]], dims, branches) -> dict:
                 steps_identical_across_branches=all(len(v) == 1 for v in by_step.values()))
 
 
-def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
-    """Run the job on this rank; rank 0 writes outputs and returns the report (others return None)."""
-    phases = {}
-    t0 = time.perf_counter()
-    mcfg, dims, scfg = validate_job(cfg, par.world.size)
-    # rank 0's seed and prompts are the job's (identical configs are expected, but a shell can differ per node)
+@dataclass
+class Built:
+    model: torch.nn.Module
+    conds: dict  # branch -> conditioning on the job device
+    noise: torch.Tensor
+    seed: int
+
+
+def branches_of(job: Job, par: ParallelContext) -> list[str]:
+    """The CFG branches this rank runs (one half each under cfg_degree 2)."""
+    branches = job.scfg.branches
+    return [branches[par.cfg_rank]] if job.dims.cfg_degree == 2 else branches
+
+
+def build(job: Job, par: ParallelContext, device, phases: dict) -> Built:
+    """Model, conditioning and noise. Rank 0's seed and prompts are the job's (identical configs are expected,
+    but a shell can differ per node)."""
+    cfg, family = job.cfg, job.family
     seed, prompt, negative = par.world.broadcast_object((cfg.seed, cfg.prompt, cfg.negative_prompt))
-    family = get_family(cfg.model.name)
-    model, encoder = family.build(cfg, device)
-    apply_sequence_parallel(model, par)
-    if cfg.parallel.fsdp:
-        apply_fsdp(model, par)
-    phases["build"] = time.perf_counter() - t0
-
+    model, encoder = family.build(device)
     t = time.perf_counter()
-    branches = scfg.branches
-    conds = family.encode(encoder, cfg, prompt, negative, branches)
+    conds = family.encode(encoder, prompt, negative, job.scfg.branches)
     conds = {b: (v.to(device) if torch.is_tensor(v) else v) for b, v in conds.items()}
-    noise = family.make_noise(cfg, seed).to(device)
+    built = Built(model, conds, family.make_noise(seed).to(device), seed)
     phases["encode"] = time.perf_counter() - t
+    return built
 
-    mine = [branches[par.cfg_rank]] if dims.cfg_degree == 2 else branches
-    resolved = resolve_ratios(cfg, scfg, par)  # cache.mode=auto: rank 0 reads the ratio store, every rank gets it
-    policy = build_policy(cfg, scfg, branches=mine,
-                          reduce_sum=lambda x: par.sp.all_reduce(x, "sum"),
-                          reduce_max=lambda x: par.sp.all_reduce(x, "max"), resolved=resolved)
-    if isinstance(policy, MagCachePolicy) and dims.cfg_degree == 2:
-        # keep Wan's interleaved call counting identical to the single-process run
-        policy = build_policy(cfg, scfg, branches=branches, resolved=resolved)
+
+def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext) -> None:
+    """In place: sequence-parallel attention ops, then (parallel.fsdp) sharded block weights."""
+    apply_sequence_parallel(model, par)
+    if job.cfg.parallel.fsdp:
+        apply_fsdp(model, par)
+
+
+def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):
+    scfg = job.scfg
     progress = None
-    if cfg.progress and par.rank == 0:
+    if job.cfg.progress and par.rank == 0:
         from tqdm import tqdm
 
         progress = tqdm(total=scfg.num_steps, desc="sampling", unit="step")
-    ckpt = Checkpointer(cfg, par, scfg.num_steps, device)
-    resume = ckpt.restore(policy, mine, lambda: FlowScheduler(scfg.solver, scfg.num_steps, scfg.shift))
+    resume = ckpt.restore(policy, branches_of(job, par), lambda: FlowScheduler(scfg.solver, scfg.num_steps, scfg.shift))
     if progress is not None and resume:
         progress.update(resume["start_step"])
-    t = time.perf_counter()
-    result = sample(model, resume.pop("noise", noise), conds, scfg, policy, par, guard=cfg.cache.consensus_guard,
-                    progress=progress, on_step=ckpt.on_step, **resume)
+    result = sample(built.model, resume.pop("noise", built.noise), built.conds, scfg, policy, par,
+                    guard=job.cfg.cache.consensus_guard, progress=progress, on_step=ckpt.on_step, **resume)
     if progress is not None:
         progress.close()
+    return result
+
+
+def calibrated_table(job: Job, policy, result, par: ParallelContext) -> RatioTable | None:
+    """The ratio table a calibrating run measured (every rank takes part; under cfg_degree 2 the halves' tables
+    are put back together), else None."""
+    if not isinstance(policy, CalibrationPolicy):
+        return None
+    meta = calibration_meta(job.cfg, job.scfg, job.dims, job.family.cache_rule())
+    table = policy.table(result.state, meta=meta)
+    if job.dims.cfg_degree == 2:
+        parts = [RatioTable.from_json(t) for t in par.cfg.gather_objects(table.to_json())]
+        table = RatioTable(num_steps=table.num_steps, meta=table.meta,
+                           **{f: {b: v for t in parts for b, v in getattr(t, f).items()}
+                              for f in ("ratios", "std", "cos_dist")})
+    return table
+
+
+def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | None:
+    """Run the job on this rank; rank 0 writes outputs and returns the report (others return None)."""
+    t0 = time.perf_counter()
+    if isinstance(job, JobConfig):
+        job = validate_job(job, par.world.size)
+    phases = {}
+    built = build(job, par, device, phases)
+    parallelize(job, built.model, par)
+    phases["build"] = time.perf_counter() - t0 - phases["encode"]
+
+    resolved = resolve_ratios(job.cfg, job.scfg, par)  # cache.mode=auto: rank 0 reads the store, every rank gets it
+    policy = job.policy if job.policy is not None else build_cache(job.cache, resolved=resolved)
+    ckpt = Checkpointer(job.cfg, par, job.scfg.num_steps, device)
+    t = time.perf_counter()
+    result = run_sampling(job, built, policy, par, ckpt)
     phases["sample"] = time.perf_counter() - t
-
-    calibration = None
-    if isinstance(policy, CalibrationPolicy):  # cache.mode=calibrate, or auto with nothing stored for this job
-        table = policy.table(result.state, meta=calibration_meta(cfg, scfg, dims, family.cache_rule(cfg.model.name)))
-        if dims.cfg_degree == 2:  # each half measured one branch: put the table back together
-            from magcache_dist.cache.ratios import RatioTable
-
-            parts = [RatioTable.from_json(t) for t in par.cfg.gather_objects(table.to_json())]
-            table = RatioTable(num_steps=table.num_steps, meta=table.meta,
-                               **{f: {b: v for t in parts for b, v in getattr(t, f).items()}
-                                  for f in ("ratios", "std", "cos_dist")})
-        calibration = table
+    calibration = calibrated_table(job, policy, result, par)
     per_rank = par.world.gather_objects(dict(rank=par.rank, decisions=result.decisions,
                                              timings=result.timings.as_dict(),
                                              consensus_reductions=result.extra["consensus_reductions"],
                                              bytes_sent={k: c.bytes_sent for k, c in par.comms().items()},
-                                             param_bytes=local_param_bytes(model)))
+                                             param_bytes=local_param_bytes(built.model)))
     if par.rank != 0:
         return None
+    return finalize(job, built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0, par)
 
+
+def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0,
+             par) -> dict:
+    """Rank 0: video, contact sheet, latents, the calibrated table (if any) and report.json, each written
+    atomically."""
+    cfg, scfg, dims = job.cfg, job.scfg, job.dims
     t = time.perf_counter()
     os.makedirs(cfg.output_dir, exist_ok=True)
     video_path = os.path.join(cfg.output_dir, "video.mp4")
     if cfg.save_video:
-        frames = to_frames(family.decode(result.latents)[0])
+        frames = to_frames(job.family.decode(result.latents, built.model)[0])
         write_mp4(video_path, frames, cfg.video.fps)
         write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
     atomic_torch_save(result.latents.cpu(), os.path.join(cfg.output_dir, "latents.pt"))
     ratios_path = stored = None
     if calibration is not None:
-        ratios_path = cfg.cache.calibration_out or os.path.join(cfg.output_dir, "ratios.json")
+        ratios_path = cfg.cache.calibration.out or os.path.join(cfg.output_dir, "ratios.json")
         calibration.save(ratios_path)
-        if cfg.cache.store_dir:
+        if cfg.cache.calibration.store_dir:
             stored = store_calibration(cfg, scfg, calibration)
     phases["write"] = time.perf_counter() - t
     phases["total"] = time.perf_counter() - t0
 
-    summary = summarize([r["decisions"] for r in per_rank], dims, branches)
+    summary = summarize([r["decisions"] for r in per_rank], dims, scfg.branches)
     report = dict(
         config=to_dict(cfg), world_size=par.world.size,
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
@@ -140,13 +179,11 @@ def run_job(cfg: JobConfig, par: ParallelContext, device="cpu") -> dict | None:
         branch_sync=policy.branch_sync,
         ratios_used=ratios_used(cfg, policy, resolved, ratios_path, stored),
         **summary,
-        plan=plan(policy, scfg.num_steps, branches) if isinstance(policy, MagCachePolicy) else None,
+        plan=plan(policy, scfg.num_steps, scfg.branches) if isinstance(policy, MagCachePolicy) else None,
         phases_s={k: round(v, 4) for k, v in phases.items()},
         checkpoint=ckpt.describe(),
         ranks=per_rank,
-        outputs=dict(video=video_path if cfg.save_video else None,
-                     ratios=(cfg.cache.calibration_out or os.path.join(cfg.output_dir, "ratios.json"))
-                     if calibration is not None else None),
+        outputs=dict(video=video_path if cfg.save_video else None, ratios=ratios_path),
     )
     atomic_write_text(os.path.join(cfg.output_dir, "report.json"), json.dumps(report, indent=1, default=str))
     return report

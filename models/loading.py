@@ -1,52 +1,61 @@
 """Weight loading for the Wan DiT: official layout (single or sharded safetensors, .pth) and diffusers layout.
 
-Nothing is unpickled: safetensors, or ``torch.load(weights_only=True)`` for .pth/.pt files.
+Nothing is unpickled: safetensors, or ``torch.load(weights_only=True)`` for .pth/.pt files. Key names of the two
+layouts: ``WAN_DIT_RULES`` (a models/layouts.py rule table).
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-import re
 
 import torch
 import torch.nn as nn
 
-# official -> diffusers (WanTransformer3DModel) key fragments; applied per key, first match wins
-_DIFFUSERS_RULES = [
-    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
-    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
-    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
-    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
-    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
-    (r"^img_emb\.proj\.0\.", "condition_embedder.image_embedder.norm1."),
-    (r"^img_emb\.proj\.1\.", "condition_embedder.image_embedder.ff.net.0.proj."),
-    (r"^img_emb\.proj\.3\.", "condition_embedder.image_embedder.ff.net.2."),
-    (r"^img_emb\.proj\.4\.", "condition_embedder.image_embedder.norm2."),
-    (r"^head\.modulation$", "scale_shift_table"),
-    (r"^head\.head\.", "proj_out."),
-    (r"^blocks\.(\d+)\.modulation$", r"blocks.\1.scale_shift_table"),
-    (r"^blocks\.(\d+)\.self_attn\.([qkv])\.", r"blocks.\1.attn1.to_\2."),
-    (r"^blocks\.(\d+)\.self_attn\.o\.", r"blocks.\1.attn1.to_out.0."),
-    (r"^blocks\.(\d+)\.self_attn\.norm_([qk])\.", r"blocks.\1.attn1.norm_\2."),
-    (r"^blocks\.(\d+)\.cross_attn\.([qkv])\.", r"blocks.\1.attn2.to_\2."),
-    (r"^blocks\.(\d+)\.cross_attn\.o\.", r"blocks.\1.attn2.to_out.0."),
-    (r"^blocks\.(\d+)\.cross_attn\.norm_([qk])\.", r"blocks.\1.attn2.norm_\2."),
-    (r"^blocks\.(\d+)\.cross_attn\.k_img\.", r"blocks.\1.attn2.add_k_proj."),
-    (r"^blocks\.(\d+)\.cross_attn\.v_img\.", r"blocks.\1.attn2.add_v_proj."),
-    (r"^blocks\.(\d+)\.cross_attn\.norm_k_img\.", r"blocks.\1.attn2.norm_added_k."),
-    (r"^blocks\.(\d+)\.norm3\.", r"blocks.\1.norm2."),  # diffusers' norm2 is the (affine) cross-attn norm
-    (r"^blocks\.(\d+)\.ffn\.0\.", r"blocks.\1.ffn.net.0.proj."),
-    (r"^blocks\.(\d+)\.ffn\.2\.", r"blocks.\1.ffn.net.2."),
+from models.layouts import Rule, rename_key
+
+# Wan DiT: official keys (our parameter names) <-> diffusers' WanTransformer3DModel keys
+_B, _CE = "blocks.{i}.", "condition_embedder."
+WAN_DIT_RULES = [
+    Rule("patch_embedding.{p}", ("patch_embedding.{p}",)),
+    Rule("text_embedding.0.{p}", (_CE + "text_embedder.linear_1.{p}",)),
+    Rule("text_embedding.2.{p}", (_CE + "text_embedder.linear_2.{p}",)),
+    Rule("time_embedding.0.{p}", (_CE + "time_embedder.linear_1.{p}",)),
+    Rule("time_embedding.2.{p}", (_CE + "time_embedder.linear_2.{p}",)),
+    Rule("time_projection.1.{p}", (_CE + "time_proj.{p}",)),
+    Rule("img_emb.proj.0.{p}", (_CE + "image_embedder.norm1.{p}",)),
+    Rule("img_emb.proj.1.{p}", (_CE + "image_embedder.ff.net.0.proj.{p}",)),
+    Rule("img_emb.proj.3.{p}", (_CE + "image_embedder.ff.net.2.{p}",)),
+    Rule("img_emb.proj.4.{p}", (_CE + "image_embedder.norm2.{p}",)),
+    Rule("head.modulation", ("scale_shift_table",)),
+    Rule("head.head.{p}", ("proj_out.{p}",)),
+    Rule(_B + "modulation", (_B + "scale_shift_table",)),
+    Rule(_B + "self_attn.{c:q|k|v}.{p}", (_B + "attn1.to_{c}.{p}",)),
+    Rule(_B + "self_attn.o.{p}", (_B + "attn1.to_out.0.{p}",)),
+    Rule(_B + "self_attn.norm_{c:q|k}.{p}", (_B + "attn1.norm_{c}.{p}",)),
+    Rule(_B + "cross_attn.{c:q|k|v}.{p}", (_B + "attn2.to_{c}.{p}",)),
+    Rule(_B + "cross_attn.o.{p}", (_B + "attn2.to_out.0.{p}",)),
+    Rule(_B + "cross_attn.norm_{c:q|k}.{p}", (_B + "attn2.norm_{c}.{p}",)),
+    Rule(_B + "cross_attn.k_img.{p}", (_B + "attn2.add_k_proj.{p}",)),
+    Rule(_B + "cross_attn.v_img.{p}", (_B + "attn2.add_v_proj.{p}",)),
+    Rule(_B + "cross_attn.norm_k_img.{p}", (_B + "attn2.norm_added_k.{p}",)),
+    Rule(_B + "norm3.{p}", (_B + "norm2.{p}",)),  # diffusers' norm2 is the (affine) cross-attn norm
+    Rule(_B + "ffn.0.{p}", (_B + "ffn.net.0.proj.{p}",)),
+    Rule(_B + "ffn.2.{p}", (_B + "ffn.net.2.{p}",)),
 ]
 
 
-def official_to_diffusers_key(key: str) -> str:
-    for pat, rep in _DIFFUSERS_RULES:
-        new, n = re.subn(pat, rep, key)
-        if n:
-            return new
-    return key
+def official_to_diffusers_key(key: str, where: str = "Wan DiT") -> str:
+    """One official Wan DiT key -> its diffusers name (ValueError for a key outside WAN_DIT_RULES)."""
+    return rename_key(key, WAN_DIT_RULES, where, "check model.name")[0]
+
+
+def _diffusers_name_or_key(key: str) -> str:
+    """official_to_diffusers_key, or the key itself outside the table (a model that is not a Wan DiT)."""
+    try:
+        return official_to_diffusers_key(key)
+    except ValueError:
+        return key
 
 
 def is_diffusers_layout(keys) -> bool:
@@ -100,7 +109,7 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where:
     if prefix:
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     if is_diffusers_layout(sd.keys()):
-        inverse = {official_to_diffusers_key(k): k for k in own}
+        inverse = {_diffusers_name_or_key(k): k for k in own}
         sd = {inverse.get(k, k): v for k, v in sd.items()}
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -175,7 +184,7 @@ def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: st
     """The checks of ``load_state_dict_strict`` on shapes only (``model`` may live on the meta device)."""
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if is_diffusers_layout(shapes):
-        inverse = {official_to_diffusers_key(k): k for k in own}
+        inverse = {_diffusers_name_or_key(k): k for k in own}
         shapes = {inverse.get(k, k): v for k, v in shapes.items()}
     missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
     if missing or unexpected:

@@ -4,18 +4,18 @@
 - Wan VAE -> diffusers' ``AutoencoderKLWan`` (latents normalised per channel: (mu - mean) / std)
 - CLIP ViT-H/14 (open-clip xlm-roberta-large-vit-huge-14, vision tower only) -> transformers' ``CLIPVisionModel``
 
-Official layout: single ``.pth`` files in Wan's own key names (converted here, key by key, with strict checks);
+Official layout: single ``.pth`` files in Wan's own key names (converted by the rule tables below, strictly);
 architecture sizes are read from the tensors' shapes. Diffusers layout: ``from_pretrained`` on local folders.
 Nothing is downloaded and nothing is unpickled (``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
-import os
-import re
+from functools import lru_cache
 
 import torch
 import torch.nn as nn
 
+from models.layouts import Rule, official_to_diffusers, rename_key
 from models.loading import read_tensors
 
 # Published per-channel statistics of Wan2.1's 16 latent channels (also diffusers' AutoencoderKLWan defaults).
@@ -41,37 +41,22 @@ def _strict(model: nn.Module, sd: dict, where: str) -> None:
 
 
 # ---- umT5 encoder ---------------------------------------------------------------------------------------------
-_T5_RULES = [
-    (r"^token_embedding\.weight$", "shared.weight"),
-    (r"^norm\.weight$", "encoder.final_layer_norm.weight"),
-    (r"^blocks\.(\d+)\.norm1\.weight$", r"encoder.block.\1.layer.0.layer_norm.weight"),
-    (r"^blocks\.(\d+)\.attn\.([qkvo])\.weight$", r"encoder.block.\1.layer.0.SelfAttention.\2.weight"),
-    (r"^blocks\.(\d+)\.pos_embedding\.embedding\.weight$",
-     r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias.weight"),
-    (r"^blocks\.(\d+)\.norm2\.weight$", r"encoder.block.\1.layer.1.layer_norm.weight"),
-    (r"^blocks\.(\d+)\.ffn\.gate\.0\.weight$", r"encoder.block.\1.layer.1.DenseReluDense.wi_0.weight"),  # GELU side
-    (r"^blocks\.(\d+)\.ffn\.fc1\.weight$", r"encoder.block.\1.layer.1.DenseReluDense.wi_1.weight"),
-    (r"^blocks\.(\d+)\.ffn\.fc2\.weight$", r"encoder.block.\1.layer.1.DenseReluDense.wo.weight"),
+UMT5_RULES = [
+    Rule("token_embedding.weight", ("shared.weight", "encoder.embed_tokens.weight"), "tie"),
+    Rule("norm.weight", ("encoder.final_layer_norm.weight",)),
+    Rule("blocks.{i}.norm1.weight", ("encoder.block.{i}.layer.0.layer_norm.weight",)),
+    Rule("blocks.{i}.attn.{c:q|k|v|o}.weight", ("encoder.block.{i}.layer.0.SelfAttention.{c}.weight",)),
+    Rule("blocks.{i}.pos_embedding.embedding.weight",
+         ("encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight",)),
+    Rule("blocks.{i}.norm2.weight", ("encoder.block.{i}.layer.1.layer_norm.weight",)),
+    Rule("blocks.{i}.ffn.gate.0.weight", ("encoder.block.{i}.layer.1.DenseReluDense.wi_0.weight",)),  # GELU side
+    Rule("blocks.{i}.ffn.fc1.weight", ("encoder.block.{i}.layer.1.DenseReluDense.wi_1.weight",)),
+    Rule("blocks.{i}.ffn.fc2.weight", ("encoder.block.{i}.layer.1.DenseReluDense.wo.weight",)),
 ]
 
 
-def _rename(key: str, rules) -> str | None:
-    for pat, rep in rules:
-        new, n = re.subn(pat, rep, key)
-        if n:
-            return new
-    return None
-
-
 def t5_official_to_hf(sd: dict, where: str) -> dict:
-    out = {}
-    for k, v in sd.items():
-        new = _rename(k, _T5_RULES)
-        if new is None:
-            raise ValueError(f"{where}: unexpected key {k!r} for Wan's umT5 encoder")
-        out[new] = v
-    out["encoder.embed_tokens.weight"] = out.get("shared.weight")  # tied
-    return out
+    return official_to_diffusers(sd, UMT5_RULES, 0, where, "is this Wan's umT5 encoder file?")
 
 
 def t5_config_from_official(sd: dict, where: str):
@@ -107,53 +92,48 @@ def load_umt5(path: str, layout: str, dtype=torch.float32, device="cpu"):
 
 
 # ---- Wan VAE ---------------------------------------------------------------------------------------------------
-_VAE_RESNET = [(r"residual\.0\.gamma", "norm1.gamma"), (r"residual\.2\.", "conv1."), (r"residual\.3\.gamma", "norm2.gamma"),
-               (r"residual\.6\.", "conv2."), (r"shortcut\.", "conv_shortcut.")]
+_RESNET = [("residual.0.gamma", "norm1.gamma"), ("residual.2.{p}", "conv1.{p}"), ("residual.3.gamma", "norm2.gamma"),
+           ("residual.6.{p}", "conv2.{p}"), ("shortcut.{p}", "conv_shortcut.{p}")]
 
 
-def _resnet_part(rest: str) -> str:
-    for pat, rep in _VAE_RESNET:
-        if re.match(pat, rest):
-            return re.sub("^" + pat, rep, rest)
-    return rest
+@lru_cache(maxsize=None)
+def vae_rules(num_res_blocks: int = 2) -> tuple[Rule, ...]:
+    """Official Wan VAE keys <-> diffusers' AutoencoderKLWan keys (Wan's 4-level layout).
+
+    Decoder ``upsamples`` is one flat list: per level ``num_res_blocks + 1`` residual blocks, then an upsampler;
+    diffusers groups them as ``up_blocks.L.resnets.i`` / ``up_blocks.L.upsamplers.0``. Middle: resnet, attention,
+    resnet.
+    """
+    n = num_res_blocks + 2  # flat entries per decoder level
+    pos = "|".join(str(i) for i in range(num_res_blocks + 1))
+    side = "{side:encoder|decoder}"
+    return (
+        Rule("conv1.{p}", ("quant_conv.{p}",)),
+        Rule("conv2.{p}", ("post_quant_conv.{p}",)),
+        Rule(side + ".conv1.{p}", (side + ".conv_in.{p}",)),
+        Rule(side + ".head.0.gamma", (side + ".norm_out.gamma",)),
+        Rule(side + ".head.2.{p}", (side + ".conv_out.{p}",)),
+        Rule(side + ".middle.1.{s}", (side + ".mid_block.attentions.0.{s}",)),
+        *(Rule(side + ".middle.{2*j}." + a, (side + ".mid_block.resnets.{j}." + b,))
+          for a, b in _RESNET[:4]),  # same-width resnets: no shortcut
+        *(Rule("encoder.downsamples.{i}." + a, ("encoder.down_blocks.{i}." + b,)) for a, b in _RESNET),
+        Rule("encoder.downsamples.{i}.resample.1.{p}", ("encoder.down_blocks.{i}.resample.1.{p}",)),
+        Rule("encoder.downsamples.{i}.time_conv.{p}", ("encoder.down_blocks.{i}.time_conv.{p}",)),
+        *(Rule(f"decoder.upsamples.{{{n}*l+r}}." + a, (f"decoder.up_blocks.{{l}}.resnets.{{r:{pos}}}." + b,))
+          for a, b in _RESNET),
+        Rule(f"decoder.upsamples.{{{n}*l+{n - 1}}}.resample.1.{{p}}",
+             ("decoder.up_blocks.{l}.upsamplers.0.resample.1.{p}",)),
+        Rule(f"decoder.upsamples.{{{n}*l+{n - 1}}}.time_conv.{{p}}",
+             ("decoder.up_blocks.{l}.upsamplers.0.time_conv.{p}",)),
+    )
+
+
+WAN_VAE_RULES = vae_rules(2)
 
 
 def vae_official_to_diffusers_key(key: str, num_res_blocks: int = 2) -> str:
-    """One official Wan VAE key -> diffusers' AutoencoderKLWan key (Wan's 4-level decoder layout).
-
-    Decoder ``upsamples`` is one flat list: per level ``num_res_blocks + 1`` residual blocks, then an upsampler
-    (none after the last level); diffusers groups them as ``up_blocks.L.resnets.i`` / ``up_blocks.L.upsamplers.0``.
-    """
-    simple = {"conv1.weight": "quant_conv.weight", "conv1.bias": "quant_conv.bias",
-              "conv2.weight": "post_quant_conv.weight", "conv2.bias": "post_quant_conv.bias"}
-    if key in simple:
-        return simple[key]
-    m = re.match(r"^(encoder|decoder)\.(.*)$", key)
-    if not m:
-        return key
-    side, rest = m.groups()
-    if rest.startswith("conv1."):
-        return f"{side}.conv_in.{rest[6:]}"
-    m = re.match(r"^head\.(\d)\.(.*)$", rest)
-    if m:
-        return f"{side}.{'norm_out' if m.group(1) == '0' else 'conv_out'}.{m.group(2)}"
-    m = re.match(r"^middle\.(\d)\.(.*)$", rest)
-    if m:
-        i, tail = int(m.group(1)), m.group(2)
-        if i == 1:
-            return f"{side}.mid_block.attentions.0.{tail}"
-        return f"{side}.mid_block.resnets.{i // 2}.{_resnet_part(tail)}"
-    m = re.match(r"^downsamples\.(\d+)\.(.*)$", rest)
-    if m:
-        return f"{side}.down_blocks.{m.group(1)}.{_resnet_part(m.group(2))}"
-    m = re.match(r"^upsamples\.(\d+)\.(.*)$", rest)
-    if m:
-        level, pos = divmod(int(m.group(1)), num_res_blocks + 2)
-        tail = m.group(2)
-        if pos == num_res_blocks + 1:
-            return f"{side}.up_blocks.{level}.upsamplers.0.{tail}"
-        return f"{side}.up_blocks.{level}.resnets.{pos}.{_resnet_part(tail)}"
-    return key
+    """One official Wan VAE key -> diffusers' AutoencoderKLWan key (ValueError for a key outside the table)."""
+    return rename_key(key, vae_rules(num_res_blocks), "Wan VAE")[0]
 
 
 def load_wan_vae(path: str, layout: str, dtype=torch.float32, device="cpu"):
@@ -171,7 +151,7 @@ def load_wan_vae(path: str, layout: str, dtype=torch.float32, device="cpu"):
             raise ValueError(f"{path}: not a Wan VAE state dict (missing {e})") from None
         vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                                temperal_downsample=[False, True, True])
-        _strict(vae, {vae_official_to_diffusers_key(k): v for k, v in sd.items()}, path)
+        _strict(vae, official_to_diffusers(sd, WAN_VAE_RULES, 0, path, "is this Wan2.1_VAE.pth?"), path)
     return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -187,36 +167,30 @@ def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---- CLIP vision tower -----------------------------------------------------------------------------------------
+_V, _L = "visual.transformer.{i}.", "encoder.layers.{i}."
+CLIP_RULES = [
+    Rule("visual.patch_embedding.weight", ("embeddings.patch_embedding.weight",)),
+    Rule("visual.cls_embedding", ("embeddings.class_embedding",), "squeeze", ndim=3),  # [1, 1, D] -> [D]
+    Rule("visual.pos_embedding", ("embeddings.position_embedding.weight",), "squeeze", ndim=3),  # [1, P, D]
+    Rule("visual.pre_norm.{p}", ("pre_layrnorm.{p}",)),
+    Rule("visual.post_norm.{p}", ("post_layernorm.{p}",)),
+    Rule(_V + "attn.to_qkv.{p}",
+         (_L + "self_attn.q_proj.{p}", _L + "self_attn.k_proj.{p}", _L + "self_attn.v_proj.{p}"), "split"),
+    Rule(_V + "attn.proj.{p}", (_L + "self_attn.out_proj.{p}",)),
+    Rule(_V + "norm1.{p}", (_L + "layer_norm1.{p}",)),
+    Rule(_V + "norm2.{p}", (_L + "layer_norm2.{p}",)),
+    Rule(_V + "mlp.0.{p}", (_L + "mlp.fc1.{p}",)),
+    Rule(_V + "mlp.2.{p}", (_L + "mlp.fc2.{p}",)),
+    # text tower, logit scale and projection head: not used by Wan I2V
+    Rule("visual.head", (), "drop"),
+    Rule("log_scale", (), "drop"),
+    Rule("textual.{s}", (), "drop"),
+]
+
+
 def clip_official_to_hf(sd: dict, prefix: str, where: str) -> dict:
-    """Wan's ``visual.*`` keys -> transformers CLIPVisionModel keys (``prefix`` is its module prefix, if any)."""
-    out = {}
-    for k, v in sd.items():
-        if not k.startswith("visual.") or k == "visual.head":
-            continue  # text tower, logit scale and the projection head are not used by Wan I2V
-        r = k[len("visual."):]
-        m = re.match(r"^transformer\.(\d+)\.(.*)$", r)
-        if r == "patch_embedding.weight":
-            out["embeddings.patch_embedding.weight"] = v
-        elif r == "cls_embedding":
-            out["embeddings.class_embedding"] = v.reshape(-1)
-        elif r == "pos_embedding":
-            out["embeddings.position_embedding.weight"] = v.reshape(v.shape[-2], v.shape[-1])
-        elif r.startswith("pre_norm."):
-            out["pre_layrnorm." + r[len("pre_norm."):]] = v
-        elif r.startswith("post_norm."):
-            out["post_layernorm." + r[len("post_norm."):]] = v
-        elif m:
-            i, tail = m.groups()
-            base = f"encoder.layers.{i}."
-            if tail.startswith("attn.to_qkv."):
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0)):
-                    out[f"{base}self_attn.{name}.{tail.split('.')[-1]}"] = part
-            else:
-                tail = (tail.replace("attn.proj.", "self_attn.out_proj.").replace("norm1.", "layer_norm1.")
-                        .replace("norm2.", "layer_norm2.").replace("mlp.0.", "mlp.fc1.").replace("mlp.2.", "mlp.fc2."))
-                out[base + tail] = v
-        else:
-            raise ValueError(f"{where}: unexpected key {k!r} for Wan's CLIP vision tower")
+    """Wan's open-clip keys -> transformers CLIPVisionModel keys (``prefix`` is its module prefix, if any)."""
+    out = official_to_diffusers(sd, CLIP_RULES, 0, where, "is this Wan's open-clip checkpoint?")
     return {prefix + k: v for k, v in out.items()}
 
 

@@ -1,14 +1,11 @@
 import os
-import sys
 
 import pytest
+import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tests.helpers import save_tiny_checkpoint
 
-import torch  # noqa: E402
-
-from tests.helpers import save_tiny_checkpoint  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests import it from here
 
 # Tiny models run fastest on one intra-op thread, and simulated / spawned ranks would otherwise oversubscribe
 # the cores (each rank's pool wants every core). Results do not depend on it.

@@ -4,12 +4,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def worker(rank: int, world: int, port: int, jobs: list, result_dir: str) -> None:

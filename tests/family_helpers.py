@@ -9,23 +9,23 @@ import torch
 from safetensors.torch import save_file
 
 from magcache_dist.config import load_config
-from magcache_dist.pipeline import get_family
+from magcache_dist.families.base import make_family
 from tests.helpers import randomize
 
 STEPS = 8
 # model name -> overrides of a short job whose published preset (interpolated to 8 steps) skips some calls
 FAMILY_JOBS = {
     "flux.1-dev-tiny": ["video.frames=1", "video.height=18", "video.width=26", "sampler.guidance=3.5",
-                        "cache.preset=flux.1-dev", "cache.thresh=0.24", "cache.K=5", "cache.retention=0.1"],
+                        "cache.magcache.preset=flux.1-dev", "cache.magcache.thresh=0.24", "cache.magcache.K=5", "cache.magcache.retention=0.1"],
     "flux.1-schnell-tiny": ["video.frames=1", "video.height=18", "video.width=26", "sampler.guidance=1",
-                            "sampler.num_steps=4", "cache.preset=flux.1-schnell-tiny", "cache.thresh=0.12",
-                            "cache.K=1", "cache.retention=0.25"],
+                            "sampler.num_steps=4", "cache.magcache.preset=flux.1-schnell-tiny", "cache.magcache.thresh=0.12",
+                            "cache.magcache.K=1", "cache.magcache.retention=0.25"],
     "hunyuanvideo-tiny": ["video.frames=3", "video.height=18", "video.width=26", "sampler.guidance=6",
-                          "sampler.shift=7", "cache.preset=hunyuanvideo-t2v-544p", "cache.thresh=0.24", "cache.K=6",
-                          "cache.retention=0.2"],
+                          "sampler.shift=7", "cache.magcache.preset=hunyuanvideo-t2v-544p", "cache.magcache.thresh=0.24", "cache.magcache.K=6",
+                          "cache.magcache.retention=0.2"],
     "opensora-1.2-tiny": ["video.frames=3", "video.height=20", "video.width=28", "sampler.guidance=7",
-                          "sampler.shift=3", "cache.preset=opensora-1.2", "cache.thresh=0.24", "cache.K=5",
-                          "cache.retention=0.2"],
+                          "sampler.shift=3", "cache.magcache.preset=opensora-1.2", "cache.magcache.thresh=0.24", "cache.magcache.K=5",
+                          "cache.magcache.retention=0.2"],
 }
 
 
@@ -41,7 +41,7 @@ def family_config(name: str, out: str, *extra: str, ckpt: str | None = None):
 def random_family_model(name: str, seed: int = 0):
     """(model, text encoder) of ``name`` with seeded random weights everywhere (heads included)."""
     cfg = family_config(name, "/tmp/unused")
-    model, text = get_family(name).build(cfg, "cpu")
+    model, text = make_family(cfg).build("cpu")
     return randomize(model, seed).eval(), randomize(text, seed + 1).eval()
 
 

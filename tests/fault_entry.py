@@ -11,9 +11,6 @@ import os
 import signal
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "launch"))
 
 
 def _die():
@@ -76,6 +73,6 @@ if __name__ == "__main__":
     if fault and int(os.environ.get("RANK", "0")) == int(os.environ.get("FAULT_RANK", "0")):
         kind, n = fault.split("@")
         install(kind, int(n))
-    import generate
+    from magcache_dist.launcher.main import main
 
-    sys.exit(generate.main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

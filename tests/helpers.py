@@ -43,8 +43,8 @@ def save_tiny_checkpoint(path: str, seed: int = 0, name: str = "tiny") -> str:
 
 def job_overrides(ckpt: str, out: str, *extra: str) -> list[str]:
     return [f"model.name=tiny", f"model.ckpt={ckpt}", f"output_dir={out}", "progress=false", "save_video=false",
-            "sampler.num_steps=8", "cache.preset=wan2.1-t2v-1.3b", "cache.thresh=0.12", "cache.K=2",
-            "cache.retention=0.2", *ODD_VIDEO, *extra]
+            "sampler.num_steps=8", "cache.magcache.preset=wan2.1-t2v-1.3b", "cache.magcache.thresh=0.12", "cache.magcache.K=2",
+            "cache.magcache.retention=0.2", *ODD_VIDEO, *extra]
 
 
 def job_config(ckpt: str, out: str, *extra: str):

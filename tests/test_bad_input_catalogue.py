@@ -2,7 +2,6 @@
 group exists, with a message naming the key and the fix (and no traceback)."""
 import os
 import re
-import sys
 
 import pytest
 import torch.distributed as dist
@@ -10,10 +9,7 @@ import torch.distributed as dist
 from tests.bad_inputs import CATALOGUE
 from tests.helpers import job_overrides
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "launch"))
-
-import generate  # noqa: E402
+from magcache_dist.launcher import main as generate
 
 
 def test_catalogue_has_at_least_20_distinct_inputs():

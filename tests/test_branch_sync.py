@@ -18,7 +18,7 @@ from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.config import load_config
 from magcache_dist.parallel import ParallelDims, SkipDisagreement, apply_sequence_parallel, build_thread_contexts
 from magcache_dist.parallel.threads import run_threads
-from magcache_dist.pipeline import validate_job
+from magcache_dist.job import validate_job
 from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.sampling.schedulers import FlowScheduler
 from tests.conftest import ROOT
@@ -103,15 +103,11 @@ SIGMAS = FlowScheduler("unipc", STEPS, CFG.shift).sigmas
 
 
 def policies(par=None):
-    """Each rank's joint policy of each kind (reductions over the rank's SP group, as run_job builds them)."""
-    rs = (lambda t: par.sp.all_reduce(t, "sum")) if par else None
-    rm = (lambda t: par.sp.all_reduce(t, "max")) if par else None
+    """Each rank's joint policy of each kind (the sampler's cache state reduces over the rank's SP group)."""
     return {
         "magcache": magcache("joint"),
-        "online": build_online(MagCacheConfig(0.4, 2, 0.2), STEPS, BRANCHES, SIGMAS, reduce_sum=rs, reduce_max=rm,
-                               branch_sync="joint"),
-        "teacache": build_teacache("tiny", 0.3, STEPS, BRANCHES, coefficients=[1.0, 0.0], reduce_sum=rs,
-                                   branch_sync="joint"),
+        "online": build_online(MagCacheConfig(0.4, 2, 0.2), STEPS, BRANCHES, SIGMAS, branch_sync="joint"),
+        "teacache": build_teacache("tiny", 0.3, STEPS, coefficients=[1.0, 0.0], branch_sync="joint"),
     }
 
 

@@ -23,9 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
 KINDS = {
     "magcache": ["cache.branch_sync=joint"],
-    "online": ["cache.branch_sync=joint", "cache.mode=online", "cache.thresh=0.4"],
-    "teacache": ["cache.branch_sync=joint", "cache.mode=teacache", "cache.teacache_thresh=0.3",
-                 "cache.teacache_coefficients=[1.0,0.0]"],
+    "online": ["cache.branch_sync=joint", "cache.mode=online", "cache.magcache.thresh=0.4"],
+    "teacache": ["cache.branch_sync=joint", "cache.mode=teacache", "cache.teacache.thresh=0.3",
+                 "cache.teacache.coefficients=[1.0,0.0]"],
 }
 JOBS = {  # name: (world, kind, layout)
     "r2": (2, "magcache", ["parallel.ring_degree=2"]),

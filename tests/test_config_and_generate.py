@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from magcache_dist.config import load_config, to_dict
-from magcache_dist.pipeline import validate_job
+from magcache_dist.job import validate_job
 from tests.helpers import ODD_VIDEO, job_config, job_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,10 +39,10 @@ def test_unknown_keys_and_wrong_types_name_the_key(override, key):
     (["parallel.backend=horovod"], 1, r"parallel\.backend='horovod' is unknown"),
     (["parallel.backend=xfuser"], 1, r"parallel\.backend=xfuser needs CUDA"),
     (["cache.mode=fast"], 1, r"cache\.mode='fast' is unknown"),
-    (["cache.preset=wan3"], 1, r"cache\.preset='wan3' is unknown"),
-    (["cache.K=0"], 1, r"cache\.K=0"),
-    (["cache.thresh=-1"], 1, r"cache\.thresh=-1"),
-    (["cache.retention=1.2"], 1, r"cache\.retention=1\.2"),
+    (["cache.magcache.preset=wan3"], 1, r"cache\.magcache\.preset='wan3' is unknown"),
+    (["cache.magcache.K=0"], 1, r"cache\.magcache\.K=0"),
+    (["cache.magcache.thresh=-1"], 1, r"cache\.magcache\.thresh=-1"),
+    (["cache.magcache.retention=1.2"], 1, r"cache\.magcache\.retention=1\.2"),
     (["sampler.num_steps=0"], 1, r"sampler\.num_steps=0"),
     (["sampler.solver=ddim"], 1, r"sampler\.solver='ddim'"),
     (["video.height=30"], 1, r"video\.height=30 must be a positive multiple of the patch size 4"),
@@ -71,8 +71,8 @@ def test_missing_checkpoint_and_unwritable_output(tiny_ckpt, tmp_path):
 
 
 def test_generate_rejects_bad_input_with_exit_code_2(tmp_path):
-    p = _generate("--config", "configs/default.yaml", "cache.K=0", f"output_dir={tmp_path}")
-    assert p.returncode == 2 and "cache.K=0" in p.stderr and "Traceback" not in p.stderr
+    p = _generate("--config", "configs/default.yaml", "cache.magcache.K=0", f"output_dir={tmp_path}")
+    assert p.returncode == 2 and "cache.magcache.K=0" in p.stderr and "Traceback" not in p.stderr
     p = _generate("--config", "configs/default.yaml", "sampler.stepz=3", f"output_dir={tmp_path}")
     assert p.returncode == 2 and "stepz" in p.stderr and "Traceback" not in p.stderr
     assert not os.listdir(tmp_path)
@@ -117,14 +117,14 @@ def test_strings_stay_strings(tmp_path, monkeypatch):
     """Prompts and paths are taken as written: no YAML booleans or numbers, no ${...} interpolation."""
     monkeypatch.setenv("SECRET_TOKEN", "s3cret")
     cfg = load_config(None, ["prompt=no", "negative_prompt=${oc.env:SECRET_TOKEN}", "output_dir=123",
-                             "cache.preset=null", "cache.mode=off", 'model.name="tiny"'])
+                             "cache.magcache.preset=null", "cache.mode=off", 'model.name="tiny"'])
     assert (cfg.prompt, cfg.negative_prompt, cfg.output_dir) == ("no", "${oc.env:SECRET_TOKEN}", "123")
-    assert cfg.cache.preset is None and cfg.cache.mode == "off" and cfg.model.name == "tiny"
+    assert cfg.cache.magcache.preset is None and cfg.cache.mode == "off" and cfg.model.name == "tiny"
     (tmp_path / "job.yaml").write_text("prompt: yes\nnegative_prompt: 1e3\noutput_dir: '${oc.env:SECRET_TOKEN}'\n"
-                                       "cache: {mode: off, thresh: 0.5}\nseed: 7\n")
+                                       "cache: {mode: off, magcache: {thresh: 0.5}}\nseed: 7\n")
     cfg = load_config(str(tmp_path / "job.yaml"))
     assert (cfg.prompt, cfg.negative_prompt, cfg.output_dir) == ("yes", "1e3", "${oc.env:SECRET_TOKEN}")
-    assert (cfg.cache.mode, cfg.cache.thresh, cfg.seed) == ("off", 0.5, 7)  # numbers are still numbers
+    assert (cfg.cache.mode, cfg.cache.magcache.thresh, cfg.seed) == ("off", 0.5, 7)  # numbers are still numbers
     assert "s3cret" not in json.dumps(to_dict(cfg))
 
 
@@ -138,12 +138,12 @@ def test_memory_preflight_can_be_overridden(tiny_ckpt, tmp_path):
 def test_settings_left_behind_by_a_switch_are_not_errors(tiny_ckpt, tmp_path):
     """A config file's MagCache settings stay behind when the command line switches cache.mode; a key set after the
     switch (or with it, in the same source) must apply."""
-    (tmp_path / "job.yaml").write_text("cache: {mode: magcache, preset: wan2.1-t2v-1.3b, thresh: 0.12, K: 2}\n")
+    (tmp_path / "job.yaml").write_text("cache: {mode: magcache, magcache: {preset: wan2.1-t2v-1.3b, thresh: 0.12, K: 2}}\n")
     base = [f"model.ckpt={tiny_ckpt}", "model.name=tiny", f"output_dir={tmp_path / 'o'}", *ODD_VIDEO]
     validate_job(load_config(str(tmp_path / "job.yaml"), base + ["cache.mode=teacache",
-                                                                  "cache.teacache_coefficients=[1.0,0.0]"]), 1)
-    with pytest.raises(ValueError, match=r"cache\.K does not apply here \(cache\.mode='teacache'\)"):
-        validate_job(load_config(str(tmp_path / "job.yaml"), base + ["cache.mode=teacache", "cache.K=3"]), 1)
-    (tmp_path / "tea.yaml").write_text("cache: {mode: teacache, thresh: 0.12}\n")  # the file contradicts itself
-    with pytest.raises(ValueError, match=r"cache\.thresh does not apply here"):
+                                                                  "cache.teacache.coefficients=[1.0,0.0]"]), 1)
+    with pytest.raises(ValueError, match=r"cache\.magcache\.K does not apply here \(cache\.mode='teacache'\)"):
+        validate_job(load_config(str(tmp_path / "job.yaml"), base + ["cache.mode=teacache", "cache.magcache.K=3"]), 1)
+    (tmp_path / "tea.yaml").write_text("cache: {mode: teacache, magcache: {thresh: 0.12}}\n")  # the file contradicts itself
+    with pytest.raises(ValueError, match=r"cache\.magcache\.thresh does not apply here"):
         validate_job(load_config(str(tmp_path / "tea.yaml"), base), 1)

@@ -106,13 +106,11 @@ def test_divergent_rank_errors_on_every_rank_instead_of_hanging(sync, tiny_ckpt,
     # rank 1 is started with another threshold than rank 0 (as when nodes get different command lines)
     script = f"""
 import os, sys
-sys.path.insert(0, {ROOT!r})
 args = {job_overrides(tiny_ckpt, str(tmp_path / 'div'), 'parallel.ulysses_degree=2', 'parallel.timeout_s=60',
                       'cache.branch_sync=' + sync)!r}
-sys.argv = ['generate.py', *args, 'cache.thresh=' + ('0.0' if os.environ['RANK'] == '1' else '0.12')]
-sys.path.insert(0, {os.path.join(ROOT, 'launch')!r})
-import generate
-sys.exit(generate.main(sys.argv[1:]))
+sys.argv = ['generate.py', *args, 'cache.magcache.thresh=' + ('0.0' if os.environ['RANK'] == '1' else '0.12')]
+from magcache_dist.launcher.main import main
+sys.exit(main(sys.argv[1:]))
 """
     (tmp_path / "entry.py").write_text(script)
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

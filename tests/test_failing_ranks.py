@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from magcache_dist.parallel.health import EXIT_PEER_FAILED, EXIT_RANK_FAILED, HealthMonitor
+from magcache_dist.launcher.health import EXIT_PEER_FAILED, EXIT_RANK_FAILED, HealthMonitor
 from tests.helpers import job_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

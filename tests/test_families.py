@@ -23,7 +23,8 @@ from magcache_dist.config import load_config
 from magcache_dist.parallel import ParallelDims, build_thread_contexts, solo_context
 from magcache_dist.parallel.joint import JointSPAttention, UlyssesFactorizedAttention
 from magcache_dist.parallel.threads import run_threads
-from magcache_dist.pipeline import get_family, validate_job
+from magcache_dist.families.base import make_family
+from magcache_dist.job import validate_job
 from magcache_dist.run import run_job
 from magcache_dist.sampling.grids import flux_mu, flux_sigmas, opensora_shift, shifted_sigmas
 from models.attention_joint import LocalJointAttention, factorized_attention
@@ -128,7 +129,7 @@ def test_checkpoint_round_trip(name, layout, tmp_path):
     path = str(tmp_path / "m.safetensors")
     src, text = save_family_checkpoint(path, name, seed=5, layout=layout)
     cfg = family_config(name, str(tmp_path / "o"), ckpt=path)
-    model, enc = get_family(name).build(cfg, "cpu")
+    model, enc = make_family(cfg).build("cpu")
     for a, b in ((src, model), (text, enc)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -136,7 +137,7 @@ def test_checkpoint_round_trip(name, layout, tmp_path):
     bad.pop(sorted(k for k in bad if not k.startswith("text_encoder."))[0])  # one DiT weight missing
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match="model.ckpt=.*(missing keys|not part of the official layout)"):
-        get_family(name).build(family_config(name, str(tmp_path / "o"), ckpt=str(tmp_path / "bad.safetensors")), "cpu")
+        make_family(family_config(name, str(tmp_path / "o"), ckpt=str(tmp_path / "bad.safetensors"))).build("cpu")
 
 
 def test_opensora_published_size_keys():
@@ -252,8 +253,8 @@ def solo_runs(ckpts, tmp_path_factory):
 def test_generation_follows_the_plan(name, solo_runs):
     report = solo_runs[name]["report"]
     c = report["config"]
-    plan = _plan(c["cache"]["preset"], c["sampler"]["num_steps"], c["cache"]["thresh"], c["cache"]["K"],
-                 c["cache"]["retention"])
+    plan = _plan(c["cache"]["magcache"]["preset"], c["sampler"]["num_steps"], c["cache"]["magcache"]["thresh"], c["cache"]["magcache"]["K"],
+                 c["cache"]["magcache"]["retention"])
     assert report["skipped_steps"] == plan["skipped_steps"] and plan["skipped_steps"]["cond"]
     assert report["total_calls"] == c["sampler"]["num_steps"]  # one call per step (distilled or batched CFG)
     assert report["cache"]["rule"] == {"flux.1-dev-tiny": "flux", "flux.1-schnell-tiny": "flux-schnell",

@@ -1,5 +1,5 @@
-"""Import hygiene: no import circle (every module imports first in a fresh interpreter), the lazy family table
-matches what each family module registers, and neither the config layer nor validation of an embedded-model job
+"""Import hygiene: no import circle (every module imports first in a fresh interpreter), the family table
+matches the names each family class declares, and neither the config layer nor validation of an embedded-model job
 imports diffusers or transformers (a rejected bad input must not pay for them)."""
 import importlib
 import pkgutil
@@ -11,10 +11,11 @@ import pytest
 import magcache_dist
 from tests.conftest import ROOT
 
-# the modules where packages meet (families <-> pipeline was a circle held together by import order), plus the
-# entry points; every other module is imported by one of these
-FIRST = ["magcache_dist.families.flux", "magcache_dist.families.wan", "magcache_dist.families.common",
-         "magcache_dist.pipeline", "magcache_dist.run", "magcache_dist.planner"]
+# the modules where packages meet (families, validation, cache factory, planner), plus the entry points; every
+# other module is imported by one of these
+FIRST = ["magcache_dist.families.flux", "magcache_dist.families.wan", "magcache_dist.families.tiny",
+         "magcache_dist.families.base", "magcache_dist.cache.factory", "magcache_dist.job",
+         "magcache_dist.launcher.main", "magcache_dist.run", "magcache_dist.planner"]
 
 
 def _fresh(code: str) -> subprocess.CompletedProcess:
@@ -34,21 +35,23 @@ def test_every_package_imports_in_any_order():
     assert not failed, failed
 
 
-def test_lazy_family_table_matches_the_registrations():
-    from magcache_dist import pipeline
+def test_family_table_matches_the_classes():
     from magcache_dist.families import MODULES as TABLE
+    from magcache_dist.families.base import ModelFamily, family_class
 
-    for module, names in TABLE.items():
-        importlib.import_module(module)
-        registered = {n for n, f in pipeline._FAMILIES.items()
-                      if (f if isinstance(f, type) else type(f)).__module__ == module}
-        assert registered == set(names), module
+    for target, names in TABLE.items():
+        module, name = target.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, ModelFamily) and set(cls.names) == set(names), target
+        assert all(family_class(n) is cls for n in names)
+    with pytest.raises(ValueError, match=r"model\.name='sdxl' has no pipeline; choose one of"):
+        family_class("sdxl")
 
 
 @pytest.mark.parametrize("stage", ["config", "validate"])
 def test_no_heavy_imports_before_work(stage, tmp_path):
     step = ("from magcache_dist.config import load_config; load_config('configs/default.yaml')" if stage == "config"
-            else "from magcache_dist.config import load_config; from magcache_dist.pipeline import validate_job; "
+            else "from magcache_dist.config import load_config; from magcache_dist.job import validate_job; "
                  f"validate_job(load_config('configs/default.yaml', ['output_dir={tmp_path}']), 1)")
     p = _fresh(f"import sys; {step}; print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
     assert p.returncode == 0, p.stderr[-2000:]

@@ -152,8 +152,8 @@ def test_retention_and_k_bound():
 
 
 @pytest.mark.parametrize("kw,key", [
-    (dict(thresh=-0.1), "cache.thresh"), (dict(K=0), "cache.K"), (dict(retention=1.0), "cache.retention"),
-    (dict(retention=-0.1), "cache.retention"), (dict(K=1.5), "cache.K")])
+    (dict(thresh=-0.1), "cache.magcache.thresh"), (dict(K=0), "cache.magcache.K"), (dict(retention=1.0), "cache.magcache.retention"),
+    (dict(retention=-0.1), "cache.magcache.retention"), (dict(K=1.5), "cache.magcache.K")])
 def test_bad_hyper_parameters(kw, key):
     args = dict(thresh=0.1, K=2, retention=0.2) | kw
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -161,7 +161,7 @@ def test_bad_hyper_parameters(kw, key):
 
 
 def test_bad_inputs(tmp_path):
-    with pytest.raises(ValueError, match="cache.preset='nope'"):
+    with pytest.raises(ValueError, match="cache.magcache.preset='nope'"):
         build_magcache("nope", None, MagCacheConfig(), 10, ["cond"])
     with pytest.raises(ValueError, match="num_steps"):
         build_magcache("wan2.1-t2v-1.3b", None, MagCacheConfig(), 0, ["cond", "uncond"])
@@ -197,7 +197,7 @@ def test_plan_command():
     p = run_plan("--preset", "flux.1-dev", "--steps", "28", "--thresh", "0.24", "--K", "5", "--retention", "0.1")
     assert json.loads(p.stdout)["skipped_steps"] == {"cond": FLUX_EXAMPLE}
     p = run_plan("--preset", "wan2.1-t2v-1.3b", "--steps", "50", "--thresh", "0.12", "--K", "0", "--retention", "0.2")
-    assert p.returncode == 2 and "cache.K=0" in p.stderr
+    assert p.returncode == 2 and "cache.magcache.K=0" in p.stderr
 
 
 def test_plan_command_with_ratio_file(tmp_path):

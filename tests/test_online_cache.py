@@ -19,15 +19,18 @@ CFG = SamplerConfig(num_steps=STEPS)
 SIGMAS = sigma_grid(STEPS, CFG.shift)
 
 
-def _policy(par, thresh=0.4, K=2, predictor="powerlaw", perturb=1.0):
+def _policy(par, thresh=0.4, K=2, predictor="powerlaw"):
+    return build_online(MagCacheConfig(thresh, K, 0.2), STEPS, CFG.branches, SIGMAS, online=OnlineConfig(predictor))
+
+
+def _perturbed_state(policy, par, perturb: float):
+    """This rank's cache state whose SP sum scales its ratio measurement by ``perturb`` (1: exact)."""
     def reduce_sum(t):
         t = t.clone()
         t[0] *= perturb  # perturb != 1: this rank measures slightly different ratios
         return par.sp.all_reduce(t, "sum")
 
-    return build_online(MagCacheConfig(thresh, K, 0.2), STEPS, CFG.branches, SIGMAS,
-                        online=OnlineConfig(predictor), reduce_sum=reduce_sum,
-                        reduce_max=lambda t: par.sp.all_reduce(t, "max"))
+    return policy.new_state(CFG.branches, reduce_sum=reduce_sum, reduce_max=lambda t: par.sp.all_reduce(t, "max"))
 
 
 def _run(dims, **kw):
@@ -91,9 +94,9 @@ def test_no_measurement_means_compute_and_bad_config_names_the_key():
     pol = build_online(MagCacheConfig(0.12, 2, 0.0), STEPS, ["cond"], SIGMAS)
     state = pol.new_state(["cond"])
     assert pol.propose(state, 0, "cond").reason == "no-history"
-    with pytest.raises(ValueError, match="cache.online_predictor='magic'"):
+    with pytest.raises(ValueError, match="cache.online.predictor='magic'"):
         OnlineConfig("magic")
-    with pytest.raises(ValueError, match="cache.online_window=2"):
+    with pytest.raises(ValueError, match="cache.online.window=2"):
         OnlineConfig("powerlaw", 2)
 
 
@@ -103,8 +106,9 @@ def test_error_scalar_is_the_groups_so_ranks_agree_even_when_their_measurements_
 
     def one(par):
         model = apply_sequence_parallel(tiny_model(0), par)
-        pol = _policy(par, perturb=1.003 if par.rank == 1 else 1.0)
-        return sample(model, noise, texts, CFG, pol, par, guard=True).decisions
+        pol = _policy(par)
+        state = _perturbed_state(pol, par, 1.003 if par.rank == 1 else 1.0)
+        return sample(model, noise, texts, CFG, pol, par, guard=True, state=state).decisions
 
     decs = run_threads(one, build_thread_contexts(ParallelDims(2, 1), timeout=60))
     assert decs[0] == decs[1]
@@ -160,10 +164,10 @@ def test_error_is_magcaches_when_the_predictor_is_exact_and_widened_by_its_recen
 
 
 def test_online_config_errors_before_any_collective(tiny_ckpt, tmp_path):
-    from magcache_dist.pipeline import validate_job
+    from magcache_dist.job import validate_job
     from tests.helpers import job_config
 
-    with pytest.raises(ValueError, match="cache.online_predictor='magic' is unknown"):
-        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=online", "cache.online_predictor=magic"), 1)
-    with pytest.raises(ValueError, match="cache.K=0"):
-        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=online", "cache.K=0"), 1)
+    with pytest.raises(ValueError, match="cache.online.predictor='magic' is unknown"):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=online", "cache.online.predictor=magic"), 1)
+    with pytest.raises(ValueError, match="cache.magcache.K=0"):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=online", "cache.magcache.K=0"), 1)

@@ -25,18 +25,18 @@ def _decisions(report, rank=0):
 
 def test_online_and_store_on_two_processes(tiny_ckpt, tmp_path):
     solo_online = run_job(load_config(None, job_overrides(tiny_ckpt, str(tmp_path / "solo_online"),
-                                                          "cache.mode=online", "cache.thresh=0.4")), solo_context())
+                                                          "cache.mode=online", "cache.magcache.thresh=0.4")), solo_context())
     solo_cal = run_job(load_config(None, job_overrides(tiny_ckpt, str(tmp_path / "solo_cal"), "cache.mode=calibrate")),
                        solo_context())
     store = tmp_path / "store"
     jobs = [
         ("cal_r2", job_overrides(tiny_ckpt, str(tmp_path / "cal_r2"), "cache.mode=calibrate", "parallel.ring_degree=2",
-                                 f"cache.store_dir={store}")),
+                                 f"cache.calibration.store_dir={store}")),
         ("auto_u2", job_overrides(tiny_ckpt, str(tmp_path / "auto_u2"), "cache.mode=auto", "parallel.ulysses_degree=2",
-                                  f"cache.store_dir={store}")),
-        ("online_u2", job_overrides(tiny_ckpt, str(tmp_path / "online_u2"), "cache.mode=online", "cache.thresh=0.4",
+                                  f"cache.calibration.store_dir={store}")),
+        ("online_u2", job_overrides(tiny_ckpt, str(tmp_path / "online_u2"), "cache.mode=online", "cache.magcache.thresh=0.4",
                                     "parallel.ulysses_degree=2")),
-        ("online_r2", job_overrides(tiny_ckpt, str(tmp_path / "online_r2"), "cache.mode=online", "cache.thresh=0.4",
+        ("online_r2", job_overrides(tiny_ckpt, str(tmp_path / "online_r2"), "cache.mode=online", "cache.magcache.thresh=0.4",
                                     "parallel.ring_degree=2")),
     ]
     spawn(2, jobs, str(tmp_path), timeout=150)

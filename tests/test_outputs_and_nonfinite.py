@@ -50,7 +50,6 @@ def test_generate_exits_4_on_non_finite_output(nan_ckpt, tmp_path):
 
 _HOLD = """
 import sys, time
-sys.path.insert(0, {root!r})
 from magcache_dist.io.probe import OutputLock
 lock = OutputLock({d!r})
 print("held", flush=True)

@@ -9,7 +9,7 @@ from magcache_dist.auto import sigma_grid
 from magcache_dist.cache import RatioTable
 from magcache_dist.cache.store import RatioStore, interpolate_by_sigma, make_key, weights_fingerprint
 from magcache_dist.parallel import solo_context
-from magcache_dist.pipeline import validate_job
+from magcache_dist.job import validate_job
 from magcache_dist.run import run_job
 from tests.helpers import job_config, save_tiny_checkpoint
 
@@ -55,7 +55,7 @@ def test_store_round_trip_lookup_rules_and_bad_index(tmp_path):
     store.save(key, table)  # saving the same key again replaces its entry
     assert len(store.entries()) == 1
     (tmp_path / "store" / "index.json").write_text("{not json")
-    with pytest.raises(ValueError, match="cache.store_dir=.*index.json is not valid JSON"):
+    with pytest.raises(ValueError, match="cache.calibration.store_dir=.*index.json is not valid JSON"):
         store.lookup(key)
 
 
@@ -67,16 +67,16 @@ def test_weights_fingerprint_tells_checkpoints_apart(tmp_path):
 
 
 def test_auto_needs_a_store_dir(tiny_ckpt, tmp_path):
-    with pytest.raises(ValueError, match="cache.mode=auto needs cache.store_dir"):
+    with pytest.raises(ValueError, match="cache.mode=auto needs cache.calibration.store_dir"):
         validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=auto"), 1)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="cache.store_dir=.* is not a directory"):
+    with pytest.raises(ValueError, match="cache.calibration.store_dir=.* is not a directory"):
         validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), "cache.mode=auto",
-                                f"cache.store_dir={tmp_path / 'file'}"), 1)
+                                f"cache.calibration.store_dir={tmp_path / 'file'}"), 1)
 
 
 def _auto(ckpt, tmp_path, name, store, *extra):
-    cfg = job_config(ckpt, str(tmp_path / name), "cache.mode=auto", f"cache.store_dir={store}", *extra)
+    cfg = job_config(ckpt, str(tmp_path / name), "cache.mode=auto", f"cache.calibration.store_dir={store}", *extra)
     return run_job(cfg, solo_context())
 
 
@@ -112,7 +112,7 @@ def test_auto_calibrates_once_reuses_interpolates_and_recalibrates_on_a_new_reso
 
 def test_calibrate_with_store_dir_fills_the_store(tiny_ckpt, tmp_path):
     store = tmp_path / "store"
-    rep = run_job(job_config(tiny_ckpt, str(tmp_path / "cal"), "cache.mode=calibrate", f"cache.store_dir={store}"),
+    rep = run_job(job_config(tiny_ckpt, str(tmp_path / "cal"), "cache.mode=calibrate", f"cache.calibration.store_dir={store}"),
                   solo_context())
     assert rep["ratios_used"]["stored"] and rep["ratios_used"]["written"] == str(tmp_path / "cal" / "ratios.json")
     assert RatioTable.load(rep["ratios_used"]["stored"]).ratios == RatioTable.load(rep["ratios_used"]["written"]).ratios

@@ -13,7 +13,7 @@ import torch
 from magcache_dist.checkpoint import FORMAT, POINTER, validate_checkpointing
 from magcache_dist.config import load_config
 from magcache_dist.parallel import solo_context
-from magcache_dist.pipeline import validate_job
+from magcache_dist.job import validate_job
 from magcache_dist.run import run_job
 from tests.helpers import job_config, job_overrides
 
@@ -38,7 +38,7 @@ def _latents(out):
 def test_resume_from_the_last_checkpoint_is_bit_identical(tiny_ckpt, tmp_path, solver, mode):
     extra = [f"sampler.solver={solver}", f"cache.mode={mode}"]
     if mode == "teacache":  # identity polynomial: some calls skip, so the probe state must survive the resume
-        extra += ["cache.teacache_coefficients=[1.0,0.0]", "cache.teacache_thresh=0.5"]
+        extra += ["cache.teacache.coefficients=[1.0,0.0]", "cache.teacache.thresh=0.5"]
     ref = run_job(job_config(tiny_ckpt, str(tmp_path / "ref"), *extra), solo_context())
     first = run_job(job_config(tiny_ckpt, str(tmp_path / "job"), "checkpoint.every_n_steps=3", *extra), solo_context())
     ck = tmp_path / "job" / "checkpoint"
@@ -102,7 +102,7 @@ def test_mismatching_config_and_missing_checkpoint_are_refused(tiny_ckpt, tmp_pa
     validate_job(job_config(tiny_ckpt, out, "resume=true", "progress=true", "parallel.timeout_s=30",
                             "cache.consensus_guard=false", "video.fps=12"), 1)
     for extra, msg in [("sampler.num_steps=10", r"sampler\.num_steps=8 in the checkpoint but 10 now"),
-                       ("cache.thresh=0.24", r"cache\.thresh=0\.12 in the checkpoint but 0\.24 now"),
+                       ("cache.magcache.thresh=0.24", r"cache\.magcache\.thresh=0\.12 in the checkpoint but 0\.24 now"),
                        ("seed=5", r"seed=0 in the checkpoint but 5 now"),
                        ("cache.branch_sync=official", r"cache\.branch_sync='joint' in the checkpoint but 'official' now"),
                        ("prompt=another", r"prompt='a red circle moves right' in the checkpoint but 'another' now")]:

@@ -72,7 +72,7 @@ def test_doubling_blocks_give_known_ratios():
     m = StraightLine(None, None)
     cfg = SamplerConfig(num_steps=10, shift=3.0, guidance=4.0, solver="euler")
     noise = torch.randn(1, 2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    pol = CalibrationPolicy(10, cfg.branches)
+    pol = CalibrationPolicy(10)
     res = sample(m, noise, {"cond": None, "uncond": None}, cfg, pol)
     table = pol.table(res.state)
     sig = FlowScheduler("euler", 10, 3.0).sigmas.numpy()

@@ -7,7 +7,7 @@ import torch
 from magcache_dist.cache import NoCache
 from magcache_dist.cache.teacache import TeaCacheConfig, TeaCachePolicy, modulated_input, polyval
 from magcache_dist.config import load_config
-from magcache_dist.pipeline import build_policy, sampler_config, validate_job
+from magcache_dist.job import validate_job
 from magcache_dist.sampling import SamplerConfig, sample
 from tests.helpers import tiny_model
 
@@ -40,7 +40,7 @@ def run_rule(policy, values_by_branch, num_steps):
 
 
 def teacache(thresh, coefficients=(1.0, 0.0), num_steps=10, branches=("cond",)):
-    return TeaCachePolicy(TeaCacheConfig(thresh=thresh, coefficients=list(coefficients)), num_steps, list(branches))
+    return TeaCachePolicy(TeaCacheConfig(thresh=thresh, coefficients=list(coefficients)), num_steps)
 
 
 def test_polyval_highest_degree_first():
@@ -151,13 +151,13 @@ def test_sampler_with_teacache_on_a_tiny_model():
 
 
 def test_pipeline_builds_teacache(tmp_path):
-    cfg = load_config(None, ["model.name=tiny", "cache.mode=teacache", "cache.teacache_thresh=0.2",
-                             "cache.teacache_coefficients=[3.0,0.5]", f"output_dir={tmp_path}"])
+    cfg = load_config(None, ["model.name=tiny", "cache.mode=teacache", "cache.teacache.thresh=0.2",
+                             "cache.teacache.coefficients=[3.0,0.5]", f"output_dir={tmp_path}"])
     validate_job(cfg, 1)
-    policy = build_policy(cfg, sampler_config(cfg))
+    policy = validate_job(cfg, 1).policy
     assert isinstance(policy, TeaCachePolicy)
     assert policy.cfg.thresh == 0.2 and policy.cfg.coefficients == [3.0, 0.5]
     assert policy.describe()["policy"] == "teacache"
     with pytest.raises(ValueError, match="teacache_thresh"):
-        validate_job(load_config(None, ["model.name=tiny", "cache.mode=teacache", "cache.teacache_thresh=-1",
-                                        "cache.teacache_coefficients=[1.0,0.0]", f"output_dir={tmp_path}"]), 1)
+        validate_job(load_config(None, ["model.name=tiny", "cache.mode=teacache", "cache.teacache.thresh=-1",
+                                        "cache.teacache.coefficients=[1.0,0.0]", f"output_dir={tmp_path}"]), 1)

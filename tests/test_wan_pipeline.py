@@ -22,7 +22,7 @@ from magcache_dist.cache import plan
 from magcache_dist.config import load_config
 from magcache_dist.families.wan import WanFamily, i2v_geometry
 from magcache_dist.parallel import solo_context
-from magcache_dist.pipeline import build_policy, sampler_config, validate_job
+from magcache_dist.job import validate_job
 from magcache_dist.run import run_job
 from models import wan_components
 from models.loading import load_state_dict_strict, official_to_diffusers_key, read_tensors
@@ -198,8 +198,8 @@ def test_end_to_end_both_layouts_give_identical_latents(task, wan_ckpts, tmp_pat
         gc.collect()
         assert freed[-1]() is None  # the text encoder ran once and was freed
         latents[layout] = torch.load(out / "latents.pt", weights_only=True)
-        scfg = sampler_config(cfg)
-        expect = plan(build_policy(cfg, scfg), scfg.num_steps, scfg.branches)
+        job = validate_job(cfg, 1)
+        expect = plan(job.policy, job.scfg.num_steps, job.scfg.branches)
         assert report["skipped_steps"] == expect["skipped_steps"] and report["computed_calls"] < report["total_calls"]
         files = ["frames.png", "latents.pt", "report.json", "video.mp4"] if layout == "official" else \
             ["latents.pt", "report.json"]
@@ -214,9 +214,9 @@ def test_end_to_end_both_layouts_give_identical_latents(task, wan_ckpts, tmp_pat
 def test_i2v_conditioning_is_mask_plus_normalised_image_latents(wan_ckpts, tmp_path):
     cfg = load_config(None, wan_overrides("i2v", wan_ckpts["i2v"]["official"], str(tmp_path), "sampler.guidance=1.0",
                                           image=wan_ckpts["image"]))
-    family = WanFamily()
-    _, files = family.build(cfg, "cpu")
-    conds = family.encode(files, cfg, cfg.prompt, "", ["cond"])
+    family = WanFamily(cfg)
+    _, encoders = family.build("cpu")
+    conds = family.encode(encoders, cfg.prompt, "", ["cond"])
     assert list(conds) == ["cond"]
     y = conds["cond"].y
     assert y.shape == (1, 20, 3, 4, 6)
@@ -239,15 +239,11 @@ def test_tiled_vae_decode_matches_full_decode(wan_ckpts, tmp_path):
     cfg = load_config(None, wan_overrides("t2v", wan_ckpts["t2v"]["official"], str(tmp_path), "video.height=96",
                                           "video.width=96"))
     z = torch.randn(1, 16, 2, 12, 12, generator=torch.Generator().manual_seed(3)) * 0.5
-    full = WanFamily()
-    full.build(cfg, "cpu")
-    ref = full.decode(z)
+    ref = WanFamily(cfg).decode(z)
     tiled_cfg = load_config(None, wan_overrides("t2v", wan_ckpts["t2v"]["official"], str(tmp_path), "vae.tiling=true",
                                                 "vae.tile_height=64", "vae.tile_width=64", "vae.tile_stride_height=32",
                                                 "vae.tile_stride_width=32"))
-    tiled = WanFamily()
-    tiled.build(tiled_cfg, "cpu")
-    out = tiled.decode(z)
+    out = WanFamily(tiled_cfg).decode(z)
     assert out.shape == ref.shape == (1, 3, 5, 96, 96)
     # overlapping 64 px tiles, blended: not the same computation as the full decode, but the same picture
     # (random weights see far beyond a tile, so the agreement is loose; trained VAEs are much closer)
@@ -323,7 +319,7 @@ def test_shipped_configs_carry_the_published_defaults(name, model, steps, shift,
     cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
     assert (cfg.model.name, cfg.model.dtype, cfg.sampler.num_steps, cfg.sampler.shift, cfg.sampler.guidance,
             cfg.sampler.solver) == (model, "bfloat16", steps, shift, 5.0, "unipc")
-    assert (cfg.cache.mode, cfg.cache.preset, cfg.cache.thresh, cfg.cache.K, cfg.cache.retention) == \
+    assert (cfg.cache.mode, cfg.cache.magcache.preset, cfg.cache.magcache.thresh, cfg.cache.magcache.K, cfg.cache.magcache.retention) == \
         ("magcache", preset, thresh, K, 0.2)
     assert (cfg.video.frames, cfg.video.height, cfg.video.width, cfg.video.fps) == (frames, *hw, 16)
     assert (cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree) == par
@@ -364,10 +360,10 @@ def test_diffusers_scheduler_shift_is_the_default(wan_ckpts, tmp_path):
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "UniPCMultistepScheduler",
                                                                           "flow_shift": 3.0}))
     cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o")))
-    _, _, scfg = validate_job(cfg, 1)
+    scfg = validate_job(cfg, 1).scfg
     assert cfg.sampler.shift == scfg.shift == 3.0  # the folder's, not the schema default 5.0
     cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o"), "sampler.shift=7"))
-    assert validate_job(cfg, 1)[2].shift == 7.0  # given: kept
+    assert validate_job(cfg, 1).scfg.shift == 7.0  # given: kept
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"flow_shift": -1}))
     with pytest.raises(ValueError, match=r"scheduler/scheduler_config\.json has flow_shift=-1"):
         validate_job(load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o"))), 1)

@@ -49,13 +49,53 @@ class BranchState:
         return dict(acc_ratio=self.acc_ratio, acc_err=self.acc_err, acc_steps=self.acc_steps)
 
 
+def _identity(t):
+    return t
+
+
+def _to(obj, device):
+    """Tensors in nested dicts / lists / tuples copied to ``device`` (other values as they are)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to(device, copy=True)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
 class CacheState:
-    def __init__(self, branches):
+    """One generation's cache state on one rank: a slot per branch the rank runs, the decision log, and the
+    all-reduces over the rank's sequence-parallel group that measurements on sharded tensors go through
+    (identity in a single process)."""
+
+    def __init__(self, branches, reduce_sum=None, reduce_max=None):
         self.branches = {b: BranchState() for b in branches}
         self.decisions: list[dict] = []  # log: one entry per call
+        self.reduce_sum = reduce_sum or _identity
+        self.reduce_max = reduce_max or _identity
 
     def __getitem__(self, branch) -> BranchState:
         return self.branches[branch]
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue the generation (tensors on the CPU): what a step checkpoint stores."""
+        return dict(decisions=[dict(d) for d in self.decisions],
+                    branches={b: dict(acc_ratio=bs.acc_ratio, acc_err=bs.acc_err, acc_steps=bs.acc_steps,
+                                      has_residual=bs.has_residual, residual=_to(bs.residual, "cpu"),
+                                      extra=_to(bs.extra, "cpu"))
+                              for b, bs in self.branches.items()})
+
+    def load_state_dict(self, sd: dict, device="cpu") -> None:
+        missing = [b for b in self.branches if b not in sd["branches"]]
+        if missing:
+            raise ValueError(f"checkpoint: no cache state for branch(es) {missing} (saved: {sorted(sd['branches'])})")
+        for b, bs in self.branches.items():
+            d = sd["branches"][b]
+            bs.acc_ratio, bs.acc_err, bs.acc_steps = d["acc_ratio"], d["acc_err"], d["acc_steps"]
+            bs.has_residual, bs.residual = d["has_residual"], _to(d["residual"], device)
+            bs.extra = _to(d["extra"], device)
+        self.decisions = [dict(x) for x in sd["decisions"]]
 
 
 BRANCH_SYNC = ("joint", "official")
@@ -72,8 +112,9 @@ class CachePolicy:
     name = "base"
     branch_sync = None  # "joint" | "official" for policies that skip; None where every call is computed
 
-    def new_state(self, branches) -> CacheState:
-        return CacheState(branches)
+    def new_state(self, branches, reduce_sum=None, reduce_max=None) -> CacheState:
+        """A fresh per-generation state for ``branches`` (those this rank runs) with this rank's SP all-reduces."""
+        return CacheState(branches, reduce_sum, reduce_max)
 
     def propose(self, state: CacheState, step: int, branch: str, probe=None) -> Decision:
         raise NotImplementedError

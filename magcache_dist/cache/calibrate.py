@@ -7,7 +7,6 @@ valid-token count are all-reduced (``reduce_sum``) so every degree gives the sam
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +39,11 @@ class CalibrationPolicy(CachePolicy):
     """Computes every call and measures the residual magnitudes (the cache mode ``calibrate``)."""
     name = "calibrate"
 
-    def __init__(self, num_steps: int, branches: list[str], reduce_sum: Callable[[torch.Tensor], torch.Tensor] = None):
-        self.num_steps, self.branches = num_steps, list(branches)
-        self.reduce_sum = reduce_sum or (lambda t: t)
+    def __init__(self, num_steps: int):
+        self.num_steps = num_steps
 
-    def new_state(self, branches):
-        state = super().new_state(branches)
+    def new_state(self, branches, reduce_sum=None, reduce_max=None):
+        state = super().new_state(branches, reduce_sum, reduce_max)
         for b in branches:  # step 0 has no predecessor: the 1.0 placeholder
             state[b].extra["rows"] = [(1.0, 0.0, 0.0)] + [None] * (self.num_steps - 1)
         return state
@@ -57,7 +55,7 @@ class CalibrationPolicy(CachePolicy):
         bs = state[branch]
         residual = block_out - block_in
         if bs.residual is not None:
-            sums = self.reduce_sum(residual_ratio_sums(residual, bs.residual, valid))
+            sums = state.reduce_sum(residual_ratio_sums(residual, bs.residual, valid))
             bs.extra["rows"][step] = stats_from_sums(sums)
         bs.residual, bs.has_residual = residual, True
 

@@ -24,11 +24,11 @@ class MagCacheConfig:
 
     def __post_init__(self):
         if not isinstance(self.thresh, (int, float)) or not math.isfinite(self.thresh) or self.thresh < 0:
-            raise ValueError(f"cache.thresh={self.thresh!r} must be a number >= 0 (published: 0.12 or 0.24)")
+            raise ValueError(f"cache.magcache.thresh={self.thresh!r} must be a number >= 0 (published: 0.12 or 0.24)")
         if isinstance(self.K, bool) or not isinstance(self.K, int) or self.K < 1:
-            raise ValueError(f"cache.K={self.K!r} must be an integer >= 1 (max consecutive skips; published 2-6)")
+            raise ValueError(f"cache.magcache.K={self.K!r} must be an integer >= 1 (max consecutive skips; published 2-6)")
         if not isinstance(self.retention, (int, float)) or not 0 <= self.retention < 1:
-            raise ValueError(f"cache.retention={self.retention!r} must be in [0, 1) (fraction always computed; 0.2)")
+            raise ValueError(f"cache.magcache.retention={self.retention!r} must be in [0, 1) (fraction always computed; 0.2)")
 
 
 def check_num_steps(num_steps) -> int:
@@ -137,14 +137,14 @@ def build_magcache(preset: str | None, ratios_file: str | None, cfg: MagCacheCon
                    branches: list[str], rule: str | None = None, branch_sync: str = "official") -> MagCachePolicy:
     """A policy from a preset name or a ratio file (a file takes its rule from ``rule``, default wan)."""
     if preset and ratios_file:
-        raise ValueError("set either cache.preset or cache.ratios_file, not both")
+        raise ValueError("set either cache.magcache.preset or cache.magcache.ratios_file, not both")
     if ratios_file:
         table = RatioTable.load(ratios_file)
         fam = get_rule(rule or table.meta.get("rule", "wan"))
         return MagCachePolicy(table, fam, cfg, num_steps, branches, source=f"file:{ratios_file}",
                               branch_sync=branch_sync)
     if not preset:
-        raise ValueError("cache.preset or cache.ratios_file is required for cache.mode=magcache")
+        raise ValueError("cache.magcache.preset or cache.magcache.ratios_file is required for cache.mode=magcache")
     p = get_preset(preset)
     fam = get_rule(rule) if rule else p.rule
     return MagCachePolicy(p.table, fam, cfg, num_steps, branches, source=f"preset:{preset}", branch_sync=branch_sync)

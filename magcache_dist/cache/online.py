@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,11 +48,11 @@ class OnlineConfig:
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
-            raise ValueError(f"cache.online_predictor={self.predictor!r} is unknown; choose one of {PREDICTORS}")
+            raise ValueError(f"cache.online.predictor={self.predictor!r} is unknown; choose one of {PREDICTORS}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < MIN_FIT_POINTS:
-            raise ValueError(f"cache.online_window={self.window!r} must be an integer >= {MIN_FIT_POINTS}")
+            raise ValueError(f"cache.online.window={self.window!r} must be an integer >= {MIN_FIT_POINTS}")
         if not isinstance(self.margin, bool):
-            raise ValueError(f"cache.online_margin={self.margin!r} must be true or false")
+            raise ValueError(f"cache.online.margin={self.margin!r} must be true or false")
         if isinstance(self.miss_window, bool) or not isinstance(self.miss_window, int) or self.miss_window < 1:
             raise ValueError(f"online miss_window={self.miss_window!r} must be an integer >= 1")
 
@@ -81,20 +80,16 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
     name = "online"
 
     def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str], sigmas,
-                 online: OnlineConfig | None = None,
-                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None, branch_sync: str = "official"):
+                 online: OnlineConfig | None = None, branch_sync: str = "official"):
         super().__init__(rule, cfg, num_steps, branches, branch_sync)
         self.online = online or OnlineConfig()
         sig = [float(s) for s in sigmas]
         if len(sig) not in (num_steps, num_steps + 1):
             raise ValueError(f"online cache: {len(sig)} sigmas for num_steps={num_steps}")
         self.sigmas = sig[:num_steps]
-        self.reduce_sum = reduce_sum or (lambda t: t)
-        self.reduce_max = reduce_max or (lambda t: t)
 
-    def new_state(self, branches) -> CacheState:
-        state = super().new_state(branches)
+    def new_state(self, branches, reduce_sum=None, reduce_max=None) -> CacheState:
+        state = super().new_state(branches, reduce_sum, reduce_max)
         for b in branches:
             state[b].extra.update(history=[], misses=[], last_step=None)
         return state
@@ -132,7 +127,7 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
         # the scalars that decide are the group's (identical on every rank by construction); under joint branch
         # sync the step's key is reduced over the whole job anyway (JointConsensus), so no second message per call
         if self.branch_sync != "joint":
-            err, ratio = (float(v) for v in self.reduce_max(torch.tensor([err, ratio], dtype=torch.float64)))
+            err, ratio = (float(v) for v in state.reduce_max(torch.tensor([err, ratio], dtype=torch.float64)))
         return self.decide(bs, step, err, ratio)
 
     def commit(self, state, step, branch, decision) -> None:
@@ -144,7 +139,7 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
         residual = block_out - block_in
         prev_step = bs.extra["last_step"]
         if bs.residual is not None and prev_step is not None and prev_step < step:
-            total, _, _, n = (float(v) for v in self.reduce_sum(residual_ratio_sums(residual, bs.residual, valid)))
+            total, _, _, n = (float(v) for v in state.reduce_sum(residual_ratio_sums(residual, bs.residual, valid)))
             if n < 1:
                 raise RuntimeError("online cache: no real tokens in the group")
             r = total / n
@@ -174,7 +169,6 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
 
 
 def build_online(cfg: MagCacheConfig, num_steps: int, branches: list[str], sigmas, rule: str | None = None,
-                 online: OnlineConfig | None = None, reduce_sum=None, reduce_max=None,
-                 branch_sync: str = "official") -> OnlineMagCachePolicy:
+                 online: OnlineConfig | None = None, branch_sync: str = "official") -> OnlineMagCachePolicy:
     return OnlineMagCachePolicy(get_rule(rule or "wan"), cfg, num_steps, branches, sigmas, online,
-                                reduce_sum=reduce_sum, reduce_max=reduce_max, branch_sync=branch_sync)
+                                branch_sync=branch_sync)

@@ -106,10 +106,10 @@ def get_preset(name: str) -> Preset:
             table.meta["preset"] = name
             return Preset(name, RULES[rule], table, dict(thresh=thresh, K=k, retention=r,
                                                          num_steps=table.num_steps))
-    raise ValueError(f"cache.preset={name!r} is unknown; choose one of {preset_names()} or set cache.ratios_file")
+    raise ValueError(f"cache.magcache.preset={name!r} is unknown; choose one of {preset_names()} or set cache.magcache.ratios_file")
 
 
 def get_rule(name: str) -> FamilyRule:
     if name not in RULES:
-        raise ValueError(f"cache.rule={name!r} is unknown; choose one of {sorted(RULES)}")
+        raise ValueError(f"cache.magcache.rule={name!r} is unknown; choose one of {sorted(RULES)}")
     return RULES[name]

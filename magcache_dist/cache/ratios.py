@@ -131,14 +131,14 @@ class RatioTable:
     @classmethod
     def load(cls, path: str) -> "RatioTable":
         if not os.path.isfile(path):
-            raise ValueError(f"cache.ratios_file={path!r} does not exist; write one with cache.mode=calibrate or "
-                             f"use cache.preset")
+            raise ValueError(f"cache.magcache.ratios_file={path!r} does not exist; write one with cache.mode=calibrate or "
+                             f"use cache.magcache.preset")
         try:
             with open(path) as f:
                 obj = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"cache.ratios_file={path!r} is not valid JSON: {e}") from None
-        where = f"cache.ratios_file={path!r}"
+            raise ValueError(f"cache.magcache.ratios_file={path!r} is not valid JSON: {e}") from None
+        where = f"cache.magcache.ratios_file={path!r}"
         try:
             return cls.from_json(obj, where=where)
         except ValueError as e:  # name the config key also for errors found inside the table

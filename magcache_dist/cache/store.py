@@ -135,19 +135,19 @@ class RatioStore:
         self.index_path = os.path.join(directory, "index.json")
 
     def check(self) -> None:
-        """Raise ValueError (naming cache.store_dir) if the store cannot be read or written."""
+        """Raise ValueError (naming cache.calibration.store_dir) if the store cannot be read or written."""
         from magcache_dist.io.probe import ensure_writable_dir
 
-        ensure_writable_dir(os.path.abspath(self.dir), "cache.store_dir")
+        ensure_writable_dir(os.path.abspath(self.dir), "cache.calibration.store_dir")
         for i, e in enumerate(self.entries()):  # the tables too: a broken one must not surface after the model loads
             path = self.path(e)
             if not os.path.isfile(path):
-                raise ValueError(f"cache.store_dir={self.dir!r}: index.json entries[{i}] names {e['file']!r}, which "
+                raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] names {e['file']!r}, which "
                                  f"is missing; fix or remove that entry (or delete index.json to start a new store)")
             try:
                 RatioTable.load(path)
             except ValueError as err:
-                raise ValueError(f"cache.store_dir={self.dir!r}: index.json entries[{i}]: {err}; recalibrate or "
+                raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}]: {err}; recalibrate or "
                                  f"remove that entry") from None
 
     def entries(self) -> list[dict]:
@@ -157,15 +157,15 @@ class RatioStore:
             with open(self.index_path) as f:
                 obj = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"cache.store_dir={self.dir!r}: index.json is not valid JSON ({e}); delete it to "
+            raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json is not valid JSON ({e}); delete it to "
                              f"start a new store") from None
         if not isinstance(obj, dict) or obj.get("format") != STORE_FORMAT or not isinstance(obj.get("entries"), list):
-            raise ValueError(f"cache.store_dir={self.dir!r}: index.json is not a {STORE_FORMAT!r} index; point "
-                             f"cache.store_dir at a ratio store directory")
+            raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json is not a {STORE_FORMAT!r} index; point "
+                             f"cache.calibration.store_dir at a ratio store directory")
         for i, e in enumerate(obj["entries"]):
             problem = _entry_problem(e)
             if problem:
-                raise ValueError(f"cache.store_dir={self.dir!r}: index.json entries[{i}] {problem}; fix or remove "
+                raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] {problem}; fix or remove "
                                  f"that entry (or delete index.json to start a new store)")
         return obj["entries"]
 

@@ -17,7 +17,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -37,7 +36,7 @@ class TeaCacheConfig:
 
     def __post_init__(self):
         if not isinstance(self.thresh, (int, float)) or not math.isfinite(self.thresh) or self.thresh < 0:
-            raise ValueError(f"cache.teacache_thresh={self.thresh!r} must be a number >= 0")
+            raise ValueError(f"cache.teacache.thresh={self.thresh!r} must be a number >= 0")
         if not self.coefficients or not all(isinstance(c, (int, float)) and math.isfinite(c)
                                             for c in self.coefficients):
             raise ValueError(f"teacache coefficients {self.coefficients!r} must be a non-empty list of finite numbers")
@@ -65,7 +64,7 @@ def load_coefficients(model_name: str) -> tuple[list[float], dict]:
     path = os.path.join(DATA_DIR, f"{model_name}-teacache.json")
     if not os.path.isfile(path):
         raise ValueError(f"no TeaCache coefficients for model {model_name!r} ({path}); set "
-                         f"cache.teacache_coefficients or fit them with benchmarks/fit_teacache.py")
+                         f"cache.teacache.coefficients or fit them with benchmarks/fit_teacache.py")
     with open(path) as f:
         obj = json.load(f)
     if obj.get("format") != TEACACHE_FORMAT or not isinstance(obj.get("coefficients"), list):
@@ -76,24 +75,21 @@ def load_coefficients(model_name: str) -> tuple[list[float], dict]:
 class TeaCachePolicy(CachePolicy):
     name = "teacache"
 
-    def __init__(self, cfg: TeaCacheConfig, num_steps: int, branches: list[str],
-                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None, source: str = "",
-                 branch_sync: str = "official"):
+    def __init__(self, cfg: TeaCacheConfig, num_steps: int, source: str = "", branch_sync: str = "official"):
         self.cfg, self.source = cfg, source
         self.branch_sync = check_branch_sync(branch_sync)
         self.num_steps = check_num_steps(num_steps)
-        self.branches = list(branches)
-        self.reduce_sum = reduce_sum or (lambda t: t)
 
     @property
     def needs_probe(self) -> bool:
         return True
 
-    def rel_l1(self, cur: torch.Tensor, prev: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    @staticmethod
+    def rel_l1(state: CacheState, cur: torch.Tensor, prev: torch.Tensor, valid: torch.Tensor | None = None) -> float:
         diff, ref = (cur - prev).abs().double(), prev.abs().double()
         if valid is not None:
             diff, ref = diff[:, valid], ref[:, valid]
-        sums = self.reduce_sum(torch.stack([diff.sum(), ref.sum()]))
+        sums = state.reduce_sum(torch.stack([diff.sum(), ref.sum()]))
         return float(sums[0] / sums[1].clamp_min(1e-12))
 
     def always_computed(self, step: int) -> bool:
@@ -114,7 +110,7 @@ class TeaCachePolicy(CachePolicy):
         reset = dict(acc_err=0.0, acc_steps=0, extra=extra)
         if self.always_computed(step) or prev is None:
             return Decision(True, 0.0, 1.0, "retention", reset)
-        rel = self.rel_l1(mod, prev, valid)
+        rel = self.rel_l1(state, mod, prev, valid)
         err = bs.acc_err + polyval(self.cfg.coefficients, rel)
         if not err < self.cfg.thresh:
             return Decision(True, err, 1.0, "threshold", reset)
@@ -139,13 +135,12 @@ class TeaCachePolicy(CachePolicy):
                     final_steps=self.cfg.final_steps, num_steps=self.num_steps)
 
 
-def build_teacache(model_name: str, thresh: float, num_steps: int, branches: list[str],
-                   coefficients: list[float] | None = None, reduce_sum=None,
+def build_teacache(model_name: str, thresh: float, num_steps: int, coefficients: list[float] | None = None,
                    branch_sync: str = "official") -> TeaCachePolicy:
     if coefficients is None:
         coefficients, _ = load_coefficients(model_name)
         source = f"fitted:{model_name}"
     else:
         source = "config"
-    return TeaCachePolicy(TeaCacheConfig(thresh=thresh, coefficients=list(coefficients)), num_steps, branches,
-                          reduce_sum=reduce_sum, source=source, branch_sync=branch_sync)
+    return TeaCachePolicy(TeaCacheConfig(thresh=thresh, coefficients=list(coefficients)), num_steps, source=source,
+                          branch_sync=branch_sync)

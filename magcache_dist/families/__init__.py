@@ -1,17 +1,18 @@
-"""Model families beyond the embedded tiny models: each module registers a ModelFamily (pipeline.register_family).
+"""Model families: each module defines a ModelFamily subclass (magcache_dist/families/base.py) for its names.
 
 The sampler, cache and parallel code are shared; a family only says how to validate, build, condition, make
-noise for and decode its model (see docs/adding_a_model.md).
+noise for and decode its model, and what its latents look like and cost (see docs/adding_a_model.md).
 
-Families load lazily: ``MODULES`` names which module registers which model names, and ``pipeline.get_family``
-imports a module only when one of its names is used, so a job on the embedded model (or a rejected bad input)
-never imports diffusers' or transformers' model code. tests/unit checks that the table matches what each module
-registers.
+``MODULES`` is the registry: "module:Class" -> the model names it serves. ``base.make_family`` imports a module only
+when one of its names is used, so a job on the embedded model (or a rejected bad input) never imports diffusers'
+or transformers' model code. tests/unit checks that every class's ``names`` match this table.
 """
 MODULES = {
-    "magcache_dist.families.flux": ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell", "flux.1-schnell-tiny"),
-    "magcache_dist.families.hunyuanvideo": ("hunyuanvideo", "hunyuanvideo-tiny"),
-    "magcache_dist.families.opensora": ("opensora-1.2", "opensora-1.2-tiny"),
-    "magcache_dist.families.wan": ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
-                                   "tiny-wan-t2v", "tiny-wan-i2v"),
+    "magcache_dist.families.tiny:TinyVideoFamily": ("tiny", "tiny-video"),
+    "magcache_dist.families.flux:FluxFamily": ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell",
+                                               "flux.1-schnell-tiny"),
+    "magcache_dist.families.hunyuanvideo:HunyuanVideoFamily": ("hunyuanvideo", "hunyuanvideo-tiny"),
+    "magcache_dist.families.opensora:OpenSoraFamily": ("opensora-1.2", "opensora-1.2-tiny"),
+    "magcache_dist.families.wan:WanFamily": ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p",
+                                             "wan2.1-i2v-14b-720p", "tiny-wan-t2v", "tiny-wan-i2v"),
 }

@@ -1,72 +1,43 @@
-"""Pieces the tiny (pixel-space, tiny-text-encoder) families share: checks before any collective, checkpoint
-reading (DiT weights in the official or diffusers layout plus ``text_encoder.*``), prompt encoding."""
+"""Pieces several families share: the tiny families' checkpoint reading (DiT weights in the official or diffusers
+layout plus the tiny text encoder under ``text_encoder.*``), prompt encoding, the checks and defaults of the
+tiny FLUX / HunyuanVideo / Open-Sora families, and the cost figures of the Wan architecture."""
 from __future__ import annotations
 
 import torch
 
-from magcache_dist.config import JobConfig
-from magcache_dist.pipeline import DTYPES, ModelFamily, load_dit_and_text
+from magcache_dist.config import resolve_path
+from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily, meta_param_count
 from models.layouts import Rule, is_official, official_to_diffusers
+from models.loading import load_state_dict_strict, read_tensors
 from models.tiny_text import TinyTextEncoder
+from models.wan import WanConfig, WanModel
+
+TEXT_ENCODER_PREFIX = "text_encoder."
 
 
-class TinyFamily(ModelFamily):
-    """Base of the families here. ``tiny_names``: runnable sizes; the others (published sizes) have model
-    definitions and weight loading but no text encoder / VAE wired in yet."""
+def split_text_encoder(sd: dict) -> tuple[dict, dict]:
+    """(DiT tensors, text-encoder tensors without their prefix) of a tiny-family checkpoint."""
+    text = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_ENCODER_PREFIX)}
+    return {k: v for k, v in sd.items() if not k.startswith(TEXT_ENCODER_PREFIX)}, text
 
-    family = ""
-    tiny_names: tuple = ()
-    cfg_mode = "distilled"
-    presets: dict = {}  # model name -> default MagCache preset
-    rule = "wan"
 
-    def default_preset(self, name: str) -> str | None:
-        return self.presets.get(name)
+def load_dit_and_text(ckpt: str, model, text, convert_dit=None) -> None:
+    """``model.ckpt`` -> the DiT (top-level keys, through ``convert_dit(sd, where)`` if given) and the tiny text
+    encoder (keys under ``text_encoder.``), both loaded strictly."""
+    where = f"model.ckpt={ckpt!r}"
+    dit_sd, text_sd = split_text_encoder(read_tensors(resolve_path(ckpt)))
+    load_state_dict_strict(model, convert_dit(dit_sd, where) if convert_dit else dit_sd, where)
+    if not text_sd:
+        raise ValueError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
+    load_state_dict_strict(text, text_sd, f"{where} (text encoder)")
 
-    def cache_rule(self, name: str) -> str:
-        return self.rule
 
-    def validate(self, cfg: JobConfig) -> None:
-        name = cfg.model.name
-        if name not in self.tiny_names:
-            raise ValueError(f"model.name={name!r}: the {self.family} model, its weight loading and MagCache preset "
-                             f"are here, but its text encoder and VAE are not wired into a pipeline yet; use one of "
-                             f"{list(self.tiny_names)}")
-        self.check_ckpt_exists(cfg)
-        if cfg.cache.mode == "teacache":
-            raise ValueError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
-                             f"{name}")
-        p = cfg.parallel
-        if p.backend != "native" and p.ulysses_degree * p.ring_degree > 1:
-            raise ValueError(f"parallel.backend={p.backend!r}: {self.family}'s attention seams have native sequence "
-                             f"parallelism only; use parallel.backend=native")
-        if p.cfg_degree > 1:
-            raise ValueError(f"parallel.cfg_degree={p.cfg_degree}: {self.family} makes one call per step ("
-                             f"{'batched' if self.cfg_mode == 'batched' else 'guidance-distilled'}); use "
-                             f"parallel.ulysses_degree / ring_degree instead")
-        if cfg.sampler.solver != "euler":
-            raise ValueError(f"sampler.solver={cfg.sampler.solver!r}: {self.family} samples with Euler on its own "
-                             f"sigma grid; set sampler.solver=euler")
-
-    def load_weights(self, cfg: JobConfig, model, text, official_rules: list[Rule] | None, marker: str = "",
-                     hidden: int = 0) -> None:
-        """model.ckpt -> DiT (official layout converted when ``official_rules`` is given) + tiny text encoder."""
-        def convert(dit, where):
-            if official_rules is not None and is_official(dit, marker):
-                return official_to_diffusers(dit, official_rules, hidden, where)
-            return dit
-
-        load_dit_and_text(cfg, model, text, convert)
-
-    def finish(self, cfg: JobConfig, model, text, device):
-        model = model.to(device=device)
-        if DTYPES[cfg.model.dtype] != torch.float32:
-            model = model.to(dtype=DTYPES[cfg.model.dtype])
-        model = model.eval()
-        return model, text.to(device).eval()
-
-    def decode(self, latents):
-        return latents.clamp(-1, 1)  # pixel space
+def encode_texts(text_encoder, prompt: str, negative: str, branches) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        out = {"cond": text_encoder.encode([prompt])}
+        if "uncond" in branches:
+            out["uncond"] = text_encoder.encode([negative])
+    return out
 
 
 def encode_prompt(encoder: TinyTextEncoder, prompt: str, pad_to: int) -> tuple[torch.Tensor, int]:
@@ -82,3 +53,71 @@ def encode_prompt(encoder: TinyTextEncoder, prompt: str, pad_to: int) -> tuple[t
 def pooled(feats: torch.Tensor, n: int) -> torch.Tensor:
     """Where CLIP's pooled prompt vector stands: the mean of the real token features, [1, C]."""
     return feats[:, :n].mean(1)
+
+
+def wan_cost_figures(mcfg: WanConfig) -> CostFigures:
+    """The Wan DiT (the embedded models share its architecture): cross-attention over ``text_len`` tokens."""
+    return CostFigures(params=meta_param_count(lambda: WanModel(mcfg)), dim=mcfg.dim, ffn_dim=mcfg.ffn_dim,
+                       num_heads=mcfg.num_heads, num_layers=mcfg.num_layers, patch_size=tuple(mcfg.patch_size),
+                       in_channels=mcfg.in_dim, out_channels=mcfg.out_dim, text_tokens=mcfg.text_len)
+
+
+class TinyFamily(ModelFamily):
+    """Base of the FLUX.1, HunyuanVideo and Open-Sora families. ``tiny_names``: runnable sizes; the others
+    (published sizes) have model definitions, weight loading and dry-run plans but no text encoder / VAE wired in
+    yet."""
+
+    family = ""
+    tiny_names: tuple = ()
+    cfg_mode = "distilled"
+    presets: dict = {}  # model name -> default MagCache preset
+    rule = "wan"
+
+    def default_preset(self) -> str | None:
+        return self.presets.get(self.name)
+
+    def cache_rule(self) -> str:
+        return self.rule
+
+    def validate(self) -> None:
+        cfg, name = self.cfg, self.name
+        if name not in self.tiny_names:
+            raise ValueError(f"model.name={name!r}: the {self.family} model, its weight loading and MagCache preset "
+                             f"are here, but its text encoder and VAE are not wired into a pipeline yet; use one of "
+                             f"{list(self.tiny_names)}")
+        self.check_ckpt_exists()
+        if cfg.cache.mode == "teacache":
+            raise ValueError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
+                             f"{name}")
+        p = cfg.parallel
+        if p.backend != "native" and p.ulysses_degree * p.ring_degree > 1:
+            raise ValueError(f"parallel.backend={p.backend!r}: {self.family}'s attention seams have native sequence "
+                             f"parallelism only; use parallel.backend=native")
+        if p.cfg_degree > 1:
+            raise ValueError(f"parallel.cfg_degree={p.cfg_degree}: {self.family} makes one call per step ("
+                             f"{'batched' if self.cfg_mode == 'batched' else 'guidance-distilled'}); use "
+                             f"parallel.ulysses_degree / ring_degree instead")
+        if cfg.sampler.solver != "euler":
+            raise ValueError(f"sampler.solver={cfg.sampler.solver!r}: {self.family} samples with Euler on its own "
+                             f"sigma grid; set sampler.solver=euler")
+        self.check_geometry()
+
+    def load_weights(self, model, text, official_rules: list[Rule] | None, marker: str = "",
+                     hidden: int = 0) -> None:
+        """model.ckpt -> DiT (official layout converted when ``official_rules`` is given) + tiny text encoder."""
+        def convert(dit, where):
+            if official_rules is not None and is_official(dit, marker):
+                return official_to_diffusers(dit, official_rules, hidden, where)
+            return dit
+
+        load_dit_and_text(self.cfg.model.ckpt, model, text, convert)
+
+    def finish(self, model, text, device):
+        model = model.to(device=device)
+        if DTYPES[self.cfg.model.dtype] != torch.float32:
+            model = model.to(dtype=DTYPES[self.cfg.model.dtype])
+        model = model.eval()
+        return model, text.to(device).eval()
+
+    def decode(self, latents, model=None):
+        return latents.clamp(-1, 1)  # pixel space

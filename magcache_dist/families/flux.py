@@ -6,15 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from magcache_dist.config import JobConfig
+from magcache_dist.families.base import CostFigures, meta_param_count
 from magcache_dist.families.common import TinyFamily, encode_prompt, pooled
-from magcache_dist.pipeline import register_family, seeded_noise
 from magcache_dist.sampling.grids import flux_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
-from models.flux import FLUX_CONFIGS, FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, FluxDiT, flux_config
+from models.flux import FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, FluxDiT, flux_config
 from models.tiny_text import TinyTextEncoder
 
 TINY_TEXT_LEN = 16
+T5_TOKENS = {"flux.1-dev": 512, "flux.1-schnell": 256}  # max_sequence_length of the published pipelines
 
 
 @dataclass
@@ -28,47 +28,60 @@ class FluxCond:
 
 
 class FluxFamily(TinyFamily):
+    names = ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell", "flux.1-schnell-tiny")
     family = "FLUX.1"
     tiny_names = ("flux.1-dev-tiny", "flux.1-schnell-tiny")
     presets = {"flux.1-dev-tiny": "flux.1-dev", "flux.1-dev": "flux.1-dev",
                "flux.1-schnell-tiny": "flux.1-schnell-tiny"}
 
-    def cache_rule(self, name: str) -> str:
-        return "flux" if "dev" in name else "flux-schnell"
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.mcfg = flux_config(self.name)
 
-    def num_heads(self, cfg: JobConfig) -> int:
-        return flux_config(cfg.model.name)["num_attention_heads"]
+    def cache_rule(self) -> str:
+        return "flux" if "dev" in self.name else "flux-schnell"
 
-    def validate(self, cfg: JobConfig) -> None:
-        super().validate(cfg)
-        self.check_geometry(cfg, 1, 2, one_frame=True)
-        if "schnell" in cfg.model.name and cfg.sampler.guidance != 1.0:
-            raise ValueError(f"sampler.guidance={cfg.sampler.guidance}: FLUX.1-schnell takes no guidance; set "
+    def num_heads(self) -> int:
+        return self.mcfg["num_attention_heads"]
+
+    def validate(self) -> None:
+        super().validate()
+        if "schnell" in self.name and self.cfg.sampler.guidance != 1.0:
+            raise ValueError(f"sampler.guidance={self.cfg.sampler.guidance}: FLUX.1-schnell takes no guidance; set "
                              f"sampler.guidance=1")
 
-    def sampler_config(self, cfg: JobConfig) -> SamplerConfig:
-        s, v = cfg.sampler, cfg.video
-        sigmas = flux_sigmas(s.num_steps, (v.height // 2) * (v.width // 2), shift="dev" in cfg.model.name)
+    def check_geometry(self) -> None:
+        self.check_multiples(1, 2, one_frame=True)
+
+    def latent_shape(self):
+        v = self.cfg.video
+        return self.mcfg["in_channels"] // 4, 1, v.height, v.width
+
+    def cost_figures(self) -> CostFigures:
+        m = self.mcfg
+        dim = m["num_attention_heads"] * m["attention_head_dim"]
+        # double-stream and single-stream blocks both cost ~24*D^2 FLOPs per token (qkv+out and a 4x MLP)
+        return CostFigures(params=meta_param_count(lambda: FluxDiT(**m)), dim=dim, ffn_dim=4 * dim,
+                           num_heads=m["num_attention_heads"], num_layers=m["num_layers"] + m["num_single_layers"],
+                           patch_size=(1, 2, 2), in_channels=m["in_channels"] // 4, out_channels=m["in_channels"] // 4,
+                           text_tokens=T5_TOKENS.get(self.name, TINY_TEXT_LEN), text_mode="joint")
+
+    def sampler_config(self) -> SamplerConfig:
+        s, v = self.cfg.sampler, self.cfg.video
+        sigmas = flux_sigmas(s.num_steps, (v.height // 2) * (v.width // 2), shift="dev" in self.name)
         return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
                              cfg_mode="distilled", sigmas=sigmas)
 
-    def build(self, cfg: JobConfig, device):
-        mcfg = flux_config(cfg.model.name)
-        torch.manual_seed(cfg.model.init_seed)
+    def build(self, device):
+        mcfg = self.mcfg
+        torch.manual_seed(self.cfg.model.init_seed)
         model = FluxDiT(**mcfg)
         text = TinyTextEncoder(text_dim=mcfg["joint_attention_dim"], max_len=TINY_TEXT_LEN)
-        if cfg.model.ckpt is not None:
+        if self.cfg.model.ckpt is not None:
             hidden = mcfg["num_attention_heads"] * mcfg["attention_head_dim"]
-            self.load_weights(cfg, model, text, FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, hidden)
-        return self.finish(cfg, model, text, device)
+            self.load_weights(model, text, FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, hidden)
+        return self.finish(model, text, device)
 
-    def encode(self, encoder, cfg, prompt, negative, branches):
+    def encode(self, encoder, prompt, negative, branches):
         feats, n = encode_prompt(encoder, prompt, 0)  # FLUX's T5 has no text mask: the real tokens only
-        return {"cond": FluxCond(feats, pooled(feats, n), float(cfg.sampler.guidance))}
-
-    def make_noise(self, cfg, seed):
-        v = cfg.video
-        return seeded_noise((1, flux_config(cfg.model.name)["in_channels"] // 4, 1, v.height, v.width), seed)
-
-
-register_family(sorted(FLUX_CONFIGS), FluxFamily())
+        return {"cond": FluxCond(feats, pooled(feats, n), float(self.cfg.sampler.guidance))}

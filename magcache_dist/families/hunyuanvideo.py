@@ -6,16 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from magcache_dist.config import JobConfig
+from magcache_dist.families.base import CostFigures, meta_param_count
 from magcache_dist.families.common import TinyFamily, encode_prompt, pooled
-from magcache_dist.pipeline import register_family, seeded_noise
 from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
-from models.hunyuan_video import (HUNYUAN_CONFIGS, HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, HunyuanVideoDiT,
-                                  hunyuan_config)
+from models.hunyuan_video import HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, HunyuanVideoDiT, hunyuan_config
 from models.tiny_text import TinyTextEncoder
 
-TINY_TEXT_LEN = 16  # the published model pads LLaVA features to 256 tokens with an attention mask
+TINY_TEXT_LEN = 16
+LLAMA_TOKENS = 256  # the published model pads its LLaVA features to 256 tokens with an attention mask
 
 
 @dataclass
@@ -27,42 +26,53 @@ class HunyuanCond:
 
 
 class HunyuanVideoFamily(TinyFamily):
+    names = ("hunyuanvideo", "hunyuanvideo-tiny")
     family = "HunyuanVideo"
     tiny_names = ("hunyuanvideo-tiny",)
     presets = {"hunyuanvideo-tiny": "hunyuanvideo-t2v-544p", "hunyuanvideo": "hunyuanvideo-t2v-720p"}
     rule = "hunyuanvideo"
 
-    def num_heads(self, cfg: JobConfig) -> int:
-        return hunyuan_config(cfg.model.name)["num_attention_heads"]
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.mcfg = hunyuan_config(self.name)
 
-    def validate(self, cfg: JobConfig) -> None:
-        super().validate(cfg)
-        mcfg = hunyuan_config(cfg.model.name)
-        self.check_geometry(cfg, mcfg["patch_size_t"], mcfg["patch_size"])
+    def num_heads(self) -> int:
+        return self.mcfg["num_attention_heads"]
 
-    def sampler_config(self, cfg: JobConfig) -> SamplerConfig:
-        s = cfg.sampler
+    def check_geometry(self) -> None:
+        self.check_multiples(self.mcfg["patch_size_t"], self.mcfg["patch_size"])
+
+    def latent_shape(self):
+        v = self.cfg.video
+        return self.mcfg["in_channels"], v.frames, v.height, v.width
+
+    def cost_figures(self) -> CostFigures:
+        m = self.mcfg
+        dim = m["num_attention_heads"] * m["attention_head_dim"]
+        # double-stream and single-stream blocks both cost ~24*D^2 FLOPs per token (qkv+out and a 4x MLP)
+        return CostFigures(params=meta_param_count(lambda: HunyuanVideoDiT(**m)), dim=dim, ffn_dim=4 * dim,
+                           num_heads=m["num_attention_heads"], num_layers=m["num_layers"] + m["num_single_layers"],
+                           patch_size=(m["patch_size_t"], m["patch_size"], m["patch_size"]),
+                           in_channels=m["in_channels"], out_channels=m["out_channels"],
+                           text_tokens=TINY_TEXT_LEN if self.name in self.tiny_names else LLAMA_TOKENS,
+                           text_mode="joint")
+
+    def sampler_config(self) -> SamplerConfig:
+        s = self.cfg.sampler
         return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
                              cfg_mode="distilled", sigmas=shifted_sigmas(s.num_steps, s.shift))
 
-    def build(self, cfg: JobConfig, device):
-        mcfg = hunyuan_config(cfg.model.name)
-        torch.manual_seed(cfg.model.init_seed)
+    def build(self, device):
+        mcfg = self.mcfg
+        torch.manual_seed(self.cfg.model.init_seed)
         model = HunyuanVideoDiT(**mcfg)
         text = TinyTextEncoder(text_dim=mcfg["text_embed_dim"], max_len=TINY_TEXT_LEN)
-        if cfg.model.ckpt is not None:
+        if self.cfg.model.ckpt is not None:
             hidden = mcfg["num_attention_heads"] * mcfg["attention_head_dim"]
-            self.load_weights(cfg, model, text, HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, hidden)
-        return self.finish(cfg, model, text, device)
+            self.load_weights(model, text, HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, hidden)
+        return self.finish(model, text, device)
 
-    def encode(self, encoder, cfg, prompt, negative, branches):
+    def encode(self, encoder, prompt, negative, branches):
         feats, n = encode_prompt(encoder, prompt, TINY_TEXT_LEN)
         mask = (torch.arange(feats.shape[1]) < n).long()[None]
-        return {"cond": HunyuanCond(feats, mask, pooled(feats, n), float(cfg.sampler.guidance))}
-
-    def make_noise(self, cfg, seed):
-        v = cfg.video
-        return seeded_noise((1, hunyuan_config(cfg.model.name)["in_channels"], v.frames, v.height, v.width), seed)
-
-
-register_family(sorted(HUNYUAN_CONFIGS), HunyuanVideoFamily())
+        return {"cond": HunyuanCond(feats, mask, pooled(feats, n), float(self.cfg.sampler.guidance))}

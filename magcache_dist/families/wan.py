@@ -7,8 +7,8 @@ Memory plan on one node (every rank runs the same steps; nothing is downloaded):
 - decode (rank 0 only): the DiT is moved to CPU (``vae.offload_dit``), the VAE is loaded and decodes frame by
   frame (causal in time), optionally in overlapping spatial tiles (``vae.tiling``).
 
-A ``WanFamily`` object lives for one job (``register_family`` with the class): it keeps the DiT handle from
-``build`` for ``decode``; nothing is shared between jobs.
+A ``WanFamily`` object lives for one job; ``build`` returns the DiT and the encoders' handle (files + device), and
+``decode`` is handed the DiT to offload: nothing is kept on the object between phases.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import JobConfig, resolve_path
-from magcache_dist.pipeline import DTYPES, ModelFamily, register_family, seeded_noise
+from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
+from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
 from models.loading import load_state_dict_strict, read_tensors
 from models.wan import get_config
@@ -38,8 +39,13 @@ LAYOUTS = ("auto", "official", "diffusers")
 OFFICIAL_FILES = dict(t5="models_t5_umt5-xxl-enc-bf16.pth", tokenizer="google/umt5-xxl", vae="Wan2.1_VAE.pth",
                       clip="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
 DIFFUSERS_DIRS = dict(dit="transformer", t5="text_encoder", tokenizer="tokenizer", vae="vae", clip="image_encoder")
-WAN_FAMILY_NAMES = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
-                    "tiny-wan-t2v", "tiny-wan-i2v")
+
+
+@dataclass(frozen=True)
+class WanEncoders:
+    """What ``build`` hands to ``encode``: the checkpoint's files and the job's device."""
+    files: "WanFiles"
+    device: object
 
 
 @dataclass(frozen=True)
@@ -205,35 +211,48 @@ def _free(device) -> None:
 class WanFamily(ModelFamily):
     """Wan2.1 T2V / I2V (model.name decides), weights from ``ckpt_dir``. One instance per job."""
 
-    def __init__(self):
-        self.model = None  # the DiT, kept for decode's offload
-        self.files: WanFiles | None = None
-        self.device = "cpu"
-        self.cfg: JobConfig | None = None
+    names = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p", "tiny-wan-t2v",
+             "tiny-wan-i2v")
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__(cfg)
+        self.mcfg = get_config(self.name)
+        self.i2v = self.mcfg.image_dim > 0
+
+    def num_heads(self) -> int:
+        return self.mcfg.num_heads
+
+    def files(self) -> WanFiles:
+        return resolve_files(resolve_path(self.cfg.ckpt_dir), self.cfg.model.layout, self.i2v)
 
     # ---- before any collective -----------------------------------------------------------------------------
-    def validate(self, cfg: JobConfig) -> None:
-        mcfg = get_config(cfg.model.name)
-        i2v = mcfg.image_dim > 0
-        if cfg.model.ckpt is not None:
-            raise ValueError(f"model.ckpt is for the embedded tiny models; {cfg.model.name} loads everything from "
-                             f"ckpt_dir (set model.ckpt=null and ckpt_dir=/path/to/Wan2.1-...)")
-        if cfg.ckpt_dir is None:
-            raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {cfg.model.name} checkpoint folder "
-                             f"(official or diffusers layout)")
-        files = resolve_files(resolve_path(cfg.ckpt_dir), cfg.model.layout, i2v)
-        check_dit_config(files, cfg.ckpt_dir, cfg.model.name)
-        folder_shift(cfg, files)
-        v, p = cfg.video, mcfg.patch_size
+    def check_geometry(self) -> None:
+        v, p = self.cfg.video, self.mcfg.patch_size
         if v.frames < 1 or (v.frames - 1) % VAE_STRIDE[0]:
-            raise ValueError(f"video.frames={v.frames} must be 4k+1 for the Wan VAE (e.g. 81)")
+            raise ValueError(f"video.frames={v.frames} must be 4k+1 for the Wan VAE (e.g. 81); use "
+                             f"video.frames={max(1, (v.frames - 1) // 4 * 4 + 1)}")
         step = VAE_STRIDE[1] * p[1]
         for key, val in (("video.height", v.height), ("video.width", v.width)):
             if val < step or val % step:
-                raise ValueError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2)")
-        if i2v:
+                raise ValueError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2), e.g. "
+                                 f"{max(step, val // step * step)}")
+
+    def validate(self) -> None:
+        cfg, mcfg = self.cfg, self.mcfg
+        if cfg.model.ckpt is not None:
+            raise ValueError(f"model.ckpt is for the embedded tiny models; {self.name} loads everything from "
+                             f"ckpt_dir (set model.ckpt=null and ckpt_dir=/path/to/Wan2.1-...)")
+        if cfg.ckpt_dir is None:
+            raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {self.name} checkpoint folder "
+                             f"(official or diffusers layout)")
+        files = self.files()
+        check_dit_config(files, cfg.ckpt_dir, self.name)
+        folder_shift(cfg, files)
+        self.check_geometry()
+        v, p = cfg.video, mcfg.patch_size
+        if self.i2v:
             if cfg.image is None:
-                raise ValueError(f"image is not set; {cfg.model.name} is image-to-video: pass image=/path/to/first_frame.png")
+                raise ValueError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
             path = resolve_path(cfg.image)
             if not os.path.isfile(path):
                 raise ValueError(f"image={cfg.image!r} does not exist")
@@ -249,7 +268,7 @@ class WanFamily(ModelFamily):
                 raise ValueError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
                                  f"{v.height}x{v.width} pixels")
         elif cfg.image is not None:
-            raise ValueError(f"image is set but {cfg.model.name} is text-to-video; use an i2v model.name or image=null")
+            raise ValueError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
         if cfg.text_encoder.device not in ("auto", "cpu"):
             raise ValueError(f"text_encoder.device={cfg.text_encoder.device!r} must be 'auto' or 'cpu'")
         for key, val in (("text_encoder.dtype", cfg.text_encoder.dtype), ("vae.dtype", cfg.vae.dtype)):
@@ -263,68 +282,68 @@ class WanFamily(ModelFamily):
                                  f"0 < stride <= tile, stride a multiple of 8")
 
     # ---- geometry --------------------------------------------------------------------------------------------
-    def latent_shape(self, cfg: JobConfig) -> tuple[int, int, int, int]:
-        """(C, F, H, W) of the latents; for I2V from the image's aspect ratio within height x width pixels."""
-        mcfg, v = get_config(cfg.model.name), cfg.video
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, F, H, W) of the latents; for I2V from the image's aspect ratio within height x width pixels (the
+        dry-run planner, without an image, takes height x width as they are)."""
+        v = self.cfg.video
         lat_f = (v.frames - 1) // VAE_STRIDE[0] + 1
-        if mcfg.image_dim > 0:
+        if self.i2v and self.cfg.image is not None:
             from PIL import Image
 
-            with Image.open(resolve_path(cfg.image)) as im:
+            with Image.open(resolve_path(self.cfg.image)) as im:
                 w, h = im.size
-            lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, mcfg.patch_size)
+            lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, self.mcfg.patch_size)
         else:
             lat_h, lat_w = v.height // VAE_STRIDE[1], v.width // VAE_STRIDE[2]
         return Z_DIM, lat_f, lat_h, lat_w
 
+    def cost_figures(self) -> CostFigures:
+        return wan_cost_figures(self.mcfg)
+
     # ---- build / encode / noise / decode -------------------------------------------------------------------
-    def build(self, cfg: JobConfig, device):
-        mcfg = get_config(cfg.model.name)
-        self.files = resolve_files(resolve_path(cfg.ckpt_dir), cfg.model.layout, mcfg.image_dim > 0)
-        self.device, self.cfg = device, cfg
+    def build(self, device):
+        cfg = self.cfg
+        files = self.files()
         with torch.device("meta"):
-            model = build_wan_model(mcfg)
+            model = build_wan_model(self.mcfg)
         # materialise straight in the run dtype on the job device: a 14B DiT never exists in fp32
         model = model.to(dtype=DTYPES[cfg.model.dtype]).to_empty(device=device)
-        load_state_dict_strict(model, read_tensors(self.files.dit), f"ckpt_dir={cfg.ckpt_dir!r} (DiT)")
-        self.model = model.eval().requires_grad_(False)
-        return self.model, self.files
+        load_state_dict_strict(model, read_tensors(files.dit), f"ckpt_dir={cfg.ckpt_dir!r} (DiT)")
+        return model.eval().requires_grad_(False), WanEncoders(files, device)
 
-    def _encoder_device(self, cfg):
-        return "cpu" if cfg.text_encoder.device == "cpu" else self.device
-
-    def encode(self, encoder, cfg: JobConfig, prompt: str, negative: str, branches) -> dict:
+    def encode(self, encoder: WanEncoders, prompt: str, negative: str, branches) -> dict:
         from transformers import AutoTokenizer
 
-        files: WanFiles = encoder
-        mcfg = get_config(cfg.model.name)
-        dev, dtype = self._encoder_device(cfg), DTYPES[cfg.text_encoder.dtype]
+        cfg, files, device = self.cfg, encoder.files, encoder.device
+        dev = "cpu" if cfg.text_encoder.device == "cpu" else device
+        dtype = DTYPES[cfg.text_encoder.dtype]
         with torch.no_grad():
             tokenizer = AutoTokenizer.from_pretrained(files.tokenizer, local_files_only=True)
             t5 = wan_components.load_umt5(files.t5 if files.layout == "official" else os.path.dirname(files.t5),
                                           files.layout, dtype=dtype, device=dev)
             texts = [prompt] + ([negative] if "uncond" in branches else [])
-            contexts = [c[None].to(self.device) for c in encode_prompts(t5, tokenizer, texts, mcfg.text_len)]
+            contexts = [c[None].to(device) for c in encode_prompts(t5, tokenizer, texts, self.mcfg.text_len)]
             del t5  # run once and freed
             _free(dev)
-            if mcfg.image_dim == 0:
+            if not self.i2v:
                 return dict(zip(["cond", "uncond"], contexts))
-            clip_fea, y = self._encode_image(cfg, files, dev, dtype)
+            clip_fea, y = self._encode_image(files, dev, dtype, device)
         return {b: I2VCondition(c, clip_fea, y) for b, c in zip(["cond", "uncond"], contexts)}
 
-    def _encode_image(self, cfg, files: WanFiles, dev, dtype):
+    def _encode_image(self, files: WanFiles, dev, dtype, device):
+        cfg = self.cfg
         image = load_image(resolve_path(cfg.image))  # [1, 3, h0, w0]
         clip = wan_components.load_clip_vision(
             files.clip if files.layout == "official" else os.path.dirname(files.clip), files.layout, dtype=dtype,
             device=dev)
-        clip_fea = wan_components.clip_features(clip, image).float().to(self.device)  # [1, I, image_dim]
+        clip_fea = wan_components.clip_features(clip, image).float().to(device)  # [1, I, image_dim]
         del clip
         _free(dev)
-        _, lat_f, lat_h, lat_w = self.latent_shape(cfg)
+        _, lat_f, lat_h, lat_w = self.latent_shape()
         h, w = lat_h * VAE_STRIDE[1], lat_w * VAE_STRIDE[2]
         first = torch.nn.functional.interpolate(image, size=(h, w), mode="bicubic")  # [1, 3, h, w]
         video = torch.cat([first[:, :, None], torch.zeros(1, 3, cfg.video.frames - 1, h, w)], dim=2)
-        vae = self._load_vae(cfg, files, dev)
+        vae = self._load_vae(files, dev)
         param = next(vae.parameters())
         mu = vae.encode(video.to(device=param.device, dtype=param.dtype)).latent_dist.mode().float()
         mean, std = wan_components.latent_stats(vae)
@@ -333,25 +352,23 @@ class WanFamily(ModelFamily):
         _free(dev)
         mask = torch.zeros(1, 4, lat_f, lat_h, lat_w)
         mask[:, :, 0] = 1  # the first latent frame (= the first 4 frames' slot) is the given image
-        y = torch.cat([mask.to(latents.device), latents], dim=1).to(self.device)  # [1, 20, F', h', w']
+        y = torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
         return clip_fea, y
 
-    def _load_vae(self, cfg, files: WanFiles, device):
+    def _load_vae(self, files: WanFiles, device):
         path = files.vae if files.layout == "official" else os.path.dirname(files.vae)
-        return wan_components.load_wan_vae(path, files.layout, dtype=DTYPES[cfg.vae.dtype], device=device)
+        return wan_components.load_wan_vae(path, files.layout, dtype=DTYPES[self.cfg.vae.dtype], device=device)
 
-    def make_noise(self, cfg: JobConfig, seed: int) -> torch.Tensor:
-        return seeded_noise((1, *self.latent_shape(cfg)), seed)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32)."""
-        cfg = self.cfg
-        sharded = self.model is not None and any(hasattr(p, "to_local") for p in self.model.parameters())
+    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
+        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
+        the latents' device."""
+        cfg, device = self.cfg, latents.device
+        sharded = model is not None and any(hasattr(p, "to_local") for p in model.parameters())
         # an FSDP-sharded DiT (parallel.fsdp) already holds 1/SP of its weights and cannot leave its device mesh
-        if cfg.vae.offload_dit and self.model is not None and not sharded and torch.device(self.device).type != "cpu":
-            self.model.to("cpu")  # the DiT's GPU memory goes to the decode
-            _free(self.device)
-        vae = self._load_vae(cfg, self.files, self.device)
+        if cfg.vae.offload_dit and model is not None and not sharded and device.type != "cpu":
+            model.to("cpu")  # the DiT's GPU memory goes to the decode
+            _free(device)
+        vae = self._load_vae(self.files(), device)
         if cfg.vae.tiling:
             t = cfg.vae
             vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
@@ -363,8 +380,5 @@ class WanFamily(ModelFamily):
         with torch.no_grad():
             video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
         del vae
-        _free(self.device)
+        _free(device)
         return video
-
-
-register_family(list(WAN_FAMILY_NAMES), WanFamily)

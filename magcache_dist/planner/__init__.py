@@ -16,36 +16,41 @@ from magcache_dist.cache import plan as skip_plan
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_write_text
-from magcache_dist.parallel.dims import ParallelDims
-from magcache_dist.planner.cost import DTYPE_BYTES, estimate, latent_shape, memory_per_rank, param_count
+from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank
 from magcache_dist.planner.profiles import load_profile
-from models.wan import WAN_CONFIGS, get_config
 
 GB = 1e9
 
 
-def plan_job(cfg: JobConfig) -> dict:
-    """The plan of ``cfg`` on ``cfg.planner.device`` (ValueError naming the key on bad input)."""
-    from magcache_dist.pipeline import CACHE_MODES, build_policy, sampler_config
+def plan_job(cfg: JobConfig, job=None) -> dict:
+    """The plan of ``cfg`` on ``cfg.planner.device`` (ValueError naming the key on bad input). ``job``: the
+    validated job when there is one (the memory preflight), so nothing is built twice; without it only what the
+    plan needs is checked (no weights, no files: a job for 8 GPUs can be planned on a laptop)."""
+    from magcache_dist.cache.factory import build_cache
+    from magcache_dist.families.base import family_names, make_family
+    from magcache_dist.job import cache_spec, parallel_dims
 
-    if cfg.model.name not in WAN_CONFIGS:
-        raise ValueError(f"model.name={cfg.model.name!r} is unknown to the planner; choose one of {sorted(WAN_CONFIGS)}")
-    mcfg = get_config(cfg.model.name)
+    if job is None:
+        if cfg.model.name not in family_names():
+            raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {family_names()}")
+        family = make_family(cfg)
+        family.check_geometry()
+        scfg = family.sampler_config()
+        dims = parallel_dims(cfg)
+        dims.validate(dims.world_size, family.num_heads(), len(scfg.branches))
+        policy = build_cache(cache_spec(cfg, family, scfg)) if cfg.cache.mode == "magcache" else None
+    else:
+        family, scfg, dims, policy = job.family, job.scfg, job.dims, job.policy
     if cfg.model.dtype not in DTYPE_BYTES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
-    scfg = sampler_config(cfg)
     branches = scfg.branches
-    dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
-    dims.validate(dims.world_size, mcfg.num_heads, len(branches))
-    if cfg.cache.mode not in CACHE_MODES:
-        raise ValueError(f"cache.mode={cfg.cache.mode!r} is unknown; choose one of {CACHE_MODES}")
     profile = load_profile(cfg.planner.device)
     v = cfg.video
-    latent = latent_shape(cfg.model.name, mcfg, v.frames, v.height, v.width)
+    latent = family.latent_shape()
+    fig = family.cost_figures()
 
     note = None
     if cfg.cache.mode == "magcache":
-        policy = build_policy(cfg, scfg)
         schedule = skip_plan(policy, scfg.num_steps, branches)
         cache = policy.describe() if isinstance(policy, MagCachePolicy) else None
     else:
@@ -56,11 +61,11 @@ def plan_job(cfg: JobConfig) -> dict:
             note = "TeaCache decides from the model's activations: planned as if every call were computed"
     mine = [branches[0]] if dims.cfg_degree == 2 else branches  # rank 0 (every rank costs the same)
     calls = [(s, s not in schedule["skipped_steps"][b]) for s in range(scfg.num_steps) for b in mine]
-    est = estimate(mcfg, dims, profile, dtype=cfg.model.dtype, latent=latent, num_steps=scfg.num_steps,
+    est = estimate(fig, dims, profile, dtype=cfg.model.dtype, latent=latent, num_steps=scfg.num_steps,
                    calls_per_rank=calls, guard=cfg.cache.consensus_guard)
-    n_params = param_count(mcfg)
+    n_params = fig.params
     cached = len(mine) if cfg.cache.mode in ("magcache", "teacache", "calibrate") else 0
-    mem = memory_per_rank(mcfg, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
+    mem = memory_per_rank(fig, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
                           DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached)
     return dict(
         model=cfg.model.name, dtype=cfg.model.dtype, params=n_params,

@@ -1,6 +1,7 @@
 """Analytic cost of one generation job per rank: tokens, FLOPs, bytes moved, memory, and time on a device profile.
 
-Everything follows the code paths of this repository (models/wan.py, magcache_dist/parallel, sampling/loop.py):
+Everything follows the code paths of this repository (models/wan.py, magcache_dist/parallel, sampling/loop.py);
+other families give their own figures (ModelFamily.cost_figures):
 - tokens: the latent grid divided by the patch size; SP pads the sequence to a multiple of the SP degree and each
   rank computes ``chunk = ceil(L / sp)`` tokens (padding included).
 - per block and computed call, per rank (B = 1, D dim, Fh FFN dim, T text_len, Lp padded tokens, c = chunk):
@@ -20,63 +21,40 @@ from __future__ import annotations
 
 import math
 
-import torch
-
+from magcache_dist.families.base import CostFigures
 from magcache_dist.planner.profiles import DeviceProfile
-from models.wan import WanConfig, WanModel
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ELEMENTWISE_PASSES = 40  # reads + writes of [c, D] tensors per block outside GEMMs/attention (norms, RoPE, gates)
-# torch ops dispatched per block / per embed / per head+unpatchify (counted with a TorchDispatchMode; a test keeps
-# these in sync with models/wan.py)
+# torch ops dispatched per block / per embed / per head+unpatchify (counted with a TorchDispatchMode on the Wan DiT;
+# a test keeps these in sync with models/wan.py; the other families are costed with the same counts)
 KERNELS_PER_BLOCK, KERNELS_EMBED, KERNELS_HEAD = 123, 75, 15
-# (time stride, space stride) of the autoencoder in front of the DiT; a causal time stride st needs 1 + st*k frames.
-# tiny-video: the fixed 2x pixel autoencoder of models/tiny_ae.py; models not listed work on pixels.
-VAE_STRIDE = {"wan2.1-t2v-1.3b": (4, 8), "wan2.1-t2v-14b": (4, 8), "wan2.1-i2v-14b-480p": (4, 8),
-              "wan2.1-i2v-14b-720p": (4, 8), "tiny-video": (1, 2)}
 
 
-def latent_shape(model_name: str, mcfg: WanConfig, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """(C, F, H, W) of the latents the DiT sees; pixel-space models see the video itself."""
-    pf, ph, pw = mcfg.patch_size
-    if model_name in VAE_STRIDE:
-        st, ss = VAE_STRIDE[model_name]
-        if frames < 1 or (frames - 1) % st or ((frames - 1) // st + 1) % pf:
-            raise ValueError(f"video.frames={frames} must be {st}k+1 for the Wan VAE (e.g. 81); use "
-                             f"video.frames={max(1, (frames - 1) // st * st + 1)}" if st > 1 else
-                             f"video.frames={frames} must be a positive multiple of the patch size {pf} of model "
-                             f"{model_name}")
-        for key, v, p in (("video.height", height, ph), ("video.width", width, pw)):
-            if v < 1 or v % (ss * p):
-                raise ValueError(f"{key}={v} must be a multiple of {ss * p} (autoencoder stride {ss} x patch {p}), "
-                                 f"e.g. {max(ss * p, v // (ss * p) * ss * p)}")
-        return mcfg.in_dim - mcfg.coord_channels, (frames - 1) // st + 1, height // ss, width // ss
-    for key, v, p in (("video.frames", frames, pf), ("video.height", height, ph), ("video.width", width, pw)):
-        if v < 1 or v % p:
-            raise ValueError(f"{key}={v} must be a positive multiple of the patch size {p} of model {model_name}")
-    return mcfg.in_dim - mcfg.coord_channels, frames, height, width  # the coordinates are not latents
-
-
-def param_count(mcfg: WanConfig) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in WanModel(mcfg).parameters())
-
-
-def block_costs(mcfg: WanConfig, chunk: int, padded: int, dtype_bytes: int) -> dict:
-    d, fh, t = mcfg.dim, mcfg.ffn_dim, mcfg.text_len
+def block_costs(fig: CostFigures, chunk: int, padded: int, dtype_bytes: int) -> dict:
+    """FLOPs and memory traffic of one block on one rank. Cross (Wan, Open-Sora): 4 self + 2 cross q/o GEMMs per
+    image token, cross k/v over the text tokens, the FFN. Joint (FLUX, HunyuanVideo): the text tokens go through
+    every block beside the image tokens (qkv + out and the MLP), and attention runs over image + text keys."""
+    d, fh, t = fig.dim, fig.ffn_dim, fig.text_tokens
+    span = fig.attention_span if fig.attention_span is not None else padded
+    if fig.text_mode == "joint":
+        rows = chunk + t
+        return dict(gemm_flops=2 * rows * d * d * 4 + 2 * 2 * rows * d * fh,
+                    attention_flops=4 * rows * (span + t) * d,
+                    elementwise_bytes=(ELEMENTWISE_PASSES * rows * d + 2 * rows * fh) * dtype_bytes)
     return dict(
         gemm_flops=2 * chunk * d * d * 6 + 2 * 2 * t * d * d + 2 * 2 * chunk * d * fh,
-        attention_flops=4 * chunk * padded * d + 4 * chunk * t * d,
+        attention_flops=4 * chunk * span * d + 4 * chunk * t * d,
         elementwise_bytes=(ELEMENTWISE_PASSES * chunk * d + 2 * chunk * fh) * dtype_bytes,
     )
 
 
-def comm_costs(mcfg: WanConfig, dims, chunk: int, dtype_bytes: int, latent_numel: int, guard: bool) -> dict:
+def comm_costs(fig: CostFigures, dims, chunk: int, dtype_bytes: int, latent_numel: int, guard: bool) -> dict:
     """Bytes leaving one rank, and message counts, per computed block, per call and per step."""
-    d, u, r, sp = mcfg.dim, dims.ulysses_degree, dims.ring_degree, dims.sp_degree
+    d, u, r, sp = fig.dim, dims.ulysses_degree, dims.ring_degree, dims.sp_degree
     a2a = chunk * d * dtype_bytes * (u - 1) // u if u > 1 else 0  # one all-to-all (Comm's count)
     ring = 2 * chunk * d * dtype_bytes if r > 1 else 0  # one ring shift of K and V
-    out_ch = mcfg.out_dim * math.prod(mcfg.patch_size)
+    out_ch = fig.out_channels * math.prod(fig.patch_size)
     return dict(
         ulysses_bytes_per_block=4 * a2a, ulysses_msgs_per_block=4 if u > 1 else 0,
         ring_bytes_per_block=(r - 1) * ring, ring_msgs_per_block=r - 1,
@@ -86,11 +64,11 @@ def comm_costs(mcfg: WanConfig, dims, chunk: int, dtype_bytes: int, latent_numel
     )
 
 
-def memory_per_rank(mcfg: WanConfig, n_params: int, chunk: int, padded: int, dims, dtype_bytes: int,
+def memory_per_rank(fig: CostFigures, n_params: int, chunk: int, padded: int, dims, dtype_bytes: int,
                     latent_numel: int, cached_branches: int, ring_q_block: int = 4096) -> dict:
     """Bytes resident on one rank at the peak of a block (inference, no autograd)."""
-    d, fh, u, r = mcfg.dim, mcfg.ffn_dim, dims.ulysses_degree, dims.ring_degree
-    heads_local = mcfg.num_heads // u
+    d, fh, u, r = fig.dim, fig.ffn_dim, dims.ulysses_degree, dims.ring_degree
+    heads_local = fig.num_heads // u
     act = dict(
         tokens_and_block_io=3 * chunk * d * dtype_bytes,
         modulation_fp32=2 * chunk * d * 4,
@@ -99,7 +77,7 @@ def memory_per_rank(mcfg: WanConfig, n_params: int, chunk: int, padded: int, dim
         ffn_hidden=2 * chunk * fh * dtype_bytes,
         ring_scores=(min(ring_q_block, u * chunk) * u * chunk * heads_local * 4 * 2 + 2 * 2 * u * chunk * (d // u) * 4)
         if r > 1 else 0,
-        embed_full_sequence=padded * d * dtype_bytes + padded * (d // mcfg.num_heads // 2) * 16,
+        embed_full_sequence=padded * d * dtype_bytes + padded * (d // fig.num_heads // 2) * 16,
         cached_residuals=cached_branches * chunk * d * dtype_bytes,
         latents_and_solver=6 * latent_numel * 4,
     )
@@ -107,20 +85,20 @@ def memory_per_rank(mcfg: WanConfig, n_params: int, chunk: int, padded: int, dim
                 total=n_params * dtype_bytes + sum(act.values()))
 
 
-def estimate(mcfg: WanConfig, dims, profile: DeviceProfile, *, dtype: str, latent: tuple[int, int, int, int],
+def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, latent: tuple[int, int, int, int],
              num_steps: int, calls_per_rank: list[tuple[int, bool]], guard: bool = True) -> dict:
     """Per-rank totals. ``calls_per_rank``: (step, computed) of every call this rank makes, in order."""
     b = DTYPE_BYTES[dtype]
     c, f, h, w = latent
-    pf, ph, pw = mcfg.patch_size
+    pf, ph, pw = fig.patch_size
     grid = (f // pf, h // ph, w // pw)
     tokens = math.prod(grid)
     sp = dims.sp_degree
     chunk = -(-tokens // sp)
     padded = chunk * sp
     latent_numel = c * f * h * w
-    blk = block_costs(mcfg, chunk, padded, b)
-    comm = comm_costs(mcfg, dims, chunk, b, latent_numel, guard)
+    blk = block_costs(fig, chunk, padded, b)
+    comm = comm_costs(fig, dims, chunk, b, latent_numel, guard)
     peak = profile.peak(dtype)
     link = profile.link_bandwidth * profile.link_efficiency
 
@@ -128,13 +106,13 @@ def estimate(mcfg: WanConfig, dims, profile: DeviceProfile, *, dtype: str, laten
         return (gemm / (peak * profile.gemm_efficiency) + attn / (peak * profile.attention_efficiency)
                 + elem / profile.memory_bandwidth + kernels * profile.op_overhead_s)
 
-    layers = mcfg.num_layers
+    layers = fig.num_layers
     blocks_s = compute_time(blk["gemm_flops"] * layers, blk["attention_flops"] * layers,
                             blk["elementwise_bytes"] * layers, KERNELS_PER_BLOCK * layers)
-    in_ch = mcfg.in_dim * math.prod(mcfg.patch_size)
-    out_ch = mcfg.out_dim * math.prod(mcfg.patch_size)
-    embed_head_s = compute_time(2 * tokens * mcfg.dim * in_ch + 2 * chunk * mcfg.dim * out_ch, 0,
-                                (padded + 2 * chunk) * mcfg.dim * b + 4 * latent_numel * 4,
+    in_ch = fig.in_channels * math.prod(fig.patch_size)
+    out_ch = fig.out_channels * math.prod(fig.patch_size)
+    embed_head_s = compute_time(2 * tokens * fig.dim * in_ch + 2 * chunk * fig.dim * out_ch, 0,
+                                (padded + 2 * chunk) * fig.dim * b + 4 * latent_numel * 4,
                                 KERNELS_EMBED + KERNELS_HEAD)
     block_comm_bytes = (comm["ulysses_bytes_per_block"] + comm["ring_bytes_per_block"]) * layers
     block_comm_msgs = (comm["ulysses_msgs_per_block"] + comm["ring_msgs_per_block"]) * layers

@@ -21,17 +21,15 @@ def available_memory(local_rank: int = 0) -> tuple[int, str, bool]:
     return info.get("MemAvailable", info.get("MemFree", 0)), "MemAvailable of this node (/proc/meminfo)", False
 
 
-def memory_preflight(cfg, world_size: int) -> dict:
-    """Raise ValueError if the job's estimated memory exceeds what is free here; returns what was compared."""
-    from models.wan import WAN_CONFIGS
-
+def memory_preflight(job, world_size: int) -> dict:
+    """Raise ValueError if the job's estimated memory exceeds what is free here; returns what was compared.
+    ``job``: a validated magcache_dist.job.Job."""
+    cfg = job.cfg
     if not cfg.planner.memory_check:
         return dict(checked=False, reason="planner.memory_check=false")
-    if cfg.model.name not in WAN_CONFIGS:
-        return dict(checked=False, reason=f"the planner has no cost model for {cfg.model.name}")
     from magcache_dist.planner import plan_job
 
-    per_rank = plan_job(cfg)["per_rank"]["memory_bytes"]["total"]
+    per_rank = plan_job(cfg, job)["per_rank"]["memory_bytes"]["total"]
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     free, what, per_device = available_memory(local_rank)
     ranks_here = 1 if per_device else int(os.environ.get("LOCAL_WORLD_SIZE", world_size))

@@ -156,6 +156,13 @@ def joint_step_calls(model, x, t, texts, step: int, branches: list[str], policy:
     return out
 
 
+def new_cache_state(policy, branches, par):
+    """A fresh cache state for the branches this rank runs; measurements on sharded tensors are all-reduced over
+    the rank's sequence-parallel group."""
+    return policy.new_state(branches, reduce_sum=lambda t: par.sp.all_reduce(t, "sum"),
+                            reduce_max=lambda t: par.sp.all_reduce(t, "max"))
+
+
 def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: SamplerConfig, policy: CachePolicy,
            par: ParallelContext | None = None, guard: bool = True, progress=None, state=None,
            start_step: int = 0, scheduler: FlowScheduler | None = None, on_step=None) -> SampleResult:
@@ -172,7 +179,7 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
     sharder = Sharder(par.sp)
     consensus = JointConsensus(par.world) if joint else SkipConsensus(par.sp, guard=guard)
     scheduler = scheduler or FlowScheduler(cfg.solver, cfg.num_steps, cfg.shift, sigmas=cfg.sigmas)
-    state = state if state is not None else policy.new_state(mine)
+    state = state if state is not None else new_cache_state(policy, mine, par)
     timings = Timings()
     x = noise.float()
     t_start = time.perf_counter()

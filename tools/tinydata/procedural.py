@@ -151,7 +151,7 @@ class ProceduralVideos:
 
 
 def main(argv=None) -> int:
-    """python -m magcache_dist.data.procedural --sheet docs/data_samples.png: a contact sheet of data clips."""
+    """python -m tools.tinydata.procedural --sheet docs/data_samples.png: a contact sheet of data clips."""
     import argparse
 
     from magcache_dist.io.video import contact_sheet, to_frames, write_png

@@ -1,6 +1,6 @@
 """Train the embedded ``tiny-video`` DiT and its TinyTextEncoder from scratch on the procedural video set.
 
-    python launch/train_tiny.py --threads 2 --compile --work /tmp/tiny_train --out models/weights/tiny-video.safetensors
+    python -m tools.train_tiny --threads 2 --compile --work /tmp/tiny_train --out models/weights/tiny-video.safetensors
 
 The DiT works on 2x-downsampled pixels (the fixed autoencoder of models/tiny_ae.py). Flow matching as Wan
 trains: x_t = (1 - sigma) x0 + sigma noise, target v = noise - x0, t = 1000 sigma, with
@@ -10,7 +10,7 @@ from noise has to lay the video out, and ~7% at sigma 0.2-0.35, where the demo's
 replaced by the empty prompt (an all-zero context) with probability ``--drop`` so classifier-free guidance works.
 Seeded and resumable: every batch and noise draw is a function of (seed, step), so ``--resume`` continues from the
 last checkpoint in ``--work`` bit for bit. The shipped file holds the EMA weights: DiT keys at the top level and
-the text encoder under ``text_encoder.`` (what magcache_dist.pipeline.build_model reads).
+the text encoder under ``text_encoder.`` (what magcache_dist/families/tiny.py loads).
 """
 from __future__ import annotations
 
@@ -20,15 +20,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from magcache_dist.data import ProceduralVideos  # noqa: E402
-from models.tiny_ae import PixelAutoencoder  # noqa: E402
-from models.tiny_text import TinyTextEncoder  # noqa: E402
-from models.wan import get_config  # noqa: E402
-from models.wan_i2v import build_wan_model  # noqa: E402
+from tools.tinydata import ProceduralVideos
+from models.tiny_ae import PixelAutoencoder
+from models.tiny_text import TinyTextEncoder
+from models.wan import get_config
+from models.wan_i2v import build_wan_model
 
 TEXT_ENCODER_PREFIX = "text_encoder."
 
@@ -53,7 +51,7 @@ def export(path: str, model: torch.nn.Module, text: TinyTextEncoder, dtype: torc
     sd.update({TEXT_ENCODER_PREFIX + k: v.detach().to(dtype).contiguous() for k, v in text.state_dict().items()})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    save_file(sd, tmp, metadata=dict(model="tiny-video", trainer="launch/train_tiny.py"))
+    save_file(sd, tmp, metadata=dict(model="tiny-video", trainer="tools/train_tiny.py"))
     os.replace(tmp, path)
     return os.path.getsize(path)
 

@@ -1,4 +1,4 @@
 """Training data generated in code (the embedded demo model's procedural video set)."""
-from magcache_dist.data.procedural import ProceduralVideos, VideoSpec, caption_words
+from tools.tinydata.procedural import ProceduralVideos, VideoSpec, caption_words
 
 __all__ = ["ProceduralVideos", "VideoSpec", "caption_words"]

@@ -1,0 +1,168 @@
+"""The model-family protocol and its registry.
+
+A family says, for one job, how its model is checked, built, conditioned, fed noise and decoded, what shape its
+latents have and what one call of its transformer costs (the dry-run planner's figures). The sampler, cache and
+parallel code are shared by every family.
+
+A ``ModelFamily`` is a per-job object: ``make_family(cfg)`` builds it from the job's config, and everything a later
+phase needs from an earlier one travels through return values (``build`` returns the model and the encoder
+handle; ``decode`` takes the model), never through attributes set on the way.
+
+The registry is a constant table (magcache_dist.families.MODULES): a family's module is imported the first time one
+of its model names is used, so importing this package loads neither diffusers nor transformers.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from magcache_dist.config import JobConfig, resolve_path
+from magcache_dist.sampling.loop import SamplerConfig
+from magcache_dist.sampling.schedulers import SOLVERS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class CostFigures:
+    """What the planner needs to cost one transformer call (magcache_dist/planner/cost.py).
+
+    ``text_mode``: "cross" (Wan, Open-Sora: image tokens attend to ``text_tokens`` through cross-attention, the text
+    keys/values are projected on every rank) or "joint" (FLUX, HunyuanVideo: ``text_tokens`` join the image tokens
+    in every block, on every rank). ``attention_span``: the tokens one query attends to in self-attention, when not
+    the whole sequence (Open-Sora alternates spatial and temporal blocks: their mean span)."""
+    params: int
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    patch_size: tuple[int, int, int]
+    in_channels: int  # per latent voxel, as the patch embedding reads it
+    out_channels: int  # per latent voxel, as the head writes it
+    text_tokens: int
+    text_mode: str = "cross"
+    attention_span: int | None = None
+
+
+def meta_param_count(build) -> int:
+    """Parameters of the module ``build()`` makes, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
+
+
+def seeded_noise(shape, seed: int) -> torch.Tensor:
+    """float32 noise from a CPU generator: identical on every rank and device."""
+    return torch.randn(*shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+class ModelFamily:
+    """One job's model family. Subclasses list their model ``names`` and implement the phases."""
+
+    names: tuple[str, ...] = ()
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.name = cfg.model.name
+
+    # ---- before any collective ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Every family-specific check (geometry, files, options) before any collective; ValueError naming the
+        key and the fix."""
+        self.check_geometry()
+
+    def check_geometry(self) -> None:
+        """The video geometry checks alone (no file is read): what the dry-run planner needs."""
+
+    def check_ckpt_exists(self) -> None:
+        ckpt = self.cfg.model.ckpt
+        if ckpt is not None and not os.path.exists(resolve_path(ckpt)):
+            raise ValueError(f"model.ckpt={ckpt!r} does not exist (relative paths are taken from the project root); "
+                             f"set model.ckpt=null for seeded random weights")
+
+    def check_multiples(self, frames_multiple: int, spatial_multiple: int, one_frame: bool = False,
+                        what: str = "") -> None:
+        v = self.cfg.video
+        if one_frame and v.frames != 1:
+            raise ValueError(f"video.frames={v.frames}: {self.name} is an image model; set video.frames=1")
+        for key, val, m in (("video.frames", v.frames, frames_multiple), ("video.height", v.height, spatial_multiple),
+                            ("video.width", v.width, spatial_multiple)):
+            if val < 1 or val % m:
+                raise ValueError(f"{key}={val} must be a positive multiple of {m}{what} for model {self.name}")
+
+    def num_heads(self) -> int:
+        raise NotImplementedError
+
+    def sampler_config(self) -> SamplerConfig:
+        """CFG mode and sigma grid of the family (default: Wan's separate CFG calls on its shifted grid)."""
+        s = self.cfg.sampler
+        if s.solver not in SOLVERS:
+            raise ValueError(f"sampler.solver={s.solver!r} is unknown; choose one of {SOLVERS}")
+        if s.shift <= 0:
+            raise ValueError(f"sampler.shift={s.shift} must be > 0")
+        return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver)
+
+    # ---- geometry and cost -------------------------------------------------------------------------------
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, F, H, W) of what the transformer denoises (the initial noise, batch 1)."""
+        raise NotImplementedError
+
+    def cost_figures(self) -> CostFigures:
+        raise NotImplementedError
+
+    # ---- the job's phases --------------------------------------------------------------------------------
+    def build(self, device) -> tuple[torch.nn.Module, object]:
+        """(denoiser with the sampler seams, conditioning encoder handle)."""
+        raise NotImplementedError
+
+    def encode(self, encoder, prompt: str, negative: str, branches) -> dict:
+        """{branch: conditioning passed as-is to model.embed}."""
+        raise NotImplementedError
+
+    def make_noise(self, seed: int) -> torch.Tensor:
+        return seeded_noise((1, *self.latent_shape()), seed)
+
+    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
+        """[B, C, F, H, W] latents -> [B, 3, F', H', W'] video in [-1, 1]; ``model`` is the denoiser ``build``
+        returned (a family may move it off the device to make room for its decoder)."""
+        raise NotImplementedError
+
+    # ---- cache defaults ----------------------------------------------------------------------------------
+    def default_preset(self) -> str | None:
+        """The MagCache preset used when neither a preset nor a ratios file is given."""
+        return None
+
+    def cache_rule(self) -> str:
+        """The decision rule written into ratio files calibrated on this model."""
+        return "wan"
+
+
+def family_names() -> list[str]:
+    """Every model name with a pipeline."""
+    from magcache_dist.families import MODULES
+
+    return sorted(n for names in MODULES.values() for n in names)
+
+
+def family_class(name: str) -> type[ModelFamily]:
+    """The family class of a model name (its module is imported on first use)."""
+    from magcache_dist.families import MODULES
+
+    for target, names in MODULES.items():
+        if name in names:
+            module, cls = target.split(":")
+            return getattr(importlib.import_module(module), cls)
+    raise ValueError(f"model.name={name!r} has no pipeline; choose one of {family_names()}")
+
+
+def make_family(cfg: JobConfig) -> ModelFamily:
+    """The job's family object."""
+    return family_class(cfg.model.name)(cfg)
+
+
+def patch_tokens(latent: tuple[int, int, int, int], patch: tuple[int, int, int]) -> int:
+    _, f, h, w = latent
+    return math.prod((f // patch[0], h // patch[1], w // patch[2]))

@@ -1,0 +1,154 @@
+"""A validated job: everything checkable before a process group exists, checked once.
+
+``validate_job(cfg, world_size)`` returns a ``Job``: the config, its model family (a per-job object), the parallel
+layout, the sampler settings and the cache policy (built here, once; ``cache.mode=auto`` builds its own in the run
+from the ratio store). Bad input raises ValueError naming the key and the fix, one line per problem where several
+are found together.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from magcache_dist.auto import check_store, job_sigmas
+from magcache_dist.cache.base import CachePolicy
+from magcache_dist.cache.factory import CACHE_MODES, SKIPPING_MODES, CacheSpec, build_cache, resolve_preset
+from magcache_dist.cache.presets import preset_names
+from magcache_dist.checkpoint import validate_checkpointing
+from magcache_dist.config import JobConfig, explicitly_set, resolve_path
+from magcache_dist.families import MODULES
+from magcache_dist.families.base import DTYPES, ModelFamily, family_names, make_family
+from magcache_dist.io.probe import ensure_writable_dir
+from magcache_dist.parallel.apply import check_backend
+from magcache_dist.parallel.dims import ParallelDims
+from magcache_dist.parallel.fsdp import check_fsdp
+from magcache_dist.sampling.loop import SamplerConfig
+
+
+@dataclass
+class Job:
+    cfg: JobConfig
+    family: ModelFamily
+    dims: ParallelDims
+    scfg: SamplerConfig
+    cache: CacheSpec
+    policy: CachePolicy | None  # None for cache.mode=auto (built in the run)
+
+
+def parallel_dims(cfg: JobConfig) -> ParallelDims:
+    p = cfg.parallel
+    return ParallelDims(p.ulysses_degree, p.ring_degree, p.cfg_degree)
+
+
+def cache_spec(cfg: JobConfig, family: ModelFamily, scfg: SamplerConfig) -> CacheSpec:
+    """The cache section as plain values for the factory (the magcache preset resolved to the model's default)."""
+    c = cfg.cache
+    m, t, o = c.magcache, c.teacache, c.online
+    preset = m.preset
+    if c.mode == "magcache":
+        default = family.default_preset() or (family.name if family.name in preset_names() else None)
+        preset = resolve_preset(m.preset, m.ratios_file, default, family.name)
+    return CacheSpec(
+        mode=c.mode, num_steps=scfg.num_steps, branches=tuple(scfg.branches), model=family.name,
+        family_rule=family.cache_rule(), branch_sync=c.branch_sync,
+        sigmas=tuple(job_sigmas(scfg)) if c.mode == "online" else (),
+        thresh=m.thresh, K=m.K, retention=m.retention, rule=m.rule, preset=preset,
+        ratios_file=resolve_path(m.ratios_file), teacache_thresh=t.thresh,
+        teacache_coefficients=tuple(t.coefficients) if t.coefficients is not None else None,
+        online=dict(predictor=o.predictor, window=o.window, margin=o.margin))
+
+
+def validate_job(cfg: JobConfig, world_size: int) -> Job:
+    """Everything checkable before a process group exists. Raises ValueError naming the key and the fix."""
+    if cfg.model.name not in family_names():
+        raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {family_names()}")
+    family = make_family(cfg)
+    if cfg.model.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPES)}")
+    if cfg.cpu_threads is not None and cfg.cpu_threads < 1:
+        raise ValueError(f"cpu_threads={cfg.cpu_threads} must be >= 1 (or null for the default, 1 on CPU)")
+    if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
+        raise ValueError("prompt is empty; pass prompt=\"a red circle moves right\"")
+    family.validate()
+    check_applicable(cfg)
+    if cfg.video.fps < 1:
+        raise ValueError(f"video.fps={cfg.video.fps} must be >= 1")
+    scfg = family.sampler_config()
+    dims = parallel_dims(cfg)
+    dims.validate(world_size, family.num_heads(), len(scfg.branches))
+    check_backend(cfg.parallel.backend)
+    if cfg.parallel.fsdp:
+        check_fsdp(dims)
+    if cfg.parallel.timeout_s <= 0:
+        raise ValueError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
+    if cfg.cache.mode not in CACHE_MODES:
+        raise ValueError(f"cache.mode={cfg.cache.mode!r} is unknown; choose one of {CACHE_MODES}")
+    spec = cache_spec(cfg, family, scfg)
+    policy = None if cfg.cache.mode == "auto" else build_cache(spec)  # rejects what the policy would reject
+    check_store(cfg)
+    ensure_writable_dir(os.path.abspath(cfg.output_dir), "output_dir")
+    if cfg.cache.mode in ("calibrate", "auto"):  # where the calibrated table goes (if this run calibrates)
+        out = cfg.cache.calibration.out
+        ensure_writable_dir(os.path.dirname(os.path.abspath(out)) if out else os.path.abspath(cfg.output_dir),
+                            "cache.calibration.out")
+        if out and os.path.isdir(out):
+            raise ValueError(f"cache.calibration.out={out!r} is a directory; give a file path (e.g. ratios.json)")
+    validate_checkpointing(cfg, world_size)
+    job = Job(cfg, family, dims, scfg, spec, policy)
+    if not cfg.dry_run:
+        from magcache_dist.planner.preflight import memory_preflight
+
+        memory_preflight(job, world_size)  # last: the estimate needs a valid job
+    return job
+
+
+def _is_wan(cfg: JobConfig) -> bool:
+    return cfg.model.name in MODULES["magcache_dist.families.wan:WanFamily"]
+
+
+_MAGCACHE_MODES = ("magcache", "auto", "online")
+# key (or section prefix ending in "."), the keys that decide whether it applies, the test, what it is for
+APPLIES = [
+    ("cache.magcache.preset", ("cache.mode",), lambda c: c.cache.mode == "magcache", "cache.mode=magcache"),
+    ("cache.magcache.ratios_file", ("cache.mode",), lambda c: c.cache.mode == "magcache", "cache.mode=magcache"),
+    ("cache.magcache.", ("cache.mode",), lambda c: c.cache.mode in _MAGCACHE_MODES,
+     "cache.mode=magcache, auto or online (TeaCache's threshold is cache.teacache.thresh)"),
+    ("cache.branch_sync", ("cache.mode",), lambda c: c.cache.mode in SKIPPING_MODES,
+     "a cache that skips (magcache, auto, online, teacache)"),
+    ("cache.teacache.", ("cache.mode",), lambda c: c.cache.mode == "teacache", "cache.mode=teacache"),
+    ("cache.online.", ("cache.mode",), lambda c: c.cache.mode == "online", "cache.mode=online"),
+    ("cache.calibration.", ("cache.mode",), lambda c: c.cache.mode in ("calibrate", "auto"),
+     "cache.mode=calibrate or auto"),
+    ("checkpoint.dir", ("checkpoint.every_n_steps", "resume"), lambda c: c.checkpoint.every_n_steps > 0 or c.resume,
+     "checkpoint.every_n_steps > 0 or resume=true"),
+    ("image", ("model.name",), lambda c: "i2v" in c.model.name, "image-to-video models (wan2.1-i2v-*)"),
+    ("ckpt_dir", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("model.layout", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("text_encoder.", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("vae.", ("model.name",), _is_wan, "Wan2.1 models"),
+]
+
+
+def check_applicable(cfg: JobConfig) -> None:
+    """A key the user set that does not apply to this model or mode is an error, not silently ignored. A key set
+    in an earlier source than the switch that made it inapplicable is left alone: a config file's MagCache
+    settings stay behind when the command line says cache.mode=teacache. The first matching row decides a key."""
+    set_at, problems, decided = explicitly_set(cfg), [], set()
+    for pattern, deciders, applies, what in APPLIES:
+        keys = [k for k in set_at if k not in decided and (k == pattern or (pattern.endswith(".")
+                                                                           and k.startswith(pattern)))]
+        decided.update(keys)
+        if not keys or applies(cfg):
+            continue
+        switched = max((set_at.get(d, -1) for d in deciders), default=-1)
+        now = ", ".join(f"{d}={_get(cfg, d)!r}" for d in deciders)
+        problems += [f"{k} does not apply here ({now}); it is for {what}: remove it" for k in keys
+                     if set_at[k] >= switched]
+    if problems:
+        raise ValueError("\n".join(problems))  # one line per problem
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg

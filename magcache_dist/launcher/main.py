@@ -1,0 +1,135 @@
+"""Generate a video. Single process or under torchrun:
+
+    magcache-generate --config configs/default.yaml prompt="a blue square moves up"
+    torchrun --nproc_per_node 4 launch/generate.py --config configs/default.yaml parallel.ulysses_degree=4
+
+Bad input exits with code 2 and a message naming the key, before any process group is created; so does a
+second job on an ``output_dir`` that a running job holds (rank 0 locks it). A rank that fails exits with 4 naming
+itself and the cause; the others end within seconds with 5, naming that rank (magcache_dist/launcher/health.py).
+``dry_run=true`` prints the plan (magcache_dist/planner) and loads nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import sys
+
+EXIT_BAD_INPUT, EXIT_DISAGREEMENT = 2, 3
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="magcache-dist video generation")
+    ap.add_argument("--config", default=None, help="OmegaConf YAML (configs/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sampler.num_steps=30")
+    args = ap.parse_args(argv)
+
+    from magcache_dist.config import load_config
+    from magcache_dist.job import validate_job
+
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    lock = None
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.dry_run:  # the planner: no weights, no process group
+            from magcache_dist.planner import dry_run
+
+            dry_run(cfg, write=rank == 0)
+            return 0
+        job = validate_job(cfg, world)
+        if rank == 0:  # a second job on the same output_dir stops here, naming the first (released at exit)
+            from magcache_dist.io.probe import OutputLock
+
+            lock = OutputLock(os.path.abspath(cfg.output_dir))
+    except ValueError as e:
+        for line in str(e).splitlines() or [""]:  # one line per problem, each naming its key
+            print(f"[rank {rank}] error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return run(job, rank, world, local_rank)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def job_device(cfg, local_rank: int):
+    """This rank's device (its GPU, else the CPU with ``cpu_threads`` intra-op threads, default 1)."""
+    import torch
+
+    use_cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not use_cuda or cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads or 1)
+    return device
+
+
+def init_backend(cfg, device) -> None:
+    """The default process group (NCCL on GPUs, gloo on CPU; through deepspeed when it is the SP backend)."""
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=cfg.parallel.timeout_s)
+    if cfg.parallel.backend == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout)
+
+
+def run(job, rank: int, world: int, local_rank: int) -> int:
+    """The job proper, once the input is known good (validated, output_dir locked)."""
+    import torch.distributed as dist
+
+    from magcache_dist.launcher.health import build_health_monitor, on_launcher_stop, report_failure
+    from magcache_dist.parallel.consensus import SkipDisagreement
+    from magcache_dist.parallel.dims import build_dist_context, solo_context
+    from magcache_dist.run import run_job
+
+    cfg = job.cfg
+    device = job_device(cfg, local_rank)
+    monitor = None
+    try:
+        if world > 1:
+            init_backend(cfg, device)
+            monitor = build_health_monitor(rank, world)  # a failing rank ends every rank, naming itself
+            if monitor is not None:  # torchrun SIGTERMs the survivors: they still say which rank failed and why
+                signal.signal(signal.SIGTERM, on_launcher_stop(monitor, rank))
+            par = build_dist_context(job.dims, cfg.parallel.backend)
+        else:
+            par = solo_context()
+            par.backend = cfg.parallel.backend
+        report = run_job(job, par, device)
+        if report is not None:
+            print(f"wrote {cfg.output_dir}/report.json: {report['computed_calls']}/{report['total_calls']} calls "
+                  f"computed, skipped {report['skipped_steps']}, sampling {report['phases_s']['sample']:.2f}s")
+        if monitor is not None:
+            monitor.mark_done()
+        return 0
+    except ValueError as e:
+        print(f"[rank {rank}] error: {e}", file=sys.stderr)
+        if monitor is not None:  # e.g. this rank's checkpoint file is unreadable: the others must not wait
+            monitor.post_failure(f"ValueError: {e}")
+            monitor.mark_reported()
+        return EXIT_BAD_INPUT
+    except SkipDisagreement as e:
+        print(f"[rank {rank}] error: {e}", file=sys.stderr)
+        if monitor is not None:
+            monitor.mark_reported()
+        return EXIT_DISAGREEMENT
+    except Exception as e:  # noqa: BLE001 - any other failure: name the rank and the cause, end the job
+        return report_failure(e, rank, monitor)
+    finally:
+        if monitor is not None:
+            monitor.stop()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
