@@ -111,7 +111,7 @@ def test_needs_probe_and_refuses_planning():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="teacache_thresh"):
+    with pytest.raises(ValueError, match=r"cache\.teacache\.thresh=-1"):
         TeaCacheConfig(thresh=-1.0)
     with pytest.raises(ValueError, match="coefficients"):
         TeaCacheConfig(thresh=0.1, coefficients=[])
@@ -158,6 +158,6 @@ def test_pipeline_builds_teacache(tmp_path):
     assert isinstance(policy, TeaCachePolicy)
     assert policy.cfg.thresh == 0.2 and policy.cfg.coefficients == [3.0, 0.5]
     assert policy.describe()["policy"] == "teacache"
-    with pytest.raises(ValueError, match="teacache_thresh"):
+    with pytest.raises(ValueError, match=r"cache\.teacache\.thresh=-1"):
         validate_job(load_config(None, ["model.name=tiny", "cache.mode=teacache", "cache.teacache.thresh=-1",
                                         "cache.teacache.coefficients=[1.0,0.0]", f"output_dir={tmp_path}"]), 1)
