@@ -25,6 +25,7 @@ import os
 
 import torch
 
+from magcache_dist.cache.base import copy_to
 from magcache_dist.config import JobConfig, resolve_path, to_dict
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
@@ -118,17 +119,6 @@ def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
                          f"{cfg.sampler.num_steps - 1} (sampler.num_steps); set resume=false")
 
 
-def _to(obj, device):
-    """Tensors inside nested dicts/lists/tuples moved to ``device`` (detached clones on save)."""
-    if torch.is_tensor(obj):
-        return obj.detach().to(device, copy=True)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
 class Checkpointer:
     """Per-rank writer (``on_step`` passed to ``sample``) and reader (``restore``) of the sampling state."""
 
@@ -168,7 +158,7 @@ class Checkpointer:
         if not self.every or done % self.every or done >= self.num_steps:
             return
         payload = dict(format=FORMAT, next_step=done, rank=self.par.rank, world_size=self.par.world.size,
-                       config_hash=self.hash, x=_to(x, "cpu"), scheduler=_to(scheduler.state_dict(), "cpu"),
+                       config_hash=self.hash, x=copy_to(x, "cpu"), scheduler=copy_to(scheduler.state_dict(), "cpu"),
                        cache=state.state_dict(), rng=dict(torch=torch.get_rng_state()))
         if torch.cuda.is_available():
             payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -209,13 +199,13 @@ class Checkpointer:
             raise ValueError(f"resume=true: {path} belongs to another job or rank (config hash {sd['config_hash']} "
                              f"vs {self.hash}); set resume=false")
         scheduler = scheduler_factory()
-        scheduler.load_state_dict(_to(sd["scheduler"], self.device))
+        scheduler.load_state_dict(copy_to(sd["scheduler"], self.device))
         torch.set_rng_state(sd["rng"]["torch"])
         if "cuda" in sd["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
         self.resumed_from = next_step
         self.written.append(next_step)
-        return dict(noise=_to(sd["x"], self.device), state=self._cache_state(policy, branches, sd["cache"]),
+        return dict(noise=copy_to(sd["x"], self.device), state=self._cache_state(policy, branches, sd["cache"]),
                     start_step=next_step, scheduler=scheduler)
 
     def _cache_state(self, policy, branches, sd: dict):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from magcache_dist.auto import check_store, job_sigmas
 from magcache_dist.cache.base import CachePolicy
-from magcache_dist.cache.factory import CACHE_MODES, SKIPPING_MODES, CacheSpec, build_cache, resolve_preset
+from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, check_spec, resolve_preset
 from magcache_dist.cache.presets import preset_names
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, explicitly_set, resolve_path
@@ -81,9 +81,8 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
         check_fsdp(dims)
     if cfg.parallel.timeout_s <= 0:
         raise ValueError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
-    if cfg.cache.mode not in CACHE_MODES:
-        raise ValueError(f"cache.mode={cfg.cache.mode!r} is unknown; choose one of {CACHE_MODES}")
     spec = cache_spec(cfg, family, scfg)
+    check_spec(spec)  # every mode; the policy's own checks follow when it is built
     policy = None if cfg.cache.mode == "auto" else build_cache(spec)  # rejects what the policy would reject
     check_store(cfg)
     ensure_writable_dir(os.path.abspath(cfg.output_dir), "output_dir")

@@ -59,7 +59,6 @@ class Built:
     model: torch.nn.Module
     conds: dict  # branch -> conditioning on the job device
     noise: torch.Tensor
-    seed: int
 
 
 def branches_of(job: Job, par: ParallelContext) -> list[str]:
@@ -77,7 +76,7 @@ def build(job: Job, par: ParallelContext, device, phases: dict) -> Built:
     t = time.perf_counter()
     conds = family.encode(encoder, prompt, negative, job.scfg.branches)
     conds = {b: (v.to(device) if torch.is_tensor(v) else v) for b, v in conds.items()}
-    built = Built(model, conds, family.make_noise(seed).to(device), seed)
+    built = Built(model, conds, family.make_noise(seed).to(device))
     phases["encode"] = time.perf_counter() - t
     return built
 

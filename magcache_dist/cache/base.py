@@ -53,14 +53,14 @@ def _identity(t):
     return t
 
 
-def _to(obj, device):
-    """Tensors in nested dicts / lists / tuples copied to ``device`` (other values as they are)."""
+def copy_to(obj, device):
+    """Tensors in nested dicts / lists / tuples copied (detached) to ``device``; other values as they are."""
     if torch.is_tensor(obj):
         return obj.detach().to(device, copy=True)
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: copy_to(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
+        return type(obj)(copy_to(v, device) for v in obj)
     return obj
 
 
@@ -82,19 +82,19 @@ class CacheState:
         """Everything needed to continue the generation (tensors on the CPU): what a step checkpoint stores."""
         return dict(decisions=[dict(d) for d in self.decisions],
                     branches={b: dict(acc_ratio=bs.acc_ratio, acc_err=bs.acc_err, acc_steps=bs.acc_steps,
-                                      has_residual=bs.has_residual, residual=_to(bs.residual, "cpu"),
-                                      extra=_to(bs.extra, "cpu"))
+                                      has_residual=bs.has_residual, residual=copy_to(bs.residual, "cpu"),
+                                      extra=copy_to(bs.extra, "cpu"))
                               for b, bs in self.branches.items()})
 
     def load_state_dict(self, sd: dict, device="cpu") -> None:
-        missing = [b for b in self.branches if b not in sd["branches"]]
-        if missing:
-            raise ValueError(f"checkpoint: no cache state for branch(es) {missing} (saved: {sorted(sd['branches'])})")
+        if sorted(sd["branches"]) != sorted(self.branches):
+            raise ValueError(f"resume: the checkpoint holds branches {sorted(sd['branches'])}, this rank runs "
+                             f"{sorted(self.branches)}; relaunch with the original parallel layout")
         for b, bs in self.branches.items():
             d = sd["branches"][b]
             bs.acc_ratio, bs.acc_err, bs.acc_steps = d["acc_ratio"], d["acc_err"], d["acc_steps"]
-            bs.has_residual, bs.residual = d["has_residual"], _to(d["residual"], device)
-            bs.extra = _to(d["extra"], device)
+            bs.has_residual, bs.residual = d["has_residual"], copy_to(d["residual"], device)
+            bs.extra = copy_to(d["extra"], device)
         self.decisions = [dict(x) for x in sd["decisions"]]
 
 

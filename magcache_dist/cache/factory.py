@@ -58,14 +58,19 @@ def resolve_preset(spec_preset: str | None, ratios_file: str | None, default: st
     return default
 
 
+def check_spec(spec: CacheSpec) -> None:
+    """What every mode needs before a policy exists: a known mode and branch rule."""
+    if spec.mode not in CACHE_MODES:
+        raise ValueError(f"cache.mode={spec.mode!r} is unknown; choose one of {CACHE_MODES}")
+    check_branch_sync(spec.branch_sync)
+
+
 def build_cache(spec: CacheSpec, resolved=None) -> CachePolicy:
     """The policy of ``spec`` (a ValueError naming the key for a value it rejects). MagCache-rule policies count
     calls over every branch of the job, so CFG-parallel halves stay in step with the single-process run.
     ``resolved``: what cache.mode=auto found in the ratio store (magcache_dist.auto.resolve_ratios)."""
+    check_spec(spec)
     mode = spec.mode
-    if mode not in CACHE_MODES:
-        raise ValueError(f"cache.mode={mode!r} is unknown; choose one of {CACHE_MODES}")
-    check_branch_sync(spec.branch_sync)
     if mode == "off":
         return NoCache()
     if mode == "online":

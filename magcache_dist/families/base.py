@@ -14,7 +14,6 @@ of its model names is used, so importing this package loads neither diffusers no
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from dataclasses import dataclass
 
@@ -162,7 +161,3 @@ def make_family(cfg: JobConfig) -> ModelFamily:
     """The job's family object."""
     return family_class(cfg.model.name)(cfg)
 
-
-def patch_tokens(latent: tuple[int, int, int, int], patch: tuple[int, int, int]) -> int:
-    _, f, h, w = latent
-    return math.prod((f // patch[0], h // patch[1], w // patch[2]))

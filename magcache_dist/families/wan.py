@@ -13,6 +13,7 @@ A ``WanFamily`` object lives for one job; ``build`` returns the DiT and the enco
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import glob
 import html
@@ -222,7 +223,9 @@ class WanFamily(ModelFamily):
     def num_heads(self) -> int:
         return self.mcfg.num_heads
 
+    @functools.cached_property
     def files(self) -> WanFiles:
+        """The checkpoint's files (resolved once per job: validate, build and decode all need them)."""
         return resolve_files(resolve_path(self.cfg.ckpt_dir), self.cfg.model.layout, self.i2v)
 
     # ---- before any collective -----------------------------------------------------------------------------
@@ -245,7 +248,7 @@ class WanFamily(ModelFamily):
         if cfg.ckpt_dir is None:
             raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {self.name} checkpoint folder "
                              f"(official or diffusers layout)")
-        files = self.files()
+        files = self.files
         check_dit_config(files, cfg.ckpt_dir, self.name)
         folder_shift(cfg, files)
         self.check_geometry()
@@ -303,7 +306,7 @@ class WanFamily(ModelFamily):
     # ---- build / encode / noise / decode -------------------------------------------------------------------
     def build(self, device):
         cfg = self.cfg
-        files = self.files()
+        files = self.files
         with torch.device("meta"):
             model = build_wan_model(self.mcfg)
         # materialise straight in the run dtype on the job device: a 14B DiT never exists in fp32
@@ -368,7 +371,7 @@ class WanFamily(ModelFamily):
         if cfg.vae.offload_dit and model is not None and not sharded and device.type != "cpu":
             model.to("cpu")  # the DiT's GPU memory goes to the decode
             _free(device)
-        vae = self._load_vae(self.files(), device)
+        vae = self._load_vae(self.files, device)
         if cfg.vae.tiling:
             t = cfg.vae
             vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
