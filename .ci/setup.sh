@@ -10,3 +10,15 @@ fi
 DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -r .ci/requirements-cpu.txt
 # the project itself (editable): `import magcache_dist` from anywhere, `magcache-generate`, `torchrun launch/generate.py`
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+# deepspeed's CPU communication op (built by deepspeed.init_distributed on a CPU machine, ~1 min with ninja) is built
+# here once, into torch's extension cache, instead of inside the first test that starts the deepspeed backend
+.venv/bin/python - <<'PY'
+import warnings
+
+warnings.filterwarnings("ignore")
+try:
+    from deepspeed.comm.torch import build_shm_op
+except ImportError:  # deepspeed is optional
+    raise SystemExit(0)
+build_shm_op()
+PY

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools.* (the package is installed)
 
-from magcache_dist.config import JobConfig, load_config  # noqa: E402
-from magcache_dist.families.base import ModelFamily  # noqa: E402
-from magcache_dist.job import validate_job  # noqa: E402
-from magcache_dist.sampling.loop import SampleResult, SamplerConfig, sample  # noqa: E402
+from magcache_dist.config import JobConfig, load_config
+from magcache_dist.families.base import ModelFamily
+from magcache_dist.job import validate_job
+from magcache_dist.sampling.loop import SampleResult, SamplerConfig, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")

@@ -1,14 +1,14 @@
 """Does the embedded model draw what the prompt asks? Colour, shape, size and motion read back from its videos.
 
-    python benchmarks/adherence.py                       # 42 prompts x 2 seeds, full sampling and MagCache
-    python benchmarks/adherence.py --ckpt /tmp/tt/tiny-video-004000.safetensors --no-cache sampler.guidance=3
-    python benchmarks/adherence.py --sheet docs/demo_prompts.png      # also a contact sheet, a row per motion
+    python -m benchmarks.adherence                       # 42 prompts x 2 seeds, full sampling and MagCache
+    python -m benchmarks.adherence --ckpt /tmp/tt/tiny-video-004000.safetensors --no-cache sampler.guidance=3
+    python -m benchmarks.adherence --sheet docs/demo_prompts.png      # also a contact sheet, a row per motion
 
 Every prompt of a fixed grid (each motion x each shape, colours and sizes in rotation) is sampled with the demo's
 settings (config overrides allowed), once with every call computed and once with the default config's MagCache
 setting, and ``tools.tinydata.judge`` reads the video back: the share of prompts whose colour / shape / size /
 motion match, and of prompts that match entirely. The same judge reads the data set itself back without a single
-error (tests/test_tiny_model.py), so every miss here is the model's. Writes benchmarks/results/adherence.json.
+error (tests/unit/test_tiny_model.py), so every miss here is the model's. Writes benchmarks/results/adherence.json.
 """
 from __future__ import annotations
 
@@ -22,15 +22,13 @@ from collections import Counter
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job
 
-from _common import ROOT, build_job  # noqa: E402
-
-from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
-from tools.tinydata.judge import ATTRIBUTES, judge  # noqa: E402
-from tools.tinydata.procedural import COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec  # noqa: E402
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.io.video import contact_sheet, to_frames, write_png  # noqa: E402
+from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
+from tools.tinydata.judge import ATTRIBUTES, judge
+from tools.tinydata.procedural import COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.io.video import contact_sheet, to_frames, write_png
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SHEET = [3 * m + m % 3 for m in range(7)]  # grid indices shown by --sheet: one prompt per motion, shapes rotating

@@ -1,7 +1,7 @@
 """Joint vs official branch synchronisation of MagCache, against diffusers' own MagCache hook and TeaCache.
 
-    python benchmarks/branch_sync.py                  # ~10 min on 2 shared cores (8 pairs, 2 scenarios)
-    python benchmarks/branch_sync.py --table-only     # reprint / replot from the JSON
+    python -m benchmarks.branch_sync                  # ~10 min on 2 shared cores (8 pairs, 2 scenarios)
+    python -m benchmarks.branch_sync --table-only     # reprint / replot from the JSON
 
 Same fixed (prompt, seed) pairs and metrics as benchmarks/quality.py (PSNR and SSIM of the decoded video against
 the full run of the pair, shipped tiny-video model). Two scenarios: 20 steps with retention 0.2 and 30 steps with
@@ -30,17 +30,15 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job, write_readme_block
+from benchmarks.quality import PAIRS, PSNR_CAP, psnr, ssim
 
-from _common import ROOT, build_job, write_readme_block  # noqa: E402
-from quality import PAIRS, PSNR_CAP, psnr, ssim  # noqa: E402
-
-from magcache_dist.auto import sigma_grid  # noqa: E402
-from magcache_dist.cache import (MagCacheConfig, MagCachePolicy, NoCache, RatioTable, build_magcache,  # noqa: E402
+from magcache_dist.auto import sigma_grid
+from magcache_dist.cache import (MagCacheConfig, MagCachePolicy, NoCache, RatioTable, build_magcache,
                                  get_preset)
-from magcache_dist.cache.store import interpolate_by_sigma  # noqa: E402
-from magcache_dist.cache.teacache import build_teacache  # noqa: E402
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
+from magcache_dist.cache.store import interpolate_by_sigma
+from magcache_dist.cache.teacache import build_teacache
+from magcache_dist.io.atomic import atomic_write_text
 
 SCENARIOS = [
     dict(name="20 steps, retention 0.2", steps=20, retention=0.2,

@@ -1,7 +1,7 @@
 """Measure this CPU for the dry-run planner's ``cpu`` profile (one intra-op thread, as the tests and the planner
 check run) and write magcache_dist/planner/profiles/cpu.json.
 
-    python benchmarks/calibrate_cpu_profile.py          # ~20 s
+    python -m benchmarks.calibrate_cpu_profile          # ~20 s
 """
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from magcache_dist.io.atomic import atomic_write_text
 
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def best_of(fn, repeats=5, inner=1):

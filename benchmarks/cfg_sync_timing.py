@@ -1,6 +1,6 @@
 """Time per step under CFG parallel (cfg_degree=2, gloo, 2 processes), branch_sync joint vs official.
 
-    .venv/bin/python benchmarks/cfg_sync_timing.py [--repeats 3 --thresh 0.12 --K 4]
+    .venv/bin/python -m benchmarks.cfg_sync_timing [--repeats 3 --thresh 0.12 --K 4]
 
 The shipped tiny-video job (configs/default.yaml, 20 steps) at a setting where the official Wan rule makes the two
 branches skip different steps (0.12 / K 4: cond and uncond skip different steps). Under CFG parallel each half
@@ -20,7 +20,6 @@ import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def worker(rank, world, port, args, out_dir):

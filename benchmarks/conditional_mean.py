@@ -1,7 +1,7 @@
 """What does the embedded model draw first? Its estimate of the average clip for a caption, at high noise.
 
-    python benchmarks/conditional_mean.py                                   # the shipped weights
-    python benchmarks/conditional_mean.py --ckpt /tmp/tiny_train/tiny-video-004750.safetensors
+    python -m benchmarks.conditional_mean                                   # the shipped weights
+    python -m benchmarks.conditional_mean --ckpt /tmp/tiny_train/tiny-video-004750.safetensors
 
 At sigma near 1 the best prediction of the clean video is the mean of the data for that caption, and a sampler
 starting from noise builds everything else around it: a model whose mean has no motion draws static blobs. For
@@ -22,13 +22,11 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import probe_job
 
-from _common import probe_job  # noqa: E402
-
-from tools.tinydata.procedural import VideoSpec, render  # noqa: E402
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from models.tiny_ae import PixelAutoencoder  # noqa: E402
+from tools.tinydata.procedural import VideoSpec, render
+from magcache_dist.io.atomic import atomic_write_text
+from models.tiny_ae import PixelAutoencoder
 
 SIGMAS = (0.999, 0.95, 0.9)
 FRAMES = slice(None, None, 3)  # frames 0, 3, ..., 15

@@ -1,7 +1,7 @@
 """MagCache on the tiny FLUX.1 / HunyuanVideo / Open-Sora 1.2 configs: computed calls, sampling time and the
 difference to the uncached output, single process. Prints a table and writes JSON.
 
-    .venv/bin/python benchmarks/families_speed.py [--out outputs/bench/families_speed.json] [--repeats 1]
+    .venv/bin/python -m benchmarks.families_speed [--out outputs/bench/families_speed.json] [--repeats 1]
 """
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ import json
 import os
 import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from magcache_dist.config import load_config  # noqa: E402
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.parallel import solo_context  # noqa: E402
-from magcache_dist.run import run_job  # noqa: E402
+from magcache_dist.config import load_config
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.parallel import solo_context
+from magcache_dist.run import run_job
 
 CONFIGS = ["flux-dev-tiny", "flux-schnell-tiny", "hunyuanvideo-tiny", "opensora-tiny"]
 

@@ -1,6 +1,6 @@
 """Fit TeaCache's rescaling polynomial for the shipped tiny-video model.
 
-    python benchmarks/fit_teacache.py            # writes magcache_dist/cache/data/tiny-video-teacache.json
+    python -m benchmarks.fit_teacache            # writes magcache_dist/cache/data/tiny-video-teacache.json
 
 Full runs (every call computed) on prompts and seeds that are *not* in the quality benchmark record, per branch
 and step s >= 1, x = rel-L1 change of the first block's modulated input and y = rel-L1 change of the block-stack
@@ -17,15 +17,13 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job
 
-from _common import ROOT, build_job  # noqa: E402
-
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.cache.base import CachePolicy, Decision  # noqa: E402
-from magcache_dist.cache.presets import DATA_DIR  # noqa: E402
-from magcache_dist.cache.teacache import TEACACHE_FORMAT, modulated_input, polyval  # noqa: E402
-from tools.tinydata import ProceduralVideos  # noqa: E402
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.cache.base import CachePolicy, Decision
+from magcache_dist.cache.presets import DATA_DIR
+from magcache_dist.cache.teacache import TEACACHE_FORMAT, modulated_input, polyval
+from tools.tinydata import ProceduralVideos
 
 
 def rel_l1(cur: torch.Tensor, prev: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
 """How well does ``auto`` transfer a calibration to another step count?
 
-    python benchmarks/interpolation.py model.ckpt=...      # a few calibration runs; prints a table, writes JSON
+    python -m benchmarks.interpolation model.ckpt=...      # a few calibration runs; prints a table, writes JSON
 
 Calibrates the model (one prompt, seed) at several step counts, then predicts each table from each other one with
 (a) the store's sigma-grid interpolation of the log magnitude and (b) the published nearest-neighbour resampling by
@@ -17,15 +17,13 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job
 
-from _common import ROOT, build_job  # noqa: E402
-
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.auto import sigma_grid  # noqa: E402
-from magcache_dist.cache.calibrate import CalibrationPolicy  # noqa: E402
-from magcache_dist.cache.ratios import nearest_interp  # noqa: E402
-from magcache_dist.cache.store import interpolate_by_sigma  # noqa: E402
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.auto import sigma_grid
+from magcache_dist.cache.calibrate import CalibrationPolicy
+from magcache_dist.cache.ratios import nearest_interp
+from magcache_dist.cache.store import interpolate_by_sigma
 
 
 def main(argv=None) -> int:

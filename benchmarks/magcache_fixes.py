@@ -1,7 +1,7 @@
 """Why MagCache is only ~1 dB ahead of TeaCache on the tiny model, and what principled changes do at equal calls.
 
-    python benchmarks/magcache_fixes.py               # ~10 min on one core
-    python benchmarks/magcache_fixes.py --table-only
+    python -m benchmarks.magcache_fixes               # ~10 min on one core
+    python -m benchmarks.magcache_fixes --table-only
 
 On (prompt, seed) pairs used by no other benchmark (so nothing here is tuned on the pairs of branch_sync.py,
 quality.py or online.py), 20 steps, CFG 5, joint branch sync. Each variant is swept over (thresh, K); the
@@ -33,16 +33,14 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job, write_readme_block
+from benchmarks.branch_sync import at
+from benchmarks.quality import PSNR_CAP, psnr, ssim
 
-from _common import ROOT, build_job, write_readme_block  # noqa: E402
-from branch_sync import at, front  # noqa: E402
-from quality import PSNR_CAP, psnr, ssim  # noqa: E402
-
-from magcache_dist.cache import MagCacheConfig, MagCachePolicy, NoCache, get_preset  # noqa: E402
-from magcache_dist.cache.base import Decision  # noqa: E402
-from magcache_dist.cache.teacache import TeaCacheConfig, TeaCachePolicy, load_coefficients  # noqa: E402
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
+from magcache_dist.cache import MagCacheConfig, MagCachePolicy, NoCache, get_preset
+from magcache_dist.cache.base import Decision
+from magcache_dist.cache.teacache import TeaCacheConfig, TeaCachePolicy, load_coefficients
+from magcache_dist.io.atomic import atomic_write_text
 
 PAIRS = [("a big green circle moves left", 201), ("a small yellow square moves up", 202),
          ("a red triangle bounces", 203), ("a blue circle shrinks", 204), ("a big white triangle moves down", 205),

@@ -1,8 +1,8 @@
 """Online MagCache (no ratio file) against calibrated MagCache and TeaCache on the shipped tiny-video model.
 
-    python benchmarks/online.py                       # 8 held-out pairs, joint; ~6 min on one core
-    python benchmarks/online.py --branch-sync official --out benchmarks/results/online_official.json
-    python benchmarks/online.py --table-only          # reprint from the JSON
+    python -m benchmarks.online                       # 8 held-out pairs, joint; ~6 min on one core
+    python -m benchmarks.online --branch-sync official --out benchmarks/results/online_official.json
+    python -m benchmarks.online --table-only          # reprint from the JSON
 
 The same metrics as benchmarks/quality.py (PSNR and SSIM of the video against the full run of the pair), on
 held-out (prompt, seed) pairs by default: none of them was used to tune the online predictor or any setting
@@ -27,17 +27,15 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job
+from benchmarks.branch_sync import at, desync
+from benchmarks.quality import MAGCACHE, PAIRS, PSNR_CAP, TEACACHE, psnr, ssim, timed
 
-from _common import ROOT, build_job  # noqa: E402
-from branch_sync import at, desync  # noqa: E402
-from quality import MAGCACHE, PAIRS, PSNR_CAP, TEACACHE, psnr, ssim, timed  # noqa: E402
-
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.auto import sigma_grid  # noqa: E402
-from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names  # noqa: E402
-from magcache_dist.cache.online import OnlineConfig, build_online  # noqa: E402
-from magcache_dist.cache.teacache import build_teacache  # noqa: E402
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.auto import sigma_grid
+from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names
+from magcache_dist.cache.online import OnlineConfig, build_online
+from magcache_dist.cache.teacache import build_teacache
 
 ONLINE = MAGCACHE + [(0.03, 2), (0.5, 4), (1.0, 8)]  # (thresh, K); retention 0.2 like MagCache
 HOLD = [(0.06, 2), (0.12, 2), (0.24, 4), (0.5, 8)]

@@ -1,6 +1,6 @@
 """Why online MagCache predicts in sigma: the plot and the numbers behind its predictor.
 
-    python benchmarks/online_predictor.py [extra ratio files ...]   # writes docs/online_predictor.png + JSON
+    python -m benchmarks.online_predictor [extra ratio files ...]   # writes docs/online_predictor.png + JSON
 
 For each calibration (the published Wan2.1 tables, plus any ratio files given, e.g. the shipped tiny-video
 preset): the per-step ratio gamma_s against the step (the magnitude law: flat, then a sharp drop), and the slope
@@ -20,12 +20,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.auto import sigma_grid  # noqa: E402
-from magcache_dist.cache import RatioTable, get_preset  # noqa: E402
-from magcache_dist.cache.online import OnlineConfig, predict_slope  # noqa: E402
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.auto import sigma_grid
+from magcache_dist.cache import RatioTable, get_preset
+from magcache_dist.cache.online import OnlineConfig, predict_slope
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED = [("wan2.1-t2v-1.3b", 5.0), ("wan2.1-t2v-14b", 5.0), ("wan2.1-i2v-14b-480p", 3.0),

@@ -1,6 +1,6 @@
 """The dry-run planner's time estimate (cpu profile) against measured CPU sampling runs of the tiny model.
 
-    python benchmarks/calibrate_cpu_profile.py && python benchmarks/planner_check.py     # ~1-2 min
+    python -m benchmarks.calibrate_cpu_profile && python -m benchmarks.planner_check     # ~1-2 min
 
 One intra-op thread, single process, the embedded tiny-video model (seeded weights), cache off and MagCache
 (wan2.1-t2v-1.3b preset, 0.12/2/0.2), three sizes. Measured = the sampler's own wall time (best of --repeats);

@@ -1,6 +1,6 @@
 """Plot a calibration file as the MagCache paper does: magnitude ratio, its std over tokens, cosine distance.
 
-    python benchmarks/plot_calibration.py magcache_dist/cache/data/tiny-video.json docs/tiny_video_magnitude.png
+    python -m benchmarks.plot_calibration magcache_dist/cache/data/tiny-video.json docs/tiny_video_magnitude.png
 
 Also prints the numbers behind the magnitude-law verdict (ratio near 1 early, falling in the last steps).
 """
@@ -10,9 +10,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from magcache_dist.cache.ratios import RatioTable  # noqa: E402
+from magcache_dist.cache.ratios import RatioTable
 
 
 def law_summary(table: RatioTable) -> dict:

@@ -1,7 +1,7 @@
 """Quality versus speed of MagCache and TeaCache against full sampling on the shipped tiny-video model.
 
-    python benchmarks/quality.py                      # ~3 min (one thread, best of 3 timings)
-    python benchmarks/quality.py --table-only         # regenerate benchmarks/README.md from the JSON
+    python -m benchmarks.quality                      # ~3 min (one thread, best of 3 timings)
+    python -m benchmarks.quality --table-only         # regenerate benchmarks/README.md from the JSON
 
 For each fixed (prompt, seed) pair: a full run (every call computed), MagCache at several (thresh, K) and
 TeaCache at several thresholds, all in one process on the same model. Per run: computed / total block-stack
@@ -25,14 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job, write_readme_block
 
-from _common import ROOT, build_job, write_readme_block  # noqa: E402
-
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache  # noqa: E402
-from magcache_dist.cache.teacache import build_teacache  # noqa: E402
-from tools.tinydata.judge import judge  # noqa: E402
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
+from magcache_dist.cache.teacache import build_teacache
+from tools.tinydata.judge import judge
 
 PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs overlap
     ("a small red circle moves right", 11),

@@ -1,7 +1,7 @@
 """Our sigma grid (official Wan2.1: s from 1 - 1/1000) against diffusers' default UniPC flow grid (s from 1.0),
 on the shipped tiny-video model: how far apart the two grids' videos are.
 
-    python benchmarks/sigma_grid.py [--pairs 4]
+    python -m benchmarks.sigma_grid [--pairs 4]
 
 Full sampling (no cache), the same noise and prompt; PSNR / SSIM of the diffusers-grid video against ours, and the
 first and last sigmas of each grid. Writes benchmarks/results/sigma_grid.json.
@@ -16,15 +16,13 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import ROOT, build_job
+from benchmarks.quality import PAIRS, psnr, ssim
 
-from _common import ROOT, build_job  # noqa: E402
-from quality import PAIRS, psnr, ssim  # noqa: E402
-
-from magcache_dist.cache import NoCache  # noqa: E402
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from magcache_dist.sampling import sample  # noqa: E402
-from magcache_dist.sampling.schedulers import FlowScheduler  # noqa: E402
+from magcache_dist.cache import NoCache
+from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.sampling import sample
+from magcache_dist.sampling.schedulers import FlowScheduler
 
 
 def diffusers_grid(job) -> FlowScheduler:

@@ -4,7 +4,7 @@ For SP = 1, 2, 4 with Ulysses and ring attention: wall time per model call, byte
 (counted by the communicators, compared with the analytical volume), peak resident memory per rank, and the
 share of step time spent in the consensus all-reduce. Prints a table and writes benchmarks/results/sp.json.
 
-    .venv/bin/python benchmarks/sp.py [--frames 8 --size 64 --steps 6]
+    .venv/bin/python -m benchmarks.sp [--frames 8 --size 64 --steps 6]
 """
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ import json
 import os
 import resource
 import socket
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def _layouts():
@@ -47,7 +45,7 @@ def worker(rank, world, port, kind, args, out_path):
     from magcache_dist.cache import MagCacheConfig, build_magcache
     from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_dist_context, solo_context
     from magcache_dist.sampling import SamplerConfig, sample
-    from tests.helpers import tiny_model
+    from tests.support.helpers import tiny_model
 
     torch.set_num_threads(1)
     if world > 1:

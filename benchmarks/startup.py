@@ -1,6 +1,6 @@
 """How fast a bad input is rejected, and what the demo spends outside its phases, against `import torch`.
 
-    .venv/bin/python benchmarks/startup.py [--repeats 5]
+    .venv/bin/python -m benchmarks.startup [--repeats 5]
 
 Each round runs, as fresh processes and in the same round so that machine load hits all alike: ``python -c "import
 torch"`` (the floor any torch program pays), launch/generate.py with several bad inputs (each must exit 2), and the
@@ -65,7 +65,6 @@ def main(argv=None) -> int:
     res = dict(repeats=args.repeats, median_s=med, minus_import_torch_s={k: v - floor for k, v in med.items()},
                demo_wall_median_s=statistics.median(demo_wall), samples_s=rows,
                target_met={k: v - floor <= 1.0 for k, v in med.items() if k != "import torch"})
-    sys.path.insert(0, ROOT)
     from magcache_dist.io.atomic import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(res, indent=1))

@@ -1,6 +1,6 @@
 """Which caption words does the embedded model listen to? Swap one word, measure how much its prediction moves.
 
-    python benchmarks/word_sensitivity.py            # the shipped weights; --ckpt for another file
+    python -m benchmarks.word_sensitivity            # the shipped weights; --ckpt for another file
 
 A data clip ("a big red circle moves right") is noised to sigma in {0.5, 0.9, 0.97} with 4 noise draws; the DiT
 predicts v with the true caption and with captions that differ in one word. Reported: ||v(other) - v(true)|| /
@@ -15,13 +15,11 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks._common import probe_job
 
-from _common import probe_job  # noqa: E402
-
-from tools.tinydata.procedural import VideoSpec, render  # noqa: E402
-from magcache_dist.io.atomic import atomic_write_text  # noqa: E402
-from models.tiny_ae import PixelAutoencoder  # noqa: E402
+from tools.tinydata.procedural import VideoSpec, render
+from magcache_dist.io.atomic import atomic_write_text
+from models.tiny_ae import PixelAutoencoder
 
 TRUE = "a big red circle moves right"
 SWAPS = {  # word class -> caption differing from TRUE in that word only

@@ -1,15 +1,26 @@
+"""Shared fixtures for every kind of test. The kinds are folders: unit/ (one process, no ranks), sim/ (ranks
+simulated by threads), dist/ (processes: gloo groups, torchrun, faults, command lines), gpu/ (CUDA only).
+The helpers they share live in tests/support/."""
 import os
 
 import pytest
 import torch
 
-from tests.helpers import save_tiny_checkpoint
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests import it from here
+from tests.support.helpers import save_tiny_checkpoint
 
 # Tiny models run fastest on one intra-op thread, and simulated / spawned ranks would otherwise oversubscribe
 # the cores (each rank's pool wants every core). Results do not depend on it.
 torch.set_num_threads(1)
+
+KINDS = {"dist": pytest.mark.dist, "gpu": pytest.mark.gpu}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The folder is the kind: tests under dist/ and gpu/ carry that marker (``-m "not dist"`` etc. work)."""
+    for item in items:
+        kind = os.path.basename(os.path.dirname(str(item.fspath)))
+        if kind in KINDS:
+            item.add_marker(KINDS[kind])
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +32,7 @@ def tiny_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def wan_ckpts(tmp_path_factory):
     """Tiny random Wan2.1 T2V and I2V checkpoints, each saved in the official and the diffusers layout."""
-    from tests.wan_tiny import build_components, save_diffusers, save_image, save_official
+    from tests.support.wan_tiny import build_components, save_diffusers, save_image, save_official
 
     root = tmp_path_factory.mktemp("wan")
     out = {"image": save_image(str(root / "first_frame.png"))}
@@ -29,4 +40,44 @@ def wan_ckpts(tmp_path_factory):
         comps = build_components(task)
         out[task] = dict(comps=comps, official=save_official(comps, str(root / f"{task}-official")),
                          diffusers=save_diffusers(comps, str(root / f"{task}-diffusers")))
+    return out
+
+
+@pytest.fixture(scope="session")
+def nan_ckpt(tiny_ckpt, tmp_path_factory):
+    """The tiny checkpoint with one NaN weight in the output head."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(tiny_ckpt)
+    sd["head.head.weight"][0, 0] = float("nan")
+    path = str(tmp_path_factory.mktemp("nan") / "nan.safetensors")
+    save_file(sd, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def family_ckpts(tmp_path_factory):
+    """A random tiny checkpoint of each FLUX.1 / HunyuanVideo / Open-Sora family (diffusers layout)."""
+    from tests.support.families import FAMILY_JOBS, save_family_checkpoint
+
+    d = tmp_path_factory.mktemp("family_ckpts")
+    out = {}
+    for name in FAMILY_JOBS:
+        out[name] = str(d / f"{name}.safetensors")
+        save_family_checkpoint(out[name], name, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def family_solo_runs(family_ckpts, tmp_path_factory):
+    """Each family's tiny job run in one process: {name: {report, latents}}."""
+    from magcache_dist.parallel import solo_context
+    from magcache_dist.run import run_job
+    from tests.support.families import FAMILY_JOBS, family_config
+
+    out = {}
+    for name in FAMILY_JOBS:
+        d = tmp_path_factory.mktemp(name)
+        report = run_job(family_config(name, str(d), ckpt=family_ckpts[name]), solo_context())
+        out[name] = dict(report=report, latents=torch.load(d / "latents.pt", weights_only=True))
     return out

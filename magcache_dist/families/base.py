@@ -90,7 +90,8 @@ class ModelFamily:
         for key, val, m in (("video.frames", v.frames, frames_multiple), ("video.height", v.height, spatial_multiple),
                             ("video.width", v.width, spatial_multiple)):
             if val < 1 or val % m:
-                raise ValueError(f"{key}={val} must be a positive multiple of {m}{what} for model {self.name}")
+                raise ValueError(f"{key}={val} must be a positive multiple of {m}{what} for model {self.name}; "
+                                 f"use {key}={max(m, val // m * m)}")
 
     def num_heads(self) -> int:
         raise NotImplementedError

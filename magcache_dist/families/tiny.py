@@ -43,7 +43,7 @@ class TinyVideoFamily(ModelFamily):
                             ("video.width", v.width, pw * s)):
             if val < 1 or val % p:
                 raise ValueError(f"{key}={val} must be a positive multiple of the patch size {p} of model "
-                                 f"{self.name}")
+                                 f"{self.name}; use {key}={max(p, val // p * p)}")
 
     def _check_checkpoint(self) -> None:
         where = f"model.ckpt={self.cfg.model.ckpt!r}"

@@ -89,7 +89,8 @@ def resolve_files(ckpt_dir: str, layout: str, i2v: bool) -> WanFiles:
     def need(rel: str, what: str, is_dir: bool = False) -> str:
         p = os.path.join(ckpt_dir, rel)
         if not (os.path.isdir(p) if is_dir else os.path.isfile(p)):
-            raise ValueError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'")
+            raise ValueError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'; copy the complete "
+                             f"Wan2.1 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)")
         return p
 
     if layout == "official":

@@ -8,7 +8,6 @@ the two halves would hang, since they skip at different calls. Embeddings and th
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from magcache_dist.parallel.comm import DistComm

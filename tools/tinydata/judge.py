@@ -3,7 +3,7 @@
 This is how the project checks that the embedded model's videos match their prompts with numbers, not only by
 eye: ``describe(video)`` measures the foreground (pixels far from the fixed background colour) and names what it
 sees in the captions' own words; ``judge(video, caption)`` compares that with what the caption asked for. On the
-data set itself (``render``) it reads every attribute back correctly (tests/test_tiny_model.py).
+data set itself (``render``) it reads every attribute back correctly (tests/unit/test_tiny_model.py).
 
 Measurements, per frame on the foreground mask (pixels at >= 60% of the video's strongest contrast to the
 background, so a trail's fainter ghosts do not count; then a 3x3 majority filter that removes specks):

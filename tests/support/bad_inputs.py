@@ -1,0 +1,395 @@
+"""The one catalogue of bad inputs: each is rejected by launch/generate.py before any collective, on every rank,
+with exit code 2 and a message naming the config key (or file) and the fix (tests/unit/test_bad_input_catalogue.py
+runs each one in-process; tests/dist/test_cli.py runs the command itself).
+
+An entry is a ``Bad``: id, overrides, world size, regex for the key, regex for the fix, an optional
+``setup(tmp)`` that may create files and returns extra overrides, and the base job it modifies:
+- ``tiny`` (default): tests.support.helpers.job_overrides on the tiny checkpoint with parallel.ulysses_degree=2;
+- ``wan-<task>-<layout>``: the tiny Wan2.1 folder (tests.support.wan_tiny) copied to ``{tmp}/ck`` (a setup may
+  remove or edit its files), with ``{image}`` naming its first-frame image;
+- ``family:<model name>``: a tiny FLUX.1 / HunyuanVideo / Open-Sora job (tests.support.families).
+``{tmp}`` in overrides is the test's temporary directory; later overrides win. To add a rule, append an entry.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from typing import Callable, NamedTuple
+
+from tests.support.helpers import save_tiny_checkpoint
+
+
+class Bad(NamedTuple):
+    id: str
+    overrides: list
+    world: int
+    key: str
+    fix: str
+    setup: Callable | None = None
+    base: str = "tiny"
+
+
+def _write(path, data: bytes | str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return path
+
+
+def _ratios(tmp, branches=("cond",), value=1.0):
+    obj = {"format": "magcache-ratios/1", "num_steps": 8,
+           "branches": {b: {"ratios": [value] * 8} for b in branches}}
+    return _write(os.path.join(tmp, "ratios.json"), json.dumps(obj))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def _resume_with_other_steps(tmp):
+    from magcache_dist.checkpoint import FORMAT, POINTER, config_hash, fingerprint
+    from magcache_dist.config import load_config
+    from tests.support.helpers import job_overrides
+
+    other = load_config(None, job_overrides(os.path.join(tmp, "tiny.safetensors"), os.path.join(tmp, "out"),
+                                            "parallel.ulysses_degree=2", "sampler.num_steps=12"))
+    fp = fingerprint(other)
+    _write(os.path.join(tmp, "ck", POINTER), json.dumps(dict(format=FORMAT, next_step=4, world_size=2,
+                                                             config_hash=config_hash(fp), config=fp)))
+    return [f"checkpoint.dir={tmp}/ck", "resume=true"]
+
+
+def _ratio_json(obj) -> callable:
+    return lambda tmp: _write(os.path.join(tmp, "r.json"), json.dumps(obj)) and []
+
+
+def _store_key(num_steps=8) -> dict:
+    return {"model": "tiny", "weights": "x", "num_steps": num_steps, "resolution": [5, 20, 28], "solver": "unipc",
+            "shift": 5.0, "guidance": 5.0}
+
+
+def _store_index(entries) -> callable:
+    return lambda tmp: _write(os.path.join(tmp, "store", "index.json"),
+                              json.dumps({"format": "magcache-ratio-store/1", "entries": entries})) and []
+
+
+def _yaml(text: str | bytes):
+    """A setup writing ``{tmp}/bad.yaml`` (the overrides pass it with --config)."""
+    return lambda tmp: _write(os.path.join(tmp, "bad.yaml"), text) and []
+
+
+YAML = ["--config", "{tmp}/bad.yaml"]
+_HELD = []  # locks held by a setup for the rest of the session (the "first job" of output-dir-in-use)
+
+
+def _first_job_holds(tmp):
+    from magcache_dist.io.probe import OutputLock
+
+    _HELD.append(OutputLock(os.path.join(tmp, "out")))
+    return []
+
+
+_ENTRIES = [
+    # id, overrides, world, key, fix, setup
+    ("unknown-top-level-key", ["modle.name=tiny"], 2, r"'modle'", r"Did you mean: 'model'", None),
+    ("unknown-nested-key", ["cache.treshold=0.1"], 2, r"cache\.treshold", r"did you mean: cache\.magcache\.thresh", None),
+    ("old-flat-cache-key", ["cache.thresh=0.1", "cache.store_dir=/tmp/s"], 2, r"cache\.thresh has moved", r"use cache\.magcache\.thresh.*\n.*cache\.store_dir has moved; use cache\.calibration\.store_dir", None),
+    ("wrong-type-int", ["sampler.num_steps=many"], 2, r"sampler\.num_steps", r"converted to Integer", None),
+    ("wrong-type-degree", ["parallel.ulysses_degree=1.5"], 2, r"parallel\.ulysses_degree", r"converted to Integer",
+     None),
+    ("wrong-type-bool", ["resume=maybe"], 2, r"'resume'", r"not a valid bool", None),
+    ("degrees-not-world-size", ["parallel.ulysses_degree=4"], 2, r"parallel\.ulysses_degree=4",
+     r"make the product equal the number of processes", None),
+    ("ulysses-does-not-divide-heads", ["parallel.ulysses_degree=3"], 3, r"parallel\.ulysses_degree=3",
+     r"use a divisor of 4 and put the rest in parallel\.ring_degree", None),
+    ("cfg-degree-3", ["parallel.ulysses_degree=1", "parallel.cfg_degree=3"], 3, r"parallel\.cfg_degree=3",
+     r"must be 1 or 2", None),
+    ("cfg-parallel-without-guidance", ["parallel.ulysses_degree=1", "parallel.cfg_degree=2", "sampler.guidance=1.0"],
+     2, r"parallel\.cfg_degree=2", r"sampler\.guidance != 1", None),
+    ("unknown-backend", ["parallel.backend=horovod"], 2, r"parallel\.backend='horovod'", r"choose one of", None),
+    ("xfuser-without-cuda", ["parallel.backend=xfuser"], 2, r"parallel\.backend=xfuser", r"needs CUDA", None),
+    ("timeout-zero", ["parallel.timeout_s=0"], 2, r"parallel\.timeout_s=0", r"must be >= 10", None),
+    ("unknown-cache-mode", ["cache.mode=fast"], 2, r"cache\.mode='fast'", r"choose one of", None),
+    ("unknown-preset", ["cache.magcache.preset=wan3"], 2, r"cache\.magcache\.preset='wan3'", r"choose one of", None),
+    ("K-zero", ["cache.magcache.K=0"], 2, r"cache\.magcache\.K=0", r"integer >= 1", None),
+    ("thresh-negative", ["cache.magcache.thresh=-1"], 2, r"cache\.magcache\.thresh=-1", r"number >= 0", None),
+    ("retention-above-1", ["cache.magcache.retention=1.2"], 2, r"cache\.magcache\.retention=1\.2", r"must be in \[0, 1\)", None),
+    ("zero-steps", ["sampler.num_steps=0"], 2, r"sampler\.num_steps=0", r"integer >= 1", None),
+    ("negative-steps", ["sampler.num_steps=-5"], 2, r"sampler\.num_steps=-5", r"integer >= 1", None),
+    ("unknown-solver", ["sampler.solver=ddim"], 2, r"sampler\.solver='ddim'", r"choose one of", None),
+    ("guidance-below-1", ["sampler.guidance=0.5"], 2, r"sampler\.guidance=0\.5", r"must be >= 1", None),
+    ("shift-zero", ["sampler.shift=0"], 2, r"sampler\.shift=0", r"must be > 0", None),
+    ("height-not-patch-multiple", ["video.height=30"], 2, r"video\.height=30",
+     r"positive multiple of the patch size 4", None),
+    ("zero-frames", ["video.frames=0"], 2, r"video\.frames=0", r"positive multiple of the patch size", None),
+    ("fps-zero", ["video.fps=0"], 2, r"video\.fps=0", r"must be >= 1", None),
+    ("empty-prompt", ["prompt="], 2, r"prompt is empty", r'pass prompt="a red circle moves right"', None),
+    ("unknown-model", ["model.name=gpt2"], 2, r"model\.name='gpt2'", r"choose one of", None),
+    ("wan-with-model-ckpt", ["model.name=wan2.1-t2v-14b"], 2, r"model\.ckpt is for the embedded tiny models",
+     r"set model\.ckpt=null and ckpt_dir=", None),
+    ("wan-without-ckpt-dir", ["model.name=wan2.1-t2v-14b", "model.ckpt=null"], 2, r"ckpt_dir is not set",
+     r"pass ckpt_dir=/path/to/the wan2\.1-t2v-14b checkpoint folder", None),
+    ("wan-ckpt-dir-not-a-directory", ["model.name=wan2.1-t2v-14b", "model.ckpt=null", "ckpt_dir={tmp}/nope"], 2,
+     r"ckpt_dir=.*nope' is not a directory", r"point it at a Wan2\.1 checkpoint folder", None),
+    ("wan-ckpt-dir-without-weights", ["model.name=wan2.1-t2v-14b", "model.ckpt=null", "ckpt_dir={tmp}"], 2,
+     r"ckpt_dir: no DiT weights", r"diffusion_pytorch_model\.safetensors or its sharded index", None),
+    ("bad-dtype", ["model.dtype=int8"], 2, r"model\.dtype='int8'", r"must be one of", None),
+    ("missing-checkpoint", ["model.ckpt=/nonexistent/x.safetensors"], 2, r"model\.ckpt='/nonexistent/x\.safetensors'",
+     r"set model\.ckpt=null", None),
+    ("corrupt-checkpoint", ["model.ckpt={tmp}/corrupt.safetensors"], 2, r"model\.ckpt=.*corrupt\.safetensors",
+     r"re-download or re-export it",
+     lambda tmp: _write(os.path.join(tmp, "corrupt.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header") and []),
+    ("checkpoint-of-another-model", ["model.ckpt={tmp}/tv.safetensors"], 2, r"model\.ckpt=.*tv\.safetensors",
+     r"check model\.name",
+     lambda tmp: save_tiny_checkpoint(os.path.join(tmp, "tv.safetensors"), name="tiny-video") and []),
+    ("pickle-checkpoint", ["model.ckpt={tmp}/evil.pth"], 2, r"model\.ckpt=.*evil\.pth",
+     r"weights_only=True.*convert it to \.safetensors",
+     lambda tmp: _write(os.path.join(tmp, "evil.pth"), pickle.dumps(_Evil())) and []),
+    ("missing-ratio-file", ["cache.magcache.preset=null", "cache.magcache.ratios_file=/nonexistent/r.json"], 2,
+     r"cache\.magcache\.ratios_file='/nonexistent/r\.json'", r"cache\.mode=calibrate or use cache\.magcache\.preset", None),
+    ("ratio-file-not-json", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2, r"cache\.magcache\.ratios_file=",
+     r"is not valid JSON", lambda tmp: _write(os.path.join(tmp, "r.json"), "{not json") and []),
+    ("ratio-file-missing-branch", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/ratios.json"], 2,
+     r"ratios: the table has branches \['cond'\]", r"calibrate with the same guidance setting",
+     lambda tmp: _ratios(tmp) and []),
+    ("ratio-file-negative-ratio", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/ratios.json"], 2,
+     r"cache\.magcache\.ratios_file=.*ratios\.cond\[0\]=-1\.0", r"must be finite and > 0", lambda tmp: _ratios(tmp, value=-1.0) and []),
+    ("ratio-file-unknown-rule", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/ratios.json", "cache.magcache.rule=sdxl"], 2,
+     r"cache\.magcache\.rule='sdxl'", r"choose one of", lambda tmp: _ratios(tmp, ("cond", "uncond")) and []),
+    ("preset-and-ratio-file", ["cache.magcache.ratios_file={tmp}/ratios.json"], 2, r"cache\.magcache\.preset or cache\.magcache\.ratios_file",
+     r"set either", lambda tmp: _ratios(tmp, ("cond", "uncond")) and []),
+    ("output-dir-is-a-file", ["output_dir={tmp}/afile"], 2, r"output_dir=.*afile",
+     r"choose a directory you can write to", lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("output-dir-under-a-file", ["output_dir={tmp}/afile/sub"], 2, r"output_dir=.*afile/sub",
+     r"choose a directory you can write to", lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("output-dir-name-too-long", ["output_dir={tmp}/" + "x" * 300], 2, r"output_dir=.*xxx",
+     r"cannot be written \(the name is too long\); choose a directory you can write to", None),
+    ("output-dir-in-use", ["parallel.ulysses_degree=1"], 1, r"output_dir=.*/out' is in use by another job \(pid \d+ on host .*, started",
+     r"wait for it to finish or choose another output_dir", _first_job_holds),
+    ("checkpoint-dir-under-a-file", ["checkpoint.every_n_steps=2", "checkpoint.dir={tmp}/afile/ck"], 2,
+     r"checkpoint\.dir=.*afile/ck", r"choose a directory you can write to",
+     lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("calibration-out-under-a-file", ["cache.mode=calibrate", "cache.calibration.out={tmp}/afile/r.json"], 2,
+     r"cache\.calibration\.out=.*afile", r"choose a directory you can write to",
+     lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    ("calibration-out-is-a-directory", ["cache.mode=calibrate", "cache.calibration.out={tmp}"], 2,
+     r"cache\.calibration\.out=.* is a directory", r"give a file path", None),
+    ("store-dir-name-too-long", ["cache.mode=calibrate", "cache.calibration.store_dir={tmp}/" + "y" * 300], 2,
+     r"cache\.calibration\.store_dir=.*yyy", r"the name is too long", None),
+    # config files that are not the YAML mapping they should be: the file, the line and the fix are named
+    ("yaml-unclosed-bracket", YAML, 2, r"bad\.yaml' is not valid YAML at line 3", r"expected ',' or '}'",
+     _yaml("seed: 1\nvideo: {frames: 16\n")),
+    ("yaml-top-level-list", YAML, 2, r"bad\.yaml' must be a mapping of keys", r"not a list", _yaml("- seed: 1\n- seed: 2\n")),
+    ("yaml-duplicate-key", YAML, 2, r"key 'seed' appears twice in one section \(lines 1 and 3\)", r"keep one",
+     _yaml("seed: 1\nprompt: a red circle\nseed: 2\n")),
+    ("yaml-tab-indent", YAML, 2, r"bad\.yaml' is not valid YAML at line 2", r"spaces, not tabs",
+     _yaml("model:\n\tname: tiny\n")),
+    ("yaml-not-utf8", YAML, 2, r"bad\.yaml' is not UTF-8 text \(byte 8\)", r"save it as UTF-8",
+     _yaml(b"prompt: \xff\xfe red\n")),
+    ("yaml-section-as-value", YAML, 2, r"sampler is a section \(SamplerSection\)", r"set its keys",
+     _yaml("sampler: 5\n")),
+    ("override-section-as-value", ["sampler=5"], 2, r"override 'sampler=5': sampler is a section",
+     r"sampler\.num_steps=\.\.\.", None),
+    ("yaml-value-as-section", YAML, 2, r"seed must be a single value, not a section", r"bad\.yaml",
+     _yaml("seed: {a: 1}\n")),
+    # ratio files and ratio-store indexes: schema-checked, naming the file and the field
+    ("ratio-file-zero-steps", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2,
+     r"cache\.magcache\.ratios_file=.*r\.json': 'num_steps' must be an integer >= 1, got 0", r"integer >= 1",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 0, "branches": {"cond": {"ratios": []}}})),
+    ("ratio-file-steps-as-text", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2,
+     r"'num_steps' must be an integer >= 1, got '8'", r"cache\.magcache\.ratios_file=",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": "8", "branches": {"cond": {"ratios": [1] * 8}}})),
+    ("ratio-file-branches-list", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2,
+     r"'branches' must be an object", r"got list",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 8, "branches": [1, 2]})),
+    ("ratio-file-ratios-text", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2,
+     r"branches\.cond\.ratios must be a list of 8 numbers \(num_steps\)", r"got str",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 8, "branches": {"cond": {"ratios": "abc"}}})),
+    ("ratio-file-bool-ratio", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2,
+     r"branches\.uncond\.ratios\[7\]=True", r"must be a finite number",
+     _ratio_json({"format": "magcache-ratios/1", "num_steps": 8,
+                  "branches": {"cond": {"ratios": [1] * 8}, "uncond": {"ratios": [1] * 7 + [True]}}})),
+    ("ratio-file-bad-meta", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2, r"'meta' must be an object",
+     r"got int", _ratio_json({"format": "magcache-ratios/1", "num_steps": 8, "meta": 5,
+                              "branches": {"cond": {"ratios": [1] * 8}, "uncond": {"ratios": [1] * 8}}})),
+    ("store-index-entry-not-object", ["cache.mode=auto", "cache.calibration.store_dir={tmp}/store"], 2,
+     r"cache\.calibration\.store_dir=.*index\.json entries\[0\] is a int", r"fix or remove that entry", _store_index([3])),
+    ("store-index-entry-bad-steps", ["cache.mode=auto", "cache.calibration.store_dir={tmp}/store"], 2,
+     r"entries\[0\] key\.num_steps=0 must be an integer >= 1", r"fix or remove that entry",
+     _store_index([{"file": "a.json", "key": _store_key(num_steps=0)}])),
+    ("store-index-entry-escapes", ["cache.mode=auto", "cache.calibration.store_dir={tmp}/store"], 2,
+     r"entries\[0\] 'file'='\.\./\.\./etc/passwd' must be a file name inside the store", r"fix or remove",
+     _store_index([{"file": "../../etc/passwd", "key": _store_key()}])),
+    # keys that do not apply to the chosen model or mode: an error naming the key, not silently ignored
+    ("thresh-for-teacache", ["cache.mode=teacache", "cache.magcache.thresh=0.2"], 2,
+     r"cache\.magcache\.thresh does not apply here \(cache\.mode='teacache'\)", r"TeaCache's threshold is cache\.teacache\.thresh", None),
+    ("teacache-thresh-for-magcache", ["cache.teacache.thresh=0.3"], 2,
+     r"cache\.teacache\.thresh does not apply here \(cache\.mode='magcache'\)", r"it is for cache\.mode=teacache",
+     None),
+    ("online-predictor-for-magcache", ["cache.online.predictor=hold"], 2, r"cache\.online\.predictor does not apply",
+     r"cache\.mode=online", None),
+    ("store-dir-for-magcache", ["cache.calibration.store_dir={tmp}/store"], 2, r"cache\.calibration\.store_dir does not apply",
+     r"cache\.mode=calibrate or auto", None),
+    ("preset-for-auto", ["cache.mode=auto", "cache.calibration.store_dir={tmp}/store", "cache.magcache.preset=wan2.1-t2v-14b"], 2,
+     r"cache\.magcache\.preset does not apply here \(cache\.mode='auto'\)", r"remove it", None),
+    ("image-for-t2v", ["image={tmp}/x.png"], 2, r"image does not apply here \(model\.name='tiny'\)",
+     r"image-to-video models", None),
+    ("vae-for-tiny", ["vae.tiling=true", "text_encoder.device=cpu"], 2,
+     r"text_encoder\.device does not apply here[\s\S]*vae\.tiling does not apply here", r"it is for Wan2\.1 models",
+     None),
+    ("checkpoint-dir-without-checkpoints", ["checkpoint.dir={tmp}/ck"], 2, r"checkpoint\.dir does not apply here",
+     r"checkpoint\.every_n_steps > 0 or resume=true", None),
+    # a job that cannot fit in this machine's memory
+    ("does-not-fit-in-memory", ["video.frames=4096", "video.height=2048", "video.width=2048"], 2,
+     r"memory: the planner estimates .* GB per rank x 2 ranks = .* GB for sampling, but only .* GB is free",
+     r"parallel\.fsdp=true.*planner\.memory_check=false to run anyway", None),
+    ("does-not-fit-long-video", ["video.frames=20000", "video.height=512", "video.width=512"], 2,
+     r"memory: the planner estimates", r"fewer video\.frames", None),
+    ("store-index-table-missing", ["cache.mode=auto", "cache.calibration.store_dir={tmp}/store"], 2,
+     r"entries\[0\] names 'gone\.json', which is missing", r"fix or remove that entry",
+     _store_index([{"file": "gone.json", "key": _store_key()}])),
+    ("store-index-table-broken", ["cache.mode=auto", "cache.calibration.store_dir={tmp}/store"], 2,
+     r"entries\[0\]: cache\.magcache\.ratios_file=.*t\.json': 'num_steps' must be an integer >= 1", r"recalibrate or remove",
+     lambda tmp: _write(os.path.join(tmp, "store", "t.json"), json.dumps({"format": "magcache-ratios/1"})) and
+     _store_index([{"file": "t.json", "key": _store_key()}])(tmp)),
+    # numbers that are not finite or not meaningful
+    ("checkpoint-never-written", ["checkpoint.every_n_steps=8"], 2, r"checkpoint\.every_n_steps=8 >= sampler\.num_steps=8",
+     r"no checkpoint would ever be written", None),
+    ("steps-absurd", ["sampler.num_steps=1000000"], 2, r"sampler\.num_steps=1000000", r"must be <= 1000", None),
+    ("several-problems-one-line-each", ["sampler.shift=nan", "video.fps=0", "seed=-5"], 2,
+     r"error: seed=-5 must be >= 0.*\n\[rank \d\] error: video\.fps=0 must be >= 1.*\n\[rank \d\] error: sampler\.shift",
+     r"sampler\.shift=nan must be a finite number", None),
+    ("thresh-nan", ["cache.magcache.thresh=nan"], 2, r"cache\.magcache\.thresh=nan", r"must be a finite number", None),
+    ("shift-inf", ["sampler.shift=inf"], 2, r"sampler\.shift=inf", r"must be a finite number", None),
+    ("guidance-inf", ["sampler.guidance=.inf"], 2, r"sampler\.guidance=inf", r"must be a finite number", None),
+    ("guidance-absurd", ["sampler.guidance=1e6"], 2, r"sampler\.guidance=1000000\.0", r"must be >= 1 and <= 100", None),
+    ("timeout-nan", ["parallel.timeout_s=nan"], 2, r"parallel\.timeout_s=nan", r"must be a finite number", None),
+    ("timeout-too-small", ["parallel.timeout_s=0.5"], 2, r"parallel\.timeout_s=0\.5", r"must be >= 10", None),
+    ("fps-absurd", ["video.fps=100000"], 2, r"video\.fps=100000", r"must be >= 1 and <= 240", None),
+    ("seed-negative", ["seed=-1"], 2, r"seed=-1", r"must be >= 0 and <= 9223372036854775807", None),
+    ("seed-too-large", ["seed=18446744073709551616"], 2, r"seed=18446744073709551616", r"<= 9223372036854775807",
+     None),
+    ("teacache-coefficient-nan", ["cache.mode=teacache", "cache.teacache.coefficients=[1.0,nan]"], 2,
+     r"cache\.teacache\.coefficients=\[1\.0, nan\]", r"must be a finite number", None),
+    # empty strings that would silently change the job's meaning
+    ("ckpt-empty", ["model.ckpt="], 2, r"model\.ckpt is an empty string", r"leave it unset \(null\)", None),
+    ("ratios-file-empty", ["cache.magcache.preset=null", "cache.magcache.ratios_file=''"], 2, r"cache\.magcache\.ratios_file is an empty string",
+     r"give a value", None),
+    ("output-dir-empty", ["output_dir="], 2, r"output_dir is an empty string", r"give a value", None),
+    ("checkpoint-every-negative", ["checkpoint.every_n_steps=-1"], 2, r"checkpoint\.every_n_steps=-1",
+     r"integer >= 0", None),
+    ("resume-without-checkpoint", ["resume=true", "checkpoint.dir={tmp}/none"], 2, r"checkpoint\.dir=",
+     r"set resume=false to start from scratch", None),
+    ("resume-with-other-config", [], 2, r"sampler\.num_steps=12 in the checkpoint but 8 now",
+     r"Resume with the original values, or set resume=false", _resume_with_other_steps),
+    ("dry-run-unknown-device", ["dry_run=true", "planner.device=tpu9"], 2, r"planner\.device='tpu9'",
+     r"choose one of \['cpu', 'h100', 'h200'\]", None),
+    ("dry-run-wan-frames-not-4k+1", ["dry_run=true", "model.name=wan2.1-t2v-14b", "video.frames=80",
+                                     "video.height=720", "video.width=1280"], 2, r"video\.frames=80",
+     r"4k\+1 for the Wan VAE .* use video\.frames=77", None),
+    ("fsdp-without-sp", ["parallel.ulysses_degree=1", "parallel.fsdp=true"], 1,
+     r"parallel\.fsdp=true shards weights over the sequence-parallel group", r"set parallel\.ulysses_degree or parallel\.ring_degree > 1, or parallel\.fsdp=false", None),
+    ("prompt-blank", ["prompt=   "], 2, r"prompt is empty", r'pass prompt="a red circle moves right"', None),
+    ("online-unknown-predictor", ["cache.mode=online", "cache.online.predictor=magic"], 2,
+     r"cache\.online\.predictor='magic' is unknown", r"choose one of \('powerlaw', 'hold'\)", None),
+    ("online-K-zero", ["cache.mode=online", "cache.magcache.K=0"], 2, r"cache\.magcache\.K=0", r"integer >= 1", None),
+]
+
+
+def _remove(rel: str) -> Callable:
+    """A setup removing ``rel`` from the copied Wan folder."""
+    def setup(tmp):
+        p = os.path.join(tmp, "ck", rel)
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        return []
+    return setup
+
+
+def _edit_json(rel: str, **changes) -> Callable:
+    """A setup changing fields of a JSON file of the copied Wan folder (``_scale`` multiplies a field by 2)."""
+    def setup(tmp):
+        p = os.path.join(tmp, "ck", rel)
+        obj = json.load(open(p)) if os.path.exists(p) else {}
+        for k, v in changes.items():
+            obj[k] = obj[k] * 2 if v == "_double" else v
+        _write(p, json.dumps(obj))
+        return []
+    return setup
+
+
+WAN = [  # the Wan2.1 checkpoint folders: every file a job needs is named when missing, every geometry rule checked
+    Bad("wan-missing-umt5", [], 1, r"missing umT5 encoder 'models_t5_umt5-xxl-enc-bf16\.pth'", r"copy the complete Wan2\.1 release into ckpt_dir",
+        _remove("models_t5_umt5-xxl-enc-bf16.pth"), "wan-t2v-official"),
+    Bad("wan-missing-vae", [], 1, r"missing VAE 'Wan2\.1_VAE\.pth'", r"copy the complete Wan2\.1 release into ckpt_dir", _remove("Wan2.1_VAE.pth"),
+        "wan-t2v-official"),
+    Bad("wan-missing-tokenizer", [], 1, r"missing umT5 tokenizer folder 'google/umt5-xxl'", r"copy the complete Wan2\.1 release into ckpt_dir",
+        _remove("google"), "wan-t2v-official"),
+    Bad("wan-missing-dit", [], 1, r"no DiT weights", r"diffusion_pytorch_model\.safetensors or its sharded index", _remove("diffusion_pytorch_model.safetensors"),
+        "wan-t2v-official"),
+    Bad("wan-missing-clip", ["image={image}"], 1, r"missing CLIP image encoder", r"copy the complete Wan2\.1 release into ckpt_dir",
+        _remove("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"), "wan-i2v-official"),
+    Bad("wan-diffusers-missing-image-encoder", ["image={image}"], 1,
+        r"\(diffusers layout\): missing CLIP image encoder config 'image_encoder/config\.json'", r"copy the complete Wan2\.1 release into ckpt_dir",
+        _remove("image_encoder"), "wan-i2v-diffusers"),
+    Bad("wan-diffusers-missing-vae-config", [], 1, r"missing VAE config 'vae/config\.json'", r"copy the complete Wan2\.1 release into ckpt_dir",
+        _remove("vae"), "wan-t2v-diffusers"),
+    Bad("wan-frames-not-4k+1", ["video.frames=8"], 1, r"video\.frames=8 must be 4k\+1", r"use video\.frames=5",
+        base="wan-t2v-official"),
+    Bad("wan-height-not-16", ["video.height=40"], 1, r"video\.height=40 must be a positive multiple of 16", r"e\.g\. 32",
+        base="wan-t2v-official"),
+    Bad("wan-ckpt-dir-null", ["ckpt_dir=null"], 1, r"ckpt_dir is not set", r"pass ckpt_dir=/path/to/the tiny-wan-t2v checkpoint folder", base="wan-t2v-official"),
+    Bad("wan-ckpt-dir-missing", ["ckpt_dir=/nonexistent/wan"], 1, r"ckpt_dir='/nonexistent/wan' is not a directory",
+        r"point it at a Wan2\.1 checkpoint folder", base="wan-t2v-official"),
+    Bad("wan-t2v-folder-for-i2v", ["model.name=tiny-wan-i2v"], 1, r"missing CLIP image encoder|image is not set",
+        r"copy the complete Wan2\.1 release into ckpt_dir", base="wan-t2v-official"),
+    Bad("wan-unknown-layout", ["model.layout=onnx"], 1, r"model\.layout='onnx' is unknown", r"choose one of \('auto', 'official', 'diffusers'\)",
+        base="wan-t2v-official"),
+    Bad("wan-text-encoder-device", ["text_encoder.device=tpu"], 1, r"text_encoder\.device='tpu'", r"must be 'auto' or 'cpu'",
+        base="wan-t2v-official"),
+    Bad("wan-vae-tile-stride", ["vae.tiling=true", "vae.tile_stride_height=300"], 1,
+        r"vae\.tile_height=256 / vae\.tile_stride_height=300", r"need a multiple of 8 >= 16 and 0 < stride <= tile", base="wan-t2v-official"),
+    Bad("wan-ulysses-does-not-divide-heads", ["parallel.ulysses_degree=8"], 8,
+        r"ulysses_degree=8 does not divide num_heads=4", r"use a divisor of 4 and put the rest in parallel\.ring_degree", base="wan-t2v-official"),
+    Bad("wan-i2v-without-image", [], 1, r"image is not set", r"pass image=/path/to/first_frame\.png", base="wan-i2v-official"),
+    Bad("wan-image-for-t2v", ["image={image}"], 1, r"image is set but tiny-wan-t2v is text-to-video", r"use an i2v model\.name or image=null",
+        base="wan-t2v-official"),
+    Bad("wan-checkpoint-of-another-size", ["model.name=wan2.1-t2v-1.3b"], 1,
+        r"holds a DiT with dim=64, num_heads=4, num_layers=2, ffn_dim=128, text_len=24 but model\.name="
+        r"'wan2\.1-t2v-1\.3b' has dim=1536, num_heads=12, num_layers=30", r"set model\.name to the checkpoint's model", base="wan-t2v-official"),
+    # the same tensor shapes with another head count: only config.json can tell (loading it would compute garbage)
+    Bad("wan-other-heads-official", [], 1,
+        r"holds a DiT with num_heads=2 but model\.name='tiny-wan-t2v' has num_heads=4 \(config\.json\)", r"set model\.name to the checkpoint's model",
+        _edit_json("config.json", num_heads=2), "wan-t2v-official"),
+    Bad("wan-other-heads-diffusers", [], 1,
+        r"holds a DiT with num_heads=2 but model\.name='tiny-wan-t2v' has num_heads=4 \(transformer/config\.json\)",
+        r"set model\.name to the checkpoint's model", _edit_json("transformer/config.json", num_attention_heads=2, attention_head_dim="_double"),
+        "wan-t2v-diffusers"),
+    Bad("wan-scheduler-bad-shift", [], 1, r"scheduler/scheduler_config\.json has flow_shift=-1", r"it must be a number > 0 \(or set sampler\.shift\)",
+        _edit_json("scheduler/scheduler_config.json", flow_shift=-1), "wan-t2v-diffusers"),
+]
+
+FAMILIES = [  # FLUX.1, HunyuanVideo, Open-Sora 1.2: each family's own rules
+    Bad("opensora-ring", ["parallel.ring_degree=2"], 2, r"parallel\.ring_degree=2: Open-Sora's spatial/temporal",
+        r"needs whole frames per rank; use parallel\.ulysses_degree", base="family:opensora-1.2-tiny"),
+    Bad("hunyuan-cfg-parallel", ["parallel.cfg_degree=2"], 2,
+        r"parallel\.cfg_degree=2: HunyuanVideo makes one call per step", r"use parallel\.ulysses_degree / ring_degree instead", base="family:hunyuanvideo-tiny"),
+    Bad("flux-teacache", ["cache.mode=teacache"], 1, r"cache\.mode=teacache is wired for the Wan family only",
+        r"use cache\.mode=magcache for flux\.1-dev-tiny", base="family:flux.1-dev-tiny"),
+    Bad("flux-unipc", ["sampler.solver=unipc"], 1, r"sampler\.solver", r"set sampler\.solver=euler",
+        base="family:flux.1-dev-tiny"),
+    Bad("flux-frames", ["video.frames=2"], 1, r"video\.frames=2: flux\.1-dev-tiny is an image model", r"set video\.frames=1",
+        base="family:flux.1-dev-tiny"),
+    Bad("schnell-guidance", ["sampler.guidance=3.5"], 1, r"sampler\.guidance", r"FLUX\.1-schnell takes no guidance",
+        base="family:flux.1-schnell-tiny"),
+    Bad("hunyuan-height", ["video.height=17"], 1, r"video\.height=17 must be a positive multiple of 2", r"use video\.height=16",
+        base="family:hunyuanvideo-tiny"),
+    Bad("flux-ulysses-does-not-divide-heads", ["parallel.ulysses_degree=8"], 8,
+        r"ulysses_degree=8 does not divide num_heads=4", r"use a divisor of 4 and put the rest in parallel\.ring_degree", base="family:flux.1-dev-tiny"),
+    Bad("flux-real-size-not-wired", ["model.name=flux.1-dev"], 1, r"model\.name='flux\.1-dev'",
+        r"text encoder and VAE are not wired", base="family:flux.1-dev-tiny"),
+]
+
+CATALOGUE = [Bad(*e) for e in _ENTRIES] + WAN + FAMILIES

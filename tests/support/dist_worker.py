@@ -1,0 +1,63 @@
+"""Entry point of the multi-process tests: one process per rank, gloo on loopback, several jobs per group."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import traceback
+
+
+def worker(rank: int, world: int, port: int, jobs: list, result_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from magcache_dist.config import load_config
+    from magcache_dist.parallel.dims import ParallelDims, build_dist_context
+    from magcache_dist.run import run_job
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=90))
+    ds_ready = False
+    try:
+        for name, overrides in jobs:
+            cfg = load_config(None, overrides)
+            if cfg.parallel.backend == "deepspeed" and not ds_ready:
+                import deepspeed
+
+                deepspeed.init_distributed(dist_backend="gloo")
+                ds_ready = True
+            dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
+            par = build_dist_context(dims, cfg.parallel.backend)
+            try:
+                run_job(cfg, par)
+                status = "ok"
+            except Exception as e:  # reported to the test, which decides
+                status = f"{type(e).__name__}: {e}"
+                if not type(e).__name__ == "SkipDisagreement":
+                    status += "\n" + traceback.format_exc()
+            with open(os.path.join(result_dir, f"{name}.rank{rank}.json"), "w") as f:
+                json.dump({"status": status}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(world: int, jobs: list, result_dir: str, timeout: float = 240.0) -> None:
+    """Run ``jobs`` on ``world`` processes; fail (and kill them) if they do not finish in ``timeout`` seconds."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(worker, args=(world, port, jobs, result_dir), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise TimeoutError(f"distributed test did not finish within {timeout}s (hang)")

@@ -1,0 +1,77 @@
+"""launch/generate.py with a fault injected into one rank, for the failure and resume tests.
+
+    FAULT=<kind>@<n> FAULT_RANK=<r> python tests/support/fault_entry.py <generate.py arguments>
+
+kinds: ``kill_attn`` / ``raise_attn``: SIGKILL / RuntimeError at the n-th self-attention call of that rank
+(Ulysses, ring or local op); ``kill_after_step``: SIGKILL right after step n finished (and its checkpoint, if any,
+was written); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file.
+The library has no test hooks: the fault is patched in here, from outside.
+"""
+import os
+import signal
+import sys
+
+
+def _die():
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(kind: str, n: int) -> None:
+    calls = [0]
+
+    def count():
+        calls[0] += 1
+        return calls[0] == n
+
+    if kind in ("kill_attn", "raise_attn"):
+        from magcache_dist.parallel import attention
+        from models import attention as local
+
+        def wrap(cls):
+            orig = cls.forward
+
+            def forward(self, q, k, v, k_lens=None, *a):
+                if count():
+                    if kind == "kill_attn":
+                        _die()
+                    raise RuntimeError("injected fault inside attention")
+                return orig(self, q, k, v, k_lens, *a)
+            cls.forward = forward
+
+        for cls in (attention.UlyssesAttention, attention.RingAttention, local.LocalAttention):
+            wrap(cls)
+    elif kind == "kill_after_step":
+        from magcache_dist import checkpoint
+
+        orig = checkpoint.Checkpointer.on_step
+
+        def on_step(self, step, x, state, scheduler):
+            orig(self, step, x, state, scheduler)
+            if step == n:
+                _die()
+        checkpoint.Checkpointer.on_step = on_step
+    elif kind == "kill_in_save":
+        import torch
+
+        real_save = torch.save
+
+        def save(obj, path, *a, **kw):  # checkpoint files are the first torch.save calls of a job
+            real_save(obj, path, *a, **kw)
+            if count():
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)  # the temp file is half written when the process dies
+                _die()
+        torch.save = save
+    else:
+        raise SystemExit(f"unknown FAULT kind {kind!r}")
+
+
+if __name__ == "__main__":
+    fault = os.environ.get("FAULT")
+    if fault and int(os.environ.get("RANK", "0")) == int(os.environ.get("FAULT_RANK", "0")):
+        kind, n = fault.split("@")
+        install(kind, int(n))
+    from magcache_dist.launcher.main import main
+
+    sys.exit(main(sys.argv[1:]))

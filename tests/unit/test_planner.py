@@ -1,0 +1,123 @@
+"""Dry-run planner: exact shapes and token counts, kernel counts in sync with the model, every family planned, and
+the generate.py dry run (no weights, no process group). Its communication bytes against what the SP code sends:
+tests/sim/test_planner_comm.py."""
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from magcache_dist.cache import MagCacheConfig, build_magcache, plan
+from magcache_dist.config import load_config
+from magcache_dist.families.base import make_family
+from magcache_dist.planner import cost, plan_job
+from models.wan import WanModel, get_config
+from tests.support.helpers import ODD_VIDEO, tiny_model
+
+WAN14B = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",
+          "video.width=1280", "sampler.num_steps=50", "cache.magcache.preset=wan2.1-t2v-14b", "cache.magcache.thresh=0.24", "cache.magcache.K=6",
+          "cache.magcache.retention=0.2", "parallel.ulysses_degree=8", "planner.device=h100"]
+
+
+def test_wan14b_720p_on_8_ranks():
+    p = plan_job(load_config(None, WAN14B))
+    r = p["per_rank"]
+    assert p["latent_shape"] == [16, 21, 90, 160] and r["latent_grid_patches"] == [21, 45, 80]
+    assert r["tokens"] == 75_600 and r["tokens_per_rank"] == 9_450 and r["padding_tokens"] == 0
+    with torch.device("meta"):
+        assert p["params"] == sum(t.numel() for t in WanModel(get_config("wan2.1-t2v-14b")).parameters())
+    assert 14.0e9 < p["params"] < 14.5e9
+    assert r["memory_bytes"]["weights"] == 2 * p["params"]
+    expect = plan(build_magcache("wan2.1-t2v-14b", None, MagCacheConfig(0.24, 6, 0.2), 50, ["cond", "uncond"],
+                                 branch_sync="joint"), 50, ["cond", "uncond"])  # the job default
+    assert p["skip_plan"] == expect and r["calls"]["computed"] == expect["computed_calls"]
+    # Ulysses 8: 4 all-to-alls per block, each 9450 tokens x 5120 x 2 bytes x 7/8 leave the rank; 40 blocks
+    assert r["comm_per_block"]["ulysses_bytes_per_block"] == 4 * 9450 * 5120 * 2 * 7 // 8
+    assert r["comm_bytes_total"]["ulysses"] == expect["computed_calls"] * 40 * 4 * 9450 * 5120 * 2 * 7 // 8
+    # attention FLOPs per computed call: 4 * chunk * L * D per block (+ cross-attention with 512 text tokens)
+    assert r["flops_per_computed_call"]["attention"] == 40 * (4 * 9450 * 75600 * 5120 + 4 * 9450 * 512 * 5120)
+    t = r["time_s"]
+    assert t["sampling"] < t["sampling_without_cache"] and r["fits_in_memory"]
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_kernel_counts_match_the_model():
+    m = tiny_model(0)
+    x, t, c = torch.randn(1, 3, 5, 20, 28), torch.tensor([500.0]), torch.randn(1, 6, 32)
+    with torch.no_grad():
+        with _Count() as k:
+            tokens, ctx = m.embed(x, t, c)
+        assert k.n == cost.KERNELS_EMBED
+        with _Count() as k:
+            m.blocks[0](tokens, ctx)
+        assert k.n == cost.KERNELS_PER_BLOCK
+        with _Count() as k:
+            m.unpatchify(m.forward_head(tokens, ctx), ctx.grid)
+        assert k.n == cost.KERNELS_HEAD
+
+
+def test_generate_dry_run_writes_the_plan_without_weights_or_process_group(tmp_path, monkeypatch, capsys):
+    from magcache_dist.launcher import main as generate
+
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("dry run created a process group"))
+    monkeypatch.setattr("models.loading.read_tensors", lambda *a, **k: pytest.fail("dry run read weights"))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # planned for 8 ranks from a single process
+    assert generate.main([*WAN14B, "dry_run=true", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "75,600 tokens; 9,450 per rank" in out and "estimated sampling time" in out
+    p = json.loads((tmp_path / "plan.json").read_text())
+    assert p["per_rank"]["tokens_per_rank"] == 9450 and p["device"]["name"] == "h100"
+    assert os.listdir(tmp_path) == ["plan.json"]
+
+
+@pytest.mark.parametrize("overrides", [["model.name=tiny-video", "cache.magcache.preset=wan2.1-t2v-1.3b"],
+                                       ["model.name=tiny", "cache.magcache.preset=wan2.1-t2v-1.3b", *ODD_VIDEO]])
+def test_planned_tokens_equal_the_tokens_the_model_sees(overrides):
+    cfg = load_config(None, overrides)
+    noise = make_family(cfg).make_noise(0)
+    with torch.device("meta"):
+        model = WanModel(get_config(cfg.model.name))
+    grid = [n // p for n, p in zip(noise.shape[2:], model.cfg.patch_size)]
+    p = plan_job(cfg)
+    assert p["latent_shape"] == list(noise.shape[1:]) and p["per_rank"]["latent_grid_patches"] == grid
+
+
+@pytest.mark.parametrize("name,extra,params_b", [
+    ("flux.1-dev", ["video.frames=1", "video.height=1024", "video.width=1024", "sampler.solver=euler",
+                    "sampler.num_steps=28", "cache.magcache.preset=flux.1-dev"], (11.5, 12.2)),
+    ("flux.1-schnell", ["video.frames=1", "video.height=1024", "video.width=1024", "sampler.solver=euler",
+                        "sampler.num_steps=4", "sampler.guidance=1", "cache.mode=off"], (11.5, 12.2)),
+    ("hunyuanvideo", ["video.frames=33", "video.height=720", "video.width=1280", "sampler.solver=euler",
+                      "sampler.num_steps=50", "cache.magcache.preset=hunyuanvideo-t2v-720p"], (12.5, 13.2)),
+    ("opensora-1.2", ["video.frames=30", "video.height=720", "video.width=1280", "sampler.solver=euler",
+                      "sampler.num_steps=30", "cache.magcache.preset=opensora-1.2"], (1.0, 1.3)),
+    ("wan2.1-t2v-1.3b", ["video.frames=81", "video.height=480", "video.width=832",
+                         "cache.magcache.preset=wan2.1-t2v-1.3b"], (1.3, 1.6)),
+])
+def test_every_family_has_a_dry_run_plan(name, extra, params_b, tmp_path):
+    """The planner works for all five released families: their own latent shape, token count and parameters."""
+    cfg = load_config(None, [f"model.name={name}", f"output_dir={tmp_path}", "model.dtype=bfloat16",
+                             "parallel.ulysses_degree=4", "planner.device=h100", *extra])
+    p = plan_job(cfg)
+    assert params_b[0] <= p["params"] / 1e9 <= params_b[1], p["params"]
+    c, f, h, w = p["latent_shape"]
+    fam = make_family(cfg)
+    assert (c, f, h, w) == fam.latent_shape()
+    pf, ph, pw = fam.cost_figures().patch_size
+    assert p["per_rank"]["tokens"] == (f // pf) * (h // ph) * (w // pw)
+    r = p["per_rank"]
+    assert r["time_s"]["sampling"] > 0 and r["memory_bytes"]["weights"] == p["params"] * 2
+    if cfg.cache.mode == "magcache":
+        assert p["skip_plan"]["computed_calls"] < p["skip_plan"]["total_calls"]
+        assert r["time_s"]["speedup"] > 1
