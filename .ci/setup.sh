@@ -8,6 +8,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # DS_BUILD_OPS=0: deepspeed installs without compiling its CUDA ops (we use only its Ulysses layer)
 DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -r .ci/requirements-cpu.txt
+# lpips (LPIPS in python -m magcache_dist.eval) without the torchvision it declares: PyPI's torchvision is built for
+# CUDA torch and fails to import beside the CPU wheel (pip would also swap torch for a CUDA build to satisfy it);
+# lpips runs without it (magcache_dist/eval/perceptual.py). scipy, which lpips imports, is in requirements-cpu.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps lpips==0.1.4
 # the project itself (editable): `import magcache_dist` from anywhere, `magcache-generate`, `torchrun launch/generate.py`
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 # deepspeed's CPU communication op (built by deepspeed.init_distributed on a CPU machine, ~1 min with ninja) is built

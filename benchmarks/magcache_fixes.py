@@ -35,11 +35,11 @@ import torch
 
 from benchmarks._common import ROOT, build_job, write_readme_block
 from benchmarks.branch_sync import at
-from benchmarks.quality import PSNR_CAP, psnr, ssim
 
 from magcache_dist.cache import MagCacheConfig, MagCachePolicy, NoCache, get_preset
 from magcache_dist.cache.base import Decision
 from magcache_dist.cache.teacache import TeaCacheConfig, TeaCachePolicy, load_coefficients
+from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
 from magcache_dist.io.atomic import atomic_write_text
 
 PAIRS = [("a big green circle moves left", 201), ("a small yellow square moves up", 202),

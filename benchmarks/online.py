@@ -29,8 +29,9 @@ import torch
 
 from benchmarks._common import ROOT, build_job
 from benchmarks.branch_sync import at, desync
-from benchmarks.quality import MAGCACHE, PAIRS, PSNR_CAP, TEACACHE, psnr, ssim, timed
+from benchmarks.quality import MAGCACHE, PAIRS, TEACACHE, timed
 
+from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.auto import sigma_grid
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names

@@ -23,13 +23,13 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks._common import ROOT, build_job, write_readme_block
 
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
 from magcache_dist.cache.teacache import build_teacache
+from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
 from tools.tinydata.judge import judge
 
 PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs overlap
@@ -44,35 +44,8 @@ PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs
 ]
 MAGCACHE = [(0.06, 2), (0.12, 2), (0.24, 4), (0.24, 6), (0.5, 8)]  # (thresh, K), retention 0.2
 TEACACHE = [0.05, 0.1, 0.2, 0.4, 0.8]
-PSNR_CAP = 100.0  # identical videos (PSNR = inf) are counted as this
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Videos in [-1, 1]; PSNR over all pixels with data range 1 (after mapping to [0, 1])."""
-    mse = float(((a.double() - b.double()) / 2).pow(2).mean())
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(1.0 / mse))
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
-    """Mean SSIM (Wang et al. 2004: Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03) over frames and channels.
-
-    a, b: [C, F, H, W] in [-1, 1], mapped to [0, 1]; valid (unpadded) windows only.
-    """
-    x = ((a.double() + 1) / 2).permute(1, 0, 2, 3).reshape(-1, 1, *a.shape[2:])  # [F*C, 1, H, W]
-    y = ((b.double() + 1) / 2).permute(1, 0, 2, 3).reshape(-1, 1, *b.shape[2:])
-    r = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
-    g = torch.exp(-r * r / (2 * sigma * sigma))
-    g = (g / g.sum())
-    k = (g[:, None] * g[None, :])[None, None]  # [1, 1, win, win]
-    mu_x, mu_y = F.conv2d(x, k), F.conv2d(y, k)
-    sxx = F.conv2d(x * x, k) - mu_x ** 2
-    syy = F.conv2d(y * y, k) - mu_y ** 2
-    sxy = F.conv2d(x * y, k) - mu_x * mu_y
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
 
 
 def timed(job, policy_fn, prompt, seed, repeats):

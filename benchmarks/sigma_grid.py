@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from benchmarks._common import ROOT, build_job
-from benchmarks.quality import PAIRS, psnr, ssim
+from benchmarks.quality import PAIRS
 
 from magcache_dist.cache import NoCache
+from magcache_dist.eval.metrics import psnr, ssim
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.sampling import sample
 from magcache_dist.sampling.schedulers import FlowScheduler

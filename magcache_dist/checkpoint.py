@@ -32,13 +32,13 @@ from magcache_dist.io.atomic import atomic_path, atomic_write_text
 
 FORMAT = "magcache-dist-checkpoint/1"
 POINTER = "latest.json"
-# keys that do not change the generated video: a resumed job may change them
 # Keys that cannot change the sampled latents: a resume may change them (a prefix ending in "." covers a section).
 # consensus_guard only verifies decisions; fps, vae.* and calibration_out act after sampling; model.layout names
-# how the same weights are stored.
+# how the same weights are stored; a prompt list's video is fingerprinted by its own prompt and seed, not by the
+# list's file or how many data-parallel groups share the list.
 FREE_KEYS = ("progress", "save_video", "resume", "dry_run", "output_dir", "checkpoint.", "planner.",
              "parallel.timeout_s", "cache.consensus_guard", "cache.calibration.out", "video.fps", "vae.",
-             "model.layout")
+             "model.layout", "prompts_file", "parallel.dp_degree")
 
 
 def _free(key: str) -> bool:

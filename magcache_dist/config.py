@@ -104,6 +104,7 @@ class ParallelSection:
     ulysses_degree: int = 1
     ring_degree: int = 1
     cfg_degree: int = 1
+    dp_degree: int = 1  # data-parallel groups, each working through its share of prompts_file (round-robin)
     backend: str = "native"  # native | deepspeed | xfuser
     timeout_s: float = 600.0  # collective timeout
     fsdp: bool = False  # shard the DiT's block weights across each sequence-parallel group
@@ -143,6 +144,9 @@ class VaeSection:
 @dataclass
 class JobConfig:
     prompt: str = "a red circle moves right"
+    # many videos in one job: a text file (one prompt per line) or .jsonl (prompt, seed, negative_prompt, image,
+    # name); each video gets a folder under output_dir, and summary.json / summary.md list them all
+    prompts_file: Optional[str] = None
     negative_prompt: str = ""
     seed: int = 0
     output_dir: str = "outputs/demo"

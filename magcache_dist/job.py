@@ -22,6 +22,7 @@ from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.parallel.fsdp import check_fsdp
+from magcache_dist.prompts import VideoSpec, read_prompts, video_config
 from magcache_dist.sampling.loop import SamplerConfig
 
 
@@ -33,11 +34,12 @@ class Job:
     scfg: SamplerConfig
     cache: CacheSpec
     policy: CachePolicy | None  # None for cache.mode=auto (built in the run)
+    videos: list[VideoSpec] | None = None  # prompts_file: every video of the list (None: one video, cfg.prompt)
 
 
 def parallel_dims(cfg: JobConfig) -> ParallelDims:
     p = cfg.parallel
-    return ParallelDims(p.ulysses_degree, p.ring_degree, p.cfg_degree)
+    return ParallelDims(p.ulysses_degree, p.ring_degree, p.cfg_degree, p.dp_degree)
 
 
 def cache_spec(cfg: JobConfig, family: ModelFamily, scfg: SamplerConfig) -> CacheSpec:
@@ -69,6 +71,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
         raise ValueError(f"cpu_threads={cfg.cpu_threads} must be >= 1 (or null for the default, 1 on CPU)")
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
         raise ValueError("prompt is empty; pass prompt=\"a red circle moves right\"")
+    videos = check_prompt_list(cfg, family)
     family.validate()
     check_applicable(cfg)
     if cfg.video.fps < 1:
@@ -77,6 +80,9 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
     dims = parallel_dims(cfg)
     dims.validate(world_size, family.num_heads(), len(scfg.branches))
     check_backend(cfg.parallel.backend)
+    if cfg.parallel.backend == "xfuser" and dims.dp_degree > 1:  # xDiT builds its own groups over the whole world
+        raise ValueError("parallel.backend=xfuser takes the whole world as one group; use parallel.backend=native "
+                         "with parallel.dp_degree > 1")
     if cfg.parallel.fsdp:
         check_fsdp(dims)
     if cfg.parallel.timeout_s <= 0:
@@ -92,13 +98,38 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
                             "cache.calibration.out")
         if out and os.path.isdir(out):
             raise ValueError(f"cache.calibration.out={out!r} is a directory; give a file path (e.g. ratios.json)")
-    validate_checkpointing(cfg, world_size)
-    job = Job(cfg, family, dims, scfg, spec, policy)
+    validate_checkpointing(video_config(cfg, videos[0]) if videos else cfg, world_size)  # a list: per video
+    job = Job(cfg, family, dims, scfg, spec, policy, videos)
     if not cfg.dry_run:
         from magcache_dist.planner.preflight import memory_preflight
 
         memory_preflight(job, world_size)  # last: the estimate needs a valid job
     return job
+
+
+def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | None:
+    """prompts_file: its videos (each one's own inputs checked, e.g. an I2V line's image), else None."""
+    set_at = explicitly_set(cfg)
+    if cfg.prompts_file is None:
+        if cfg.parallel.dp_degree > 1:
+            raise ValueError(f"parallel.dp_degree={cfg.parallel.dp_degree} splits a prompt list over groups of ranks; "
+                             f"pass prompts_file=... or set parallel.dp_degree=1")
+        return None
+    at = set_at.get("prompt", -1)  # a config file's prompt stays behind a list given on the command line
+    if at >= 1 or at >= set_at.get("prompts_file", 0):
+        raise ValueError(f"prompt and prompts_file={cfg.prompts_file!r} are both given; a job makes either one video "
+                         f"(prompt=...) or the videos of a prompts file: remove one")
+    if cfg.resume:
+        raise ValueError("resume does not apply to a prompt list: a rerun of the same job reuses its done videos and "
+                         "continues an interrupted one from its step checkpoint by itself; remove resume=true")
+    if cfg.cache.calibration.out is not None:
+        raise ValueError("cache.calibration.out names one file, but a prompt list calibrates per video (each "
+                         "video's folder gets its ratios.json); remove it, or use cache.calibration.store_dir")
+    videos = read_prompts(resolve_path(cfg.prompts_file), cfg.seed, cfg.negative_prompt, cfg.image)
+    for v in videos:
+        if v.image != cfg.image:  # the line's own inputs: checked like a single video's
+            make_family(video_config(cfg, v)).validate()
+    return videos
 
 
 def _is_wan(cfg: JobConfig) -> bool:

@@ -1,7 +1,9 @@
 """One generation job on one rank: build -> parallelize -> sample -> finalize.
 
 ``run_job`` is what the launcher calls under torchrun (with a validated ``Job``) and what tests call with simulated
-ranks (a ``JobConfig`` is validated first). Rank 0 writes the outputs and returns the report.
+ranks (a ``JobConfig`` is validated first). Rank 0 writes the outputs and returns the report. A prompt list
+(``prompts_file``) builds and parallelizes the model once and then makes its videos one after the other
+(magcache_dist/batch.py), each sampled and finalized exactly like a single video.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.factory import build_cache
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.ratios import RatioTable
-from magcache_dist.checkpoint import Checkpointer
+from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
@@ -121,15 +123,24 @@ def calibrated_table(job: Job, policy, result, par: ParallelContext) -> RatioTab
 
 
 def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | None:
-    """Run the job on this rank; rank 0 writes outputs and returns the report (others return None)."""
+    """Run the job on this rank; rank 0 writes outputs and returns the report (others return None). A prompt
+    list's report is the job summary (rank 0 of the data-parallel group that finishes last writes it)."""
     t0 = time.perf_counter()
     if isinstance(job, JobConfig):
-        job = validate_job(job, par.world.size)
+        job = validate_job(job, par.job_comm.size)
+    if job.videos is not None:
+        from magcache_dist.batch import run_prompt_list
+
+        return run_prompt_list(job, par, device)
     phases = {}
     built = build(job, par, device, phases)
     parallelize(job, built.model, par)
     phases["build"] = time.perf_counter() - t0 - phases["encode"]
+    return make_video(job, built, par, device, phases, t0)
 
+
+def make_video(job: Job, built: Built, par: ParallelContext, device, phases: dict, t0: float) -> dict | None:
+    """Sample one video with the built (and parallelized) model and write its outputs (rank 0)."""
     resolved = resolve_ratios(job.cfg, job.scfg, par)  # cache.mode=auto: rank 0 reads the store, every rank gets it
     policy = job.policy if job.policy is not None else build_cache(job.cache, resolved=resolved)
     ckpt = Checkpointer(job.cfg, par, job.scfg.num_steps, device)
@@ -145,6 +156,15 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
     if par.rank != 0:
         return None
     return finalize(job, built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0, par)
+
+
+OUTPUT_FILES = ("video.mp4", "frames.png", "latents.pt", "ratios.json")
+
+
+def output_files(folder: str) -> dict[str, int]:
+    """The outputs in ``folder`` with their sizes in bytes."""
+    paths = {f: os.path.join(folder, f) for f in OUTPUT_FILES}
+    return {f: os.path.getsize(p) for f, p in paths.items() if os.path.isfile(p)}
 
 
 def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0,
@@ -171,7 +191,7 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
 
     summary = summarize([r["decisions"] for r in per_rank], dims, scfg.branches)
     report = dict(
-        config=to_dict(cfg), world_size=par.world.size,
+        status="done", config=to_dict(cfg), config_hash=config_hash(fingerprint(cfg)), world_size=par.world.size,
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
                       cfg_degree=dims.cfg_degree, backend=cfg.parallel.backend),
         cache=policy.describe() if hasattr(policy, "describe") else dict(policy=policy.name),
@@ -183,6 +203,7 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
         checkpoint=ckpt.describe(),
         ranks=per_rank,
         outputs=dict(video=video_path if cfg.save_video else None, ratios=ratios_path),
+        files=output_files(cfg.output_dir),  # what a rerun of a prompt list checks before it reuses this video
     )
     atomic_write_text(os.path.join(cfg.output_dir, "report.json"), json.dumps(report, indent=1, default=str))
     return report

@@ -122,6 +122,11 @@ class ModelFamily:
         """{branch: conditioning passed as-is to model.embed}."""
         raise NotImplementedError
 
+    def encode_many(self, encoder, texts: list[tuple[str, str]], branches) -> list[dict]:
+        """The conditioning of several (prompt, negative prompt) pairs, in order (a prompt list). A family whose
+        encoder is costly to load overrides it to load the encoder once."""
+        return [self.encode(encoder, prompt, negative, branches) for prompt, negative in texts]
+
     def make_noise(self, seed: int) -> torch.Tensor:
         return seeded_noise((1, *self.latent_shape()), seed)
 

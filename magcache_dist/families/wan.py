@@ -316,23 +316,43 @@ class WanFamily(ModelFamily):
         return model.eval().requires_grad_(False), WanEncoders(files, device)
 
     def encode(self, encoder: WanEncoders, prompt: str, negative: str, branches) -> dict:
+        contexts = self._text_contexts(encoder, [[prompt] + ([negative] if "uncond" in branches else [])])[0]
+        if not self.i2v:
+            return dict(zip(["cond", "uncond"], contexts))
+        dev, dtype = self._encoder_place(encoder)
+        with torch.no_grad():
+            clip_fea, y = self._encode_image(encoder.files, dev, dtype, encoder.device)
+        return {b: I2VCondition(c, clip_fea, y) for b, c in zip(["cond", "uncond"], contexts)}
+
+    def encode_many(self, encoder: WanEncoders, texts: list[tuple[str, str]], branches) -> list[dict]:
+        """T2V: umT5 loads once for the whole list (I2V: each video also encodes its own image)."""
+        if self.i2v:
+            return super().encode_many(encoder, texts, branches)
+        per = 2 if "uncond" in branches else 1
+        batches = self._text_contexts(encoder, [list(pair[:per]) for pair in texts])
+        return [dict(zip(["cond", "uncond"], contexts)) for contexts in batches]
+
+    def _encoder_place(self, encoder: WanEncoders):
+        dev = "cpu" if self.cfg.text_encoder.device == "cpu" else encoder.device
+        return dev, DTYPES[self.cfg.text_encoder.dtype]
+
+    def _text_contexts(self, encoder: WanEncoders, batches: list[list[str]]) -> list[list[torch.Tensor]]:
+        """umT5 features [1, T'_i, C] of each text on the job device, batch by batch (a video's prompt and negative
+        prompt are one batch, as in a single-video job, so a list's videos get the very same features); umT5 is
+        loaded once for the call and freed."""
         from transformers import AutoTokenizer
 
-        cfg, files, device = self.cfg, encoder.files, encoder.device
-        dev = "cpu" if cfg.text_encoder.device == "cpu" else device
-        dtype = DTYPES[cfg.text_encoder.dtype]
+        files, device = encoder.files, encoder.device
+        dev, dtype = self._encoder_place(encoder)
         with torch.no_grad():
             tokenizer = AutoTokenizer.from_pretrained(files.tokenizer, local_files_only=True)
             t5 = wan_components.load_umt5(files.t5 if files.layout == "official" else os.path.dirname(files.t5),
                                           files.layout, dtype=dtype, device=dev)
-            texts = [prompt] + ([negative] if "uncond" in branches else [])
-            contexts = [c[None].to(device) for c in encode_prompts(t5, tokenizer, texts, self.mcfg.text_len)]
+            contexts = [[c[None].to(device) for c in encode_prompts(t5, tokenizer, texts, self.mcfg.text_len)]
+                        for texts in batches]
             del t5  # run once and freed
             _free(dev)
-            if not self.i2v:
-                return dict(zip(["cond", "uncond"], contexts))
-            clip_fea, y = self._encode_image(files, dev, dtype, device)
-        return {b: I2VCondition(c, clip_fea, y) for b, c in zip(["cond", "uncond"], contexts)}
+        return contexts
 
     def _encode_image(self, files: WanFiles, dev, dtype, device):
         cfg = self.cfg

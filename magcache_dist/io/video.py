@@ -21,6 +21,17 @@ def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
                          format="FFMPEG")
 
 
+def read_mp4(path: str) -> np.ndarray:
+    """The frames of a video file as [F, H, W, 3] uint8 RGB (through ffmpeg, as ``write_mp4`` writes them)."""
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        frames = [np.asarray(f)[..., :3] for f in reader]
+    if not frames:
+        raise ValueError(f"{path}: the video holds no frames")
+    return np.stack(frames)
+
+
 def contact_sheet(frames: np.ndarray, cols: int = 8, scale: int = 2) -> np.ndarray:
     f, h, w, c = frames.shape
     rows = -(-f // cols)

@@ -1,7 +1,9 @@
-"""Generate a video. Single process or under torchrun:
+"""Generate a video, or the videos of a prompt list. Single process or under torchrun:
 
     magcache-generate --config configs/default.yaml prompt="a blue square moves up"
     torchrun --nproc_per_node 4 launch/generate.py --config configs/default.yaml parallel.ulysses_degree=4
+    torchrun --nproc_per_node 4 launch/generate.py --config configs/default.yaml prompts_file=prompts.txt \
+        parallel.dp_degree=2 parallel.ulysses_degree=2
 
 Bad input exits with code 2 and a message naming the key, before any process group is created; so does a
 second job on an ``output_dir`` that a running job holds (rank 0 locks it). A rank that fails exits with 4 naming
@@ -105,7 +107,15 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
             par = solo_context()
             par.backend = cfg.parallel.backend
         report = run_job(job, par, device)
-        if report is not None:
+        if report is not None and job.videos is not None:
+            if "videos_total" in report:  # this group finished last: the whole job's summary
+                print(f"wrote {cfg.output_dir}/summary.json: {report['videos_done']}/{report['videos_total']} videos "
+                      f"done ({report['videos_reused']} reused), {report['computed_calls']}/{report['total_calls']} "
+                      f"calls computed, wall {report['wall_s']:.1f}s")
+            else:
+                print(f"group {report['group']}: its {len(report['videos'])} videos are done; the last group to "
+                      f"finish writes {cfg.output_dir}/summary.json")
+        elif report is not None:
             print(f"wrote {cfg.output_dir}/report.json: {report['computed_calls']}/{report['total_calls']} calls "
                   f"computed, skipped {report['skipped_steps']}, sampling {report['phases_s']['sample']:.2f}s")
         if monitor is not None:

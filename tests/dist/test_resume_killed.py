@@ -50,3 +50,34 @@ def test_killed_job_resumes_to_the_same_video(tiny_ckpt, tmp_path, uninterrupted
     assert torch.equal(_latents(uninterrupted), _latents(out))
     assert (uninterrupted / "video.mp4").read_bytes() == (out / "video.mp4").read_bytes()
     assert not [f for f in os.listdir(out) if f.endswith(".tmp.mp4") or f.startswith(".video")]
+
+
+def test_killed_prompt_list_reuses_done_videos_and_continues_the_interrupted_one(tiny_ckpt, tmp_path):
+    """A 3-video list killed after its 13th step (video 1, 5 of 8 steps done, its last checkpoint after step 4): a
+    rerun of the same command reuses video 0, continues video 1 from step 4 and makes video 2; every video equals
+    the uninterrupted list's, bit for bit."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moves right\na blue square moves up\na yellow triangle grows\n")
+
+    def args(out):
+        return job_overrides(tiny_ckpt, str(out), "save_video=true", "checkpoint.every_n_steps=2",
+                             f"prompts_file={prompts}")
+
+    ref = _entry(args(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "job"
+    killed = _entry(args(out), "kill_after_steps@13")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "summary.json").exists()
+    part = json.loads((out / ".summary" / "group0-of1.json").read_text())
+    assert [v["status"] for v in part["videos"]] == ["done", "pending", "pending"]  # never "done" before its report
+    names = [v["name"] for v in part["videos"]]
+    assert json.loads((out / names[1] / "checkpoint" / POINTER).read_text())["next_step"] == 4
+    rerun = _entry(args(out))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(v["status"], v["reused"], v["resumed_from_step"]) for v in summary["videos"]] == [
+        ("done", True, None), ("done", False, 4), ("done", False, None)]
+    for n in names:
+        assert torch.equal(_latents(tmp_path / "ref" / n), _latents(out / n)), n
+        assert (tmp_path / "ref" / n / "video.mp4").read_bytes() == (out / n / "video.mp4").read_bytes()

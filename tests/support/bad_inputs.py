@@ -392,4 +392,48 @@ FAMILIES = [  # FLUX.1, HunyuanVideo, Open-Sora 1.2: each family's own rules
         r"text encoder and VAE are not wired", base="family:flux.1-dev-tiny"),
 ]
 
-CATALOGUE = [Bad(*e) for e in _ENTRIES] + WAN + FAMILIES
+PROMPT_LISTS = [  # prompts_file and data-parallel groups
+    Bad("prompts-file-missing", ["prompts_file={tmp}/none.txt"], 2, r"prompts_file=.*none\.txt' does not exist",
+        r"give a text file \(one prompt per line\) or a \.jsonl file"),
+    Bad("prompts-file-empty", ["prompts_file={tmp}/p.txt"], 2, r"prompts_file=.*p\.txt' holds no prompts",
+        r"write one prompt per line", lambda tmp: _write(os.path.join(tmp, "p.txt"), "# only a comment\n\n") and []),
+    Bad("prompts-jsonl-malformed-line", ["prompts_file={tmp}/p.jsonl"], 2,
+        r"prompts_file=.*p\.jsonl' line 3 is not valid JSON", r"write one JSON object per line",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a red circle moves right"}\n\n'
+                           '{"prompt": "a blue square", seed: 3}\n') and []),
+    Bad("prompts-jsonl-unknown-field", ["prompts_file={tmp}/p.jsonl"], 2, r"line 1: unknown field 'promt'",
+        r"the fields are prompt, seed, negative_prompt, image, name",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"promt": "a red circle"}\n') and []),
+    Bad("prompts-jsonl-no-prompt", ["prompts_file={tmp}/p.jsonl"], 2, r"line 2: 'prompt' is missing or empty",
+        r"every line needs a non-empty prompt",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a"}\n{"seed": 4}\n') and []),
+    Bad("prompts-jsonl-bad-seed", ["prompts_file={tmp}/p.jsonl"], 2, r"line 1: seed=-3", r"integer >= 0",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a", "seed": -3}\n') and []),
+    Bad("prompts-duplicate-names", ["prompts_file={tmp}/p.jsonl"], 2,
+        r"lines 1 and 3 both name the video 'red'", r"give each video its own name",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a", "name": "red"}\n{"prompt": "b"}\n'
+                           '{"prompt": "c", "name": "red"}\n') and []),
+    Bad("prompts-bad-name", ["prompts_file={tmp}/p.jsonl"], 2, r"line 1: name='\.\./up' is not a folder name",
+        r"use letters, digits",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a", "name": "../up"}\n') and []),
+    Bad("prompts-file-and-prompt", ["prompts_file={tmp}/p.txt", "prompt=a red circle"], 2,
+        r"prompt and prompts_file=.* are both given", r"remove one",
+        lambda tmp: _write(os.path.join(tmp, "p.txt"), "a blue square\n") and []),
+    Bad("prompts-file-with-resume", ["prompts_file={tmp}/p.txt", "resume=true", "checkpoint.every_n_steps=2"], 2,
+        r"resume does not apply to a prompt list", r"remove resume=true",
+        lambda tmp: _write(os.path.join(tmp, "p.txt"), "a blue square\n") and []),
+    Bad("prompts-file-with-calibration-out", ["prompts_file={tmp}/p.txt", "cache.mode=calibrate",
+                                              "cache.calibration.out={tmp}/r.json"], 2,
+        r"cache\.calibration\.out names one file, but a prompt list calibrates per video",
+        r"use cache\.calibration\.store_dir", lambda tmp: _write(os.path.join(tmp, "p.txt"), "a blue square\n") and []),
+    Bad("dp-degree-does-not-divide-world", ["prompts_file={tmp}/p.txt", "parallel.dp_degree=2"], 2,
+        r"parallel\.ulysses_degree=2 x ring_degree=1 x cfg_degree=1 x dp_degree=2 = 4 does not match WORLD_SIZE=2",
+        r"make the product equal the number of processes",
+        lambda tmp: _write(os.path.join(tmp, "p.txt"), "a blue square\n") and []),
+    Bad("dp-degree-without-prompts-file", ["parallel.ulysses_degree=1", "parallel.dp_degree=2"], 2,
+        r"parallel\.dp_degree=2 splits a prompt list over groups", r"pass prompts_file=\.\.\. or set "
+        r"parallel\.dp_degree=1"),
+    Bad("dp-degree-zero", ["parallel.dp_degree=0"], 2, r"parallel\.dp_degree=0", r"integer >= 1"),
+]
+
+CATALOGUE = [Bad(*e) for e in _ENTRIES] + WAN + FAMILIES + PROMPT_LISTS

@@ -12,7 +12,8 @@ def worker(rank: int, world: int, port: int, jobs: list, result_dir: str) -> Non
     import torch.distributed as dist
 
     from magcache_dist.config import load_config
-    from magcache_dist.parallel.dims import ParallelDims, build_dist_context
+    from magcache_dist.job import parallel_dims
+    from magcache_dist.parallel.dims import build_dist_context
     from magcache_dist.run import run_job
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -28,7 +29,7 @@ def worker(rank: int, world: int, port: int, jobs: list, result_dir: str) -> Non
 
                 deepspeed.init_distributed(dist_backend="gloo")
                 ds_ready = True
-            dims = ParallelDims(cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree)
+            dims = parallel_dims(cfg)
             par = build_dist_context(dims, cfg.parallel.backend)
             try:
                 run_job(cfg, par)

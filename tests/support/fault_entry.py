@@ -4,7 +4,8 @@
 
 kinds: ``kill_attn`` / ``raise_attn``: SIGKILL / RuntimeError at the n-th self-attention call of that rank
 (Ulysses, ring or local op); ``kill_after_step``: SIGKILL right after step n finished (and its checkpoint, if any,
-was written); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file.
+was written); ``kill_after_steps``: the same after the n-th step of the job (a prompt list counts over its
+videos); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file.
 The library has no test hooks: the fault is patched in here, from outside.
 """
 import os
@@ -41,14 +42,14 @@ def install(kind: str, n: int) -> None:
 
         for cls in (attention.UlyssesAttention, attention.RingAttention, local.LocalAttention):
             wrap(cls)
-    elif kind == "kill_after_step":
+    elif kind in ("kill_after_step", "kill_after_steps"):
         from magcache_dist import checkpoint
 
         orig = checkpoint.Checkpointer.on_step
 
         def on_step(self, step, x, state, scheduler):
             orig(self, step, x, state, scheduler)
-            if step == n:
+            if (step == n) if kind == "kill_after_step" else count():
                 _die()
         checkpoint.Checkpointer.on_step = on_step
     elif kind == "kill_in_save":

@@ -286,3 +286,28 @@ def test_diffusers_scheduler_shift_is_the_default(wan_ckpts, tmp_path):
     assert cfg.sampler.shift == scfg.shift == 3.0  # the folder's, not the schema default 5.0
     cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o"), "sampler.shift=7"))
     assert validate_job(cfg, 1).scfg.shift == 7.0  # given: kept (a bad flow_shift: the bad-input catalogue)
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_prompt_list_loads_umt5_once_and_equals_single_prompt_jobs(task, wan_ckpts, tmp_path, monkeypatch):
+    """A Wan prompt list encodes every prompt with one umT5 load (T2V; I2V encodes each video's own image too) and
+    each of its videos equals the single-prompt job's, bit for bit."""
+    image = wan_ckpts["image"] if task == "i2v" else None
+    loads = []
+    load_umt5 = wan_components.load_umt5
+    monkeypatch.setattr(wan_components, "load_umt5", lambda *a, **k: loads.append(1) or load_umt5(*a, **k))
+    prompts = tmp_path / "p.jsonl"
+    lines = [{"prompt": "a red car moves on the road"}, {"prompt": "a dog runs", "seed": 4}]
+    prompts.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    base = wan_overrides(task, wan_ckpts[task]["official"], str(tmp_path / "list"), "save_video=false",
+                         f"prompts_file={prompts}", image=image)
+    cfg = load_config(None, [o for o in base if not o.startswith("prompt=")])  # the list names the prompts
+    summary = run_job(cfg, solo_context())
+    assert summary["videos_done"] == 2 and len(loads) == (1 if task == "t2v" else 2)
+    for e, v in zip(lines, summary["videos"]):
+        single = tmp_path / f"single-{v['index']}"
+        run_job(load_config(None, wan_overrides(task, wan_ckpts[task]["official"], str(single), "save_video=false",
+                                                f"prompt={e['prompt']}", f"seed={e.get('seed', 0)}", image=image)),
+                solo_context())
+        assert torch.equal(torch.load(single / "latents.pt", weights_only=True),
+                           torch.load(tmp_path / "list" / v["dir"] / "latents.pt", weights_only=True)), v["name"]

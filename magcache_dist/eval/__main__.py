@@ -1,0 +1,6 @@
+"""``python -m magcache_dist.eval``: see magcache_dist/eval/cli.py."""
+import sys
+
+from magcache_dist.eval.cli import main
+
+sys.exit(main())

@@ -1,0 +1,305 @@
+"""python -m magcache_dist.eval: the release's per-frame PSNR / SSIM with known answers, LPIPS through the lpips
+package on a locally made AlexNet checkpoint (never a download), the folder layouts, the tables and the bad
+inputs (exit 2 naming the argument)."""
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from magcache_dist.eval import cli
+from magcache_dist.eval.metrics import PSNR_CAP, frame_psnr, frame_ssim, psnr, psnr_from_mse, ssim
+from magcache_dist.eval.perceptual import ENV_BACKBONE, Lpips, default_backbone_path
+from magcache_dist.io.video import read_mp4, write_mp4
+
+# torchvision's AlexNet().features convolutions (index: weight shape), as in alexnet-owt-7be5be79.pth
+ALEXNET_CONVS = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3),
+                 10: (256, 256, 3, 3)}
+
+
+def frames(seed: int, n: int = 4, h: int = 48, w: int = 64) -> np.ndarray:
+    """[n, h, w, 3] uint8: smooth gradients that move a little each frame (compress well, survive h264)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([np.stack([(xx * 4 + t * 8) % 256, (yy * 5) % 256, ((xx + yy) * 2 + seed * 40) % 256], -1)
+                     for t in range(n)]).astype(np.uint8)
+
+
+def noisy(f: np.ndarray, amp: int = 12) -> np.ndarray:
+    return np.clip(f.astype(int) + np.random.default_rng(0).integers(-amp, amp + 1, f.shape), 0, 255).astype(np.uint8)
+
+
+def prompt_job(root, videos) -> str:
+    """A prompt-list job's output folder: videos = [(name, frames or None, status, computed_calls, sample_s)]."""
+    os.makedirs(root)
+    entries = []
+    for i, (name, fr, status, calls, sample_s) in enumerate(videos):
+        sub = os.path.join(root, name)
+        os.makedirs(sub)
+        if status == "done":
+            write_mp4(os.path.join(sub, "video.mp4"), fr, 8)
+            with open(os.path.join(sub, "report.json"), "w") as f:
+                json.dump(dict(status="done", computed_calls=calls, total_calls=40, cache=dict(mode="magcache"),
+                               phases_s=dict(sample=sample_s, total=sample_s + 1)), f)
+        entries.append(dict(index=i, name=name, dir=name, prompt=name, seed=i, status=status, computed_calls=calls,
+                            total_calls=40, sample_s=sample_s, total_s=None if sample_s is None else sample_s + 1))
+    with open(os.path.join(root, "summary.json"), "w") as f:
+        json.dump(dict(format="magcache-prompt-job/1", videos=entries), f)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """A random AlexNet state dict with torchvision's keys and shapes (classifier left out: LPIPS does not use it)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for i, shape in ALEXNET_CONVS.items():
+        sd[f"features.{i}.weight"] = 0.05 * torch.randn(shape, generator=g)
+        sd[f"features.{i}.bias"] = 0.01 * torch.randn(shape[0], generator=g)
+    path = str(tmp_path_factory.mktemp("lpips") / "alexnet-random.pth")
+    torch.save(sd, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No download can happen: torch hub's fetchers and urllib raise; torch hub's cache is an empty folder."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:1]}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv(ENV_BACKBONE, raising=False)
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """Reference and candidate prompt-list jobs: 'a' identical, 'b' noisy, 'c' failed in the reference, 'd' only
+    in the candidate."""
+    root = tmp_path_factory.mktemp("jobs")
+    a, b = frames(0), frames(1)
+    ref = prompt_job(root / "ref", [("a", a, "done", 40, 4.0), ("b", b, "done", 40, 4.0),
+                                    ("c", None, "failed", None, None)])
+    cand = prompt_job(root / "cand", [("a", a, "done", 20, 2.0), ("b", noisy(b), "done", 16, 1.6),
+                                      ("d", a, "done", 20, 2.0)])
+    # 'a': the very same file, so an identical decode whatever the encoder does
+    shutil.copy(os.path.join(ref, "a", "video.mp4"), os.path.join(cand, "a", "video.mp4"))
+    return ref, cand
+
+
+# --- metrics: known answers ----------------------------------------------------------------------------------
+
+def test_psnr_per_frame_matches_the_formula_and_differs_from_the_pooled_one():
+    x = torch.full((2, 3, 16, 16), 0.5, dtype=torch.float64)
+    sign = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2 - 1).double()  # checkerboard of +-1
+    y = x.clone()
+    y[0] += 0.1 * sign  # MSE 0.01 -> 20 dB
+    y[1] += 0.01 * sign  # MSE 1e-4 -> 40 dB
+    assert frame_psnr(x, y) == pytest.approx([20.0, 40.0], abs=1e-9)
+    assert frame_psnr(x, x) == [PSNR_CAP, PSNR_CAP]
+    assert psnr_from_mse(1e-12) == PSNR_CAP  # capped like the release's 'MSE < 1e-10 -> 100'
+    # the benchmarks' pooled PSNR ([C, F, H, W] in [-1, 1]): one MSE over the whole video, 10 log10(1 / 0.00505)
+    to_bench = lambda t: (t * 2 - 1).permute(1, 0, 2, 3)  # noqa: E731
+    assert psnr(to_bench(x), to_bench(y)) == pytest.approx(-10 * math.log10((0.01 + 1e-4) / 2), abs=1e-9)
+    assert psnr(to_bench(x), to_bench(x)) == PSNR_CAP
+
+
+def test_ssim_known_answers_and_agreement_with_the_benchmarks_ssim():
+    a, b = 0.5, 0.25  # flat frames: only the luminance term is left, (2ab + C1) / (a^2 + b^2 + C1)
+    x, y = torch.full((2, 3, 20, 24), a), torch.full((2, 3, 20, 24), b)
+    assert frame_ssim(x, y) == pytest.approx([(2 * a * b + 1e-4) / (a * a + b * b + 1e-4)] * 2, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 32, 40, generator=g, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    assert frame_ssim(x, x) == pytest.approx([1.0] * 5, abs=1e-12)
+    per_frame = frame_ssim(x, y, chunk=2)
+    assert 0 < min(per_frame) and max(per_frame) < 1
+    # the benchmarks average the same maps over all frames and channels at once
+    assert np.mean(per_frame) == pytest.approx(ssim((x * 2 - 1).permute(1, 0, 2, 3), (y * 2 - 1).permute(1, 0, 2, 3)),
+                                               abs=1e-12)
+
+
+# --- LPIPS ---------------------------------------------------------------------------------------------------
+
+def test_lpips_is_zero_for_identical_frames_and_positive_otherwise(backbone):
+    lp = Lpips(backbone, chunk=3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 40, 48, generator=g)
+    y = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    assert lp.frames(x, x) == [0.0] * 4
+    d = lp.frames(x, y)
+    assert len(d) == 4 and min(d) > 0
+    assert lp.describe()["net"] == "alex" and lp.describe()["backbone"] == backbone
+    # the stand-in torchvision (where the real one cannot be imported) is gone again after the import
+    assert "torchvision" not in sys.modules or hasattr(sys.modules["torchvision"], "__file__")
+
+
+def test_lpips_rejects_a_checkpoint_that_is_not_alexnet(tmp_path):
+    bad = str(tmp_path / "bad.pth")
+    torch.save({"features.0.weight": torch.zeros(64, 3, 5, 5)}, bad)
+    with pytest.raises(ValueError, match=r"bad.pth: 'features.0.weight' has shape \(64, 3, 5, 5\)"):
+        Lpips(bad)
+
+
+def test_the_eval_package_imports_lpips_torchvision_and_matplotlib_only_when_used():
+    """Module-level imports of every magcache_dist/eval module (LPIPS and the plot import theirs inside)."""
+    import ast
+
+    import magcache_dist.eval as pkg
+
+    folder = os.path.dirname(pkg.__file__)
+    for fname in sorted(os.listdir(folder)):
+        if fname.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, fname)).read())
+            names = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module]
+            assert not [m for m in names if m.split(".")[0] in ("lpips", "torchvision", "matplotlib")], fname
+
+
+# --- the command ---------------------------------------------------------------------------------------------
+
+def test_prompt_jobs_table_with_calls_speedups_missing_and_skipped(jobs, backbone, capsys):
+    ref, cand = jobs
+    assert cli.main(["--reference", ref, "--candidate", cand, "--lpips-backbone", backbone]) == 0
+    res = json.load(open(os.path.join(cand, "eval.json")))
+    c = res["candidates"][0]
+    rows = {r["name"]: r for r in c["rows"]}
+    assert list(rows) == ["a", "b"]
+    a, b = rows["a"], rows["b"]
+    assert (a["psnr"], a["ssim"], a["lpips"]) == (PSNR_CAP, 1.0, 0.0)
+    # 'b': the release's formula on the decoded frames, frame by frame, then the mean
+    x = read_mp4(os.path.join(ref, "b", "video.mp4")).astype(np.float64) / 255
+    y = read_mp4(os.path.join(cand, "b", "video.mp4")).astype(np.float64) / 255
+    expected = np.mean([10 * math.log10(1 / np.mean((x[i] - y[i]) ** 2)) for i in range(len(x))])
+    assert b["psnr"] == pytest.approx(expected, abs=1e-6) and 20 < b["psnr"] < 60
+    assert 0 < b["ssim"] < 1 and b["lpips"] > 0 and len(b["per_frame"]["lpips"]) == 4
+    assert (b["computed_calls"], b["calls_ratio"], b["speedup_sample"]) == (16, 0.4, pytest.approx(2.5))
+    assert b["speedup_total"] == pytest.approx(5.0 / 2.6)
+    m = c["mean"]
+    assert m["videos"] == 2 and m["psnr"] == pytest.approx((PSNR_CAP + b["psnr"]) / 2)
+    assert m["calls_ratio"] == pytest.approx(36 / 80) and m["speedup_sample"] == pytest.approx(8.0 / 3.6)
+    assert c["only_candidate"] == ["d"] and res["skipped_reference"] == {"c": "status 'failed'"}
+    assert res["lpips"]["available"] and res["metrics"]["source"].startswith("Zehong-Ma/MagCache")
+    out = capsys.readouterr().out
+    md = open(os.path.join(cand, "eval.md")).read()
+    assert "| a | 4 x 48x64 | 100.00 | 1.0000 | 0.0000 | 20/40 (ref 40) | 0.500 | 2.00x |" in out
+    assert "| **mean** (2 videos) |" in md and "only in the candidate (not compared): d" in md
+    assert "skipped in the reference: c (status 'failed')" in md
+
+
+def test_missing_lpips_weights_make_one_line_and_no_download(jobs, tmp_path, capsys):
+    ref, cand = jobs
+    out = str(tmp_path / "e.json")
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "LPIPS: n/a" in ln]
+    assert len(lines) == 1
+    assert default_backbone_path() in lines[0] and "--lpips-backbone PATH" in lines[0]
+    res = json.load(open(out))
+    assert not res["lpips"]["available"] and all(r["lpips"] is None for r in res["candidates"][0]["rows"])
+    assert os.path.isfile(str(tmp_path / "e.md"))
+
+
+def test_backbone_from_torch_hub_cache_and_env(jobs, backbone, tmp_path, monkeypatch):
+    ref, cand = jobs
+    os.makedirs(os.path.dirname(default_backbone_path()))
+    shutil.copy(backbone, default_backbone_path())
+    out = str(tmp_path / "hub.json")
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out]) == 0
+    assert json.load(open(out))["lpips"]["backbone"] == default_backbone_path()
+    monkeypatch.setenv(ENV_BACKBONE, str(tmp_path / "nowhere.pth"))  # an explicit path must exist
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out]) == 2
+
+
+def test_mp4_folders_several_candidates_summary_and_plot(tmp_path, capsys):
+    ref, fast, slow = (tmp_path / n for n in ("ref", "fast", "slow"))
+    for name, seed in (("p0", 0), ("p1", 1)):
+        f = frames(seed)
+        write_mp4(str(ref / f"{name}.mp4"), f, 8)
+        write_mp4(str(slow / "sub" / f"{name}.mp4"), noisy(f, 4), 8)  # searched recursively
+        write_mp4(str(fast / f"{name}.mp4"), noisy(f, 16), 8)
+    argv = ["--reference", str(ref), "--candidate", str(slow), "--candidate", str(fast), "--label", "slow",
+            "--label", "fast", "--no-lpips"]
+    assert cli.main(argv) == 0
+    res = json.load(open(ref / "eval.json"))
+    s = {x["label"]: x for x in res["summary"]}
+    assert s["slow"]["psnr"] > s["fast"]["psnr"] and s["fast"]["calls_ratio"] is None
+    out = capsys.readouterr().out
+    assert "### Summary" in out and "| slow | 2 |" in out and "n/a | n/a | n/a |" in out
+    assert "plot skipped: no calls or wall times" in out  # plain mp4 folders carry no reports
+
+
+def test_job_folders_pair_whatever_their_names_and_plot(tmp_path, backbone):
+    f = frames(2)
+    for name, calls, t in (("full", 40, 4.0), ("mag-a", 20, 2.0), ("mag-b", 10, 1.0)):
+        d = tmp_path / name
+        write_mp4(str(d / "video.mp4"), f if name == "full" else noisy(f, calls // 5), 8)
+        (d / "report.json").write_text(json.dumps(dict(status="done", computed_calls=calls, total_calls=40,
+                                                       phases_s=dict(sample=t, total=t + 1))))
+    assert cli.main(["--reference", str(tmp_path / "full"), "--candidate", str(tmp_path / "mag-a"),
+                     "--candidate", str(tmp_path / "mag-b"), "--lpips-backbone", backbone]) == 0
+    res = json.load(open(tmp_path / "full" / "eval.json"))
+    assert [r["name"] for c in res["candidates"] for r in c["rows"]] == ["full", "full"]
+    assert [x["speedup_sample"] for x in res["summary"]] == [2.0, 4.0]
+    png = (tmp_path / "full" / cli.PLOT_FILE).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_video_of_another_shape_is_an_error_line_not_a_crash(tmp_path, capsys):
+    write_mp4(str(tmp_path / "ref" / "p0.mp4"), frames(0), 8)
+    write_mp4(str(tmp_path / "ref" / "p1.mp4"), frames(1), 8)
+    write_mp4(str(tmp_path / "cand" / "p0.mp4"), frames(0, n=3), 8)
+    write_mp4(str(tmp_path / "cand" / "p1.mp4"), frames(1), 8)
+    assert cli.main(["--reference", str(tmp_path / "ref"), "--candidate", str(tmp_path / "cand"), "--no-lpips"]) == 1
+    out = capsys.readouterr().out
+    assert "error, p0: the videos differ in shape: reference 4 frames of 48x64, candidate 3 frames of 48x64" in out
+    assert "| **mean** (1 video) |" in out
+
+
+def _bad_folders(tmp):
+    write_mp4(str(tmp / "ref" / "p0.mp4"), frames(0, n=2), 8)
+    write_mp4(str(tmp / "other" / "q0.mp4"), frames(0, n=2), 8)
+    write_mp4(str(tmp / "dup" / "x" / "p0.mp4"), frames(0, n=2), 8)
+    write_mp4(str(tmp / "dup" / "y" / "p0.mp4"), frames(0, n=2), 8)
+    os.makedirs(tmp / "empty")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--reference", "{tmp}/missing", "--candidate", "{tmp}/ref"], r"--reference \S+/missing: no such folder"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/empty"], r"--candidate \S+/empty: no videos to compare"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/other"],
+     r"--candidate \S+/other: no video names in common with --reference .*reference: p0; candidate: q0"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/dup"], r"--candidate: two videos are named 'p0': .*rename one"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/ref", "--label", "a", "--label", "b"],
+     r"--label: 2 label\(s\) for 1 --candidate folder\(s\)"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/ref", "--lpips-backbone", "{tmp}/no.pth"],
+     r"--lpips-backbone \S+/no.pth: no such file"),
+], ids=["missing-folder", "no-videos", "no-matching-names", "duplicate-names", "label-count", "missing-backbone"])
+def test_bad_inputs_exit_2_naming_the_argument(tmp_path, capsys, argv, message):
+    _bad_folders(tmp_path)
+    assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+def test_without_the_lpips_package_one_line_says_how_to_install_it(jobs, tmp_path, monkeypatch, capsys):
+    ref, cand = jobs
+    monkeypatch.setattr(cli, "lpips_installed", lambda: False)
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", str(tmp_path / "e.json")]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "LPIPS: n/a" in ln]
+    assert len(lines) == 1 and "pip install --no-deps lpips==0.1.4" in lines[0]
+
+
+def test_an_unreadable_candidate_video_is_an_error_line(tmp_path, capsys):
+    write_mp4(str(tmp_path / "ref" / "p0.mp4"), frames(0), 8)
+    os.makedirs(tmp_path / "cand")
+    (tmp_path / "cand" / "p0.mp4").write_bytes(b"not a video")
+    assert cli.main(["--reference", str(tmp_path / "ref"), "--candidate", str(tmp_path / "cand"), "--no-lpips"]) == 1
+    assert re.search(r"error, p0: candidate \S+p0.mp4 cannot be read", capsys.readouterr().out)
