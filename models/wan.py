@@ -142,12 +142,17 @@ class CrossAttention(nn.Module):
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
         self.attn_op = LocalAttention()  # text is never sharded: always local
 
-    def forward(self, x, context):
+    def kv(self, context) -> tuple[torch.Tensor, ...]:
+        """Keys and values of the (embedded) context [B, T, D] -> 2 x [B, T, N, Dh]: they depend on the text only,
+        so a generation can compute them once (``WanModel.prepare_condition``)."""
+        b, n = context.shape[0], self.num_heads
+        k = self.norm_k(self.k(context)).view(b, -1, n, context.shape[-1] // n)
+        return k, self.v(context).view(b, -1, n, context.shape[-1] // n)
+
+    def forward(self, x, context, kv=None):
         b, l, d = x.shape
-        n, dh = self.num_heads, d // self.num_heads
-        q = self.norm_q(self.q(x)).view(b, l, n, dh)
-        k = self.norm_k(self.k(context)).view(b, -1, n, dh)
-        v = self.v(context).view(b, -1, n, dh)
+        q = self.norm_q(self.q(x)).view(b, l, self.num_heads, d // self.num_heads)
+        k, v = kv if kv is not None else self.kv(context)
         return self.o(self.attn_op(q, k, v, None).flatten(2))
 
 
@@ -163,11 +168,11 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, ctx: "BlockContext"):
+    def forward(self, x, ctx: "BlockContext", cross_kv=None):
         e = (self.modulation.float() + ctx.e0).chunk(6, dim=1)  # 6 x [B, 1, D], fp32
         y = self.self_attn((self.norm1(x).float() * (1 + e[1]) + e[0]).type_as(x), ctx.freqs, ctx.k_lens)
         x = x + (y.float() * e[2]).type_as(x)
-        x = x + self.cross_attn(self.norm3(x), ctx.context)
+        x = x + self.cross_attn(self.norm3(x), ctx.context, cross_kv)
         y = self.ffn((self.norm2(x).float() * (1 + e[4]) + e[3]).type_as(x))
         return x + (y.float() * e[5]).type_as(x)  # [B, L, D]
 
@@ -193,6 +198,17 @@ class BlockContext:
     context: torch.Tensor  # [B, T, D]
     k_lens: torch.Tensor | None  # [B] valid (unpadded) key count of the *global* sequence
     grid: tuple[int, int, int]  # (F, H, W) in patches
+    cross_kv: list | None = None  # per block: its cross-attention keys / values (a PreparedCondition's), else None
+
+
+@dataclass
+class PreparedCondition:
+    """A branch's conditioning worked out once per generation (``WanModel.prepare_condition``): the embedded
+    context and every block's cross-attention keys and values. Neither depends on the latents or the timestep, so
+    every call of the generation, computed or skipped, reuses them and gets exactly the same numbers."""
+    context: torch.Tensor  # [B, T, D] (I2V: [B, I + T, D])
+    cross_kv: list  # per block: the tuple its cross-attention's ``kv`` returns
+    extra: object = None  # what else ``embed`` needs (I2V: the y channels)
 
 
 class WanModel(nn.Module):
@@ -223,8 +239,22 @@ class WanModel(nn.Module):
         nn.init.zeros_(self.head.head.weight)
 
     # ---- seams used by the sampler -------------------------------------------------------------------
-    def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, BlockContext]:
-        """x [B, C, F, H, W] latents, t [B] timesteps (0..1000), context [B, T', text_dim] -> tokens [B, L, D]."""
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """[B, T', text_dim] umT5 features -> [B, text_len, D], zero-padded to text_len as Wan does."""
+        cfg = self.cfg
+        if context.shape[1] > cfg.text_len:
+            raise ValueError(f"text context has {context.shape[1]} tokens, more than text_len={cfg.text_len}")
+        context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
+        return self.text_embedding(context.to(self.text_embedding[0].weight.dtype))  # [B, T, D]
+
+    def prepare_condition(self, context: torch.Tensor) -> PreparedCondition:
+        """What ``embed`` would compute from ``context`` at every call, computed once (see PreparedCondition)."""
+        text = self.embed_text(context)
+        return PreparedCondition(text, [block.cross_attn.kv(text) for block in self.blocks])
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context) -> tuple[torch.Tensor, BlockContext]:
+        """x [B, C, F, H, W] latents, t [B] timesteps (0..1000), context [B, T', text_dim] (or the
+        PreparedCondition of it) -> tokens [B, L, D]."""
         cfg = self.cfg
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # [B, D, F', H', W']
         grid = tuple(tokens.shape[2:])
@@ -232,17 +262,17 @@ class WanModel(nn.Module):
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(self.time_embedding[0].weight.dtype))
         e = e.float()
         e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(1, (6, cfg.dim))
-        if context.shape[1] > cfg.text_len:
-            raise ValueError(f"text context has {context.shape[1]} tokens, more than text_len={cfg.text_len}")
-        context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))  # zero-pad to text_len, as Wan does
-        context = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))  # [B, T, D]
+        prepared = context if isinstance(context, PreparedCondition) else None
+        context = prepared.context if prepared is not None else self.embed_text(context)  # [B, T, D]
         freqs = rope_frequencies(cfg.head_dim, grid).to(tokens.device)
         k_lens = torch.full((x.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
-        return tokens, BlockContext(e=e, e0=e0, freqs=freqs, context=context, k_lens=k_lens, grid=grid)
+        return tokens, BlockContext(e=e, e0=e0, freqs=freqs, context=context, k_lens=k_lens, grid=grid,
+                                    cross_kv=prepared.cross_kv if prepared is not None else None)
 
     def forward_blocks(self, tokens: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        for block in self.blocks:
-            tokens = block(tokens, ctx)  # [B, L, D]
+        kv = ctx.cross_kv or [None] * len(self.blocks)
+        for block, block_kv in zip(self.blocks, kv):
+            tokens = block(tokens, ctx, block_kv)  # [B, L, D]
         return tokens
 
     def forward_head(self, tokens: torch.Tensor, ctx: BlockContext) -> torch.Tensor:

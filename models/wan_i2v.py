@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models.wan import CrossAttention, RMSNorm, WanConfig, WanModel
+from models.wan import CrossAttention, PreparedCondition, RMSNorm, WanConfig, WanModel
 from models.wan_coords import WanCoordModel
 
 
@@ -43,15 +43,18 @@ class I2VCrossAttention(CrossAttention):
         self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.norm_k_img = RMSNorm(dim, eps)
 
-    def forward(self, x, context):
-        b, l, d = x.shape
-        n, dh = self.num_heads, d // self.num_heads
+    def kv(self, context) -> tuple[torch.Tensor, ...]:
+        """(k, v) over the text tokens and (k_img, v_img) over the image tokens, each [B, *, N, Dh]."""
+        b, n, d = context.shape[0], self.num_heads, context.shape[-1]
         img, text = context[:, : -self.text_len], context[:, -self.text_len:]  # [B, I, D], [B, T, D]
-        q = self.norm_q(self.q(x)).view(b, l, n, dh)
-        k = self.norm_k(self.k(text)).view(b, -1, n, dh)
-        v = self.v(text).view(b, -1, n, dh)
-        k_img = self.norm_k_img(self.k_img(img)).view(b, -1, n, dh)
-        v_img = self.v_img(img).view(b, -1, n, dh)
+        k, v = super().kv(text)
+        k_img = self.norm_k_img(self.k_img(img)).view(b, -1, n, d // n)
+        return k, v, k_img, self.v_img(img).view(b, -1, n, d // n)
+
+    def forward(self, x, context, kv=None):
+        b, l, d = x.shape
+        q = self.norm_q(self.q(x)).view(b, l, self.num_heads, d // self.num_heads)
+        k, v, k_img, v_img = kv if kv is not None else self.kv(context)
         out = self.attn_op(q, k, v, None) + self.attn_op(q, k_img, v_img, None)  # [B, L, N, Dh]
         return self.o(out.flatten(2))
 
@@ -80,13 +83,25 @@ class WanI2VModel(WanModel):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: I2VCondition):
-        """x [B, 16, F, H, W] noise latents + cond -> tokens [B, L, D] and a context of [image | text] tokens."""
-        y = cond.y.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1, -1, -1)
-        tokens, ctx = super().embed(torch.cat([x, y], dim=1), t, cond.context)  # 36 input channels
-        img = self.img_emb(cond.clip_fea.to(device=x.device, dtype=self.img_emb.proj[1].weight.dtype))
-        img = img.expand(x.shape[0], -1, -1).to(ctx.context.dtype)
-        return tokens, dataclasses.replace(ctx, context=torch.cat([img, ctx.context], dim=1))  # [B, I+T, D]
+    def _image_context(self, cond: I2VCondition, text: torch.Tensor, batch: int) -> torch.Tensor:
+        """[image tokens | embedded text] -> [B, I + T, D]."""
+        img = self.img_emb(cond.clip_fea.to(device=text.device, dtype=self.img_emb.proj[1].weight.dtype))
+        return torch.cat([img.expand(batch, -1, -1).to(text.dtype), text], dim=1)
+
+    def prepare_condition(self, cond: I2VCondition) -> PreparedCondition:
+        context = self._image_context(cond, self.embed_text(cond.context), cond.context.shape[0])
+        return PreparedCondition(context, [block.cross_attn.kv(context) for block in self.blocks], extra=cond.y)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond):
+        """x [B, 16, F, H, W] noise latents + cond (or its PreparedCondition) -> tokens [B, L, D] and a context of
+        [image | text] tokens."""
+        prepared = cond if isinstance(cond, PreparedCondition) else None
+        y = (prepared.extra if prepared is not None else cond.y).to(device=x.device, dtype=x.dtype)
+        y = y.expand(x.shape[0], -1, -1, -1, -1)
+        if prepared is not None:
+            return super().embed(torch.cat([x, y], dim=1), t, prepared)  # 36 input channels
+        tokens, ctx = super().embed(torch.cat([x, y], dim=1), t, cond.context)
+        return tokens, dataclasses.replace(ctx, context=self._image_context(cond, ctx.context, x.shape[0]))
 
     def forward(self, x, t, cond: I2VCondition):
         tokens, ctx = self.embed(x, t, cond)

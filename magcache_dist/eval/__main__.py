@@ -3,4 +3,5 @@ import sys
 
 from magcache_dist.eval.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,7 +33,9 @@ class CostFigures:
     ``text_mode``: "cross" (Wan, Open-Sora: image tokens attend to ``text_tokens`` through cross-attention, the text
     keys/values are projected on every rank) or "joint" (FLUX, HunyuanVideo: ``text_tokens`` join the image tokens
     in every block, on every rank). ``attention_span``: the tokens one query attends to in self-attention, when not
-    the whole sequence (Open-Sora alternates spatial and temporal blocks: their mean span)."""
+    the whole sequence (Open-Sora alternates spatial and temporal blocks: their mean span). ``prepared_text``: the
+    model works out its embedded text and every block's cross-attention keys / values once per branch and
+    generation (``prepare_condition``, Wan), so a call does neither; ``text_dim``: the text encoder's width."""
     params: int
     dim: int
     ffn_dim: int
@@ -45,6 +47,8 @@ class CostFigures:
     text_tokens: int
     text_mode: str = "cross"
     attention_span: int | None = None
+    text_dim: int = 0
+    prepared_text: bool = False
 
 
 def meta_param_count(build) -> int:

@@ -59,7 +59,8 @@ def wan_cost_figures(mcfg: WanConfig) -> CostFigures:
     """The Wan DiT (the embedded models share its architecture): cross-attention over ``text_len`` tokens."""
     return CostFigures(params=meta_param_count(lambda: WanModel(mcfg)), dim=mcfg.dim, ffn_dim=mcfg.ffn_dim,
                        num_heads=mcfg.num_heads, num_layers=mcfg.num_layers, patch_size=tuple(mcfg.patch_size),
-                       in_channels=mcfg.in_dim, out_channels=mcfg.out_dim, text_tokens=mcfg.text_len)
+                       in_channels=mcfg.in_dim, out_channels=mcfg.out_dim, text_tokens=mcfg.text_len,
+                       text_dim=mcfg.text_dim, prepared_text=True)
 
 
 class TinyFamily(ModelFamily):

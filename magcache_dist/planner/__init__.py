@@ -61,12 +61,14 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
             note = "TeaCache decides from the model's activations: planned as if every call were computed"
     mine = [branches[0]] if dims.cfg_degree == 2 else branches  # rank 0 (every rank costs the same)
     calls = [(s, s not in schedule["skipped_steps"][b]) for s in range(scfg.num_steps) for b in mine]
+    prepared = fig.prepared_text and not cfg.parallel.fsdp  # magcache_dist/sampling/loop.py prepare_conditions
     est = estimate(fig, dims, profile, dtype=cfg.model.dtype, latent=latent, num_steps=scfg.num_steps,
-                   calls_per_rank=calls, guard=cfg.cache.consensus_guard)
+                   calls_per_rank=calls, guard=cfg.cache.consensus_guard, branches=len(mine), prepared=prepared)
     n_params = fig.params
     cached = len(mine) if cfg.cache.mode in ("magcache", "teacache", "calibrate") else 0
     mem = memory_per_rank(fig, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
-                          DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached)
+                          DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached,
+                          prepared_branches=len(mine) if prepared else 0)
     return dict(
         model=cfg.model.name, dtype=cfg.model.dtype, params=n_params,
         video=dict(frames=v.frames, height=v.height, width=v.width), latent_shape=list(latent),

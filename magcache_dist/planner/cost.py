@@ -5,7 +5,10 @@ other families give their own figures (ModelFamily.cost_figures):
 - tokens: the latent grid divided by the patch size; SP pads the sequence to a multiple of the SP degree and each
   rank computes ``chunk = ceil(L / sp)`` tokens (padding included).
 - per block and computed call, per rank (B = 1, D dim, Fh FFN dim, T text_len, Lp padded tokens, c = chunk):
-  GEMMs 2*c*D*D*(4 self + 2 cross q/o) + 2*2*T*D*D (cross k/v, on every rank) + 2*2*c*D*Fh (FFN);
+  GEMMs 2*c*D*D*(4 self + 2 cross q/o) + 2*2*c*D*Fh (FFN), + 2*2*T*D*D (cross k/v, on every rank) unless the model
+  prepares its text once per generation (Wan: then the k/v of every block and the text embedding, 2*T*(Dt*D + D*D),
+  are costed once per branch, and neither computed nor skipped calls redo them; without: the text embedding is part
+  of every call);
   attention 4*c*Lp*D (self, QK^T and PV: Ulysses and ring give every rank the same share) + 4*c*T*D (cross);
   elementwise traffic ~ ELEMENTWISE_PASSES reads+writes of c*D values plus the FFN activation (memory bound).
 - communication per block and computed call, bytes leaving a rank (the convention of Comm.bytes_sent):
@@ -31,7 +34,7 @@ ELEMENTWISE_PASSES = 40  # reads + writes of [c, D] tensors per block outside GE
 KERNELS_PER_BLOCK, KERNELS_EMBED, KERNELS_HEAD = 123, 75, 15
 
 
-def block_costs(fig: CostFigures, chunk: int, padded: int, dtype_bytes: int) -> dict:
+def block_costs(fig: CostFigures, chunk: int, padded: int, dtype_bytes: int, prepared: bool = False) -> dict:
     """FLOPs and memory traffic of one block on one rank. Cross (Wan, Open-Sora): 4 self + 2 cross q/o GEMMs per
     image token, cross k/v over the text tokens, the FFN. Joint (FLUX, HunyuanVideo): the text tokens go through
     every block beside the image tokens (qkv + out and the MLP), and attention runs over image + text keys."""
@@ -43,7 +46,7 @@ def block_costs(fig: CostFigures, chunk: int, padded: int, dtype_bytes: int) -> 
                     attention_flops=4 * rows * (span + t) * d,
                     elementwise_bytes=(ELEMENTWISE_PASSES * rows * d + 2 * rows * fh) * dtype_bytes)
     return dict(
-        gemm_flops=2 * chunk * d * d * 6 + 2 * 2 * t * d * d + 2 * 2 * chunk * d * fh,
+        gemm_flops=2 * chunk * d * d * 6 + (0 if prepared else 2 * 2 * t * d * d) + 2 * 2 * chunk * d * fh,
         attention_flops=4 * chunk * span * d + 4 * chunk * t * d,
         elementwise_bytes=(ELEMENTWISE_PASSES * chunk * d + 2 * chunk * fh) * dtype_bytes,
     )
@@ -65,7 +68,7 @@ def comm_costs(fig: CostFigures, dims, chunk: int, dtype_bytes: int, latent_nume
 
 
 def memory_per_rank(fig: CostFigures, n_params: int, chunk: int, padded: int, dims, dtype_bytes: int,
-                    latent_numel: int, cached_branches: int, ring_q_block: int = 4096) -> dict:
+                    latent_numel: int, cached_branches: int, ring_q_block: int = 4096, prepared_branches: int = 0) -> dict:
     """Bytes resident on one rank at the peak of a block (inference, no autograd)."""
     d, fh, u, r = fig.dim, fig.ffn_dim, dims.ulysses_degree, dims.ring_degree
     heads_local = fig.num_heads // u
@@ -79,6 +82,7 @@ def memory_per_rank(fig: CostFigures, n_params: int, chunk: int, padded: int, di
         if r > 1 else 0,
         embed_full_sequence=padded * d * dtype_bytes + padded * (d // fig.num_heads // 2) * 16,
         cached_residuals=cached_branches * chunk * d * dtype_bytes,
+        prepared_text=prepared_branches * (2 * fig.num_layers + 1) * fig.text_tokens * d * dtype_bytes,
         latents_and_solver=6 * latent_numel * 4,
     )
     return dict(weights=n_params * dtype_bytes, activations=act, activations_total=sum(act.values()),
@@ -86,8 +90,11 @@ def memory_per_rank(fig: CostFigures, n_params: int, chunk: int, padded: int, di
 
 
 def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, latent: tuple[int, int, int, int],
-             num_steps: int, calls_per_rank: list[tuple[int, bool]], guard: bool = True) -> dict:
-    """Per-rank totals. ``calls_per_rank``: (step, computed) of every call this rank makes, in order."""
+             num_steps: int, calls_per_rank: list[tuple[int, bool]], guard: bool = True, branches: int = 1,
+             prepared: bool = False) -> dict:
+    """Per-rank totals. ``calls_per_rank``: (step, computed) of every call this rank makes, in order; ``branches``:
+    how many CFG branches this rank runs; ``prepared``: the model prepares its text once per generation (see
+    ``CostFigures.prepared_text``; off under FSDP)."""
     b = DTYPE_BYTES[dtype]
     c, f, h, w = latent
     pf, ph, pw = fig.patch_size
@@ -97,7 +104,7 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
     chunk = -(-tokens // sp)
     padded = chunk * sp
     latent_numel = c * f * h * w
-    blk = block_costs(fig, chunk, padded, b)
+    blk = block_costs(fig, chunk, padded, b, prepared)
     comm = comm_costs(fig, dims, chunk, b, latent_numel, guard)
     peak = profile.peak(dtype)
     link = profile.link_bandwidth * profile.link_efficiency
@@ -111,9 +118,13 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
                             blk["elementwise_bytes"] * layers, KERNELS_PER_BLOCK * layers)
     in_ch = fig.in_channels * math.prod(fig.patch_size)
     out_ch = fig.out_channels * math.prod(fig.patch_size)
-    embed_head_s = compute_time(2 * tokens * fig.dim * in_ch + 2 * chunk * fig.dim * out_ch, 0,
-                                (padded + 2 * chunk) * fig.dim * b + 4 * latent_numel * 4,
-                                KERNELS_EMBED + KERNELS_HEAD)
+    d, t = fig.dim, fig.text_tokens
+    text_embed_flops = 2 * t * (fig.text_dim * d + d * d) if fig.text_mode == "cross" and fig.text_dim else 0
+    embed_head_s = compute_time(2 * tokens * d * in_ch + 2 * chunk * d * out_ch + (0 if prepared else text_embed_flops),
+                                0, (padded + 2 * chunk) * d * b + 4 * latent_numel * 4, KERNELS_EMBED + KERNELS_HEAD)
+    prepare_flops = branches * (text_embed_flops + layers * 2 * 2 * t * d * d) if prepared else 0
+    prepare_s = compute_time(prepare_flops, 0, branches * (2 * layers + 1) * t * d * b, 4 * layers) if prepared \
+        else 0.0
     block_comm_bytes = (comm["ulysses_bytes_per_block"] + comm["ring_bytes_per_block"]) * layers
     block_comm_msgs = (comm["ulysses_msgs_per_block"] + comm["ring_msgs_per_block"]) * layers
     block_comm_s = block_comm_bytes / link + block_comm_msgs * profile.link_latency_s if sp > 1 else 0.0
@@ -125,8 +136,8 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
     skipped = total_calls - computed
     per_computed_call = blocks_s + block_comm_s + embed_head_s + call_comm_s
     per_skipped_call = embed_head_s + call_comm_s
-    sampling_s = computed * per_computed_call + skipped * per_skipped_call + num_steps * step_comm_s
-    no_cache_s = total_calls * per_computed_call + num_steps * step_comm_s
+    sampling_s = prepare_s + computed * per_computed_call + skipped * per_skipped_call + num_steps * step_comm_s
+    no_cache_s = prepare_s + total_calls * per_computed_call + num_steps * step_comm_s
     bytes_total = dict(ulysses=computed * layers * comm["ulysses_bytes_per_block"],
                        ring=computed * layers * comm["ring_bytes_per_block"],
                        sp=total_calls * comm["sp_bytes_per_call"], cfg=num_steps * comm["cfg_bytes_per_step"])
@@ -138,7 +149,7 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
             ulysses=layers * comm["ulysses_bytes_per_block"], ring=layers * comm["ring_bytes_per_block"],
             sp_gather_and_consensus=comm["sp_bytes_per_call"]),
         comm_bytes_total=bytes_total,
-        time_s=dict(per_computed_call=per_computed_call, per_skipped_call=per_skipped_call,
+        time_s=dict(per_computed_call=per_computed_call, per_skipped_call=per_skipped_call, prepare_once=prepare_s,
                     blocks_compute_per_call=blocks_s, blocks_comm_per_call=block_comm_s,
                     embed_head_per_call=embed_head_s, sampling=sampling_s, sampling_without_cache=no_cache_s,
                     speedup=no_cache_s / sampling_s if sampling_s > 0 else 1.0),

@@ -56,6 +56,7 @@ def check_finite(t: torch.Tensor, what: str, step: int) -> None:
 
 @dataclass
 class Timings:
+    prepare: float = 0.0  # the generation's constant work (prepare_conditions), once
     blocks: float = 0.0
     embed_head: float = 0.0
     cache: float = 0.0
@@ -156,6 +157,16 @@ def joint_step_calls(model, x, t, texts, step: int, branches: list[str], policy:
     return out
 
 
+def prepare_conditions(model, texts: dict, branches) -> dict:
+    """Each branch's conditioning worked out once per generation where the model offers it (``prepare_condition``:
+    Wan's embedded text and every block's cross-attention keys / values), so no call, computed or skipped, redoes
+    that constant work. Not for an FSDP-sharded model: its block weights exist whole only inside the block."""
+    if not hasattr(model, "prepare_condition") or any(hasattr(p, "to_local") for p in model.parameters()):
+        return texts
+    with torch.no_grad():
+        return {**texts, **{b: model.prepare_condition(texts[b]) for b in branches}}
+
+
 def new_cache_state(policy, branches, par):
     """A fresh cache state for the branches this rank runs; measurements on sharded tensors are all-reduced over
     the rank's sequence-parallel group."""
@@ -183,6 +194,8 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
     timings = Timings()
     x = noise.float()
     t_start = time.perf_counter()
+    with _Clock(timings, "prepare"):
+        texts = prepare_conditions(model, texts, mine)
     with torch.no_grad():
         for i in range(start_step, cfg.num_steps):
             x_in = torch.cat([x, x]) if cfg.cfg_mode == "batched" else x  # batched CFG: rows [cond; uncond]

@@ -15,7 +15,7 @@ from tests.support import ROOT
 # other module is imported by one of these
 FIRST = ["magcache_dist.families.flux", "magcache_dist.families.wan", "magcache_dist.families.tiny",
          "magcache_dist.families.base", "magcache_dist.cache.factory", "magcache_dist.job",
-         "magcache_dist.launcher.main", "magcache_dist.run", "magcache_dist.planner"]
+         "magcache_dist.launcher.main", "magcache_dist.run", "magcache_dist.planner", "magcache_dist.batch"]
 
 
 def _fresh(code: str) -> subprocess.CompletedProcess:
