@@ -86,8 +86,8 @@ def table(res: dict) -> str:
     for r in res["rows"]:
         s, c = r["skipped"], r["computed"]
         lines.append(f"| {r['dtype']} | {r['tokens']} | {s['before_s']:.3f} s | {s['after_s']:.4f} s | "
-                     f"{c['before_s']:.2f} s | {c['after_s']:.2f} s ({c['speedup']:.2f}x) | {r['prepare_once_s']:.2f} s | "
-                     f"{s['equal'] and c['equal']} |")
+                     f"{c['before_s']:.2f} s | {c['after_s']:.2f} s ({c['speedup']:.2f}x) | "
+                     f"{r['prepare_once_s']:.2f} s | {s['equal'] and c['equal']} |")
     return "\n".join(lines)
 
 

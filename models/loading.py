@@ -194,3 +194,147 @@ def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: st
     bad = [(k, shapes[k], own[k]) for k in own if shapes[k] != own[k]]
     if bad:
         raise ValueError(f"{where}: shape mismatch for {bad[:4]} (checkpoint vs model); check model.name")
+
+
+# ---- streaming: one tensor at a time, straight into a built model ------------------------------------------------
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class _SafetensorsFile:
+    """A .safetensors file read one tensor at a time with plain reads (the header gives each tensor's byte range).
+
+    Not a memory map: pages of a mapped file that a copy touches count in the process's resident memory until
+    the kernel drops them, so mapping a 28 GB checkpoint would double the load peak; a read buffer lives only
+    until its tensor is copied into the model."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            self.base = 8 + n
+            self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            for k, e in self.entries.items():  # fail here, not halfway through the load
+                if e.get("dtype") not in _ST_DTYPES or len(e.get("data_offsets", ())) != 2:
+                    raise ValueError(f"entry {k!r} has dtype {e.get('dtype')!r} / offsets {e.get('data_offsets')}")
+        except Exception as e:  # truncated or not safetensors at all
+            raise ValueError(f"model.ckpt={path!r} is not a readable safetensors file ({type(e).__name__}: {e}); "
+                             f"re-download or re-export it") from None
+
+    def keys(self):
+        return self.entries.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.entries[key]["shape"])
+
+    def read(self, key: str) -> torch.Tensor:
+        e = self.entries[key]
+        start, end = e["data_offsets"]
+        dtype, shape = _ST_DTYPES[e["dtype"]], e["shape"]
+        if end == start:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(end - start)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.base + start)
+            if f.readinto(buf) != len(buf):
+                raise ValueError(f"model.ckpt={self.path!r}: '{key}' is cut short; re-download the file")
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+class _TorchFile:
+    """A .pth/.pt file through ``torch.load(weights_only=True, mmap=True)``: tensors are views of the mapped file
+    (legacy non-zip files cannot be mapped and are read whole)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"model.ckpt={path!r} could not be read with weights_only=True: "
+                             f"{str(e).splitlines()[0]}; convert it to .safetensors") from None
+        self.sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        if not isinstance(self.sd, dict) or not all(torch.is_tensor(v) for v in self.sd.values()):
+            raise ValueError(f"model.ckpt={path!r} does not hold a dict of tensors")
+
+    def keys(self):
+        return self.sd.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.sd[key].shape)
+
+    def read(self, key: str) -> torch.Tensor:
+        return self.sd[key]
+
+
+class TensorSource:
+    """The tensors of a weight file (same inputs as ``read_tensors``) by name, read one at a time."""
+
+    def __init__(self, path: str):
+        if os.path.isdir(path):
+            for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt"):
+                found = sorted(glob.glob(os.path.join(path, pattern)))
+                if found:
+                    if pattern == "*.safetensors" and len(found) > 1:
+                        raise ValueError(f"model.ckpt={path!r} holds {len(found)} .safetensors files and no index "
+                                         f"json")
+                    path = found[0]
+                    break
+            else:
+                raise ValueError(f"model.ckpt={path!r}: no .safetensors, index json or .pth file in that directory")
+        if not os.path.isfile(path):
+            raise ValueError(f"model.ckpt={path!r} does not exist")
+        self.files: dict[str, object] = {}  # key -> the file holding it
+        if path.endswith(".index.json"):
+            with open(path) as f:
+                weight_map = json.load(f).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"model.ckpt={path!r}: index json has no 'weight_map'")
+            shards = {}
+            for shard in sorted(set(weight_map.values())):
+                shard_path = os.path.join(os.path.dirname(path), shard)
+                if not os.path.isfile(shard_path):
+                    raise ValueError(f"model.ckpt={path!r}: shard {shard!r} listed in the index is missing")
+                shards[shard] = _SafetensorsFile(shard_path)
+                self.files.update({k: shards[shard] for k in shards[shard].keys()})
+        elif path.endswith(".safetensors"):
+            f = _SafetensorsFile(path)
+            self.files = {k: f for k in f.keys()}
+        elif path.endswith((".pth", ".pt", ".bin")):
+            f = _TorchFile(path)
+            self.files = {k: f for k in f.keys()}
+        else:
+            raise ValueError(f"model.ckpt={path!r}: unknown weight file type (use .safetensors, index json or .pth)")
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: f.shape(k) for k, f in self.files.items()}
+
+    def read(self, key: str) -> torch.Tensor:
+        return self.files[key].read(key)
+
+
+def load_streaming(model: nn.Module, path: str, where: str) -> None:
+    """Fill a built model (its parameters already on their device, in their dtype: e.g. ``to_empty`` after a
+    meta-device build) from a weight file in either Wan layout, tensor by tensor: each is read, converted to the
+    parameter's dtype and copied to its device, then freed, so the load never holds more than the model plus one
+    tensor. The key and shape checks of ``load_state_dict_strict`` run first, on the names and shapes only."""
+    source = TensorSource(path)
+    shapes = source.shapes()
+    check_shapes(model, shapes, where)
+    own = model.state_dict()  # views of the parameters and buffers
+    names = {k: k for k in shapes}
+    if is_diffusers_layout(shapes):
+        inverse = {_diffusers_name_or_key(k): k for k in own}
+        names = {inverse.get(k, k): k for k in shapes}  # ours -> the file's
+    with torch.no_grad():
+        for key, dst in own.items():
+            src = source.read(names[key])
+            dst.copy_(src)
+            del src

@@ -29,7 +29,7 @@ from magcache_dist.config import JobConfig, resolve_path
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
 from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
-from models.loading import load_state_dict_strict, read_tensors
+from models.loading import load_streaming
 from models.wan import get_config
 from models.wan_i2v import I2VCondition, build_wan_model
 
@@ -312,7 +312,7 @@ class WanFamily(ModelFamily):
             model = build_wan_model(self.mcfg)
         # materialise straight in the run dtype on the job device: a 14B DiT never exists in fp32
         model = model.to(dtype=DTYPES[cfg.model.dtype]).to_empty(device=device)
-        load_state_dict_strict(model, read_tensors(files.dit), f"ckpt_dir={cfg.ckpt_dir!r} (DiT)")
+        load_streaming(model, files.dit, f"ckpt_dir={cfg.ckpt_dir!r} (DiT)")  # one tensor at a time
         return model.eval().requires_grad_(False), WanEncoders(files, device)
 
     def encode(self, encoder: WanEncoders, prompt: str, negative: str, branches) -> dict:

@@ -1,0 +1,126 @@
+"""Peak resident memory while loading the Wan2.1-T2V-1.3B DiT at real size (issue 19, item 1), single process.
+
+A random checkpoint is written first (tools/make_wan_checkpoint.py: official layout in fp32 and bf16, diffusers
+layout in bf16; nothing is downloaded). Each load then runs in a fresh process, as the Wan family builds its DiT:
+meta-device model, ``to_empty`` in ``model.dtype``, weights filled by ``models.loading.load_streaming`` (one tensor
+at a time); for comparison the whole-file loader the project used before (``read_tensors`` +
+``load_state_dict_strict``). Reported: peak RSS of the process (VmHWM) and that peak minus the RSS after
+``import torch`` (the interpreter and torch's libraries), each over the weights' size in the model's dtype.
+
+    .venv/bin/python -m benchmarks.load_memory [--model wan2.1-t2v-1.3b] [--keep DIR]
+
+Prints a table and writes benchmarks/results/load_memory.json (and its block in benchmarks/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from benchmarks._common import ROOT, write_readme_block
+
+OUT = os.path.join(ROOT, "benchmarks", "results", "load_memory.json")
+BEGIN, END = "<!-- load_memory:begin -->", "<!-- load_memory:end -->"
+
+CHILD = r"""
+import json, sys, time
+import torch
+
+
+def hwm():  # this process's peak RSS (VmHWM: ru_maxrss would carry the parent's peak across fork + exec)
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+
+
+base = hwm()
+from models.loading import load_state_dict_strict, load_streaming, read_tensors
+from models.wan import get_config
+from models.wan_i2v import build_wan_model
+path, model_name, dtype, loader = sys.argv[1:5]
+t = time.perf_counter()
+with torch.device("meta"):
+    model = build_wan_model(get_config(model_name))
+model = model.to(dtype=getattr(torch, dtype)).to_empty(device="cpu")
+if loader == "streaming":
+    load_streaming(model, path, "bench")
+else:
+    load_state_dict_strict(model, read_tensors(path), "bench")
+wall = time.perf_counter() - t
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+print(json.dumps(dict(base=base, peak=hwm(), weights=weights, wall_s=wall)))
+"""
+
+
+def run(args) -> dict:
+    from tools.make_wan_checkpoint import make
+
+    tmp = args.keep or tempfile.mkdtemp(prefix="load_memory_")
+    files = {}
+    for layout, dtype in (("official", "float32"), ("official", "bfloat16"), ("diffusers", "bfloat16")):
+        d = os.path.join(tmp, f"{layout}-{dtype}")
+        p = os.path.join(d, "diffusion_pytorch_model.safetensors") if layout == "official" else \
+            os.path.join(d, "transformer", "diffusion_pytorch_model.safetensors")
+        files[(layout, dtype)] = p if os.path.isfile(p) else make(d, args.model, layout, dtype)
+    cases = [("official", "float32", "float32", "streaming"), ("official", "float32", "bfloat16", "streaming"),
+             ("official", "bfloat16", "bfloat16", "streaming"), ("diffusers", "bfloat16", "bfloat16", "streaming"),
+             ("official", "float32", "float32", "whole file (before)"),
+             ("official", "float32", "bfloat16", "whole file (before)")]
+    rows = []
+    try:
+        for layout, file_dtype, model_dtype, loader in cases:
+            p = subprocess.run([sys.executable, "-c", CHILD, files[(layout, file_dtype)], args.model, model_dtype,
+                                "streaming" if loader == "streaming" else "whole"], cwd=ROOT, capture_output=True,
+                               text=True)
+            if p.returncode != 0:
+                raise SystemExit(p.stderr[-3000:])
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            row = dict(layout=layout, file_dtype=file_dtype, model_dtype=model_dtype, loader=loader,
+                       file_bytes=os.path.getsize(files[(layout, file_dtype)]), **r,
+                       peak_over_weights=r["peak"] / r["weights"],
+                       load_over_weights=(r["peak"] - r["base"]) / r["weights"])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dict(model=args.model, rows=rows)
+
+
+def table(res: dict) -> str:
+    gb = 1e9
+    lines = [f"{res['model']} DiT, random weights, one process per load; peak RSS over the weights' size in the "
+             f"model's dtype (target: streaming <= 1.15), with and without the RSS of `import torch`.", "",
+             "| layout | file | model | loader | weights GB | peak RSS GB | peak / weights | (peak - torch) / weights "
+             "| wall s |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in res["rows"]:
+        lines.append(f"| {r['layout']} | {r['file_dtype']} | {r['model_dtype']} | {r['loader']} | "
+                     f"{r['weights'] / gb:.2f} | {r['peak'] / gb:.2f} | {r['peak_over_weights']:.2f} | "
+                     f"{r['load_over_weights']:.2f} | {r['wall_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="wan2.1-t2v-1.3b")
+    ap.add_argument("--keep", default=None, help="a folder for the checkpoints, kept (and reused) afterwards")
+    ap.add_argument("--out", default=OUT)
+    args = ap.parse_args(argv)
+    from magcache_dist.io.atomic import atomic_write_text
+
+    res = run(args)
+    text = table(res)
+    print(text)
+    atomic_write_text(args.out, json.dumps(res, indent=1))
+    if args.out == OUT:
+        write_readme_block(f"{BEGIN}\n{text}\n{END}", BEGIN, END,
+                           "## Loading at real size (`python -m benchmarks.load_memory`)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Operator scripts run from the checkout as modules (python -m scripts.<name>)."""

@@ -1,0 +1,245 @@
+"""The prepared GPU check (issue 19, item 3): one command that proves the GPU path in minutes on one H100/H200.
+
+    bash scripts/gpu_check.sh                  # = python -m scripts.gpu_check --out outputs/gpu_check.json
+
+Steps, each recorded in one JSON (a failing step records its error and the next one runs):
+  env       torch / CUDA / device, which SDPA backends are enabled
+  sdpa      bf16 attention at 480P-class size through the flash and the memory-efficient kernels, and which kernel
+            the default call launches (profiler kernel names)
+  load      a random Wan2.1-T2V-1.3B checkpoint written here (tools/make_wan_checkpoint.py), streamed onto the GPU in
+            bf16 (models/loading.py): load time and peak device memory
+  sample    81 frames x 480 x 832 (32,760 tokens), bf16, cache off vs MagCache (the published 1.3B setting, joint
+            branches): wall ratio against call ratio; peak device memory against the dry-run planner (h100/h200)
+  vae       the Wan VAE (diffusers' AutoencoderKLWan at its published size, random weights) decoding those latents,
+            whole and tiled: time and peak memory
+  xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
+            equals the native forward
+
+Without CUDA it prints "skipped: no CUDA" and exits 0. ``--small --allow-cpu`` runs every step at toy size on the
+CPU (tests/unit/test_gpu_check.py keeps the script from rotting). Budget: well under 8 minutes on one H100.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Check:
+    def __init__(self, device: torch.device, small: bool):
+        self.device, self.small, self.out = device, small, {}
+
+    def step(self, name, fn):
+        t = time.perf_counter()
+        try:
+            self.out[name] = dict(ok=True, **fn())
+        except Exception as e:  # noqa: BLE001 - recorded, and the next step runs
+            self.out[name] = dict(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+        self.out[name]["seconds"] = round(time.perf_counter() - t, 2)
+        print(f"[gpu_check] {name}: {'ok' if self.out[name]['ok'] else self.out[name]['error']} "
+              f"({self.out[name]['seconds']} s)", flush=True)
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    # ---- steps -----------------------------------------------------------------------------------------------
+    def env(self):
+        d = dict(torch=torch.__version__, cuda=torch.version.cuda, device=str(self.device))
+        if self.device.type == "cuda":
+            p = torch.cuda.get_device_properties(self.device)
+            d.update(name=p.name, capability=f"{p.major}.{p.minor}", memory_gb=round(p.total_memory / 1e9, 1),
+                     flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
+                     mem_efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled())
+        return d
+
+    def sdpa(self):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        import torch.nn.functional as F
+
+        n, length, dh = (2, 256, 64) if self.small else (12, 32_760, 128)
+        q, k, v = (torch.randn(1, n, length, dh, device=self.device, dtype=torch.bfloat16) for _ in range(3))
+        ref = F.scaled_dot_product_attention(q, k, v)
+        out = {}
+        for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+            try:
+                with sdpa_kernel([backend]):
+                    self.sync()
+                    t = time.perf_counter()
+                    o = F.scaled_dot_product_attention(q, k, v)
+                    self.sync()
+                out[name] = dict(ok=True, seconds=time.perf_counter() - t,
+                                 max_abs_diff_vs_default=float((o - ref).abs().max()))
+            except RuntimeError as e:
+                out[name] = dict(ok=False, error=str(e).splitlines()[0])
+        with torch.profiler.profile() as prof:
+            F.scaled_dot_product_attention(q, k, v)
+            self.sync()
+        names = sorted({e.name for e in prof.events() if "attention" in e.name.lower() or "fmha" in e.name.lower()
+                        or "flash" in e.name.lower()})
+        out["default_kernels"] = names
+        out["default_uses_fused_kernel"] = any("flash" in n.lower() or "efficient" in n.lower() or "fmha" in n.lower()
+                                               for n in names)
+        return out
+
+    def load(self):
+        from models.loading import load_streaming
+        from models.wan import get_config
+        from models.wan_i2v import build_wan_model
+        from tools.make_wan_checkpoint import make
+
+        self.model_name = "tiny-wan-t2v" if self.small else "wan2.1-t2v-1.3b"
+        self.tmp = tempfile.mkdtemp(prefix="gpu_check_")
+        t = time.perf_counter()
+        path = make(self.tmp, self.model_name, "official", "bfloat16")
+        write_s = time.perf_counter() - t
+        self.reset_peak()
+        t = time.perf_counter()
+        with torch.device("meta"):
+            model = build_wan_model(get_config(self.model_name))
+        model = model.to(dtype=torch.bfloat16).to_empty(device=self.device)
+        load_streaming(model, path, "gpu_check")
+        self.sync()
+        self.model = model.eval().requires_grad_(False)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        return dict(model=self.model_name, write_checkpoint_s=write_s, load_s=time.perf_counter() - t,
+                    weights_bytes=weights, peak_device_bytes=self.peak())
+
+    def sample(self):
+        from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
+        from magcache_dist.config import load_config
+        from magcache_dist.planner import plan_job
+        from magcache_dist.sampling import SamplerConfig, sample
+
+        frames, h, w, steps = (5, 32, 48, 6) if self.small else (81, 480, 832, 30)
+        cfg = self.model.cfg
+        latent = (cfg.in_dim, (frames - 1) // 4 + 1, h // 8, w // 8)
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(1, *latent, generator=g).to(self.device)
+        texts = {b: torch.randn(1, 20, cfg.text_dim, generator=g).to(self.device, torch.bfloat16)
+                 for b in ("cond", "uncond")}
+        scfg = SamplerConfig(num_steps=steps, shift=5.0, guidance=5.0)
+        sample(self.model, noise, texts, SamplerConfig(num_steps=2), NoCache())  # warm-up: kernels, allocator
+        res = {}
+        for name, policy in (("off", NoCache()), ("magcache", build_magcache(
+                "wan2.1-t2v-1.3b", None, MagCacheConfig(0.12, 2, 0.2), steps, scfg.branches, branch_sync="joint"))):
+            self.reset_peak()
+            self.sync()
+            t = time.perf_counter()
+            r = sample(self.model, noise, texts, scfg, policy)
+            self.sync()
+            res[name] = dict(wall_s=time.perf_counter() - t, computed=sum(d["compute"] for d in r.decisions),
+                             calls=len(r.decisions), peak_device_bytes=self.peak(), timings=r.timings.as_dict())
+            self.latents = r.latents
+        res["wall_ratio"] = res["magcache"]["wall_s"] / res["off"]["wall_s"]
+        res["call_ratio"] = res["magcache"]["computed"] / res["off"]["computed"]
+        if not self.small:
+            device = "h200" if "H200" in torch.cuda.get_device_name(self.device) else "h100"
+            plan = plan_job(load_config(None, [f"model.name={self.model_name}", "model.dtype=bfloat16",
+                                               f"video.frames={frames}", f"video.height={h}", f"video.width={w}",
+                                               f"sampler.num_steps={steps}", "cache.magcache.preset=wan2.1-t2v-1.3b",
+                                               f"planner.device={device}"]))
+            r = plan["per_rank"]
+            res["planner"] = dict(device=device, memory_bytes=r["memory_bytes"]["total"],
+                                  sampling_s=r["time_s"]["sampling"],
+                                  measured_over_planned_memory=res["magcache"]["peak_device_bytes"]
+                                  / r["memory_bytes"]["total"],
+                                  measured_over_planned_time=res["magcache"]["wall_s"] / r["time_s"]["sampling"])
+        return res
+
+    def vae(self):
+        from diffusers import AutoencoderKLWan
+
+        kw = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if self.small else {}
+        vae = AutoencoderKLWan(**kw).to(self.device, torch.float32).eval().requires_grad_(False)
+        out = {}
+        self.model.to("cpu")  # as vae.offload_dit does before rank 0 decodes
+        for tiled in (False, True):
+            if tiled:
+                vae.enable_tiling(tile_sample_min_height=256, tile_sample_min_width=256,
+                                  tile_sample_stride_height=192, tile_sample_stride_width=192)
+            self.reset_peak()
+            self.sync()
+            t = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    video = vae.decode(self.latents.to(self.device, torch.float32)).sample
+                self.sync()
+                out["tiled" if tiled else "whole"] = dict(seconds=time.perf_counter() - t, shape=list(video.shape),
+                                                          peak_device_bytes=self.peak())
+            except torch.OutOfMemoryError as e:
+                out["tiled" if tiled else "whole"] = dict(error=f"out of memory: {str(e).splitlines()[0]}")
+        self.model.to(self.device)
+        return out
+
+    def xfuser(self):
+        try:
+            import xfuser  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - not installed, or cannot import here
+            return dict(imported=False, error=f"{type(e).__name__}: {e}")
+        import torch.distributed as dist
+
+        from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_dist_context
+        from tests.support.helpers import tiny_model
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29533")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl", rank=0, world_size=1)
+        par = build_dist_context(ParallelDims(1, 1), "xfuser")
+        ref = tiny_model(0).to(self.device)
+        usp = apply_sequence_parallel(tiny_model(0).to(self.device), par)
+        x, t, c = torch.randn(1, 3, 4, 16, 16, device=self.device), torch.tensor([500.0], device=self.device), \
+            torch.randn(1, 6, 32, device=self.device)
+        with torch.no_grad():
+            diff = float((ref(x, t, c) - usp(x, t, c)).abs().max())
+        return dict(imported=True, version=getattr(xfuser, "__version__", "?"), max_abs_diff_vs_native=diff)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "outputs", "gpu_check.json"))
+    ap.add_argument("--small", action="store_true", help="toy sizes (a smoke test of the script itself)")
+    ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        print("skipped: no CUDA")
+        return 0
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    c = Check(device, args.small)
+    t0 = time.perf_counter()
+    for name in ("env", "sdpa", "load", "sample", "vae", "xfuser"):
+        if name in ("sample", "vae") and not getattr(c, "model", None):
+            c.out[name] = dict(ok=False, error="skipped: the load step failed")
+            continue
+        if name == "vae" and not hasattr(c, "latents"):
+            c.out[name] = dict(ok=False, error="skipped: the sample step failed")
+            continue
+        c.step(name, getattr(c, name))
+    c.out["total_seconds"] = round(time.perf_counter() - t0, 1)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".tmp", "w") as f:
+        json.dump(c.out, f, indent=1, default=str)
+    os.replace(args.out + ".tmp", args.out)
+    print(f"[gpu_check] wrote {args.out} ({c.out['total_seconds']} s)")
+    return 0 if all(v.get("ok", True) for v in c.out.values() if isinstance(v, dict)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
