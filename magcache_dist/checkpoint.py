@@ -26,7 +26,7 @@ import os
 import torch
 
 from magcache_dist.cache.base import copy_to
-from magcache_dist.config import JobConfig, resolve_path, to_dict
+from magcache_dist.config import JobConfig, resolve_dtypes, resolve_path, to_dict
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 
@@ -93,6 +93,7 @@ def config_diff(saved: dict, now: dict) -> list[str]:
 
 def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
     """Before any collective: checkpoint settings, and for resume=true a checkpoint of this very job."""
+    resolve_dtypes(cfg, on_gpu=torch.cuda.is_available())  # the fingerprint holds the dtypes the run uses
     n = cfg.checkpoint.every_n_steps
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"checkpoint.every_n_steps={n!r} must be an integer >= 0 (0 disables checkpoints)")

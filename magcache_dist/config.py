@@ -25,7 +25,7 @@ class ModelSection:
     name: str = "tiny-video"  # a key of models.wan.WAN_CONFIGS
     ckpt: Optional[str] = None  # weights; None = seeded random init (init_seed); relative paths: project root
     init_seed: int = 0
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16
     layout: str = "auto"  # Wan2.1 ckpt_dir: auto | official | diffusers
 
 
@@ -126,7 +126,7 @@ class PlannerSection:
 class TextEncoderSection:
     """Wan2.1: where umT5 (and CLIP for I2V) run; they are loaded for encoding only and freed right after."""
     device: str = "auto"  # auto (the DiT's device) | cpu
-    dtype: str = "bfloat16"  # float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16
 
 
 @dataclass
@@ -411,6 +411,14 @@ def check_values(job: JobConfig) -> None:
     walk(job, "")
     if problems:
         raise ValueError("\n".join(problems))  # one line per problem
+
+
+def resolve_dtypes(cfg, on_gpu: bool) -> None:
+    """In place: ``model.dtype`` / ``text_encoder.dtype`` ``auto`` -> bfloat16 on a GPU, float32 on a CPU (where
+    bf16 matmuls are several times slower than fp32: benchmarks/README.md, constant_work). A given dtype stays."""
+    for section in (cfg.model, cfg.text_encoder):
+        if section.dtype == "auto":
+            section.dtype = "bfloat16" if on_gpu else "float32"
 
 
 def resolve_path(p: str | None) -> str | None:

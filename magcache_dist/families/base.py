@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from magcache_dist.config import JobConfig, resolve_path
+from magcache_dist.config import JobConfig, resolve_dtypes, resolve_path
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.sampling.schedulers import SOLVERS
 
@@ -168,6 +168,7 @@ def family_class(name: str) -> type[ModelFamily]:
 
 
 def make_family(cfg: JobConfig) -> ModelFamily:
-    """The job's family object."""
+    """The job's family object (an ``auto`` dtype still unresolved becomes this machine's: see resolve_dtypes)."""
+    resolve_dtypes(cfg, on_gpu=torch.cuda.is_available())
     return family_class(cfg.model.name)(cfg)
 

@@ -64,3 +64,13 @@ def test_settings_left_behind_by_a_switch_are_not_errors(tiny_ckpt, tmp_path):
     (tmp_path / "tea.yaml").write_text("cache: {mode: teacache, magcache: {thresh: 0.12}}\n")  # the file contradicts itself
     with pytest.raises(ValueError, match=r"cache\.magcache\.thresh does not apply here"):
         validate_job(load_config(str(tmp_path / "tea.yaml"), base), 1)
+
+
+def test_auto_dtypes_follow_the_device_and_a_given_dtype_stays():
+    from magcache_dist.planner import plan_job
+
+    wan = ["model.name=wan2.1-t2v-1.3b", "video.frames=81", "video.height=480", "video.width=832"]
+    assert load_config(None, wan).model.dtype == "auto"
+    assert plan_job(load_config(None, [*wan, "planner.device=h100"]))["dtype"] == "bfloat16"  # planned for a GPU
+    assert plan_job(load_config(None, [*wan, "planner.device=cpu"]))["dtype"] == "float32"
+    assert plan_job(load_config(None, [*wan, "planner.device=cpu", "model.dtype=bfloat16"]))["dtype"] == "bfloat16"

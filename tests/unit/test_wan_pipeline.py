@@ -260,7 +260,7 @@ def test_tiled_vae_decode_matches_full_decode(wan_ckpts, tmp_path):
 def test_shipped_configs_carry_the_published_defaults(name, model, steps, shift, preset, K, thresh, frames, hw, par):
     cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
     assert (cfg.model.name, cfg.model.dtype, cfg.sampler.num_steps, cfg.sampler.shift, cfg.sampler.guidance,
-            cfg.sampler.solver) == (model, "bfloat16", steps, shift, 5.0, "unipc")
+            cfg.sampler.solver) == (model, "auto", steps, shift, 5.0, "unipc")  # bf16 on GPUs, fp32 on a CPU
     assert (cfg.cache.mode, cfg.cache.magcache.preset, cfg.cache.magcache.thresh, cfg.cache.magcache.K, cfg.cache.magcache.retention) == \
         ("magcache", preset, thresh, K, 0.2)
     assert (cfg.video.frames, cfg.video.height, cfg.video.width, cfg.video.fps) == (frames, *hw, 16)
@@ -270,6 +270,8 @@ def test_shipped_configs_carry_the_published_defaults(name, model, steps, shift,
     ParallelDims(*par).validate(8, get_config(model).num_heads, 2)  # the 8-GPU layout fits the model's heads
     with pytest.raises(ValueError, match="ckpt_dir is not set"):
         validate_job(cfg, 8)  # everything else validates; the user passes ckpt_dir=...
+    on_this_machine = "bfloat16" if torch.cuda.is_available() else "float32"
+    assert (cfg.model.dtype, cfg.text_encoder.dtype) == (on_this_machine, on_this_machine)
 
 
 def test_diffusers_scheduler_shift_is_the_default(wan_ckpts, tmp_path):
