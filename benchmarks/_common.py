@@ -32,6 +32,21 @@ def write_readme_block(block: str, begin: str, end: str, heading: str) -> None:
     atomic_write_text(BENCH_README, text)
 
 
+def publish(res: dict, text: str, out: str, default_out: str, name: str, heading: str) -> None:
+    """Print the table, write the JSON atomically and, for the default output, the table's block in
+    benchmarks/README.md (between ``<!-- name:begin -->`` and ``<!-- name:end -->``, under ``heading``)."""
+    import json
+
+    from magcache_dist.io.atomic import atomic_write_text
+
+    print(text)
+    atomic_write_text(out, json.dumps(res, indent=1))
+    if out == default_out:
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        write_readme_block(f"{begin}\n{text}\n{end}", begin, end, heading)
+    print(f"wrote {out}")
+
+
 @dataclass
 class Job:
     cfg: JobConfig

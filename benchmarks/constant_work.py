@@ -18,11 +18,10 @@ import time
 
 import torch
 
-from benchmarks._common import ROOT, write_readme_block
+from benchmarks._common import ROOT, publish
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "constant_work.json")
 GRIDS = {27: (3, 3, 3), 128: (2, 8, 8), 1560: (6, 10, 26)}  # tokens -> latent patches (F', H', W')
-BEGIN, END = "<!-- constant_work:begin -->", "<!-- constant_work:end -->"
 
 
 def best(fn, repeats: int) -> tuple[float, object]:
@@ -99,16 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args(argv)
-    from magcache_dist.io.atomic import atomic_write_text
-
     res = run(args)
-    text = table(res)
-    print(text)
-    atomic_write_text(args.out, json.dumps(res, indent=1))
-    if args.out == OUT:
-        write_readme_block(f"{BEGIN}\n{text}\n{END}", BEGIN, END,
-                           "## Constant work once per generation (`python -m benchmarks.constant_work`)")
-    print(f"wrote {args.out}")
+    publish(res, table(res), args.out, OUT, "constant_work",
+            "## Constant work once per generation (`python -m benchmarks.constant_work`)")
     return 0
 
 

@@ -21,10 +21,9 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks._common import ROOT, write_readme_block
+from benchmarks._common import ROOT, publish
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "load_memory.json")
-BEGIN, END = "<!-- load_memory:begin -->", "<!-- load_memory:end -->"
 
 CHILD = r"""
 import json, sys, time
@@ -109,16 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="a folder for the checkpoints, kept (and reused) afterwards")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args(argv)
-    from magcache_dist.io.atomic import atomic_write_text
-
     res = run(args)
-    text = table(res)
-    print(text)
-    atomic_write_text(args.out, json.dumps(res, indent=1))
-    if args.out == OUT:
-        write_readme_block(f"{BEGIN}\n{text}\n{END}", BEGIN, END,
-                           "## Loading at real size (`python -m benchmarks.load_memory`)")
-    print(f"wrote {args.out}")
+    publish(res, table(res), args.out, OUT, "load_memory",
+            "## Loading at real size (`python -m benchmarks.load_memory`)")
     return 0
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks._common import ROOT, write_readme_block
+from benchmarks._common import ROOT, publish
 
 SUITE = os.path.join(ROOT, "benchmarks", "prompts", "tiny_suite.txt")
 OUT = os.path.join(ROOT, "benchmarks", "results", "prompt_list.json")
@@ -98,21 +98,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from --out's JSON")
     args = ap.parse_args(argv)
-    from magcache_dist.io.atomic import atomic_write_text
-
     if args.table_only:
         with open(args.out) as f:
             res = json.load(f)
     else:
         res = run(args)
-    text = table(res)
-    print(text)
-    atomic_write_text(args.out, json.dumps(res, indent=1))
-    if args.out == OUT:
-        begin, end = "<!-- prompt_list:begin -->", "<!-- prompt_list:end -->"
-        write_readme_block(f"{begin}\n{text}\n{end}", begin, end,
-                           "## Prompt lists: throughput (`python -m benchmarks.prompt_list`)")
-    print(f"wrote {args.out}")
+    publish(res, table(res), args.out, OUT, "prompt_list",
+            "## Prompt lists: throughput (`python -m benchmarks.prompt_list`)")
     return 0
 
 

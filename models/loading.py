@@ -63,44 +63,10 @@ def is_diffusers_layout(keys) -> bool:
 
 
 def read_tensors(path: str) -> dict[str, torch.Tensor]:
-    """A .safetensors file, a sharded index json, a directory holding either, or a .pth/.pt file."""
-    if os.path.isdir(path):
-        for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt"):
-            found = sorted(glob.glob(os.path.join(path, pattern)))
-            if found:
-                if pattern == "*.safetensors" and len(found) > 1:
-                    raise ValueError(f"model.ckpt={path!r} holds {len(found)} .safetensors files and no index json")
-                return read_tensors(found[0])
-        raise ValueError(f"model.ckpt={path!r}: no .safetensors, index json or .pth file in that directory")
-    if not os.path.isfile(path):
-        raise ValueError(f"model.ckpt={path!r} does not exist")
-    if path.endswith(".index.json"):
-        with open(path) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"model.ckpt={path!r}: index json has no 'weight_map'")
-        out = {}
-        base = os.path.dirname(path)
-        for shard in sorted(set(weight_map.values())):
-            shard_path = os.path.join(base, shard)
-            if not os.path.isfile(shard_path):
-                raise ValueError(f"model.ckpt={path!r}: shard {shard!r} listed in the index is missing")
-            out.update(read_tensors(shard_path))
-        return out
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as e:  # corrupt header / truncated file
-            raise ValueError(f"model.ckpt={path!r} is not a readable safetensors file: {e}") from None
-    if path.endswith((".pth", ".pt", ".bin")):
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"model.ckpt={path!r} could not be read with weights_only=True: {e}") from None
-        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    raise ValueError(f"model.ckpt={path!r}: unknown weight file type (use .safetensors, index json or .pth)")
+    """Every tensor of a weight file: a .safetensors file, a sharded index json, a directory holding either, or a
+    .pth/.pt file (``TensorSource`` below)."""
+    source = TensorSource(path)
+    return {k: source.read(k) for k in source.files}
 
 
 def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
@@ -126,58 +92,7 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where:
 def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a weight file (same inputs as ``read_tensors``) without reading the tensors: the
     safetensors headers, or a memory-mapped ``torch.load(weights_only=True)``. For checks before any collective."""
-    if os.path.isdir(path):
-        for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt"):
-            found = sorted(glob.glob(os.path.join(path, pattern)))
-            if found:
-                return read_shapes(found[0])
-        raise ValueError(f"model.ckpt={path!r}: no .safetensors, index json or .pth file in that directory")
-    if not os.path.isfile(path):
-        raise ValueError(f"model.ckpt={path!r} does not exist")
-    if path.endswith(".index.json"):
-        try:
-            with open(path) as f:
-                weight_map = json.load(f).get("weight_map")
-        except (OSError, json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"model.ckpt={path!r} is not a readable index json ({e}); re-download it") from None
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"model.ckpt={path!r}: index json has no 'weight_map'")
-        out = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_path = os.path.join(os.path.dirname(path), shard)
-            if not os.path.isfile(shard_path):
-                raise ValueError(f"model.ckpt={path!r}: shard {shard!r} listed in the index is missing")
-            out.update(read_shapes(shard_path))
-        return out
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as e:  # corrupt header / truncated file
-            raise ValueError(f"model.ckpt={path!r} is not a readable safetensors file ({e}); re-download or "
-                             f"re-export it") from None
-    if path.endswith((".pth", ".pt", ".bin")):
-        try:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-                if "mmap" not in str(e):
-                    raise
-                import warnings
-
-                with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing it
-                    warnings.simplefilter("ignore")
-                    sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"model.ckpt={path!r} could not be read with weights_only=True: "
-                             f"{str(e).splitlines()[0]}; convert it to .safetensors") from None
-        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-        if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-            raise ValueError(f"model.ckpt={path!r} does not hold a dict of tensors")
-        return {k: tuple(v.shape) for k, v in sd.items()}
-    raise ValueError(f"model.ckpt={path!r}: unknown weight file type (use .safetensors, index json or .pth)")
+    return TensorSource(path).shapes()
 
 
 def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> None:
@@ -253,10 +168,14 @@ class _TorchFile:
         try:
             try:
                 sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
+            except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
                 if "mmap" not in str(e):
                     raise
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+                import warnings
+
+                with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing it
+                    warnings.simplefilter("ignore")
+                    sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"model.ckpt={path!r} could not be read with weights_only=True: "
                              f"{str(e).splitlines()[0]}; convert it to .safetensors") from None
@@ -293,8 +212,11 @@ class TensorSource:
             raise ValueError(f"model.ckpt={path!r} does not exist")
         self.files: dict[str, object] = {}  # key -> the file holding it
         if path.endswith(".index.json"):
-            with open(path) as f:
-                weight_map = json.load(f).get("weight_map")
+            try:
+                with open(path) as f:
+                    weight_map = json.load(f).get("weight_map")
+            except (OSError, json.JSONDecodeError, AttributeError) as e:
+                raise ValueError(f"model.ckpt={path!r} is not a readable index json ({e}); re-download it") from None
             if not isinstance(weight_map, dict):
                 raise ValueError(f"model.ckpt={path!r}: index json has no 'weight_map'")
             shards = {}
