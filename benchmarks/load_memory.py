@@ -4,7 +4,9 @@ A random checkpoint is written first (tools/make_wan_checkpoint.py: official lay
 layout in bf16; nothing is downloaded). Each load then runs in a fresh process, as the Wan family builds its DiT:
 meta-device model, ``to_empty`` in ``model.dtype``, weights filled by ``models.loading.load_streaming`` (one tensor
 at a time); for comparison the whole-file loader the project used before (``read_tensors`` +
-``load_state_dict_strict``). Reported: peak RSS of the process (VmHWM) and that peak minus the RSS after
+``load_state_dict_strict``); and under torchrun 2 with ``parallel.fsdp`` (the DiT sharded on the meta device, each
+rank streaming in only its shards: "weights" is then the rank's share, and the worse rank is shown). Reported: peak
+RSS of the process (VmHWM) and that peak minus the RSS after
 ``import torch`` (the interpreter and torch's libraries), each over the weights' size in the model's dtype.
 
     .venv/bin/python -m benchmarks.load_memory [--model wan2.1-t2v-1.3b] [--keep DIR]
@@ -37,20 +39,30 @@ def hwm():  # this process's peak RSS (VmHWM: ru_maxrss would carry the parent's
 
 base = hwm()
 from models.loading import load_state_dict_strict, load_streaming, read_tensors
+from magcache_dist.parallel.fsdp import local_param_bytes
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
 path, model_name, dtype, loader = sys.argv[1:5]
 t = time.perf_counter()
 with torch.device("meta"):
-    model = build_wan_model(get_config(model_name))
-model = model.to(dtype=getattr(torch, dtype)).to_empty(device="cpu")
-if loader == "streaming":
-    load_streaming(model, path, "bench")
-else:
+    model = build_wan_model(get_config(model_name)).to(dtype=getattr(torch, dtype))
+if loader == "fsdp":  # as run.parallelize does it: shard on the meta device, then stream in this rank's shards
+    import torch.distributed as dist
+    from magcache_dist.parallel.dims import ParallelDims, build_dist_context
+    from magcache_dist.parallel.fsdp import apply_fsdp
+
+    dist.init_process_group("gloo")
+    apply_fsdp(model, build_dist_context(ParallelDims(dist.get_world_size(), 1)), "cpu")
+model = model.to_empty(device="cpu")
+if loader == "whole":
     load_state_dict_strict(model, read_tensors(path), "bench")
+else:
+    load_streaming(model, path, "bench")
 wall = time.perf_counter() - t
-weights = sum(p.numel() * p.element_size() for p in model.parameters())
-print(json.dumps(dict(base=base, peak=hwm(), weights=weights, wall_s=wall)))
+weights = local_param_bytes(model)  # the rank's share under fsdp, else every parameter
+print("RESULT " + json.dumps(dict(base=base, peak=hwm(), weights=weights, wall_s=wall)), flush=True)
+if loader == "fsdp":
+    dist.destroy_process_group()
 """
 
 
@@ -67,16 +79,22 @@ def run(args) -> dict:
     cases = [("official", "float32", "float32", "streaming"), ("official", "float32", "bfloat16", "streaming"),
              ("official", "bfloat16", "bfloat16", "streaming"), ("diffusers", "bfloat16", "bfloat16", "streaming"),
              ("official", "float32", "float32", "whole file (before)"),
-             ("official", "float32", "bfloat16", "whole file (before)")]
+             ("official", "float32", "bfloat16", "whole file (before)"),
+             ("official", "float32", "float32", "fsdp, torchrun 2"),
+             ("official", "bfloat16", "bfloat16", "fsdp, torchrun 2")]
     rows = []
     try:
         for layout, file_dtype, model_dtype, loader in cases:
-            p = subprocess.run([sys.executable, "-c", CHILD, files[(layout, file_dtype)], args.model, model_dtype,
-                                "streaming" if loader == "streaming" else "whole"], cwd=ROOT, capture_output=True,
-                               text=True)
+            kind = loader.split()[0].rstrip(",")
+            child = [CHILD, files[(layout, file_dtype)], args.model, model_dtype, kind]
+            cmd = [sys.executable, "-c", *child] if kind != "fsdp" else \
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                 "--no-python", sys.executable, "-c", *child]
+            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if p.returncode != 0:
                 raise SystemExit(p.stderr[-3000:])
-            r = json.loads(p.stdout.strip().splitlines()[-1])
+            results = [json.loads(ln.split("RESULT ", 1)[1]) for ln in p.stdout.splitlines() if "RESULT " in ln]
+            r = max(results, key=lambda x: x["peak"] / x["weights"])  # the worst rank
             row = dict(layout=layout, file_dtype=file_dtype, model_dtype=model_dtype, loader=loader,
                        file_bytes=os.path.getsize(files[(layout, file_dtype)]), **r,
                        peak_over_weights=r["peak"] / r["weights"],

@@ -112,12 +112,12 @@ def run_prompt_list(job: Job, par: ParallelContext, device) -> dict | None:
     part = dict(format=FORMAT, run_id=run_id, group=par.dp_index, dp_degree=dp, group_size=par.world.size,
                 started=time.time())
     if todo:
-        model, encoder = job.family.build(device)
+        model, encoder = job.family.build(device, weights=not job.cfg.parallel.fsdp)
         t = time.perf_counter()
         conds = encode_videos(job, encoder, todo, device)
         del encoder
         part["encode_s"] = time.perf_counter() - t
-        parallelize(job, model, par)
+        parallelize(job, model, par, device)
         part["build_s"] = time.perf_counter() - t0 - part["encode_s"]
         for v, cond in zip(todo, conds):
             vjob = video_job(job, v, resume=states[v.name] == "resume")

@@ -74,7 +74,7 @@ def build(job: Job, par: ParallelContext, device, phases: dict) -> Built:
     but a shell can differ per node)."""
     cfg, family = job.cfg, job.family
     seed, prompt, negative = par.world.broadcast_object((cfg.seed, cfg.prompt, cfg.negative_prompt))
-    model, encoder = family.build(device)
+    model, encoder = family.build(device, weights=not cfg.parallel.fsdp)  # fsdp: weights after sharding
     t = time.perf_counter()
     conds = family.encode(encoder, prompt, negative, job.scfg.branches)
     conds = {b: (v.to(device) if torch.is_tensor(v) else v) for b, v in conds.items()}
@@ -83,11 +83,13 @@ def build(job: Job, par: ParallelContext, device, phases: dict) -> Built:
     return built
 
 
-def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext) -> None:
-    """In place: sequence-parallel attention ops, then (parallel.fsdp) sharded block weights."""
+def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) -> None:
+    """In place: sequence-parallel attention ops, then (parallel.fsdp) sharded block weights, read into the shards
+    when the family left them to after the sharding."""
     apply_sequence_parallel(model, par)
     if job.cfg.parallel.fsdp:
-        apply_fsdp(model, par)
+        apply_fsdp(model, par, device)
+        job.family.load_weights(model, device)
 
 
 def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):
@@ -134,7 +136,7 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
         return run_prompt_list(job, par, device)
     phases = {}
     built = build(job, par, device, phases)
-    parallelize(job, built.model, par)
+    parallelize(job, built.model, par, device)
     phases["build"] = time.perf_counter() - t0 - phases["encode"]
     return make_video(job, built, par, device, phases, t0)
 

@@ -246,7 +246,8 @@ def load_streaming(model: nn.Module, path: str, where: str) -> None:
     """Fill a built model (its parameters already on their device, in their dtype: e.g. ``to_empty`` after a
     meta-device build) from a weight file in either Wan layout, tensor by tensor: each is read, converted to the
     parameter's dtype and copied to its device, then freed, so the load never holds more than the model plus one
-    tensor. The key and shape checks of ``load_state_dict_strict`` run first, on the names and shapes only."""
+    tensor. A sharded parameter (FSDP's DTensor) keeps only this rank's shard of it, sliced locally (no
+    collective). The key and shape checks of ``load_state_dict_strict`` run first, on the names and shapes only."""
     source = TensorSource(path)
     shapes = source.shapes()
     check_shapes(model, shapes, where)
@@ -258,5 +259,12 @@ def load_streaming(model: nn.Module, path: str, where: str) -> None:
     with torch.no_grad():
         for key, dst in own.items():
             src = source.read(names[key])
-            dst.copy_(src)
+            if hasattr(dst, "to_local"):  # a sharded (FSDP) parameter: keep only this rank's part of the tensor
+                from torch.distributed.tensor import distribute_tensor
+
+                part = distribute_tensor(src.to(dst.dtype), dst.device_mesh, dst.placements, src_data_rank=None)
+                dst.to_local().copy_(part.to_local())
+                del part
+            else:
+                dst.copy_(src)
             del src

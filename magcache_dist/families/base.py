@@ -118,9 +118,15 @@ class ModelFamily:
         raise NotImplementedError
 
     # ---- the job's phases --------------------------------------------------------------------------------
-    def build(self, device) -> tuple[torch.nn.Module, object]:
-        """(denoiser with the sampler seams, conditioning encoder handle)."""
+    def build(self, device, weights: bool = True) -> tuple[torch.nn.Module, object]:
+        """(denoiser with the sampler seams, conditioning encoder handle). ``weights=False``: a family that can
+        may leave the denoiser on the meta device, for ``load_weights`` after it is sharded (parallel.fsdp: each
+        rank then materialises and reads only its shards); the others load it anyway."""
         raise NotImplementedError
+
+    def load_weights(self, model: torch.nn.Module, device) -> None:
+        """Materialise and fill a denoiser that ``build(weights=False)`` left on the meta device (nothing to do
+        for a family that always loads in ``build``)."""
 
     def encode(self, encoder, prompt: str, negative: str, branches) -> dict:
         """{branch: conditioning passed as-is to model.embed}."""

@@ -72,7 +72,7 @@ class FluxFamily(TinyFamily):
         return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
                              cfg_mode="distilled", sigmas=sigmas)
 
-    def build(self, device):
+    def build(self, device, weights=True):
         mcfg = self.mcfg
         torch.manual_seed(self.cfg.model.init_seed)
         model = FluxDiT(**mcfg)

@@ -62,7 +62,7 @@ class HunyuanVideoFamily(TinyFamily):
         return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
                              cfg_mode="distilled", sigmas=shifted_sigmas(s.num_steps, s.shift))
 
-    def build(self, device):
+    def build(self, device, weights=True):
         mcfg = self.mcfg
         torch.manual_seed(self.cfg.model.init_seed)
         model = HunyuanVideoDiT(**mcfg)

@@ -62,7 +62,7 @@ class TinyVideoFamily(ModelFamily):
     def cost_figures(self) -> CostFigures:
         return wan_cost_figures(self.mcfg)
 
-    def build(self, device):
+    def build(self, device, weights=True):
         torch.manual_seed(self.cfg.model.init_seed)
         model = build_wan_model(self.mcfg)
         text = TinyTextEncoder.for_model(self.name)

@@ -305,15 +305,19 @@ class WanFamily(ModelFamily):
         return wan_cost_figures(self.mcfg)
 
     # ---- build / encode / noise / decode -------------------------------------------------------------------
-    def build(self, device):
-        cfg = self.cfg
-        files = self.files
+    def build(self, device, weights=True):
         with torch.device("meta"):
-            model = build_wan_model(self.mcfg)
-        # materialise straight in the run dtype on the job device: a 14B DiT never exists in fp32
-        model = model.to(dtype=DTYPES[cfg.model.dtype]).to_empty(device=device)
-        load_streaming(model, files.dit, f"ckpt_dir={cfg.ckpt_dir!r} (DiT)")  # one tensor at a time
-        return model.eval().requires_grad_(False), WanEncoders(files, device)
+            model = build_wan_model(self.mcfg).to(dtype=DTYPES[self.cfg.model.dtype])
+        if weights:
+            self.load_weights(model, device)
+        return model.eval().requires_grad_(False), WanEncoders(self.files, device)
+
+    def load_weights(self, model, device) -> None:
+        """Materialise straight in the run dtype on the job device (a 14B DiT never exists in fp32; an FSDP-sharded
+        one only as this rank's shards) and stream the checkpoint in, one tensor at a time."""
+        model.to_empty(device=device)
+        load_streaming(model, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (DiT)")
+        model.requires_grad_(False)
 
     def encode(self, encoder: WanEncoders, prompt: str, negative: str, branches) -> dict:
         contexts = self._text_contexts(encoder, [[prompt] + ([negative] if "uncond" in branches else [])])[0]

@@ -8,6 +8,7 @@ the two halves would hang, since they skip at different calls. Embeddings and th
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from magcache_dist.parallel.comm import DistComm
@@ -25,14 +26,15 @@ def check_fsdp(dims) -> None:
                          "here; set parallel.ulysses_degree or parallel.ring_degree > 1, or parallel.fsdp=false")
 
 
-def apply_fsdp(model: nn.Module, par: ParallelContext) -> nn.Module:
-    """In place: shard every block over ``par.sp``. Needs torch.distributed process groups (torchrun)."""
+def apply_fsdp(model: nn.Module, par: ParallelContext, device=None) -> nn.Module:
+    """In place: shard every block over ``par.sp``. Needs torch.distributed process groups (torchrun). The model
+    may still be on the meta device (``device``: where it will live); its shards are then materialised later."""
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import fully_shard
 
     if not isinstance(par.sp, DistComm):
         raise ValueError("parallel.fsdp=true needs torch.distributed process groups (run under torchrun)")
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = DeviceMesh.from_group(par.sp.group, device.type)
     units = block_units(model)
     if not units:

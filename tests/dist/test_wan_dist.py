@@ -1,6 +1,7 @@
 """Wan2.1 T2V and I2V under sequence parallelism (2 gloo processes, timeout): the final latents equal the
 single-process run within 1e-4 (fp32) for Ulysses 2, ring 2 and CFG-parallel, from both checkpoint layouts, and
-every rank takes the same MagCache decisions as the single-process run (27 tokens for T2V: not divisible by 2).
+every rank takes the same MagCache decisions as the single-process run (27 tokens for T2V: not divisible by 2);
+with parallel.fsdp=true the DiT is sharded on the meta device and each rank streams in only its shards.
 """
 import json
 
@@ -22,6 +23,8 @@ def test_wan_t2v_and_i2v_sp2_equal_single_process(wan_ckpts, tmp_path):
         "t2v_r2_diffusers": ("t2v", "diffusers", ["parallel.ring_degree=2"]),
         "i2v_u2_diffusers": ("i2v", "diffusers", ["parallel.ulysses_degree=2"]),
         "i2v_cfg2_official": ("i2v", "official", ["parallel.cfg_degree=2"]),
+        # FSDP: the DiT stays on the meta device until sharded; each rank then reads only its shards
+        "t2v_u2_fsdp_diffusers": ("t2v", "diffusers", ["parallel.ulysses_degree=2", "parallel.fsdp=true"]),
     }
 
     def overrides(task, layout, out, *extra):
@@ -45,3 +48,6 @@ def test_wan_t2v_and_i2v_sp2_equal_single_process(wan_ckpts, tmp_path):
         report = json.loads((tmp_path / name / "report.json").read_text())
         assert report["world_size"] == 2 and report["decisions_identical_across_ranks"]
         assert report["skipped_steps"] == refs[task][1] and any(refs[task][1].values()), name
+        if "fsdp" in name:  # each rank holds its half of the block weights
+            full = sum(p.numel() * 4 for p in wan_ckpts[task]["comps"]["dit"].parameters())
+            assert all(r["param_bytes"] < 0.7 * full for r in report["ranks"]), [r["param_bytes"] for r in report["ranks"]]
