@@ -38,22 +38,23 @@ FORMAT = "magcache-prompt-job/1"
 PARTS = ".summary"
 
 
-def video_state(job: Job, video: VideoSpec, group_size: int) -> str:
-    """``done`` (its report verifies), ``resume`` (a step checkpoint of this config) or ``new``."""
+def video_state(job: Job, video: VideoSpec, group_size: int) -> tuple[str, dict | None]:
+    """(``done``, its report) when its report verifies; (``resume``, None) with a step checkpoint of this config;
+    else (``new``, None)."""
     cfg = video_config(job.cfg, video)
     report = read_report(cfg.output_dir)
     if report is not None and report.get("status") == "done" \
             and report.get("config_hash") == config_hash(fingerprint(cfg)) \
             and report.get("files") and output_files(cfg.output_dir) == report["files"]:
-        return "done"
+        return "done", report
     if cfg.checkpoint.every_n_steps and os.path.isfile(os.path.join(checkpoint_dir(cfg), POINTER)):
         cfg.resume = True
         try:
             validate_checkpointing(cfg, group_size)
-            return "resume"
+            return "resume", None
         except ValueError:  # a checkpoint of another config or layout: this video starts again
             pass
-    return "new"
+    return "new", None
 
 
 def read_report(folder: str) -> dict | None:
@@ -83,17 +84,17 @@ def entry(video: VideoSpec, report: dict | None, reused: bool) -> dict:
     return out
 
 
-def encode_videos(job: Job, encoder, videos: list[VideoSpec], device) -> list[dict]:
-    """Every video's conditioning (kept on the CPU until its turn); the encoder loads once where the family can
-    (a video with its own image is encoded with its own family object)."""
-    branches = job.scfg.branches
-    shared = [v for v in videos if v.image == job.cfg.image]
-    conds = dict(zip([v.name for v in shared], job.family.encode_many(
-        encoder, [(v.prompt, v.negative_prompt) for v in shared], branches)))
+def encode_videos(job: Job, encoder, videos: list[VideoSpec]) -> list[dict]:
+    """Every video's conditioning (kept on the CPU until its turn), encoded per image: the videos that share an
+    image (all of them, for a text-to-video list) go through one ``encode_many`` of a family object of theirs."""
+    by_image: dict[str | None, list[VideoSpec]] = {}
     for v in videos:
-        if v.name not in conds:
-            conds[v.name] = make_family(video_config(job.cfg, v)).encode(encoder, v.prompt, v.negative_prompt,
-                                                                          branches)
+        by_image.setdefault(v.image, []).append(v)
+    conds = {}
+    for image, group in by_image.items():
+        family = job.family if image == job.cfg.image else make_family(video_config(job.cfg, group[0]))
+        texts = [(v.prompt, v.negative_prompt) for v in group]
+        conds.update(zip([v.name for v in group], family.encode_many(encoder, texts, job.scfg.branches)))
     return [{b: (c.cpu() if torch.is_tensor(c) else c) for b, c in conds[v.name].items()} for v in videos]
 
 
@@ -104,17 +105,19 @@ def run_prompt_list(job: Job, par: ParallelContext, device) -> dict | None:
     dp = job.dims.dp_degree
     run_id = par.job_comm.broadcast_object(uuid.uuid4().hex)  # the one collective over every group: at the start
     mine = [v for v in job.videos if v.index % dp == par.dp_index]
-    states = {v.name: video_state(job, v, par.world.size) for v in mine} if par.rank == 0 else None
+    entries, states = {}, None  # the summary's lines: rank 0 of the group keeps them
+    if par.rank == 0:
+        checked = {v.name: video_state(job, v, par.world.size) for v in mine}
+        states = {name: state for name, (state, _) in checked.items()}
+        entries = {v.name: entry(v, checked[v.name][1], reused=True) for v in mine}
     states = par.world.broadcast_object(states)
-    entries = {v.name: entry(v, read_report(video_config(job.cfg, v).output_dir) if states[v.name] == "done"
-                             else None, reused=True) for v in mine}
     todo = [v for v in mine if states[v.name] != "done"]
     part = dict(format=FORMAT, run_id=run_id, group=par.dp_index, dp_degree=dp, group_size=par.world.size,
                 started=time.time())
     if todo:
         model, encoder = job.family.build(device, weights=not job.cfg.parallel.fsdp)
         t = time.perf_counter()
-        conds = encode_videos(job, encoder, todo, device)
+        conds = encode_videos(job, encoder, todo)
         del encoder
         part["encode_s"] = time.perf_counter() - t
         parallelize(job, model, par, device)

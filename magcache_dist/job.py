@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
 from magcache_dist.auto import check_store, job_sigmas
 from magcache_dist.cache.base import CachePolicy
 from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, check_spec, resolve_preset
 from magcache_dist.cache.presets import preset_names
 from magcache_dist.checkpoint import validate_checkpointing
-from magcache_dist.config import JobConfig, explicitly_set, resolve_dtypes, resolve_path
+from magcache_dist.config import JobConfig, explicitly_set, resolve_path
 from magcache_dist.families import MODULES
 from magcache_dist.families.base import DTYPES, ModelFamily, family_names, make_family
 from magcache_dist.io.probe import ensure_writable_dir
@@ -66,8 +64,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
     """Everything checkable before a process group exists. Raises ValueError naming the key and the fix."""
     if cfg.model.name not in family_names():
         raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {family_names()}")
-    resolve_dtypes(cfg, on_gpu=torch.cuda.is_available())  # the machine that validates is the one that runs
-    family = make_family(cfg)
+    family = make_family(cfg)  # resolves an auto dtype: the machine that validates is the one that runs
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPES)}")
     if cfg.cpu_threads is not None and cfg.cpu_threads < 1:

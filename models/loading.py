@@ -70,23 +70,12 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
-    """Load with strict key and shape checking; the error lists the missing/unexpected keys."""
+    """Load with strict key and shape checking (``check_shapes``); the error lists the missing/unexpected keys."""
     own = model.state_dict()
     if prefix:
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    if is_diffusers_layout(sd.keys()):
-        inverse = {_diffusers_name_or_key(k): k for k in own}
-        sd = {inverse.get(k, k): v for k, v in sd.items()}
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{where}: checkpoint does not match the model: missing keys {missing[:8]}"
-                         f"{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected keys {unexpected[:8]}"
-                         f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)}); check model.name")
-    bad = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if sd[k].shape != own[k].shape]
-    if bad:
-        raise ValueError(f"{where}: shape mismatch for {bad[:4]} (checkpoint vs model); check model.name")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    names = check_shapes(model, {k: tuple(v.shape) for k, v in sd.items()}, where)
+    model.load_state_dict({k: sd[names[k]].to(own[k].dtype) for k in own}, strict=True)
 
 
 def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
@@ -95,20 +84,23 @@ def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return TensorSource(path).shapes()
 
 
-def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> None:
-    """The checks of ``load_state_dict_strict`` on shapes only (``model`` may live on the meta device)."""
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> dict[str, str]:
+    """Strict key and shape checks of a checkpoint (key -> shape, either Wan layout) against ``model`` (which may
+    live on the meta device); returns each of the model's keys -> the checkpoint's name for it."""
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    names = {k: k for k in shapes}  # ours -> the checkpoint's
     if is_diffusers_layout(shapes):
         inverse = {_diffusers_name_or_key(k): k for k in own}
-        shapes = {inverse.get(k, k): v for k, v in shapes.items()}
-    missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
+        names = {inverse.get(k, k): k for k in shapes}
+    missing, unexpected = sorted(set(own) - set(names)), sorted(set(names) - set(own))
     if missing or unexpected:
         raise ValueError(f"{where}: checkpoint does not match the model: missing keys {missing[:8]}"
                          f"{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected keys {unexpected[:8]}"
                          f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)}); check model.name")
-    bad = [(k, shapes[k], own[k]) for k in own if shapes[k] != own[k]]
+    bad = [(k, tuple(shapes[names[k]]), own[k]) for k in own if tuple(shapes[names[k]]) != own[k]]
     if bad:
         raise ValueError(f"{where}: shape mismatch for {bad[:4]} (checkpoint vs model); check model.name")
+    return names
 
 
 # ---- streaming: one tensor at a time, straight into a built model ------------------------------------------------
@@ -219,13 +211,12 @@ class TensorSource:
                 raise ValueError(f"model.ckpt={path!r} is not a readable index json ({e}); re-download it") from None
             if not isinstance(weight_map, dict):
                 raise ValueError(f"model.ckpt={path!r}: index json has no 'weight_map'")
-            shards = {}
             for shard in sorted(set(weight_map.values())):
                 shard_path = os.path.join(os.path.dirname(path), shard)
                 if not os.path.isfile(shard_path):
                     raise ValueError(f"model.ckpt={path!r}: shard {shard!r} listed in the index is missing")
-                shards[shard] = _SafetensorsFile(shard_path)
-                self.files.update({k: shards[shard] for k in shards[shard].keys()})
+                f = _SafetensorsFile(shard_path)
+                self.files.update({k: f for k in f.keys()})
         elif path.endswith(".safetensors"):
             f = _SafetensorsFile(path)
             self.files = {k: f for k in f.keys()}
@@ -249,13 +240,8 @@ def load_streaming(model: nn.Module, path: str, where: str) -> None:
     tensor. A sharded parameter (FSDP's DTensor) keeps only this rank's shard of it, sliced locally (no
     collective). The key and shape checks of ``load_state_dict_strict`` run first, on the names and shapes only."""
     source = TensorSource(path)
-    shapes = source.shapes()
-    check_shapes(model, shapes, where)
+    names = check_shapes(model, source.shapes(), where)  # ours -> the file's
     own = model.state_dict()  # views of the parameters and buffers
-    names = {k: k for k in shapes}
-    if is_diffusers_layout(shapes):
-        inverse = {_diffusers_name_or_key(k): k for k in own}
-        names = {inverse.get(k, k): k for k in shapes}  # ours -> the file's
     with torch.no_grad():
         for key, dst in own.items():
             src = source.read(names[key])

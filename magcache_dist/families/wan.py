@@ -320,21 +320,19 @@ class WanFamily(ModelFamily):
         model.requires_grad_(False)
 
     def encode(self, encoder: WanEncoders, prompt: str, negative: str, branches) -> dict:
-        contexts = self._text_contexts(encoder, [[prompt] + ([negative] if "uncond" in branches else [])])[0]
+        return self.encode_many(encoder, [(prompt, negative)], branches)[0]
+
+    def encode_many(self, encoder: WanEncoders, texts: list[tuple[str, str]], branches) -> list[dict]:
+        """umT5 loads once for all the (prompt, negative) pairs; I2V: the job's image (CLIP features and VAE
+        latents) is encoded once and shared by them all."""
+        per = 2 if "uncond" in branches else 1
+        batches = self._text_contexts(encoder, [list(pair[:per]) for pair in texts])
         if not self.i2v:
-            return dict(zip(["cond", "uncond"], contexts))
+            return [dict(zip(["cond", "uncond"], contexts)) for contexts in batches]
         dev, dtype = self._encoder_place(encoder)
         with torch.no_grad():
             clip_fea, y = self._encode_image(encoder.files, dev, dtype, encoder.device)
-        return {b: I2VCondition(c, clip_fea, y) for b, c in zip(["cond", "uncond"], contexts)}
-
-    def encode_many(self, encoder: WanEncoders, texts: list[tuple[str, str]], branches) -> list[dict]:
-        """T2V: umT5 loads once for the whole list (I2V: each video also encodes its own image)."""
-        if self.i2v:
-            return super().encode_many(encoder, texts, branches)
-        per = 2 if "uncond" in branches else 1
-        batches = self._text_contexts(encoder, [list(pair[:per]) for pair in texts])
-        return [dict(zip(["cond", "uncond"], contexts)) for contexts in batches]
+        return [{b: I2VCondition(c, clip_fea, y) for b, c in zip(["cond", "uncond"], contexts)} for contexts in batches]
 
     def _encoder_place(self, encoder: WanEncoders):
         dev = "cpu" if self.cfg.text_encoder.device == "cpu" else encoder.device

@@ -87,7 +87,7 @@ class ParallelContext:
     world: Comm  # this rank's data-parallel group: the ranks that make its videos
     backend: str = "native"
     dp_index: int = 0  # which data-parallel group
-    everyone: Comm | None = None  # every rank of the job (only for the job's end: None = world)
+    everyone: Comm | None = None  # every rank of the job when there are several groups (else None: world)
 
     @property
     def job_comm(self) -> Comm:

@@ -292,12 +292,13 @@ def test_diffusers_scheduler_shift_is_the_default(wan_ckpts, tmp_path):
 
 @pytest.mark.parametrize("task", ["t2v", "i2v"])
 def test_prompt_list_loads_umt5_once_and_equals_single_prompt_jobs(task, wan_ckpts, tmp_path, monkeypatch):
-    """A Wan prompt list encodes every prompt with one umT5 load (T2V; I2V encodes each video's own image too) and
+    """A Wan prompt list encodes every prompt with one umT5 load (I2V: the shared image with one CLIP load) and
     each of its videos equals the single-prompt job's, bit for bit."""
     image = wan_ckpts["image"] if task == "i2v" else None
-    loads = []
-    load_umt5 = wan_components.load_umt5
+    loads, clip_loads = [], []
+    load_umt5, load_clip = wan_components.load_umt5, wan_components.load_clip_vision
     monkeypatch.setattr(wan_components, "load_umt5", lambda *a, **k: loads.append(1) or load_umt5(*a, **k))
+    monkeypatch.setattr(wan_components, "load_clip_vision", lambda *a, **k: clip_loads.append(1) or load_clip(*a, **k))
     prompts = tmp_path / "p.jsonl"
     lines = [{"prompt": "a red car moves on the road"}, {"prompt": "a dog runs", "seed": 4}]
     prompts.write_text("".join(json.dumps(e) + "\n" for e in lines))
@@ -305,7 +306,7 @@ def test_prompt_list_loads_umt5_once_and_equals_single_prompt_jobs(task, wan_ckp
                          f"prompts_file={prompts}", image=image)
     cfg = load_config(None, [o for o in base if not o.startswith("prompt=")])  # the list names the prompts
     summary = run_job(cfg, solo_context())
-    assert summary["videos_done"] == 2 and len(loads) == (1 if task == "t2v" else 2)
+    assert summary["videos_done"] == 2 and len(loads) == 1 and len(clip_loads) == (1 if task == "i2v" else 0)
     for e, v in zip(lines, summary["videos"]):
         single = tmp_path / f"single-{v['index']}"
         run_job(load_config(None, wan_overrides(task, wan_ckpts[task]["official"], str(single), "save_video=false",
