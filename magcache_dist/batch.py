@@ -31,10 +31,9 @@ from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.job import Job
 from magcache_dist.parallel.dims import ParallelContext
-from magcache_dist.prompts import VideoSpec, video_config
+from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config
 from magcache_dist.run import Built, make_video, output_files, parallelize
 
-FORMAT = "magcache-prompt-job/1"
 PARTS = ".summary"
 
 

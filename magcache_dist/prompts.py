@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 FIELDS = ("prompt", "seed", "negative_prompt", "image", "name")
+SUMMARY_FORMAT = "magcache-prompt-job/1"  # a prompt-list job's summary.json (magcache_dist/batch.py; read by eval)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SEED_MAX = 2**63 - 1
 

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-SUMMARY_FORMAT = "magcache-prompt-job/1"
+from magcache_dist.prompts import SUMMARY_FORMAT
 
 
 class InputError(ValueError):
