@@ -81,3 +81,19 @@ def family_solo_runs(family_ckpts, tmp_path_factory):
         report = run_job(family_config(name, str(d), ckpt=family_ckpts[name]), solo_context())
         out[name] = dict(report=report, latents=torch.load(d / "latents.pt", weights_only=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def pipeline_folder(tmp_path_factory):
+    """``pipeline_folder(name)``: the tiny full-pipeline checkpoint folder of a ``tiny-*`` model name
+    (tests/support/pipelines.py), built once per session; copy it before changing it."""
+    from tests.support.pipelines import build_folder
+
+    built = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            built[name] = build_folder(name, str(tmp_path_factory.mktemp(name)))
+        return built[name]
+
+    return get

@@ -10,9 +10,10 @@ or transformers' model code. tests/unit checks that every class's ``names`` matc
 MODULES = {
     "magcache_dist.families.tiny:TinyVideoFamily": ("tiny", "tiny-video"),
     "magcache_dist.families.flux:FluxFamily": ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell",
-                                               "flux.1-schnell-tiny"),
-    "magcache_dist.families.hunyuanvideo:HunyuanVideoFamily": ("hunyuanvideo", "hunyuanvideo-tiny"),
-    "magcache_dist.families.opensora:OpenSoraFamily": ("opensora-1.2", "opensora-1.2-tiny"),
+                                               "flux.1-schnell-tiny", "tiny-flux-dev", "tiny-flux-schnell"),
+    "magcache_dist.families.hunyuanvideo:HunyuanVideoFamily": ("hunyuanvideo", "hunyuanvideo-tiny",
+                                                               "tiny-hunyuanvideo"),
+    "magcache_dist.families.opensora:OpenSoraFamily": ("opensora-1.2", "opensora-1.2-tiny", "tiny-opensora"),
     "magcache_dist.families.wan:WanFamily": ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p",
                                              "wan2.1-i2v-14b-720p", "tiny-wan-t2v", "tiny-wan-i2v"),
 }

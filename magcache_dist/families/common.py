@@ -64,9 +64,9 @@ def wan_cost_figures(mcfg: WanConfig) -> CostFigures:
 
 
 class TinyFamily(ModelFamily):
-    """Base of the FLUX.1, HunyuanVideo and Open-Sora families. ``tiny_names``: runnable sizes; the others
-    (published sizes) have model definitions, weight loading and dry-run plans but no text encoder / VAE wired in
-    yet."""
+    """Base of the FLUX.1, HunyuanVideo and Open-Sora families. ``tiny_names``: the embedded pixel-space sizes
+    (``model.ckpt``, a tiny text encoder, no VAE); every other name is a full pipeline read from ``ckpt_dir``
+    (the published sizes, and ``tiny-*`` test sizes built by tests/support)."""
 
     family = ""
     tiny_names: tuple = ()
@@ -80,13 +80,28 @@ class TinyFamily(ModelFamily):
     def cache_rule(self) -> str:
         return self.rule
 
+    @property
+    def pixel(self) -> bool:
+        """The embedded pixel-space sizes (``tiny_names``: a tiny text encoder and the DiT in ``model.ckpt``, no
+        VAE); the other names run the full pipeline from ``ckpt_dir`` (text encoders, DiT, VAE)."""
+        return self.name in self.tiny_names
+
     def validate(self) -> None:
+        if self.pixel:
+            self.check_ckpt_exists()
+        self.validate_common()
+        if not self.pixel:
+            self.validate_pipeline()
+
+    def validate_pipeline(self) -> None:
+        """The full pipeline's checks (ckpt_dir, its components against the config, geometry)."""
+        raise ValueError(f"model.name={self.name!r}: the {self.family} model, its weight loading and MagCache preset "
+                         f"are here, but its text encoder and VAE are not wired into a pipeline yet; use one of "
+                         f"{list(self.tiny_names)}")
+
+    def validate_common(self) -> None:
+        """Checks every size of the family shares (cache mode, parallel layout, solver)."""
         cfg, name = self.cfg, self.name
-        if name not in self.tiny_names:
-            raise ValueError(f"model.name={name!r}: the {self.family} model, its weight loading and MagCache preset "
-                             f"are here, but its text encoder and VAE are not wired into a pipeline yet; use one of "
-                             f"{list(self.tiny_names)}")
-        self.check_ckpt_exists()
         if cfg.cache.mode == "teacache":
             raise ValueError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
                              f"{name}")

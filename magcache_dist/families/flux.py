@@ -28,7 +28,7 @@ class FluxCond:
 
 
 class FluxFamily(TinyFamily):
-    names = ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell", "flux.1-schnell-tiny")
+    names = ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell", "flux.1-schnell-tiny", "tiny-flux-dev", "tiny-flux-schnell")
     family = "FLUX.1"
     tiny_names = ("flux.1-dev-tiny", "flux.1-schnell-tiny")
     presets = {"flux.1-dev-tiny": "flux.1-dev", "flux.1-dev": "flux.1-dev",

@@ -26,7 +26,7 @@ class HunyuanCond:
 
 
 class HunyuanVideoFamily(TinyFamily):
-    names = ("hunyuanvideo", "hunyuanvideo-tiny")
+    names = ("hunyuanvideo", "hunyuanvideo-tiny", "tiny-hunyuanvideo")
     family = "HunyuanVideo"
     tiny_names = ("hunyuanvideo-tiny",)
     presets = {"hunyuanvideo-tiny": "hunyuanvideo-t2v-544p", "hunyuanvideo": "hunyuanvideo-t2v-720p"}

@@ -13,7 +13,7 @@ from models.tiny_text import TinyTextEncoder
 
 
 class OpenSoraFamily(TinyFamily):
-    names = ("opensora-1.2", "opensora-1.2-tiny")
+    names = ("opensora-1.2", "opensora-1.2-tiny", "tiny-opensora")
     family = "Open-Sora 1.2"
     tiny_names = ("opensora-1.2-tiny",)
     presets = {"opensora-1.2-tiny": "opensora-1.2", "opensora-1.2": "opensora-1.2"}

@@ -7,7 +7,9 @@ An entry is a ``Bad``: id, overrides, world size, regex for the key, regex for t
 - ``tiny`` (default): tests.support.helpers.job_overrides on the tiny checkpoint with parallel.ulysses_degree=2;
 - ``wan-<task>-<layout>``: the tiny Wan2.1 folder (tests.support.wan_tiny) copied to ``{tmp}/ck`` (a setup may
   remove or edit its files), with ``{image}`` naming its first-frame image;
-- ``family:<model name>``: a tiny FLUX.1 / HunyuanVideo / Open-Sora job (tests.support.families).
+- ``family:<model name>``: a tiny FLUX.1 / HunyuanVideo / Open-Sora job (tests.support.families);
+- ``folder:<tiny-* model name>``: a tiny full-pipeline folder of those families (tests.support.pipelines) copied to
+  ``{tmp}/ck`` (a setup may remove or edit its files).
 ``{tmp}`` in overrides is the test's temporary directory; later overrides win. To add a rule, append an entry.
 """
 from __future__ import annotations
@@ -436,4 +438,14 @@ PROMPT_LISTS = [  # prompts_file and data-parallel groups
     Bad("dp-degree-zero", ["parallel.dp_degree=0"], 2, r"parallel\.dp_degree=0", r"integer >= 1"),
 ]
 
-CATALOGUE = [Bad(*e) for e in _ENTRIES] + WAN + FAMILIES + PROMPT_LISTS
+FLUX_PIPELINE = [  # FLUX.1 folders (base folder:tiny-flux-dev / tiny-flux-schnell)
+]
+
+HUNYUAN_PIPELINE = [  # HunyuanVideo folders (base folder:tiny-hunyuanvideo)
+]
+
+OPENSORA_PIPELINE = [  # Open-Sora 1.2 folders (base folder:tiny-opensora)
+]
+
+CATALOGUE = ([Bad(*e) for e in _ENTRIES] + WAN + FAMILIES + PROMPT_LISTS + FLUX_PIPELINE + HUNYUAN_PIPELINE
+             + OPENSORA_PIPELINE)

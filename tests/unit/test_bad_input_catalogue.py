@@ -11,6 +11,7 @@ from magcache_dist.launcher import main as generate
 from tests.support.bad_inputs import CATALOGUE
 from tests.support.families import family_overrides
 from tests.support.helpers import job_overrides
+from tests.support.pipelines import pipeline_overrides
 from tests.support.wan_tiny import wan_overrides
 
 
@@ -18,7 +19,7 @@ def test_catalogue_has_distinct_ids_and_covers_every_family():
     ids = [e.id for e in CATALOGUE]
     assert len(ids) == len(set(ids)) >= 100
     bases = {e.base.split(":")[0].rsplit("-", 1)[0] for e in CATALOGUE}
-    assert bases == {"tiny", "wan-t2v", "wan-i2v", "family"}
+    assert {"tiny", "wan-t2v", "wan-i2v", "family"} <= bases <= {"tiny", "wan-t2v", "wan-i2v", "family", "folder"}
 
 
 def _base(entry, tmp: str, request) -> tuple[list[str], dict]:
@@ -35,6 +36,10 @@ def _base(entry, tmp: str, request) -> tuple[list[str], dict]:
         return wan_overrides(task, os.path.join(tmp, "ck"), out), {"image": wan["image"]}
     if entry.base.startswith("family:"):
         return family_overrides(entry.base.split(":", 1)[1], out), {}
+    if entry.base.startswith("folder:"):
+        name = entry.base.split(":", 1)[1]
+        shutil.copytree(request.getfixturevalue("pipeline_folder")(name), os.path.join(tmp, "ck"))
+        return pipeline_overrides(name, os.path.join(tmp, "ck"), out), {}
     raise AssertionError(f"unknown base {entry.base!r}")
 
 
