@@ -16,7 +16,7 @@ from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, 
 from magcache_dist.cache.presets import preset_names
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, explicitly_set, resolve_path
-from magcache_dist.families import MODULES
+from magcache_dist.families import MODULES, uses_ckpt_dir
 from magcache_dist.families.base import DTYPES, ModelFamily, family_names, make_family
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.parallel.apply import check_backend
@@ -136,6 +136,10 @@ def _is_wan(cfg: JobConfig) -> bool:
     return cfg.model.name in MODULES["magcache_dist.families.wan:WanFamily"]
 
 
+def _is_pipeline(cfg: JobConfig) -> bool:
+    return uses_ckpt_dir(cfg.model.name)
+
+
 _MAGCACHE_MODES = ("magcache", "auto", "online")
 # key (or section prefix ending in "."), the keys that decide whether it applies, the test, what it is for
 APPLIES = [
@@ -152,10 +156,10 @@ APPLIES = [
     ("checkpoint.dir", ("checkpoint.every_n_steps", "resume"), lambda c: c.checkpoint.every_n_steps > 0 or c.resume,
      "checkpoint.every_n_steps > 0 or resume=true"),
     ("image", ("model.name",), lambda c: "i2v" in c.model.name, "image-to-video models (wan2.1-i2v-*)"),
-    ("ckpt_dir", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("ckpt_dir", ("model.name",), _is_pipeline, "models read from a checkpoint folder (not the embedded ones)"),
     ("model.layout", ("model.name",), _is_wan, "Wan2.1 models"),
-    ("text_encoder.", ("model.name",), _is_wan, "Wan2.1 models"),
-    ("vae.", ("model.name",), _is_wan, "Wan2.1 models"),
+    ("text_encoder.", ("model.name",), _is_pipeline, "models read from a checkpoint folder (not the embedded ones)"),
+    ("vae.", ("model.name",), _is_pipeline, "models read from a checkpoint folder (not the embedded ones)"),
 ]
 
 

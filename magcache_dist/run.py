@@ -160,7 +160,7 @@ def make_video(job: Job, built: Built, par: ParallelContext, device, phases: dic
     return finalize(job, built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0, par)
 
 
-OUTPUT_FILES = ("video.mp4", "frames.png", "latents.pt", "ratios.json")
+OUTPUT_FILES = ("video.mp4", "image.png", "frames.png", "latents.pt", "ratios.json")
 
 
 def output_files(folder: str) -> dict[str, int]:
@@ -176,11 +176,15 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
     cfg, scfg, dims = job.cfg, job.scfg, job.dims
     t = time.perf_counter()
     os.makedirs(cfg.output_dir, exist_ok=True)
-    video_path = os.path.join(cfg.output_dir, "video.mp4")
+    image = job.family.image_model
+    video_path = os.path.join(cfg.output_dir, "image.png" if image else "video.mp4")
     if cfg.save_video:
         frames = to_frames(job.family.decode(result.latents, built.model)[0])
-        write_mp4(video_path, frames, cfg.video.fps)
-        write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
+        if image:  # an image model: the one frame at full size
+            write_png(video_path, frames[0])
+        else:
+            write_mp4(video_path, frames, cfg.video.fps)
+            write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
     atomic_torch_save(result.latents.cpu(), os.path.join(cfg.output_dir, "latents.pt"))
     ratios_path = stored = None
     if calibration is not None:
@@ -204,7 +208,8 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
         phases_s={k: round(v, 4) for k, v in phases.items()},
         checkpoint=ckpt.describe(),
         ranks=per_rank,
-        outputs=dict(video=video_path if cfg.save_video else None, ratios=ratios_path),
+        outputs=dict(video=video_path if cfg.save_video and not image else None,
+                     image=video_path if cfg.save_video and image else None, ratios=ratios_path),
         files=output_files(cfg.output_dir),  # what a rerun of a prompt list checks before it reuses this video
     )
     atomic_write_text(os.path.join(cfg.output_dir, "report.json"), json.dumps(report, indent=1, default=str))

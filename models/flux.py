@@ -31,6 +31,14 @@ FLUX_CONFIGS = {
     "flux.1-schnell-tiny": dict(in_channels=12, num_layers=1, num_single_layers=2, attention_head_dim=16,
                                 num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
                                 guidance_embeds=False, axes_dims_rope=(4, 6, 6)),
+    # the full pipeline at toy size (tests: tests/support/flux_tiny.py): a 4-channel latent VAE (-> 16 packed),
+    # T5 and CLIP of width 32
+    "tiny-flux-dev": dict(in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                          num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
+                          guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
+    "tiny-flux-schnell": dict(in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                              num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
+                              guidance_embeds=False, axes_dims_rope=(4, 6, 6)),
 }
 
 _D = "transformer_blocks.{i}."

@@ -233,24 +233,43 @@ class TensorSource:
         return self.files[key].read(key)
 
 
-def load_streaming(model: nn.Module, path: str, where: str) -> None:
+def load_streaming(model: nn.Module, path: str, where: str, convert=None) -> None:
     """Fill a built model (its parameters already on their device, in their dtype: e.g. ``to_empty`` after a
     meta-device build) from a weight file in either Wan layout, tensor by tensor: each is read, converted to the
     parameter's dtype and copied to its device, then freed, so the load never holds more than the model plus one
     tensor. A sharded parameter (FSDP's DTensor) keeps only this rank's shard of it, sliced locally (no
-    collective). The key and shape checks of ``load_state_dict_strict`` run first, on the names and shapes only."""
-    source = TensorSource(path)
-    names = check_shapes(model, source.shapes(), where)  # ours -> the file's
-    own = model.state_dict()  # views of the parameters and buffers
-    with torch.no_grad():
-        for key, dst in own.items():
-            src = source.read(names[key])
-            if hasattr(dst, "to_local"):  # a sharded (FSDP) parameter: keep only this rank's part of the tensor
-                from torch.distributed.tensor import distribute_tensor
+    collective). The key and shape checks of ``load_state_dict_strict`` run first, on the names and shapes only.
 
-                part = distribute_tensor(src.to(dst.dtype), dst.device_mesh, dst.placements, src_data_rank=None)
-                dst.to_local().copy_(part.to_local())
-                del part
-            else:
-                dst.copy_(src)
-            del src
+    ``convert({file key: tensor}) -> {model key: tensor}``: a per-tensor layout conversion (e.g. an official
+    fused qkv split into the library's q, k, v), applied to meta tensors for the checks and to each tensor read."""
+    source = TensorSource(path)
+    own = model.state_dict()  # views of the parameters and buffers
+    if convert is None:
+        names = check_shapes(model, source.shapes(), where)  # ours -> the file's
+        with torch.no_grad():
+            for key, dst in own.items():
+                src = source.read(names[key])
+                _put(dst, src)
+                del src
+        return
+    shapes = {}
+    for key, shape in source.shapes().items():
+        shapes.update({k: tuple(v.shape) for k, v in convert({key: torch.empty(shape, device="meta")}).items()})
+    check_shapes(model, shapes, where)
+    with torch.no_grad():
+        for key in source.files:
+            for name, part in convert({key: source.read(key)}).items():
+                _put(own[name], part)
+
+
+def _put(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy ``src`` into a parameter or buffer (in its dtype, on its device); a sharded (FSDP) one keeps only this
+    rank's part of the tensor."""
+    if hasattr(dst, "to_local"):
+        from torch.distributed.tensor import distribute_tensor
+
+        part = distribute_tensor(src.to(dst.dtype), dst.device_mesh, dst.placements, src_data_rank=None)
+        dst.to_local().copy_(part.to_local())
+        del part
+    else:
+        dst.copy_(src)

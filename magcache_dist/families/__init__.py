@@ -17,3 +17,12 @@ MODULES = {
     "magcache_dist.families.wan:WanFamily": ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p",
                                              "wan2.1-i2v-14b-720p", "tiny-wan-t2v", "tiny-wan-i2v"),
 }
+
+# the names that run without a checkpoint folder: the embedded model and the pixel-space tiny families (model.ckpt,
+# a tiny text encoder, no VAE); every other name is a full pipeline read from ckpt_dir
+EMBEDDED = ("tiny", "tiny-video", "flux.1-dev-tiny", "flux.1-schnell-tiny", "hunyuanvideo-tiny", "opensora-1.2-tiny")
+
+
+def uses_ckpt_dir(name: str) -> bool:
+    """Whether model ``name`` is a full pipeline (text encoders, DiT, VAE) read from ``ckpt_dir``."""
+    return name not in EMBEDDED

@@ -66,6 +66,7 @@ class ModelFamily:
     """One job's model family. Subclasses list their model ``names`` and implement the phases."""
 
     names: tuple[str, ...] = ()
+    image_model = False  # one frame per job, written as image.png (FLUX.1) instead of video.mp4
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
@@ -116,6 +117,15 @@ class ModelFamily:
 
     def cost_figures(self) -> CostFigures:
         raise NotImplementedError
+
+    def encoder_params(self) -> dict[str, int]:
+        """Parameters of each encoder the job loads before sampling (one at a time, freed after), by name: what
+        the dry-run planner adds to the resident DiT while encoding. Empty: none worth counting."""
+        return {}
+
+    def vae_params(self) -> int:
+        """Parameters of the VAE rank 0 loads to decode (0: no VAE)."""
+        return 0
 
     # ---- the job's phases --------------------------------------------------------------------------------
     def build(self, device, weights: bool = True) -> tuple[torch.nn.Module, object]:

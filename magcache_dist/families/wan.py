@@ -304,6 +304,18 @@ class WanFamily(ModelFamily):
     def cost_figures(self) -> CostFigures:
         return wan_cost_figures(self.mcfg)
 
+    def encoder_params(self) -> dict[str, int]:
+        if self.name.startswith("tiny-"):
+            return {}
+        # umT5-XXL's encoder (11.4 GB in bf16) and, for I2V, the open-clip XLM-RoBERTa-L / ViT-H-14 file (1.3 GB)
+        out = {"umT5-XXL encoder": 5_680_000_000}
+        if self.i2v:
+            out["CLIP ViT-H-14"] = 650_000_000
+        return out
+
+    def vae_params(self) -> int:
+        return 0 if self.name.startswith("tiny-") else 127_000_000  # the Wan2.1 VAE
+
     # ---- build / encode / noise / decode -------------------------------------------------------------------
     def build(self, device, weights=True):
         with torch.device("meta"):

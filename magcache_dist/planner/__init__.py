@@ -71,6 +71,8 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     mem = memory_per_rank(fig, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
                           DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached,
                           prepared_branches=len(mine) if prepared else 0)
+    phases = phase_memory(cfg, family, mem)
+    fits = max(mem["total"], phases["encode_peak"]) <= profile.memory_capacity
     return dict(
         model=cfg.model.name, dtype=cfg.model.dtype, params=n_params,
         video=dict(frames=v.frames, height=v.height, width=v.width), latent_shape=list(latent),
@@ -78,14 +80,58 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
                       world_size=dims.world_size),
         sampler=dict(num_steps=scfg.num_steps, solver=scfg.solver, guidance=scfg.guidance, branches=branches),
         cache=cache, skip_plan=schedule, device=dict(name=profile.name, description=profile.description),
-        per_rank=dict(**est, memory_bytes=mem, fits_in_memory=mem["total"] <= profile.memory_capacity),
-        not_modelled="text encoder, VAE decode, weight loading and process start-up (DiT sampling only)",
+        per_rank=dict(**est, memory_bytes=mem, phase_memory_bytes=phases, fits_in_memory=fits),
+        gpus_needed=gpus_needed(cfg, family, fig, latent, dims, profile, phases, cached, len(mine) if prepared else 0),
+        not_modelled="text encoder and VAE compute time, VAE decode activations, weight loading and process "
+                     "start-up",
         note=note, config=to_dict(cfg),
     )
 
 
+def phase_memory(cfg: JobConfig, family, mem: dict) -> dict:
+    """Bytes per rank around sampling: while encoding, the resident DiT plus the largest encoder (they load one
+    at a time and are freed before sampling; ``text_encoder.device=cpu`` keeps them in host memory); while
+    decoding (rank 0), the VAE's weights plus the DiT unless ``vae.offload_dit`` moved it to the host."""
+    encoders = family.encoder_params()
+    te_bytes = DTYPE_BYTES.get(cfg.text_encoder.dtype, 2)
+    on_device = cfg.text_encoder.device != "cpu"
+    largest = max(encoders.values(), default=0) * te_bytes if on_device else 0
+    vae = family.vae_params() * DTYPE_BYTES.get(cfg.vae.dtype, 4)
+    return dict(encoders={k: v * te_bytes for k, v in encoders.items()}, encoders_on_device=on_device,
+                encode_peak=mem["weights"] + largest,
+                decode_weights=vae + (0 if cfg.vae.offload_dit else mem["weights"]))
+
+
+def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict, cached: int, prepared: int) -> dict:
+    """The fewest ranks (of ``profile``'s device, this CFG degree) whose per-rank peak, encoding or sampling,
+    fits: Ulysses takes the largest degree dividing the heads, ring the rest. Without parallel.fsdp every rank
+    holds the whole DiT, so more ranks only shrink the activations."""
+    import dataclasses
+    import math
+
+    heads, b = family.num_heads(), DTYPE_BYTES[cfg.model.dtype]
+    pf, ph, pw = fig.patch_size
+    tokens = (latent[1] // pf) * (latent[2] // ph) * (latent[3] // pw)
+    extra = phases["encode_peak"]  # weights + the largest encoder
+    for sp in (1, 2, 4, 8, 16, 32, 64):
+        u = max(d for d in range(1, sp + 1) if sp % d == 0 and heads % d == 0)
+        d = dataclasses.replace(dims, ulysses_degree=u, ring_degree=sp // u, dp_degree=1)
+        chunk = -(-tokens // sp)
+        m = memory_per_rank(fig, fig.params, chunk, chunk * sp, d, b, math.prod(latent), cached,
+                            prepared_branches=prepared)
+        if max(m["total"], extra) <= profile.memory_capacity:
+            return dict(ranks=sp * dims.cfg_degree, ulysses_degree=u, ring_degree=sp // u,
+                        peak_bytes=max(m["total"], extra))
+    return dict(ranks=None, note=f"no layout up to 64 ranks fits {profile.name}: the DiT's weights alone are "
+                                 f"{fig.params * b / GB:.1f} GB per rank (parallel.fsdp=true shards them)")
+
+
 def format_plan(p: dict) -> str:
     r, t, m = p["per_rank"], p["per_rank"]["time_s"], p["per_rank"]["memory_bytes"]
+    ph, g = r["phase_memory_bytes"], p["gpus_needed"]
+    need = (f"{g['ranks']} x {p['device']['name']} at least (ulysses {g['ulysses_degree']} x ring "
+            f"{g['ring_degree']}{' x cfg 2' if p['parallel']['cfg_degree'] == 2 else ''}: peak "
+            f"{g['peak_bytes'] / GB:.2f} GB per rank)" if g["ranks"] else g["note"])
     par = p["parallel"]
     sk = p["skip_plan"]
     lines = [
@@ -97,7 +143,13 @@ def format_plan(p: dict) -> str:
         f"  skip plan: {sk['computed_calls']}/{sk['total_calls']} calls computed; skipped steps "
         + ", ".join(f"{b}: {v}" for b, v in sk["skipped_steps"].items()),
         f"  memory per rank: weights {m['weights'] / GB:.2f} GB + activations {m['activations_total'] / GB:.2f} GB = "
-        f"{m['total'] / GB:.2f} GB ({'fits' if r['fits_in_memory'] else 'DOES NOT FIT'})",
+        f"{m['total'] / GB:.2f} GB while sampling ({'fits' if r['fits_in_memory'] else 'DOES NOT FIT'} with the "
+        f"phases below)",
+        f"  around sampling: encoding {ph['encode_peak'] / GB:.2f} GB per rank (DiT + largest encoder"
+        f"{'' if ph['encoders_on_device'] else ', encoders on the host'}: "
+        + (", ".join(f"{k} {v / GB:.2f} GB" for k, v in ph["encoders"].items()) or "none counted")
+        + f"), decoding on rank 0 {ph['decode_weights'] / GB:.2f} GB of weights",
+        f"  needs: {need}",
         "  bytes sent per rank per computed call: " + ", ".join(
             f"{k} {v / 1e6:.2f} MB" for k, v in r["comm_bytes_per_computed_step_per_branch"].items()),
         "  bytes sent per rank, whole job: " + ", ".join(f"{k} {v / GB:.3f} GB" for k, v in r["comm_bytes_total"].items()),

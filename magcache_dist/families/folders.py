@@ -1,0 +1,110 @@
+"""What the families that run from a checkpoint folder share (Wan2.1, FLUX.1, HunyuanVideo, Open-Sora 1.2): finding
+a component's files with an error that names the missing one, reading a component's config.json, comparing the
+fields that change the math with what ``model.name`` builds, placing the encoders (loaded once, run, freed before
+sampling), and making room for the VAE on rank 0 after sampling.
+
+Every function here runs before any collective (validation) or on one rank (encode, decode); none holds state.
+"""
+from __future__ import annotations
+
+import gc
+import glob
+import json
+import os
+
+import torch
+
+from magcache_dist.families.base import DTYPES
+
+
+def free_memory(device) -> None:
+    """Return what the last freed component held (host and, on a GPU, the caching allocator's blocks)."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def need(root: str, rel: str, what: str, fix: str, is_dir: bool = False) -> str:
+    """``root/rel`` (a file, or with ``is_dir`` a folder), or a ValueError naming it and ``fix``."""
+    path = os.path.join(root, rel)
+    if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
+        raise ValueError(f"ckpt_dir={root!r}: missing {what} '{rel}'; {fix}")
+    return path
+
+
+def read_config(path: str, root: str) -> dict:
+    """A component's config.json as a dict (ValueError naming the file when it is not a JSON object)."""
+    try:
+        with open(path) as f:
+            c = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not readable JSON ({e}); "
+                         f"re-download that file") from None
+    if not isinstance(c, dict):
+        raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not a JSON object; re-download it")
+    return c
+
+
+def diffusers_weights(folder: str, root: str) -> str:
+    """The weights of a diffusers component folder: its sharded index json, or its one .safetensors file."""
+    rel = os.path.relpath(folder, root)
+    index = sorted(glob.glob(os.path.join(folder, "*.safetensors.index.json")))
+    if index:
+        return index[0]
+    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    if len(files) == 1:
+        return files[0]
+    if len(files) > 1:
+        raise ValueError(f"ckpt_dir={root!r}: {rel} holds {len(files)} weight shards but no "
+                         f"*.safetensors.index.json; restore the index file")
+    raise ValueError(f"ckpt_dir={root!r}: no weights (*.safetensors or a sharded index) in {rel}; copy the "
+                     f"complete release into ckpt_dir")
+
+
+def check_fields(got: dict, want: dict, path: str, root: str, model_name: str) -> None:
+    """Every field of ``want`` that the component's config gives must equal it: a component of another size (or
+    head count) may even load silently and compute garbage."""
+    diff = {k: (got[k], w) for k, w in want.items() if k in got and _norm(got[k]) != _norm(w)}
+    if diff:
+        raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} has "
+                         f"{', '.join(f'{k}={g}' for k, (g, _) in diff.items())} but model.name={model_name!r} needs "
+                         f"{', '.join(f'{k}={w}' for k, (_, w) in diff.items())}; set model.name to the checkpoint's "
+                         f"model or replace that component")
+
+
+def _norm(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def encoder_place(cfg, device) -> tuple[object, torch.dtype]:
+    """(device, dtype) the text / image encoders run in: ``text_encoder.device=cpu`` keeps them off the GPU."""
+    return ("cpu" if cfg.text_encoder.device == "cpu" else device), DTYPES[cfg.text_encoder.dtype]
+
+
+def offload_for_decode(cfg, model, device) -> None:
+    """Rank 0 before the VAE decode: move the DiT to host memory (``vae.offload_dit``) so its device memory goes to
+    the decode. An FSDP-sharded DiT (parallel.fsdp) holds only its shards and cannot leave its device mesh."""
+    device = torch.device(device)
+    sharded = model is not None and any(hasattr(p, "to_local") for p in model.parameters())
+    if cfg.vae.offload_dit and model is not None and not sharded and device.type != "cpu":
+        model.to("cpu")
+        free_memory(device)
+
+
+def check_encoder_options(cfg) -> None:
+    """text_encoder.device / dtype and vae.dtype of a job that loads encoders and a VAE."""
+    if cfg.text_encoder.device not in ("auto", "cpu"):
+        raise ValueError(f"text_encoder.device={cfg.text_encoder.device!r} must be 'auto' or 'cpu'")
+    for key, val in (("text_encoder.dtype", cfg.text_encoder.dtype), ("vae.dtype", cfg.vae.dtype)):
+        if val not in DTYPES:
+            raise ValueError(f"{key}={val!r} must be one of {sorted(DTYPES)}")
+
+
+def check_tiles(cfg, multiple: int = 8) -> None:
+    """vae.tile_* (pixels): a multiple of the VAE stride, the stride no larger than the tile."""
+    t = cfg.vae
+    for a, b in (("tile_height", "tile_stride_height"), ("tile_width", "tile_stride_width")):
+        size, stride = getattr(t, a), getattr(t, b)
+        if size < 2 * multiple or size % multiple or not 0 < stride <= size or stride % multiple:
+            raise ValueError(f"vae.{a}={size} / vae.{b}={stride}: need a multiple of {multiple} >= {2 * multiple} "
+                             f"and 0 < stride <= tile, stride a multiple of {multiple}")
