@@ -260,7 +260,10 @@ class FluxFamily(TinyFamily):
 
     def load_weights(self, model, device) -> None:
         """The full pipeline's transformer, materialised in model.dtype on the job device (an FSDP-sharded one
-        as this rank's shards) and streamed in tensor by tensor (official files converted on the way)."""
+        as this rank's shards) and streamed in tensor by tensor (official files converted on the way). The pixel
+        sizes loaded everything in ``build``."""
+        if self.pixel:
+            return
         folder, where = self.folder, self._weights_where()
         model.to_empty(device=device)
         convert = (lambda sd: self._convert(sd, where)) if folder.official else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import glob
 import html
 import json
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import JobConfig, resolve_path
+from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
 from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
@@ -204,12 +204,6 @@ def encode_prompts(t5, tokenizer, texts: list[str], text_len: int) -> list[torch
     return [out[i, : int(n)] for i, n in enumerate(mask.sum(dim=1))]
 
 
-def _free(device) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-
-
 class WanFamily(ModelFamily):
     """Wan2.1 T2V / I2V (model.name decides), weights from ``ckpt_dir``. One instance per job."""
 
@@ -273,17 +267,8 @@ class WanFamily(ModelFamily):
                                  f"{v.height}x{v.width} pixels")
         elif cfg.image is not None:
             raise ValueError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
-        if cfg.text_encoder.device not in ("auto", "cpu"):
-            raise ValueError(f"text_encoder.device={cfg.text_encoder.device!r} must be 'auto' or 'cpu'")
-        for key, val in (("text_encoder.dtype", cfg.text_encoder.dtype), ("vae.dtype", cfg.vae.dtype)):
-            if val not in DTYPES:
-                raise ValueError(f"{key}={val!r} must be one of {sorted(DTYPES)}")
-        t = cfg.vae
-        for a, b in (("tile_height", "tile_stride_height"), ("tile_width", "tile_stride_width")):
-            size, stride = getattr(t, a), getattr(t, b)
-            if size < 16 or size % 8 or not 0 < stride <= size or stride % 8:
-                raise ValueError(f"vae.{a}={size} / vae.{b}={stride}: need a multiple of 8 >= 16 and "
-                                 f"0 < stride <= tile, stride a multiple of 8")
+        folders.check_encoder_options(cfg)
+        folders.check_tiles(cfg)
 
     # ---- geometry --------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -347,8 +332,7 @@ class WanFamily(ModelFamily):
         return [{b: I2VCondition(c, clip_fea, y) for b, c in zip(["cond", "uncond"], contexts)} for contexts in batches]
 
     def _encoder_place(self, encoder: WanEncoders):
-        dev = "cpu" if self.cfg.text_encoder.device == "cpu" else encoder.device
-        return dev, DTYPES[self.cfg.text_encoder.dtype]
+        return folders.encoder_place(self.cfg, encoder.device)
 
     def _text_contexts(self, encoder: WanEncoders, batches: list[list[str]]) -> list[list[torch.Tensor]]:
         """umT5 features [1, T'_i, C] of each text on the job device, batch by batch (a video's prompt and negative
@@ -365,7 +349,7 @@ class WanFamily(ModelFamily):
             contexts = [[c[None].to(device) for c in encode_prompts(t5, tokenizer, texts, self.mcfg.text_len)]
                         for texts in batches]
             del t5  # run once and freed
-            _free(dev)
+            folders.free_memory(dev)
         return contexts
 
     def _encode_image(self, files: WanFiles, dev, dtype, device):
@@ -376,7 +360,7 @@ class WanFamily(ModelFamily):
             device=dev)
         clip_fea = wan_components.clip_features(clip, image).float().to(device)  # [1, I, image_dim]
         del clip
-        _free(dev)
+        folders.free_memory(dev)
         _, lat_f, lat_h, lat_w = self.latent_shape()
         h, w = lat_h * VAE_STRIDE[1], lat_w * VAE_STRIDE[2]
         first = torch.nn.functional.interpolate(image, size=(h, w), mode="bicubic")  # [1, 3, h, w]
@@ -387,7 +371,7 @@ class WanFamily(ModelFamily):
         mean, std = wan_components.latent_stats(vae)
         latents = (mu - mean.to(mu.device)) / std.to(mu.device)  # [1, 16, F', h', w']
         del vae
-        _free(dev)
+        folders.free_memory(dev)
         mask = torch.zeros(1, 4, lat_f, lat_h, lat_w)
         mask[:, :, 0] = 1  # the first latent frame (= the first 4 frames' slot) is the given image
         y = torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
@@ -401,11 +385,7 @@ class WanFamily(ModelFamily):
         """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
         the latents' device."""
         cfg, device = self.cfg, latents.device
-        sharded = model is not None and any(hasattr(p, "to_local") for p in model.parameters())
-        # an FSDP-sharded DiT (parallel.fsdp) already holds 1/SP of its weights and cannot leave its device mesh
-        if cfg.vae.offload_dit and model is not None and not sharded and device.type != "cpu":
-            model.to("cpu")  # the DiT's GPU memory goes to the decode
-            _free(device)
+        folders.offload_for_decode(cfg, model, device)
         vae = self._load_vae(self.files, device)
         if cfg.vae.tiling:
             t = cfg.vae
@@ -418,5 +398,5 @@ class WanFamily(ModelFamily):
         with torch.no_grad():
             video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
         del vae
-        _free(device)
+        folders.free_memory(device)
         return video

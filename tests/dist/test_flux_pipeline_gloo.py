@@ -1,6 +1,7 @@
 """FLUX.1 full pipelines (tiny diffusers folders: CLIP, T5, VAE, transformer) on 2 gloo processes, under a timeout:
-dev with Ulysses 2 and schnell with ring 2 (15 image tokens: one padded, masked), each equal to the single-process
-job within 1e-4, with the same skipped steps on every rank."""
+dev with Ulysses 2 (also with parallel.fsdp: each rank streams only its shards of the transformer) and schnell with
+ring 2 (15 image tokens: one padded, masked), each equal to the single-process job within 1e-4, with the same skipped
+steps on every rank."""
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from tests.support.dist_worker import spawn
 from tests.support.flux_tiny import pipeline_overrides
 
 JOBS = {"flux_dev_u2": ("tiny-flux-dev", ["parallel.ulysses_degree=2"]),
+        "flux_dev_u2_fsdp": ("tiny-flux-dev", ["parallel.ulysses_degree=2", "parallel.fsdp=true"]),
         "flux_schnell_r2": ("tiny-flux-schnell", ["parallel.ring_degree=2"])}
 
 
@@ -35,4 +37,7 @@ def test_flux_pipelines_on_two_processes_equal_single_process(pipeline_folder, t
         assert report["skipped_steps"] == ref_report["skipped_steps"]
         latents = torch.load(tmp_path / job / "latents.pt", weights_only=True)
         assert (latents - ref_latents).abs().max() < 1e-4, job
+        if "fsdp" in job:  # half the block weights per rank
+            sizes = [r["param_bytes"] for r in report["ranks"]]
+            assert sizes[0] == sizes[1] < 0.75 * ref_report["ranks"][0]["param_bytes"]
     assert refs["tiny-flux-dev"][0]["skipped_steps"]["cond"]  # the dev job skips (MagCache), schnell computes all
