@@ -28,7 +28,7 @@ from magcache_dist.eval.folders import Folder, InputError, Video, load_folder, m
 from magcache_dist.eval.metrics import PSNR_CAP, frame_psnr, frame_ssim
 from magcache_dist.eval.perceptual import INSTALL_HINT, Lpips, lpips_installed, resolve_backbone
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
-from magcache_dist.io.video import read_mp4
+from magcache_dist.io.video import read_frames
 
 FORMAT = "magcache-eval/1"
 FRAME_CHUNK = 8  # frames converted and scored at a time (bounds memory for 81-frame 720p videos)
@@ -88,7 +88,7 @@ def compare(ref_FHWC: np.ndarray, cand_FHWC: np.ndarray, lpips: Lpips | None) ->
 def _read(path: str, side: str) -> tuple[np.ndarray | None, str | None]:
     """(frames, None) or (None, why): a file ffmpeg cannot read is that video's error, not the evaluation's."""
     try:
-        return read_mp4(path), None
+        return read_frames(path), None
     except Exception as e:  # imageio / ffmpeg raise OSError, RuntimeError, IndexError, ... for a broken file
         return None, f"{side} {path} cannot be read: {type(e).__name__}: {e}"
 

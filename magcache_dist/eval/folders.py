@@ -10,6 +10,9 @@ A folder is read as the first of these layouts that fits:
 - any folder of ``*.mp4`` files, searched recursively (hidden files and folders are passed over): a video is
   named by its file stem, except ``video.mp4``, which takes its folder's name (the layout of job folders) and its
   figures from a ``report.json`` beside it. Names must be unique.
+
+An image model's job (FLUX.1) writes ``image.png`` where a video job writes ``video.mp4``: it is read as a
+one-frame video in each layout (a folder of loose files: ``*.png`` count only where no mp4 is found).
 """
 from __future__ import annotations
 
@@ -18,6 +21,16 @@ import os
 from dataclasses import dataclass, field
 
 from magcache_dist.prompts import SUMMARY_FORMAT
+
+OUTPUTS = ("video.mp4", "image.png")  # what a job writes: a video, or an image model's one image
+
+
+def _output(folder: str) -> str | None:
+    """The job output in ``folder`` (video.mp4 or image.png), if any."""
+    for name in OUTPUTS:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
 
 
 class InputError(ValueError):
@@ -89,9 +102,9 @@ def _prompt_job(root: str, arg: str) -> Folder:
             folder.skipped[name] = f"status {status!r}"
             continue
         sub = os.path.join(root, str(entry.get("dir", name)))
-        path = os.path.join(sub, "video.mp4")
-        if not os.path.isfile(path):
-            folder.skipped[name] = "no video.mp4 (written with save_video=false?)"
+        path = _output(sub)
+        if path is None:
+            folder.skipped[name] = "no video.mp4 / image.png (written with save_video=false?)"
             continue
         figures = _report_figures(os.path.join(sub, "report.json"), arg)
         figures.update({k: entry[k] for k in ("computed_calls", "total_calls", "sample_s", "total_s")
@@ -100,16 +113,16 @@ def _prompt_job(root: str, arg: str) -> Folder:
     return folder
 
 
-def _mp4_folder(root: str, arg: str) -> Folder:
+def _mp4_folder(root: str, arg: str, ext: str = ".mp4") -> Folder:
     folder = Folder(root, "mp4")
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fname in sorted(filenames):
-            if fname.startswith(".") or not fname.lower().endswith(".mp4"):
+            if fname.startswith(".") or not fname.lower().endswith(ext):
                 continue
             path = os.path.join(dirpath, fname)
             figures = {}
-            if fname == "video.mp4":
+            if fname in OUTPUTS:
                 name = os.path.basename(os.path.abspath(dirpath))
                 figures = _report_figures(os.path.join(dirpath, "report.json"), arg)
             else:
@@ -134,21 +147,23 @@ def load_folder(path: str, arg: str) -> Folder:
     root = os.path.abspath(path)
     if os.path.isfile(os.path.join(root, "summary.json")):
         folder = _prompt_job(root, arg)
-    elif os.path.isfile(os.path.join(root, "video.mp4")) and os.path.isfile(os.path.join(root, "report.json")):
+    elif _output(root) and os.path.isfile(os.path.join(root, "report.json")):
         name = os.path.basename(root)
         figures = _report_figures(os.path.join(root, "report.json"), arg)
         folder = Folder(root, "job")
         if figures.get("status", "done") != "done":
             folder.skipped[name] = f"status {figures['status']!r}"
         else:
-            folder.videos[name] = _video(name, os.path.join(root, "video.mp4"), figures)
+            folder.videos[name] = _video(name, _output(root), figures)
     else:
         folder = _mp4_folder(root, arg)
+        if not folder.videos and not folder.skipped:
+            folder = _mp4_folder(root, arg, ext=".png")
     if not folder.videos:
         why = f" ({len(folder.skipped)} skipped: " + ", ".join(f"{k}: {v}" for k, v in folder.skipped.items()) + ")" \
             if folder.skipped else ""
         raise InputError(f"{arg} {path}: no videos to compare{why}; give a prompt-list job's output_dir "
-                         f"(summary.json), a job folder (video.mp4 + report.json) or a folder of mp4 files")
+                         f"(summary.json), a job folder (video.mp4 or image.png + report.json) or a folder of mp4 files")
     return folder
 
 

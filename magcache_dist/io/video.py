@@ -32,6 +32,16 @@ def read_mp4(path: str) -> np.ndarray:
     return np.stack(frames)
 
 
+def read_frames(path: str) -> np.ndarray:
+    """[F, H, W, 3] uint8 RGB of a video file, or of an image file as one frame (an image model's output)."""
+    if path.lower().endswith(".png"):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))[None]
+    return read_mp4(path)
+
+
 def contact_sheet(frames: np.ndarray, cols: int = 8, scale: int = 2) -> np.ndarray:
     f, h, w, c = frames.shape
     rows = -(-f // cols)

@@ -140,3 +140,18 @@ def test_shipped_configs_plan(config, computed, world, tmp_path):
                                                                         "text_encoder.device=cpu"]))
     assert host["per_rank"]["phase_memory_bytes"]["encode_peak"] == p["per_rank"]["memory_bytes"]["weights"]
     json.dumps(p, default=str)
+
+
+def test_eval_compares_image_outputs(pipeline_folder, tmp_path):
+    """An image model's job folders (image.png + report.json) evaluate like video jobs: one frame each."""
+    from magcache_dist.eval import cli
+
+    name = "tiny-flux-dev"
+    folder = pipeline_folder(name)
+    run_job(_job(name, folder, tmp_path / "full", "save_video=true", "cache.mode=off"), solo_context())
+    run_job(_job(name, folder, tmp_path / "mag", "save_video=true"), solo_context())
+    assert cli.main(["--reference", str(tmp_path / "full"), "--candidate", str(tmp_path / "mag")]) == 0
+    res = json.load(open(tmp_path / "mag" / "eval.json"))
+    row = res["candidates"][0]["rows"][0]
+    assert row["frames"] == 1 and (row["height"], row["width"]) == (48, 80)
+    assert 5 < row["psnr"] < 100 and row["computed_calls"] == 2 and row["total_calls"] == 8
