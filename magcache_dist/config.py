@@ -124,14 +124,15 @@ class PlannerSection:
 
 @dataclass
 class TextEncoderSection:
-    """Wan2.1: where umT5 (and CLIP for I2V) run; they are loaded for encoding only and freed right after."""
+    """Where the text encoders run (Wan2.1: umT5, CLIP for I2V; HunyuanVideo: LLaMA, CLIP-L); they are loaded for
+    encoding only and freed right after."""
     device: str = "auto"  # auto (the DiT's device) | cpu
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16
 
 
 @dataclass
 class VaeSection:
-    """Wan2.1 VAE: decoded on rank 0 after sampling (frame by frame: it is causal in time)."""
+    """The VAE (Wan2.1, HunyuanVideo): decoded on rank 0 after sampling (causal in time)."""
     dtype: str = "float32"
     tiling: bool = False  # spatial tiles (diffusers' tiled decode) so a 720P decode fits in little memory
     tile_height: int = 256  # pixels

@@ -15,7 +15,8 @@ from diffusers import HunyuanVideoTransformer3DModel
 from models.layouts import Rule
 from models.mmdit import JointContext, JointSeams, image_token_lens
 
-# Published size from tencent/HunyuanVideo (diffusers config); tiny: ours (pixel space, tiny text encoder).
+# Published size from tencent/HunyuanVideo (diffusers config); hunyuanvideo-tiny: ours (pixel space, tiny text
+# encoder); tiny-hunyuanvideo: ours (the full pipeline's latent space at toy size).
 HUNYUAN_CONFIGS = {
     "hunyuanvideo": dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
                          num_layers=20, num_single_layers=40, num_refiner_layers=2, patch_size=2, patch_size_t=1,
@@ -24,6 +25,11 @@ HUNYUAN_CONFIGS = {
     "hunyuanvideo-tiny": dict(in_channels=3, out_channels=3, num_attention_heads=4, attention_head_dim=16,
                               num_layers=1, num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1,
                               text_embed_dim=32, pooled_projection_dim=32, rope_axes_dim=(4, 6, 6),
+                              guidance_embeds=True),
+    # the full pipeline (LLaMA + CLIP text, HunyuanVideo VAE) at toy size, for tests (tests/support/hunyuan_tiny.py)
+    "tiny-hunyuanvideo": dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
+                              num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1,
+                              text_embed_dim=32, pooled_projection_dim=24, rope_axes_dim=(4, 6, 6),
                               guidance_embeds=True),
 }
 

@@ -118,8 +118,8 @@ class TinyFamily(ModelFamily):
                              f"sigma grid; set sampler.solver=euler")
         self.check_geometry()
 
-    def load_weights(self, model, text, official_rules: list[Rule] | None, marker: str = "",
-                     hidden: int = 0) -> None:
+    def load_pixel_weights(self, model, text, official_rules: list[Rule] | None, marker: str = "",
+                           hidden: int = 0) -> None:
         """model.ckpt -> DiT (official layout converted when ``official_rules`` is given) + tiny text encoder."""
         def convert(dit, where):
             if official_rules is not None and is_official(dit, marker):

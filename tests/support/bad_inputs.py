@@ -390,8 +390,9 @@ FAMILIES = [  # FLUX.1, HunyuanVideo, Open-Sora 1.2: each family's own rules
         base="family:hunyuanvideo-tiny"),
     Bad("flux-ulysses-does-not-divide-heads", ["parallel.ulysses_degree=8"], 8,
         r"ulysses_degree=8 does not divide num_heads=4", r"use a divisor of 4 and put the rest in parallel\.ring_degree", base="family:flux.1-dev-tiny"),
-    Bad("flux-real-size-not-wired", ["model.name=flux.1-dev"], 1, r"model\.name='flux\.1-dev'",
-        r"text encoder and VAE are not wired", base="family:flux.1-dev-tiny"),
+    Bad("flux-real-size-needs-ckpt-dir", ["model.name=flux.1-dev", "video.height=32", "video.width=32"], 1,
+        r"ckpt_dir is not set", r"pass ckpt_dir=/path/to/the flux\.1-dev diffusers folder",
+        base="family:flux.1-dev-tiny"),
 ]
 
 PROMPT_LISTS = [  # prompts_file and data-parallel groups
@@ -438,13 +439,179 @@ PROMPT_LISTS = [  # prompts_file and data-parallel groups
     Bad("dp-degree-zero", ["parallel.dp_degree=0"], 2, r"parallel\.dp_degree=0", r"integer >= 1"),
 ]
 
+def _official_transformer_with_a_wrong_key(tmp):
+    """BFL's single-file layout of the folder's transformer, one key renamed (as a cut or foreign file would be)."""
+    from safetensors.torch import load_file, save_file
+
+    from models.flux import FLUX_OFFICIAL
+    from models.layouts import diffusers_to_official
+
+    sd = diffusers_to_official(load_file(os.path.join(tmp, "ck", "transformer", "diffusion_pytorch_model.safetensors")),
+                               FLUX_OFFICIAL)
+    sd["double_blocks.0.img_attn.qkv.weightx"] = sd.pop("double_blocks.0.img_attn.qkv.weight")
+    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(tmp, "flux1.safetensors"))
+    return [f"model.ckpt={tmp}/flux1.safetensors"]
+
+
+def _flux_weights_of_other_width(tmp):
+    """transformer/ weights whose context embedder reads 64-wide text (the config still says 32)."""
+    from safetensors.torch import load_file, save_file
+
+    p = os.path.join(tmp, "ck", "transformer", "diffusion_pytorch_model.safetensors")
+    sd = load_file(p)
+    sd["context_embedder.weight"] = torch_cat_twice(sd["context_embedder.weight"])
+    save_file(sd, p)
+    return []
+
+
+def torch_cat_twice(t):
+    import torch
+
+    return torch.cat([t, t], dim=1).contiguous()
+
+
 FLUX_PIPELINE = [  # FLUX.1 folders (base folder:tiny-flux-dev / tiny-flux-schnell)
+    Bad("flux-ckpt-dir-null", ["ckpt_dir=null"], 1, r"ckpt_dir is not set",
+        r"pass ckpt_dir=/path/to/the tiny-flux-dev diffusers folder", None, "folder:tiny-flux-dev"),
+    Bad("flux-ckpt-dir-missing", ["ckpt_dir={tmp}/nowhere"], 2, r"ckpt_dir='.*nowhere' is not a directory",
+        r"point it at a FLUX\.1 diffusers folder", None, "folder:tiny-flux-dev"),
+    Bad("flux-missing-t5", [], 2, r"missing t5 config 'text_encoder_2/config\.json'",
+        r"copy the complete FLUX\.1 diffusers release", _remove("text_encoder_2"), "folder:tiny-flux-dev"),
+    Bad("flux-missing-clip-tokenizer", [], 1, r"missing clip tokenizer folder 'tokenizer'",
+        r"copy the complete FLUX\.1 diffusers release", _remove("tokenizer"), "folder:tiny-flux-dev"),
+    Bad("flux-missing-vae", [], 1, r"missing vae config 'vae/config\.json'", r"copy the complete FLUX\.1",
+        _remove("vae"), "folder:tiny-flux-schnell"),
+    Bad("flux-missing-transformer-weights", [], 1, r"no weights \(\*\.safetensors or a sharded index\) in transformer",
+        r"copy the complete release", _remove("transformer/diffusion_pytorch_model.safetensors"),
+        "folder:tiny-flux-dev"),
+    Bad("flux-transformer-other-size", [], 2, r"transformer/config\.json has num_layers=2 but "
+        r"model\.name='tiny-flux-dev' needs num_layers=1", r"set model\.name to the checkpoint's model",
+        _edit_json("transformer/config.json", num_layers=2), "folder:tiny-flux-dev"),
+    Bad("flux-schnell-folder-for-dev", [], 1, r"guidance_embeds=False but model\.name='tiny-flux-dev' needs "
+        r"guidance_embeds=True", r"set model\.name to the checkpoint's model",
+        _edit_json("transformer/config.json", guidance_embeds=False), "folder:tiny-flux-dev"),
+    Bad("flux-t5-other-width", [], 1, r"text_encoder_2/config\.json has d_model=64 but .* needs d_model=32",
+        r"replace that component", _edit_json("text_encoder_2/config.json", d_model=64), "folder:tiny-flux-dev"),
+    Bad("flux-clip-other-width", [], 1, r"text_encoder/config\.json has hidden_size=64 .* needs hidden_size=32",
+        r"replace that component", _edit_json("text_encoder/config.json", hidden_size=64), "folder:tiny-flux-dev"),
+    Bad("flux-vae-other-channels", [], 1, r"vae/config\.json has latent_channels=16 .* needs latent_channels=4",
+        r"replace that component", _edit_json("vae/config.json", latent_channels=16), "folder:tiny-flux-dev"),
+    Bad("flux-vae-other-stride", [], 1, r"vae/config\.json has 3 levels \(stride 4\)", r"replace vae/",
+        _edit_json("vae/config.json", block_out_channels=[8, 8, 16]), "folder:tiny-flux-dev"),
+    Bad("flux-transformer-config-not-json", [], 1, r"transformer/config\.json is not readable JSON",
+        r"re-download that file", lambda tmp: _write(os.path.join(tmp, "ck", "transformer", "config.json"),
+                                                      "{not json") and [], "folder:tiny-flux-dev"),
+    Bad("flux-weights-other-shape", [], 2, r"\(transformer\): shape mismatch for \[\('context_embedder\.weight'",
+        r"check model\.name", _flux_weights_of_other_width, "folder:tiny-flux-dev"),
+    Bad("flux-official-file-missing", ["model.ckpt={tmp}/flux1-dev.safetensors"], 1,
+        r"model\.ckpt='.*flux1-dev\.safetensors' does not exist", r"set model\.ckpt=null to use ckpt_dir/transformer",
+        None, "folder:tiny-flux-dev"),
+    Bad("flux-official-file-wrong-key", [], 1, r"model\.ckpt=.*flux1\.safetensors.*qkv\.weightx",
+        r"check model\.name", _official_transformer_with_a_wrong_key, "folder:tiny-flux-dev"),
+    Bad("flux-height-not-multiple-of-16", ["video.height=40"], 2, r"video\.height=40 must be a positive multiple of 16",
+        r"use video\.height=32", None, "folder:tiny-flux-dev"),
+    Bad("flux-pipeline-frames", ["video.frames=5"], 1, r"video\.frames=5: tiny-flux-dev is an image model",
+        r"set video\.frames=1", None, "folder:tiny-flux-dev"),
+    Bad("flux-schnell-guidance", ["sampler.guidance=3.5"], 1, r"FLUX\.1-schnell takes no guidance",
+        r"set sampler\.guidance=1", None, "folder:tiny-flux-schnell"),
+    Bad("flux-bad-tiles", ["vae.tiling=true", "vae.tile_height=20"], 1, r"vae\.tile_height=20",
+        r"need a multiple of 8", None, "folder:tiny-flux-dev"),
+    Bad("flux-text-encoder-device", ["text_encoder.device=cuda:3"], 1, r"text_encoder\.device='cuda:3'",
+        r"must be 'auto' or 'cpu'", None, "folder:tiny-flux-dev"),
+    Bad("flux-layout-key", ["model.layout=official"], 1, r"model\.layout does not apply here",
+        r"it is for Wan2\.1 models", None, "folder:tiny-flux-dev"),
 ]
 
 HUNYUAN_PIPELINE = [  # HunyuanVideo folders (base folder:tiny-hunyuanvideo)
+    Bad("hy-missing-clip", [], 1, r"missing CLIP text encoder \(CLIPTextModel\) 'text_encoder_2/config\.json'",
+        r"copy the complete diffusers-layout release", _remove("text_encoder_2"), "folder:tiny-hunyuanvideo"),
+    Bad("hy-missing-tokenizer", [], 1, r"missing LLaMA tokenizer 'tokenizer'", r"copy the complete diffusers-layout release",
+        _remove("tokenizer"), "folder:tiny-hunyuanvideo"),
+    Bad("hy-missing-vae", [], 1, r"missing VAE \(AutoencoderKLHunyuanVideo\) 'vae/config\.json'",
+        r"copy the complete diffusers-layout release", _remove("vae"), "folder:tiny-hunyuanvideo"),
+    Bad("hy-llama-width", [], 1, r"text_encoder/config\.json has hidden_size=48 .*text_embed_dim=32",
+        r"use the text encoder released with this transformer", _edit_json("text_encoder/config.json", hidden_size=48),
+        "folder:tiny-hunyuanvideo"),
+    Bad("hy-clip-width", [], 1, r"text_encoder_2/config\.json has hidden_size=48 .*pooled_projection_dim=24",
+        r"use the CLIP-L text encoder released with it", _edit_json("text_encoder_2/config.json", hidden_size=48),
+        "folder:tiny-hunyuanvideo"),
+    Bad("hy-vae-channels", [], 1, r"vae/config\.json has latent_channels=16 .*in_channels=4",
+        r"use the VAE released with this transformer", _edit_json("vae/config.json", latent_channels=16),
+        "folder:tiny-hunyuanvideo"),
+    Bad("hy-transformer-other-size", ["model.name=hunyuanvideo"], 1,
+        r"transformer with .*num_attention_heads=2.*model\.name='hunyuanvideo' has .*\(transformer/config\.json\)",
+        r"set model\.name to the checkpoint's model", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-transformer-heads-edited", [], 1, r"transformer with num_attention_heads=4 .*num_attention_heads=2",
+        r"set model\.name to the checkpoint's model", _edit_json("transformer/config.json", num_attention_heads=4),
+        "folder:tiny-hunyuanvideo"),
+    Bad("hy-frames-not-4k+1", ["video.frames=8"], 1, r"video\.frames=8 must be 4k\+1 for the HunyuanVideo VAE",
+        r"use video\.frames=5", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-width-not-16", ["video.width=40"], 1, r"video\.width=40 must be a positive multiple of 16",
+        r"use video\.width=32", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-ckpt-dir-missing", ["ckpt_dir={tmp}/nowhere"], 1, r"ckpt_dir=.*nowhere' is not a directory",
+        r"point it at a HunyuanVideo folder in the diffusers layout", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-ckpt-dir-null", ["ckpt_dir=null"], 1, r"ckpt_dir is not set", r"pass ckpt_dir=/path/to/the tiny-hunyuanvideo folder",
+        base="folder:tiny-hunyuanvideo"),
+    Bad("hy-missing-transformer-weights", [], 1, r"no weights \(\*\.safetensors or a sharded index\) in transformer",
+        r"copy the complete release", _remove("transformer/diffusion_pytorch_model.safetensors"),
+        "folder:tiny-hunyuanvideo"),
+    Bad("hy-text-encoder-device", ["text_encoder.device=cuda:1"], 2, r"text_encoder\.device='cuda:1'",
+        r"must be 'auto' or 'cpu'", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-vae-tile", ["vae.tiling=true", "vae.tile_width=20"], 1, r"vae\.tile_width=20 / vae\.tile_stride_width=192",
+        r"need a multiple of 8 >= 16", base="folder:tiny-hunyuanvideo"),
 ]
 
 OPENSORA_PIPELINE = [  # Open-Sora 1.2 folders (base folder:tiny-opensora)
+    Bad("opensora-missing-transformer", [], 1, r"missing STDiT3 folder 'transformer'",
+        r"copy the complete Open-Sora 1\.2 release into ckpt_dir", _remove("transformer"), "folder:tiny-opensora"),
+    Bad("opensora-missing-vae-config", [], 1, r"missing VAE config 'vae/config\.json'",
+        r"copy the complete Open-Sora 1\.2 release into ckpt_dir", _remove("vae/config.json"), "folder:tiny-opensora"),
+    Bad("opensora-missing-vae-weights", [], 1, r"no weights \(\*\.safetensors or a sharded index\) in vae",
+        r"copy the complete release into ckpt_dir", _remove("vae/model.safetensors"), "folder:tiny-opensora"),
+    Bad("opensora-missing-text-encoder", [], 1, r"missing T5 text encoder config 'text_encoder/config\.json'",
+        r"copy the complete Open-Sora 1\.2 release into ckpt_dir", _remove("text_encoder"), "folder:tiny-opensora"),
+    Bad("opensora-missing-tokenizer", [], 1, r"missing T5 tokenizer folder 'tokenizer'",
+        r"copy the complete Open-Sora 1\.2 release into ckpt_dir", _remove("tokenizer"), "folder:tiny-opensora"),
+    Bad("opensora-t5-width", [], 1,
+        r"text_encoder/config\.json has d_model=64 but tiny-opensora's STDiT3 takes caption_channels=32",
+        r"use the T5 the model was trained with", _edit_json("text_encoder/config.json", d_model=64),
+        "folder:tiny-opensora"),
+    Bad("opensora-vae-latent-channels", [], 1,
+        r"vae/config\.json gives 8 latent channels \(vae_temporal\.embed_dim\) but tiny-opensora's STDiT3 takes "
+        r"in_channels=4", r"use the VAE the model was trained with",
+        _edit_json("vae/config.json", vae_temporal=dict(type="VAE_Temporal", in_out_channels=4, latent_embed_dim=4,
+                                                        embed_dim=8, filters=8, num_res_blocks=1, num_groups=4,
+                                                        channel_multipliers=[1, 2, 2, 4],
+                                                        temporal_downsample=[False, True, True])),
+        "folder:tiny-opensora"),
+    Bad("opensora-vae-stride", [], 1, r"the 2D VAE downsamples by 4 but tiny-opensora expects 8",
+        r"use the VAE the model was trained with",
+        _edit_json("vae/spatial_vae/config.json", block_out_channels=[8, 8, 16],
+                   down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3),
+        "folder:tiny-opensora"),
+    Bad("opensora-vae-temporal-type", [], 1, r"vae/config\.json has vae_temporal\.type='VAE_Temporal_3D'",
+        r"Open-Sora 1\.2's VAE is VAE_Temporal_SD", _edit_json("vae/config.json", vae_temporal={"type": "VAE_Temporal_3D"}),
+        "folder:tiny-opensora"),
+    Bad("opensora-dit-other-heads", [], 1,
+        r"transformer/config\.json has num_heads=2 but model\.name='tiny-opensora' needs num_heads=4",
+        r"set model\.name to the checkpoint's model", _edit_json("transformer/config.json", num_heads=2),
+        "folder:tiny-opensora"),
+    Bad("opensora-dit-no-qk-norm", [], 1, r"transformer/config\.json has qk_norm=False", r"qk_norm=true",
+        _edit_json("transformer/config.json", qk_norm=False), "folder:tiny-opensora"),
+    Bad("opensora-checkpoint-of-another-size", ["model.name=opensora-1.2"], 1,
+        r"transformer/config\.json has hidden_size=64, depth=2, num_heads=4, caption_channels=32, model_max_length=16, "
+        r"input_sq_size=64 but model\.name='opensora-1\.2' needs hidden_size=1152", r"set model\.name to the checkpoint's model",
+        base="folder:tiny-opensora"),
+    Bad("opensora-height-not-16", ["video.height=40"], 1,
+        r"video\.height=40 must be a positive multiple of 16 \(VAE stride 8 x patch 2\)", r"use video\.height=32",
+        base="folder:tiny-opensora"),
+    Bad("opensora-vae-tiling", ["vae.tiling=true"], 1, r"vae\.tiling=true: tiny-opensora decodes 4 frames at a time",
+        r"set vae\.tiling=false", base="folder:tiny-opensora"),
+    Bad("opensora-ckpt-dir-null", ["ckpt_dir=null"], 1, r"ckpt_dir is not set",
+        r"pass ckpt_dir=/path/to/the tiny-opensora checkpoint folder", base="folder:tiny-opensora"),
+    Bad("opensora-pipeline-ring", ["parallel.ulysses_degree=1", "parallel.ring_degree=2"], 2,
+        r"parallel\.ring_degree=2: Open-Sora's spatial/temporal", r"use parallel\.ulysses_degree",
+        base="folder:tiny-opensora"),
 ]
 
 CATALOGUE = ([Bad(*e) for e in _ENTRIES] + WAN + FAMILIES + PROMPT_LISTS + FLUX_PIPELINE + HUNYUAN_PIPELINE
