@@ -2,6 +2,14 @@
 
 An op takes q [B, Lq, N, Dh], k/v [B, Lk, N, Dh] and ``k_lens`` ([B] number of valid keys from the start of
 the sequence, or None) and returns [B, Lq, N, Dh]. Keys at positions >= k_lens are padding and get no weight.
+
+Precision policy, the same on every path (local, Ulysses, ring, USP, the joint and factorised seams): q/k/v enter
+in the model dtype; scores, the softmax statistics (row max, sum, log-sum-exp) and the P.V accumulation are fp32;
+the output is rounded to the model dtype once, at the end of the op. The local and Ulysses paths make the very
+same fused-SDPA call on the very same tokens (sequence padding is cut, not masked: ``unpadded_attention``), so they
+are bit-identical in any dtype; ring blocks run on the exactly upcast inputs in fp32 and merge in fp32, so ring
+differs from the single kernel only in how the keys are split into blocks (a unit or two in the last place of the
+output dtype). docs/operations.md#precision has the measurements.
 """
 from __future__ import annotations
 
@@ -22,9 +30,24 @@ def key_padding_mask(k_lens: torch.Tensor | None, lk: int, offset: int = 0) -> t
 
 
 def sdpa(q, k, v, mask):
-    """[B, L, N, Dh] layout around torch's scaled_dot_product_attention (math in q's dtype)."""
+    """[B, L, N, Dh] layout around torch's scaled_dot_product_attention (the fused kernel in q's dtype: fp32
+    statistics and accumulation, output in q's dtype)."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)
+
+
+def unpadded_attention(q, k, v, k_lens):
+    """Self-attention over a sequence that may carry padding at its end (q/k/v [B, L, N, Dh], same L).
+
+    Tokens past max(k_lens) are cut before the kernel and come back as zero rows, so a sequence padded for
+    sharding makes exactly the kernel call the unpadded single process makes (masking them instead changes the
+    kernel's blocking and, in bf16, a few outputs by one unit in the last place). A ragged rest is masked.
+    """
+    n = q.shape[1] if k_lens is None else min(int(k_lens.max()), q.shape[1])
+    if n == q.shape[1]:
+        return sdpa(q, k, v, key_padding_mask(k_lens, k.shape[1]))
+    out = sdpa(q[:, :n], k[:, :n], v[:, :n], key_padding_mask(k_lens, n))  # [B, n, N, Dh]
+    return F.pad(out, (0, 0, 0, 0, 0, q.shape[1] - n))
 
 
 class LocalAttention(nn.Module):

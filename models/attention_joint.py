@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.attention import sdpa
 
@@ -19,6 +20,24 @@ def valid_keys(lens: torch.Tensor | None, length: int, batch: int, device) -> to
     return torch.arange(length, device=device)[None, :] < lens.to(device)[:, None]
 
 
+def joint_attention(q_img, k_img, v_img, q_txt, k_txt, v_txt, img_lens=None, txt_lens=None):
+    """Joint attention over [text; image] tokens: the one computation behind LocalJointAttention and, whenever
+    the image sequence is whole on the rank (Ulysses without ring), behind its SP version.
+
+    Image tokens past max(img_lens) are padding: cut before the kernel and returned as zero rows, so a padded
+    sequence makes exactly the single process's kernel call (bit-identical in any dtype; models/attention.py).
+    Returns (image out [B, L, N, Dh], text out [B, T, N, Dh]) in the input dtype.
+    """
+    b, t, l = q_img.shape[0], q_txt.shape[1], q_img.shape[1]
+    n = l if img_lens is None else min(int(img_lens.max()), l)
+    q_img, k_img, v_img = (x[:, :n] for x in (q_img, k_img, v_img))
+    keep = torch.cat([valid_keys(txt_lens, t, b, q_img.device), valid_keys(img_lens, n, b, q_img.device)], 1)
+    mask = None if bool(keep.all()) else keep[:, None, None, :]
+    out = sdpa(torch.cat([q_txt, q_img], 1), torch.cat([k_txt, k_img], 1), torch.cat([v_txt, v_img], 1), mask)
+    o_img = out[:, t:] if n == l else F.pad(out[:, t:], (0, 0, 0, 0, 0, l - n))
+    return o_img, out[:, :t]
+
+
 class LocalJointAttention(nn.Module):
     """Joint attention over [text; image] tokens on one device.
 
@@ -28,11 +47,7 @@ class LocalJointAttention(nn.Module):
     """
 
     def forward(self, q_img, k_img, v_img, q_txt, k_txt, v_txt, img_lens=None, txt_lens=None):
-        b, t, l = q_img.shape[0], q_txt.shape[1], q_img.shape[1]
-        keep = torch.cat([valid_keys(txt_lens, t, b, q_img.device), valid_keys(img_lens, l, b, q_img.device)], 1)
-        mask = None if bool(keep.all()) else keep[:, None, None, :]
-        out = sdpa(torch.cat([q_txt, q_img], 1), torch.cat([k_txt, k_img], 1), torch.cat([v_txt, v_img], 1), mask)
-        return out[:, t:], out[:, :t]
+        return joint_attention(q_img, k_img, v_img, q_txt, k_txt, v_txt, img_lens, txt_lens)
 
 
 def factorized_attention(q, k, v, axis: str, grid: tuple[int, int]):

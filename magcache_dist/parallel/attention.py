@@ -4,6 +4,11 @@ q/k/v arrive as this rank's sequence shard [B, L/P, N, Dh]; ``k_lens`` is the gl
 - Ulysses: all-to-all trades heads for sequence, full-sequence attention on N/P heads, all-to-all back.
 - Ring: K/V shards travel around the ring point to point; partial results merge by log-sum-exp.
 - USP: Ulysses inside each ring chunk, ring across chunks.
+
+Precision (models/attention.py states the policy): Ulysses runs the single process's own kernel call on the same
+tokens (``unpadded_attention``), bit-identical in any dtype; ring blocks compute in fp32 from the exactly upcast
+q/k/v, keep their partial outputs and log-sum-exps in fp32 through every merge, and round to the model dtype once.
+The all-to-alls and the ring's K/V messages carry the model dtype unchanged (no cast on the wire).
 """
 from __future__ import annotations
 
@@ -11,14 +16,16 @@ import torch
 import torch.nn as nn
 
 from magcache_dist.parallel.comm import Comm
-from models.attention import key_padding_mask, sdpa
+from models.attention import key_padding_mask, unpadded_attention
 
 
 def attention_with_lse(q, k, v, k_lens, k_offset: int, q_block: int = 4096):
-    """Exact attention of q over one K/V block plus its log-sum-exp, in fp32.
+    """Exact attention of q over one K/V block plus its log-sum-exp, in fp32 whatever the input dtype.
 
     q [B, Lq, N, Dh], k/v [B, Lk, N, Dh]; keys at global positions >= k_lens are masked.
-    Returns out [B, Lq, N, Dh] (fp32) and lse [B, N, Lq] (-inf where no key is valid).
+    Returns out [B, Lq, N, Dh] (fp32) and lse [B, N, Lq] (-inf where no key is valid). The upcast of bf16 / fp16
+    inputs is exact, so the scores are what a fused kernel accumulates in fp32 from the same inputs; the partial
+    output stays fp32 until the caller's last merge (rounding each block would add one rounding per block).
     On CPU this is torch's fused flash kernel (which returns the log-sum-exp); elsewhere a math path that
     processes queries in blocks of ``q_block`` to bound the score matrix.
     """
@@ -46,7 +53,7 @@ def attention_with_lse(q, k, v, k_lens, k_offset: int, q_block: int = 4096):
 
 
 def merge_partials(out_a, lse_a, out_b, lse_b):
-    """Combine two partial softmax-attention results over disjoint key sets."""
+    """Combine two partial softmax-attention results over disjoint key sets (fp32 in, fp32 out)."""
     lse = torch.logaddexp(lse_a, lse_b)
     finite = torch.isfinite(lse)
     wa = torch.where(finite, torch.exp(lse_a - lse), torch.zeros_like(lse))
@@ -107,5 +114,5 @@ class UlyssesAttention(nn.Module):
         if self.ring is not None:
             out = self.ring(q, k, v, k_lens)
         else:
-            out = sdpa(q, k, v, key_padding_mask(k_lens, k.shape[1]))
+            out = unpadded_attention(q, k, v, k_lens)  # the single process's call on its tokens
         return _heads_to_seq(out, self.comm)

@@ -5,7 +5,10 @@ whole on every rank. Ulysses trades the image shard for a head slice (all-to-all
 the text locally; queries [text; image chunk] attend to the text keys once and to the image chunks around the
 ring (log-sum-exp merges, so ring and USP work too). Padded image keys (global position >= img_lens) and padded
 text keys (>= txt_lens) get no weight. The text output of each head slice is all-gathered, so every rank ends
-with the whole text stream, identical to the single-process one up to float rounding.
+with the whole text stream. Without ring (ring_degree 1) the rank holds the whole image sequence on its head
+slice and makes the single process's own call (``models.attention_joint.joint_attention``): bit-identical in any
+dtype. With ring, the text block and the image blocks compute and merge in fp32 and round once (the precision
+policy of models/attention.py): within a unit or two in the last place of the model dtype per call.
 
 Factorised attention (Open-Sora's spatial / temporal blocks): Ulysses gives every rank the whole sequence on a
 head slice, so each frame and each spatial position is complete there; padding is cut before and restored after.
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 
 from magcache_dist.parallel.attention import _heads_to_seq, _seq_to_heads, attention_with_lse, merge_partials
 from magcache_dist.parallel.comm import Comm
-from models.attention_joint import factorized_attention
+from models.attention_joint import factorized_attention, joint_attention
 
 
 class JointSPAttention(nn.Module):
@@ -40,6 +43,9 @@ class JointSPAttention(nn.Module):
             q_img, k_img, v_img = (_seq_to_heads(x, self.ulysses) for x in (q_img, k_img, v_img))  # [B, Lc, N/U, Dh]
             heads = slice(self.ulysses.rank * (n // u), (self.ulysses.rank + 1) * (n // u))
             q_txt, k_txt, v_txt = (x[:, :, heads] for x in (q_txt, k_txt, v_txt))  # [B, T, N/U, Dh]
+        if self.ring.size == 1:  # the whole image sequence is here: the single process's computation
+            o_img, o_txt = joint_attention(q_img, k_img, v_img, q_txt, k_txt, v_txt, img_lens, txt_lens)
+            return self._back(o_img, o_txt)
         t, lc = q_txt.shape[1], k_img.shape[1]
         q = torch.cat([q_txt, q_img], 1)  # [B, T + Lc, N/U, Dh]
         out, lse = attention_with_lse(q, k_txt, v_txt, txt_lens, 0)
@@ -51,11 +57,14 @@ class JointSPAttention(nn.Module):
             out, lse = merge_partials(out, lse, o, l)
             if s + 1 < p:
                 kv = self.ring.ring_shift(kv)
-        out = out.to(q_img.dtype)
-        o_txt, o_img = out[:, :t], out[:, t:]
-        if u > 1:
-            o_img = _heads_to_seq(o_img.contiguous(), self.ulysses)  # [B, Ls, N, Dh]
-            o_txt = torch.cat(self.ulysses.all_gather(o_txt.contiguous()), dim=2)  # [B, T, N, Dh]
+        out = out.to(q_img.dtype)  # the one rounding to the model dtype
+        return self._back(out[:, t:], out[:, :t])
+
+    def _back(self, o_img, o_txt):
+        """Image [B, Lc, N/U, Dh] -> this rank's sequence shard [B, Ls, N, Dh]; text heads gathered [B, T, N, Dh]."""
+        if self.ulysses.size > 1:
+            o_img = _heads_to_seq(o_img.contiguous(), self.ulysses)
+            o_txt = torch.cat(self.ulysses.all_gather(o_txt.contiguous()), dim=2)
         return o_img, o_txt
 
 

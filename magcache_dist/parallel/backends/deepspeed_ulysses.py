@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from magcache_dist.parallel.comm import DistComm
-from models.attention import key_padding_mask, sdpa
+from models.attention import unpadded_attention
 
 
 def check_available() -> None:
@@ -29,7 +29,7 @@ class _Inner(nn.Module):
     def forward(self, q, k, v, k_lens):
         if self.ring is not None:
             return self.ring(q, k, v, k_lens)
-        return sdpa(q, k, v, key_padding_mask(k_lens, k.shape[1]))
+        return unpadded_attention(q, k, v, k_lens)  # the native Ulysses call: bit-identical to single process
 
 
 class DeepSpeedUlyssesAttention(nn.Module):
