@@ -53,9 +53,12 @@ class STDiT3Config:
                              f"num_heads={self.num_heads}")
 
 
-# STDiT3-XL/2 is Open-Sora 1.2 (hpcaitech/OpenSora-STDiT-v3); tiny: ours (pixel space, tiny text encoder).
+# STDiT3-XL/2 is Open-Sora 1.2 (hpcai-tech/OpenSora-STDiT-v3); opensora-1.2-tiny: ours (pixel space, tiny text
+# encoder); tiny-opensora: the published pipeline at toy size (4 latent channels, VAE stride 8, a tiny T5 of width 32).
 OPENSORA_CONFIGS = {
     "opensora-1.2": STDiT3Config(),
+    "tiny-opensora": STDiT3Config(hidden_size=64, depth=2, num_heads=4, caption_channels=32, model_max_length=16,
+                                  input_sq_size=64, freq_dim=32),
     "opensora-1.2-tiny": STDiT3Config(hidden_size=64, depth=2, num_heads=4, in_channels=3, patch_size=(1, 4, 4),
                                       caption_channels=32, model_max_length=16, vae_spatial_stride=1,
                                       input_sq_size=32, freq_dim=32),

@@ -609,6 +609,13 @@ OPENSORA_PIPELINE = [  # Open-Sora 1.2 folders (base folder:tiny-opensora)
         r"set vae\.tiling=false", base="folder:tiny-opensora"),
     Bad("opensora-ckpt-dir-null", ["ckpt_dir=null"], 1, r"ckpt_dir is not set",
         r"pass ckpt_dir=/path/to/the tiny-opensora checkpoint folder", base="folder:tiny-opensora"),
+    Bad("opensora-vae-weights-without-prefix", [], 1,
+        r"\(vae\): checkpoint does not match the model: missing keys \['spatial_vae\.module\.decoder\.conv_in\.bias'",
+        r"check model\.name",
+        lambda tmp: __import__("safetensors.torch").torch.save_file(
+            {k.replace("spatial_vae.module.", "", 1): v for k, v in __import__("safetensors.torch").torch.load_file(
+                os.path.join(tmp, "ck", "vae", "model.safetensors")).items()},
+            os.path.join(tmp, "ck", "vae", "model.safetensors")) or [], "folder:tiny-opensora"),
     Bad("opensora-pipeline-ring", ["parallel.ulysses_degree=1", "parallel.ring_degree=2"], 2,
         r"parallel\.ring_degree=2: Open-Sora's spatial/temporal", r"use parallel\.ulysses_degree",
         base="folder:tiny-opensora"),
