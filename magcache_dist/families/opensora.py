@@ -302,6 +302,13 @@ class OpenSoraFamily(TinyFamily):
                            out_channels=m.out_channels, text_tokens=m.model_max_length, attention_span=span,
                            text_dim=m.caption_channels)
 
+    def encoder_params(self) -> dict[str, int]:
+        return {"T5-XXL encoder": 4_762_310_656} if self.name == "opensora-1.2" else {}  # DeepFloyd/t5-v1_1-xxl
+
+    def vae_params(self) -> int:
+        # the temporal VAE (counted on the meta device at the published size) + SDXL's 2D VAE
+        return 309_687_144 + 83_653_863 if self.name == "opensora-1.2" else 0
+
     def sampler_config(self) -> SamplerConfig:
         s = self.cfg.sampler
         if self.pixel or "sampler.shift" in explicitly_set(self.cfg):
