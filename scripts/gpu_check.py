@@ -14,6 +14,10 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             whole and tiled: time and peak memory
   xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
             equals the native forward
+  profile   the planner's device profile measured here (magcache_dist.planner.measure: GEMM and SDPA FLOP/s per
+            dtype at the 1.3B DiT's shapes, copy bandwidth, op overhead) against the shipped profile of this GPU
+            (h100 / h200: datasheet peak x planning efficiency); the measured one is written beside the JSON
+            (gpu_profile.json: pass it as planner.device=/path/gpu_profile.json)
 
 Without CUDA it prints "skipped: no CUDA" and exits 0. ``--small --allow-cpu`` runs every step at toy size on the
 CPU (tests/unit/test_gpu_check.py keeps the script from rotting). Budget: well under 8 minutes on one H100.
@@ -212,6 +216,30 @@ class Check:
         return dict(imported=True, version=getattr(xfuser, "__version__", "?"), max_abs_diff_vs_native=diff)
 
 
+    def profile(self):
+        from magcache_dist.planner import measure
+        from magcache_dist.planner.profiles import load_profile
+
+        gpu = self.device.type == "cuda"
+        dtypes = ["float32", "bfloat16", "float16"] if gpu else ["float32"]
+        tokens, dim, ffn = (64, 64, 128) if self.small else (4096, 1536, 8960)
+        got = measure.measure(str(self.device), dtypes, tokens, dim, ffn, threads=1)
+        name = torch.cuda.get_device_name(self.device).lower() if gpu else "cpu"
+        shipped = "h200" if "h200" in name else "h100" if "h100" in name else None
+        out = dict(measured=got, compared_with=shipped)
+        if shipped:
+            ref = load_profile(shipped)
+            out["measured_over_planned"] = {
+                d: dict(gemm=got["peak_flops"][d] / (ref.peak(d) * ref.efficiency("gemm", d)),
+                        attention=got["peak_flops"][d] * got["attention_efficiency"][d]
+                        / (ref.peak(d) * ref.efficiency("attention", d))) for d in dtypes if d in ref.peak_flops}
+            out["bandwidth_measured_over_planned"] = got["memory_bandwidth"] / ref.memory_bandwidth
+        self.profile_json = dict(name="gpu-measured", description=f"measured by scripts/gpu_check.py on {name}",
+                                 **got, link_bandwidth=450e9, link_efficiency=0.7, link_latency_s=1e-5,
+                                 source="magcache_dist.planner.measure (link figures: the h100 profile's)")
+        return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "outputs", "gpu_check.json"))
@@ -224,7 +252,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     c = Check(device, args.small)
     t0 = time.perf_counter()
-    for name in ("env", "sdpa", "load", "sample", "vae", "xfuser"):
+    for name in ("env", "sdpa", "load", "sample", "vae", "xfuser", "profile"):
         if name in ("sample", "vae") and not getattr(c, "model", None):
             c.out[name] = dict(ok=False, error="skipped: the load step failed")
             continue
@@ -237,6 +265,9 @@ def main(argv=None) -> int:
     with open(args.out + ".tmp", "w") as f:
         json.dump(c.out, f, indent=1, default=str)
     os.replace(args.out + ".tmp", args.out)
+    if getattr(c, "profile_json", None):
+        with open(os.path.join(os.path.dirname(os.path.abspath(args.out)), "gpu_profile.json"), "w") as f:
+            json.dump(c.profile_json, f, indent=1)
     print(f"[gpu_check] wrote {args.out} ({c.out['total_seconds']} s)")
     return 0 if all(v.get("ok", True) for v in c.out.values() if isinstance(v, dict)) else 1
 

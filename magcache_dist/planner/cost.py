@@ -109,9 +109,11 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
     peak = profile.peak(dtype)
     link = profile.link_bandwidth * profile.link_efficiency
 
+    gemm_rate, attn_rate = peak * profile.efficiency("gemm", dtype), peak * profile.efficiency("attention", dtype)
+
     def compute_time(gemm, attn, elem, kernels):
-        return (gemm / (peak * profile.gemm_efficiency) + attn / (peak * profile.attention_efficiency)
-                + elem / profile.memory_bandwidth + kernels * profile.op_overhead_s)
+        return (gemm / gemm_rate + attn / attn_rate + elem / profile.memory_bandwidth
+                + kernels * profile.op_overhead_s)
 
     layers = fig.num_layers
     blocks_s = compute_time(blk["gemm_flops"] * layers, blk["attention_flops"] * layers,

@@ -12,8 +12,8 @@ PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
 class DeviceProfile:
     name: str
     peak_flops: dict  # dtype name -> FLOP/s
-    gemm_efficiency: float
-    attention_efficiency: float
+    gemm_efficiency: float | dict  # a number, or dtype name -> number (a measured profile)
+    attention_efficiency: float | dict
     memory_bandwidth: float  # bytes/s
     memory_capacity: float  # bytes
     link_bandwidth: float  # bytes/s per rank and direction (all-to-all, ring)
@@ -23,6 +23,11 @@ class DeviceProfile:
     description: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict)
+
+    def efficiency(self, kind: str, dtype: str) -> float:
+        """``gemm`` or ``attention`` efficiency in ``dtype`` (a profile may give one number for every dtype)."""
+        v = getattr(self, f"{kind}_efficiency")
+        return float(v[dtype] if isinstance(v, dict) else v)
 
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
@@ -49,6 +54,11 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     except (json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"planner.device={name_or_path!r}: {path} is not a valid profile ({e})") from None
     for k in ("gemm_efficiency", "attention_efficiency", "link_efficiency"):
-        if not 0 < getattr(prof, k) <= 1:
-            raise ValueError(f"planner.device={name_or_path!r}: {k}={getattr(prof, k)} must be in (0, 1]")
+        v = getattr(prof, k)
+        values = list(v.values()) if isinstance(v, dict) else [v]
+        if isinstance(v, dict) and k != "link_efficiency" and set(v) != set(prof.peak_flops):
+            raise ValueError(f"planner.device={name_or_path!r}: {k} gives dtypes {sorted(v)} but peak_flops gives "
+                             f"{sorted(prof.peak_flops)}")
+        if not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in values):
+            raise ValueError(f"planner.device={name_or_path!r}: {k}={v} must be in (0, 1]")
     return prof

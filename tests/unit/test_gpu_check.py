@@ -10,7 +10,9 @@ def test_every_step_runs_at_toy_size(tmp_path, capsys):
     out = tmp_path / "gpu_check.json"
     assert gpu_check.main(["--small", "--allow-cpu", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert all(res[k]["ok"] for k in ("env", "sdpa", "load", "sample", "vae", "xfuser")), res
+    assert all(res[k]["ok"] for k in ("env", "sdpa", "load", "sample", "vae", "xfuser", "profile")), res
+    assert res["profile"]["measured"]["peak_flops"]["float32"] > 0
+    assert json.loads((tmp_path / "gpu_profile.json").read_text())["name"] == "gpu-measured"
     s = res["sample"]
     assert s["off"]["computed"] == s["off"]["calls"] == 12 and s["magcache"]["computed"] < 12
     assert s["call_ratio"] == s["magcache"]["computed"] / 12 and s["wall_ratio"] > 0

@@ -121,3 +121,21 @@ def test_every_family_has_a_dry_run_plan(name, extra, params_b, tmp_path):
     if cfg.cache.mode == "magcache":
         assert p["skip_plan"]["computed_calls"] < p["skip_plan"]["total_calls"]
         assert r["time_s"]["speedup"] > 1
+
+
+def test_measured_profile_is_written_and_planned_with(tmp_path):
+    """python -m magcache_dist.planner.measure writes a profile (per-dtype efficiencies) that planner.device takes."""
+    from magcache_dist.config import load_config
+    from magcache_dist.planner import plan_job
+    from magcache_dist.planner.measure import main as measure_main
+    from magcache_dist.planner.profiles import load_profile
+
+    path = tmp_path / "box.json"
+    assert measure_main(["--out", str(path), "--tokens", "32", "--dim", "64", "--ffn", "128", "--no-link"]) == 0
+    prof = load_profile(str(path))
+    assert set(prof.peak_flops) == {"float32", "bfloat16"} and all(v > 1e6 for v in prof.peak_flops.values())
+    assert prof.gemm_efficiency == 1.0 and 0 < prof.efficiency("attention", "bfloat16") <= 1
+    assert prof.link_bandwidth == load_profile("cpu").link_bandwidth  # --no-link keeps the base profile's
+    cfg = load_config(None, ["model.name=wan2.1-t2v-1.3b", "video.frames=5", "video.height=48", "video.width=48",
+                             f"planner.device={path}", "model.dtype=bfloat16", "output_dir=/tmp/unused"])
+    assert plan_job(cfg)["per_rank"]["time_s"]["sampling"] > 0

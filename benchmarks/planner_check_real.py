@@ -1,0 +1,167 @@
+"""The dry-run planner against measured runs at real size (issue 19, item 2): the Wan2.1-T2V-1.3B DiT (30 blocks,
+width 1536, random weights: the planner's figures do not depend on their values) sampled at three geometries, in
+fp32 and bf16, on one rank and on two (Ulysses 2, gloo, one process per rank). Each rank has one intra-op thread,
+as torchrun starts it and as the profile is measured (``python -m magcache_dist.planner.measure``).
+
+Measured per run: the sampler's wall time (``sample``: every call computed, prepared text included) and the rank's
+peak resident memory while sampling (VmHWM after the peak was reset once the model was built, minus the RSS before
+the model was built: the interpreter and torch's libraries are not the job's). Estimated: the planner's
+``per_rank.time_s.sampling`` and ``memory_bytes.total`` on ``--profile``. Text: 20 random umT5-width tokens per
+branch (prepared once, as a real job does); no text encoder or VAE runs (the planner costs the DiT's sampling).
+
+    .venv/bin/python -m magcache_dist.planner.measure --name cpu --tokens 256   # the profile (minutes)
+    .venv/bin/python -m benchmarks.planner_check_real [--steps 1] [--profile cpu]  # ~15 min on 2 cores
+
+Prints a table and writes benchmarks/results/planner_check_real.json (and its block in benchmarks/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks._common import ROOT, publish
+
+OUT = os.path.join(ROOT, "benchmarks", "results", "planner_check_real.json")
+GEOMETRIES = [(5, 48, 48), (9, 64, 64), (9, 96, 96)]  # frames, height, width: 18, 48 and 108 tokens
+MODEL = "wan2.1-t2v-1.3b"
+TEXT_TOKENS = 20
+
+CHILD = r"""
+import json, os, sys, time
+import torch
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith(key + ":"))
+
+
+torch.set_num_threads(1)
+frames, height, width, dtype, steps, out = sys.argv[1:7]
+from magcache_dist.cache.factory import build_cache
+from magcache_dist.config import load_config
+from magcache_dist.families.base import make_family
+from magcache_dist.job import cache_spec, parallel_dims
+from magcache_dist.parallel import solo_context
+from magcache_dist.parallel.apply import apply_sequence_parallel
+from magcache_dist.parallel.dims import build_dist_context
+from magcache_dist.sampling.loop import sample
+from models.wan import get_config
+from models.wan_i2v import build_wan_model
+
+world = int(os.environ.get("WORLD_SIZE", "1"))
+cfg = load_config(None, [f"model.name={MODEL}", f"model.dtype={dtype}", f"video.frames={frames}",
+                         f"video.height={height}", f"video.width={width}", f"sampler.num_steps={steps}",
+                         "cache.mode=off", f"parallel.ulysses_degree={world}", "planner.device=cpu"])
+family = make_family(cfg)
+scfg = family.sampler_config()
+if world > 1:
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    par = build_dist_context(parallel_dims(cfg))
+else:
+    par = solo_context()
+base = status("VmRSS")
+with torch.device("meta"):
+    model = build_wan_model(get_config(MODEL)).to(dtype=getattr(torch, dtype))
+model.to_empty(device="cpu")
+g = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    for p in model.parameters():
+        p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+model.eval().requires_grad_(False)
+apply_sequence_parallel(model, par)
+text = {b: torch.randn(1, TEXT_TOKENS, 4096, generator=g) * 0.1 for b in scfg.branches}
+noise = family.make_noise(0)
+policy = build_cache(cache_spec(cfg, family, scfg))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset VmHWM: the peak while sampling, not while building
+t = time.perf_counter()
+with torch.no_grad():
+    res = sample(model, noise, text, scfg, policy, par)
+elapsed = time.perf_counter() - t
+peak = status("VmHWM") - base
+got = dict(rank=par.rank, sample_s=elapsed, peak_bytes=peak, calls=len(res.decisions),
+           computed=sum(1 for d in res.decisions if d["compute"]))
+with open(f"{out}.rank{par.rank}.json", "w") as f:
+    json.dump(got, f)
+if world > 1:
+    dist.destroy_process_group()
+""".replace("MODEL", repr(MODEL)).replace("TEXT_TOKENS", str(TEXT_TOKENS))
+
+
+def run_child(frames, height, width, dtype, steps, sp, tmp) -> list[dict]:
+    out = os.path.join(tmp, f"{frames}x{height}x{width}-{dtype}-sp{sp}")
+    script = os.path.join(tmp, "child.py")
+    with open(script, "w") as f:
+        f.write(CHILD)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    args = [str(frames), str(height), str(width), dtype, str(steps), out]
+    if sp == 1:
+        cmd = [sys.executable, script, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sp}", script, *args]
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return [json.load(open(f"{out}.rank{r}.json")) for r in range(sp)]
+
+
+def estimate(frames, height, width, dtype, steps, sp, profile) -> dict:
+    from magcache_dist.config import load_config
+    from magcache_dist.planner import plan_job
+
+    cfg = load_config(None, [f"model.name={MODEL}", f"model.dtype={dtype}", f"video.frames={frames}",
+                             f"video.height={height}", f"video.width={width}", f"sampler.num_steps={steps}",
+                             "cache.mode=off", f"parallel.ulysses_degree={sp}", f"planner.device={profile}",
+                             "output_dir=/tmp/unused"])
+    p = plan_job(cfg)["per_rank"]
+    return dict(tokens=p["tokens"], time_s=p["time_s"]["sampling"], memory_bytes=p["memory_bytes"]["total"])
+
+
+def main() -> int:
+    import tempfile
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in args.dtypes.split(","):
+            for f, h, w in GEOMETRIES:
+                for sp in (1, 2):
+                    ranks = run_child(f, h, w, dtype, args.steps, sp, tmp)
+                    est = estimate(f, h, w, dtype, args.steps, sp, args.profile)
+                    measured_s = max(r["sample_s"] for r in ranks)
+                    measured_b = max(r["peak_bytes"] for r in ranks)
+                    rows.append(dict(geometry=f"{f}x{h}x{w}", tokens=est["tokens"], dtype=dtype, sp=sp,
+                                     calls=ranks[0]["calls"], measured_s=measured_s, estimated_s=est["time_s"],
+                                     time_error=est["time_s"] / measured_s - 1, measured_bytes=measured_b,
+                                     estimated_bytes=est["memory_bytes"],
+                                     memory_error=est["memory_bytes"] / measured_b - 1))
+                    r = rows[-1]
+                    print(f"{r['geometry']:>9} {dtype:>8} sp{sp}: {r['measured_s']:.1f} s vs {r['estimated_s']:.1f} s "
+                          f"({r['time_error']:+.0%}), {measured_b / 1e9:.2f} GB vs {est['memory_bytes'] / 1e9:.2f} GB "
+                          f"({r['memory_error']:+.0%})", flush=True)
+    header = "| geometry | tokens | dtype | ranks | calls | measured s | estimated s | time error | measured GB | " \
+             "estimated GB | memory error |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    lines = [header] + [
+        f"| {r['geometry']} | {r['tokens']} | {r['dtype']} | {r['sp']} | {r['calls']} | {r['measured_s']:.1f} | "
+        f"{r['estimated_s']:.1f} | {r['time_error']:+.0%} | {r['measured_bytes'] / 1e9:.2f} | "
+        f"{r['estimated_bytes'] / 1e9:.2f} | {r['memory_error']:+.0%} |" for r in rows]
+    worst_t = max(abs(r["time_error"]) for r in rows)
+    worst_m = max(abs(r["memory_error"]) for r in rows)
+    summary = (f"worst |time error| {worst_t:.0%} (target 25%), worst |memory error| {worst_m:.0%} (target 15%); "
+               f"{MODEL} random weights, {args.steps} step(s) x 2 CFG calls, one thread per rank, profile "
+               f"{args.profile!r}")
+    publish(dict(rows=rows, steps=args.steps, profile=args.profile, worst_time_error=worst_t,
+                 worst_memory_error=worst_m), "\n".join(lines) + "\n\n" + summary, OUT, OUT, "planner_check_real",
+            "## Planner vs measured runs at real size (`python -m benchmarks.planner_check_real`)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

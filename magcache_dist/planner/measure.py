@@ -1,0 +1,224 @@
+"""Measure a device profile for the dry-run planner on the machine this runs on, and write it where
+``planner.device`` finds it.
+
+    python -m magcache_dist.planner.measure --name mybox             # -> magcache_dist/planner/profiles/mybox.json
+    python -m magcache_dist.planner.measure --out /tmp/p.json --device cuda --capacity-from h100
+    torchrun --nproc_per_node 8 -m magcache_dist.planner.measure --name h100-node   # + the link over the 8 ranks
+
+Every figure is the best of a few timed repeats after a warm-up, at the shapes of a real-size DiT call (width
+``--dim``, default 1536 = Wan2.1-1.3B, FFN ``--ffn``, ``--tokens`` rows, head dim 128):
+- ``peak_flops[dtype]``: the FLOP/s of the block's GEMMs ([tokens, D] x [D, D] and x [D, FFN]) in that dtype, so
+  ``gemm_efficiency`` is 1 (the measured rate is the effective peak);
+- ``attention_efficiency[dtype]``: SDPA's FLOP/s over the GEMM's, per dtype;
+- ``memory_bandwidth``: a large copy, bytes read + written per second; ``op_overhead_s``: one tiny op;
+- ``memory_capacity``: the GPU's total memory, or the host's RAM on a CPU;
+- the link: under torchrun (world > 1) an all-to-all of ``--link-mb`` per rank and a 4-byte all-reduce over the
+  job's group (NCCL on GPUs); alone on a CPU, the same between 2 gloo processes on loopback; ``--no-link`` keeps
+  the figures of ``--base``.
+The CPU runs with ``--threads`` intra-op threads (default 1: torchrun starts each rank with OMP_NUM_THREADS=1, and
+the planner costs one rank).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from magcache_dist.planner.profiles import PROFILE_DIR, load_profile
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, device, repeats: int = 5, min_s: float = 0.05) -> float:
+    """Seconds per call of ``fn``: best of ``repeats`` timings, each of enough calls to last ``min_s``."""
+    fn()
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    inner = max(1, int(min_s / max(time.perf_counter() - t, 1e-6)))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / inner)
+    return best
+
+
+def gemm_flops(dtype, device, tokens: int, dim: int, ffn: int) -> float:
+    """FLOP/s of the block's GEMM shapes (attention projections and the FFN), as one mix."""
+    x = torch.randn(tokens, dim, device=device, dtype=dtype)
+    w_attn = torch.randn(dim, dim, device=device, dtype=dtype)
+    w_up, w_down = torch.randn(dim, ffn, device=device, dtype=dtype), torch.randn(ffn, dim, device=device, dtype=dtype)
+
+    def block():
+        x @ w_attn
+        (x @ w_up) @ w_down
+
+    flops = 2 * tokens * dim * dim + 2 * 2 * tokens * dim * ffn
+    return flops / best_time(block, device)
+
+
+def attention_flops(dtype, device, tokens: int, dim: int) -> float:
+    heads = max(1, dim // 128)
+    q = torch.randn(1, heads, tokens, 128, device=device, dtype=dtype)
+    return 4 * tokens * tokens * heads * 128 / best_time(lambda: F.scaled_dot_product_attention(q, q, q), device)
+
+
+def bandwidth(device, mb: int = 256) -> float:
+    src = torch.empty(mb * 2 ** 20 // 4, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / best_time(lambda: dst.copy_(src), device, repeats=5)
+
+
+def op_overhead(device) -> float:
+    x = torch.zeros(4, device=device)
+    return best_time(lambda: x.add_(1.0), device, repeats=5, min_s=0.02)
+
+
+def capacity(device) -> float:
+    if torch.device(device).type == "cuda":
+        return float(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def link_figures(comm_group=None, mb: int = 32, device="cpu") -> tuple[float, float]:
+    """(bytes/s leaving a rank in an all-to-all, seconds of a 4-byte all-reduce) over the current process group."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(comm_group)
+    n = mb * 2 ** 20 // 4 // world * world
+    send, recv = torch.randn(n, device=device), torch.empty(n, device=device)
+    small = torch.zeros(1, device=device)
+    t_a2a = best_time(lambda: dist.all_to_all_single(recv, send, group=comm_group), device, repeats=5, min_s=0.2)
+    t_lat = best_time(lambda: dist.all_reduce(small, group=comm_group), device, repeats=5, min_s=0.05)
+    sent = n * 4 * (world - 1) / world
+    return sent / t_a2a, t_lat
+
+
+def _loopback_worker(rank: int, port: int, mb: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        bw, lat = link_figures(mb=mb)
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(dict(link_bandwidth=bw, link_latency_s=lat), f)
+    finally:
+        dist.destroy_process_group()
+
+
+def loopback_link(mb: int) -> tuple[float, float]:
+    """The link figures between 2 gloo processes on this host (what a CPU job's ranks use)."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "link.json")
+        mp.start_processes(_loopback_worker, args=(port, mb, out), nprocs=2, join=True, start_method="spawn")
+        with open(out) as f:
+            got = json.load(f)
+    return got["link_bandwidth"], got["link_latency_s"]
+
+
+def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, threads: int) -> dict:
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    peak, attn = {}, {}
+    for name in dtypes:
+        g = gemm_flops(DTYPES[name], device, tokens, dim, ffn)
+        peak[name] = g
+        attn[name] = min(1.0, attention_flops(DTYPES[name], device, tokens, dim) / g)
+    return dict(peak_flops=peak, gemm_efficiency=1.0, attention_efficiency=attn, memory_bandwidth=bandwidth(device),
+                memory_capacity=capacity(device), op_overhead_s=op_overhead(device))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", help="profile name (written to magcache_dist/planner/profiles/<name>.json)")
+    ap.add_argument("--out", help="or a path to write the profile to")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtypes", default=None, help="comma-separated (default: float32,bfloat16 and float16 on GPUs)")
+    ap.add_argument("--tokens", type=int, default=1024, help="rows of the GEMMs and SDPA's sequence length")
+    ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--ffn", type=int, default=8960)
+    ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (one rank's)")
+    ap.add_argument("--base", default="cpu", help="profile whose link figures are kept with --no-link")
+    ap.add_argument("--no-link", action="store_true")
+    ap.add_argument("--link-mb", type=int, default=32)
+    args = ap.parse_args(argv)
+    if not args.name and not args.out:
+        ap.error("give --name or --out")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
+    gpu = args.device.startswith("cuda")
+    dtypes = args.dtypes.split(",") if args.dtypes else (["float32", "bfloat16", "float16"] if gpu else
+                                                         ["float32", "bfloat16"])
+    for d in dtypes:
+        if d not in DTYPES:
+            ap.error(f"--dtypes: {d!r} is not one of {sorted(DTYPES)}")
+    import torch.distributed as dist
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if gpu:
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+        dist.init_process_group("nccl" if gpu else "gloo")
+    try:
+        prof = measure(args.device, dtypes, args.tokens, args.dim, args.ffn, args.threads)
+        base = load_profile(args.base)
+        if args.no_link:
+            bw, lat, how = base.link_bandwidth, base.link_latency_s, f"kept from profile {base.name!r}"
+        elif distributed:
+            bw, lat = link_figures(mb=args.link_mb, device=args.device)
+            how = f"all-to-all of {args.link_mb} MB and a 4-byte all-reduce over {dist.get_world_size()} ranks"
+        else:
+            bw, lat = loopback_link(args.link_mb)
+            how = f"all-to-all of {args.link_mb} MB and a 4-byte all-reduce between 2 gloo processes on loopback"
+        if distributed and dist.get_rank() != 0:
+            return 0
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    what = torch.cuda.get_device_name(args.device) if gpu else f"{platform.machine()} CPU, {args.threads} thread(s)"
+    name = args.name or os.path.splitext(os.path.basename(args.out))[0]
+    profile = dict(
+        name=name, description=f"measured on {platform.node()}: {what}, torch {torch.__version__}, by python -m "
+                               f"magcache_dist.planner.measure; rerun it on the machine a job runs on",
+        **prof, link_bandwidth=bw, link_efficiency=1.0, link_latency_s=lat,
+        source=f"GEMM mix [{args.tokens}, {args.dim}] x [{args.dim}, {args.dim}] and x [{args.dim}, {args.ffn}], "
+               f"SDPA over {args.tokens} tokens at head dim 128, a 256 MB copy, a 4-element add_; link: {how}")
+    path = args.out or os.path.join(PROFILE_DIR, f"{args.name}.json")
+    from magcache_dist.io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(profile, indent=1))
+    for k in ("peak_flops", "attention_efficiency"):
+        print(f"{k}: " + ", ".join(f"{d} {v:.4g}" for d, v in profile[k].items()))
+    print(f"memory_bandwidth {profile['memory_bandwidth']:.4g} B/s, op_overhead {profile['op_overhead_s']:.3g} s, "
+          f"link {bw:.4g} B/s, latency {lat:.3g} s\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
