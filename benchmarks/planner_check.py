@@ -1,6 +1,8 @@
 """The dry-run planner's time estimate (cpu profile) against measured CPU sampling runs of the tiny model.
 
-    python -m benchmarks.calibrate_cpu_profile && python -m benchmarks.planner_check     # ~1-2 min
+    python -m magcache_dist.planner.measure --name cpu --tokens 256 && python -m benchmarks.planner_check  # ~2 min
+
+(The real-size check, 1.3B at three geometries, fp32 / bf16, one and two ranks: benchmarks/planner_check_real.py.)
 
 One intra-op thread, single process, the embedded tiny-video model (seeded weights), cache off and MagCache
 (wan2.1-t2v-1.3b preset, 0.12/2/0.2), three sizes. Measured = the sampler's own wall time (best of --repeats);

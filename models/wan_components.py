@@ -140,8 +140,8 @@ def load_wan_vae(path: str, layout: str, dtype=torch.float32, device="cpu"):
     """``path``: the official ``Wan2.1_VAE.pth`` or the diffusers ``vae/`` folder."""
     from diffusers import AutoencoderKLWan
 
-    if layout == "diffusers":
-        vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False)
+    if layout == "diffusers":  # built on the meta device and filled (accelerate), not randomly initialised first
+        vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         return vae.to(device=device).eval().requires_grad_(False)
     else:
         sd = read_tensors(path)
@@ -149,8 +149,10 @@ def load_wan_vae(path: str, layout: str, dtype=torch.float32, device="cpu"):
             base_dim, z_dim = sd["encoder.conv1.weight"].shape[0], sd["conv2.weight"].shape[0]
         except KeyError as e:
             raise ValueError(f"{path}: not a Wan VAE state dict (missing {e})") from None
-        vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                               temperal_downsample=[False, True, True])
+        with torch.device("meta"):  # no random init of 127M parameters only to overwrite them (it has no buffers)
+            vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                   attn_scales=[], temperal_downsample=[False, True, True])
+        vae = vae.to_empty(device="cpu")
         _strict(vae, official_to_diffusers(sd, WAN_VAE_RULES, 0, path, "is this Wan2.1_VAE.pth?"), path)
     return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -105,7 +105,7 @@ def load_clip_text(path: str, dtype, device):
 def load_vae(path: str, dtype, device):
     from diffusers import AutoencoderKLHunyuanVideo
 
-    vae = AutoencoderKLHunyuanVideo.from_pretrained(path, dtype=dtype, local_files_only=True, low_cpu_mem_usage=False)
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(path, dtype=dtype, local_files_only=True)
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -221,18 +221,8 @@ class HunyuanVideoFamily(TinyFamily):
         """Every component's config.json against model.name: a checkpoint of another size would load with
         errors only deep inside the job, or (same shapes, other heads) silently compute garbage."""
         m, where = self.mcfg, f"ckpt_dir={self.cfg.ckpt_dir!r}"
-        dit = self._config("transformer")
-        diff = {}
-        for k in DIT_FIELDS:
-            if k in dit:
-                got = tuple(dit[k]) if isinstance(dit[k], list) else dit[k]
-                want = tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k]
-                if got != want:
-                    diff[k] = (got, want)
-        if diff:
-            raise ValueError(f"{where} holds a transformer with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())}"
-                             f" but model.name={self.name!r} has {', '.join(f'{k}={w}' for k, (_, w) in diff.items())}"
-                             f" (transformer/config.json); set model.name to the checkpoint's model")
+        folders.check_fields(self._config("transformer"), {k: m[k] for k in DIT_FIELDS},
+                             os.path.join(self.folder, "transformer", "config.json"), self.folder, self.name)
         llama = self._config("text_encoder")
         if llama.get("hidden_size") != m["text_embed_dim"]:
             raise ValueError(f"{where}: text_encoder/config.json has hidden_size={llama.get('hidden_size')} but the "

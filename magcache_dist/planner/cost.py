@@ -15,9 +15,11 @@ other families give their own figures (ModelFamily.cost_figures):
   Ulysses: 4 all-to-alls (q, k, v in; out back) of c*D*b*(u-1)/u; ring: (r-1) shifts of K and V, 2*c*D*b each;
   per call (computed or not): the gather of the head output c*C*prod(patch)*b*(sp-1) and the 32-byte consensus
   all-reduce 32*(sp-1); per step with cfg_degree 2: the all-gather of the fp32 prediction.
-- time: GEMM FLOPs / (peak * gemm_efficiency) + attention FLOPs / (peak * attention_efficiency) + elementwise
+- time: GEMM FLOPs / gemm rate + attention FLOPs / (peak * attention_efficiency) + elementwise
   bytes / memory bandwidth + kernels * op_overhead + bytes / (link bandwidth * link_efficiency) + messages *
-  latency. No overlap of compute and communication is assumed (the code does not overlap them).
+  latency. No overlap of compute and communication is assumed (the code does not overlap them). The GEMM rate is
+  peak * gemm_efficiency * rows / (rows + gemm_half_rows) at the GEMMs' row count (a measured profile gives
+  gemm_half_rows per dtype: GEMMs of few rows, e.g. a few hundred tokens per rank, run below the peak).
 Not modelled: the text encoder and the VAE (outside the DiT), weight loading, process start-up.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from magcache_dist.planner.profiles import DeviceProfile
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ELEMENTWISE_PASSES = 40  # reads + writes of [c, D] tensors per block outside GEMMs/attention (norms, RoPE, gates)
+PREPARE_PASSES = 8  # reads + writes of [T, D] per block while preparing the text keys (the fp32 RMSNorm of k)
 # torch ops dispatched per block / per embed / per head+unpatchify (counted with a TorchDispatchMode on the Wan DiT;
 # a test keeps these in sync with models/wan.py; the other families are costed with the same counts)
 KERNELS_PER_BLOCK, KERNELS_EMBED, KERNELS_HEAD = 123, 75, 15
@@ -109,24 +112,28 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
     peak = profile.peak(dtype)
     link = profile.link_bandwidth * profile.link_efficiency
 
-    gemm_rate, attn_rate = peak * profile.efficiency("gemm", dtype), peak * profile.efficiency("attention", dtype)
+    attn_rate = peak * profile.efficiency("attention", dtype)
 
-    def compute_time(gemm, attn, elem, kernels):
-        return (gemm / gemm_rate + attn / attn_rate + elem / profile.memory_bandwidth
+    def compute_time(gemm, attn, elem, kernels, rows):
+        """``rows``: the GEMMs' row count (tokens on this rank), which sets their rate (profile.gemm_rate)."""
+        return (gemm / profile.gemm_rate(dtype, rows) + attn / attn_rate + elem / profile.elementwise_bandwidth(dtype)
                 + kernels * profile.op_overhead_s)
 
     layers = fig.num_layers
+    block_rows = chunk + (fig.text_tokens if fig.text_mode == "joint" else 0)
     blocks_s = compute_time(blk["gemm_flops"] * layers, blk["attention_flops"] * layers,
-                            blk["elementwise_bytes"] * layers, KERNELS_PER_BLOCK * layers)
+                            blk["elementwise_bytes"] * layers, KERNELS_PER_BLOCK * layers, block_rows)
     in_ch = fig.in_channels * math.prod(fig.patch_size)
     out_ch = fig.out_channels * math.prod(fig.patch_size)
     d, t = fig.dim, fig.text_tokens
     text_embed_flops = 2 * t * (fig.text_dim * d + d * d) if fig.text_mode == "cross" and fig.text_dim else 0
     embed_head_s = compute_time(2 * tokens * d * in_ch + 2 * chunk * d * out_ch + (0 if prepared else text_embed_flops),
-                                0, (padded + 2 * chunk) * d * b + 4 * latent_numel * 4, KERNELS_EMBED + KERNELS_HEAD)
+                                0, (padded + 2 * chunk) * d * b + 4 * latent_numel * 4, KERNELS_EMBED + KERNELS_HEAD,
+                                chunk)
     prepare_flops = branches * (text_embed_flops + layers * 2 * 2 * t * d * d) if prepared else 0
-    prepare_s = compute_time(prepare_flops, 0, branches * (2 * layers + 1) * t * d * b, 4 * layers) if prepared \
-        else 0.0
+    # once per branch: every block's k / v (written) and its key RMSNorm (PREPARE_PASSES reads + writes)
+    prepare_s = compute_time(prepare_flops, 0, branches * ((2 + PREPARE_PASSES) * layers + 1) * t * d * b, 4 * layers,
+                             t) if prepared else 0.0
     block_comm_bytes = (comm["ulysses_bytes_per_block"] + comm["ring_bytes_per_block"]) * layers
     block_comm_msgs = (comm["ulysses_msgs_per_block"] + comm["ring_msgs_per_block"]) * layers
     block_comm_s = block_comm_bytes / link + block_comm_msgs * profile.link_latency_s if sp > 1 else 0.0

@@ -7,9 +7,12 @@
 
 Every figure is the best of a few timed repeats after a warm-up, at the shapes of a real-size DiT call (width
 ``--dim``, default 1536 = Wan2.1-1.3B, FFN ``--ffn``, ``--tokens`` rows, head dim 128):
-- ``peak_flops[dtype]``: the FLOP/s of the block's GEMMs ([tokens, D] x [D, D] and x [D, FFN]) in that dtype, so
-  ``gemm_efficiency`` is 1 (the measured rate is the effective peak);
+- ``peak_flops[dtype]`` and ``gemm_half_rows[dtype]``: the block's GEMMs (nn.Linear [tokens, D] x [D, D]^T and
+  the FFN's) timed at tokens / 16, tokens / 4 and tokens rows, fitted by rate(rows) = peak * rows / (rows + half):
+  few rows run below the peak (``gemm_efficiency`` is 1: the measured rate is the effective peak);
 - ``attention_efficiency[dtype]``: SDPA's FLOP/s over the GEMM's, per dtype;
+- ``elementwise_bandwidth[dtype]``: bytes/s of a block's elementwise mix (norms, fp32 modulation and casts, GELU,
+  gated residual), what the planner charges elementwise traffic at;
 - ``memory_bandwidth``: a large copy, bytes read + written per second; ``op_overhead_s``: one tiny op;
 - ``memory_capacity``: the GPU's total memory, or the host's RAM on a CPU;
 - the link: under torchrun (world > 1) an all-to-all of ``--link-mb`` per rank and a 4-byte all-reduce over the
@@ -58,23 +61,62 @@ def best_time(fn, device, repeats: int = 5, min_s: float = 0.05) -> float:
 
 
 def gemm_flops(dtype, device, tokens: int, dim: int, ffn: int) -> float:
-    """FLOP/s of the block's GEMM shapes (attention projections and the FFN), as one mix."""
+    """FLOP/s of the block's GEMM shapes (attention projections and the FFN, nn.Linear's [out, in] weights), as one
+    mix, on ``tokens`` rows."""
     x = torch.randn(tokens, dim, device=device, dtype=dtype)
     w_attn = torch.randn(dim, dim, device=device, dtype=dtype)
-    w_up, w_down = torch.randn(dim, ffn, device=device, dtype=dtype), torch.randn(ffn, dim, device=device, dtype=dtype)
+    w_up, w_down = torch.randn(ffn, dim, device=device, dtype=dtype), torch.randn(dim, ffn, device=device, dtype=dtype)
 
     def block():
-        x @ w_attn
-        (x @ w_up) @ w_down
+        F.linear(x, w_attn)
+        F.linear(F.linear(x, w_up), w_down)
 
     flops = 2 * tokens * dim * dim + 2 * 2 * tokens * dim * ffn
     return flops / best_time(block, device)
+
+
+def fit_gemm(rates: dict[int, float]) -> tuple[float, float]:
+    """(large-size rate P, half rows h) of rate(M) = P * M / (M + h) fitted to measured {rows: FLOP/s}: a least-
+    squares line 1 / rate = 1 / P + (h / P) / M (h >= 0)."""
+    xs, ys = [1.0 / m for m in rates], [1.0 / r for r in rates.values()]
+    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if n > 1 and sxx > 0 else 0.0
+    if slope <= 0:  # no slow-down at few rows: the best measured rate everywhere
+        return max(rates.values()), 0.0
+    a = my - slope * mx
+    if a <= 0:
+        return max(rates.values()), 0.0
+    return 1.0 / a, slope / a
 
 
 def attention_flops(dtype, device, tokens: int, dim: int) -> float:
     heads = max(1, dim // 128)
     q = torch.randn(1, heads, tokens, 128, device=device, dtype=dtype)
     return 4 * tokens * tokens * heads * 128 / best_time(lambda: F.scaled_dot_product_attention(q, q, q), device)
+
+
+def elementwise_rate(dtype, device, tokens: int, dim: int, ffn: int) -> float:
+    """Bytes/s (reads + writes, in ``dtype``) of a DiT block's elementwise work as the models run it: a LayerNorm,
+    the fp32 modulation and its cast back, an RMSNorm computed in fp32, the tanh GELU over the FFN activation and a
+    gated fp32 residual add. On a GPU these are bandwidth-bound; on a CPU they are often compute-bound (and
+    fp32 <-> bf16 conversions are slow without bf16 instructions), far below the copy bandwidth."""
+    x = torch.randn(tokens, dim, device=device, dtype=dtype)
+    up = torch.randn(tokens, ffn, device=device, dtype=dtype)
+    w = torch.ones(dim, device=device, dtype=dtype)
+    scale, shift = torch.randn(dim, device=device), torch.randn(dim, device=device)
+
+    def mix():
+        h = F.layer_norm(x, (dim,))
+        h = (h.float() * (1 + scale) + shift).to(dtype)
+        xf = h.float()
+        (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype) * w
+        F.gelu(up, approximate="tanh")
+        (x.float() + h.float() * scale).to(dtype)
+
+    b = torch.finfo(dtype).bits // 8
+    nbytes = (2 + 2 + 2 + 2 + 2) * tokens * dim * b + 2 * tokens * ffn * b
+    return nbytes / best_time(mix, device)
 
 
 def bandwidth(device, mb: int = 256) -> float:
@@ -102,8 +144,21 @@ def link_figures(comm_group=None, mb: int = 32, device="cpu") -> tuple[float, fl
     n = mb * 2 ** 20 // 4 // world * world
     send, recv = torch.randn(n, device=device), torch.empty(n, device=device)
     small = torch.zeros(1, device=device)
-    t_a2a = best_time(lambda: dist.all_to_all_single(recv, send, group=comm_group), device, repeats=5, min_s=0.2)
-    t_lat = best_time(lambda: dist.all_reduce(small, group=comm_group), device, repeats=5, min_s=0.05)
+
+    def timed(fn, count: int) -> float:  # the same number of collectives on every rank (no adaptive count)
+        fn()
+        best = float("inf")
+        for _ in range(3):
+            dist.barrier(group=comm_group)
+            t = time.perf_counter()
+            for _ in range(count):
+                fn()
+            _sync(device)
+            best = min(best, (time.perf_counter() - t) / count)
+        return best
+
+    t_a2a = timed(lambda: dist.all_to_all_single(recv, send, group=comm_group), 5)
+    t_lat = timed(lambda: dist.all_reduce(small, group=comm_group), 50)
     sent = n * 4 * (world - 1) / world
     return sent / t_a2a, t_lat
 
@@ -143,13 +198,19 @@ def loopback_link(mb: int) -> tuple[float, float]:
 def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, threads: int) -> dict:
     if torch.device(device).type == "cpu":
         torch.set_num_threads(threads)
-    peak, attn = {}, {}
+    peak, attn, half, rates, elem = {}, {}, {}, {}, {}
+    rows = sorted({max(1, tokens // 16), max(1, tokens // 4), tokens})
     for name in dtypes:
-        g = gemm_flops(DTYPES[name], device, tokens, dim, ffn)
-        peak[name] = g
-        attn[name] = min(1.0, attention_flops(DTYPES[name], device, tokens, dim) / g)
-    return dict(peak_flops=peak, gemm_efficiency=1.0, attention_efficiency=attn, memory_bandwidth=bandwidth(device),
-                memory_capacity=capacity(device), op_overhead_s=op_overhead(device))
+        rates[name] = {m: gemm_flops(DTYPES[name], device, m, dim, ffn) for m in rows}
+        peak[name], half[name] = fit_gemm(rates[name])
+        # SDPA over the GEMMs' large-size rate (above 1 where the GEMMs are the slower kernels, e.g. bf16 on a CPU
+        # without bf16 instructions)
+        attn[name] = attention_flops(DTYPES[name], device, tokens, dim) / rates[name][tokens]
+        elem[name] = elementwise_rate(DTYPES[name], device, tokens, dim, ffn)
+    return dict(peak_flops=peak, gemm_efficiency=1.0, gemm_half_rows=half, attention_efficiency=attn,
+                elementwise_bandwidth=elem, memory_bandwidth=bandwidth(device), memory_capacity=capacity(device),
+                op_overhead_s=op_overhead(device),
+                gemm_rates_measured={d: {str(m): r for m, r in v.items()} for d, v in rates.items()})
 
 
 def main(argv=None) -> int:
@@ -207,13 +268,14 @@ def main(argv=None) -> int:
         name=name, description=f"measured on {platform.node()}: {what}, torch {torch.__version__}, by python -m "
                                f"magcache_dist.planner.measure; rerun it on the machine a job runs on",
         **prof, link_bandwidth=bw, link_efficiency=1.0, link_latency_s=lat,
-        source=f"GEMM mix [{args.tokens}, {args.dim}] x [{args.dim}, {args.dim}] and x [{args.dim}, {args.ffn}], "
+        source=f"GEMM mix (nn.Linear) [rows, {args.dim}] x [{args.dim}, {args.dim}]^T and the FFN [{args.dim}, "
+               f"{args.ffn}], at rows {args.tokens // 16}, {args.tokens // 4} and {args.tokens}, "
                f"SDPA over {args.tokens} tokens at head dim 128, a 256 MB copy, a 4-element add_; link: {how}")
     path = args.out or os.path.join(PROFILE_DIR, f"{args.name}.json")
     from magcache_dist.io.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(profile, indent=1))
-    for k in ("peak_flops", "attention_efficiency"):
+    for k in ("peak_flops", "gemm_half_rows", "attention_efficiency", "elementwise_bandwidth"):
         print(f"{k}: " + ", ".join(f"{d} {v:.4g}" for d, v in profile[k].items()))
     print(f"memory_bandwidth {profile['memory_bandwidth']:.4g} B/s, op_overhead {profile['op_overhead_s']:.3g} s, "
           f"link {bw:.4g} B/s, latency {lat:.3g} s\nwrote {path}")

@@ -29,6 +29,19 @@ class DeviceProfile:
         v = getattr(self, f"{kind}_efficiency")
         return float(v[dtype] if isinstance(v, dict) else v)
 
+    def gemm_rate(self, dtype: str, rows: int) -> float:
+        """FLOP/s of GEMMs with ``rows`` rows: peak x efficiency, times rows / (rows + h) where h is the profile's
+        ``gemm_half_rows`` (the row count at which a GEMM runs at half its large-size rate; 0 when not given)."""
+        half = self.extra.get("gemm_half_rows", {})
+        h = float(half.get(dtype, 0.0) if isinstance(half, dict) else half)
+        return self.peak(dtype) * self.efficiency("gemm", dtype) * (rows / (rows + h) if rows > 0 else 1.0)
+
+    def elementwise_bandwidth(self, dtype: str) -> float:
+        """Bytes/s at which elementwise work runs: the profile's measured ``elementwise_bandwidth`` for ``dtype``, or
+        the memory bandwidth (bandwidth-bound kernels, as on a GPU)."""
+        e = self.extra.get("elementwise_bandwidth", {})
+        return float(e.get(dtype, self.memory_bandwidth) if isinstance(e, dict) else e)
+
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
             raise ValueError(f"planner.device={self.name!r} has no peak FLOP/s for model.dtype={dtype!r}; "
@@ -59,6 +72,7 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         if isinstance(v, dict) and k != "link_efficiency" and set(v) != set(prof.peak_flops):
             raise ValueError(f"planner.device={name_or_path!r}: {k} gives dtypes {sorted(v)} but peak_flops gives "
                              f"{sorted(prof.peak_flops)}")
-        if not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in values):
-            raise ValueError(f"planner.device={name_or_path!r}: {k}={v} must be in (0, 1]")
+        top = float("inf") if k == "attention_efficiency" else 1  # relative to the GEMM peak: may exceed 1
+        if not all(isinstance(x, (int, float)) and 0 < x <= top for x in values):
+            raise ValueError(f"planner.device={name_or_path!r}: {k}={v} must be in (0, {top}]")
     return prof

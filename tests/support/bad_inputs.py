@@ -540,9 +540,11 @@ HUNYUAN_PIPELINE = [  # HunyuanVideo folders (base folder:tiny-hunyuanvideo)
         r"use the VAE released with this transformer", _edit_json("vae/config.json", latent_channels=16),
         "folder:tiny-hunyuanvideo"),
     Bad("hy-transformer-other-size", ["model.name=hunyuanvideo"], 1,
-        r"transformer with .*num_attention_heads=2.*model\.name='hunyuanvideo' has .*\(transformer/config\.json\)",
+        r"transformer/config\.json has .*num_attention_heads=2.* but model\.name='hunyuanvideo' needs .*"
+        r"num_attention_heads=24",
         r"set model\.name to the checkpoint's model", base="folder:tiny-hunyuanvideo"),
-    Bad("hy-transformer-heads-edited", [], 1, r"transformer with num_attention_heads=4 .*num_attention_heads=2",
+    Bad("hy-transformer-heads-edited", [], 1, r"transformer/config\.json has num_attention_heads=4 .*needs "
+        r"num_attention_heads=2",
         r"set model\.name to the checkpoint's model", _edit_json("transformer/config.json", num_attention_heads=4),
         "folder:tiny-hunyuanvideo"),
     Bad("hy-frames-not-4k+1", ["video.frames=8"], 1, r"video\.frames=8 must be 4k\+1 for the HunyuanVideo VAE",
