@@ -62,3 +62,28 @@ def spawn(world: int, jobs: list, result_dir: str, timeout: float = 240.0) -> No
             for p in ctx.processes:
                 p.kill()
             raise TimeoutError(f"distributed test did not finish within {timeout}s (hang)")
+
+
+def check_against_solo(result_dir, job: str, ref_report: dict, ref_latents, world: int = 2, tol: float = 1e-4) -> dict:
+    """The checks every multi-process equality test makes of a spawned ``job`` (its outputs in ``result_dir/job``):
+    every rank finished, one decision per step on all ranks, the single-process run's skipped steps, final latents
+    within ``tol`` of it. Returns the job's report."""
+    import pathlib
+
+    import torch
+
+    d = pathlib.Path(result_dir)
+    for rank in range(world):
+        status = json.loads((d / f"{job}.rank{rank}.json").read_text())["status"]
+        assert status == "ok", (job, rank, status)
+    report = json.loads((d / job / "report.json").read_text())
+    assert report["world_size"] == world and report["decisions_identical_across_ranks"], job
+    assert report["skipped_steps"] == ref_report["skipped_steps"], job
+    if report.get("plan"):  # a MagCache job: what ran is what the calibrated plan said
+        assert report["plan"]["skipped_steps"] == report["skipped_steps"], job
+    latents = torch.load(d / job / "latents.pt", weights_only=True)
+    assert latents.shape == ref_latents.shape, job
+    diff = (latents - ref_latents).abs().max().item()
+    print(f"{job}: max |latents - single process| = {diff:.3g}")
+    assert diff < tol, (job, diff)
+    return report
