@@ -1,8 +1,10 @@
-"""Import hygiene: no import circle (every module imports first in a fresh interpreter), the family table
-matches the names each family class declares, and neither the config layer nor validation of an embedded-model job
-imports diffusers or transformers (a rejected bad input must not pay for them)."""
+"""Import hygiene: no import circle (none among the imports modules run when they load, so any module can be imported
+first; every module imports in a fresh interpreter, forwards and backwards), the family table matches the names each
+family class declares, and neither the config layer nor validation of an embedded-model job imports diffusers or
+transformers (a rejected bad input must not pay for them)."""
+import ast
 import importlib
-import pkgutil
+import pathlib
 import subprocess
 import sys
 
@@ -11,27 +13,74 @@ import pytest
 import magcache_dist
 from tests.support import ROOT
 
-# the modules where packages meet (families, validation, cache factory, planner), plus the entry points; every
-# other module is imported by one of these
-FIRST = ["magcache_dist.families.flux", "magcache_dist.families.wan", "magcache_dist.families.tiny",
-         "magcache_dist.families.base", "magcache_dist.cache.factory", "magcache_dist.job",
-         "magcache_dist.launcher.main", "magcache_dist.run", "magcache_dist.planner", "magcache_dist.batch"]
-
 
 def _fresh(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=180)
 
 
-def test_every_package_imports_in_any_order():
-    modules = sorted(m.name for m in pkgutil.walk_packages(magcache_dist.__path__, "magcache_dist."))
-    assert set(FIRST) <= set(modules)
-    # each junction module imported first in a fresh interpreter, then everything else, forwards and backwards
-    code = ("import importlib, pkgutil, sys, magcache_dist; importlib.import_module(sys.argv[1]); "
+def _module_level_imports(path: pathlib.Path, name: str, known: set) -> set:
+    """The project modules ``name`` imports when it is executed: its top-level ``import`` / ``from ... import``
+    statements, including those under a top-level ``if`` / ``try`` (but not ``if TYPE_CHECKING:``); imports inside
+    functions run later and cannot make a circle at import time."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+
+    def visit(stmts):
+        for node in stmts:
+            if isinstance(node, ast.If):
+                if "TYPE_CHECKING" not in ast.unparse(node.test):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody, *[h.body for h in node.handlers]):
+                    visit(block)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name in known)
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module
+                for a in node.names:  # `from pkg import sub` imports the module pkg.sub, `from mod import x` mod
+                    target = f"{base}.{a.name}"
+                    found.add(target if target in known else base)
+
+    visit(ast.parse(path.read_text()).body)
+    return (found & known) - {name}
+
+
+def test_no_module_level_import_circle():
+    # no circle among the imports each module runs when it loads: then every module can be imported first, in any
+    # order (a circle there is what breaks `import x` in a fresh interpreter while `import y; import x` works)
+    root = pathlib.Path(magcache_dist.__file__).parent
+    files = {".".join(("magcache_dist", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+             for p in root.rglob("*.py")}
+    assert len(files) > 50
+    graph = {m: _module_level_imports(p, m, set(files)) for m, p in files.items()}
+    assert graph["magcache_dist.run"] and graph["magcache_dist.job"]  # the scan sees the imports
+    state, circles = {}, []
+
+    def walk(m, path):
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                circles.append(" -> ".join(path[path.index(d):] + [m, d]) if d in path else f"{m} -> {d}")
+            elif d not in state:
+                walk(d, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            walk(m, [])
+    assert not circles, circles
+
+
+def test_every_package_imports_in_a_fresh_interpreter():
+    # every module, forwards and backwards (the heavy libraries included), each in a fresh interpreter
+    code = ("import importlib, pkgutil, sys, magcache_dist; "
             "names = sorted(m.name for m in pkgutil.walk_packages(magcache_dist.__path__, 'magcache_dist.')); "
-            "[importlib.import_module(n) for n in (names if int(sys.argv[2]) % 2 else names[::-1])]")
-    procs = {m: subprocess.Popen([sys.executable, "-c", code, m, str(i)], cwd=ROOT, stderr=subprocess.PIPE,
-                                 text=True) for i, m in enumerate(FIRST)}
-    failed = {m: p.communicate(timeout=300)[1][-500:] for m, p in procs.items() if p.wait(timeout=300)}
+            "[importlib.import_module(n) for n in (names[::-1] if sys.argv[1] == 'back' else names)]")
+    procs = {order: subprocess.Popen([sys.executable, "-c", code, order], cwd=ROOT, stderr=subprocess.PIPE,
+                                     text=True) for order in ("forth", "back")}
+    failed = {o: p.communicate(timeout=300)[1][-500:] for o, p in procs.items() if p.wait(timeout=300)}
     assert not failed, failed
 
 

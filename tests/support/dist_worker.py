@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 import traceback
 
 
@@ -23,6 +24,7 @@ def worker(rank: int, world: int, port: int, jobs: list, result_dir: str) -> Non
     ds_ready = False
     try:
         for name, overrides in jobs:
+            start = time.perf_counter()
             cfg = load_config(None, overrides)
             if cfg.parallel.backend == "deepspeed" and not ds_ready:
                 import deepspeed
@@ -39,7 +41,7 @@ def worker(rank: int, world: int, port: int, jobs: list, result_dir: str) -> Non
                 if not type(e).__name__ == "SkipDisagreement":
                     status += "\n" + traceback.format_exc()
             with open(os.path.join(result_dir, f"{name}.rank{rank}.json"), "w") as f:
-                json.dump({"status": status}, f)
+                json.dump({"status": status, "seconds": round(time.perf_counter() - start, 3)}, f)
     finally:
         dist.destroy_process_group()
 
