@@ -17,28 +17,22 @@ from models.layouts import Rule
 from models.mmdit import JointContext, JointSeams, image_token_lens
 
 # name -> FluxTransformer2DModel config. Published sizes from black-forest-labs/FLUX.1-{dev,schnell}; tiny: ours.
+# dev and schnell differ only in the guidance embedding (schnell is guidance-distilled without it)
+_PUBLISHED = dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+                  joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))
+# tests and demo: pixel space (3 channels -> 12 packed), text from models.tiny_text (32 channels)
+_PIXEL_TINY = dict(in_channels=12, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=4,
+                   joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+# the full pipeline at toy size (tests: tests/support/flux_tiny.py): a 4-channel latent VAE (-> 16 packed), T5 and
+# CLIP of width 32
+_PIPELINE_TINY = dict(_PIXEL_TINY, in_channels=16)
 FLUX_CONFIGS = {
-    "flux.1-dev": dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                       num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                       guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
-    "flux.1-schnell": dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                           num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                           guidance_embeds=False, axes_dims_rope=(16, 56, 56)),
-    # tests and demo: pixel space (3 channels -> 12 packed), text from models.tiny_text (32 channels)
-    "flux.1-dev-tiny": dict(in_channels=12, num_layers=1, num_single_layers=2, attention_head_dim=16,
-                            num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
-                            guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
-    "flux.1-schnell-tiny": dict(in_channels=12, num_layers=1, num_single_layers=2, attention_head_dim=16,
-                                num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
-                                guidance_embeds=False, axes_dims_rope=(4, 6, 6)),
-    # the full pipeline at toy size (tests: tests/support/flux_tiny.py): a 4-channel latent VAE (-> 16 packed),
-    # T5 and CLIP of width 32
-    "tiny-flux-dev": dict(in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
-                          num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
-                          guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
-    "tiny-flux-schnell": dict(in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
-                              num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
-                              guidance_embeds=False, axes_dims_rope=(4, 6, 6)),
+    "flux.1-dev": dict(_PUBLISHED, guidance_embeds=True),
+    "flux.1-schnell": dict(_PUBLISHED, guidance_embeds=False),
+    "flux.1-dev-tiny": dict(_PIXEL_TINY, guidance_embeds=True),
+    "flux.1-schnell-tiny": dict(_PIXEL_TINY, guidance_embeds=False),
+    "tiny-flux-dev": dict(_PIPELINE_TINY, guidance_embeds=True),
+    "tiny-flux-schnell": dict(_PIPELINE_TINY, guidance_embeds=False),
 }
 
 _D = "transformer_blocks.{i}."

@@ -64,7 +64,8 @@ def _figures(refs: list[Video], cands: list[Video]) -> dict:
 
 def _unit(frames_FHWC: np.ndarray) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> float32 [F, 3, H, W] in [0, 1] (the release divides by 255 too)."""
-    return torch.from_numpy(frames_FHWC).permute(0, 3, 1, 2).float() / 255.0
+    frames = np.require(frames_FHWC, requirements="W")  # decoded frames may be read-only: a copy then
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
 
 
 def compare(ref_FHWC: np.ndarray, cand_FHWC: np.ndarray, lpips: Lpips | None) -> dict:

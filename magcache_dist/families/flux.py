@@ -130,12 +130,8 @@ class FluxFamily(TinyFamily):
     def folder(self) -> FluxFolder:
         """Every file of the job, checked against model.name (resolved once: validate, build and decode use it)."""
         cfg = self.cfg
-        if cfg.ckpt_dir is None:
-            raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {self.name} diffusers folder "
-                             f"(transformer/, text_encoder/, text_encoder_2/, vae/, ...)")
-        root = resolve_path(cfg.ckpt_dir)
-        if not os.path.isdir(root):
-            raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r} is not a directory; point it at a FLUX.1 diffusers folder")
+        root = folders.ckpt_root(cfg, self.name, "FLUX.1", "diffusers folder",
+                                 "transformer/, text_encoder/, text_encoder_2/, vae/, ...", model_ckpt=True)
         c = COMPONENTS
         paths = {k: folders.need(root, os.path.join(c[k], "config.json"), f"{k} config", FIX)
                  for k in ("transformer", "clip", "t5", "vae")}

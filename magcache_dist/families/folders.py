@@ -24,6 +24,25 @@ def free_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
+def ckpt_root(cfg, name: str, family: str, noun: str, contents: str, model_ckpt: bool = False) -> str:
+    """The job's ``ckpt_dir``, resolved, or a ValueError that says what to pass: ``ckpt_dir`` unset or not a folder,
+    or (unless the family takes one, ``model_ckpt``) a ``model.ckpt``, which only the embedded tiny models read.
+    ``family noun`` names the folder ("Wan2.1" "checkpoint folder"), ``contents`` what is in it."""
+    from magcache_dist.config import resolve_path
+
+    if cfg.model.ckpt is not None and not model_ckpt:
+        raise ValueError(f"model.ckpt is for the embedded tiny models; {name} loads everything from ckpt_dir "
+                         f"(set model.ckpt=null and ckpt_dir=/path/to/the {family} {noun})")
+    if cfg.ckpt_dir is None:
+        raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {name} {noun} ({contents})")
+    root = resolve_path(cfg.ckpt_dir)
+    if not os.path.isdir(root):
+        article = "an" if family[0] in "AEIOU" else "a"
+        raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r} is not a directory; point it at {article} {family} {noun} "
+                         f"({contents})")
+    return root
+
+
 def need(root: str, rel: str, what: str, fix: str, is_dir: bool = False) -> str:
     """``root/rel`` (a file, or with ``is_dir`` a folder), or a ValueError naming it and ``fix``."""
     path = os.path.join(root, rel)
@@ -45,20 +64,24 @@ def read_config(path: str, root: str) -> dict:
     return c
 
 
-def diffusers_weights(folder: str, root: str) -> str:
-    """The weights of a diffusers component folder: its sharded index json, or its one .safetensors file."""
+def diffusers_weights(folder: str, root: str, stem: str = "*", what: str = "weights") -> str:
+    """The weights of a component folder (``stem``: the file name before ``.safetensors``, a glob): its sharded
+    index json, or its one .safetensors file."""
     rel = os.path.relpath(folder, root)
-    index = sorted(glob.glob(os.path.join(folder, "*.safetensors.index.json")))
+    where = "ckpt_dir" if rel == "." else rel
+    index = sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors.index.json")))
     if index:
         return index[0]
-    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    files = sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors")))
     if len(files) == 1:
         return files[0]
+    name = stem.rstrip("*") or "*"
     if len(files) > 1:
-        raise ValueError(f"ckpt_dir={root!r}: {rel} holds {len(files)} weight shards but no "
-                         f"*.safetensors.index.json; restore the index file")
-    raise ValueError(f"ckpt_dir={root!r}: no weights (*.safetensors or a sharded index) in {rel}; copy the "
-                     f"complete release into ckpt_dir")
+        raise ValueError(f"ckpt_dir={root!r}: {where} holds {len(files)} shards of {what} but no "
+                         f"{name}.safetensors.index.json; restore the index file")
+    expected = "*.safetensors or a sharded index" if name == "*" else f"{name}.safetensors or its sharded index"
+    raise ValueError(f"ckpt_dir={root!r}: no {what} ({expected}) in {where}; copy the complete release into "
+                     f"ckpt_dir")
 
 
 def check_fields(got: dict, want: dict, path: str, root: str, model_name: str) -> None:

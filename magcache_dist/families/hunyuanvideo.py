@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 
-from magcache_dist.config import resolve_path
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families import folders
 from magcache_dist.families.common import TinyFamily, encode_prompt, pooled
@@ -158,7 +157,8 @@ class HunyuanVideoFamily(TinyFamily):
 
     @property
     def folder(self) -> str:
-        return resolve_path(self.cfg.ckpt_dir)
+        return folders.ckpt_root(self.cfg, self.name, "HunyuanVideo", "folder",
+                                 "diffusers layout: hunyuanvideo-community/HunyuanVideo")
 
     # ---- before any collective -----------------------------------------------------------------------------
     def check_geometry(self) -> None:
@@ -191,17 +191,8 @@ class HunyuanVideoFamily(TinyFamily):
             s.guidance = DEFAULT_GUIDANCE
 
     def validate_pipeline(self) -> None:
-        cfg, name = self.cfg, self.name
-        if cfg.model.ckpt is not None:
-            raise ValueError(f"model.ckpt is for the embedded hunyuanvideo-tiny; {name} loads everything from "
-                             f"ckpt_dir (set model.ckpt=null and ckpt_dir=/path/to/HunyuanVideo)")
-        if cfg.ckpt_dir is None:
-            raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {name} folder (diffusers layout: "
-                             f"hunyuanvideo-community/HunyuanVideo)")
-        folder = self.folder
-        if not os.path.isdir(folder):
-            raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r} is not a directory; point it at a HunyuanVideo folder in "
-                             f"the diffusers layout")
+        cfg = self.cfg
+        folder = self.folder  # ckpt_dir checked first
         for sub, (file, what) in COMPONENTS.items():
             path = os.path.join(folder, sub, file) if file else os.path.join(folder, sub)
             if not (os.path.isfile(path) if file else os.path.isdir(path)):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from magcache_dist.config import explicitly_set, resolve_path
+from magcache_dist.config import explicitly_set
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families.common import TinyFamily, encode_prompt
@@ -88,8 +88,6 @@ class OpenSoraEncoders:
 
 def resolve_files(root: str) -> OpenSoraFiles:
     """Every file the pipeline reads, or a ValueError naming the first missing one."""
-    if not os.path.isdir(root):
-        raise ValueError(f"ckpt_dir={root!r} is not a directory; point it at an Open-Sora 1.2 checkpoint folder")
     dit_dir = folders.need(root, "transformer", "STDiT3 folder", FIX, is_dir=True)
     dit_cfg = folders.need(root, "transformer/config.json", "STDiT3 config", FIX)
     vae_cfg = folders.need(root, "vae/config.json", "VAE config", FIX)
@@ -223,7 +221,8 @@ class OpenSoraFamily(TinyFamily):
 
     @functools.cached_property
     def files(self) -> OpenSoraFiles:
-        return resolve_files(resolve_path(self.cfg.ckpt_dir))
+        return resolve_files(folders.ckpt_root(self.cfg, self.name, "Open-Sora 1.2", "checkpoint folder",
+                                               "transformer/, vae/, text_encoder/, tokenizer/"))
 
     @functools.cached_property
     def vae_cfg(self) -> OpenSoraVAEConfig:
@@ -231,12 +230,6 @@ class OpenSoraFamily(TinyFamily):
 
     def validate_pipeline(self) -> None:
         cfg, mcfg, name = self.cfg, self.mcfg, self.name
-        if cfg.model.ckpt is not None:
-            raise ValueError(f"model.ckpt is for the embedded tiny models; {name} loads everything from ckpt_dir "
-                             f"(set model.ckpt=null and ckpt_dir=/path/to/the Open-Sora 1.2 folder)")
-        if cfg.ckpt_dir is None:
-            raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {name} checkpoint folder "
-                             f"(transformer/, vae/, text_encoder/, tokenizer/)")
         files, root = self.files, self.files.root
         # the STDiT3: config.json fields that change the math, then the weights' keys and shapes (headers only)
         c = folders.read_config(files.dit_config, root)

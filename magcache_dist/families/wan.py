@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import html
 import json
 import math
@@ -65,23 +64,12 @@ def detect_layout(ckpt_dir: str) -> str:
     return "official"
 
 
-def _dit_weights(folder: str, where: str) -> str:
-    index = sorted(glob.glob(os.path.join(folder, "diffusion_pytorch_model*.safetensors.index.json")))
-    if index:
-        return index[0]
-    files = sorted(glob.glob(os.path.join(folder, "diffusion_pytorch_model*.safetensors")))
-    if len(files) == 1:
-        return files[0]
-    if len(files) > 1:
-        raise ValueError(f"ckpt_dir: {where} holds {len(files)} DiT shards but no "
-                         f"diffusion_pytorch_model.safetensors.index.json; restore the index file")
-    raise ValueError(f"ckpt_dir: no DiT weights (diffusion_pytorch_model.safetensors or its sharded index) in {where}")
+def _dit_weights(folder: str, root: str) -> str:
+    return folders.diffusers_weights(folder, root, "diffusion_pytorch_model*", "DiT weights")
 
 
 def resolve_files(ckpt_dir: str, layout: str, i2v: bool) -> WanFiles:
     """Every file the job needs, or a ValueError naming the first missing one."""
-    if not os.path.isdir(ckpt_dir):
-        raise ValueError(f"ckpt_dir={ckpt_dir!r} is not a directory; point it at a Wan2.1 checkpoint folder")
     if layout not in LAYOUTS:
         raise ValueError(f"model.layout={layout!r} is unknown; choose one of {LAYOUTS}")
     layout = detect_layout(ckpt_dir) if layout == "auto" else layout
@@ -99,7 +87,7 @@ def resolve_files(ckpt_dir: str, layout: str, i2v: bool) -> WanFiles:
                         need(OFFICIAL_FILES["vae"], "VAE"),
                         need(OFFICIAL_FILES["clip"], "CLIP image encoder") if i2v else None)
     d = DIFFUSERS_DIRS
-    return WanFiles(layout, _dit_weights(need(d["dit"], "DiT folder", True), os.path.join(ckpt_dir, d["dit"])),
+    return WanFiles(layout, _dit_weights(need(d["dit"], "DiT folder", True), ckpt_dir),
                     need(os.path.join(d["t5"], "config.json"), "umT5 encoder config"),
                     need(d["tokenizer"], "tokenizer folder", is_dir=True),
                     need(os.path.join(d["vae"], "config.json"), "VAE config"),
@@ -221,7 +209,8 @@ class WanFamily(ModelFamily):
     @functools.cached_property
     def files(self) -> WanFiles:
         """The checkpoint's files (resolved once per job: validate, build and decode all need them)."""
-        return resolve_files(resolve_path(self.cfg.ckpt_dir), self.cfg.model.layout, self.i2v)
+        root = folders.ckpt_root(self.cfg, self.name, "Wan2.1", "checkpoint folder", "official or diffusers layout")
+        return resolve_files(root, self.cfg.model.layout, self.i2v)
 
     # ---- before any collective -----------------------------------------------------------------------------
     def check_geometry(self) -> None:
@@ -237,13 +226,7 @@ class WanFamily(ModelFamily):
 
     def validate(self) -> None:
         cfg, mcfg = self.cfg, self.mcfg
-        if cfg.model.ckpt is not None:
-            raise ValueError(f"model.ckpt is for the embedded tiny models; {self.name} loads everything from "
-                             f"ckpt_dir (set model.ckpt=null and ckpt_dir=/path/to/Wan2.1-...)")
-        if cfg.ckpt_dir is None:
-            raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {self.name} checkpoint folder "
-                             f"(official or diffusers layout)")
-        files = self.files
+        files = self.files  # ckpt_dir checked first
         check_dit_config(files, cfg.ckpt_dir, self.name)
         folder_shift(cfg, files)
         self.check_geometry()

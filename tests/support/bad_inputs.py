@@ -137,7 +137,7 @@ _ENTRIES = [
     ("wan-ckpt-dir-not-a-directory", ["model.name=wan2.1-t2v-14b", "model.ckpt=null", "ckpt_dir={tmp}/nope"], 2,
      r"ckpt_dir=.*nope' is not a directory", r"point it at a Wan2\.1 checkpoint folder", None),
     ("wan-ckpt-dir-without-weights", ["model.name=wan2.1-t2v-14b", "model.ckpt=null", "ckpt_dir={tmp}"], 2,
-     r"ckpt_dir: no DiT weights", r"diffusion_pytorch_model\.safetensors or its sharded index", None),
+     r"ckpt_dir=.*: no DiT weights", r"diffusion_pytorch_model\.safetensors or its sharded index", None),
     ("bad-dtype", ["model.dtype=int8"], 2, r"model\.dtype='int8'", r"must be one of", None),
     ("missing-checkpoint", ["model.ckpt=/nonexistent/x.safetensors"], 2, r"model\.ckpt='/nonexistent/x\.safetensors'",
      r"set model\.ckpt=null", None),
@@ -311,6 +311,18 @@ def _remove(rel: str) -> Callable:
     return setup
 
 
+def _shards_without_index(rel: str) -> Callable:
+    """A setup splitting ``rel`` (a .safetensors file) of the copied folder into two shard names, without the index
+    file that says which tensor is in which."""
+    def setup(tmp):
+        p = os.path.join(tmp, "ck", rel)
+        stem = p.removesuffix(".safetensors")
+        shutil.copy(p, f"{stem}-00002-of-00002.safetensors")
+        os.rename(p, f"{stem}-00001-of-00002.safetensors")
+        return []
+    return setup
+
+
 def _edit_json(rel: str, **changes) -> Callable:
     """A setup changing fields of a JSON file of the copied Wan folder (``_scale`` multiplies a field by 2)."""
     def setup(tmp):
@@ -332,6 +344,9 @@ WAN = [  # the Wan2.1 checkpoint folders: every file a job needs is named when m
         _remove("google"), "wan-t2v-official"),
     Bad("wan-missing-dit", [], 1, r"no DiT weights", r"diffusion_pytorch_model\.safetensors or its sharded index", _remove("diffusion_pytorch_model.safetensors"),
         "wan-t2v-official"),
+    Bad("wan-dit-shards-without-index", [], 1, r"ckpt_dir holds 2 shards of DiT weights but no "
+        r"diffusion_pytorch_model\.safetensors\.index\.json", r"restore the index file",
+        _shards_without_index("diffusion_pytorch_model.safetensors"), "wan-t2v-official"),
     Bad("wan-missing-clip", ["image={image}"], 1, r"missing CLIP image encoder", r"copy the complete Wan2\.1 release into ckpt_dir",
         _remove("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"), "wan-i2v-official"),
     Bad("wan-diffusers-missing-image-encoder", ["image={image}"], 1,
@@ -552,7 +567,9 @@ HUNYUAN_PIPELINE = [  # HunyuanVideo folders (base folder:tiny-hunyuanvideo)
     Bad("hy-width-not-16", ["video.width=40"], 1, r"video\.width=40 must be a positive multiple of 16",
         r"use video\.width=32", base="folder:tiny-hunyuanvideo"),
     Bad("hy-ckpt-dir-missing", ["ckpt_dir={tmp}/nowhere"], 1, r"ckpt_dir=.*nowhere' is not a directory",
-        r"point it at a HunyuanVideo folder in the diffusers layout", base="folder:tiny-hunyuanvideo"),
+        r"point it at a HunyuanVideo folder \(diffusers layout", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-with-model-ckpt", ["model.ckpt=/x/transformer.safetensors"], 1, r"model\.ckpt is for the embedded tiny models",
+        r"set model\.ckpt=null and ckpt_dir=/path/to/the HunyuanVideo folder", base="folder:tiny-hunyuanvideo"),
     Bad("hy-ckpt-dir-null", ["ckpt_dir=null"], 1, r"ckpt_dir is not set", r"pass ckpt_dir=/path/to/the tiny-hunyuanvideo folder",
         base="folder:tiny-hunyuanvideo"),
     Bad("hy-missing-transformer-weights", [], 1, r"no weights \(\*\.safetensors or a sharded index\) in transformer",
@@ -610,6 +627,10 @@ OPENSORA_PIPELINE = [  # Open-Sora 1.2 folders (base folder:tiny-opensora)
         base="folder:tiny-opensora"),
     Bad("opensora-vae-tiling", ["vae.tiling=true"], 1, r"vae\.tiling=true: tiny-opensora decodes 4 frames at a time",
         r"set vae\.tiling=false", base="folder:tiny-opensora"),
+    Bad("opensora-with-model-ckpt", ["model.ckpt=/x/model.safetensors"], 1, r"model\.ckpt is for the embedded tiny models",
+        r"set model\.ckpt=null and ckpt_dir=/path/to/the Open-Sora 1\.2 checkpoint folder", base="folder:tiny-opensora"),
+    Bad("opensora-ckpt-dir-missing", ["ckpt_dir={tmp}/nowhere"], 1, r"ckpt_dir=.*nowhere' is not a directory",
+        r"point it at an Open-Sora 1\.2 checkpoint folder", base="folder:tiny-opensora"),
     Bad("opensora-ckpt-dir-null", ["ckpt_dir=null"], 1, r"ckpt_dir is not set",
         r"pass ckpt_dir=/path/to/the tiny-opensora checkpoint folder", base="folder:tiny-opensora"),
     Bad("opensora-vae-weights-without-prefix", [], 1,
