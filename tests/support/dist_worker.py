@@ -23,15 +23,14 @@ def _run_jobs(rank: int, jobs: list, result_dir: str, state: dict) -> bool:
     all_ok = True
     for name, overrides in jobs:
         start = time.perf_counter()
-        cfg = load_config(None, overrides)
-        if cfg.parallel.backend == "deepspeed" and not state.get("deepspeed"):
-            import deepspeed
-
-            deepspeed.init_distributed(dist_backend=dist.get_backend())
-            state["deepspeed"] = True
-        par = build_dist_context(parallel_dims(cfg), cfg.parallel.backend)
         try:
-            run_job(cfg, par)
+            cfg = load_config(None, overrides)
+            if cfg.parallel.backend == "deepspeed" and not state.get("deepspeed"):
+                import deepspeed
+
+                deepspeed.init_distributed(dist_backend=dist.get_backend())
+                state["deepspeed"] = True
+            run_job(cfg, build_dist_context(parallel_dims(cfg), cfg.parallel.backend))
             status = "ok"
         except Exception as e:  # reported to the test, which decides
             status = f"{type(e).__name__}: {e}"
