@@ -13,6 +13,9 @@ from models.tiny_text import TinyTextEncoder
 from models.wan import WanConfig, WanModel
 
 TEXT_ENCODER_PREFIX = "text_encoder."
+# parameters of the released text encoders several families load (the planner's encode phase)
+T5_XXL_ENCODER_PARAMS = 4_762_310_656  # T5 v1.1 XXL, encoder only (FLUX.1 text_encoder_2, Open-Sora 1.2)
+CLIP_L_TEXT_PARAMS = 123_060_480  # CLIP ViT-L/14 text model (FLUX.1, HunyuanVideo text_encoder_2)
 
 
 def split_text_encoder(sd: dict) -> tuple[dict, dict]:

@@ -24,12 +24,12 @@ import torch
 from magcache_dist.config import resolve_path
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
-from magcache_dist.families.common import TinyFamily, encode_prompt, pooled
+from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, T5_XXL_ENCODER_PARAMS, TinyFamily, encode_prompt, pooled
 from magcache_dist.sampling.grids import flux_mu, flux_sigmas, linear_grid
 from magcache_dist.sampling.loop import SamplerConfig
 from models.flux import FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, FluxDiT, flux_config
 from models.layouts import is_official, official_to_diffusers
-from models.loading import read_shapes, load_streaming
+from models.loading import check_shapes, read_shapes
 from models.tiny_text import TinyTextEncoder
 
 TINY_TEXT_LEN = 16
@@ -61,6 +61,7 @@ class FluxFolder:
     """The files of a FLUX.1 job (``ckpt_dir`` in the diffusers layout, ``model.ckpt`` optionally)."""
     root: str
     transformer: str  # weights: a diffusers .safetensors / index json, or the official single file
+    shapes: dict  # the transformer's tensor names and shapes as stored (read from the headers once)
     official: bool  # transformer holds BFL's official key names
     clip: str
     clip_tokenizer: str
@@ -153,8 +154,7 @@ class FluxFamily(TinyFamily):
             raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: vae/config.json has {levels} levels (stride "
                              f"{2 ** (levels - 1)}) but FLUX.1's VAE has stride {VAE_SCALE}; replace vae/")
         sched_path = os.path.join(root, "scheduler", "scheduler_config.json")
-        sched = folders.read_config(sched_path, root) if os.path.isfile(sched_path) else \
-            SCHEDULERS["schnell" if self.schnell else "dev"]
+        sched = folders.read_config(sched_path, root) if os.path.isfile(sched_path) else self.default_scheduler
         if cfg.model.ckpt is not None:  # BFL's official single file (or a diffusers-named one) replaces transformer/
             weights = resolve_path(cfg.model.ckpt)
             if not os.path.isfile(weights):
@@ -162,8 +162,9 @@ class FluxFamily(TinyFamily):
                                  f"(e.g. flux1-dev.safetensors) or set model.ckpt=null to use ckpt_dir/transformer")
         else:
             weights = folders.diffusers_weights(os.path.dirname(paths["transformer"]), root)
-        official = is_official(read_shapes(weights), FLUX_OFFICIAL_MARKER)
-        return FluxFolder(root=root, transformer=weights, official=official,
+        shapes = read_shapes(weights)
+        return FluxFolder(root=root, transformer=weights, shapes=shapes,
+                          official=is_official(shapes, FLUX_OFFICIAL_MARKER),
                           clip=os.path.dirname(paths["clip"]), clip_tokenizer=os.path.join(root, c["clip_tokenizer"]),
                           t5=os.path.dirname(paths["t5"]), t5_tokenizer=os.path.join(root, c["t5_tokenizer"]),
                           vae=os.path.dirname(paths["vae"]), scheduler=sched, vae_config=vae_cfg)
@@ -177,16 +178,19 @@ class FluxFamily(TinyFamily):
         with torch.device("meta"):
             model = FluxDiT(**self.mcfg)
         where = self._weights_where()
-        shapes = read_shapes(folder.transformer)
+        shapes = folder.shapes
         if folder.official:
             converted = {}
             for key, shape in shapes.items():
                 converted.update({k: tuple(v.shape) for k, v in self._convert({key: torch.empty(shape, device="meta")},
                                                                               where).items()})
             shapes = converted
-        from models.loading import check_shapes
-
         check_shapes(model, shapes, where)
+
+    @property
+    def default_scheduler(self) -> dict:
+        """The released scheduler_config.json of the variant (a folder without scheduler/, or a dry run)."""
+        return SCHEDULERS["schnell" if self.schnell else "dev"]
 
     def _weights_where(self) -> str:
         if self.cfg.model.ckpt is not None:
@@ -220,8 +224,8 @@ class FluxFamily(TinyFamily):
 
     def encoder_params(self) -> dict[str, int]:
         # CLIP-L's text tower and T5-XXL's encoder (openai/clip-vit-large-patch14, google/t5-v1_1-xxl)
-        return {} if self.name not in PUBLISHED else {"CLIP-L text encoder": 123_060_480,
-                                                      "T5-XXL encoder": 4_762_310_656}
+        return {} if self.name not in PUBLISHED else {"CLIP-L text encoder": CLIP_L_TEXT_PARAMS,
+                                                      "T5-XXL encoder": T5_XXL_ENCODER_PARAMS}
 
     def vae_params(self) -> int:
         return 83_819_683 if self.name in PUBLISHED else 0  # FLUX.1's AutoencoderKL (16 latent channels)
@@ -231,8 +235,7 @@ class FluxFamily(TinyFamily):
         if self.pixel:
             sigmas = flux_sigmas(s.num_steps, self.image_tokens(), shift=not self.schnell)
         else:
-            sched = self.folder.scheduler if self.cfg.ckpt_dir is not None else \
-                SCHEDULERS["schnell" if self.schnell else "dev"]
+            sched = self.folder.scheduler if self.cfg.ckpt_dir is not None else self.default_scheduler
             sigmas = pipeline_sigmas(s.num_steps, self.image_tokens(), sched)
         return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
                              cfg_mode="distilled", sigmas=sigmas)
@@ -261,10 +264,8 @@ class FluxFamily(TinyFamily):
         if self.pixel:
             return
         folder, where = self.folder, self._weights_where()
-        model.to_empty(device=device)
         convert = (lambda sd: self._convert(sd, where)) if folder.official else None
-        load_streaming(model, folder.transformer, where, convert=convert)
-        model.requires_grad_(False)
+        folders.stream_weights(model, device, folder.transformer, where, convert)
 
     def encode(self, encoder, prompt, negative, branches):
         if self.pixel:
@@ -312,7 +313,7 @@ class FluxFamily(TinyFamily):
     def decode(self, latents, model=None):
         """[1, 16, 1, H/8, W/8] -> [1, 3, 1, H, W] in [-1, 1] (rank 0)."""
         if self.pixel:
-            return latents.clamp(-1, 1)  # pixel space
+            return super().decode(latents, model)
         from diffusers import AutoencoderKL
 
         cfg, device = self.cfg, latents.device

@@ -43,6 +43,17 @@ def ckpt_root(cfg, name: str, family: str, noun: str, contents: str, model_ckpt:
     return root
 
 
+def stream_weights(model, device, path: str, where: str, convert=None) -> None:
+    """Materialise a meta-built ``model`` in its dtype on ``device`` (an FSDP-sharded one as this rank's shards
+    only) and stream the weights at ``path`` in, tensor by tensor (``convert``: a checkpoint-layout conversion
+    applied on the way); ``where`` names the checkpoint in errors."""
+    from models.loading import load_streaming
+
+    model.to_empty(device=device)
+    load_streaming(model, path, where, convert=convert)
+    model.requires_grad_(False)
+
+
 def need(root: str, rel: str, what: str, fix: str, is_dir: bool = False) -> str:
     """``root/rel`` (a file, or with ``is_dir`` a folder), or a ValueError naming it and ``fix``."""
     path = os.path.join(root, rel)

@@ -22,6 +22,7 @@ rank 0 moves the DiT off the GPU (``vae.offload_dit``), then loads the VAE and d
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import torch
 
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families import folders
-from magcache_dist.families.common import TinyFamily, encode_prompt, pooled
+from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, TinyFamily, encode_prompt, pooled
 from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
 from models.hunyuan_video import HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, HunyuanVideoDiT, hunyuan_config
@@ -56,8 +57,10 @@ VAE_STRIDE = (4, 8)  # time, space (AutoencoderKLHunyuanVideo "884": 4x temporal
 DEFAULT_SHIFT, DEFAULT_GUIDANCE = 7.0, 6.0  # HunyuanVideo's flow_shift and embedded_cfg_scale
 # parameters of the published encoders and VAE (dry-run planner): LLaVA-LLaMA-3-8B's LlamaModel (vocab 128320, width
 # 4096, 32 layers, FFN 14336, 8 KV heads), CLIP-L's text tower, AutoencoderKLHunyuanVideo's default size
-PUBLISHED_ENCODER_PARAMS = {"LLaMA text encoder": 7_505_186_816, "CLIP-L text encoder": 123_060_480}
+PUBLISHED_ENCODER_PARAMS = {"LLaMA text encoder": 7_505_186_816, "CLIP-L text encoder": CLIP_L_TEXT_PARAMS}
 PUBLISHED_VAE_PARAMS = 246_478_803
+FIX = ("copy the complete diffusers-layout release (transformer, text_encoder, tokenizer, text_encoder_2, "
+       "tokenizer_2, vae) into ckpt_dir")
 COMPONENTS = {  # folder -> (file that must exist, what it is)
     "transformer": ("config.json", "transformer (HunyuanVideoTransformer3DModel)"),
     "text_encoder": ("config.json", "LLaMA text encoder (LlamaModel)"),
@@ -155,10 +158,15 @@ class HunyuanVideoFamily(TinyFamily):
     def num_heads(self) -> int:
         return self.mcfg["num_attention_heads"]
 
-    @property
+    @functools.cached_property
     def folder(self) -> str:
+        """ckpt_dir, checked and resolved once per job (validate, build, encode and decode read it)."""
         return folders.ckpt_root(self.cfg, self.name, "HunyuanVideo", "folder",
                                  "diffusers layout: hunyuanvideo-community/HunyuanVideo")
+
+    @functools.cached_property
+    def transformer_weights(self) -> str:
+        return folders.diffusers_weights(os.path.join(self.folder, "transformer"), self.folder)
 
     # ---- before any collective -----------------------------------------------------------------------------
     def check_geometry(self) -> None:
@@ -192,14 +200,9 @@ class HunyuanVideoFamily(TinyFamily):
 
     def validate_pipeline(self) -> None:
         cfg = self.cfg
-        folder = self.folder  # ckpt_dir checked first
-        for sub, (file, what) in COMPONENTS.items():
-            path = os.path.join(folder, sub, file) if file else os.path.join(folder, sub)
-            if not (os.path.isfile(path) if file else os.path.isdir(path)):
-                raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: missing {what} '{os.path.relpath(path, folder)}'; "
-                                 f"copy the complete diffusers-layout release (transformer, text_encoder, tokenizer, "
-                                 f"text_encoder_2, tokenizer_2, vae) into ckpt_dir")
-        folders.diffusers_weights(os.path.join(folder, "transformer"), folder)
+        for sub, (file, what) in COMPONENTS.items():  # ckpt_dir itself checked first (self.folder)
+            folders.need(self.folder, os.path.join(sub, file) if file else sub, what, FIX, is_dir=file is None)
+        self.transformer_weights  # noqa: B018 (found here, before any collective: raises naming what is missing)
         self.check_components()
         self.folder_shift()
         folders.check_encoder_options(cfg)
@@ -310,17 +313,12 @@ class HunyuanVideoFamily(TinyFamily):
     def load_weights(self, model, device) -> None:
         """Full pipeline: the transformer materialised on ``device`` (an FSDP-sharded one as this rank's shards)
         and streamed in tensor by tensor. The pixel size loaded everything in ``build``."""
-        from models.loading import load_streaming
-
         if self.pixel:
             return
-        model.to_empty(device=device)
-        load_streaming(model, folders.diffusers_weights(os.path.join(self.folder, "transformer"), self.folder),
-                       f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)")
-        model.requires_grad_(False)
+        folders.stream_weights(model, device, self.transformer_weights, f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)")
 
     def encode(self, encoder, prompt, negative, branches):
-        if isinstance(encoder, HunyuanEncoders):
+        if not self.pixel:
             return self.encode_many(encoder, [(prompt, negative)], branches)[0]
         feats, n = encode_prompt(encoder, prompt, TINY_TEXT_LEN)
         mask = (torch.arange(feats.shape[1]) < n).long()[None]
@@ -329,7 +327,7 @@ class HunyuanVideoFamily(TinyFamily):
     def encode_many(self, encoder, texts, branches):
         """Full pipeline: LLaMA, then CLIP, each loaded once for all the prompts and freed right after (the
         model is guidance-distilled: negative prompts are not used)."""
-        if not isinstance(encoder, HunyuanEncoders):
+        if self.pixel:
             return super().encode_many(encoder, texts, branches)
         dev, dtype = folders.encoder_place(self.cfg, encoder.device)
         prompts = [p for p, _ in texts]

@@ -29,10 +29,10 @@ import torch
 from magcache_dist.config import explicitly_set
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
-from magcache_dist.families.common import TinyFamily, encode_prompt
+from magcache_dist.families.common import T5_XXL_ENCODER_PARAMS, TinyFamily, encode_prompt
 from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
-from models.loading import TensorSource, check_shapes, load_streaming, read_shapes
+from models.loading import TensorSource, check_shapes, read_shapes
 from models.opensora import OpenSoraCond, STDiT3, opensora_config
 from models.opensora_vae import PUBLISHED_2D, SDXL_VAE, OpenSoraVAE, OpenSoraVAEConfig, TemporalVAEConfig
 from models.tiny_text import TinyTextEncoder
@@ -296,7 +296,7 @@ class OpenSoraFamily(TinyFamily):
                            text_dim=m.caption_channels)
 
     def encoder_params(self) -> dict[str, int]:
-        return {"T5-XXL encoder": 4_762_310_656} if self.name == "opensora-1.2" else {}  # DeepFloyd/t5-v1_1-xxl
+        return {"T5-XXL encoder": T5_XXL_ENCODER_PARAMS} if self.name == "opensora-1.2" else {}
 
     def vae_params(self) -> int:
         # the temporal VAE (counted on the meta device at the published size) + SDXL's 2D VAE
@@ -329,13 +329,11 @@ class OpenSoraFamily(TinyFamily):
             self.load_weights(model, device)
         return model.eval().requires_grad_(False), OpenSoraEncoders(self.files, device)
 
-    def load_weights(self, model, device, *args) -> None:
+    def load_weights(self, model, device) -> None:
         """Materialise the meta-built STDiT3 in the run dtype on ``device`` and stream transformer/ in."""
         if self.pixel:
             return
-        model.to_empty(device=device)
-        load_streaming(model, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)")
-        model.requires_grad_(False)
+        folders.stream_weights(model, device, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)")
 
     def encode(self, encoder, prompt, negative, branches):
         if not self.pixel:
@@ -381,7 +379,7 @@ class OpenSoraFamily(TinyFamily):
     def decode(self, latents, model=None):
         """Rank 0: [1, 4, F', h, w] normalised latents -> [1, 3, video.frames, 8h, 8w] in [-1, 1] (CPU, float32)."""
         if self.pixel:
-            return latents.clamp(-1, 1)  # pixel space
+            return super().decode(latents, model)
         device = latents.device
         folders.offload_for_decode(self.cfg, model, device)
         vae = load_vae(self.files, self.vae_cfg, device, DTYPES[self.cfg.vae.dtype])

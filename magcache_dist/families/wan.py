@@ -28,7 +28,6 @@ from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
 from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
-from models.loading import load_streaming
 from models.wan import get_config
 from models.wan_i2v import I2VCondition, build_wan_model
 
@@ -295,9 +294,7 @@ class WanFamily(ModelFamily):
     def load_weights(self, model, device) -> None:
         """Materialise straight in the run dtype on the job device (a 14B DiT never exists in fp32; an FSDP-sharded
         one only as this rank's shards) and stream the checkpoint in, one tensor at a time."""
-        model.to_empty(device=device)
-        load_streaming(model, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (DiT)")
-        model.requires_grad_(False)
+        folders.stream_weights(model, device, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (DiT)")
 
     def encode(self, encoder: WanEncoders, prompt: str, negative: str, branches) -> dict:
         return self.encode_many(encoder, [(prompt, negative)], branches)[0]
