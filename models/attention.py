@@ -43,11 +43,15 @@ def unpadded_attention(q, k, v, k_lens):
     sharding makes exactly the kernel call the unpadded single process makes (masking them instead changes the
     kernel's blocking and, in bf16, a few outputs by one unit in the last place). A ragged rest is masked.
     """
-    n = q.shape[1] if k_lens is None else min(int(k_lens.max()), q.shape[1])
-    if n == q.shape[1]:
-        return sdpa(q, k, v, key_padding_mask(k_lens, k.shape[1]))
-    out = sdpa(q[:, :n], k[:, :n], v[:, :n], key_padding_mask(k_lens, n))  # [B, n, N, Dh]
-    return F.pad(out, (0, 0, 0, 0, 0, q.shape[1] - n))
+    if k_lens is None:
+        return sdpa(q, k, v, None)
+    lens = k_lens.tolist()  # the one device -> host read of the call
+    n = min(max(lens), q.shape[1])
+    mask = None
+    if min(lens) < n:  # a ragged rest: masked
+        mask = (torch.arange(n, device=k_lens.device)[None, :] < k_lens[:, None])[:, None, None, :]
+    out = sdpa(q[:, :n], k[:, :n], v[:, :n], mask)  # [B, n, N, Dh]
+    return out if n == q.shape[1] else F.pad(out, (0, 0, 0, 0, 0, q.shape[1] - n))
 
 
 class LocalAttention(nn.Module):

@@ -29,10 +29,14 @@ def joint_attention(q_img, k_img, v_img, q_txt, k_txt, v_txt, img_lens=None, txt
     Returns (image out [B, L, N, Dh], text out [B, T, N, Dh]) in the input dtype.
     """
     b, t, l = q_img.shape[0], q_txt.shape[1], q_img.shape[1]
-    n = l if img_lens is None else min(int(img_lens.max()), l)
+    img = [l] if img_lens is None else img_lens.tolist()  # one device -> host read per given lens
+    txt = [t] if txt_lens is None else txt_lens.tolist()
+    n = min(max(img), l)
     q_img, k_img, v_img = (x[:, :n] for x in (q_img, k_img, v_img))
-    keep = torch.cat([valid_keys(txt_lens, t, b, q_img.device), valid_keys(img_lens, n, b, q_img.device)], 1)
-    mask = None if bool(keep.all()) else keep[:, None, None, :]
+    mask = None
+    if min(img) < n or min(txt) < t:  # a ragged rest (padding past n is cut, not masked)
+        keep = torch.cat([valid_keys(txt_lens, t, b, q_img.device), valid_keys(img_lens, n, b, q_img.device)], 1)
+        mask = keep[:, None, None, :]
     out = sdpa(torch.cat([q_txt, q_img], 1), torch.cat([k_txt, k_img], 1), torch.cat([v_txt, v_img], 1), mask)
     o_img = out[:, t:] if n == l else F.pad(out[:, t:], (0, 0, 0, 0, 0, l - n))
     return o_img, out[:, :t]
