@@ -234,8 +234,10 @@ class Check:
                         attention=got["peak_flops"][d] * got["attention_efficiency"][d]
                         / (ref.peak(d) * ref.efficiency("attention", d))) for d in dtypes if d in ref.peak_flops}
             out["bandwidth_measured_over_planned"] = got["memory_bandwidth"] / ref.memory_bandwidth
+        h100 = load_profile("h100")  # one GPU measures no link: the shipped node's NVLink figures stand in
         self.profile_json = dict(name="gpu-measured", description=f"measured by scripts/gpu_check.py on {name}",
-                                 **got, link_bandwidth=450e9, link_efficiency=0.7, link_latency_s=1e-5,
+                                 **got, link_bandwidth=h100.link_bandwidth, link_efficiency=h100.link_efficiency,
+                                 link_latency_s=h100.link_latency_s,
                                  source="magcache_dist.planner.measure (link figures: the h100 profile's)")
         return out
 

@@ -16,7 +16,7 @@ from magcache_dist.cache import plan as skip_plan
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_write_text
-from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank
+from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, token_layout
 from magcache_dist.planner.profiles import load_profile
 
 GB = 1e9
@@ -110,14 +110,12 @@ def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict
     import math
 
     heads, b = family.num_heads(), DTYPE_BYTES[cfg.model.dtype]
-    pf, ph, pw = fig.patch_size
-    tokens = (latent[1] // pf) * (latent[2] // ph) * (latent[3] // pw)
     extra = phases["encode_peak"]  # weights + the largest encoder
     for sp in (1, 2, 4, 8, 16, 32, 64):
         u = max(d for d in range(1, sp + 1) if sp % d == 0 and heads % d == 0)
         d = dataclasses.replace(dims, ulysses_degree=u, ring_degree=sp // u, dp_degree=1)
-        chunk = -(-tokens // sp)
-        m = memory_per_rank(fig, fig.params, chunk, chunk * sp, d, b, math.prod(latent), cached,
+        _, chunk, padded = token_layout(fig, latent, sp)
+        m = memory_per_rank(fig, fig.params, chunk, padded, d, b, math.prod(latent), cached,
                             prepared_branches=prepared)
         if max(m["total"], extra) <= profile.memory_capacity:
             return dict(ranks=sp * dims.cfg_degree, ulysses_degree=u, ring_degree=sp // u,

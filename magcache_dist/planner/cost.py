@@ -92,6 +92,14 @@ def memory_per_rank(fig: CostFigures, n_params: int, chunk: int, padded: int, di
                 total=n_params * dtype_bytes + sum(act.values()))
 
 
+def token_layout(fig: CostFigures, latent: tuple[int, int, int, int], sp: int) -> tuple[tuple, int, int]:
+    """The patch grid of a latent [C, F, H, W] (its product: the image tokens), the tokens per rank of ``sp``
+    sequence-parallel ranks (the sequence padded to a multiple of ``sp``), and the padded length."""
+    grid = tuple(n // p for n, p in zip(latent[1:], fig.patch_size))
+    chunk = -(-math.prod(grid) // sp)
+    return grid, chunk, chunk * sp
+
+
 def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, latent: tuple[int, int, int, int],
              num_steps: int, calls_per_rank: list[tuple[int, bool]], guard: bool = True, branches: int = 1,
              prepared: bool = False) -> dict:
@@ -99,14 +107,10 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
     how many CFG branches this rank runs; ``prepared``: the model prepares its text once per generation (see
     ``CostFigures.prepared_text``; off under FSDP)."""
     b = DTYPE_BYTES[dtype]
-    c, f, h, w = latent
-    pf, ph, pw = fig.patch_size
-    grid = (f // pf, h // ph, w // pw)
-    tokens = math.prod(grid)
     sp = dims.sp_degree
-    chunk = -(-tokens // sp)
-    padded = chunk * sp
-    latent_numel = c * f * h * w
+    grid, chunk, padded = token_layout(fig, latent, sp)
+    tokens = math.prod(grid)
+    latent_numel = math.prod(latent)
     blk = block_costs(fig, chunk, padded, b, prepared)
     comm = comm_costs(fig, dims, chunk, b, latent_numel, guard)
     peak = profile.peak(dtype)

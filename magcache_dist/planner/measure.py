@@ -32,9 +32,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from magcache_dist.families.base import DTYPES
 from magcache_dist.planner.profiles import PROFILE_DIR, load_profile
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _sync(device) -> None:
