@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import glob
 import json
+import math
 import os
 
 import torch
@@ -52,6 +53,18 @@ def stream_weights(model, device, path: str, where: str, convert=None) -> None:
     model.to_empty(device=device)
     load_streaming(model, path, where, convert=convert)
     model.requires_grad_(False)
+
+
+def scheduler_shift(root: str, key: str, default: float | None) -> float | None:
+    """The sigma shift ``key`` of the folder's scheduler/scheduler_config.json (``default`` when the file or the
+    field is absent), or a ValueError naming the file when it is not a number > 0."""
+    path = os.path.join(root, "scheduler", "scheduler_config.json")
+    shift = read_config(path, root).get(key, default) if os.path.isfile(path) else default
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float))
+                              or not math.isfinite(shift) or shift <= 0):
+        raise ValueError(f"ckpt_dir={root!r}: scheduler/scheduler_config.json has {key}={shift!r}; it must be a "
+                         f"number > 0 (or set sampler.shift)")
+    return None if shift is None else float(shift)
 
 
 def need(root: str, rel: str, what: str, fix: str, is_dir: bool = False) -> str:

@@ -23,7 +23,6 @@ rank 0 moves the DiT off the GPU (``vae.offload_dit``), then loads the VAE and d
 from __future__ import annotations
 
 import functools
-import math
 import os
 from dataclasses import dataclass
 
@@ -247,16 +246,8 @@ class HunyuanVideoFamily(TinyFamily):
         unless the job sets it (a config file counts as setting it)."""
         from magcache_dist.config import explicitly_set
 
-        if "sampler.shift" in explicitly_set(self.cfg):
-            return
-        shift, path = DEFAULT_SHIFT, os.path.join(self.folder, "scheduler", "scheduler_config.json")
-        if os.path.isfile(path):
-            shift = folders.read_config(path, self.folder).get("shift", DEFAULT_SHIFT)
-            if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) \
-                    or shift <= 0:
-                raise ValueError(f"ckpt_dir={self.cfg.ckpt_dir!r}: scheduler/scheduler_config.json has shift="
-                                 f"{shift!r}; it must be a number > 0 (or set sampler.shift)")
-        self.cfg.sampler.shift = float(shift)
+        if "sampler.shift" not in explicitly_set(self.cfg):
+            self.cfg.sampler.shift = folders.scheduler_shift(self.folder, "shift", DEFAULT_SHIFT)
 
     # ---- geometry and cost -----------------------------------------------------------------------------------
     def latent_shape(self):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import html
-import json
 import math
 import os
 import re
@@ -121,10 +120,7 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
     path = os.path.join(os.path.dirname(files.dit), "config.json")
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        c = json.load(f)
-    if not isinstance(c, dict):
-        raise ValueError(f"ckpt_dir={ckpt_dir!r}: {path} is not a JSON object")
+    c = folders.read_config(path, ckpt_dir)
     want = dataclasses.asdict(mcfg)
     want["patch_size"] = tuple(mcfg.patch_size)
     diff = {k: (g, want[k]) for k, g in _dit_fields(c).items() if k in want and g != want[k]}
@@ -141,21 +137,11 @@ def folder_shift(cfg: JobConfig, files: WanFiles) -> None:
     becomes sampler.shift unless the job sets sampler.shift itself (a config file counts as setting it)."""
     from magcache_dist.config import explicitly_set
 
-    path = os.path.join(resolve_path(cfg.ckpt_dir), "scheduler", "scheduler_config.json")
-    if files.layout != "diffusers" or not os.path.isfile(path):
+    if files.layout != "diffusers":
         return
-    try:
-        with open(path) as f:
-            shift = json.load(f).get("flow_shift")
-    except (json.JSONDecodeError, AttributeError):
-        raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: scheduler/scheduler_config.json is not a JSON object") from None
-    if shift is None:
-        return
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0:
-        raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: scheduler/scheduler_config.json has flow_shift={shift!r}; "
-                         f"it must be a number > 0 (or set sampler.shift)")
-    if "sampler.shift" not in explicitly_set(cfg):
-        cfg.sampler.shift = float(shift)
+    shift = folders.scheduler_shift(resolve_path(cfg.ckpt_dir), "flow_shift", None)  # checked even when overridden
+    if shift is not None and "sampler.shift" not in explicitly_set(cfg):
+        cfg.sampler.shift = shift
 
 
 def i2v_geometry(image_hw: tuple[int, int], max_area: int, patch: tuple[int, int, int]) -> tuple[int, int]:
