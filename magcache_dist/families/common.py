@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from magcache_dist.config import resolve_path
+from magcache_dist.families import uses_ckpt_dir
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily, meta_param_count
 from models.layouts import Rule, is_official, official_to_diffusers
 from models.loading import load_state_dict_strict, read_tensors
@@ -67,12 +68,11 @@ def wan_cost_figures(mcfg: WanConfig) -> CostFigures:
 
 
 class TinyFamily(ModelFamily):
-    """Base of the FLUX.1, HunyuanVideo and Open-Sora families. ``tiny_names``: the embedded pixel-space sizes
-    (``model.ckpt``, a tiny text encoder, no VAE); every other name is a full pipeline read from ``ckpt_dir``
-    (the published sizes, and ``tiny-*`` test sizes built by tests/support)."""
+    """Base of the FLUX.1, HunyuanVideo and Open-Sora families. Their embedded pixel-space sizes (``model.ckpt``, a
+    tiny text encoder, no VAE) are the names in ``families.EMBEDDED``; every other name is a full pipeline read
+    from ``ckpt_dir`` (the published sizes, and ``tiny-*`` test sizes built by tests/support)."""
 
     family = ""
-    tiny_names: tuple = ()
     cfg_mode = "distilled"
     presets: dict = {}  # model name -> default MagCache preset
     rule = "wan"
@@ -85,9 +85,9 @@ class TinyFamily(ModelFamily):
 
     @property
     def pixel(self) -> bool:
-        """The embedded pixel-space sizes (``tiny_names``: a tiny text encoder and the DiT in ``model.ckpt``, no
-        VAE); the other names run the full pipeline from ``ckpt_dir`` (text encoders, DiT, VAE)."""
-        return self.name in self.tiny_names
+        """The embedded pixel-space sizes (a tiny text encoder and the DiT in ``model.ckpt``, no VAE); the other
+        names run the full pipeline from ``ckpt_dir`` (text encoders, DiT, VAE)."""
+        return not uses_ckpt_dir(self.name)
 
     def validate(self) -> None:
         if self.pixel:
@@ -97,10 +97,9 @@ class TinyFamily(ModelFamily):
             self.validate_pipeline()
 
     def validate_pipeline(self) -> None:
-        """The full pipeline's checks (ckpt_dir, its components against the config, geometry)."""
-        raise ValueError(f"model.name={self.name!r}: the {self.family} model, its weight loading and MagCache preset "
-                         f"are here, but its text encoder and VAE are not wired into a pipeline yet; use one of "
-                         f"{list(self.tiny_names)}")
+        """The full pipeline's checks (ckpt_dir, its components against the config, geometry): every family
+        defines them."""
+        raise NotImplementedError
 
     def validate_common(self) -> None:
         """Checks every size of the family shares (cache mode, parallel layout, solver)."""

@@ -145,7 +145,6 @@ def clip_pooled(clip, tokenizer, prompt: str, max_len: int = CLIP_TOKENS) -> tor
 class HunyuanVideoFamily(TinyFamily):
     names = ("hunyuanvideo", "hunyuanvideo-tiny", "tiny-hunyuanvideo")
     family = "HunyuanVideo"
-    tiny_names = ("hunyuanvideo-tiny",)
     presets = {"hunyuanvideo-tiny": "hunyuanvideo-t2v-544p", "hunyuanvideo": "hunyuanvideo-t2v-720p",
                "tiny-hunyuanvideo": "hunyuanvideo-t2v-544p"}
     rule = "hunyuanvideo"

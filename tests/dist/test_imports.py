@@ -85,7 +85,7 @@ def test_every_package_imports_in_a_fresh_interpreter():
 
 
 def test_family_table_matches_the_classes():
-    from magcache_dist.families import MODULES as TABLE
+    from magcache_dist.families import EMBEDDED, MODULES as TABLE
     from magcache_dist.families.base import ModelFamily, family_class
 
     for target, names in TABLE.items():
@@ -93,6 +93,7 @@ def test_family_table_matches_the_classes():
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, ModelFamily) and set(cls.names) == set(names), target
         assert all(family_class(n) is cls for n in names)
+    assert set(EMBEDDED) < {n for names in TABLE.values() for n in names}  # the checkpoint-free names are served
     with pytest.raises(ValueError, match=r"model\.name='sdxl' has no pipeline; choose one of"):
         family_class("sdxl")
 
