@@ -41,16 +41,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def best_time(fn, device, repeats: int = 5, min_s: float = 0.05) -> float:
-    """Seconds per call of ``fn``: best of ``repeats`` timings, each of enough calls to last ``min_s``."""
+def best_time(fn, device, repeats: int = 5, min_s: float = 0.05, inner: int | None = None, before=None) -> float:
+    """Seconds per call of ``fn``: best of ``repeats`` timings, each of ``inner`` calls (default: enough to last
+    ``min_s``; collectives pass a fixed count, the same on every rank); ``before`` runs ahead of each timing."""
     fn()
     _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    inner = max(1, int(min_s / max(time.perf_counter() - t, 1e-6)))
+    if inner is None:
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        inner = max(1, int(min_s / max(time.perf_counter() - t, 1e-6)))
     best = float("inf")
     for _ in range(repeats):
+        if before is not None:
+            before()
         t = time.perf_counter()
         for _ in range(inner):
             fn()
@@ -144,17 +148,8 @@ def link_figures(comm_group=None, mb: int = 32, device="cpu") -> tuple[float, fl
     send, recv = torch.randn(n, device=device), torch.empty(n, device=device)
     small = torch.zeros(1, device=device)
 
-    def timed(fn, count: int) -> float:  # the same number of collectives on every rank (no adaptive count)
-        fn()
-        best = float("inf")
-        for _ in range(3):
-            dist.barrier(group=comm_group)
-            t = time.perf_counter()
-            for _ in range(count):
-                fn()
-            _sync(device)
-            best = min(best, (time.perf_counter() - t) / count)
-        return best
+    def timed(fn, count: int) -> float:
+        return best_time(fn, device, repeats=3, inner=count, before=lambda: dist.barrier(group=comm_group))
 
     t_a2a = timed(lambda: dist.all_to_all_single(recv, send, group=comm_group), 5)
     t_lat = timed(lambda: dist.all_reduce(small, group=comm_group), 50)
