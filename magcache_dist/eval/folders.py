@@ -147,14 +147,14 @@ def load_folder(path: str, arg: str) -> Folder:
     root = os.path.abspath(path)
     if os.path.isfile(os.path.join(root, "summary.json")):
         folder = _prompt_job(root, arg)
-    elif _output(root) and os.path.isfile(os.path.join(root, "report.json")):
+    elif (output := _output(root)) and os.path.isfile(os.path.join(root, "report.json")):
         name = os.path.basename(root)
         figures = _report_figures(os.path.join(root, "report.json"), arg)
         folder = Folder(root, "job")
         if figures.get("status", "done") != "done":
             folder.skipped[name] = f"status {figures['status']!r}"
         else:
-            folder.videos[name] = _video(name, _output(root), figures)
+            folder.videos[name] = _video(name, output, figures)
     else:
         folder = _mp4_folder(root, arg)
         if not folder.videos and not folder.skipped:
