@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
 
 
+def per_dtype(value, dtype: str, default: float) -> float:
+    """A profile figure given as one number for every dtype, or as dtype name -> number (``default`` when that
+    dtype is not listed)."""
+    return float(value.get(dtype, default) if isinstance(value, dict) else value)
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
@@ -32,15 +38,13 @@ class DeviceProfile:
     def gemm_rate(self, dtype: str, rows: int) -> float:
         """FLOP/s of GEMMs with ``rows`` rows: peak x efficiency, times rows / (rows + h) where h is the profile's
         ``gemm_half_rows`` (the row count at which a GEMM runs at half its large-size rate; 0 when not given)."""
-        half = self.extra.get("gemm_half_rows", {})
-        h = float(half.get(dtype, 0.0) if isinstance(half, dict) else half)
+        h = per_dtype(self.extra.get("gemm_half_rows", {}), dtype, 0.0)
         return self.peak(dtype) * self.efficiency("gemm", dtype) * (rows / (rows + h) if rows > 0 else 1.0)
 
     def elementwise_bandwidth(self, dtype: str) -> float:
         """Bytes/s at which elementwise work runs: the profile's measured ``elementwise_bandwidth`` for ``dtype``, or
         the memory bandwidth (bandwidth-bound kernels, as on a GPU)."""
-        e = self.extra.get("elementwise_bandwidth", {})
-        return float(e.get(dtype, self.memory_bandwidth) if isinstance(e, dict) else e)
+        return per_dtype(self.extra.get("elementwise_bandwidth", {}), dtype, self.memory_bandwidth)
 
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
