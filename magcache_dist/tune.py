@@ -355,14 +355,16 @@ class Runner:
         self._write_prompts(path, names)
         cfg = job_config(self.plan.args, self.plan.overrides, path, output_dir, extra)
         cfg.progress = False
+        cfg.planner.memory_check = False  # checked once, in prepare: the settings searched do not change memory
         job = validate_job(cfg, self.par.job_comm.size)
         run_job(job, self.par, self.device)
+        self._barrier()  # every group is done (the last one wrote summary.json)
         made = None
         if self._is_rank0():
             with open(os.path.join(output_dir, "summary.json")) as f:
                 summary = json.load(f)
             made = summary["videos_done"] - summary["videos_reused"]
-        made = self._barrier(made)  # every group is done once rank 0 of the job gets here
+        made = self._barrier(made)
         self.made += made
         return made
 
