@@ -247,8 +247,7 @@ def prepare(args, world_size: int = 1) -> Plan:
                          f"(or pass the same file as --prompts)")
     videos = read_prompts(os.path.abspath(args.prompts), base.seed, base.negative_prompt, base.image)
     tune, held = split([v.name for v in videos], args.held_out, args.split_seed)
-    base_job = validate_job(job_config(args, overrides, os.path.abspath(args.prompts), os.path.join(out, "reference"),
-                                       []), world_size)
+    base_job = validate_job(job_config(args, overrides, os.path.abspath(args.prompts), out, []), world_size)
     resolved = None
     if base.cache.mode == "auto":
         from magcache_dist.auto import lookup
@@ -410,9 +409,19 @@ class Runner:
         if report["computed_calls"] != c.calls:
             raise RuntimeError(f"{folder}: computed {report['computed_calls']} calls but the plan said {c.calls}; "
                                f"the schedule depends on more than the settings (is cache.mode calibrated?)")
-        ref = read_frames(os.path.join(self.ref_dir, name, "video.mp4"))
-        got = compare(ref, read_frames(os.path.join(folder, "video.mp4")), self.lpips)
+        ref = read_frames(_output(os.path.join(self.ref_dir, name)))
+        got = compare(ref, read_frames(_output(folder)), self.lpips)
         return {k: got[k] for k in METRICS}
+
+
+def _output(folder: str) -> str:
+    """The video (or an image model's image) a job wrote in ``folder``."""
+    from magcache_dist.eval.folders import OUTPUTS
+
+    for name in OUTPUTS:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FileNotFoundError(f"{folder}: no {' or '.join(OUTPUTS)}")
 
 
 # -- the search ----------------------------------------------------------------------------------------------------

@@ -207,3 +207,26 @@ def test_bad_input_exits_2_naming_it(argv, message, tmp_path, capsys):
     prompts.write_text("\n".join(PROMPTS) + "\n")
     rc = main(["--config", "configs/default.yaml", "--prompts", str(prompts), "--out", str(tmp_path / "o"), *argv])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_auto_mode_tunes_on_the_stored_table(tmp_path):
+    """cache.mode=auto: the plan comes from the store's table (one calibration run first); tuned.yaml keeps auto and
+    the store, and runs the chosen schedule. Without a stored table the tuner refuses before making any video."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
+    store = tmp_path / "store"
+    auto = ["cache.mode=auto", f"cache.calibration.store_dir={store}"]
+    argv = ["--config", "configs/default.yaml", "--prompts", str(prompts), "--target-psnr", "10", "--held-out", "1",
+            "--thresh", "0.04,0.32", "--K", "1", "--retention", "0.2", "--branch-sync", "joint", *SMALL, *auto]
+    assert main([*argv, "--out", str(tmp_path / "none")]) == 2 and not os.path.exists(tmp_path / "none" / "reference")
+    run_job(validate_job(load_config("configs/default.yaml", [*SMALL, "cache.mode=calibrate",
+                                                              f"cache.calibration.store_dir={store}",
+                                                              f"output_dir={tmp_path / 'cal'}"]), 1), solo_context())
+    assert main([*argv, "--out", str(tmp_path / "t")]) == 0
+    res = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert res["tuned_config"]["cache"]["mode"] == "auto"
+    cfg = load_config(str(tmp_path / "t" / "tuned.yaml"), [f"output_dir={tmp_path / 'run'}"])
+    assert cfg.cache.calibration.store_dir == str(store)
+    report = run_job(validate_job(cfg, 1), solo_context())
+    assert report["computed_calls"] == res["chosen"]["calls"] < report["total_calls"]
+    assert report["ratios_used"]["lookup"] == "exact"
