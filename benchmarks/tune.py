@@ -153,8 +153,10 @@ def table(res: dict) -> str:
                   f"assumption (skipping more never raises quality) over every pair of the exhaustive data, tuning "
                   f"prompts: {a['subset_violations']} of {a['subset_pairs']} subset-of-calls pairs and "
                   f"{a['param_violations']} of {a['param_pairs']} monotone-direction pairs violate it. "
-                  f"Exhaustive grid: {res['exhaustive_videos_made']} videos made in {res['exhaustive_s']:.0f} s "
-                  f"({res['cpus']} CPU cores, shared)."]
+                  + (f"Exhaustive grid: {res['exhaustive_videos_made']} videos made in {res['exhaustive_s']:.0f} s "
+                     f"({res['cpus']} CPU cores, shared)." if res["exhaustive_videos_made"] else
+                     f"Exhaustive grid: every video reused from an earlier run in --work (scoring only: "
+                     f"{res['exhaustive_s']:.0f} s).")]
     return "\n".join(lines)
 
 
