@@ -173,7 +173,8 @@ def main(argv=None) -> int:
             res = json.load(f)
     else:
         res = run(args)
-    publish(res, table(res), args.out, OUT, "tune", "## Tuning MagCache for a quality target (`python -m benchmarks.tune`)")
+    publish(res, table(res), args.out, OUT, "tune",
+            "## Tuning MagCache for a quality target (`python -m benchmarks.tune`)")
     return 0
 
 

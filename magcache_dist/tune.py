@@ -640,7 +640,8 @@ def write_outputs(plan: Plan, search: Search, runner: Runner, chosen: Candidate 
                     minus_target={k: mean[k] - t for k, t in plan.targets.items() if mean.get(k) is not None})
     sampled = [c for c in plan.candidates if c.order is not None]
     res = dict(
-        format=FORMAT, out=plan.out, config=plan.args.config, overrides=plan.overrides, prompts=os.path.abspath(plan.args.prompts),
+        format=FORMAT, out=plan.out, config=plan.args.config, overrides=plan.overrides,
+        prompts=os.path.abspath(plan.args.prompts),
         targets=plan.targets, search=plan.args.search,
         split=dict(tune=plan.tune, held_out=plan.held_out, held_out_arg=plan.args.held_out,
                    seed=plan.args.split_seed),

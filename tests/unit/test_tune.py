@@ -5,6 +5,7 @@ chosen schedule. The search logic alone (probe = brute force whenever quality is
 import json
 import os
 import random
+import sys
 import types
 
 import pytest
@@ -13,7 +14,7 @@ from magcache_dist.config import load_config
 from magcache_dist.job import validate_job
 from magcache_dist.parallel import solo_context
 from magcache_dist.run import run_job
-from magcache_dist.tune import METRICS, Candidate, Runner, Search, Setting, main, parser, prepare, tune
+from magcache_dist.tune import METRICS, Candidate, Runner, Search, Setting, main, parser, plot, prepare, tune
 
 PROMPTS = ["a big red circle moves right", "a small blue square moves up", "a yellow triangle grows"]
 SMALL = ["sampler.num_steps=6", "video.frames=2", "video.height=32", "video.width=32", "progress=false"]
@@ -113,7 +114,8 @@ def test_pruning_skips_candidates_and_tuned_yaml_runs(exhaustive, tmp_path):
     assert sorted(os.listdir(out / "candidates")) == sorted(c["id"] for c in sampled)  # nothing else was made
     assert cnt["videos_requested"]["search"] == sum(len(c["per_prompt"]) for c in sampled)
     assert cnt["videos_requested"]["search"] < cnt["exhaustive_search_videos"] == n * 2
-    assert cnt["videos_sampled_this_run"] == cnt["videos_requested"]["total"] == 3 + cnt["videos_requested"]["search"] + 1
+    requested = cnt["videos_requested"]
+    assert cnt["videos_sampled_this_run"] == requested["total"] == 3 + requested["search"] + 1  # refs, held-out
     assert res["chosen"]["calls"] >= _fewest(ex, target)
     md = (out / "tune.md").read_text()
     assert res["chosen"]["id"] in md and "## Every candidate" in md
@@ -149,7 +151,7 @@ class _Scores:
 
 def _synthetic_plan(seed: int, search: str, target: float):
     rng = random.Random(seed)
-    steps, branches = 10, ["cond"]
+    steps = 10
     cands = []
     for i in range(40):
         computed = frozenset((s, "cond") for s in range(steps) if s < 2 or rng.random() < 0.5)
@@ -159,8 +161,8 @@ def _synthetic_plan(seed: int, search: str, target: float):
         cands.append(Candidate(st.name(), [st], len(computed), steps, {}, computed))
     cands.sort(key=lambda c: (c.calls, c.id))
     args = types.SimpleNamespace(search=search)
-    plan = types.SimpleNamespace(args=args, candidates=cands, tune=["p0", "p1", "p2"], targets=dict(psnr=target),
-                                 chunk=1)
+    plan = types.SimpleNamespace(args=args, candidates=cands, tune=["p0", "p1", "p2"], held_out=[],
+                                 targets=dict(psnr=target), chunk=1)
     weights = {(s, "cond"): rng.uniform(0.5, 3.0) for s in range(steps)}
     return plan, _Scores(weights, dict(p0=0.0, p1=-4.0, p2=2.0))
 
@@ -192,6 +194,16 @@ def test_exact_search_stops_a_candidate_that_cannot_reach_the_target():
     first = plan.candidates[0]
     assert first.status == "fail" and "stopped after 1 of 3 prompts" in first.reason
     assert len(first.metrics) == 1 and METRICS["psnr"] == (True, 100.0)
+
+
+def test_plot_without_matplotlib_is_skipped_and_said(tmp_path, monkeypatch):
+    plan, scores = _synthetic_plan(1, "exact", 10.0)
+    best = Search(plan, scores).run()
+    pytest.importorskip("matplotlib")
+    assert plot(plan, str(tmp_path / "a.png"), best) == "quality_vs_calls.png" and (tmp_path / "a.png").stat().st_size
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert plot(plan, str(tmp_path / "b.png"), best).startswith("no plot: matplotlib is not installed")
+    assert not (tmp_path / "b.png").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
