@@ -299,7 +299,11 @@ def plan_candidates(base_job, resolved, grid: dict, branch_syncs: list[str]) -> 
     for sync, t, k, r in itertools.product(branch_syncs, grid["thresh"], grid["K"], grid["retention"]):
         s = Setting(sync, float(t), int(k), float(r))
         spec = dataclasses.replace(base_job.cache, thresh=s.thresh, K=s.K, retention=s.retention, branch_sync=sync)
-        p = plan(build_cache(spec, resolved=resolved), base_job.scfg.num_steps, branches)
+        try:
+            policy = build_cache(spec, resolved=resolved)
+        except ValueError as e:  # a grid value the rule rejects: name the flag
+            raise ValueError(f"--thresh / --K / --retention grid, setting {s.name()}: {e}") from None
+        p = plan(policy, base_job.scfg.num_steps, branches)
         key = tuple((b, tuple(p["skipped_steps"][b])) for b in branches)
         groups.setdefault(key, [p, []])[1].append(s)
         n += 1

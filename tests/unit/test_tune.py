@@ -210,6 +210,7 @@ def test_plot_without_matplotlib_is_skipped_and_said(tmp_path, monkeypatch):
     ([], "give a target"),
     (["--target-psnr", "25", "--held-out", "3"], "leave none to tune on"),
     (["--target-psnr", "25", "--K", "1.5"], "whole numbers"),
+    (["--target-psnr", "25", "--retention", "0.2,1.5"], "--retention grid, setting t0.02-K1-r1.5"),
     (["--target-psnr", "25", "cache.mode=teacache"], "cache.mode='teacache'"),
     (["--target-psnr", "25", "output_dir=x"], "sets output_dir itself"),
     (["--target-psnr", "0"], "must be in (0, 100]"),
@@ -242,3 +243,22 @@ def test_auto_mode_tunes_on_the_stored_table(tmp_path):
     report = run_job(validate_job(cfg, 1), solo_context())
     assert report["computed_calls"] == res["chosen"]["calls"] < report["total_calls"]
     assert report["ratios_used"]["lookup"] == "exact"
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("configs/flux-schnell-tiny.yaml", []),  # an image model, no CFG branches, its own calibrated preset
+    ("configs/hunyuanvideo-tiny.yaml", ["sampler.num_steps=8"]),  # the published 544p preset and its rule
+    ("configs/opensora-tiny.yaml", ["sampler.num_steps=8", "video.frames=4"]),  # Open-Sora's rule (sqrt ratios)
+])
+def test_other_families_tune_and_run(config, extra, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
+    out = tmp_path / "t"
+    assert main(["--config", config, "--prompts", str(prompts), "--out", str(out), "--target-psnr", "12",
+                 "--held-out", "1", "--thresh", "0.06,0.5", "--K", "1,4", "--retention", "0.2", *extra,
+                 "progress=false"]) == 0
+    res = json.loads((out / "tune.json").read_text())
+    cfg = load_config(str(out / "tuned.yaml"), [f"output_dir={tmp_path / 'run'}", "progress=false"])
+    report = run_job(validate_job(cfg, 1), solo_context())
+    assert report["computed_calls"] == res["chosen"]["calls"]
+    assert res["chosen"]["held_out"]["mean"]["psnr"] is not None
