@@ -705,6 +705,10 @@ def _fmt(x, spec=".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _metric_text(m: dict, targets: dict) -> str:
+    return ", ".join(f"{k} {_fmt(m.get(k), '.2f' if k == 'psnr' else '.4f')}" for k in targets)
+
+
 def _metric_cells(m: dict | None, targets: dict) -> str:
     if not m:
         return " | ".join("" for _ in targets)
@@ -720,10 +724,10 @@ def markdown(res: dict) -> str:
         s = ch["setting"]
         lines += [f"**Chosen: `{ch['id']}`** (thresh {s['thresh']:g}, K {s['K']}, retention {s['retention']:g}, "
                   f"branch_sync {s['branch_sync']}): {ch['calls']} of {ch['total_calls']} calls computed "
-                  f"({ch['calls_ratio']:.2f}); tuning mean {_metric_cells(ch['tune_mean'], t)}.", ""]
+                  f"({ch['calls_ratio']:.2f}); tuning mean {_metric_text(ch['tune_mean'], t)}.", ""]
         h = ch["held_out"]
         if h:
-            lines += [f"On the {len(h['prompts'])} held-out prompt(s): mean {_metric_cells(h['mean'], t)} "
+            lines += [f"On the {len(h['prompts'])} held-out prompt(s): mean {_metric_text(h['mean'], t)} "
                       f"({'meets' if h['meets_target'] else 'misses'} the target; "
                       + ", ".join(f"{k} {v:+.3g} from it" for k, v in h["minus_target"].items()) + ").", ""]
         else:
