@@ -16,7 +16,7 @@ from magcache_dist.cache import plan as skip_plan
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_write_text
-from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, token_layout
+from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, ring_path, token_layout
 from magcache_dist.planner.profiles import load_profile
 
 GB = 1e9
@@ -70,7 +70,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     cached = len(mine) if cfg.cache.mode in ("magcache", "teacache", "calibrate") else 0
     mem = memory_per_rank(fig, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
                           DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached,
-                          prepared_branches=len(mine) if prepared else 0)
+                          prepared_branches=len(mine) if prepared else 0, ring=ring_path(profile))
     phases = phase_memory(cfg, family, mem)
     fits = max(mem["total"], phases["encode_peak"]) <= profile.memory_capacity
     return dict(
@@ -116,7 +116,7 @@ def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict
         d = dataclasses.replace(dims, ulysses_degree=u, ring_degree=sp // u, dp_degree=1)
         _, chunk, padded = token_layout(fig, latent, sp)
         m = memory_per_rank(fig, fig.params, chunk, padded, d, b, math.prod(latent), cached,
-                            prepared_branches=prepared)
+                            prepared_branches=prepared, ring=ring_path(profile))
         if max(m["total"], extra) <= profile.memory_capacity:
             return dict(ranks=sp * dims.cfg_degree, ulysses_degree=u, ring_degree=sp // u,
                         peak_bytes=max(m["total"], extra))
