@@ -27,6 +27,7 @@ class ModelSection:
     init_seed: int = 0
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16
     layout: str = "auto"  # Wan2.1 ckpt_dir: auto | official | diffusers
+    compile: bool = False  # torch.compile the DiT's blocks after parallelization (magcache_dist/compile.py)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from magcache_dist.cache.factory import build_cache
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
+from magcache_dist.compile import compile_blocks, compile_report
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
@@ -85,11 +86,13 @@ def build(job: Job, par: ParallelContext, device, phases: dict) -> Built:
 
 def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) -> None:
     """In place: sequence-parallel attention ops, then (parallel.fsdp) sharded block weights, read into the shards
-    when the family left them to after the sharding."""
+    when the family left them to after the sharding, then (model.compile) the compiled blocks."""
     apply_sequence_parallel(model, par)
     if job.cfg.parallel.fsdp:
         apply_fsdp(model, par, device)
         job.family.load_weights(model, device)
+    if job.cfg.model.compile:  # last: the compiled blocks are the ones that run
+        compile_blocks(model)
 
 
 def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):
@@ -206,6 +209,7 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
         **summary,
         plan=plan(policy, scfg.num_steps, scfg.branches) if isinstance(policy, MagCachePolicy) else None,
         phases_s={k: round(v, 4) for k, v in phases.items()},
+        compile=compile_report(built.model),
         checkpoint=ckpt.describe(),
         ranks=per_rank,
         outputs=dict(video=video_path if cfg.save_video and not image else None,
