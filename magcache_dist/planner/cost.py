@@ -74,10 +74,11 @@ def ring_attention_time(fig: CostFigures, dims, profile: DeviceProfile, dtype: s
 
 
 def block_costs(fig: CostFigures, chunk: int, padded: int, dtype_bytes: int, prepared: bool = False) -> dict:
-    """FLOPs and memory traffic of one block on one rank (``self_attention_flops``: the part of
-    ``attention_flops`` that goes through the SP attention op, ring included: for joint attention all of it). Cross (Wan, Open-Sora): 4 self + 2 cross q/o GEMMs per
+    """FLOPs and memory traffic of one block on one rank. Cross (Wan, Open-Sora): 4 self + 2 cross q/o GEMMs per
     image token, cross k/v over the text tokens, the FFN. Joint (FLUX, HunyuanVideo): the text tokens go through
-    every block beside the image tokens (qkv + out and the MLP), and attention runs over image + text keys."""
+    every block beside the image tokens (qkv + out and the MLP), and attention runs over image + text keys.
+    ``self_attention_flops``: the part of ``attention_flops`` that goes through the SP attention op (ring
+    included); for joint attention all of it."""
     d, fh, t = fig.dim, fig.ffn_dim, fig.text_tokens
     span = fig.attention_span if fig.attention_span is not None else padded
     if fig.text_mode == "joint":
