@@ -56,7 +56,7 @@ def compile_blocks(model: nn.Module, mode: str | None = None) -> int:
 def compile_report(model: nn.Module) -> dict:
     """Whether the blocks run compiled: {compiled, blocks, eager_attention_ops}. ``compiled`` is true only when
     every block is."""
-    units = block_units(model)
+    units = block_units(model) if isinstance(model, nn.Module) else []
     done = sum(1 for b in units if getattr(b.forward, "_magcache_compiled", False))
     eager = [type(op).__name__ for op in _eager_ops(model) if getattr(op.forward, "_magcache_eager", False)]
     return dict(compiled=bool(units) and done == len(units), blocks=done, eager_attention_ops=sorted(set(eager)))
