@@ -111,6 +111,28 @@ def test_psnr_per_frame_matches_the_formula_and_differs_from_the_pooled_one():
     assert psnr(to_bench(x), to_bench(x)) == PSNR_CAP
 
 
+def reference_frame_psnr(x_FCHW: torch.Tensor, y_FCHW: torch.Tensor) -> list[float]:
+    """The eval's PSNR before it was made fast, kept as the reference: float64 MSE of each frame in [0, 1]."""
+    return [psnr_from_mse(float(m)) for m in (x_FCHW.double() - y_FCHW.double()).pow(2).flatten(1).mean(1)]
+
+
+def reference_frame_ssim(x_FCHW: torch.Tensor, y_FCHW: torch.Tensor, window: int = 11, sigma: float = 1.5):
+    """The eval's SSIM before it was made fast, kept as the reference: the release's definition written directly,
+    a 2-D Gaussian convolution (valid windows) in float64 per channel, mean of the map, then of the channels."""
+    f, c, h, w = x_FCHW.shape
+    r = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    g = torch.exp(-r * r / (2 * sigma * sigma))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :])[None, None]
+    x, y = x_FCHW.double().reshape(-1, 1, h, w), y_FCHW.double().reshape(-1, 1, h, w)
+    mx, my = torch.nn.functional.conv2d(x, k), torch.nn.functional.conv2d(y, k)
+    sxx = torch.nn.functional.conv2d(x * x, k) - mx ** 2
+    syy = torch.nn.functional.conv2d(y * y, k) - my ** 2
+    sxy = torch.nn.functional.conv2d(x * y, k) - mx * my
+    s = ((2 * mx * my + 1e-4) * (2 * sxy + 9e-4)) / ((mx ** 2 + my ** 2 + 1e-4) * (sxx + syy + 9e-4))
+    return s.reshape(f, -1).mean(1).tolist()
+
+
 def test_ssim_known_answers_and_agreement_with_the_benchmarks_ssim():
     a, b = 0.5, 0.25  # flat frames: only the luminance term is left, (2ab + C1) / (a^2 + b^2 + C1)
     x, y = torch.full((2, 3, 20, 24), a), torch.full((2, 3, 20, 24), b)
@@ -119,11 +141,41 @@ def test_ssim_known_answers_and_agreement_with_the_benchmarks_ssim():
     x = torch.rand(5, 3, 32, 40, generator=g, dtype=torch.float64)
     y = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
     assert frame_ssim(x, x) == pytest.approx([1.0] * 5, abs=1e-12)
-    per_frame = frame_ssim(x, y, chunk=2)
+    per_frame = frame_ssim(x, y, rows=7)  # blocks of 7 rows: the last block is a partial one (22 = 3 x 7 + 1)
     assert 0 < min(per_frame) and max(per_frame) < 1
+    assert per_frame == pytest.approx(reference_frame_ssim(x, y), abs=1e-12)
     # the benchmarks average the same maps over all frames and channels at once
     assert np.mean(per_frame) == pytest.approx(ssim((x * 2 - 1).permute(1, 0, 2, 3), (y * 2 - 1).permute(1, 0, 2, 3)),
                                                abs=1e-12)
+
+
+def video_pair(f: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 frames [f, 3, h, w] like a decoded video (smooth, with a flat block where SSIM's variances cancel
+    most) and a candidate with h264-like small errors, an identical frame and a saturated one."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    base = torch.stack([(xx * 3 + yy) % 256, (yy * 2) % 256, (xx + 2 * yy) % 256]).float()
+    x = torch.stack([base + t * 7 + torch.randint(-20, 21, (3, h, w), generator=g) for t in range(f)])
+    x[:, :, : h // 3, : w // 3] = 128
+    x = x.clamp(0, 255).to(torch.uint8)
+    y = (x.int() + torch.randint(-6, 7, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    y[:, :, : h // 3, : w // 3] = 129  # a flat block, shifted by one level
+    y[0] = x[0]  # identical frame: PSNR capped, SSIM 1
+    y[-1, 0] = 255
+    return x, y
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 56), (2, 131, 77), (2, 180, 320)], ids=["small", "odd-size", "180p"])
+def test_fast_psnr_and_ssim_equal_the_float64_reference_within_1e_6(shape):
+    """The release's numbers: uint8 frames / 255 in float64 (the release divides its uint8 frames by 255.)."""
+    x8, y8 = video_pair(*shape)
+    x, y = x8.double() / 255, y8.double() / 255
+    ref_psnr, ref_ssim = reference_frame_psnr(x, y), reference_frame_ssim(x, y)
+    assert ref_psnr[0] == PSNR_CAP and ref_ssim[0] == pytest.approx(1.0, abs=1e-12)
+    for a, b in ((x8, y8), (x, y)):  # uint8 (what the eval passes) and floats in [0, 1]
+        assert frame_psnr(a, b) == pytest.approx(ref_psnr, abs=1e-9)
+        assert frame_ssim(a, b) == pytest.approx(ref_ssim, abs=1e-9)
+        assert frame_ssim(a, b, rows=16) == pytest.approx(ref_ssim, abs=1e-9)
 
 
 # --- LPIPS ---------------------------------------------------------------------------------------------------
