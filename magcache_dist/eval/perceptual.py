@@ -1,5 +1,5 @@
-"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, with its AlexNet backbone read from a local file and
-never downloaded.
+"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, with its AlexNet backbone read from a local file or,
+where none is found and the network is reachable, fetched the standard torchvision way into torch hub's cache.
 
 The MagCache release scores each frame with ``lpips.LPIPS(net="alex", spatial=True)`` (version 0.1) on frames
 mapped from [0, 1] to [-1, 1], takes the mean of the spatial map, and averages the frames
@@ -7,7 +7,10 @@ mapped from [0, 1] to [-1, 1], takes the mean of the spatial map, and averages t
 layers, but takes the AlexNet trunk from torchvision's model zoo, a download: here the trunk is built untrained
 (``pnet_rand=True``) and its weights are loaded from, in order, ``--lpips-backbone``, ``$MAGCACHE_LPIPS_BACKBONE``
 or torch hub's cache file for torchvision's alexnet (``<torch.hub.get_dir()>/checkpoints/alexnet-owt-7be5be79.pth``).
-When none is there, ``resolve_backbone`` says how to provide it and LPIPS is reported as unavailable.
+When none is there, ``download_backbone`` fetches torchvision's file (``ALEXNET_URL``) with
+``torch.hub.load_state_dict_from_url(..., check_hash=True)`` into that cache, as ``torchvision.models.alexnet(
+weights="DEFAULT")`` and the MagCache release's scripts (through lpips) do; offline, or with ``--offline``, LPIPS
+is reported as unavailable with a line saying how to provide the file.
 
 ``lpips`` imports ``torchvision.models`` for its trunks. Where torchvision cannot be imported (PyPI's torchvision
 is built against CUDA torch: beside the CPU wheel of torch 2.13 its import fails with "operator torchvision::nms
@@ -29,6 +32,8 @@ import torch.nn as nn
 
 ENV_BACKBONE = "MAGCACHE_LPIPS_BACKBONE"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, named as its model zoo caches it
+ALEXNET_URL = f"https://download.pytorch.org/models/{ALEXNET_FILE}"  # torchvision AlexNet_Weights.IMAGENET1K_V1
+DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: an unreachable network fails in seconds, not minutes
 INSTALL_HINT = "pip install scipy==1.17.1 && pip install --no-deps lpips==0.1.4 (docs/evaluation.md)"
 
 
@@ -53,6 +58,28 @@ def resolve_backbone(path: str | None) -> tuple[str | None, str]:
         return default, f"backbone from torch hub's cache {default}"
     return None, (f"LPIPS: n/a (no AlexNet backbone weights: copy torchvision's {ALEXNET_FILE} to {default}, "
                   f"or pass --lpips-backbone PATH / set ${ENV_BACKBONE})")
+
+
+def download_backbone() -> tuple[str | None, str]:
+    """(the hub cache file, how it came) after fetching torchvision's AlexNet weights the way torchvision does
+    (``torch.hub.load_state_dict_from_url``, hash checked against the file name), or (None, why not)."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.load_state_dict_from_url(ALEXNET_URL, progress=False, check_hash=True, map_location="cpu",
+                                           weights_only=True)
+    except Exception as e:  # URLError, timeouts, a hash mismatch, a full disk: LPIPS is then unavailable
+        return None, (f"LPIPS: n/a (no AlexNet backbone weights: downloading {ALEXNET_URL} failed: "
+                      f"{type(e).__name__}: {e}; copy torchvision's {ALEXNET_FILE} to {default_backbone_path()}, "
+                      f"or pass --lpips-backbone PATH / set ${ENV_BACKBONE})")
+    finally:
+        socket.setdefaulttimeout(previous)
+    path = default_backbone_path()
+    if not os.path.isfile(path):
+        return None, f"LPIPS: n/a (downloaded {ALEXNET_URL}, but {path} is not there; pass --lpips-backbone PATH)"
+    return path, f"backbone downloaded from {ALEXNET_URL} into torch hub's cache {path}"
 
 
 def lpips_installed() -> bool:
@@ -133,6 +160,10 @@ def _trunk_state_dict(net: nn.Module, checkpoint: dict, path: str) -> dict:
     return out
 
 
+def _unit32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+
+
 class Lpips:
     """LPIPS v0.1, AlexNet trunk, spatial map averaged, per frame: the release's definition."""
 
@@ -163,7 +194,7 @@ class Lpips:
 
     @torch.no_grad()
     def frames(self, x_FCHW: torch.Tensor, y_FCHW: torch.Tensor) -> list[float]:
-        """LPIPS of each frame pair (frames [F, 3, H, W] in [0, 1]; AlexNet needs H, W >= 31)."""
+        """LPIPS of each frame pair (frames [F, 3, H, W], uint8 or in [0, 1]; AlexNet needs H, W >= 31)."""
         if x_FCHW.shape != y_FCHW.shape or x_FCHW.ndim != 4 or x_FCHW.shape[1] != 3:
             raise ValueError(f"LPIPS needs RGB frames [F, 3, H, W] of one shape, got {tuple(x_FCHW.shape)} and "
                              f"{tuple(y_FCHW.shape)}")
@@ -172,7 +203,7 @@ class Lpips:
                              f"{x_FCHW.shape[-2]}x{x_FCHW.shape[-1]}")
         out: list[float] = []
         for i in range(0, x_FCHW.shape[0], self.chunk):
-            x = x_FCHW[i:i + self.chunk].to(self.device, torch.float32) * 2 - 1  # [n, 3, H, W] in [-1, 1]
-            y = y_FCHW[i:i + self.chunk].to(self.device, torch.float32) * 2 - 1
+            x = _unit32(x_FCHW[i:i + self.chunk].to(self.device)) * 2 - 1  # [n, 3, H, W] in [-1, 1]
+            y = _unit32(y_FCHW[i:i + self.chunk].to(self.device)) * 2 - 1
             out += self.model(x, y).mean((1, 2, 3)).tolist()  # spatial map [n, 1, H, W] -> its mean
         return out

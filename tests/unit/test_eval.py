@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from magcache_dist.eval import cli
 from magcache_dist.eval.metrics import PSNR_CAP, frame_psnr, frame_ssim, psnr, psnr_from_mse, ssim
-from magcache_dist.eval.perceptual import ENV_BACKBONE, Lpips, default_backbone_path
+from magcache_dist.eval.perceptual import ALEXNET_URL, ENV_BACKBONE, Lpips, default_backbone_path
 from magcache_dist.io.video import read_mp4, write_mp4
 
 # torchvision's AlexNet().features convolutions (index: weight shape), as in alexnet-owt-7be5be79.pth
@@ -68,15 +69,22 @@ def backbone(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
-    """No download can happen: torch hub's fetchers and urllib raise; torch hub's cache is an empty folder."""
+    """No download can happen: torch hub's fetchers and urllib fail as without a network (URLError) and record
+    what was asked; torch hub's cache is an empty folder. Returns the list of attempts."""
+    attempts = []
+
     def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:1]}")
+        attempts.append((args, kwargs))
+        raise urllib.error.URLError("no network in tests")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv(ENV_BACKBONE, raising=False)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    return attempts
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +227,7 @@ def test_the_eval_package_imports_lpips_torchvision_and_matplotlib_only_when_use
 
 def test_prompt_jobs_table_with_calls_speedups_missing_and_skipped(jobs, backbone, capsys):
     ref, cand = jobs
-    assert cli.main(["--reference", ref, "--candidate", cand, "--lpips-backbone", backbone]) == 0
+    assert cli.main(["--reference", ref, "--candidate", cand, "--lpips-backbone", backbone, "--allow-partial"]) == 0
     res = json.load(open(os.path.join(cand, "eval.json")))
     c = res["candidates"][0]
     rows = {r["name"]: r for r in c["rows"]}
@@ -246,16 +254,58 @@ def test_prompt_jobs_table_with_calls_speedups_missing_and_skipped(jobs, backbon
     assert "skipped in the reference: c (status 'failed')" in md
 
 
-def test_missing_lpips_weights_make_one_line_and_no_download(jobs, tmp_path, capsys):
+def test_missing_lpips_weights_offline_make_one_line_and_exit_0(jobs, tmp_path, capsys, offline):
+    """No local backbone and no network: one download is tried (torchvision's URL, hash checked), fails, and LPIPS
+    is reported as not computed; --offline does not even try."""
     ref, cand = jobs
     out = str(tmp_path / "e.json")
-    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "LPIPS: n/a" in ln]
-    assert len(lines) == 1
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--allow-partial"]) == 0
+    assert len(offline) == 1 and offline[0][0][0] == ALEXNET_URL and offline[0][1]["check_hash"] is True
+    printed = capsys.readouterr().out
+    lines = [ln for ln in printed.splitlines() if ln.startswith("LPIPS: n/a")]
+    assert len(lines) == 1 and "downloading" in lines[0] and "URLError" in lines[0]
     assert default_backbone_path() in lines[0] and "--lpips-backbone PATH" in lines[0]
+    assert "metrics computed: psnr, ssim; not computed: lpips (LPIPS: n/a" in printed
     res = json.load(open(out))
     assert not res["lpips"]["available"] and all(r["lpips"] is None for r in res["candidates"][0]["rows"])
+    assert res["metrics_computed"] == ["psnr", "ssim"] and list(res["metrics_not_computed"]) == ["lpips"]
     assert os.path.isfile(str(tmp_path / "e.md"))
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--allow-partial", "--offline"]) == 0
+    assert len(offline) == 1
+
+
+def test_a_metric_asked_for_that_cannot_be_computed_exits_2_before_scoring(jobs, tmp_path, capsys, monkeypatch):
+    ref, cand = jobs
+    monkeypatch.setattr(cli, "score", lambda *a, **k: pytest.fail("scored"))
+    out = str(tmp_path / "e.json")
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--allow-partial",
+                     "--metrics", "psnr,lpips", "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --metrics psnr,lpips: LPIPS cannot be computed: LPIPS: n/a") and not os.path.exists(out)
+
+
+def test_lpips_weights_are_downloaded_the_torchvision_way_when_missing(jobs, backbone, tmp_path, monkeypatch):
+    """Online: torch.hub.load_state_dict_from_url(torchvision's URL, check_hash=True) fills torch hub's cache,
+    which is then used (the fake stands for the network: it copies the file where torch hub would put it)."""
+    ref, cand = jobs
+    calls = []
+
+    def fetch(url, *args, **kwargs):
+        calls.append((url, kwargs))
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.copy(backbone, path)
+        return torch.load(path, weights_only=True)
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fetch)
+    out = str(tmp_path / "e.json")
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--allow-partial",
+                     "--metrics", "lpips"]) == 0
+    assert calls == [(ALEXNET_URL, dict(progress=False, check_hash=True, map_location="cpu", weights_only=True))]
+    res = json.load(open(out))
+    assert res["lpips"]["available"] and res["lpips"]["backbone"] == default_backbone_path()
+    assert res["metrics_computed"] == ["lpips"] and res["candidates"][0]["rows"][0]["psnr"] is None
+    assert "downloaded from" in res["lpips"]["note"]
 
 
 def test_backbone_from_torch_hub_cache_and_env(jobs, backbone, tmp_path, monkeypatch):
@@ -263,10 +313,10 @@ def test_backbone_from_torch_hub_cache_and_env(jobs, backbone, tmp_path, monkeyp
     os.makedirs(os.path.dirname(default_backbone_path()))
     shutil.copy(backbone, default_backbone_path())
     out = str(tmp_path / "hub.json")
-    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out]) == 0
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--allow-partial"]) == 0
     assert json.load(open(out))["lpips"]["backbone"] == default_backbone_path()
     monkeypatch.setenv(ENV_BACKBONE, str(tmp_path / "nowhere.pth"))  # an explicit path must exist
-    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out]) == 2
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--allow-partial"]) == 2
 
 
 def test_mp4_folders_several_candidates_summary_and_plot(tmp_path, capsys):
@@ -278,8 +328,11 @@ def test_mp4_folders_several_candidates_summary_and_plot(tmp_path, capsys):
         write_mp4(str(fast / f"{name}.mp4"), noisy(f, 16), 8)
     argv = ["--reference", str(ref), "--candidate", str(slow), "--candidate", str(fast), "--label", "slow",
             "--label", "fast", "--no-lpips"]
-    assert cli.main(argv) == 0
-    res = json.load(open(ref / "eval.json"))
+    assert cli.main(argv) == 2  # several candidates: --out is needed (the reference is never written)
+    assert "--out: 2 candidates need one --out FILE" in capsys.readouterr().err
+    assert cli.main(argv + ["--out", str(tmp_path / "eval" / "eval.json")]) == 0
+    assert sorted(os.listdir(ref)) == ["p0.mp4", "p1.mp4"]
+    res = json.load(open(tmp_path / "eval" / "eval.json"))
     s = {x["label"]: x for x in res["summary"]}
     assert s["slow"]["psnr"] > s["fast"]["psnr"] and s["fast"]["calls_ratio"] is None
     out = capsys.readouterr().out
@@ -295,11 +348,12 @@ def test_job_folders_pair_whatever_their_names_and_plot(tmp_path, backbone):
         (d / "report.json").write_text(json.dumps(dict(status="done", computed_calls=calls, total_calls=40,
                                                        phases_s=dict(sample=t, total=t + 1))))
     assert cli.main(["--reference", str(tmp_path / "full"), "--candidate", str(tmp_path / "mag-a"),
-                     "--candidate", str(tmp_path / "mag-b"), "--lpips-backbone", backbone]) == 0
-    res = json.load(open(tmp_path / "full" / "eval.json"))
+                     "--candidate", str(tmp_path / "mag-b"), "--lpips-backbone", backbone,
+                     "--out", str(tmp_path / "e" / "eval.json")]) == 0
+    res = json.load(open(tmp_path / "e" / "eval.json"))
     assert [r["name"] for c in res["candidates"] for r in c["rows"]] == ["full", "full"]
     assert [x["speedup_sample"] for x in res["summary"]] == [2.0, 4.0]
-    png = (tmp_path / "full" / cli.PLOT_FILE).read_bytes()
+    png = (tmp_path / "e" / cli.PLOT_FILE).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -316,6 +370,7 @@ def test_a_video_of_another_shape_is_an_error_line_not_a_crash(tmp_path, capsys)
 
 def _bad_folders(tmp):
     write_mp4(str(tmp / "ref" / "p0.mp4"), frames(0, n=2), 8)
+    write_mp4(str(tmp / "cand" / "p0.mp4"), frames(0, n=2), 8)
     write_mp4(str(tmp / "other" / "q0.mp4"), frames(0, n=2), 8)
     write_mp4(str(tmp / "dup" / "x" / "p0.mp4"), frames(0, n=2), 8)
     write_mp4(str(tmp / "dup" / "y" / "p0.mp4"), frames(0, n=2), 8)
@@ -326,25 +381,53 @@ def _bad_folders(tmp):
     (["--reference", "{tmp}/missing", "--candidate", "{tmp}/ref"], r"--reference \S+/missing: no such folder"),
     (["--reference", "{tmp}/ref", "--candidate", "{tmp}/empty"], r"--candidate \S+/empty: no videos to compare"),
     (["--reference", "{tmp}/ref", "--candidate", "{tmp}/other"],
-     r"--candidate \S+/other: no video names in common with --reference .*reference: p0; candidate: q0"),
+     r"--candidate \S+/other: no video in common with --reference .*reference: p0; candidate: q0"),
     (["--reference", "{tmp}/ref", "--candidate", "{tmp}/dup"], r"--candidate: two videos are named 'p0': .*rename one"),
-    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/ref", "--label", "a", "--label", "b"],
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--label", "a", "--label", "b"],
      r"--label: 2 label\(s\) for 1 --candidate folder\(s\)"),
-    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/ref", "--lpips-backbone", "{tmp}/no.pth"],
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--lpips-backbone", "{tmp}/no.pth"],
      r"--lpips-backbone \S+/no.pth: no such file"),
-], ids=["missing-folder", "no-videos", "no-matching-names", "duplicate-names", "label-count", "missing-backbone"])
-def test_bad_inputs_exit_2_naming_the_argument(tmp_path, capsys, argv, message):
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/ref"], r"--candidate \S+/ref: is the --reference folder"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/ref-link"], r"--candidate \S+/ref-link: is the --reference"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand/../ref/"], r"--candidate \S+: is the --reference"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--out", "{tmp}/ref/e.json"],
+     r"--out \S+/ref/e.json: is inside the --reference folder"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--out", "{tmp}/ref-link/sub/e.json"],
+     r"--out \S+: is inside the --reference folder"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--out", "{tmp}/empty"],
+     r"--out \S+/empty: is a directory; give a file name, e.g. --out \S+/empty/eval.json"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--out", "{tmp}/ref/p0.mp4/e.json"],
+     r"--out \S+: is inside the --reference folder"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--out", "{tmp}/afile/e.json"],
+     r"--out \S+/afile/e.json: \S+/afile is a file, so the folder"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--metrics", "psnr,vmaf"],
+     r"--metrics psnr,vmaf: unknown metric 'vmaf'"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--metrics", "lpips", "--no-lpips"],
+     r"--no-lpips: contradicts --metrics"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--workers", "0"], r"--workers: must be at least 1"),
+    (["--reference", "{tmp}/ref", "--candidate", "{tmp}/cand", "--device", "tpu"], r"--device tpu: "),
+], ids=["missing-folder", "no-videos", "no-matching-names", "duplicate-names", "label-count", "missing-backbone",
+        "same-folder", "same-folder-symlink", "same-folder-relative", "out-in-reference", "out-in-reference-symlink",
+        "out-is-a-directory", "out-under-a-reference-file", "out-parent-is-a-file", "unknown-metric",
+        "no-lpips-and-lpips", "workers-0", "bad-device"])
+def test_bad_inputs_exit_2_naming_the_argument(tmp_path, capsys, monkeypatch, argv, message):
     _bad_folders(tmp_path)
+    os.symlink(tmp_path / "ref", tmp_path / "ref-link")
+    (tmp_path / "afile").write_text("x")
+    before = sorted(os.listdir(tmp_path / "ref"))
+    monkeypatch.setattr(cli, "score", lambda *a, **k: pytest.fail("scored"))
     assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
+    assert sorted(os.listdir(tmp_path / "ref")) == before  # nothing written into the reference
 
 
 def test_without_the_lpips_package_one_line_says_how_to_install_it(jobs, tmp_path, monkeypatch, capsys):
     ref, cand = jobs
     monkeypatch.setattr(cli, "lpips_installed", lambda: False)
-    assert cli.main(["--reference", ref, "--candidate", cand, "--out", str(tmp_path / "e.json")]) == 0
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", str(tmp_path / "e.json"),
+                     "--allow-partial"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "LPIPS: n/a" in ln]
     assert len(lines) == 1 and "pip install --no-deps lpips==0.1.4" in lines[0]
 
