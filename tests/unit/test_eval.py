@@ -438,3 +438,156 @@ def test_an_unreadable_candidate_video_is_an_error_line(tmp_path, capsys):
     (tmp_path / "cand" / "p0.mp4").write_bytes(b"not a video")
     assert cli.main(["--reference", str(tmp_path / "ref"), "--candidate", str(tmp_path / "cand"), "--no-lpips"]) == 1
     assert re.search(r"error, p0: candidate \S+p0.mp4 cannot be read", capsys.readouterr().out)
+
+
+# --- identity, JSON shapes, score cache, workers ----------------------------------------------------------------
+
+def id_job(root, videos, with_id=True) -> str:
+    """A prompt-list job whose folder names are not the identity: videos = [(folder name, prompt, seed, frames)];
+    with_id: video_id in summary and reports (newer jobs); else only the report's config (older runs)."""
+    os.makedirs(root)
+    entries = []
+    for i, (name, prompt, seed, fr) in enumerate(videos):
+        write_mp4(os.path.join(root, name, "video.mp4"), fr, 8)
+        vid = f"{prompt}|{seed}"
+        report = dict(status="done", computed_calls=10, total_calls=20, phases_s=dict(sample=1.0, total=2.0),
+                      config=dict(prompt=prompt, negative_prompt="", seed=seed, image=None))
+        entry = dict(index=i, name=name, dir=name, prompt=prompt, seed=seed, status="done", computed_calls=10,
+                     total_calls=20, sample_s=1.0, total_s=2.0)
+        if with_id:
+            report["video_id"] = entry["video_id"] = vid
+        with open(os.path.join(root, name, "report.json"), "w") as f:
+            json.dump(report, f)
+        entries.append(entry)
+    with open(os.path.join(root, "summary.json"), "w") as f:
+        json.dump(dict(format="magcache-prompt-job/1", videos=entries), f)
+    return str(root)
+
+
+@pytest.mark.parametrize("with_id", [True, False], ids=["video_id", "report-config"])
+def test_videos_are_matched_by_identity_not_by_name_or_position(tmp_path, capsys, with_id):
+    """The candidate's folders are named by line number of another list order: pairs follow the prompt and seed."""
+    a, b, c = frames(0), frames(1), frames(2)
+    ref = id_job(tmp_path / "ref", [("0000-x", "a cat", 1, a), ("0001-y", "a dog", 2, b), ("0002-z", "a cow", 3, c)],
+                 with_id)
+    cand = id_job(tmp_path / "cand", [("0000-z", "a cow", 3, c), ("0001-x", "a cat", 1, a), ("0002-y", "a dog", 2, b)],
+                  with_id)
+    out = str(tmp_path / "e" / "e.json")
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--no-lpips"]) == 0
+    c0 = json.load(open(out))["candidates"][0]
+    assert c0["matched_by"] == ("video_id" if with_id else "config")
+    assert [(r["name"], os.path.basename(os.path.dirname(r["candidate"]))) for r in c0["rows"]] == \
+        [("0000-x", "0001-x"), ("0001-y", "0002-y"), ("0002-z", "0000-z")]
+    assert all(r["psnr"] > 60 for r in c0["rows"])  # the same content on both sides (only the encoder's rounding)
+    # one side loses a video: listed on each side, exit 2 before scoring, unless --allow-partial
+    shutil.rmtree(os.path.join(cand, "0001-x"))
+    s = json.load(open(os.path.join(cand, "summary.json")))
+    s["videos"] = [v for v in s["videos"] if v["name"] != "0001-x"]
+    json.dump(s, open(os.path.join(cand, "summary.json"), "w"))
+    capsys.readouterr()
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--no-lpips"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match --reference" in err and "1 only in the reference: 0000-x" in err and "--allow-partial" in err
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--no-lpips", "--allow-partial"]) == 0
+    c0 = json.load(open(out))["candidates"][0]
+    assert [r["name"] for r in c0["rows"]] == ["0001-y", "0002-z"] and c0["only_reference"] == ["0000-x"]
+
+
+def test_one_video_twice_in_a_folder_is_an_error(tmp_path, capsys):
+    f = frames(0)
+    ref = id_job(tmp_path / "ref", [("x", "a cat", 1, f), ("y", "a cat", 1, f)])
+    cand = id_job(tmp_path / "cand", [("x", "a cat", 1, f)])
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", str(tmp_path / "e.json")]) == 2
+    assert "the videos 'x' and 'y' are the same video (video_id: 'a cat|1')" in capsys.readouterr().err
+
+
+def _edit(path, fn):
+    obj = json.load(open(path))
+    fn(obj)
+    json.dump(obj, open(path, "w"))
+
+
+BAD_JSON = [
+    ("summary.json", lambda s: s.update(videos={"a": 1}), r"summary.json is not a prompt-list job summary"),
+    ("summary.json", lambda s: s["videos"].__setitem__(0, "x"), r"summary.json: field 'videos\[0\]' is 'x'"),
+    ("summary.json", lambda s: s["videos"][1].update(computed_calls="12"),
+     r"summary.json: field 'videos\[1\].computed_calls' is '12' \(a JSON str\), expected an integer or null"),
+    ("summary.json", lambda s: s["videos"][0].update(status=1), r"field 'videos\[0\].status' is 1"),
+    ("summary.json", lambda s: s["videos"][0].update(name=None, dir=None), r"field 'videos\[0\].name' is missing"),
+    ("summary.json", lambda s: s["videos"][0].update(dir="../elsewhere"), r"field 'videos\[0\].dir' is '../elsewhere'"),
+    ("summary.json", lambda s: s["videos"][0].update(video_id=7), r"field 'videos\[0\].video_id' is 7"),
+    ("summary.json", lambda s: s["videos"][0].update(sample_s=[1]), r"field 'videos\[0\].sample_s' is \[1\]"),
+    ("x/report.json", lambda r: r.update(phases_s=[1, 2]), r"x/report.json: field 'phases_s' is \[1, 2\]"),
+    ("x/report.json", lambda r: r["phases_s"].update(sample="1s"), r"field 'phases_s.sample' is '1s'"),
+    ("x/report.json", lambda r: r["config"].update(seed="1"), r"field 'config.seed' is '1'"),
+    ("x/report.json", lambda r: r.update(total_calls=True), r"field 'total_calls' is True \(a JSON bool\)"),
+    ("x/report.json", lambda r: r.update(video_id="other"), r"says 'other'; the folder holds another video"),
+]
+
+
+@pytest.mark.parametrize("file,edit,message", BAD_JSON, ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(BAD_JSON)])
+def test_json_of_an_unexpected_shape_exits_2_naming_file_and_field(tmp_path, capsys, monkeypatch, file, edit,
+                                                                   message):
+    f = frames(0, n=2)
+    ref = id_job(tmp_path / "ref", [("x", "a cat", 1, f), ("y", "a dog", 2, f)])
+    cand = id_job(tmp_path / "cand", [("x", "a cat", 1, f), ("y", "a dog", 2, f)])
+    _edit(os.path.join(cand, file), edit)
+    monkeypatch.setattr(cli, "score", lambda *a, **k: pytest.fail("scored"))
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --candidate: ") and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+def test_a_report_that_is_not_an_object_exits_2(tmp_path, capsys):
+    f = frames(0, n=2)
+    write_mp4(str(tmp_path / "ref" / "video.mp4"), f, 8)
+    (tmp_path / "ref" / "report.json").write_text("[1, 2]")
+    write_mp4(str(tmp_path / "cand" / "p.mp4"), f, 8)
+    assert cli.main(["--reference", str(tmp_path / "ref"), "--candidate", str(tmp_path / "cand")]) == 2
+    assert re.search(r"--reference: \S+/ref/report.json holds a JSON list, not an object", capsys.readouterr().err)
+
+
+def test_scores_are_cached_per_pair_and_recomputed_when_a_video_changes(tmp_path, capsys, backbone):
+    """A second run reads every pair from the score cache (same numbers); a candidate video that changes is scored
+    again, alone; a metric not cached before (LPIPS) is computed alone; --no-cache recomputes all."""
+    vids = [(f"v{i}", f"prompt {i}", i, frames(i)) for i in range(3)]
+    ref = id_job(tmp_path / "ref", vids)
+    cand = id_job(tmp_path / "cand", [(n, p, s, noisy(f, 6)) for n, p, s, f in vids])
+    out = str(tmp_path / "e" / "e.json")
+    argv = ["--reference", ref, "--candidate", cand, "--out", out]
+    assert cli.main(argv + ["--no-lpips"]) == 0
+    first = json.load(open(out))["candidates"][0]["rows"]
+    assert not any(r["cached"] for r in first) and "0 of 3 pair(s) from the score cache" in capsys.readouterr().out
+    assert cli.main(argv + ["--no-lpips"]) == 0
+    second = json.load(open(out))["candidates"][0]["rows"]
+    assert all(r["cached"] for r in second) and "3 of 3 pair(s)" in capsys.readouterr().out
+    assert [(r["psnr"], r["ssim"]) for r in second] == [(r["psnr"], r["ssim"]) for r in first]
+    write_mp4(os.path.join(cand, "v1", "video.mp4"), noisy(frames(1), 20), 8)  # the candidate's v1 changes
+    assert cli.main(argv + ["--no-lpips"]) == 0
+    third = {r["name"]: r for r in json.load(open(out))["candidates"][0]["rows"]}
+    assert [third[n]["cached"] for n in ("v0", "v1", "v2")] == [True, False, True]
+    assert third["v1"]["psnr"] < first[1]["psnr"] and third["v0"]["psnr"] == first[0]["psnr"]
+    assert cli.main(argv + ["--lpips-backbone", backbone]) == 0  # LPIPS was never cached: computed for all
+    rows = json.load(open(out))["candidates"][0]["rows"]
+    assert not any(r["cached"] for r in rows) and all(r["lpips"] > 0 for r in rows)
+    assert [r["psnr"] for r in rows] == [third[n]["psnr"] for n in ("v0", "v1", "v2")]
+    assert cli.main(argv + ["--lpips-backbone", backbone]) == 0
+    assert all(r["cached"] for r in json.load(open(out))["candidates"][0]["rows"])
+    assert cli.main(argv + ["--lpips-backbone", backbone, "--no-cache"]) == 0
+    assert not any(r["cached"] for r in json.load(open(out))["candidates"][0]["rows"])
+
+
+def test_workers_give_the_same_numbers_as_one_process(tmp_path):
+    vids = [(f"v{i}", f"prompt {i}", i, frames(i)) for i in range(4)]
+    ref = id_job(tmp_path / "ref", vids)
+    cand = id_job(tmp_path / "cand", [(n, p, s, noisy(f, 6)) for n, p, s, f in vids])
+    res = []
+    for workers in ("1", "2"):
+        out = str(tmp_path / f"e{workers}" / "e.json")
+        assert cli.main(["--reference", ref, "--candidate", cand, "--out", out, "--no-lpips", "--workers", workers,
+                         "--batch-frames", "3"]) == 0
+        res.append(json.load(open(out)))
+    assert res[1]["workers"] == 2
+    strip = lambda r: [{k: v for k, v in row.items() if k != "cached"} for row in r["candidates"][0]["rows"]]  # noqa
+    assert strip(res[0]) == strip(res[1])
