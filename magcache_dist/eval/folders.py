@@ -172,7 +172,7 @@ def _prompt_job(root: str, arg: str) -> Folder:
         video_id = _check(arg, path, entry, at, "video_id", "str")
         figures = {k: _check(arg, path, entry, at, k, kind) for k, kind in
                    (("computed_calls", "int"), ("total_calls", "int"), ("sample_s", "number"), ("total_s", "number"))}
-        _check(arg, path, entry, at, "prompt", "str")
+        prompt = _check(arg, path, entry, at, "prompt", "str")
         _check(arg, path, entry, at, "seed", "int")
         sub = os.path.join(root, sub or name)
         if os.path.commonpath([root, os.path.normpath(sub)]) != root:  # '../x' or an absolute path
@@ -186,6 +186,7 @@ def _prompt_job(root: str, arg: str) -> Folder:
             continue
         report = _report_figures(os.path.join(sub, "report.json"), arg)
         report.update({k: v for k, v in figures.items() if v is not None})
+        report["prompt"] = report.get("prompt") or prompt
         if video_id is not None:
             if report.get("video_id") not in (None, video_id):
                 raise InputError(f"{arg}: {path}: field '{at}video_id' is {video_id!r} but {sub}/report.json says "
