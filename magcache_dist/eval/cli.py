@@ -415,31 +415,64 @@ def tasks_of(reference: Folder, candidates: list[dict]) -> list[Task]:
     return tasks
 
 
+def _prepare_ranks(args, rank: int, world: int) -> dict:
+    """Under torchrun: rank 0 checks everything first (and downloads the LPIPS backbone if it must), then the
+    other ranks check the same inputs (finding the backbone in torch hub's cache); a rejection on rank 0 is every
+    rank's (each raises InputError, rank 0 with the message, the others with an empty one)."""
+    import torch.distributed as dist
+
+    box = [None]
+    if rank == 0:
+        try:
+            p = prepare(args)
+        except ValueError as e:
+            box = [str(e)]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise InputError(box[0] if rank == 0 else "")
+    return p if rank == 0 else prepare(args)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        p = prepare(args)
-    except ValueError as e:  # InputError and the LPIPS backbone's errors: both name the argument and the fix
+        rank, world, _ = _world()
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    reference, candidates, out, lp = p["reference"], p["candidates"], p["out"], p["lpips"]
-    settings = Settings(metrics=p["metrics"], device=p["device"], batch_frames=args.batch_frames,
-                        lpips_backbone=lp.backbone if lp else None, lpips_identity=_lpips_identity(lp) if lp else None,
-                        cache_dir=None if args.no_cache else os.path.join(os.path.dirname(os.path.abspath(out)),
-                                                                          CACHE_DIR))
-    tasks = tasks_of(reference, candidates)
-    if p["world"] > 1:
+    if world > 1:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
+    try:
         try:
-            rows = score_distributed(tasks, settings, p["rank"], p["world"], lp)
-        finally:
+            p = _prepare_ranks(args, rank, world) if world > 1 else prepare(args)
+        except ValueError as e:  # InputError and the LPIPS backbone's errors: both name the argument and the fix
+            if str(e):
+                print(f"error: {e}", file=sys.stderr)
+            return 2
+        reference, candidates, out, lp = p["reference"], p["candidates"], p["out"], p["lpips"]
+        settings = Settings(metrics=p["metrics"], device=p["device"], batch_frames=args.batch_frames,
+                            lpips_backbone=lp.backbone if lp else None,
+                            lpips_identity=_lpips_identity(lp) if lp else None,
+                            cache_dir=None if args.no_cache else os.path.join(os.path.dirname(os.path.abspath(out)),
+                                                                              CACHE_DIR))
+        tasks = tasks_of(reference, candidates)
+        if world > 1:
+            rows = score_distributed(tasks, settings, rank, world, lp)
+            if rank != 0:
+                return 0
+        else:
+            rows = score(tasks, settings, args.workers, lp)
+    finally:
+        if world > 1:
             dist.destroy_process_group()
-        if p["rank"] != 0:
-            return 0
-    else:
-        rows = score(tasks, settings, args.workers, lp)
+    return finish(args, p, settings, rows)
+
+
+def finish(args, p: dict, settings: Settings, rows: list) -> int:
+    """Rank 0: the tables, eval.json / eval.md, the plot; the exit code."""
+    reference, candidates, out, lp = p["reference"], p["candidates"], p["out"], p["lpips"]
     assemble(candidates, rows, p["metrics"])
     summary = [dict(label=c["label"], path=c["path"], **c["mean"]) for c in candidates]
     res = dict(format=FORMAT, reference=reference.path, metrics=METRICS, metrics_computed=list(p["metrics"]),

@@ -45,3 +45,18 @@ def test_two_ranks_score_their_shares_and_rank_0_writes_what_one_process_writes(
     assert "wrote" in outs[0][0] and outs[1][0] == ""  # only rank 0 prints and writes
     assert _rows(tmp_path / "two" / "e.json") == _rows(tmp_path / "one" / "e.json")
     assert json.load(open(tmp_path / "two" / "e.json"))["workers"] == 2
+
+
+def test_a_rejected_input_exits_2_on_every_rank_with_one_message(tmp_path):
+    vids = [(f"v{i}", f"prompt {i}", i, frames(i)) for i in range(2)]
+    ref = id_job(tmp_path / "ref", vids)
+    args = [sys.executable, "-m", "magcache_dist.eval", "--reference", ref, "--candidate", ref, "--no-lpips"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    port, procs = _free_port(), []
+    for r in range(2):
+        e = dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2]
+    assert "is the --reference folder" in outs[0][1] and outs[1][1] == "" and "Traceback" not in outs[0][1]

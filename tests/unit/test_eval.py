@@ -591,3 +591,23 @@ def test_workers_give_the_same_numbers_as_one_process(tmp_path):
     assert res[1]["workers"] == 2
     strip = lambda r: [{k: v for k, v in row.items() if k != "cached"} for row in r["candidates"][0]["rows"]]  # noqa
     assert strip(res[0]) == strip(res[1])
+
+
+@pytest.mark.parametrize("env,message", [
+    (dict(RANK="one", WORLD_SIZE="2"), r"\$RANK='one' is not an integer"),
+    (dict(RANK="2", WORLD_SIZE="2"), r"\$RANK=2, \$WORLD_SIZE=2, \$LOCAL_RANK=0: need 0 <= RANK < WORLD_SIZE"),
+], ids=["rank-not-a-number", "rank-out-of-range"])
+def test_bad_rank_variables_exit_2(jobs, tmp_path, capsys, monkeypatch, env, message):
+    ref, cand = jobs
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", str(tmp_path / "e.json")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_asked_for_without_cuda_exits_2(jobs, tmp_path, capsys):
+    ref, cand = jobs
+    assert cli.main(["--reference", ref, "--candidate", cand, "--out", str(tmp_path / "e.json"), "--allow-partial",
+                     "--device", "cuda"]) == 2
+    assert "--device cuda: CUDA is not available here; give --device cpu" in capsys.readouterr().err
