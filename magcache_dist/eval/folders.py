@@ -247,7 +247,8 @@ def load_folder(path: str, arg: str) -> Folder:
         why = f" ({len(folder.skipped)} skipped: " + ", ".join(f"{k}: {v}" for k, v in folder.skipped.items()) + ")" \
             if folder.skipped else ""
         raise InputError(f"{arg} {path}: no videos to compare{why}; give a prompt-list job's output_dir "
-                         f"(summary.json), a job folder (video.mp4 or image.png + report.json) or a folder of mp4 files")
+                         f"(summary.json), a job folder (video.mp4 or image.png + report.json) or a folder of mp4 "
+                         f"files")
     return folder
 
 

@@ -18,6 +18,7 @@ definition, is computed alone. Errors (a file that cannot be read, shapes that d
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -192,8 +193,9 @@ class Scorer:
                 f, _, h, w = ref_frames.shape
                 entry = entry if entry and (entry["frames"], entry["height"], entry["width"]) == (f, h, w) else \
                     dict(format=CACHE_FORMAT, frames=f, height=h, width=w, metrics={})
-                entry.update(reference=dict(path=task.reference, sha256=self.sha(task.reference) if self.cache else None),
-                             candidate=dict(path=pair.path, sha256=self.sha(pair.path) if self.cache else None))
+                sha = self.sha if self.cache else (lambda path: None)
+                entry.update(reference=dict(path=task.reference, sha256=sha(task.reference)),
+                             candidate=dict(path=pair.path, sha256=sha(pair.path)))
                 for m in todo:
                     entry["metrics"][m] = dict(definition=DEFINITIONS[m], per_frame=per[m],
                                                **(dict(settings=self.settings.lpips_identity) if m == "lpips" else {}))
@@ -236,7 +238,7 @@ def score(tasks: list[Task], settings: Settings, workers: int = 1, lpips=None) -
         futures = []
         for i, shard in enumerate(shards):
             device = f"cuda:{i % torch.cuda.device_count()}" if cuda else settings.device
-            s = Settings(**{**settings.__dict__, "device": device, "threads": None if cuda else threads})
+            s = dataclasses.replace(settings, device=device, threads=None if cuda else threads)
             futures.append(pool.submit(_score_shard, shard, s))
         for fut in cf.as_completed(futures):
             part = fut.result()
