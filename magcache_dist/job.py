@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from magcache_dist.auto import check_store, job_sigmas
 from magcache_dist.cache.base import CachePolicy
 from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, check_spec, resolve_preset
-from magcache_dist.cache.presets import preset_names
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, explicitly_set, resolve_path
-from magcache_dist.families import MODULES, uses_ckpt_dir
-from magcache_dist.families.base import DTYPES, ModelFamily, family_names, make_family
+from magcache_dist.families import WAN, model_spec
+from magcache_dist.families.base import DTYPES, ModelFamily, make_family
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
@@ -48,8 +47,7 @@ def cache_spec(cfg: JobConfig, family: ModelFamily, scfg: SamplerConfig) -> Cach
     m, t, o = c.magcache, c.teacache, c.online
     preset = m.preset
     if c.mode == "magcache":
-        default = family.default_preset() or (family.name if family.name in preset_names() else None)
-        preset = resolve_preset(m.preset, m.ratios_file, default, family.name)
+        preset = resolve_preset(m.preset, m.ratios_file, family.default_preset(), family.name)
     return CacheSpec(
         mode=c.mode, num_steps=scfg.num_steps, branches=tuple(scfg.branches), model=family.name,
         family_rule=family.cache_rule(), branch_sync=c.branch_sync,
@@ -62,8 +60,7 @@ def cache_spec(cfg: JobConfig, family: ModelFamily, scfg: SamplerConfig) -> Cach
 
 def validate_job(cfg: JobConfig, world_size: int) -> Job:
     """Everything checkable before a process group exists. Raises ValueError naming the key and the fix."""
-    if cfg.model.name not in family_names():
-        raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {family_names()}")
+    model_spec(cfg.model.name)  # an unknown name: the error names the choices
     family = make_family(cfg)  # resolves an auto dtype: the machine that validates is the one that runs
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPES)}")
@@ -99,12 +96,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
         if out and os.path.isdir(out):
             raise ValueError(f"cache.calibration.out={out!r} is a directory; give a file path (e.g. ratios.json)")
     validate_checkpointing(video_config(cfg, videos[0]) if videos else cfg, world_size)  # a list: per video
-    job = Job(cfg, family, dims, scfg, spec, policy, videos)
-    if not cfg.dry_run:
-        from magcache_dist.planner.preflight import memory_preflight
-
-        memory_preflight(job, world_size)  # last: the estimate needs a valid job
-    return job
+    return Job(cfg, family, dims, scfg, spec, policy, videos)
 
 
 def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | None:
@@ -133,11 +125,11 @@ def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | 
 
 
 def _is_wan(cfg: JobConfig) -> bool:
-    return cfg.model.name in MODULES["magcache_dist.families.wan:WanFamily"]
+    return model_spec(cfg.model.name).family == WAN
 
 
 def _is_pipeline(cfg: JobConfig) -> bool:
-    return uses_ckpt_dir(cfg.model.name)
+    return not model_spec(cfg.model.name).embedded
 
 
 _MAGCACHE_MODES = ("magcache", "auto", "online")

@@ -8,8 +8,8 @@ A ``ModelFamily`` is a per-job object: ``make_family(cfg)`` builds it from the j
 phase needs from an earlier one travels through return values (``build`` returns the model and the encoder
 handle; ``decode`` takes the model), never through attributes set on the way.
 
-The registry is a constant table (magcache_dist.families.MODULES): a family's module is imported the first time one
-of its model names is used, so importing this package loads neither diffusers nor transformers.
+The model registry (magcache_dist.families.MODELS) names each model's family class: a family's module is imported
+the first time one of its model names is used, so importing this package loads neither diffusers nor transformers.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import JobConfig, resolve_dtypes, resolve_path
+from magcache_dist.families import model_spec
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.sampling.schedulers import SOLVERS
 
@@ -63,14 +64,14 @@ def seeded_noise(shape, seed: int) -> torch.Tensor:
 
 
 class ModelFamily:
-    """One job's model family. Subclasses list their model ``names`` and implement the phases."""
+    """One job's model family. Subclasses implement the phases; the registry (families.MODELS) maps names to them."""
 
-    names: tuple[str, ...] = ()
     image_model = False  # one frame per job, written as image.png (FLUX.1) instead of video.mp4
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
         self.name = cfg.model.name
+        self.spec = model_spec(self.name)
 
     # ---- before any collective ---------------------------------------------------------------------------
     def validate(self) -> None:
@@ -157,30 +158,18 @@ class ModelFamily:
 
     # ---- cache defaults ----------------------------------------------------------------------------------
     def default_preset(self) -> str | None:
-        """The MagCache preset used when neither a preset nor a ratios file is given."""
-        return None
+        """The MagCache preset used when neither a preset nor a ratios file is given (the registry's)."""
+        return self.spec.preset
 
     def cache_rule(self) -> str:
         """The decision rule written into ratio files calibrated on this model."""
         return "wan"
 
 
-def family_names() -> list[str]:
-    """Every model name with a pipeline."""
-    from magcache_dist.families import MODULES
-
-    return sorted(n for names in MODULES.values() for n in names)
-
-
 def family_class(name: str) -> type[ModelFamily]:
     """The family class of a model name (its module is imported on first use)."""
-    from magcache_dist.families import MODULES
-
-    for target, names in MODULES.items():
-        if name in names:
-            module, cls = target.split(":")
-            return getattr(importlib.import_module(module), cls)
-    raise ValueError(f"model.name={name!r} has no pipeline; choose one of {family_names()}")
+    module, cls = model_spec(name).family.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def make_family(cfg: JobConfig) -> ModelFamily:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from magcache_dist.config import resolve_path
-from magcache_dist.families import uses_ckpt_dir
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily, meta_param_count
 from models.layouts import Rule, is_official, official_to_diffusers
 from models.loading import load_state_dict_strict, read_tensors
@@ -69,16 +68,12 @@ def wan_cost_figures(mcfg: WanConfig) -> CostFigures:
 
 class TinyFamily(ModelFamily):
     """Base of the FLUX.1, HunyuanVideo and Open-Sora families. Their embedded pixel-space sizes (``model.ckpt``, a
-    tiny text encoder, no VAE) are the names in ``families.EMBEDDED``; every other name is a full pipeline read
+    tiny text encoder, no VAE) are the registry's embedded names (families.MODELS); every other name is a full pipeline read
     from ``ckpt_dir`` (the published sizes, and ``tiny-*`` test sizes built by tests/support)."""
 
     family = ""
     cfg_mode = "distilled"
-    presets: dict = {}  # model name -> default MagCache preset
     rule = "wan"
-
-    def default_preset(self) -> str | None:
-        return self.presets.get(self.name)
 
     def cache_rule(self) -> str:
         return self.rule
@@ -87,7 +82,7 @@ class TinyFamily(ModelFamily):
     def pixel(self) -> bool:
         """The embedded pixel-space sizes (a tiny text encoder and the DiT in ``model.ckpt``, no VAE); the other
         names run the full pipeline from ``ckpt_dir`` (text encoders, DiT, VAE)."""
-        return not uses_ckpt_dir(self.name)
+        return self.spec.embedded
 
     def validate(self) -> None:
         if self.pixel:

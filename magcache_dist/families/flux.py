@@ -93,13 +93,7 @@ def pipeline_sigmas(num_steps: int, image_tokens: int, sched: dict) -> tuple[flo
 
 
 class FluxFamily(TinyFamily):
-    names = ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell", "flux.1-schnell-tiny", "tiny-flux-dev",
-             "tiny-flux-schnell")
     family = "FLUX.1"
-    # FLUX.1-schnell has no published MagCache ratios: calibrate one (cache.mode=calibrate / auto) or use
-    # cache.mode=online; the flux.1-schnell-tiny preset was calibrated on the tiny pixel-space model only
-    presets = {"flux.1-dev-tiny": "flux.1-dev", "flux.1-dev": "flux.1-dev", "tiny-flux-dev": "flux.1-dev",
-               "flux.1-schnell-tiny": "flux.1-schnell-tiny"}
     image_model = True
 
     def __init__(self, cfg):

@@ -143,10 +143,7 @@ def clip_pooled(clip, tokenizer, prompt: str, max_len: int = CLIP_TOKENS) -> tor
 
 
 class HunyuanVideoFamily(TinyFamily):
-    names = ("hunyuanvideo", "hunyuanvideo-tiny", "tiny-hunyuanvideo")
     family = "HunyuanVideo"
-    presets = {"hunyuanvideo-tiny": "hunyuanvideo-t2v-544p", "hunyuanvideo": "hunyuanvideo-t2v-720p",
-               "tiny-hunyuanvideo": "hunyuanvideo-t2v-544p"}
     rule = "hunyuanvideo"
 
     def __init__(self, cfg):

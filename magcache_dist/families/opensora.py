@@ -180,9 +180,7 @@ def load_vae(files: OpenSoraFiles, cfg: OpenSoraVAEConfig, device, dtype) -> Ope
 
 
 class OpenSoraFamily(TinyFamily):
-    names = ("opensora-1.2", "opensora-1.2-tiny", "tiny-opensora")
     family = "Open-Sora 1.2"
-    presets = {"opensora-1.2-tiny": "opensora-1.2", "opensora-1.2": "opensora-1.2", "tiny-opensora": "opensora-1.2"}
     rule = "opensora"
     cfg_mode = "batched"
 

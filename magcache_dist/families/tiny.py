@@ -20,7 +20,6 @@ AE_STRIDE = {"tiny": 1, "tiny-video": 2}
 
 
 class TinyVideoFamily(ModelFamily):
-    names = ("tiny", "tiny-video")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -180,8 +180,6 @@ def encode_prompts(t5, tokenizer, texts: list[str], text_len: int) -> list[torch
 class WanFamily(ModelFamily):
     """Wan2.1 T2V / I2V (model.name decides), weights from ``ckpt_dir``. One instance per job."""
 
-    names = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p", "tiny-wan-t2v",
-             "tiny-wan-i2v")
 
     def __init__(self, cfg: JobConfig):
         super().__init__(cfg)

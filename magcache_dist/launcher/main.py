@@ -29,6 +29,7 @@ def main(argv=None) -> int:
 
     from magcache_dist.config import load_config
     from magcache_dist.job import validate_job
+    from magcache_dist.planner.preflight import memory_preflight
 
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
             dry_run(cfg, write=rank == 0)
             return 0
         job = validate_job(cfg, world)
+        memory_preflight(job, world)  # the planner's estimate against the free memory, before any weight loads
         if rank == 0:  # a second job on the same output_dir stops here, naming the first (released at exit)
             from magcache_dist.io.probe import OutputLock
 

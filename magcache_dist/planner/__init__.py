@@ -28,13 +28,13 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     plan needs is checked (no weights, no files: a job for 8 GPUs can be planned on a laptop)."""
     from magcache_dist.cache.factory import build_cache
     from magcache_dist.config import resolve_dtypes
-    from magcache_dist.families.base import family_names, make_family
+    from magcache_dist.families import model_spec
+    from magcache_dist.families.base import make_family
     from magcache_dist.job import cache_spec, parallel_dims
 
     if job is None:
         resolve_dtypes(cfg, on_gpu=load_profile(cfg.planner.device).name != "cpu")  # auto: the planned device's
-        if cfg.model.name not in family_names():
-            raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {family_names()}")
+        model_spec(cfg.model.name)  # an unknown name: the error names the choices
         family = make_family(cfg)
         family.check_geometry()
         scfg = family.sampler_config()

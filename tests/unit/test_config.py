@@ -46,10 +46,13 @@ def test_strings_stay_strings(tmp_path, monkeypatch):
 
 
 def test_memory_preflight_can_be_overridden(tiny_ckpt, tmp_path):
+    from magcache_dist.planner.preflight import memory_preflight
+
     huge = ["video.frames=4096", "video.height=2048", "video.width=2048", "parallel.ulysses_degree=1"]
     with pytest.raises(ValueError, match=r"memory: the planner estimates [\d.]+ GB per rank for sampling, but only"):
-        validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge), 1)
-    validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge, "planner.memory_check=false"), 1)  # forced
+        memory_preflight(validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge), 1), 1)
+    forced = validate_job(job_config(tiny_ckpt, str(tmp_path / "o"), *huge, "planner.memory_check=false"), 1)
+    assert memory_preflight(forced, 1) == dict(checked=False, reason="planner.memory_check=false")
 
 
 def test_settings_left_behind_by_a_switch_are_not_errors(tiny_ckpt, tmp_path):
