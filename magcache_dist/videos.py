@@ -21,6 +21,8 @@ import json
 import os
 
 from magcache_dist.checkpoint import POINTER, checkpoint_dir, config_hash, fingerprint, validate_checkpointing
+from magcache_dist.config import evolve
+from magcache_dist.errors import InputError
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.job import Job
@@ -55,9 +57,8 @@ def video_job(job: Job, video: VideoSpec, resume: bool) -> Job:
     folder) and family object."""
     if job.videos is None:
         return job
-    cfg = video_config(job.cfg, video)
-    cfg.resume = resume
-    return dataclasses.replace(job, cfg=cfg, family=make_family(cfg), videos=None)
+    family = make_family(evolve(video_config(job.cfg, video), resume=resume))
+    return dataclasses.replace(job, cfg=family.cfg, family=family, videos=None)
 
 
 def video_state(job: Job, video: VideoSpec, group_size: int) -> tuple[str, dict | None]:
@@ -72,11 +73,10 @@ def video_state(job: Job, video: VideoSpec, group_size: int) -> tuple[str, dict 
             and report.get("files") and output_files(cfg.output_dir) == report["files"]:
         return "done", report
     if cfg.checkpoint.every_n_steps and os.path.isfile(os.path.join(checkpoint_dir(cfg), POINTER)):
-        cfg.resume = True
         try:
-            validate_checkpointing(cfg, group_size)
+            validate_checkpointing(evolve(cfg, resume=True), group_size)
             return "resume", None
-        except ValueError:  # a checkpoint of another config or layout: this video starts again
+        except InputError:  # a checkpoint of another config or layout: this video starts again
             pass
     return "new", None
 

@@ -24,11 +24,12 @@ import sys
 import numpy as np
 import torch
 
-from magcache_dist.eval.folders import Folder, InputError, Video, load_folder, match
+from magcache_dist.eval.folders import Folder, Video, load_folder, match
 from magcache_dist.eval.metrics import PSNR_CAP, frame_psnr, frame_ssim
 from magcache_dist.eval.perceptual import INSTALL_HINT, Lpips, lpips_installed, resolve_backbone
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 from magcache_dist.io.video import read_frames
+from magcache_dist.errors import InputError
 
 FORMAT = "magcache-eval/1"
 FRAME_CHUNK = 8  # frames converted and scored at a time (bounds memory for 81-frame 720p videos)
@@ -72,7 +73,7 @@ def compare(ref_FHWC: np.ndarray, cand_FHWC: np.ndarray, lpips: Lpips | None) ->
     """Per-frame PSNR, SSIM (and LPIPS) of two videos of one shape, and their means over the frames."""
     if ref_FHWC.shape != cand_FHWC.shape:
         (f, h, w), (g, i, j) = ref_FHWC.shape[:3], cand_FHWC.shape[:3]
-        raise ValueError(f"the videos differ in shape: reference {f} frames of {h}x{w}, candidate {g} frames of "
+        raise InputError(f"the videos differ in shape: reference {f} frames of {h}x{w}, candidate {g} frames of "
                          f"{i}x{j}")
     per = dict(psnr=[], ssim=[], lpips=[] if lpips else None)
     for s in range(0, ref_FHWC.shape[0], FRAME_CHUNK):
@@ -110,7 +111,7 @@ def evaluate(reference: Folder, candidates: list[dict], lpips: Lpips | None) -> 
             if row["error"] is None:
                 try:
                     row.update(compare(ref_frames, cand_frames, lpips))
-                except ValueError as e:  # shapes that differ, frames too small for SSIM or LPIPS
+                except InputError as e:  # shapes that differ, frames too small for SSIM or LPIPS
                     row["error"] = str(e)
             c["rows"][pair_name] = row
         print(f"{name}: compared with {len(users)} candidate(s)", file=sys.stderr, flush=True)
@@ -283,7 +284,7 @@ def main(argv=None) -> int:
         out = args.out or os.path.join(candidates[0]["path"] if len(candidates) == 1 else reference.path,
                                        "eval.json")
         lpips, note = _lpips(args)
-    except ValueError as e:  # InputError and the LPIPS backbone's errors: both name the argument and the fix
+    except InputError as e:  # the arguments and the LPIPS backbone: each names the argument and the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     evaluate(reference, candidates, lpips)

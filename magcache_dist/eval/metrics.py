@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from magcache_dist.errors import InputError
 
 PSNR_CAP = 100.0  # identical frames (PSNR = inf) count as this, as in the release (MSE < 1e-10 -> 100 dB)
 
@@ -63,7 +64,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 def _check_frames(x_FCHW: torch.Tensor, y_FCHW: torch.Tensor) -> None:
     if x_FCHW.ndim != 4 or x_FCHW.shape != y_FCHW.shape:
-        raise ValueError(f"frames must be [F, C, H, W] of one shape, got {tuple(x_FCHW.shape)} and "
+        raise InputError(f"frames must be [F, C, H, W] of one shape, got {tuple(x_FCHW.shape)} and "
                          f"{tuple(y_FCHW.shape)}")
 
 
@@ -81,7 +82,7 @@ def frame_ssim(x_FCHW: torch.Tensor, y_FCHW: torch.Tensor, window: int = 11, sig
     _check_frames(x_FCHW, y_FCHW)
     f, c, h, w = x_FCHW.shape
     if min(h, w) < window:
-        raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {h}x{w}")
+        raise InputError(f"SSIM needs frames of at least {window}x{window} pixels, got {h}x{w}")
     out: list[float] = []
     for i in range(0, f, chunk):
         x = x_FCHW[i:i + chunk].double().reshape(-1, 1, h, w)  # [n*C, 1, H, W]
