@@ -33,7 +33,8 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 import torch
 
-from magcache_dist.eval.folders import Folder, InputError, Video, load_folder, match
+from magcache_dist.errors import InputError
+from magcache_dist.eval.folders import Folder, Video, load_folder, match
 from magcache_dist.eval.metrics import PSNR_CAP
 from magcache_dist.eval.perceptual import (INSTALL_HINT, Lpips, download_backbone, lpips_installed,
                                            resolve_backbone)
@@ -425,7 +426,7 @@ def _prepare_ranks(args, rank: int, world: int) -> dict:
     if rank == 0:
         try:
             p = prepare(args)
-        except ValueError as e:
+        except InputError as e:
             box = [str(e)]
     dist.broadcast_object_list(box, src=0)
     if box[0] is not None:
@@ -447,7 +448,7 @@ def main(argv=None) -> int:
     try:
         try:
             p = _prepare_ranks(args, rank, world) if world > 1 else prepare(args)
-        except ValueError as e:  # InputError and the LPIPS backbone's errors: both name the argument and the fix
+        except InputError as e:  # the arguments, the folders' files and the LPIPS backbone: each names the fix
             if str(e):
                 print(f"error: {e}", file=sys.stderr)
             return 2

@@ -28,6 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from magcache_dist.errors import InputError
 from magcache_dist.prompts import SUMMARY_FORMAT
 
 OUTPUTS = ("video.mp4", "image.png")  # what a job writes: a video, or an image model's one image
@@ -41,10 +42,6 @@ def _output(folder: str) -> str | None:
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
     return None
-
-
-class InputError(ValueError):
-    """Bad command-line input; the message names the argument and the fix (exit code 2)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from magcache_dist.errors import InputError
 
 PSNR_CAP = 100.0  # identical frames (PSNR = inf) count as this, as in the release (MSE < 1e-10 -> 100 dB)
 K1, K2 = 0.01, 0.03  # SSIM's constants (data range 1): C1 = K1^2, C2 = K2^2
@@ -112,7 +113,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 def _check_frames(x_FCHW: torch.Tensor, y_FCHW: torch.Tensor) -> None:
     if x_FCHW.ndim != 4 or x_FCHW.shape != y_FCHW.shape or x_FCHW.dtype != y_FCHW.dtype:
-        raise ValueError(f"frames must be [F, C, H, W] of one shape and dtype, got {tuple(x_FCHW.shape)} "
+        raise InputError(f"frames must be [F, C, H, W] of one shape and dtype, got {tuple(x_FCHW.shape)} "
                          f"{x_FCHW.dtype} and {tuple(y_FCHW.shape)} {y_FCHW.dtype}")
 
 
@@ -137,6 +138,6 @@ def frame_ssim(x_FCHW: torch.Tensor, y_FCHW: torch.Tensor, window: int = 11, sig
     _check_frames(x_FCHW, y_FCHW)
     f, c, h, w = x_FCHW.shape
     if min(h, w) < window:
-        raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {h}x{w}")
+        raise InputError(f"SSIM needs frames of at least {window}x{window} pixels, got {h}x{w}")
     sums = ssim_sums(x_FCHW.reshape(f * c, h, w), y_FCHW.reshape(f * c, h, w), window, sigma, rows)
     return (sums.reshape(f, c).mean(1) / ((h - window + 1) * (w - window + 1))).cpu().tolist()

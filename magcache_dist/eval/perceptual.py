@@ -29,6 +29,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from magcache_dist.errors import InputError
 
 ENV_BACKBONE = "MAGCACHE_LPIPS_BACKBONE"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, named as its model zoo caches it
@@ -46,11 +47,11 @@ def resolve_backbone(path: str | None) -> tuple[str | None, str]:
     """(backbone file or None, one line saying where it came from or how to provide it).
 
     An explicit ``path`` (the --lpips-backbone flag) or $MAGCACHE_LPIPS_BACKBONE that names no file is an
-    error (ValueError); a missing hub cache file only makes LPIPS unavailable."""
+    error (InputError); a missing hub cache file only makes LPIPS unavailable."""
     for given, source in ((path, "--lpips-backbone"), (os.environ.get(ENV_BACKBONE), f"${ENV_BACKBONE}")):
         if given:
             if not os.path.isfile(given):
-                raise ValueError(f"{source} {given}: no such file; give torchvision's AlexNet state dict "
+                raise InputError(f"{source} {given}: no such file; give torchvision's AlexNet state dict "
                                  f"({ALEXNET_FILE}) or leave it unset to use torch hub's cache")
             return given, f"backbone from {source} {given}"
     default = default_backbone_path()
@@ -151,10 +152,10 @@ def _trunk_state_dict(net: nn.Module, checkpoint: dict, path: str) -> dict:
         _, idx, leaf = key.split(".")
         src = f"features.{idx}.{leaf}"
         if src not in checkpoint:
-            raise ValueError(f"LPIPS backbone {path}: no '{src}': not a torchvision AlexNet state dict "
+            raise InputError(f"LPIPS backbone {path}: no '{src}': not a torchvision AlexNet state dict "
                              f"({ALEXNET_FILE})")
         if tuple(checkpoint[src].shape) != tuple(param.shape):
-            raise ValueError(f"LPIPS backbone {path}: '{src}' has shape {tuple(checkpoint[src].shape)}, AlexNet's "
+            raise InputError(f"LPIPS backbone {path}: '{src}' has shape {tuple(checkpoint[src].shape)}, AlexNet's "
                              f"is {tuple(param.shape)}")
         out[key] = checkpoint[src]
     return out
@@ -175,10 +176,10 @@ class Lpips:
         try:
             checkpoint = torch.load(backbone, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"LPIPS backbone {backbone}: cannot be read as a torch state dict "
+            raise InputError(f"LPIPS backbone {backbone}: cannot be read as a torch state dict "
                              f"({type(e).__name__}: {e})") from e
         if not isinstance(checkpoint, dict):
-            raise ValueError(f"LPIPS backbone {backbone}: holds a {type(checkpoint).__name__}, not a state dict")
+            raise InputError(f"LPIPS backbone {backbone}: holds a {type(checkpoint).__name__}, not a state dict")
         with warnings.catch_warnings():  # torchvision's 'pretrained' argument is deprecated in favour of 'weights'
             warnings.simplefilter("ignore")
             model = lpips.LPIPS(net=self.net, version=self.version, spatial=True, pnet_rand=True, verbose=False)
@@ -196,10 +197,10 @@ class Lpips:
     def frames(self, x_FCHW: torch.Tensor, y_FCHW: torch.Tensor) -> list[float]:
         """LPIPS of each frame pair (frames [F, 3, H, W], uint8 or in [0, 1]; AlexNet needs H, W >= 31)."""
         if x_FCHW.shape != y_FCHW.shape or x_FCHW.ndim != 4 or x_FCHW.shape[1] != 3:
-            raise ValueError(f"LPIPS needs RGB frames [F, 3, H, W] of one shape, got {tuple(x_FCHW.shape)} and "
+            raise InputError(f"LPIPS needs RGB frames [F, 3, H, W] of one shape, got {tuple(x_FCHW.shape)} and "
                              f"{tuple(y_FCHW.shape)}")
         if min(x_FCHW.shape[-2:]) < 31:
-            raise ValueError(f"LPIPS (AlexNet) needs frames of at least 31x31 pixels, got "
+            raise InputError(f"LPIPS (AlexNet) needs frames of at least 31x31 pixels, got "
                              f"{x_FCHW.shape[-2]}x{x_FCHW.shape[-1]}")
         out: list[float] = []
         for i in range(0, x_FCHW.shape[0], self.chunk):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from magcache_dist.errors import InputError
 from magcache_dist.eval.metrics import frame_psnr, frame_ssim
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.io.video import read_frames
@@ -107,7 +108,7 @@ def _valid(entry: dict | None, metric: str, settings: Settings) -> bool:
 
 def _tensor(frames_FHWC: np.ndarray) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> uint8 [F, 3, H, W] (contiguous, so that planes slice cheaply)."""
-    return torch.from_numpy(np.ascontiguousarray(frames_FHWC)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.require(frames_FHWC, requirements=("C", "W"))).permute(0, 3, 1, 2).contiguous()
 
 
 def _read(path: str, side: str) -> tuple[torch.Tensor | None, str | None]:
@@ -149,7 +150,7 @@ class Scorer:
         """Per-frame values of ``metrics`` for two uint8 videos [F, 3, H, W] of one shape."""
         if ref.shape != cand.shape:
             (f, _, h, w), (g, _, i, j) = ref.shape, cand.shape
-            raise ValueError(f"the videos differ in shape: reference {f} frames of {h}x{w}, candidate {g} frames of "
+            raise InputError(f"the videos differ in shape: reference {f} frames of {h}x{w}, candidate {g} frames of "
                              f"{i}x{j}")
         per = {k: [] for k in metrics}
         b = self.settings.batch_frames
@@ -185,7 +186,7 @@ class Scorer:
                 if row["error"] is None:
                     try:
                         per = self.compare(ref_frames, cand_frames, todo)
-                    except ValueError as e:  # shapes that differ, frames too small for SSIM or LPIPS
+                    except InputError as e:  # shapes that differ, frames too small for SSIM or LPIPS
                         row["error"] = str(e)
                 if row["error"] is not None:
                     out.append((pair.candidate, pair.name, row))

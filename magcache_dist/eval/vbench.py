@@ -30,7 +30,8 @@ import re
 import shutil
 import sys
 
-from magcache_dist.eval.folders import InputError, load_folder
+from magcache_dist.errors import InputError
+from magcache_dist.eval.folders import load_folder
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 from magcache_dist.prompts import NAME_RE, slug
 
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
                 raise InputError(f"--out {args.out}: give a .jsonl file (a job reads names and seeds from JSONL)")
             return prompts_command(args)
         return export_command(args)
-    except ValueError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
