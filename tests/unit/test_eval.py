@@ -577,6 +577,15 @@ def test_scores_are_cached_per_pair_and_recomputed_when_a_video_changes(tmp_path
     assert all(r["cached"] for r in json.load(open(out))["candidates"][0]["rows"])
     assert cli.main(argv + ["--lpips-backbone", backbone, "--no-cache"]) == 0
     assert not any(r["cached"] for r in json.load(open(out))["candidates"][0]["rows"])
+    cache = os.path.join(os.path.dirname(out), ".eval-cache")
+    entries = sorted(os.path.join(d, f) for d, _, fs in os.walk(cache) for f in fs)
+    assert len(entries) == 4  # 3 pairs + v1's earlier candidate
+    for e in entries:  # a cut-short entry is scored again (and rewritten), not an error
+        open(e, "w").write('{"format": "magcache-eval-sc')
+    assert cli.main(argv + ["--lpips-backbone", backbone]) == 0
+    assert not any(r["cached"] for r in json.load(open(out))["candidates"][0]["rows"])
+    assert cli.main(argv + ["--lpips-backbone", backbone]) == 0
+    assert all(r["cached"] for r in json.load(open(out))["candidates"][0]["rows"])
 
 
 def test_workers_give_the_same_numbers_as_one_process(tmp_path):
