@@ -12,6 +12,15 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             branches): wall ratio against call ratio; peak device memory against the dry-run planner (h100/h200)
   vae       the Wan VAE (diffusers' AutoencoderKLWan at its published size, random weights) decoding those latents,
             whole and tiled: time and peak memory
+  compile   model.compile's compiled blocks (magcache_dist.compile) vs eager on the loaded model, one model call at
+            the sample step's size: first call (the compilation), best of 3 after, a call at another timestep
+            compiles nothing; |compiled - eager| against the bf16 call's own error (|eager bf16 - eager fp32|,
+            bound 1.5x: the precision policy's per-call bound)
+  ring      ring attention on the fused kernel (magcache_dist.parallel.attention: flash / memory-efficient SDPA per
+            block, fp32 merge) vs Ulysses, 2 simulated ranks (threads) on this GPU, bf16, the sample step's
+            sequence: |ring - fp32 attention| <= 2 x |single kernel - fp32 attention| (the bound of
+            tests/sim/test_ring_fused_precision.py), Ulysses equal to the single kernel bit for bit, and the time
+            per op of each, and of ring on the fp32 math path it replaced
   xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
             equals the native forward
   profile   the planner's device profile measured here (magcache_dist.planner.measure: GEMM and SDPA FLOP/s per
@@ -20,7 +29,8 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             (gpu_profile.json: pass it as planner.device=/path/gpu_profile.json)
 
 Without CUDA it prints "skipped: no CUDA" and exits 0. ``--small --allow-cpu`` runs every step at toy size on the
-CPU (tests/unit/test_gpu_check.py keeps the script from rotting). Budget: well under 8 minutes on one H100.
+CPU (tests/unit/test_gpu_check.py keeps the script from rotting). Budget: well under 10 minutes on one H100 (the
+compile and ring steps are unverified on a GPU: written without one).
 """
 from __future__ import annotations
 
@@ -192,6 +202,112 @@ class Check:
         self.model.to(self.device)
         return out
 
+    def compile(self):
+        import copy
+
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        from magcache_dist.compile import compile_blocks, compile_report
+
+        frames, h, w = (5, 32, 48) if self.small else (81, 480, 832)
+        cfg = self.model.cfg
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(1, cfg.in_dim, (frames - 1) // 4 + 1, h // 8, w // 8, generator=g).to(self.device)
+        text = torch.randn(1, 20, cfg.text_dim, generator=g).to(self.device, torch.bfloat16)
+
+        def call(model, t, cond):
+            with torch.no_grad():
+                tokens, ctx = model.embed(x, torch.tensor([t], device=self.device), cond)
+                return model.forward_head(model.forward_blocks(tokens, ctx), ctx).float()
+
+        def timed(fn, repeats):
+            best = out = None
+            for _ in range(repeats):
+                self.sync()
+                t = time.perf_counter()
+                out = fn()
+                self.sync()
+                best = min(best or float("inf"), time.perf_counter() - t)
+            return best, out
+
+        eager = self.model
+        with torch.no_grad():
+            cond = eager.prepare_condition(text)
+        eager_s, ref = timed(lambda: call(eager, 700.0, cond), 3)
+        ref32 = copy.deepcopy(eager).float()  # the call's own bf16 error: against the same call in fp32
+        with torch.no_grad():
+            out32 = call(ref32, 700.0, ref32.prepare_condition(text.float()))
+        del ref32
+        model = eager  # compiled in place (the later steps do not use the model)
+        torch._dynamo.reset()
+        n = compile_blocks(model)
+        f0 = counters["frames"]["total"]
+        first_s, _ = timed(lambda: call(model, 700.0, cond), 1)
+        f1 = counters["frames"]["total"]
+        comp_s, out = timed(lambda: call(model, 700.0, cond), 3)
+        call(model, 300.0, cond)  # another timestep: the modulation tensor changes, nothing recompiles
+        self.sync()
+        f2 = counters["frames"]["total"]
+        diff, gap = float((out - ref).abs().max()), float((ref - out32).abs().max())
+        return dict(blocks=n, report=compile_report(model), eager_s=eager_s, compiled_first_call_s=first_s,
+                    compiled_s=comp_s, speedup=eager_s / comp_s, frames_compiled_first_call=f1 - f0,
+                    frames_compiled_later=f2 - f1, max_abs_diff_vs_eager=diff, bf16_vs_fp32_gap=gap,
+                    within_bound=diff <= 1.5 * gap, no_recompile=f2 == f1)
+
+    def ring(self):
+        import torch.nn.functional as F
+
+        from magcache_dist.parallel import ParallelDims, build_thread_contexts
+        from magcache_dist.parallel.apply import build_sp_attention
+        from magcache_dist.parallel.attention import RingAttention, cpu_block_kernel, math_block_kernel
+        from magcache_dist.parallel.threads import run_threads
+        from models.attention import sdpa
+
+        n, length, dh = (4, 250, 16) if self.small else (12, 32_760, 128)
+        g = torch.Generator().manual_seed(2)
+        q, k, v = (torch.randn(1, length, n, dh, generator=g).to(self.device, torch.bfloat16) for _ in range(3))
+        lens = torch.tensor([length], device=self.device)
+        # the path that runs on this device: CUDA's fused kernels; on a CPU (--allow-cpu) the CPU's fused kernel
+        # stands in for them, so the toy run goes through the same fused-block code
+        fused = None if self.device.type == "cuda" else cpu_block_kernel
+
+        def sharded(dims, kernel, repeats):
+            def one(par):
+                chunk = -(-length // par.sp.size)
+                lo = par.sp.rank * chunk
+                shards = [F.pad(x, (0, 0, 0, 0, 0, chunk * par.sp.size - length))[:, lo:lo + chunk] for x in (q, k, v)]
+                op = build_sp_attention(par)
+                if isinstance(op, RingAttention):
+                    op.block_kernel = kernel
+                best = out = None
+                for _ in range(repeats):
+                    par.sp.all_reduce(torch.zeros(1, device=self.device))  # start together
+                    self.sync()
+                    t = time.perf_counter()
+                    out = op(*shards, lens)
+                    self.sync()
+                    best = min(best or float("inf"), time.perf_counter() - t)
+                gathered = torch.cat(par.sp.all_gather(out.contiguous()), dim=1)[:, :length]
+                return best, gathered
+            return run_threads(one, build_thread_contexts(dims), timeout=300.0)[0]
+
+        self.sync()
+        t = time.perf_counter()
+        local = sdpa(q, k, v, None)
+        self.sync()
+        local_s = time.perf_counter() - t
+        ref = sdpa(q.float(), k.float(), v.float(), None)  # fp32 statistics and accumulation, fp32 output
+        uly_s, uly = sharded(ParallelDims(2, 1), None, 3)
+        ring_s, ring = sharded(ParallelDims(1, 2), fused, 3)
+        math_s, math_out = sharded(ParallelDims(1, 2), lambda qh, kh, vh: math_block_kernel(qh, kh, vh), 1)
+        err = lambda o: float((o.float() - ref).abs().max())  # noqa: E731
+        return dict(tokens=length, heads=n, head_dim=dh, single_kernel_s=local_s, ulysses2_s=uly_s,
+                    ring2_fused_s=ring_s, ring2_math_s=math_s, ring_fused_over_ulysses=ring_s / uly_s,
+                    ring_math_over_fused=math_s / ring_s, ulysses_equals_single_kernel=torch.equal(uly, local),
+                    error_single_kernel=err(local), error_ring_fused=err(ring), error_ring_math=err(math_out),
+                    within_bound=err(ring) <= 2 * err(local))
+
     def xfuser(self):
         try:
             import xfuser  # noqa: F401
@@ -254,8 +370,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     c = Check(device, args.small)
     t0 = time.perf_counter()
-    for name in ("env", "sdpa", "load", "sample", "vae", "xfuser", "profile"):
-        if name in ("sample", "vae") and not getattr(c, "model", None):
+    for name in ("env", "sdpa", "load", "sample", "vae", "compile", "ring", "xfuser", "profile"):
+        if name in ("sample", "vae", "compile") and not getattr(c, "model", None):
             c.out[name] = dict(ok=False, error="skipped: the load step failed")
             continue
         if name == "vae" and not hasattr(c, "latents"):

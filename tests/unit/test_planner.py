@@ -138,6 +138,49 @@ def test_measured_profile_is_written_and_planned_with(tmp_path):
     assert set(prof.extra["gemm_half_rows"]) == set(prof.extra["elementwise_bandwidth"]) == {"float32", "bfloat16"}
     assert 0 < prof.gemm_rate("float32", 4) <= prof.gemm_rate("float32", 4096) <= prof.peak("float32")
     assert prof.link_bandwidth == load_profile("cpu").link_bandwidth  # --no-link keeps the base profile's
+    assert prof.device_type == "cpu" and load_profile("h100").device_type == "cuda"
     cfg = load_config(None, ["model.name=wan2.1-t2v-1.3b", "video.frames=5", "video.height=48", "video.width=48",
                              f"planner.device={path}", "model.dtype=bfloat16", "output_dir=/tmp/unused"])
     assert plan_job(cfg)["per_rank"]["time_s"]["sampling"] > 0
+
+
+def test_ring_attention_is_costed_on_the_block_path_that_runs(tmp_path):
+    """Ulysses 4 x ring 2 (the README's 8-GPU layout): on a CUDA profile the ring's blocks run the fused kernel in
+    the model dtype (the attention rate, as Ulysses' local call) plus the fp32 merges; on the CPU profile the CPU's
+    fused kernel on fp32 upcasts; on any other device the fp32 math path (GEMM rate, score matrix traffic)."""
+    from magcache_dist.planner.profiles import load_profile
+
+    usp = [o for o in WAN14B if not o.startswith("parallel.")] + ["parallel.ulysses_degree=4", "parallel.ring_degree=2"]
+    p = plan_job(load_config(None, usp))
+    r, h100 = p["per_rank"], load_profile("h100")
+    assert r["ring_attention"]["path"] == "fused" and cost.ring_path(h100) == "fused"
+    chunk, d = r["tokens_per_rank"], 5120
+    ring_flops = 4 * chunk * 75_600 * d  # self-attention: all of it goes around the ring
+    merges = 2 * cost.RING_MERGE_PASSES * 4 * chunk * (d // 4) * 4
+    per_block = ring_flops / (989.4e12 * 0.40) + merges / h100.memory_bandwidth
+    assert r["ring_attention"]["seconds_per_computed_call"] == pytest.approx(40 * per_block, rel=1e-12)
+    # Ulysses 8 makes the same attention FLOPs at the same rate: the ring layout differs by the merges and its comm
+    u8 = plan_job(load_config(None, WAN14B))["per_rank"]
+    assert u8["ring_attention"] is None
+    extra = r["time_s"]["blocks_compute_per_call"] - u8["time_s"]["blocks_compute_per_call"]
+    assert extra == pytest.approx(40 * merges / h100.memory_bandwidth, rel=1e-6)
+    assert r["memory_bytes"]["activations"]["ring_scores"] == 2 * 2 * 4 * chunk * (d // 4) * 4  # no score matrix
+
+    # the CPU profile: the fp32 kernel's rate whatever the model dtype, and the upcasts of q, k, v
+    cpu_plan = plan_job(load_config(None, [o.replace("planner.device=h100", "planner.device=cpu") for o in usp]))
+    assert cpu_plan["per_rank"]["ring_attention"]["path"] == "cpu_fp32"
+    cpu = load_profile("cpu")
+    rate32 = cpu.peak("float32") * cpu.efficiency("attention", "float32")
+    traffic = merges + 2 * 3 * 4 * chunk * (d // 4) * (2 + 4)
+    assert cpu_plan["per_rank"]["ring_attention"]["seconds_per_computed_call"] == pytest.approx(
+        40 * (ring_flops / rate32 + traffic / cpu.elementwise_bandwidth("float32")), rel=1e-12)
+
+    # another device type: fp32 matrix products, slower than the fused kernel on the same figures
+    other = json.loads(open(os.path.join(os.path.dirname(cost.__file__), "profiles", "h100.json")).read())
+    other.update(name="other", device_type="xpu")
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    m = plan_job(load_config(None, [o.replace("planner.device=h100", f"planner.device={tmp_path}/other.json")
+                                    for o in usp]))["per_rank"]
+    assert m["ring_attention"]["path"] == "math"
+    assert m["ring_attention"]["seconds_per_computed_call"] > 3 * r["ring_attention"]["seconds_per_computed_call"]
+    assert m["memory_bytes"]["activations"]["ring_scores"] > r["memory_bytes"]["activations"]["ring_scores"]
