@@ -29,7 +29,7 @@ What it does (docs/magcache.md, "Tuning MagCache for a quality target"):
    ``DIR/tune.md`` and ``DIR/quality_vs_calls.png`` are written.
 
 Exit codes: 0 done; 1 done, but no candidate of the grid reaches the target (tuned.yaml then says cache.mode=off);
-2 bad input (named, before any video is made).
+2 bad input (an InputError naming the flag or key, before any video is made where it can be known then).
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 
 import yaml
+
+from magcache_dist.errors import InputError
 
 FORMAT = "magcache-tune/1"
 PLOT_FILE = "quality_vs_calls.png"
@@ -120,16 +122,16 @@ def _floats(text: str, flag: str) -> list[float]:
     try:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: give numbers separated by commas, e.g. {flag} 0.04,0.08,0.12") from None
+        raise InputError(f"{flag} {text!r}: give numbers separated by commas, e.g. {flag} 0.04,0.08,0.12") from None
     if not vals:
-        raise ValueError(f"{flag} {text!r} is empty; give numbers separated by commas")
+        raise InputError(f"{flag} {text!r} is empty; give numbers separated by commas")
     return sorted(set(vals))
 
 
 def _ints(text: str, flag: str) -> list[int]:
     vals = _floats(text, flag)
     if any(v != int(v) for v in vals):
-        raise ValueError(f"{flag} {text!r}: K counts skipped calls; give whole numbers, e.g. {flag} 1,2,4")
+        raise InputError(f"{flag} {text!r}: K counts skipped calls; give whole numbers, e.g. {flag} 1,2,4")
     return sorted({int(v) for v in vals})
 
 
@@ -182,22 +184,23 @@ class Plan:
     settings_total: int
     resolved: object  # cache.mode=auto: what the store holds
     chunk: int
+    lpips_backbone: str | None = None  # --target-lpips: the AlexNet file
 
 
 def targets_of(args) -> dict:
     targets = {k: getattr(args, f"target_{k}") for k in METRICS if getattr(args, f"target_{k}") is not None}
     if not targets:
-        raise ValueError("give a target: --target-psnr DB, --target-ssim S or --target-lpips L (several: all must "
+        raise InputError("give a target: --target-psnr DB, --target-ssim S or --target-lpips L (several: all must "
                          "be met)")
     for k, t in targets.items():
         if not math.isfinite(t):
-            raise ValueError(f"--target-{k} {t} must be a finite number")
+            raise InputError(f"--target-{k} {t} must be a finite number")
     if "psnr" in targets and not 0 < targets["psnr"] <= METRICS["psnr"][1]:
-        raise ValueError(f"--target-psnr {targets['psnr']} must be in (0, 100] dB (identical frames count as 100)")
+        raise InputError(f"--target-psnr {targets['psnr']} must be in (0, 100] dB (identical frames count as 100)")
     if "ssim" in targets and not 0 < targets["ssim"] <= 1:
-        raise ValueError(f"--target-ssim {targets['ssim']} must be in (0, 1]")
+        raise InputError(f"--target-ssim {targets['ssim']} must be in (0, 1]")
     if "lpips" in targets and targets["lpips"] < 0:
-        raise ValueError(f"--target-lpips {targets['lpips']} must be >= 0 (0: identical)")
+        raise InputError(f"--target-lpips {targets['lpips']} must be >= 0 (0: identical)")
     return targets
 
 
@@ -207,13 +210,13 @@ def split(names: list[str], held_out: str, seed: int) -> tuple[list[str], list[s
     try:
         h = float(held_out) if "." in held_out else int(held_out)
     except ValueError:
-        raise ValueError(f"--held-out {held_out!r}: give a count (2) or a fraction (0.25)") from None
+        raise InputError(f"--held-out {held_out!r}: give a count (2) or a fraction (0.25)") from None
     if isinstance(h, float):
         if not 0 <= h < 1:
-            raise ValueError(f"--held-out {held_out}: a fraction must be in [0, 1); or give a count")
+            raise InputError(f"--held-out {held_out}: a fraction must be in [0, 1); or give a count")
         h = min(n - 1, max(1 if n >= 2 and h > 0 else 0, round(n * h)))
     if not 0 <= h < n:
-        raise ValueError(f"--held-out {held_out}: {n} prompt(s) leave none to tune on; give a count below {n} "
+        raise InputError(f"--held-out {held_out}: {n} prompt(s) leave none to tune on; give a count below {n} "
                          f"or add prompts")
     order = list(range(n))
     random.Random(seed).shuffle(order)
@@ -222,28 +225,28 @@ def split(names: list[str], held_out: str, seed: int) -> tuple[list[str], list[s
 
 
 def prepare(args, world_size: int = 1) -> Plan:
-    """Validate everything and plan every setting; ValueError naming the argument or key on bad input."""
+    """Validate everything and plan every setting; InputError naming the argument or key on bad input."""
     from magcache_dist.config import explicitly_set, load_config
     from magcache_dist.job import validate_job
     from magcache_dist.prompts import read_prompts
 
     targets = targets_of(args)
     if args.chunk is not None and args.chunk < 1:
-        raise ValueError(f"--chunk {args.chunk} must be >= 1")
+        raise InputError(f"--chunk {args.chunk} must be >= 1")
     out = os.path.abspath(args.out)
     overrides = list(args.overrides)
     for o in overrides:
         key = o.split("=", 1)[0].strip()
         if key in ("prompts_file", "prompt", "output_dir", "resume", "dry_run"):
-            raise ValueError(f"override {o!r}: magcache-tune sets {key} itself (--prompts, --out, the grid flags); "
+            raise InputError(f"override {o!r}: magcache-tune sets {key} itself (--prompts, --out, the grid flags); "
                              f"remove it")
     base = load_config(args.config, overrides)
     if base.cache.mode not in ("magcache", "auto"):
-        raise ValueError(f"cache.mode={base.cache.mode!r}: magcache-tune searches MagCache settings whose calls are "
+        raise InputError(f"cache.mode={base.cache.mode!r}: magcache-tune searches MagCache settings whose calls are "
                          f"known before running: use cache.mode=magcache (a preset or cache.magcache.ratios_file) "
                          f"or cache.mode=auto with a calibrated table in cache.calibration.store_dir")
     if "prompts_file" in explicitly_set(base):
-        raise ValueError(f"--config {args.config!r} sets prompts_file; the tuning prompts are --prompts: remove it "
+        raise InputError(f"--config {args.config!r} sets prompts_file; the tuning prompts are --prompts: remove it "
                          f"(or pass the same file as --prompts)")
     videos = read_prompts(os.path.abspath(args.prompts), base.seed, base.negative_prompt, base.image)
     tune, held = split([v.name for v in videos], args.held_out, args.split_seed)
@@ -254,14 +257,14 @@ def prepare(args, world_size: int = 1) -> Plan:
 
         resolved = lookup(base_job.cfg, base_job.scfg)
         if resolved.table_json is None:
-            raise ValueError(f"cache.mode=auto: cache.calibration.store_dir={base.cache.calibration.store_dir!r} "
+            raise InputError(f"cache.mode=auto: cache.calibration.store_dir={base.cache.calibration.store_dir!r} "
                              f"holds no table for this model, steps and geometry; run one job with cache.mode=auto "
                              f"(it calibrates and stores the table), then tune")
     grid, branch_syncs = grid_of(args, base, base_job)
     candidates, total = plan_candidates(base_job, resolved, grid, branch_syncs)
     chunk = args.chunk or base_job.dims.dp_degree
     return Plan(args, out, overrides, base, base_job, targets, videos, tune, held, dict(grid, branch_sync=branch_syncs),
-                candidates, total, resolved, chunk)
+                candidates, total, resolved, chunk, check_lpips(args, targets))
 
 
 def job_config(args, overrides: list[str], prompts_file: str, output_dir: str, extra: list[str]):
@@ -284,13 +287,13 @@ def grid_of(args, base, base_job) -> tuple[dict, list[str]]:
     elif args.branch_sync in ("joint", "official"):
         syncs = [args.branch_sync]
     else:
-        raise ValueError(f"--branch-sync {args.branch_sync!r} must be joint, official or both")
+        raise InputError(f"--branch-sync {args.branch_sync!r} must be joint, official or both")
     return grid, syncs
 
 
 def plan_candidates(base_job, resolved, grid: dict, branch_syncs: list[str]) -> tuple[list[Candidate], int]:
     """Every setting's schedule (the plan: no tensors), grouped into candidates by schedule, ordered by calls."""
-    from magcache_dist.cache import plan
+    from magcache_dist.cache import MagCacheConfig, plan
     from magcache_dist.cache.factory import build_cache
 
     branches = list(base_job.scfg.branches)
@@ -298,11 +301,12 @@ def plan_candidates(base_job, resolved, grid: dict, branch_syncs: list[str]) -> 
     n = 0
     for sync, t, k, r in itertools.product(branch_syncs, grid["thresh"], grid["K"], grid["retention"]):
         s = Setting(sync, float(t), int(k), float(r))
-        spec = dataclasses.replace(base_job.cache, thresh=s.thresh, K=s.K, retention=s.retention, branch_sync=sync)
         try:
+            spec = dataclasses.replace(base_job.cache, magcache=MagCacheConfig(s.thresh, s.K, s.retention),
+                                       branch_sync=sync)
             policy = build_cache(spec, resolved=resolved)
-        except ValueError as e:  # a grid value the rule rejects: name the flag
-            raise ValueError(f"--thresh / --K / --retention grid, setting {s.name()}: {e}") from None
+        except InputError as e:  # a grid value the rule rejects: name the flag
+            raise InputError(f"--thresh / --K / --retention grid, setting {s.name()}: {e}") from None
         p = plan(policy, base_job.scfg.num_steps, branches)
         key = tuple((b, tuple(p["skipped_steps"][b])) for b in branches)
         groups.setdefault(key, [p, []])[1].append(s)
@@ -327,6 +331,7 @@ class Runner:
 
     def __init__(self, plan: Plan, par, device, lpips=None):
         self.plan, self.par, self.device, self.lpips = plan, par, device, lpips
+        self._scorer = None
         self.requested = dict(reference=0, search=0, held_out=0)  # videos asked for
         self.made = 0  # videos actually sampled (the others were reused from an earlier run in DIR)
         self.by_name = {v.name: v for v in plan.videos}
@@ -356,9 +361,9 @@ class Runner:
 
         path = os.path.join(self.plan.out, "prompts", prompts_name + ".jsonl")
         self._write_prompts(path, names)
-        cfg = job_config(self.plan.args, self.plan.overrides, path, output_dir, extra)
-        cfg.progress = False
-        cfg.planner.memory_check = False  # checked once, in prepare: the settings searched do not change memory
+        # memory: checked once, in prepare (the settings searched do not change it)
+        cfg = job_config(self.plan.args, self.plan.overrides, path, output_dir,
+                         [*extra, "progress=false", "planner.memory_check=false"])
         job = validate_job(cfg, self.par.job_comm.size)
         run_job(job, self.par, self.device)
         self._barrier()  # every group is done (the last one wrote summary.json)
@@ -403,9 +408,23 @@ class Runner:
         c.metrics.update(scores)
         return scores
 
+    @property
+    def scorer(self):
+        """The eval's scorer (magcache_dist/eval/scoring.py), with its score cache in ``DIR/.eval-cache``."""
+        if self._scorer is None:
+            from magcache_dist.eval.scoring import Scorer, Settings
+
+            metrics = ("psnr", "ssim", "lpips") if self.lpips is not None else ("psnr", "ssim")
+            identity = None if self.lpips is None else _lpips_identity(self.lpips)
+            device = "cuda" if str(self.device).startswith("cuda") else "cpu"
+            settings = Settings(metrics=metrics, device=device, batch_frames=8,
+                                lpips_backbone=getattr(self.lpips, "backbone", None), lpips_identity=identity,
+                                cache_dir=os.path.join(self.plan.out, ".eval-cache"))
+            self._scorer = Scorer(settings, lpips=self.lpips)
+        return self._scorer
+
     def score(self, c: Candidate, name: str) -> dict:
-        from magcache_dist.eval.cli import compare
-        from magcache_dist.io.video import read_frames
+        from magcache_dist.eval.scoring import Pair, Task
 
         folder = os.path.join(self.candidate_dir(c), name)
         with open(os.path.join(folder, "report.json")) as f:
@@ -413,9 +432,24 @@ class Runner:
         if report["computed_calls"] != c.calls:
             raise RuntimeError(f"{folder}: computed {report['computed_calls']} calls but the plan said {c.calls}; "
                                f"the schedule depends on more than the settings (is cache.mode calibrated?)")
-        ref = read_frames(_output(os.path.join(self.ref_dir, name)))
-        got = compare(ref, read_frames(_output(folder)), self.lpips)
-        return {k: got[k] for k in METRICS}
+        (_, _, row), = self.scorer.task(Task(_output(os.path.join(self.ref_dir, name)),
+                                             (Pair(0, name, _output(folder)),)))
+        if row["error"] is not None:
+            raise RuntimeError(f"{folder}: {row['error']}")
+        return {k: row.get(k) for k in METRICS}
+
+
+def _lpips_identity(lp) -> str:
+    """What the eval's score cache keys an LPIPS value by: the package version and the backbone file's hash."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from magcache_dist.eval.scoring import file_sha256
+
+    try:
+        lib = version("lpips")
+    except PackageNotFoundError:
+        lib = "unknown"
+    return f"lpips {lib}; backbone sha256 {file_sha256(lp.backbone)}"
 
 
 def _output(folder: str) -> str:
@@ -804,17 +838,27 @@ def plot(plan: Plan, path: str, chosen: Candidate | None) -> str:
 
 
 # -- entry points --------------------------------------------------------------------------------------------------
-def _lpips(plan: Plan, device):
-    if "lpips" not in plan.targets:
+def check_lpips(args, targets: dict) -> str | None:
+    """--target-lpips: the AlexNet backbone file (InputError if the package or the file is missing), else None.
+    Checked in prepare, on every rank, so that no rank starts sampling when rank 0 could not score."""
+    if "lpips" not in targets:
         return None
-    from magcache_dist.eval.perceptual import INSTALL_HINT, Lpips, lpips_installed, resolve_backbone
+    from magcache_dist.eval.perceptual import INSTALL_HINT, lpips_installed, resolve_backbone
 
-    backbone, note = resolve_backbone(plan.args.lpips_backbone)
+    backbone, note = resolve_backbone(args.lpips_backbone)
     if not lpips_installed():
-        raise ValueError(f"--target-lpips needs the lpips package: {INSTALL_HINT}")
+        raise InputError(f"--target-lpips needs the lpips package: {INSTALL_HINT}")
     if backbone is None:
-        raise ValueError(f"--target-lpips: {note}")
-    return Lpips(backbone, "cuda" if str(device).startswith("cuda") else "cpu")
+        raise InputError(f"--target-lpips: {note} (python -m magcache_dist.eval fetches it once when online)")
+    return backbone
+
+
+def _lpips(plan: Plan, device):
+    if plan.lpips_backbone is None:
+        return None
+    from magcache_dist.eval.perceptual import Lpips
+
+    return Lpips(plan.lpips_backbone, "cuda" if str(device).startswith("cuda") else "cpu")
 
 
 def tune(plan: Plan, par, device="cpu") -> dict | None:
@@ -842,7 +886,7 @@ def main(argv=None) -> int:
             from magcache_dist.io.probe import OutputLock
 
             lock = OutputLock(plan.out, "--out")
-    except ValueError as e:
+    except InputError as e:
         for line in str(e).splitlines() or [""]:
             print(f"[rank {rank}] error: {line}", file=sys.stderr)
         return 2
@@ -869,7 +913,7 @@ def _run(plan: Plan, rank: int, world: int) -> int:
             par = solo_context()
             par.backend = cfg.parallel.backend
         res = tune(plan, par, device)
-    except ValueError as e:
+    except InputError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         return 2
     finally:

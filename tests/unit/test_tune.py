@@ -214,6 +214,7 @@ def test_plot_without_matplotlib_is_skipped_and_said(tmp_path, monkeypatch):
     (["--target-psnr", "25", "cache.mode=teacache"], "cache.mode='teacache'"),
     (["--target-psnr", "25", "output_dir=x"], "sets output_dir itself"),
     (["--target-psnr", "0"], "must be in (0, 100]"),
+    (["--target-lpips", "0.1", "--lpips-backbone", "/nonexistent/alexnet.pth"], "--lpips-backbone"),
 ])
 def test_bad_input_exits_2_naming_it(argv, message, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
