@@ -416,7 +416,8 @@ def check_values(job: JobConfig) -> None:
 
 def resolve_dtypes(cfg, on_gpu: bool) -> None:
     """In place: ``model.dtype`` / ``text_encoder.dtype`` ``auto`` -> bfloat16 on a GPU, float32 on a CPU (where
-    bf16 matmuls are several times slower than fp32: benchmarks/README.md, constant_work). A given dtype stays."""
+    bf16 matmuls are several times slower than fp32: docs/magcache.md, what a skipped call costs). A given dtype
+    stays."""
     for section in (cfg.model, cfg.text_encoder):
         if section.dtype == "auto":
             section.dtype = "bfloat16" if on_gpu else "float32"
