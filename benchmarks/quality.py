@@ -238,7 +238,8 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         atomic_write_text(args.out, json.dumps(res, indent=1))
     plot(res, os.path.splitext(args.out)[0] + ".png")
-    write_readme(res)
+    if os.path.abspath(args.out) == os.path.join(RESULTS, "quality.json"):
+        write_readme(res)
     print(table(res))
     return 0
 
