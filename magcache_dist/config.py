@@ -446,7 +446,8 @@ def evolve(cfg: JobConfig, **changes) -> JobConfig:
 
 def resolve_dtypes(cfg: JobConfig, on_gpu: bool) -> JobConfig:
     """``model.dtype`` / ``text_encoder.dtype`` ``auto`` -> bfloat16 on a GPU, float32 on a CPU (where bf16 matmuls are
-    several times slower than fp32: benchmarks/README.md, constant_work); a given dtype stays. Returns the copy."""
+    several times slower than fp32: docs/magcache.md, what a skipped call costs); a given dtype stays. Returns the
+    copy."""
     auto = "bfloat16" if on_gpu else "float32"
     return evolve(cfg, **{f"{s}.dtype": auto for s in ("model", "text_encoder") if getattr(cfg, s).dtype == "auto"})
 

@@ -316,7 +316,7 @@ class Check:
         import torch.distributed as dist
 
         from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_dist_context
-        from tests.support.helpers import tiny_model
+        from magcache_dist.random_weights import tiny_model
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")

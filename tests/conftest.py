@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tests.support.helpers import save_tiny_checkpoint
+from magcache_dist.random_weights import save_tiny_checkpoint
 
 # Tiny models run fastest on one intra-op thread, and simulated / spawned ranks would otherwise oversubscribe
 # the cores (each rank's pool wants every core). Results do not depend on it.

@@ -20,7 +20,7 @@ import pickle
 import shutil
 from typing import Callable, NamedTuple
 
-from tests.support.helpers import save_tiny_checkpoint
+from magcache_dist.random_weights import save_tiny_checkpoint
 
 
 class Bad(NamedTuple):

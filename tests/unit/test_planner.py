@@ -14,7 +14,8 @@ from magcache_dist.config import load_config
 from magcache_dist.families.base import make_family
 from magcache_dist.planner import cost, plan_job
 from models.wan import WanModel, get_config
-from tests.support.helpers import ODD_VIDEO, tiny_model
+from magcache_dist.random_weights import tiny_model
+from tests.support.helpers import ODD_VIDEO
 
 WAN14B = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",
           "video.width=1280", "sampler.num_steps=50", "cache.magcache.preset=wan2.1-t2v-14b", "cache.magcache.thresh=0.24", "cache.magcache.K=6",
