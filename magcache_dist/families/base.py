@@ -164,6 +164,10 @@ class ModelFamily:
         """The decision rule written into ratio files calibrated on this model."""
         return "wan"
 
+    def expert_switch_step(self) -> int | None:
+        """Two-expert models (Wan2.2 A14B): the step at which the low-noise expert takes over; None otherwise."""
+        return None
+
 
 def family_names() -> list[str]:
     """Every model name with a pipeline."""
