@@ -53,10 +53,17 @@ WAN_CONFIGS: dict[str, WanConfig] = {
     "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     "wan2.1-i2v-14b-480p": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, image_dim=1280),
     "wan2.1-i2v-14b-720p": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, image_dim=1280),
+    # Wan2.2 (Wan-Video/Wan2.2 wan/configs): A14B = two experts of this size each (high- and low-noise); the I2V
+    # experts take [noise | mask + image latents] (36 channels) and have no CLIP branch
+    "wan2.2-t2v-a14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    "wan2.2-i2v-a14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36),
     # tests: the real Wan pipeline (umT5 / VAE / CLIP) with tiny components; 16 latent channels, 2x2 patches
     "tiny-wan-t2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=24, freq_dim=32),
     "tiny-wan-i2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=36, text_dim=32, text_len=24,
                               freq_dim=32, image_dim=160),
+    "tiny-wan22-t2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=24, freq_dim=32),
+    "tiny-wan22-i2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=36, text_dim=32, text_len=24,
+                                freq_dim=32),
     # tests: 4 heads so that Ulysses degree 2 and 4 divide it
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=3, out_dim=3, text_dim=32,
                       text_len=16, freq_dim=32, patch_size=(1, 4, 4)),
@@ -199,6 +206,7 @@ class BlockContext:
     k_lens: torch.Tensor | None  # [B] valid (unpadded) key count of the *global* sequence
     grid: tuple[int, int, int]  # (F, H, W) in patches
     cross_kv: list | None = None  # per block: its cross-attention keys / values (a PreparedCondition's), else None
+    expert: str | None = None  # two-expert models (models/wan_experts.py): which expert embedded this call
 
 
 @dataclass

@@ -108,11 +108,38 @@ class WanI2VModel(WanModel):
         return self.unpatchify(self.forward_head(self.forward_blocks(tokens, ctx), ctx), ctx.grid)
 
 
+@dataclass
+class LatentCondition:
+    """Wan2.2 I2V-A14B's conditioning: text and the ``y`` channels, no CLIP features."""
+    context: torch.Tensor  # [B, T', text_dim]
+    y: torch.Tensor  # [B, 20, F, H, W] mask (4) + image latents (16)
+
+    def to(self, device):
+        return LatentCondition(self.context.to(device), self.y.to(device))
+
+
+class WanLatentCondModel(WanModel):
+    """Wan2.2 I2V-A14B (``model_type='i2v'`` without ``img_emb``): the T2V model whose patch embedding takes the
+    noise followed by ``y`` (in_dim = 16 + 20); cross-attention over the text only."""
+
+    def prepare_condition(self, cond: LatentCondition) -> PreparedCondition:
+        return dataclasses.replace(super().prepare_condition(cond.context), extra=cond.y)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond):
+        prepared = cond if isinstance(cond, PreparedCondition) else None
+        y = (prepared.extra if prepared is not None else cond.y).to(device=x.device, dtype=x.dtype)
+        y = y.expand(x.shape[0], -1, -1, -1, -1)
+        return super().embed(torch.cat([x, y], dim=1), t, prepared if prepared is not None else cond.context)
+
+
 def build_wan_model(cfg: WanConfig) -> WanModel:
-    """The T2V or I2V DiT for a config (``image_dim`` > 0 means I2V; ``coord_channels`` > 0 the embedded model's
-    coordinate-channel variant, models/wan_coords.py)."""
+    """The T2V or I2V DiT for a config (``image_dim`` > 0 means Wan2.1 I2V; more input than output channels
+    without CLIP, Wan2.2 I2V; ``coord_channels`` > 0 the embedded model's coordinate-channel variant,
+    models/wan_coords.py)."""
     if cfg.image_dim > 0:
         return WanI2VModel(cfg)
     if cfg.coord_channels > 0:
         return WanCoordModel(cfg)
+    if cfg.in_dim > cfg.out_dim:
+        return WanLatentCondModel(cfg)
     return WanModel(cfg)

@@ -16,6 +16,8 @@ MODULES = {
     "magcache_dist.families.opensora:OpenSoraFamily": ("opensora-1.2", "opensora-1.2-tiny", "tiny-opensora"),
     "magcache_dist.families.wan:WanFamily": ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p",
                                              "wan2.1-i2v-14b-720p", "tiny-wan-t2v", "tiny-wan-i2v"),
+    "magcache_dist.families.wan22:Wan22Family": ("wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "tiny-wan22-t2v",
+                                                 "tiny-wan22-i2v"),
 }
 
 # the names that run without a checkpoint folder: the embedded model and the pixel-space tiny families (model.ckpt,

@@ -49,6 +49,7 @@ class CostFigures:
     attention_span: int | None = None
     text_dim: int = 0
     prepared_text: bool = False
+    experts: int = 1  # Wan2.2 A14B: 2 experts of ``params`` each, one of them running at a time
 
 
 def meta_param_count(build) -> int:

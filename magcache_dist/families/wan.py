@@ -124,7 +124,7 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
     want = dataclasses.asdict(mcfg)
     want["patch_size"] = tuple(mcfg.patch_size)
     diff = {k: (g, want[k]) for k, g in _dit_fields(c).items() if k in want and g != want[k]}
-    if "image_dim" in diff and diff["image_dim"][0] is None and mcfg.image_dim:  # official i2v: any CLIP width
+    if "image_dim" in diff and diff["image_dim"][0] is None:  # official i2v: any CLIP width, or none (Wan2.2)
         diff.pop("image_dim")
     if diff:
         raise ValueError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
@@ -327,6 +327,11 @@ class WanFamily(ModelFamily):
         clip_fea = wan_components.clip_features(clip, image).float().to(device)  # [1, I, image_dim]
         del clip
         folders.free_memory(dev)
+        return clip_fea, self._image_latents(files, image, dev, device)
+
+    def _image_latents(self, files: WanFiles, image: torch.Tensor, dev, device) -> torch.Tensor:
+        """y = [first-frame mask (4) | normalised VAE latents of the image followed by zero frames (16)]."""
+        cfg = self.cfg
         _, lat_f, lat_h, lat_w = self.latent_shape()
         h, w = lat_h * VAE_STRIDE[1], lat_w * VAE_STRIDE[2]
         first = torch.nn.functional.interpolate(image, size=(h, w), mode="bicubic")  # [1, 3, h, w]
@@ -340,8 +345,7 @@ class WanFamily(ModelFamily):
         folders.free_memory(dev)
         mask = torch.zeros(1, 4, lat_f, lat_h, lat_w)
         mask[:, :, 0] = 1  # the first latent frame (= the first 4 frames' slot) is the given image
-        y = torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
-        return clip_fea, y
+        return torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
 
     def _load_vae(self, files: WanFiles, device):
         path = files.vae if files.layout == "official" else os.path.dirname(files.vae)

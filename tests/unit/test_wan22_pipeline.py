@@ -1,0 +1,149 @@
+"""Wan2.2 A14B (two experts) end to end on tiny random folders in both layouts, single process, fp32.
+
+- faithful: the same initial latents through diffusers' ``WanPipeline`` (``transformer_2``, ``boundary_ratio``,
+  ``guidance_scale_2``) and ``WanImageToVideoPipeline`` give our latents and decoded video within 1e-4; the official
+  and diffusers layouts of the same weights give identical latents;
+- the experts switch at the sampler's step (t >= boundary x 1000), each with its guidance; MagCache skips exactly the
+  plan's steps with one state over both experts;
+- the planner and the dry run know both experts.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from magcache_dist.cache import plan
+from magcache_dist.config import load_config
+from magcache_dist.job import validate_job
+from magcache_dist.parallel import solo_context
+from magcache_dist.run import run_job
+from magcache_dist.sampling.grids import expert_switch_step
+from models.wan_experts import WanExperts
+from tests.support.wan22_tiny import BOUNDARY, SHIFT, wan22_overrides
+
+GUIDANCE = (4.0, 3.0)
+
+
+def diffusers_pipeline(task: str, folder: str, boundary: float | None):
+    from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline,
+                           WanTransformer3DModel)
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    parts = dict(tokenizer=AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer")),
+                 text_encoder=UMT5EncoderModel.from_pretrained(os.path.join(folder, "text_encoder")),
+                 vae=AutoencoderKLWan.from_pretrained(os.path.join(folder, "vae")),
+                 scheduler=UniPCMultistepScheduler.from_pretrained(os.path.join(folder, "scheduler")),
+                 transformer=WanTransformer3DModel.from_pretrained(os.path.join(folder, "transformer")),
+                 transformer_2=WanTransformer3DModel.from_pretrained(os.path.join(folder, "transformer_2")),
+                 boundary_ratio=boundary)
+    pipe = WanImageToVideoPipeline(image_encoder=None, image_processor=None, **parts) if task == "i2v" else \
+        WanPipeline(**parts)
+    # Wan's own grid (sigmas from 1 - 1/1000, as Wan2.2 and our scheduler sample), not diffusers' default 1.0 start
+    orig = pipe.scheduler.set_timesteps
+    pipe.scheduler.set_timesteps = lambda n, device=None, **kw: orig(
+        sigmas=np.linspace(1 - 1 / 1000, 0, n + 1)[:-1], device=device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_diffusers(pipe, cfg, noise, image, output_type, guidance_2=GUIDANCE[1]):
+    from PIL import Image
+
+    args = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, height=cfg.video.height,
+                width=cfg.video.width, num_frames=cfg.video.frames, num_inference_steps=cfg.sampler.num_steps,
+                guidance_scale=GUIDANCE[0], guidance_scale_2=guidance_2, latents=noise.clone(),
+                output_type=output_type, max_sequence_length=24)
+    if image is not None:
+        args["image"] = Image.open(image).convert("RGB")
+    with torch.no_grad():
+        return pipe(**args).frames
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_faithful_to_diffusers_pipelines(task, wan22_ckpts, tmp_path, monkeypatch):
+    import types
+
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    # the I2V pipeline's prompt cleaning calls ftfy without checking it is installed (the T2V pipeline checks);
+    # ftfy.fix_text leaves these ASCII prompts as they are, as our cleaning does
+    monkeypatch.setattr(pipeline_wan_i2v, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
+    image = wan22_ckpts["image"] if task == "i2v" else None
+    latents = {}
+    for layout in ("official", "diffusers"):
+        cfg = load_config(None, wan22_overrides(task, wan22_ckpts[task][layout], str(tmp_path / layout), "cache.mode=off",
+                                                "save_video=false", image=image))
+        run_job(cfg, solo_context())
+        latents[layout] = torch.load(tmp_path / layout / "latents.pt", weights_only=True)
+    assert torch.equal(latents["official"], latents["diffusers"])
+    ours = latents["diffusers"]
+    job = validate_job(cfg, 1)
+    assert job.scfg.switch_step == expert_switch_step(8, SHIFT[task], BOUNDARY[task]) == (6 if task == "t2v" else 3)
+    noise = job.family.make_noise(cfg.seed)
+    pipe = diffusers_pipeline(task, wan22_ckpts[task]["diffusers"], BOUNDARY[task])
+    ref = run_diffusers(pipe, cfg, noise, image, "latent")
+    assert ref.shape == ours.shape == (1, 16, 3, 6, 6)
+    assert (ref - ours).abs().max() < 1e-4, (ref - ours).abs().max()
+    # decoded: diffusers' pt video is (x + 1) / 2 in [0, 1], [B, F, C, H, W]
+    video = run_diffusers(pipe, cfg, noise, image, "pt")
+    with torch.no_grad():
+        mine = job.family.decode(ours)  # [1, 3, F, H, W] in [-1, 1]
+    mine = (mine * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
+    assert mine.shape == video.shape == (1, 9, 3, 48, 48)
+    assert (mine - video).abs().max() < 1e-4, (mine - video).abs().max()
+    # the low-noise expert matters: diffusers without a boundary (the high-noise expert every step) differs
+    alone = run_diffusers(diffusers_pipeline(task, wan22_ckpts[task]["diffusers"], None), cfg, noise, image, "latent",
+                          guidance_2=None)
+    assert (alone - ours).abs().max() > 1e-2
+
+
+def test_experts_switch_at_the_sampler_step_and_share_one_cache(wan22_ckpts, tmp_path, monkeypatch):
+    calls = []
+    embed = WanExperts.embed
+
+    def logging_embed(self, x, t, context):
+        tokens, ctx = embed(self, x, t, context)
+        calls.append((float(t[0]), ctx.expert))
+        return tokens, ctx
+
+    monkeypatch.setattr(WanExperts, "embed", logging_embed)
+    cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path), "save_video=false",
+                                            "sampler.num_steps=12", "cache.magcache.thresh=0.3",
+                                            "cache.magcache.retention=0.25"))
+    report = run_job(cfg, solo_context())
+    job = validate_job(cfg, 1)
+    switch = expert_switch_step(12, SHIFT["t2v"], BOUNDARY["t2v"])
+    assert job.policy.switch_step == switch == job.scfg.switch_step and 0 < switch < 12
+    expect = plan(job.policy, 12, ["cond", "uncond"])
+    assert report["skipped_steps"] == expect["skipped_steps"] and report["computed_calls"] < 24
+    # every call (computed or skipped) embeds once: 2 per step, the high-noise expert before the switch step
+    steps = [calls[2 * i][1] for i in range(12)]
+    assert steps == ["high"] * switch + ["low"] * (12 - switch)
+    assert all(t >= 875 for t, e in calls if e == "high") and all(t < 875 for t, e in calls if e == "low")
+    assert job.policy.describe()["rule"] == "wan2.2-t2v" and report["cache"]["switch_step"] == switch
+
+
+def test_per_expert_guidance(wan22_ckpts, tmp_path):
+    out = {}
+    for g2 in ("3.0", "null"):
+        cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / g2),
+                                                "cache.mode=off", "save_video=false", f"sampler.guidance_2={g2}"))
+        job = validate_job(cfg, 1)
+        assert [job.scfg.guidance_at(i) for i in (0, 5, 6, 7)] == ([4.0, 4.0, 3.0, 3.0] if g2 == "3.0" else [4.0] * 4)
+        run_job(cfg, solo_context())
+        out[g2] = torch.load(tmp_path / g2 / "latents.pt", weights_only=True)
+    assert (out["3.0"] - out["null"]).abs().max() > 1e-3
+
+
+def test_dry_run_plans_both_experts(wan22_ckpts):
+    from magcache_dist.planner import plan_job
+
+    cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["diffusers"], "/tmp/unused"))
+    job = validate_job(cfg, 1)
+    p = plan_job(cfg, job)
+    fig = job.family.cost_figures()
+    assert fig.experts == 2 and p["experts"]["count"] == 2 and p["experts"]["switch_step"] == 6
+    assert p["experts"]["resident"] == 2 and p["params"] == 2 * fig.params  # tiny: both fit
+    assert p["experts"]["guidance"] == [4.0, 3.0]
