@@ -61,7 +61,8 @@ def main(argv=None) -> int:
             rel = expert_switch_step(n, shift, boundary, grid="magcache")
             samp = expert_switch_step(n, shift, boundary)
             a, b = schedule(preset, n, rel, samp), schedule(preset, n, samp, samp)
-            cases.append(dict(num_steps=n, switch_release_grid=rel, switch_sampler=samp, release_grid=a, sampler_grid=b))
+            cases.append(dict(num_steps=n, switch_release_grid=rel, switch_sampler=samp, release_grid=a,
+                              sampler_grid=b))
             summary["steps"] += 1
             summary["differ"] += rel != samp
             summary["cross_release"] += len(a["cross_expert_reuses"])

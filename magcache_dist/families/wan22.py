@@ -56,8 +56,9 @@ def resolve_expert_files(ckpt_dir: str, layout: str, model_name: str) -> ExpertF
     dirs = OFFICIAL_EXPERTS if layout == "official" else DIFFUSERS_EXPERTS
     missing = [d for d in dirs.values() if not os.path.isdir(os.path.join(ckpt_dir, d))]
     if missing:
-        raise ValueError(f"ckpt_dir={ckpt_dir!r} ({layout} layout) has no {' and no '.join(repr(m + '/') for m in missing)}"
-                         f" folder: model.name={model_name!r} has two experts ({dirs['high']}/ for the high-noise "
+        names = " and no ".join(repr(m + "/") for m in missing)
+        raise ValueError(f"ckpt_dir={ckpt_dir!r} ({layout} layout) has no {names} folder: "
+                         f"model.name={model_name!r} has two experts ({dirs['high']}/ for the high-noise "
                          f"steps, {dirs['low']}/ for the low-noise steps); copy the complete Wan2.2 A14B release, or "
                          f"set model.name to a one-DiT model (wan2.1-*) for a one-DiT folder")
     experts = {k: folders.diffusers_weights(os.path.join(ckpt_dir, d), ckpt_dir, "diffusion_pytorch_model*",

@@ -73,8 +73,8 @@ def test_faithful_to_diffusers_pipelines(task, wan22_ckpts, tmp_path, monkeypatc
     image = wan22_ckpts["image"] if task == "i2v" else None
     latents = {}
     for layout in ("official", "diffusers"):
-        cfg = load_config(None, wan22_overrides(task, wan22_ckpts[task][layout], str(tmp_path / layout), "cache.mode=off",
-                                                "save_video=false", image=image))
+        cfg = load_config(None, wan22_overrides(task, wan22_ckpts[task][layout], str(tmp_path / layout),
+                                                "cache.mode=off", "save_video=false", image=image))
         run_job(cfg, solo_context())
         latents[layout] = torch.load(tmp_path / layout / "latents.pt", weights_only=True)
     assert torch.equal(latents["official"], latents["diffusers"])
@@ -147,3 +147,53 @@ def test_dry_run_plans_both_experts(wan22_ckpts):
     assert fig.experts == 2 and p["experts"]["count"] == 2 and p["experts"]["switch_step"] == 6
     assert p["experts"]["resident"] == 2 and p["params"] == 2 * fig.params  # tiny: both fit
     assert p["experts"]["guidance"] == [4.0, 3.0]
+
+
+def test_calibrate_auto_online_over_both_experts(wan22_ckpts, tmp_path):
+    """calibrate records every step of both experts into one table (rule wan2.2-t2v); auto calibrates once, stores,
+    then skips with the stored table and the switch windows; online runs with the same rule and switch step."""
+    from magcache_dist.cache import RatioTable
+
+    base = ["save_video=false", "sampler.num_steps=12", "cache.magcache.thresh=0.3", "cache.magcache.retention=0.25"]
+    switch = expert_switch_step(12, SHIFT["t2v"], BOUNDARY["t2v"])
+    folder = wan22_ckpts["t2v"]["official"]
+    cal = load_config(None, wan22_overrides("t2v", folder, str(tmp_path / "cal"), *base, "cache.mode=calibrate"))
+    report = run_job(cal, solo_context())
+    assert report["computed_calls"] == report["total_calls"] == 24
+    table = RatioTable.load(str(tmp_path / "cal" / "ratios.json"))
+    assert table.num_steps == 12 and table.meta["rule"] == "wan2.2-t2v" and sorted(table.branches) == ["cond", "uncond"]
+    # the step after the switch compares the low-noise expert's residual with the high-noise expert's: recorded too
+    assert all(v > 0 for b in table.branches for v in table.ratios[b]) and table.ratios["cond"][switch] != 1.0
+    store = str(tmp_path / "store")
+    runs = []
+    for i in range(2):
+        cfg = load_config(None, wan22_overrides("t2v", folder, str(tmp_path / f"auto{i}"), *base, "cache.mode=auto",
+                                                f"cache.calibration.store_dir={store}"))
+        runs.append(run_job(cfg, solo_context()))
+    assert runs[0]["computed_calls"] == 24 and runs[0]["ratios_used"]["lookup"] == "calibrate"
+    assert runs[1]["ratios_used"]["lookup"] == "exact" and runs[1]["cache"]["switch_step"] == switch
+    assert runs[1]["skipped_steps"] == runs[1]["plan"]["skipped_steps"] and runs[1]["computed_calls"] < 24
+    on = load_config(None, wan22_overrides("t2v", folder, str(tmp_path / "online"), *base, "cache.mode=online"))
+    report = run_job(on, solo_context())
+    assert report["cache"]["rule"] == "wan2.2-t2v" and report["cache"]["switch_step"] == switch
+
+
+@pytest.mark.parametrize("name,task,res,shift,guidance,retention", [
+    ("wan2.2-t2v-a14b-480p", "t2v", (480, 832), 12.0, (4.0, 3.0), 0.4),
+    ("wan2.2-t2v-a14b-720p", "t2v", (720, 1280), 12.0, (4.0, 3.0), 0.4),
+    ("wan2.2-i2v-a14b-480p", "i2v", (480, 832), 5.0, (3.5, 3.5), 0.1),
+    ("wan2.2-i2v-a14b-720p", "i2v", (720, 1280), 5.0, (3.5, 3.5), 0.1),
+])
+def test_shipped_configs_carry_the_published_settings(name, task, res, shift, guidance, retention):
+    from tests.support import ROOT
+
+    cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    s, m = cfg.sampler, cfg.cache.magcache
+    assert (cfg.model.name, s.num_steps, s.shift, s.guidance, s.guidance_2, s.solver) == \
+        (f"wan2.2-{task}-a14b", 40, shift, *guidance, "unipc")
+    assert (cfg.cache.mode, m.preset, m.thresh, m.K, m.retention) == \
+        ("magcache", f"wan2.2-{task}-a14b", 0.06, 2, retention)
+    assert (cfg.video.frames, cfg.video.height, cfg.video.width, cfg.video.fps) == (81, *res, 16)
+    assert (cfg.parallel.ulysses_degree, cfg.parallel.fsdp) == (8, True)
+    with pytest.raises(ValueError, match="ckpt_dir is not set"):
+        validate_job(cfg, 8)
