@@ -68,6 +68,8 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
                    calls_per_rank=calls, guard=cfg.cache.consensus_guard, branches=len(mine), prepared=prepared)
     resident = resident_experts(fig, cfg, profile)
     n_params = fig.params * resident
+    if cfg.parallel.fsdp:  # every block's weights sharded over the SP group (embeddings and head are small)
+        n_params = -(-n_params // dims.sp_degree)
     cached = len(mine) if cfg.cache.mode in ("magcache", "teacache", "calibrate") else 0
     mem = memory_per_rank(fig, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
                           DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached,
@@ -75,7 +77,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     phases = phase_memory(cfg, family, mem)
     fits = max(mem["total"], phases["encode_peak"]) <= profile.memory_capacity
     return dict(
-        model=cfg.model.name, dtype=cfg.model.dtype, params=n_params,
+        model=cfg.model.name, dtype=cfg.model.dtype, params=fig.params * fig.experts,
         video=dict(frames=v.frames, height=v.height, width=v.width), latent_shape=list(latent),
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree, cfg_degree=dims.cfg_degree,
                       world_size=dims.world_size),
@@ -132,7 +134,8 @@ def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict
         u = max(d for d in range(1, sp + 1) if sp % d == 0 and heads % d == 0)
         d = dataclasses.replace(dims, ulysses_degree=u, ring_degree=sp // u, dp_degree=1)
         _, chunk, padded = token_layout(fig, latent, sp)
-        m = memory_per_rank(fig, fig.params * resident, chunk, padded, d, b, math.prod(latent), cached,
+        held = fig.params * resident if not cfg.parallel.fsdp else -(-fig.params * resident // sp)
+        m = memory_per_rank(fig, held, chunk, padded, d, b, math.prod(latent), cached,
                             prepared_branches=prepared)
         if max(m["total"], extra) <= profile.memory_capacity:
             return dict(ranks=sp * dims.cfg_degree, ulysses_degree=u, ring_degree=sp // u,
