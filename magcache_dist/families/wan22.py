@@ -105,22 +105,29 @@ def folder_boundary(ckpt_dir: str, layout: str) -> float | None:
 
 class PlacedExperts(WanExperts):
     """The experts with the family's placement: ``offload_to`` set, the expert not in use waits there and the two
-    trade places when the other is selected (the switch happens once per generation)."""
+    trade places when the other is selected (once per generation, at the switch; the high-noise expert starts on
+    the device). ``moves`` logs each trade: (expert sent away, expert brought in, seconds)."""
 
     def __init__(self, high, low, boundary_t: float, device=None, offload_to=None):
         super().__init__(high, low, boundary_t)
         self._device, self._offload_to = device, offload_to
+        self.resident = "high"
+        self.moves: list[tuple[str, str, float]] = []
+
+    def move(self, module, where) -> None:
+        module.to(where)
 
     def select(self, name: str):
-        expert = getattr(self, name)
-        if self._offload_to is not None:
-            other = self.low if name == "high" else self.high
-            param = next(expert.parameters())
-            if param.device != torch.device(self._device):
-                other.to(self._offload_to)
-                folders.free_memory(self._device)
-                expert.to(self._device)
-        return expert
+        if self._offload_to is not None and name != self.resident:
+            import time
+
+            t = time.perf_counter()
+            self.move(getattr(self, self.resident), self._offload_to)  # first make room
+            folders.free_memory(self._device)
+            self.move(getattr(self, name), self._device)
+            self.moves.append((self.resident, name, time.perf_counter() - t))
+            self.resident = name
+        return getattr(self, name)
 
 
 def experts_fit(device, expert_bytes: int) -> bool:

@@ -197,3 +197,53 @@ def test_shipped_configs_carry_the_published_settings(name, task, res, shift, gu
     assert (cfg.parallel.ulysses_degree, cfg.parallel.fsdp) == (8, True)
     with pytest.raises(ValueError, match="ckpt_dir is not set"):
         validate_job(cfg, 8)
+
+
+def test_offloaded_expert_trades_places_at_the_switch(wan22_ckpts, tmp_path, monkeypatch):
+    """Without FSDP on a device that cannot hold both experts, the low-noise expert waits in host memory and the
+    two trade places once, at the switch, before the low-noise expert's first call; the video is the same."""
+    from magcache_dist.families import wan22
+
+    cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / "ref"),
+                                            "save_video=false"))
+    run_job(cfg, solo_context())
+    ref = torch.load(tmp_path / "ref" / "latents.pt", weights_only=True)
+
+    log, built = [], []
+    monkeypatch.setattr(wan22, "experts_fit", lambda device, nbytes: False)  # as on a small GPU
+    monkeypatch.setattr(wan22.PlacedExperts, "move", lambda self, module, where: log.append(
+        ("high" if module is self.high else "low", str(where), len(self.moves))))
+    build = wan22.Wan22Family.build
+
+    def tracking_build(self, device, weights=True):
+        model, enc = build(self, device, weights)
+        built.append(model)
+        return model, enc
+
+    monkeypatch.setattr(wan22.Wan22Family, "build", tracking_build)
+    embed = WanExperts.embed
+    calls = []
+    def logging_embed(self, x, t, context):
+        out = embed(self, x, t, context)
+        calls.append((self.resident, out[1].expert))  # on the device when the call's expert embeds
+        return out
+
+    monkeypatch.setattr(WanExperts, "embed", logging_embed)
+    cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / "off"),
+                                            "save_video=false"))
+    run_job(cfg, solo_context())
+    model = built[0]
+    assert model._offload_to == "cpu" and model.resident == "low"
+    assert log == [("high", "cpu", 0), ("low", "cpu", 0)]  # high sent away first, then low brought in
+    assert [m[:2] for m in model.moves] == [("high", "low")]  # one trade per generation
+    switch = expert_switch_step(8, SHIFT["t2v"], BOUNDARY["t2v"])
+    assert calls == [("high", "high")] * (2 * switch) + [("low", "low")] * (2 * (8 - switch))
+    assert torch.equal(torch.load(tmp_path / "off" / "latents.pt", weights_only=True), ref)
+
+
+def test_experts_fit_rule(monkeypatch):
+    from magcache_dist.families.wan22 import HEADROOM, experts_fit
+
+    assert experts_fit("cpu", 10**12)  # nothing to offload to on a CPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(HEADROOM * 1000), 2000))
+    assert experts_fit(torch.device("cuda", 0), 1000) and not experts_fit(torch.device("cuda", 0), 1001)
