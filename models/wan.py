@@ -57,6 +57,8 @@ WAN_CONFIGS: dict[str, WanConfig] = {
     # experts take [noise | mask + image latents] (36 channels) and have no CLIP branch
     "wan2.2-t2v-a14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     "wan2.2-i2v-a14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36),
+    # Wan2.2 TI2V-5B: one dense DiT on the Wan2.2 VAE's 48 latent channels (16x spatial compression)
+    "wan2.2-ti2v-5b": WanConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48),
     # tests: the real Wan pipeline (umT5 / VAE / CLIP) with tiny components; 16 latent channels, 2x2 patches
     "tiny-wan-t2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=24, freq_dim=32),
     "tiny-wan-i2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=36, text_dim=32, text_len=24,
@@ -64,6 +66,8 @@ WAN_CONFIGS: dict[str, WanConfig] = {
     "tiny-wan22-t2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=24, freq_dim=32),
     "tiny-wan22-i2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=36, text_dim=32, text_len=24,
                                 freq_dim=32),
+    "tiny-wan22-ti2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=48, out_dim=48, text_dim=32,
+                                 text_len=24, freq_dim=32),
     # tests: 4 heads so that Ulysses degree 2 and 4 divide it
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=3, out_dim=3, text_dim=32,
                       text_len=16, freq_dim=32, patch_size=(1, 4, 4)),

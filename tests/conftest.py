@@ -44,6 +44,15 @@ def wan_ckpts(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ti2v_ckpt(tmp_path_factory):
+    """A tiny random Wan2.2 TI2V-5B diffusers folder (one DiT, the 48-channel Wan2.2 VAE)."""
+    from tests.support.wan22_tiny import build_ti2v_components, save_ti2v_diffusers
+
+    comps = build_ti2v_components()
+    return dict(comps=comps, diffusers=save_ti2v_diffusers(comps, str(tmp_path_factory.mktemp("ti2v") / "diffusers")))
+
+
+@pytest.fixture(scope="session")
 def wan22_ckpts(tmp_path_factory):
     """Tiny random Wan2.2 A14B T2V and I2V folders (two experts), each in the official and the diffusers layout."""
     from tests.support.wan22_tiny import build_components, save_diffusers, save_official
@@ -56,6 +65,15 @@ def wan22_ckpts(tmp_path_factory):
         out[task] = dict(comps=comps, official=save_official(comps, str(root / f"{task}-official")),
                          diffusers=save_diffusers(comps, str(root / f"{task}-diffusers")))
     return out
+
+
+@pytest.fixture(scope="session")
+def ti2v_ckpt(tmp_path_factory):
+    """A tiny random Wan2.2 TI2V-5B diffusers folder (one DiT, the 48-channel Wan2.2 VAE)."""
+    from tests.support.wan22_tiny import build_ti2v_components, save_ti2v_diffusers
+
+    comps = build_ti2v_components()
+    return dict(comps=comps, diffusers=save_ti2v_diffusers(comps, str(tmp_path_factory.mktemp("ti2v") / "diffusers")))
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ MODULES = {
                                              "wan2.1-i2v-14b-720p", "tiny-wan-t2v", "tiny-wan-i2v"),
     "magcache_dist.families.wan22:Wan22Family": ("wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "tiny-wan22-t2v",
                                                  "tiny-wan22-i2v"),
+    "magcache_dist.families.wan22:Wan22TI2VFamily": ("wan2.2-ti2v-5b", "tiny-wan22-ti2v"),
 }
 
 # the names that run without a checkpoint folder: the embedded model and the pixel-space tiny families (model.ckpt,

@@ -29,7 +29,7 @@ from magcache_dist.config import resolve_path
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures
 from magcache_dist.families.wan import (DIFFUSERS_DIRS, LAYOUTS, OFFICIAL_FILES, WanEncoders, WanFamily, WanFiles,
-                                        check_dit_config, detect_layout, load_image)
+                                        check_dit_config, detect_layout, load_image, resolve_files)
 from magcache_dist.sampling.grids import expert_switch_step
 from models.wan_experts import EXPERTS, WanExperts
 from models.wan_i2v import LatentCondition, build_wan_model
@@ -230,3 +230,69 @@ class Wan22Family(WanFamily):
         with torch.no_grad():
             y = self._image_latents(encoder.files, load_image(resolve_path(self.cfg.image)), dev, encoder.device)
         return [{b: LatentCondition(c, y) for b, c in zip(["cond", "uncond"], contexts)} for contexts in batches]
+
+
+# ---- TI2V-5B ---------------------------------------------------------------------------------------------------
+TI2V_VAE_STRIDE = (4, 16, 16)
+TI2V_Z_DIM = 48
+# diffusers' AutoencoderKLWan with the Wan2.2 VAE's configuration (base 160 / decoder 256 channels, 48 latent
+# channels, residual blocks, 2x2 patchified pixels), counted on the meta device
+TI2V_VAE_PARAMS = 704_688_668
+
+
+class Wan22TI2VFamily(WanFamily):
+    """Wan2.2 TI2V-5B, text-to-video: one dense 5B DiT on the Wan2.2 VAE (48 latent channels, 4 x 16 x 16
+    compression; published 1280x704, 121 frames at 24 fps, 50 steps, shift 5, guidance 5). Read from the diffusers
+    layout (Wan-AI/Wan2.2-TI2V-5B-Diffusers). Not yet here: the official layout (its Wan2.2_VAE.pth key conversion)
+    and the image-conditioned mode (first latent frame replaced by the image's latents, timestep 0 on its tokens):
+    both are refused with a ValueError. MagCache: the release's TI2V arrays with Wan2.1's rule (docs/magcache.md)."""
+
+    names = ("wan2.2-ti2v-5b", "tiny-wan22-ti2v")
+
+    @functools.cached_property
+    def files(self) -> WanFiles:
+        root = folders.ckpt_root(self.cfg, self.name, "Wan2.2", "checkpoint folder", "diffusers layout")
+        layout = detect_layout(root) if self.cfg.model.layout == "auto" else self.cfg.model.layout
+        if layout == "official":
+            raise ValueError(f"ckpt_dir={self.cfg.ckpt_dir!r} is the official layout; model.name={self.name!r} reads "
+                             f"the diffusers layout only (its Wan2.2_VAE.pth conversion is not written yet): point "
+                             f"ckpt_dir at Wan-AI/Wan2.2-TI2V-5B-Diffusers")
+        return resolve_files(root, layout, False)
+
+    def check_vae_config(self) -> None:
+        path = self.files.vae
+        c = folders.read_config(path, resolve_path(self.cfg.ckpt_dir))
+        z, spatial = c.get("z_dim"), c.get("scale_factor_spatial", 8)
+        if z != TI2V_Z_DIM or spatial != TI2V_VAE_STRIDE[1]:
+            raise ValueError(f"ckpt_dir={self.cfg.ckpt_dir!r}: vae/config.json describes a VAE with z_dim={z} and "
+                             f"{spatial}x spatial compression (the Wan2.1 VAE: 16, 8x); {self.name} needs the Wan2.2 "
+                             f"VAE (z_dim=48, 16x): copy the vae/ folder of the Wan2.2-TI2V-5B release")
+
+    def check_geometry(self) -> None:
+        v, p = self.cfg.video, self.mcfg.patch_size
+        if v.frames < 1 or (v.frames - 1) % TI2V_VAE_STRIDE[0]:
+            raise ValueError(f"video.frames={v.frames} must be 4k+1 for the Wan2.2 VAE (e.g. 121); use "
+                             f"video.frames={max(1, (v.frames - 1) // 4 * 4 + 1)}")
+        step = TI2V_VAE_STRIDE[1] * p[1]
+        for key, val in (("video.height", v.height), ("video.width", v.width)):
+            if val < step or val % step:
+                raise ValueError(f"{key}={val} must be a positive multiple of {step} (VAE stride 16 x patch 2), e.g. "
+                                 f"{max(step, val // step * step)}")
+
+    def validate(self) -> None:
+        if self.cfg.image is not None:
+            raise ValueError(f"image is set, but {self.name}'s image-to-video mode is not implemented yet; set "
+                             f"image=null for text-to-video (or use wan2.2-i2v-a14b)")
+        super().validate()
+        self.check_vae_config()
+
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        v = self.cfg.video
+        return (TI2V_Z_DIM, (v.frames - 1) // TI2V_VAE_STRIDE[0] + 1, v.height // TI2V_VAE_STRIDE[1],
+                v.width // TI2V_VAE_STRIDE[2])
+
+    def vae_params(self) -> int:
+        return 0 if self.name.startswith("tiny-") else TI2V_VAE_PARAMS
+
+    def default_preset(self) -> str:
+        return "wan2.2-ti2v-5b-t2v"

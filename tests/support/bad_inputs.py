@@ -668,6 +668,15 @@ WAN22 = [  # Wan2.2 A14B folders (two experts): base ``wan22-<task>-<layout>`` (
         base="wan22-t2v-official"),
     Bad("wan22-i2v-without-image", [], 1, r"image is not set", r"pass image=/path/to/first_frame\.png",
         base="wan22-i2v-official"),
+    Bad("wan22-ti2v-wan21-vae", [], 1, r"vae/config\.json describes a VAE with z_dim=16 and 8x spatial compression",
+        r"needs the Wan2\.2 VAE \(z_dim=48, 16x\)", _edit_json("vae/config.json", z_dim=16, scale_factor_spatial=8),
+        "wan22-ti2v-diffusers"),
+    Bad("wan22-ti2v-official-layout", ["model.layout=official"], 1, r"is the official layout; model\.name='tiny-wan22-ti2v'",
+        r"point ckpt_dir at Wan-AI/Wan2\.2-TI2V-5B-Diffusers", base="wan22-ti2v-diffusers"),
+    Bad("wan22-ti2v-image", ["image={image}"], 1, r"image-to-video mode is not implemented yet", r"set image=null",
+        base="wan22-ti2v-diffusers"),
+    Bad("wan22-ti2v-height-not-32", ["video.height=48"], 1, r"video\.height=48 must be a positive multiple of 32",
+        r"e\.g\. 32", base="wan22-ti2v-diffusers"),
 ]
 
 CATALOGUE = ([Bad(*e) for e in _ENTRIES] + WAN + FAMILIES + PROMPT_LISTS + FLUX_PIPELINE + HUNYUAN_PIPELINE

@@ -107,3 +107,51 @@ def wan22_overrides(task: str, ckpt_dir: str, out: str, *extra: str, image: str 
     if image is not None:
         o.append(f"image={image}")
     return [*o, *extra]
+
+
+# ---- TI2V-5B: one DiT on the Wan2.2 VAE (48 latent channels, residual blocks, 16x spatial) --------------------------
+TI2V_VAE_SIZE = dict(base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                     attn_scales=[], temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                     out_channels=12, patch_size=2, scale_factor_spatial=16)
+# 9 frames -> 3 latent frames; 64 x 64 px -> 4 x 4 latents -> 2 x 2 patches: 12 tokens
+TI2V_VIDEO = ["video.frames=9", "video.height=64", "video.width=64", "video.fps=8"]
+
+
+def build_ti2v_vae(seed: int):
+    from diffusers import AutoencoderKLWan
+
+    g = torch.Generator().manual_seed(seed)
+    mean = (0.3 * torch.randn(48, generator=g)).tolist()
+    std = (1.0 + torch.rand(48, generator=g)).tolist()
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(latents_mean=mean, latents_std=std, **TI2V_VAE_SIZE).eval()
+
+
+def build_ti2v_components(seed: int = 0) -> dict:
+    dit = randomize(build_wan_model(get_config("tiny-wan22-ti2v")), seed).eval()
+    return dict(name="tiny-wan22-ti2v", dit=dit, t5=build_t5(seed + 1), tokenizer=build_tokenizer(),
+                vae=build_ti2v_vae(seed + 2))
+
+
+def save_ti2v_diffusers(comps: dict, root: str) -> str:
+    from diffusers import UniPCMultistepScheduler
+
+    save_expert(comps["dit"], os.path.join(root, "transformer"), diffusers_config(comps["dit"].cfg), diffusers=True)
+    comps["t5"].save_pretrained(os.path.join(root, "text_encoder"))
+    comps["tokenizer"].save_pretrained(os.path.join(root, "tokenizer"))
+    comps["vae"].save_pretrained(os.path.join(root, "vae"))
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
+                            num_train_timesteps=1000).save_pretrained(os.path.join(root, "scheduler"))
+    with open(os.path.join(root, "model_index.json"), "w") as f:
+        json.dump({"_class_name": "WanPipeline", "expand_timesteps": True,
+                   "transformer": ["diffusers", "WanTransformer3DModel"]}, f)
+    return root
+
+
+def ti2v_overrides(ckpt_dir: str, out: str, *extra: str) -> list[str]:
+    o = ["model.name=tiny-wan22-ti2v", f"ckpt_dir={ckpt_dir}", f"output_dir={out}", "progress=false",
+         "model.dtype=float32", "text_encoder.dtype=float32", "vae.dtype=float32", "sampler.num_steps=8",
+         "sampler.shift=5.0", "sampler.guidance=5.0", "cache.magcache.thresh=0.06", "cache.magcache.K=2",
+         "cache.magcache.retention=0.2", "prompt=a red car moves on the road", "negative_prompt=blurry low quality",
+         *TI2V_VIDEO]
+    return [*o, *extra]
