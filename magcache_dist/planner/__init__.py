@@ -113,7 +113,7 @@ def resident_experts(fig, cfg: JobConfig, profile) -> int:
     """How many experts' weights a rank holds: both under parallel.fsdp (sharded) or where both fit (the run
     keeps both when the device's free memory holds 2.2 x one expert: families/wan22.py), else one (the other
     waits in host memory and they trade places at the switch)."""
-    if fig.experts == 1 or cfg.parallel.fsdp:
+    if fig.experts == 1 or cfg.parallel.fsdp or profile.name == "cpu":  # a CPU has nowhere to offload to
         return fig.experts
     from magcache_dist.families.wan22 import HEADROOM
 

@@ -138,7 +138,8 @@ def test_per_expert_guidance(wan22_ckpts, tmp_path):
 
 
 def test_dry_run_plans_both_experts(wan22_ckpts):
-    from magcache_dist.planner import plan_job
+    from magcache_dist.planner import format_plan, plan_job
+    from tests.support import ROOT
 
     cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["diffusers"], "/tmp/unused"))
     job = validate_job(cfg, 1)
@@ -147,6 +148,23 @@ def test_dry_run_plans_both_experts(wan22_ckpts):
     assert fig.experts == 2 and p["experts"]["count"] == 2 and p["experts"]["switch_step"] == 6
     assert p["experts"]["resident"] == 2 and p["params"] == 2 * fig.params  # tiny: both fit
     assert p["experts"]["guidance"] == [4.0, 3.0]
+    # real size, planned: fp32 on an 80 GB H100 cannot hold both 14B experts (2.2 x 57 GB): one stays on the host;
+    # bf16 (28.6 GB each) keeps both; FSDP over 8 ranks holds an eighth of both
+    for extra, resident, weights in ((["model.dtype=float32", "parallel.fsdp=false"], 1, 4 * fig_a14b()),
+                                     (["parallel.fsdp=false"], 2, 2 * 2 * fig_a14b()),
+                                     ([], 2, 2 * 2 * fig_a14b() / 8)):
+        cfg = load_config(os.path.join(ROOT, "configs", "wan2.2-t2v-a14b-720p.yaml"), ["planner.device=h100", *extra])
+        p = plan_job(cfg)
+        assert p["experts"]["resident"] == resident and p["experts"]["switch_step"] == 26
+        assert abs(p["per_rank"]["memory_bytes"]["weights"] - weights) <= 8, (extra, p["per_rank"]["memory_bytes"])
+        assert ("both resident" if resident == 2 else "one resident") in format_plan(p)
+
+
+def fig_a14b() -> int:
+    from magcache_dist.families.common import wan_cost_figures
+    from models.wan import get_config
+
+    return wan_cost_figures(get_config("wan2.2-t2v-a14b")).params
 
 
 def test_calibrate_auto_online_over_both_experts(wan22_ckpts, tmp_path):
