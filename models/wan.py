@@ -180,7 +180,10 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x, ctx: "BlockContext", cross_kv=None):
-        e = (self.modulation.float() + ctx.e0).chunk(6, dim=1)  # 6 x [B, 1, D], fp32
+        if ctx.e0.dim() == 4:  # a timestep per token (Wan2.2 TI2V with an image): [B, L, 6, D]
+            e = [c.squeeze(2) for c in (self.modulation.float().unsqueeze(1) + ctx.e0).chunk(6, dim=2)]
+        else:
+            e = (self.modulation.float() + ctx.e0).chunk(6, dim=1)  # 6 x [B, 1, D], fp32
         y = self.self_attn((self.norm1(x).float() * (1 + e[1]) + e[0]).type_as(x), ctx.freqs, ctx.k_lens)
         x = x + (y.float() * e[2]).type_as(x)
         x = x + self.cross_attn(self.norm3(x), ctx.context, cross_kv)
@@ -196,15 +199,18 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x, e):
-        m = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # 2 x [B, 1, D]
+        if e.dim() == 3:  # a timestep per token: [B, L, D]
+            m = [c.squeeze(2) for c in (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).chunk(2, dim=2)]
+        else:
+            m = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # 2 x [B, 1, D]
         return self.head((self.norm(x).float() * (1 + m[1]) + m[0]).type_as(x))
 
 
 @dataclass
 class BlockContext:
     """Everything the block stack needs besides the tokens. ``freqs`` is per token so it can be sharded."""
-    e: torch.Tensor  # [B, D] time embedding (head)
-    e0: torch.Tensor  # [B, 6, D] block modulation
+    e: torch.Tensor  # [B, D] time embedding (head); [B, L, D] with a timestep per token
+    e0: torch.Tensor  # [B, 6, D] block modulation; [B, L, 6, D] with a timestep per token
     freqs: torch.Tensor  # [L, Dh/2] complex RoPE
     context: torch.Tensor  # [B, T, D]
     k_lens: torch.Tensor | None  # [B] valid (unpadded) key count of the *global* sequence
@@ -271,9 +277,11 @@ class WanModel(nn.Module):
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # [B, D, F', H', W']
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)  # [B, L, D]
-        e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(self.time_embedding[0].weight.dtype))
+        # t [B], or [B, L] a timestep per token (Wan2.2 TI2V's image tokens sit at t = 0): e [B(, L), D]
+        sin = sinusoidal_embedding(cfg.freq_dim, t.flatten()).unflatten(0, t.shape)
+        e = self.time_embedding(sin.to(self.time_embedding[0].weight.dtype))
         e = e.float()
-        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(1, (6, cfg.dim))
+        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(-1, (6, cfg.dim))
         prepared = context if isinstance(context, PreparedCondition) else None
         context = prepared.context if prepared is not None else self.embed_text(context)  # [B, T, D]
         freqs = rope_frequencies(cfg.head_dim, grid).to(tokens.device)

@@ -241,13 +241,19 @@ TI2V_VAE_PARAMS = 704_688_668
 
 
 class Wan22TI2VFamily(WanFamily):
-    """Wan2.2 TI2V-5B, text-to-video: one dense 5B DiT on the Wan2.2 VAE (48 latent channels, 4 x 16 x 16
-    compression; published 1280x704, 121 frames at 24 fps, 50 steps, shift 5, guidance 5). Read from the diffusers
-    layout (Wan-AI/Wan2.2-TI2V-5B-Diffusers). Not yet here: the official layout (its Wan2.2_VAE.pth key conversion)
-    and the image-conditioned mode (first latent frame replaced by the image's latents, timestep 0 on its tokens):
-    both are refused with a ValueError. MagCache: the release's TI2V arrays with Wan2.1's rule (docs/magcache.md)."""
+    """Wan2.2 TI2V-5B: one dense 5B DiT on the Wan2.2 VAE (48 latent channels, 4 x 16 x 16 compression; published
+    1280x704, 121 frames at 24 fps, 50 steps, shift 5, guidance 5), text-to-video, or text+image-to-video when
+    ``image`` is set: the first latent frame is the image's latents (the image resized to height x width, as
+    diffusers' pipeline does) and its tokens sit at timestep 0 (models/wan_i2v.py WanFirstFrameModel); the decoded
+    first latent frame is the image's. Read from the diffusers layout (Wan-AI/Wan2.2-TI2V-5B-Diffusers); the official
+    layout (its Wan2.2_VAE.pth key conversion) is refused with a ValueError. MagCache: the release's TI2V arrays (text
+    only / with an image) with Wan2.1's rule (docs/magcache.md)."""
 
     names = ("wan2.2-ti2v-5b", "tiny-wan22-ti2v")
+
+    @property
+    def image_mode(self) -> bool:
+        return self.cfg.image is not None
 
     @functools.cached_property
     def files(self) -> WanFiles:
@@ -280,11 +286,71 @@ class Wan22TI2VFamily(WanFamily):
                                  f"{max(step, val // step * step)}")
 
     def validate(self) -> None:
-        if self.cfg.image is not None:
-            raise ValueError(f"image is set, but {self.name}'s image-to-video mode is not implemented yet; set "
-                             f"image=null for text-to-video (or use wan2.2-i2v-a14b)")
-        super().validate()
+        image = self.cfg.image
+        if image is not None:  # WanFamily.validate refuses an image for a model without CLIP / y channels
+            self.cfg.image = None
+            try:
+                super().validate()
+            finally:
+                self.cfg.image = image
+            path = resolve_path(image)
+            if not os.path.isfile(path):
+                raise ValueError(f"image={image!r} does not exist")
+            try:
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    im.size
+            except Exception as e:
+                raise ValueError(f"image={image!r} is not a readable image: {e}") from None
+        else:
+            super().validate()
         self.check_vae_config()
+
+    def build(self, device, weights=True):
+        if not self.image_mode:
+            return super().build(device, weights)
+        from models.wan_i2v import WanFirstFrameModel
+
+        with torch.device("meta"):
+            model = WanFirstFrameModel(self.mcfg).to(dtype=DTYPES[self.cfg.model.dtype])
+        if weights:
+            self.load_weights(model, device)
+        return model.eval().requires_grad_(False), WanEncoders(self.files, device)
+
+    def first_frame_latents(self, files: WanFiles, dev, device) -> torch.Tensor:
+        """The image resized to height x width, encoded alone: normalised latents [1, 48, 1, H/16, W/16]."""
+        from models import wan_components
+
+        v = self.cfg.video
+        image = load_image(resolve_path(self.cfg.image))  # [1, 3, h0, w0] in [-1, 1]
+        if tuple(image.shape[-2:]) != (v.height, v.width):
+            image = torch.nn.functional.interpolate(image, size=(v.height, v.width), mode="bicubic")
+        vae = self._load_vae(files, dev)
+        param = next(vae.parameters())
+        with torch.no_grad():
+            mu = vae.encode(image[:, :, None].to(device=param.device, dtype=param.dtype)).latent_dist.mode().float()
+        mean, std = wan_components.latent_stats(vae)
+        del vae
+        folders.free_memory(dev)
+        return ((mu - mean.to(mu.device)) / std.to(mu.device)).to(device)
+
+    def encode_many(self, encoder: WanEncoders, texts: list[tuple[str, str]], branches) -> list[dict]:
+        if not self.image_mode:
+            return super().encode_many(encoder, texts, branches)
+        from models.wan_i2v import FirstFrameCondition
+
+        per = 2 if "uncond" in branches else 1
+        batches = self._text_contexts(encoder, [list(pair[:per]) for pair in texts])
+        dev, _ = self._encoder_place(encoder)
+        z0 = self.first_frame_latents(encoder.files, dev, encoder.device)
+        return [{b: FirstFrameCondition(c, z0) for b, c in zip(["cond", "uncond"], contexts)} for contexts in batches]
+
+    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
+        if self.image_mode:  # the first latent frame is the image's (the sampler also moved it: it is not used)
+            z0 = self.first_frame_latents(self.files, latents.device, latents.device)
+            latents = torch.cat([z0.to(latents.dtype), latents[:, :, 1:]], dim=2)
+        return super().decode(latents, model)
 
     def latent_shape(self) -> tuple[int, int, int, int]:
         v = self.cfg.video
@@ -295,4 +361,4 @@ class Wan22TI2VFamily(WanFamily):
         return 0 if self.name.startswith("tiny-") else TI2V_VAE_PARAMS
 
     def default_preset(self) -> str:
-        return "wan2.2-ti2v-5b-t2v"
+        return "wan2.2-ti2v-5b-i2v" if self.image_mode else "wan2.2-ti2v-5b-t2v"

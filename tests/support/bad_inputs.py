@@ -673,7 +673,7 @@ WAN22 = [  # Wan2.2 A14B folders (two experts): base ``wan22-<task>-<layout>`` (
         "wan22-ti2v-diffusers"),
     Bad("wan22-ti2v-official-layout", ["model.layout=official"], 1, r"is the official layout; model\.name='tiny-wan22-ti2v'",
         r"point ckpt_dir at Wan-AI/Wan2\.2-TI2V-5B-Diffusers", base="wan22-ti2v-diffusers"),
-    Bad("wan22-ti2v-image", ["image={image}"], 1, r"image-to-video mode is not implemented yet", r"set image=null",
+    Bad("wan22-ti2v-image-missing", ["image={tmp}/none.png"], 1, r"image='.*none\.png' does not exist", r"does not exist",
         base="wan22-ti2v-diffusers"),
     Bad("wan22-ti2v-height-not-32", ["video.height=48"], 1, r"video\.height=48 must be a positive multiple of 32",
         r"e\.g\. 32", base="wan22-ti2v-diffusers"),
