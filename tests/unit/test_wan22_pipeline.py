@@ -191,6 +191,11 @@ def test_calibrate_auto_online_over_both_experts(wan22_ckpts, tmp_path):
     assert runs[0]["computed_calls"] == 24 and runs[0]["ratios_used"]["lookup"] == "calibrate"
     assert runs[1]["ratios_used"]["lookup"] == "exact" and runs[1]["cache"]["switch_step"] == switch
     assert runs[1]["skipped_steps"] == runs[1]["plan"]["skipped_steps"] and runs[1]["computed_calls"] < 24
+    assert runs[1]["ratios_used"]["key"]["model"] == f"tiny-wan22-t2v [switch at step {switch}, guidance_2 3.0]"
+    # another low-noise guidance is another key: calibrated anew, not reused
+    other = load_config(None, wan22_overrides("t2v", folder, str(tmp_path / "auto2"), *base, "cache.mode=auto",
+                                              f"cache.calibration.store_dir={store}", "sampler.guidance_2=2.0"))
+    assert run_job(other, solo_context())["ratios_used"]["lookup"] == "calibrate"
     on = load_config(None, wan22_overrides("t2v", folder, str(tmp_path / "online"), *base, "cache.mode=online"))
     report = run_job(on, solo_context())
     assert report["cache"]["rule"] == "wan2.2-t2v" and report["cache"]["switch_step"] == switch
