@@ -1,4 +1,4 @@
-"""Wan2.2 A14B (T2V, I2V): two experts of the Wan2.1 14B architecture, from a local checkpoint folder.
+"""Wan2.2: A14B (T2V, I2V: two experts of the Wan2.1 14B architecture) and TI2V-5B, from a local checkpoint folder.
 
 What differs from Wan2.1 (magcache_dist/families/wan.py, reused for the text encoder, the VAE, the geometry and
 the image latents):
