@@ -278,7 +278,8 @@ class WanModel(nn.Module):
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)  # [B, L, D]
         # t [B], or [B, L] a timestep per token (Wan2.2 TI2V's image tokens sit at t = 0): e [B(, L), D]
-        sin = sinusoidal_embedding(cfg.freq_dim, t.flatten()).unflatten(0, t.shape)
+        sin = sinusoidal_embedding(cfg.freq_dim, t) if t.dim() == 1 else \
+            sinusoidal_embedding(cfg.freq_dim, t.flatten()).unflatten(0, t.shape)
         e = self.time_embedding(sin.to(self.time_embedding[0].weight.dtype))
         e = e.float()
         e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(-1, (6, cfg.dim))

@@ -210,33 +210,43 @@ class WanFamily(ModelFamily):
                                  f"{max(step, val // step * step)}")
 
     def validate(self) -> None:
-        cfg, mcfg = self.cfg, self.mcfg
+        cfg = self.cfg
         files = self.files  # ckpt_dir checked first
         check_dit_config(files, cfg.ckpt_dir, self.name)
         folder_shift(cfg, files)
         self.check_geometry()
-        v, p = cfg.video, mcfg.patch_size
+        self.check_image()
+        folders.check_encoder_options(cfg)
+        folders.check_tiles(cfg)
+
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the job's ``image``: a ValueError when it is missing or not a readable image."""
+        cfg = self.cfg
+        path = resolve_path(cfg.image)
+        if not os.path.isfile(path):
+            raise ValueError(f"image={cfg.image!r} does not exist")
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.size
+        except Exception as e:
+            raise ValueError(f"image={cfg.image!r} is not a readable image: {e}") from None
+
+    def check_image(self) -> None:
+        """An I2V model needs a readable ``image`` whose aspect ratio fits the pixel area; a T2V model refuses one."""
+        cfg, p = self.cfg, self.mcfg.patch_size
+        v = cfg.video
         if self.i2v:
             if cfg.image is None:
                 raise ValueError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
-            path = resolve_path(cfg.image)
-            if not os.path.isfile(path):
-                raise ValueError(f"image={cfg.image!r} does not exist")
-            try:
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    w, h = im.size
-            except Exception as e:
-                raise ValueError(f"image={cfg.image!r} is not a readable image: {e}") from None
+            w, h = self.image_size()
             lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, p)
             if lat_h < p[1] or lat_w < p[2]:
                 raise ValueError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
                                  f"{v.height}x{v.width} pixels")
         elif cfg.image is not None:
             raise ValueError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
-        folders.check_encoder_options(cfg)
-        folders.check_tiles(cfg)
 
     # ---- geometry --------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int, int]:

@@ -285,26 +285,12 @@ class Wan22TI2VFamily(WanFamily):
                 raise ValueError(f"{key}={val} must be a positive multiple of {step} (VAE stride 16 x patch 2), e.g. "
                                  f"{max(step, val // step * step)}")
 
-    def validate(self) -> None:
-        image = self.cfg.image
-        if image is not None:  # WanFamily.validate refuses an image for a model without CLIP / y channels
-            self.cfg.image = None
-            try:
-                super().validate()
-            finally:
-                self.cfg.image = image
-            path = resolve_path(image)
-            if not os.path.isfile(path):
-                raise ValueError(f"image={image!r} does not exist")
-            try:
-                from PIL import Image
+    def check_image(self) -> None:
+        if self.image_mode:  # text+image: any readable image (resized to height x width)
+            self.image_size()
 
-                with Image.open(path) as im:
-                    im.size
-            except Exception as e:
-                raise ValueError(f"image={image!r} is not a readable image: {e}") from None
-        else:
-            super().validate()
+    def validate(self) -> None:
+        super().validate()
         self.check_vae_config()
 
     def build(self, device, weights=True):
