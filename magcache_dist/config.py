@@ -49,6 +49,10 @@ class SamplerSection:
     shift: Optional[float] = None  # sigma shift (Wan: the diffusers folder's flow_shift; HunyuanVideo: 7.0)
     guidance: Optional[float] = None  # classifier-free guidance scale (HunyuanVideo: embedded guidance 6.0)
     solver: Optional[str] = None  # unipc | euler (HunyuanVideo: euler)
+    # two-expert models (Wan2.2 A14B): the low-noise expert's guidance (null: sampler.guidance) and the boundary,
+    # a fraction of the 1000 training timesteps (null: the checkpoint's model_index.json, else the published one)
+    guidance_2: Optional[float] = None
+    boundary: Optional[float] = None
 
 
 # What an unset sampler key means when the model family has no default of its own
@@ -384,6 +388,8 @@ RANGES = {
     "parallel.timeout_s": (10, True, 7 * 24 * 3600),  # under 10 s a collective times out before NCCL/gloo warm up
     "sampler.guidance": (1, True, 100),
     "sampler.shift": (0, False, 1000),
+    "sampler.guidance_2": (1, True, 100),
+    "sampler.boundary": (0, False, 1),
     "sampler.num_steps": (None, True, 1000),  # the lower bounds of these four: checked where the meaning is known
     "model.init_seed": (0, True, 2**63 - 1),
     "cpu_threads": (1, True, 1024),

@@ -50,6 +50,7 @@ class CostFigures:
     attention_span: int | None = None
     text_dim: int = 0
     prepared_text: bool = False
+    experts: int = 1  # Wan2.2 A14B: 2 experts of ``params`` each, one of them running at a time
 
 
 def meta_param_count(build) -> int:
@@ -174,6 +175,10 @@ class ModelFamily:
     def cache_rule(self) -> str:
         """The decision rule written into ratio files calibrated on this model."""
         return "wan"
+
+    def expert_switch_step(self) -> int | None:
+        """Two-expert models (Wan2.2 A14B): the step at which the low-noise expert takes over; None otherwise."""
+        return None
 
 
 def family_class(name: str) -> type[ModelFamily]:

@@ -125,7 +125,7 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
     want = dataclasses.asdict(mcfg)
     want["patch_size"] = tuple(mcfg.patch_size)
     diff = {k: (g, want[k]) for k, g in _dit_fields(c).items() if k in want and g != want[k]}
-    if "image_dim" in diff and diff["image_dim"][0] is None and mcfg.image_dim:  # official i2v: any CLIP width
+    if "image_dim" in diff and diff["image_dim"][0] is None:  # official i2v: any CLIP width, or none (Wan2.2)
         diff.pop("image_dim")
     if diff:
         raise InputError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
@@ -209,33 +209,43 @@ class WanFamily(ModelFamily):
                                  f"{max(step, val // step * step)}")
 
     def validate(self) -> None:
-        cfg, mcfg = self.cfg, self.mcfg
+        cfg = self.cfg
         files = self.files  # ckpt_dir checked first
         check_dit_config(files, cfg.ckpt_dir, self.name)
         check_folder_shift(cfg, files)
         self.check_geometry()
-        v, p = cfg.video, mcfg.patch_size
+        self.check_image()
+        folders.check_encoder_options(cfg)
+        folders.check_tiles(cfg)
+
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the job's ``image``: a ValueError when it is missing or not a readable image."""
+        cfg = self.cfg
+        path = resolve_path(cfg.image)
+        if not os.path.isfile(path):
+            raise InputError(f"image={cfg.image!r} does not exist")
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.size
+        except Exception as e:
+            raise InputError(f"image={cfg.image!r} is not a readable image: {e}") from None
+
+    def check_image(self) -> None:
+        """An I2V model needs a readable ``image`` whose aspect ratio fits the pixel area; a T2V model refuses one."""
+        cfg, p = self.cfg, self.mcfg.patch_size
+        v = cfg.video
         if self.i2v:
             if cfg.image is None:
                 raise InputError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
-            path = resolve_path(cfg.image)
-            if not os.path.isfile(path):
-                raise InputError(f"image={cfg.image!r} does not exist")
-            try:
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    w, h = im.size
-            except Exception as e:
-                raise InputError(f"image={cfg.image!r} is not a readable image: {e}") from None
+            w, h = self.image_size()
             lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, p)
             if lat_h < p[1] or lat_w < p[2]:
                 raise InputError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
                                  f"{v.height}x{v.width} pixels")
         elif cfg.image is not None:
             raise InputError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
-        folders.check_encoder_options(cfg)
-        folders.check_tiles(cfg)
 
     # ---- geometry --------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -326,6 +336,11 @@ class WanFamily(ModelFamily):
         clip_fea = wan_components.clip_features(clip, image).float().to(device)  # [1, I, image_dim]
         del clip
         folders.free_memory(dev)
+        return clip_fea, self._image_latents(files, image, dev, device)
+
+    def _image_latents(self, files: WanFiles, image: torch.Tensor, dev, device) -> torch.Tensor:
+        """y = [first-frame mask (4) | normalised VAE latents of the image followed by zero frames (16)]."""
+        cfg = self.cfg
         _, lat_f, lat_h, lat_w = self.latent_shape()
         h, w = lat_h * VAE_STRIDE[1], lat_w * VAE_STRIDE[2]
         first = torch.nn.functional.interpolate(image, size=(h, w), mode="bicubic")  # [1, 3, h, w]
@@ -339,8 +354,7 @@ class WanFamily(ModelFamily):
         folders.free_memory(dev)
         mask = torch.zeros(1, 4, lat_f, lat_h, lat_w)
         mask[:, :, 0] = 1  # the first latent frame (= the first 4 frames' slot) is the given image
-        y = torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
-        return clip_fea, y
+        return torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
 
     def _load_vae(self, files: WanFiles, device):
         path = files.vae if files.layout == "official" else os.path.dirname(files.vae)

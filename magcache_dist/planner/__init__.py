@@ -68,7 +68,10 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     prepared = fig.prepared_text and not cfg.parallel.fsdp  # magcache_dist/sampling/loop.py prepare_conditions
     est = estimate(fig, dims, profile, dtype=cfg.model.dtype, latent=latent, num_steps=scfg.num_steps,
                    calls_per_rank=calls, guard=cfg.cache.consensus_guard, branches=len(mine), prepared=prepared)
-    n_params = fig.params
+    resident = resident_experts(fig, cfg, profile)
+    n_params = fig.params * resident
+    if cfg.parallel.fsdp:  # every block's weights sharded over the SP group (embeddings and head are small)
+        n_params = -(-n_params // dims.sp_degree)
     cached = len(mine) if cfg.cache.mode in ("magcache", "teacache", "calibrate") else 0
     mem = memory_per_rank(fig, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
                           DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached,
@@ -76,14 +79,18 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     phases = phase_memory(cfg, family, mem)
     fits = max(mem["total"], phases["encode_peak"]) <= profile.memory_capacity
     return dict(
-        model=cfg.model.name, dtype=cfg.model.dtype, params=n_params,
+        model=cfg.model.name, dtype=cfg.model.dtype, params=fig.params * fig.experts,
         video=dict(frames=v.frames, height=v.height, width=v.width), latent_shape=list(latent),
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree, cfg_degree=dims.cfg_degree,
                       world_size=dims.world_size),
         sampler=dict(num_steps=scfg.num_steps, solver=scfg.solver, guidance=scfg.guidance, branches=branches),
         cache=cache, skip_plan=schedule, device=dict(name=profile.name, description=profile.description),
         per_rank=dict(**est, memory_bytes=mem, phase_memory_bytes=phases, fits_in_memory=fits),
-        gpus_needed=gpus_needed(cfg, family, fig, latent, dims, profile, phases, cached, len(mine) if prepared else 0),
+        gpus_needed=gpus_needed(cfg, family, fig, latent, dims, profile, phases, cached, len(mine) if prepared else 0,
+                                resident),
+        experts=(dict(count=fig.experts, resident=resident, switch_step=scfg.switch_step,
+                      guidance=[scfg.guidance, scfg.guidance_2 if scfg.guidance_2 is not None else scfg.guidance])
+                 if fig.experts > 1 else None),
         not_modelled="text encoder and VAE compute time, VAE decode activations, weight loading and process "
                      "start-up",
         note=note, config=to_dict(cfg),
@@ -104,7 +111,19 @@ def phase_memory(cfg: JobConfig, family, mem: dict) -> dict:
                 decode_weights=vae + (0 if cfg.vae.offload_dit else mem["weights"]))
 
 
-def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict, cached: int, prepared: int) -> dict:
+def resident_experts(fig, cfg: JobConfig, profile) -> int:
+    """How many experts' weights a rank holds: both under parallel.fsdp (sharded) or where both fit (the run
+    keeps both when the device's free memory holds 2.2 x one expert: families/wan22.py), else one (the other
+    waits in host memory and they trade places at the switch)."""
+    if fig.experts == 1 or cfg.parallel.fsdp or profile.name == "cpu":  # a CPU has nowhere to offload to
+        return fig.experts
+    from magcache_dist.families.wan22 import HEADROOM
+
+    return fig.experts if HEADROOM * fig.params * DTYPE_BYTES[cfg.model.dtype] <= profile.memory_capacity else 1
+
+
+def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict, cached: int, prepared: int,
+                resident: int = 1) -> dict:
     """The fewest ranks (of ``profile``'s device, this CFG degree) whose per-rank peak, encoding or sampling,
     fits: Ulysses takes the largest degree dividing the heads, ring the rest. Without parallel.fsdp every rank
     holds the whole DiT, so more ranks only shrink the activations."""
@@ -117,13 +136,14 @@ def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict
         u = max(d for d in range(1, sp + 1) if sp % d == 0 and heads % d == 0)
         d = dataclasses.replace(dims, ulysses_degree=u, ring_degree=sp // u, dp_degree=1)
         _, chunk, padded = token_layout(fig, latent, sp)
-        m = memory_per_rank(fig, fig.params, chunk, padded, d, b, math.prod(latent), cached,
+        held = fig.params * resident if not cfg.parallel.fsdp else -(-fig.params * resident // sp)
+        m = memory_per_rank(fig, held, chunk, padded, d, b, math.prod(latent), cached,
                             prepared_branches=prepared, ring=ring_path(profile))
         if max(m["total"], extra) <= profile.memory_capacity:
             return dict(ranks=sp * dims.cfg_degree, ulysses_degree=u, ring_degree=sp // u,
                         peak_bytes=max(m["total"], extra))
     return dict(ranks=None, note=f"no layout up to 64 ranks fits {profile.name}: the DiT's weights alone are "
-                                 f"{fig.params * b / GB:.1f} GB per rank (parallel.fsdp=true shards them)")
+                                 f"{fig.params * resident * b / GB:.1f} GB per rank (parallel.fsdp=true shards them)")
 
 
 def format_plan(p: dict) -> str:
@@ -150,6 +170,10 @@ def format_plan(p: dict) -> str:
         + (", ".join(f"{k} {v / GB:.2f} GB" for k, v in ph["encoders"].items()) or "none counted")
         + f"), decoding on rank 0 {ph['decode_weights'] / GB:.2f} GB of weights",
         f"  needs: {need}",
+        *([f"  experts: {p['experts']['count']} (high-noise, then low-noise from step {p['experts']['switch_step']}; "
+           f"guidance {p['experts']['guidance'][0]} / {p['experts']['guidance'][1]}); "
+           + ("both resident" if p["experts"]["resident"] == p["experts"]["count"] else
+              "one resident, the other in host memory until the switch")] if p.get("experts") else []),
         "  bytes sent per rank per computed call: " + ", ".join(
             f"{k} {v / 1e6:.2f} MB" for k, v in r["comm_bytes_per_computed_step_per_branch"].items()),
         "  bytes sent per rank, whole job: " + ", ".join(f"{k} {v / GB:.3f} GB" for k, v in r["comm_bytes_total"].items()),
