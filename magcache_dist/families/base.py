@@ -156,6 +156,17 @@ class ModelFamily:
         returned (a family may move it off the device to make room for its decoder)."""
         raise NotImplementedError
 
+    def tile_decoder(self, latents: torch.Tensor, model, parts: int):
+        """The decode cut into independent tiles for ``parts`` ranks (magcache_dist/parallel/vae.py), its
+        assembled result what ``decode`` returns in the tiled mode; ``model`` as in ``decode``. Here: frames in
+        ``parts`` pieces, for the decodes that work frame by frame (pixel space, the embedded pixel
+        autoencoder); a family whose decoder mixes frames overrides it."""
+        from magcache_dist.parallel.vae import ChunkTiles
+
+        cuts = [round(i * latents.shape[2] / parts) for i in range(parts + 1)]
+        cuts = sorted(set(cuts))
+        return ChunkTiles(lambda i: self.decode(latents[:, :, cuts[i]:cuts[i + 1]], model), len(cuts) - 1)
+
     # ---- cache defaults ----------------------------------------------------------------------------------
     def default_preset(self) -> str | None:
         """The MagCache preset used when neither a preset nor a ratios file is given (the registry's)."""

@@ -338,18 +338,32 @@ class HunyuanVideoFamily(TinyFamily):
         H, W] in [-1, 1] (CPU, float32), decoded on the latents' device."""
         if self.pixel:
             return super().decode(latents, model)
+        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
+        with torch.no_grad():
+            video = vae.decode(z).sample.float().clamp(-1, 1).cpu()
+        del vae
+        folders.free_memory(latents.device)
+        return video
+
+    def _decode_input(self, latents, model, tiled: bool):
+        """(the VAE, tiled or not, the latents it decodes: scaled, in its dtype, on its device)."""
         cfg, device = self.cfg, latents.device
         folders.offload_for_decode(cfg, model, device)
         vae = load_vae(os.path.join(self.folder, "vae"), DTYPES[cfg.vae.dtype], device)
-        if cfg.vae.tiling:
+        if tiled:
             t = cfg.vae
             vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
                               tile_sample_stride_height=t.tile_stride_height,
                               tile_sample_stride_width=t.tile_stride_width)
         param = next(vae.parameters())
         z = latents.float().to(param.device) / vae.config.scaling_factor
-        with torch.no_grad():
-            video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
-        del vae
-        folders.free_memory(device)
-        return video
+        return vae, z.to(param.dtype)
+
+    def tile_decoder(self, latents, model, parts):
+        """diffusers' tiled decode of AutoencoderKLHunyuanVideo (chunks of frames in spatial tiles), tile by tile."""
+        if self.pixel:
+            return super().tile_decoder(latents, model, parts)
+        from magcache_dist.parallel.vae import Finished, HunyuanTiles
+
+        vae, z = self._decode_input(latents, model, tiled=True)
+        return Finished(HunyuanTiles(vae, z), lambda v: v.float().clamp(-1, 1))

@@ -386,3 +386,15 @@ class OpenSoraFamily(TinyFamily):
         del vae
         folders.free_memory(device)
         return video.float().clamp(-1, 1)
+
+    def tile_decoder(self, latents, model, parts):
+        """The VAE's chunks of latent frames (each decoded on its own: temporal, then 2D), one per tile."""
+        if self.pixel:
+            return super().tile_decoder(latents, model, parts)
+        from magcache_dist.parallel.vae import ChunkTiles, Finished
+
+        folders.offload_for_decode(self.cfg, model, latents.device)
+        vae = load_vae(self.files, self.vae_cfg, latents.device, DTYPES[self.cfg.vae.dtype])
+        z, frames = latents.to(DTYPES[self.cfg.vae.dtype]), self.cfg.video.frames
+        chunks = ChunkTiles(lambda i: vae.decode_chunk(z, i, frames, out_device="cpu"), vae.num_chunks(z))
+        return Finished(chunks, lambda v: v.float().clamp(-1, 1))

@@ -345,13 +345,12 @@ class WanFamily(ModelFamily):
         path = files.vae if files.layout == "official" else os.path.dirname(files.vae)
         return wan_components.load_wan_vae(path, files.layout, dtype=DTYPES[self.cfg.vae.dtype], device=device)
 
-    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
-        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
-        the latents' device."""
+    def _decode_input(self, latents, model, tiled: bool):
+        """(the VAE, tiled or not, the latents it decodes: de-normalised, in its dtype, on its device)."""
         cfg, device = self.cfg, latents.device
         folders.offload_for_decode(cfg, model, device)
         vae = self._load_vae(self.files, device)
-        if cfg.vae.tiling:
+        if tiled:
             t = cfg.vae
             vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
                               tile_sample_stride_height=t.tile_stride_height,
@@ -359,8 +358,21 @@ class WanFamily(ModelFamily):
         mean, std = wan_components.latent_stats(vae)
         param = next(vae.parameters())
         z = latents.float().to(param.device) * std.to(param.device) + mean.to(param.device)
+        return vae, z.to(param.dtype)
+
+    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
+        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
+        the latents' device."""
+        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
         with torch.no_grad():
-            video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
+            video = vae.decode(z).sample.float().clamp(-1, 1).cpu()
         del vae
-        folders.free_memory(device)
+        folders.free_memory(latents.device)
         return video
+
+    def tile_decoder(self, latents, model, parts):
+        """diffusers' tiled decode of AutoencoderKLWan, tile by tile (vae.tile_*)."""
+        from magcache_dist.parallel.vae import Finished, WanTiles
+
+        vae, z = self._decode_input(latents, model, tiled=True)
+        return Finished(WanTiles(vae, z), lambda v: v.float().clamp(-1, 1))
