@@ -1,5 +1,8 @@
 """A job on one rank, along one road: load -> encode -> parallelize -> for each video: sample -> finalize.
 
+The encoders run before the DiT's weights are read (``build(weights=False)`` leaves it on the meta device, then
+``load_weights``), so no text or image encoder shares the device with the DiT.
+
 ``run_job`` is what the launcher calls under torchrun (with a validated ``Job``) and what tests call with simulated
 ranks (a ``JobConfig`` is validated first). A single video is a list of one: the model is built, its prompts
 encoded and the model parallelized once per job, then each video of this rank's data-parallel group is sampled and
@@ -102,14 +105,16 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
     report = None
     if todo:
         meter = PhaseMeter(device)
-        with meter.phase("load"):
-            model, encoder = job.family.build(device, weights=not job.cfg.parallel.fsdp)  # fsdp: after sharding
+        with meter.phase("load"):  # the DiT on the meta device: the encoders run before its weights arrive
+            model, encoder = job.family.build(device, weights=False)
         t = time.perf_counter()
         with meter.phase("encode"):
             conds = encode_videos(job, encoder, todo, stage=len(todo) > 1)
             del encoder
         phases = {"encode": time.perf_counter() - t}
         with meter.phase("load"):
+            if not job.cfg.parallel.fsdp:  # fsdp: each rank reads its shards after the sharding (parallelize)
+                job.family.load_weights(model, device)
             parallelize(job, model, par, device)
         phases["build"] = time.perf_counter() - t0 - phases["encode"]
         part.update(encode_s=phases["encode"], build_s=phases["build"])

@@ -17,8 +17,8 @@ time embedding; latents are decoded with ``latents / scaling_factor``.
 Memory plan (as Wan's): the DiT is created on the meta device and streamed in at ``model.dtype`` (with
 ``parallel.fsdp``: after sharding, each rank reads only its shards); LLaMA and CLIP
 are loaded for encoding only and freed before sampling (``text_encoder.device=cpu`` keeps them off the GPU);
-rank 0 moves the DiT off the GPU (``vae.offload_dit``), then loads the VAE and decodes, in spatial tiles with
-``vae.tiling``.
+the DiT leaves the GPU (``vae.offload_dit``) unless it fits beside the decode, then the VAE decodes, in spatial
+tiles with ``vae.tiling`` (always on more than one rank: the tiles are dealt over the group, magcache_dist/decode.py).
 """
 from __future__ import annotations
 

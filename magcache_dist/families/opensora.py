@@ -7,8 +7,9 @@ Two kinds of names:
   section): T5 (transformers), STDiT3 (models/opensora.py), the VideoAutoencoderPipeline VAE (models/opensora_vae.py).
 
 Memory plan of the pipeline (as the Wan family): the DiT is built on the meta device and streamed in; T5 is loaded
-once per job, run on every prompt, and freed before sampling; rank 0 decodes after sampling (the DiT moved off
-the GPU first with ``vae.offload_dit``), 5 latent frames then 4 frames at a time, collecting frames on the CPU.
+once per job, run on every prompt, and freed before sampling; the decode after sampling (the DiT moved off the GPU
+first with ``vae.offload_dit`` unless it fits beside it) goes 5 latent frames then 4 frames at a time, collecting
+frames on the CPU; on more than one rank the chunks of 5 latent frames are dealt over the group.
 
 Sampling follows Open-Sora's RFLOW (opensora/schedulers/rf, v1.2.0): timesteps (1 - i/N) * 1000 through the
 "timestep transform" t' = r t / (1 + (r - 1) t), r = sqrt(H W / 512^2) * sqrt(N_frames // 17 * 5) (1 for one frame),

@@ -4,8 +4,9 @@ Memory plan on one node (every rank runs the same steps; nothing is downloaded):
 - build: the DiT only, created on the meta device and materialised directly in ``model.dtype`` on the job device.
 - encode: umT5 (and for I2V: CLIP + the VAE encoder) are loaded, run once, and freed before sampling starts
   (``text_encoder.device=cpu`` keeps them off the GPU entirely).
-- decode (rank 0 only): the DiT is moved to CPU (``vae.offload_dit``), the VAE is loaded and decodes frame by
-  frame (causal in time), optionally in overlapping spatial tiles (``vae.tiling``).
+- decode: the VAE decodes frame by frame (causal in time), in overlapping spatial tiles (``vae.tiling``; always
+  on more than one rank, where the tiles are dealt over the group: magcache_dist/decode.py); the DiT is moved to
+  the CPU first (``vae.offload_dit``) unless it fits beside the decode.
 
 A ``WanFamily`` object lives for one job; ``build`` returns the DiT and the encoders' handle (files + device), and
 ``decode`` is handed the DiT to offload: nothing is kept on the object between phases.
