@@ -125,8 +125,16 @@ class ModelFamily:
         return {}
 
     def vae_params(self) -> int:
-        """Parameters of the VAE rank 0 loads to decode (0: no VAE)."""
+        """Parameters of the VAE each rank loads to decode (0: no VAE)."""
         return 0
+
+    def vae_decode_flops_per_pixel(self) -> float:
+        """FLOPs of the VAE decode per output pixel and frame (the planner's decode time), 0 without a VAE."""
+        return 0.0
+
+    def vae_chunk_frames(self) -> int | None:
+        """Frames of one decode tile when the VAE's tiles are chunks of whole frames (Open-Sora), else None."""
+        return None
 
     # ---- the job's phases --------------------------------------------------------------------------------
     def build(self, device, weights: bool = True) -> tuple[torch.nn.Module, object]:

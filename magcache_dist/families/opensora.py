@@ -300,6 +300,14 @@ class OpenSoraFamily(TinyFamily):
         # the temporal VAE (counted on the meta device at the published size) + SDXL's 2D VAE
         return 309_687_144 + 83_653_863 if self.name == "opensora-1.2" else 0
 
+    def vae_decode_flops_per_pixel(self) -> float:
+        # its 2D stage is an SD-class AutoencoderKL decoder (about FLUX.1's 9.5e6 per pixel); the temporal stage
+        # runs at 1/64 of the pixels: an estimate, not counted
+        return 10.0e6 if self.name == "opensora-1.2" else 0.0
+
+    def vae_chunk_frames(self) -> int | None:
+        return 17 if self.name == "opensora-1.2" else None  # the release's micro_frame_size (OpenSoraVAEConfig)
+
     def sampler_config(self) -> SamplerConfig:
         s = self.cfg.sampler
         if self.pixel or "sampler.shift" in explicitly_set(self.cfg):
