@@ -117,3 +117,28 @@ def test_opensora_vae_chunks_equal_its_decode():
     with torch.no_grad():
         ref = vae.decode(z, num_frames=frames)
     assert _check(lambda: _chunks(copy.deepcopy(vae), z, frames), ref) == 2
+
+
+def test_job_report_has_each_ranks_phases_and_the_decode(family_ckpts, tmp_path):
+    """A 2-rank job (threads): both ranks decode (the pixel-space model's frames dealt over them), report.json lists
+    each rank's phases with time and host peak (write on rank 0 only), what the decode did, and where it ran."""
+    from magcache_dist.parallel import ParallelDims, build_thread_contexts
+    from magcache_dist.parallel.threads import run_threads
+    from magcache_dist.run import run_job
+    from tests.support.families import family_config
+
+    name = "hunyuanvideo-tiny"
+    cfg = family_config(name, str(tmp_path / "u2"), "parallel.ulysses_degree=2", "save_video=true",
+                        ckpt=family_ckpts[name])
+    report = run_threads(lambda par: run_job(cfg, par), build_thread_contexts(ParallelDims(2, 1, 1), timeout=120),
+                         timeout=300)[0]
+    assert report["decode"]["mode"] == "tiled" and report["decode"]["ranks"] == 2 and report["decode"]["tiles"] == 2
+    assert report["decode"]["dit_on_device"]  # a CPU job: nothing to move
+    phases = [r["phases"] for r in report["ranks"]]
+    assert list(phases[0])[:5] == ["load", "encode", "sample", "decode", "write"] and "write" not in phases[1]
+    for p in phases:
+        for k in ("load", "encode", "sample", "decode"):
+            assert p[k]["s"] >= 0 and p[k]["host_peak_bytes"] > 0 and p[k]["device_peak_bytes"] is None
+    assert report["phases_s"]["decode"] == phases[0]["decode"]["s"]
+    env = report["environment"]
+    assert set(env) == {"host", "device", "torch", "cuda", "git_commit"} and env["torch"] == torch.__version__
