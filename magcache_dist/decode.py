@@ -25,21 +25,21 @@ from magcache_dist.parallel.vae import decode_split
 ACTIVATION_BYTES_PER_PIXEL = 4 * 6 * 96 * 4
 
 
-def decode_peak_bytes(cfg, family) -> int:
-    """Estimated device bytes of one rank's decode: the VAE's weights and one tile's activations (a whole frame
-    when the decode is not tiled)."""
+def decode_peak_bytes(cfg, family, ranks: int = 1) -> int:
+    """Estimated device bytes of one rank's decode on a group of ``ranks``: the VAE's weights and one tile's
+    activations (a whole frame when the decode is not tiled)."""
     from magcache_dist.planner.cost import DTYPE_BYTES
 
     b = DTYPE_BYTES.get(cfg.vae.dtype, 4)
-    tiled = cfg.vae.tiling or cfg.vae.parallel
+    tiled = cfg.vae.tiling or (cfg.vae.parallel and ranks > 1)
     px = cfg.vae.tile_height * cfg.vae.tile_width if tiled else cfg.video.height * cfg.video.width
     px = min(px, cfg.video.height * cfg.video.width)
     return int(family.vae_params() * b + ACTIVATION_BYTES_PER_PIXEL * px * b / 4)
 
 
-def dit_stays(cfg, family, model, device) -> tuple[bool, int]:
+def dit_stays(cfg, family, model, device, ranks: int = 1) -> tuple[bool, int]:
     """(keep the DiT on the device while decoding, the decode's estimated peak bytes)."""
-    need = decode_peak_bytes(cfg, family)
+    need = decode_peak_bytes(cfg, family, ranks)
     device = torch.device(device)
     if device.type != "cuda" or model is None or not cfg.vae.offload_dit:
         return True, need
@@ -53,7 +53,7 @@ def decode_video(job, model, latents: torch.Tensor, par) -> tuple[torch.Tensor |
     cfg, comm = job.cfg, par.world
     if not cfg.save_video:
         return None, dict(mode="none", ranks=0)
-    keep, need = dit_stays(cfg, job.family, model, latents.device)
+    keep, need = dit_stays(cfg, job.family, model, latents.device, comm.size)
     info = dict(dit_on_device=keep, estimated_peak_bytes=need)
     td = None
     if cfg.vae.parallel and comm.size > 1:

@@ -13,8 +13,8 @@ phase.
   round costs its largest tile, at ``vae_decode_flops_per_pixel`` (the family's figure, counted with torch's
   FlopCounterMode at real size) over the GEMM rate of ``vae.dtype``. The peak: the VAE's weights and one tile's
   activations, plus the DiT when it stays on the device (it does when both fit in 90% of the device memory).
-- write: the video's 8-bit pixels at ``WRITE_BYTES_PER_S`` (mp4 encoding on the host; an assumption, not measured
-  per device).
+- write: the mp4 writer's start-up plus the video's 8-bit pixels at ``WRITE_BYTES_PER_S`` (mp4 encoding on the
+  host; assumptions, not measured per device).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from magcache_dist.planner.cost import DTYPE_BYTES
 
 DEFAULT_STORAGE_BANDWIDTH = 2.0e9  # bytes/s when a profile gives none: one local NVMe drive, cold read
 WRITE_BYTES_PER_S = 200e6  # 8-bit RGB pixels per second through the mp4 writer (host side)
+WRITE_START_S = 1.0  # the writer's start-up (an ffmpeg process): 1.13 s for a 5-frame 48 px mp4 here (loaded CPU)
 
 
 def decode_units(cfg, family) -> list[int]:
@@ -80,7 +81,7 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
 
     dec = decode_seconds(cfg, family, profile, group)
     vae_bytes = family.vae_params() * vae_b
-    decode_need = decode_peak_bytes(cfg, family) if vae_bytes else 0
+    decode_need = decode_peak_bytes(cfg, family, group) if vae_bytes else 0
     stays = (not cfg.vae.offload_dit) or mem["weights"] + decode_need <= 0.9 * profile.memory_capacity
     move_s = 0.0 if stays else 2 * mem["weights"] / profile.extra.get("host_link_bandwidth", 25e9)  # there and back
     frames = 1 if family.image_model else cfg.video.frames
@@ -94,7 +95,7 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
         decode=dict(s=vae_bytes / bw + dec["compute_s"] + move_s, peak_bytes=decode_need + (mem["weights"] if stays
                                                                                           else 0),
                     read_bytes=vae_bytes, dit_on_device=stays, **dec),
-        write=dict(s=video_bytes / WRITE_BYTES_PER_S, peak_bytes=0, rank=0),
+        write=dict(s=WRITE_START_S + video_bytes / WRITE_BYTES_PER_S, peak_bytes=0, rank=0),
     )
     once = phases["load"]["s"] + phases["encode"]["s"]
     each = sum(phases[k]["s"] for k in ("sample", "decode", "write"))
