@@ -154,6 +154,9 @@ class VaeSection:
     tile_stride_height: int = 192  # < tile size: the overlap is blended
     tile_stride_width: int = 192
     offload_dit: bool = True  # move the DiT to CPU before decoding, freeing its GPU memory for the VAE
+    # (kept on the device when it fits beside the decode: magcache_dist/decode.py dit_stays)
+    parallel: bool = True  # >1 rank: the tiled decode's tiles dealt over the group's ranks (the tiled mode,
+    # whatever vae.tiling says); false: rank 0 decodes alone in the mode vae.tiling says
 
 
 @dataclass(frozen=True)

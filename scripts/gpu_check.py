@@ -25,6 +25,11 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             release's TI2V array), then the 48-channel Wan2.2 VAE decoding the latents
   switch    Wan2.2 A14B's expert switch without FSDP (resident expert to the host, the other in), on 8 of the 40
             layers of a real 14B expert, extrapolated by bytes
+  decode    the decode dealt over ranks (magcache_dist/parallel/vae.py) on a 720P-class video (9 x 720 x 1280, the
+            Wan VAE at its published size, random weights): each tile decoded and timed once, rank 0's blend, the
+            result against diffusers' own tiled decode (max abs difference), the device peak of one tile against the
+            tiled decode's, and the decode time on 1, 2 and 8 ranks as decode_split deals the measured tiles (one
+            GPU: no communication counted; a machine with 2 GPUs is noted, not used)
   xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
             equals the native forward
   profile   the planner's device profile measured here (magcache_dist.planner.measure: GEMM and SDPA FLOP/s per
@@ -396,6 +401,49 @@ class Check:
         return dict(model=name, layers=layers, expert_bytes=nbytes, trades=[dict(away=a, brought=b, seconds=s)
                                                                             for a, b, s in model.moves],
                     extrapolated_full_expert_switch_s=[s * full for _, _, s in model.moves])
+    def decode(self):
+        from diffusers import AutoencoderKLWan
+
+        from magcache_dist.parallel.vae import WanTiles
+
+        kw = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if self.small else {}
+        vae = AutoencoderKLWan(**kw).to(self.device, torch.float32).eval().requires_grad_(False)
+        tile, stride = (32, 24) if self.small else (256, 192)
+        vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile, tile_sample_stride_height=stride,
+                          tile_sample_stride_width=stride)
+        shape = (1, 16, 2, 7, 9) if self.small else (1, 16, 3, 90, 160)  # 720P: 9 frames x 720 x 1280
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(self.device)
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to("cpu")  # as vae.offload_dit does
+        try:
+            with torch.no_grad():
+                self.reset_peak()
+                self.sync()
+                t = time.perf_counter()
+                ref = vae.decode(z).sample.cpu()
+                self.sync()
+                ref_s, ref_peak = time.perf_counter() - t, self.peak()
+                td, outs, times = WanTiles(vae, z), [], []
+                self.reset_peak()
+                for u in td.units:
+                    self.sync()
+                    t = time.perf_counter()
+                    outs.append(td.run(u).cpu())
+                    self.sync()
+                    times.append(time.perf_counter() - t)
+                tile_peak = self.peak()
+                t = time.perf_counter()
+                video = td.assemble(outs)
+                blend_s = time.perf_counter() - t
+        finally:
+            if model is not None:
+                model.to(self.device)
+        per_rank = {n: max(sum(times[r::n]) for r in range(n)) + blend_s for n in (1, 2, 8)}
+        return dict(video=list(video.shape), tiles=len(td.units), diffusers_tiled_s=ref_s,
+                    diffusers_tiled_peak_device_bytes=ref_peak, one_tile_peak_device_bytes=tile_peak,
+                    blend_s=blend_s, max_abs_diff=float((video - ref).abs().max()), decode_s_on_ranks=per_rank,
+                    eight_over_one=per_rank[8] / per_rank[1], gpus_here=torch.cuda.device_count())
 
     def xfuser(self):
         try:
@@ -459,7 +507,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     c = Check(device, args.small)
     t0 = time.perf_counter()
-    for name in ("env", "sdpa", "load", "sample", "vae", "compile", "ring", "ti2v", "switch", "xfuser", "profile"):
+    for name in ("env", "sdpa", "load", "sample", "vae", "decode", "compile", "ring", "ti2v", "switch", "xfuser",
+                 "profile"):
         if name in ("sample", "vae", "compile") and not getattr(c, "model", None):
             c.out[name] = dict(ok=False, error="skipped: the load step failed")
             continue

@@ -4,8 +4,9 @@ Memory plan on one node (every rank runs the same steps; nothing is downloaded):
 - build: the DiT only, created on the meta device and materialised directly in ``model.dtype`` on the job device.
 - encode: umT5 (and for I2V: CLIP + the VAE encoder) are loaded, run once, and freed before sampling starts
   (``text_encoder.device=cpu`` keeps them off the GPU entirely).
-- decode (rank 0 only): the DiT is moved to CPU (``vae.offload_dit``), the VAE is loaded and decodes frame by
-  frame (causal in time), optionally in overlapping spatial tiles (``vae.tiling``).
+- decode: the VAE decodes frame by frame (causal in time), in overlapping spatial tiles (``vae.tiling``; always
+  on more than one rank, where the tiles are dealt over the group: magcache_dist/decode.py); the DiT is moved to
+  the CPU first (``vae.offload_dit``) unless it fits beside the decode.
 
 A ``WanFamily`` object lives for one job; ``build`` returns the DiT and the encoders' handle (files + device), and
 ``decode`` is handed the DiT to offload: nothing is kept on the object between phases.
@@ -278,6 +279,11 @@ class WanFamily(ModelFamily):
     def vae_params(self) -> int:
         return 0 if self.name.startswith("tiny-") else 127_000_000  # the Wan2.1 VAE
 
+    def vae_decode_flops_per_pixel(self) -> float:
+        # AutoencoderKLWan at its published size, counted by torch's FlopCounterMode on the meta device (2026-12-06:
+        # 8.70e6 per pixel of a 9 x 64 x 64 and a 9 x 128 x 128 decode)
+        return 0.0 if self.name.startswith("tiny-") else 8.70e6
+
     # ---- build / encode / noise / decode -------------------------------------------------------------------
     def build(self, device, weights=True):
         with torch.device("meta"):
@@ -360,13 +366,12 @@ class WanFamily(ModelFamily):
         path = files.vae if files.layout == "official" else os.path.dirname(files.vae)
         return wan_components.load_wan_vae(path, files.layout, dtype=DTYPES[self.cfg.vae.dtype], device=device)
 
-    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
-        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
-        the latents' device."""
+    def _decode_input(self, latents, model, tiled: bool):
+        """(the VAE, tiled or not, the latents it decodes: de-normalised, in its dtype, on its device)."""
         cfg, device = self.cfg, latents.device
         folders.offload_for_decode(cfg, model, device)
         vae = self._load_vae(self.files, device)
-        if cfg.vae.tiling:
+        if tiled:
             t = cfg.vae
             vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
                               tile_sample_stride_height=t.tile_stride_height,
@@ -374,8 +379,21 @@ class WanFamily(ModelFamily):
         mean, std = wan_components.latent_stats(vae)
         param = next(vae.parameters())
         z = latents.float().to(param.device) * std.to(param.device) + mean.to(param.device)
+        return vae, z.to(param.dtype)
+
+    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
+        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
+        the latents' device."""
+        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
         with torch.no_grad():
-            video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
+            video = vae.decode(z).sample.float().clamp(-1, 1).cpu()
         del vae
-        folders.free_memory(device)
+        folders.free_memory(latents.device)
         return video
+
+    def tile_decoder(self, latents, model, parts):
+        """diffusers' tiled decode of AutoencoderKLWan, tile by tile (vae.tile_*)."""
+        from magcache_dist.parallel.vae import Finished, WanTiles
+
+        vae, z = self._decode_input(latents, model, tiled=True)
+        return Finished(WanTiles(vae, z), lambda v: v.float().clamp(-1, 1))

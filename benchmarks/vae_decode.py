@@ -1,0 +1,123 @@
+"""The Wan2.1 VAE at its published size (diffusers' AutoencoderKLWan, 127M parameters, random weights) decoded in
+tiles dealt over ranks (issue 26, item 1: magcache_dist/parallel/vae.py): the same latents on 1 and on 2 gloo
+processes (one thread each), each rank's wall time, CPU time and peak resident memory above its start (the VAE's
+weights already loaded), the ratios 2 ranks / 1 rank from the one run, and whether rank 0's video is bit-equal to the
+1-rank one.
+
+    .venv/bin/python -m benchmarks.vae_decode --parallel    # ~1 min on 2 idle cores
+
+Writes benchmarks/results/vae_decode_parallel.json (and its README block). The load and whole-vs-tiled decode
+figures this script measured before issue 25 are in docs/wan_checkpoints.md.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import torch
+
+from benchmarks._common import ROOT, publish
+
+WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+               temperal_downsample=[False, True, True])
+
+
+def rss(key: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith(key + ":"))
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def timed(fn):
+    reset_peak()
+    base = rss()
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t, rss("VmHWM") - base
+
+
+PAR_OUT = os.path.join(ROOT, "benchmarks", "results", "vae_decode_parallel.json")
+PAR_VIDEO = (5, 128, 128)  # frames, height, width: latents 2 x 16 x 16
+PAR_TILE, PAR_STRIDE = 64, 48  # pixels: 3 x 3 tiles
+
+
+def _par_rank(rank: int, world: int, port: int, tmp: str) -> None:
+    import datetime
+    import json
+
+    import torch.distributed as dist
+    from diffusers import AutoencoderKLWan
+
+    from magcache_dist.parallel.comm import DistComm
+    from magcache_dist.parallel.vae import WanTiles, decode_split
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    try:
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(**WAN_VAE).eval()  # the same random weights on every rank
+        vae.enable_tiling(tile_sample_min_height=PAR_TILE, tile_sample_min_width=PAR_TILE,
+                          tile_sample_stride_height=PAR_STRIDE, tile_sample_stride_width=PAR_STRIDE)
+        f, h, w = PAR_VIDEO
+        z = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
+        comm = DistComm(dist.group.WORLD, list(range(world)))
+        td = WanTiles(vae, z)
+        dist.barrier()
+        cpu = time.process_time()
+        video, s, peak = timed(lambda: decode_split(td, comm))
+        stats = comm.gather_objects(dict(rank=rank, seconds=s, cpu_seconds=time.process_time() - cpu, peak_bytes=peak,
+                                         tiles=len(range(rank, len(td.units), world))))
+        if rank == 0:
+            torch.save(video, os.path.join(tmp, f"video{world}.pt"))
+            with open(os.path.join(tmp, f"stats{world}.json"), "w") as fh:
+                json.dump(dict(ranks=stats, tiles=len(td.units)), fh)
+    finally:
+        dist.destroy_process_group()
+
+
+def parallel_main() -> int:
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    res = dict(video="x".join(map(str, PAR_VIDEO)), tile=PAR_TILE, stride=PAR_STRIDE, runs={})
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in (1, 2):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            mp.spawn(_par_rank, args=(world, port, tmp), nprocs=world, join=True)
+            with open(os.path.join(tmp, f"stats{world}.json")) as fh:
+                res["runs"][world] = json.load(fh)
+        res["bit_equal"] = bool(torch.equal(torch.load(os.path.join(tmp, "video1.pt")),
+                                            torch.load(os.path.join(tmp, "video2.pt"))))
+    one, two = res["runs"][1]["ranks"][0], res["runs"][2]["ranks"]
+    res["time_ratio"] = max(r["seconds"] for r in two) / one["seconds"]
+    res["cpu_time_ratio"] = max(r["cpu_seconds"] for r in two) / one["cpu_seconds"]
+    res["peak_ratio"] = {r["rank"]: r["peak_bytes"] / one["peak_bytes"] for r in two}
+    rows = [f"| 1 | 0 | {one['tiles']} | {one['seconds']:.2f} s | {one['cpu_seconds']:.2f} s | "
+            f"{one['peak_bytes'] / 1e9:.3f} GB | | | |"]
+    for r in two:
+        rows.append(f"| 2 | {r['rank']} | {r['tiles']} | {r['seconds']:.2f} s | {r['cpu_seconds']:.2f} s | "
+                    f"{r['peak_bytes'] / 1e9:.3f} GB | {r['seconds'] / one['seconds']:.2f} | "
+                    f"{r['cpu_seconds'] / one['cpu_seconds']:.2f} | {r['peak_bytes'] / one['peak_bytes']:.2f} |")
+    table = ("| ranks | rank | tiles | wall | CPU time | peak memory above the start | wall / 1 rank | CPU / 1 rank "
+             "| peak / 1 rank |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+    text = (table + f"\n\nWan2.1 VAE (127M parameters, random weights), fp32, {res['video']} frames x px, "
+            f"{PAR_TILE} px tiles at stride {PAR_STRIDE} ({res['runs'][1]['tiles']} tiles), gloo, 1 thread per rank; "
+            f"rank 0's video bit-equal to the 1-rank decode: {res['bit_equal']}; machine load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (wall times need idle cores; CPU time is the work)")
+    publish(res, text, PAR_OUT, PAR_OUT, "vae_decode_parallel",
+            "## Wan2.1 VAE decode on 1 vs 2 ranks (`python -m benchmarks.vae_decode --parallel`)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(parallel_main())
