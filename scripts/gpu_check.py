@@ -21,6 +21,15 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             sequence: |ring - fp32 attention| <= 2 x |single kernel - fp32 attention| (the bound of
             tests/sim/test_ring_fused_precision.py), Ulysses equal to the single kernel bit for bit, and the time
             per op of each, and of ring on the fp32 math path it replaced
+  ti2v      Wan2.2 TI2V-5B at real size (random bf16 weights), 17 x 352 x 640, 20 steps: off vs MagCache (the
+            release's TI2V array), then the 48-channel Wan2.2 VAE decoding the latents
+  switch    Wan2.2 A14B's expert switch without FSDP (resident expert to the host, the other in), on 8 of the 40
+            layers of a real 14B expert, extrapolated by bytes
+  decode    the decode dealt over ranks (magcache_dist/parallel/vae.py) on a 720P-class video (9 x 720 x 1280, the
+            Wan VAE at its published size, random weights): each tile decoded and timed once, rank 0's blend, the
+            result against diffusers' own tiled decode (max abs difference), the device peak of one tile against the
+            tiled decode's, and the decode time on 1, 2 and 8 ranks as decode_split deals the measured tiles (one
+            GPU: no communication counted; a machine with 2 GPUs is noted, not used)
   xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
             equals the native forward
   profile   the planner's device profile measured here (magcache_dist.planner.measure: GEMM and SDPA FLOP/s per
@@ -307,6 +316,134 @@ class Check:
                     ring_math_over_fused=math_s / ring_s, ulysses_equals_single_kernel=torch.equal(uly, local),
                     error_single_kernel=err(local), error_ring_fused=err(ring), error_ring_math=err(math_out),
                     within_bound=err(ring) <= 2 * err(local))
+    def ti2v(self):
+        """Wan2.2 TI2V-5B at its real size (random bf16 weights) at a small geometry: sampling off vs MagCache (the
+        release's TI2V array with Wan2.1's rule, joint branches), then the Wan2.2 VAE (48 channels, random weights)
+        decoding the latents."""
+        from diffusers import AutoencoderKLWan
+
+        from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
+        from magcache_dist.sampling import SamplerConfig, sample
+        from models.wan import get_config
+        from models.wan_i2v import build_wan_model
+
+        name = "tiny-wan22-ti2v" if self.small else "wan2.2-ti2v-5b"
+        frames, h, w, steps = (5, 64, 64, 6) if self.small else (17, 352, 640, 20)
+        with torch.device("meta"):
+            model = build_wan_model(get_config(name)).to(dtype=torch.bfloat16)
+        model = model.to_empty(device=self.device)
+        g = torch.Generator(device=self.device).manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.02, generator=g)
+        model = model.eval().requires_grad_(False)
+        cfg = model.cfg
+        latent = (48, (frames - 1) // 4 + 1, h // 16, w // 16)
+        gc = torch.Generator().manual_seed(0)
+        noise = torch.randn(1, *latent, generator=gc).to(self.device)
+        texts = {b: torch.randn(1, 20, cfg.text_dim, generator=gc).to(self.device, torch.bfloat16)
+                 for b in ("cond", "uncond")}
+        scfg = SamplerConfig(num_steps=steps, shift=5.0, guidance=5.0)
+        sample(model, noise, texts, SamplerConfig(num_steps=2), NoCache())  # warm-up
+        out = dict(model=name, video=[frames, h, w], latent=list(latent), steps=steps)
+        for key, policy in (("off", NoCache()), ("magcache", build_magcache(
+                "wan2.2-ti2v-5b-t2v", None, MagCacheConfig(0.06, 2, 0.2), steps, scfg.branches, branch_sync="joint"))):
+            self.reset_peak()
+            self.sync()
+            t = time.perf_counter()
+            r = sample(model, noise, texts, scfg, policy)
+            self.sync()
+            out[key] = dict(wall_s=time.perf_counter() - t, computed=sum(d["compute"] for d in r.decisions),
+                            calls=len(r.decisions), peak_device_bytes=self.peak())
+        del model
+        kw = dict(base_dim=8, decoder_base_dim=12, num_res_blocks=1) if self.small else \
+            dict(base_dim=160, decoder_base_dim=256)
+        vae = AutoencoderKLWan(z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                               scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48, **kw)
+        vae = vae.to(self.device, torch.float32).eval().requires_grad_(False)
+        self.reset_peak()
+        self.sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            video = vae.decode(r.latents.to(self.device, torch.float32)).sample
+        self.sync()
+        out["vae_decode"] = dict(seconds=time.perf_counter() - t, shape=list(video.shape),
+                                 params=sum(p.numel() for p in vae.parameters()), peak_device_bytes=self.peak())
+        return out
+
+    def switch(self):
+        """Wan2.2 A14B's expert switch without FSDP on a GPU that holds one expert: the resident expert goes to host
+        memory, the other comes in (families/wan22.py PlacedExperts). Measured on the first ``layers`` of the
+        real 14B expert (bf16) and extrapolated by bytes to all 40 layers."""
+        from magcache_dist.families.wan22 import PlacedExperts
+        from models.wan import get_config
+        from models.wan_i2v import build_wan_model
+
+        name, layers = ("tiny-wan22-t2v", 2) if self.small else ("wan2.2-t2v-a14b", 8)
+        cfg = get_config(name, num_layers=layers)
+        experts = []
+        for where in (self.device, "cpu"):
+            with torch.device("meta"):
+                m = build_wan_model(cfg).to(dtype=torch.bfloat16)
+            m = m.to_empty(device=where)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.fill_(0.01)
+            experts.append(m.eval())
+        model = PlacedExperts(*experts, boundary_t=875.0, device=self.device, offload_to="cpu")
+        nbytes = sum(p.numel() * p.element_size() for p in experts[0].parameters())
+        self.sync()
+        model.select("low")
+        self.sync()
+        model.select("high")
+        self.sync()
+        full = get_config(name).num_layers / layers
+        return dict(model=name, layers=layers, expert_bytes=nbytes, trades=[dict(away=a, brought=b, seconds=s)
+                                                                            for a, b, s in model.moves],
+                    extrapolated_full_expert_switch_s=[s * full for _, _, s in model.moves])
+    def decode(self):
+        from diffusers import AutoencoderKLWan
+
+        from magcache_dist.parallel.vae import WanTiles
+
+        kw = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if self.small else {}
+        vae = AutoencoderKLWan(**kw).to(self.device, torch.float32).eval().requires_grad_(False)
+        tile, stride = (32, 24) if self.small else (256, 192)
+        vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile, tile_sample_stride_height=stride,
+                          tile_sample_stride_width=stride)
+        shape = (1, 16, 2, 7, 9) if self.small else (1, 16, 3, 90, 160)  # 720P: 9 frames x 720 x 1280
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(self.device)
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to("cpu")  # as vae.offload_dit does
+        try:
+            with torch.no_grad():
+                self.reset_peak()
+                self.sync()
+                t = time.perf_counter()
+                ref = vae.decode(z).sample.cpu()
+                self.sync()
+                ref_s, ref_peak = time.perf_counter() - t, self.peak()
+                td, outs, times = WanTiles(vae, z), [], []
+                self.reset_peak()
+                for u in td.units:
+                    self.sync()
+                    t = time.perf_counter()
+                    outs.append(td.run(u).cpu())
+                    self.sync()
+                    times.append(time.perf_counter() - t)
+                tile_peak = self.peak()
+                t = time.perf_counter()
+                video = td.assemble(outs)
+                blend_s = time.perf_counter() - t
+        finally:
+            if model is not None:
+                model.to(self.device)
+        per_rank = {n: max(sum(times[r::n]) for r in range(n)) + blend_s for n in (1, 2, 8)}
+        return dict(video=list(video.shape), tiles=len(td.units), diffusers_tiled_s=ref_s,
+                    diffusers_tiled_peak_device_bytes=ref_peak, one_tile_peak_device_bytes=tile_peak,
+                    blend_s=blend_s, max_abs_diff=float((video - ref).abs().max()), decode_s_on_ranks=per_rank,
+                    eight_over_one=per_rank[8] / per_rank[1], gpus_here=torch.cuda.device_count())
 
     def xfuser(self):
         try:
@@ -316,7 +453,7 @@ class Check:
         import torch.distributed as dist
 
         from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_dist_context
-        from tests.support.helpers import tiny_model
+        from magcache_dist.random_weights import tiny_model
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
@@ -370,7 +507,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     c = Check(device, args.small)
     t0 = time.perf_counter()
-    for name in ("env", "sdpa", "load", "sample", "vae", "compile", "ring", "xfuser", "profile"):
+    for name in ("env", "sdpa", "load", "sample", "vae", "decode", "compile", "ring", "ti2v", "switch", "xfuser",
+                 "profile"):
         if name in ("sample", "vae", "compile") and not getattr(c, "model", None):
             c.out[name] = dict(ok=False, error="skipped: the load step failed")
             continue

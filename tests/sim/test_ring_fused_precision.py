@@ -24,7 +24,7 @@ from magcache_dist.sampling import SamplerConfig, sample
 from models.attention import LocalAttention, sdpa
 from models.attention_joint import LocalJointAttention
 from tests.sim.test_precision import RING, _exact, _qkv, _sharded, ids
-from tests.support.helpers import odd_inputs, tiny_model
+from magcache_dist.random_weights import odd_inputs, tiny_model
 
 BF16 = torch.bfloat16
 

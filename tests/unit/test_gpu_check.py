@@ -13,8 +13,15 @@ def test_every_step_runs_at_toy_size(tmp_path, capsys):
     out = tmp_path / "gpu_check.json"
     assert gpu_check.main(["--small", "--allow-cpu", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert all(res[k]["ok"] for k in ("env", "sdpa", "load", "sample", "vae", "compile", "ring", "xfuser",
-                                      "profile")), res
+    steps = ("env", "sdpa", "load", "sample", "vae", "decode", "compile", "ring", "ti2v", "switch", "xfuser",
+             "profile")
+    assert all(res[k]["ok"] for k in steps), res
+    t = res["ti2v"]
+    assert t["off"]["computed"] == t["off"]["calls"] == 12 and t["magcache"]["computed"] <= 12
+    assert t["vae_decode"]["shape"] == [1, 3, 5, 64, 64]
+    assert [(m["away"], m["brought"]) for m in res["switch"]["trades"]] == [("high", "low"), ("low", "high")]
+    d = res["decode"]  # the tiles dealt over ranks reproduce diffusers' tiled decode (fp32, CPU: bit for bit)
+    assert d["tiles"] == 9 and d["max_abs_diff"] == 0.0 and d["decode_s_on_ranks"]["8"] <= d["decode_s_on_ranks"]["1"]
     assert res["profile"]["measured"]["peak_flops"]["float32"] > 0
     assert json.loads((tmp_path / "gpu_profile.json").read_text())["name"] == "gpu-measured"
     s = res["sample"]
