@@ -343,6 +343,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             msg += _suggest(key)
         raise ValueError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
     check_values(job)
+    expand_home(job)
     set_at = {}  # key -> index of the last source that set it (0: the file, then each override in order)
     for i, part in enumerate(parts, start=0 if path is not None else 1):
         for key in _leaves(part):
@@ -385,6 +386,28 @@ RANGES = {
 NON_EMPTY = ("output_dir", "model.ckpt", "ckpt_dir", "image", "cache.magcache.ratios_file",
              "cache.calibration.store_dir", "cache.calibration.out", "cache.magcache.preset", "cache.magcache.rule",
              "checkpoint.dir")
+
+
+# the keys that name files or folders: a leading ~ is the user's home, as in a shell (YAML and key=value
+# overrides do not expand it; without this a folder named '~' would appear in the working directory)
+PATHS = ("output_dir", "model.ckpt", "ckpt_dir", "image", "prompts_file", "cache.magcache.ratios_file",
+         "cache.calibration.store_dir", "cache.calibration.out", "checkpoint.dir", "planner.device")
+
+
+def expand_home(job: JobConfig) -> None:
+    """In place: ``~`` / ``~user`` at the start of every path key expanded (ValueError when it cannot be)."""
+    for key in PATHS:
+        *sections, leaf = key.split(".")
+        obj = job
+        for part in sections:
+            obj = getattr(obj, part)
+        v = getattr(obj, leaf)
+        if isinstance(v, str) and v.startswith("~"):
+            expanded = os.path.expanduser(v)
+            if expanded.startswith("~"):
+                raise ValueError(f"{key}={v!r}: '{v.split(os.sep)[0]}' is not a home folder on this machine; give "
+                                 f"an absolute path")
+            setattr(obj, leaf, expanded)
 
 
 def check_values(job: JobConfig) -> None:

@@ -23,6 +23,7 @@ from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.parallel.fsdp import check_fsdp
 from magcache_dist.prompts import VideoSpec, read_prompts, video_config
+from magcache_dist.sampling.grids import check_grid
 from magcache_dist.sampling.loop import SamplerConfig
 
 
@@ -76,7 +77,7 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
     check_applicable(cfg)
     if cfg.video.fps < 1:
         raise ValueError(f"video.fps={cfg.video.fps} must be >= 1")
-    scfg = family.sampler_config()
+    scfg = checked_sampler(cfg, family)
     dims = parallel_dims(cfg)
     dims.validate(world_size, family.num_heads(), len(scfg.branches))
     check_backend(cfg.parallel.backend)
@@ -107,6 +108,17 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
     return job
 
 
+def checked_sampler(cfg: JobConfig, family: ModelFamily) -> SamplerConfig:
+    """The family's sampler settings, its sigma grid checked: no accepted input starts from NaN at step 0."""
+    scfg = family.sampler_config()
+    if scfg.sigmas is not None:
+        v = cfg.video
+        check_grid(scfg.sigmas, scfg.num_steps, f"model.name={cfg.model.name!r} at video.frames={v.frames}, "
+                   f"video.height={v.height}, video.width={v.width} (with sampler.num_steps, sampler.shift and the "
+                   f"checkpoint's scheduler)")
+    return scfg
+
+
 def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | None:
     """prompts_file: its videos (each one's own inputs checked, e.g. an I2V line's image), else None."""
     set_at = explicitly_set(cfg)
@@ -126,6 +138,10 @@ def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | 
         raise ValueError("cache.calibration.out names one file, but a prompt list calibrates per video (each "
                          "video's folder gets its ratios.json); remove it, or use cache.calibration.store_dir")
     videos = read_prompts(resolve_path(cfg.prompts_file), cfg.seed, cfg.negative_prompt, cfg.image)
+    problems = [f"prompts_file={cfg.prompts_file!r} line {v.line}: {key} {why}" for v in videos for key in v.given
+                if (why := inapplicable(video_config(cfg, v), key))]
+    if problems:
+        raise ValueError("\n".join(problems[:8]))  # a line's field is checked like the same key of the job
     for v in videos:
         if v.image != cfg.image:  # the line's own inputs: checked like a single video's
             make_family(video_config(cfg, v)).validate()
@@ -138,6 +154,22 @@ def _is_wan(cfg: JobConfig) -> bool:
 
 def _is_pipeline(cfg: JobConfig) -> bool:
     return uses_ckpt_dir(cfg.model.name)
+
+
+def _is_flux(cfg: JobConfig) -> bool:
+    return cfg.model.name in MODULES["magcache_dist.families.flux:FluxFamily"]
+
+
+def _uses_negative(cfg: JobConfig) -> bool:
+    """Whether a negative prompt reaches the model: Open-Sora's batched CFG rows, or an unconditional branch of
+    the separate-CFG families (sampler.guidance != 1); FLUX.1 and HunyuanVideo are guidance-distilled (one call,
+    no negative). An empty negative prompt is no negative at all."""
+    name = cfg.model.name
+    if cfg.negative_prompt == "":
+        return True
+    if _is_flux(cfg) or name in MODULES["magcache_dist.families.hunyuanvideo:HunyuanVideoFamily"]:
+        return False
+    return name in MODULES["magcache_dist.families.opensora:OpenSoraFamily"] or cfg.sampler.guidance != 1.0
 
 
 _MAGCACHE_MODES = ("magcache", "auto", "online")
@@ -160,6 +192,11 @@ APPLIES = [
     ("model.layout", ("model.name",), _is_wan, "Wan2.1 models"),
     ("text_encoder.", ("model.name",), _is_pipeline, "models read from a checkpoint folder (not the embedded ones)"),
     ("vae.", ("model.name",), _is_pipeline, "models read from a checkpoint folder (not the embedded ones)"),
+    ("negative_prompt", ("model.name", "sampler.guidance"), _uses_negative,
+     "models that run classifier-free guidance (Wan2.1 and the embedded models with sampler.guidance != 1, "
+     "Open-Sora 1.2; FLUX.1 and HunyuanVideo are guidance-distilled)"),
+    ("sampler.shift", ("model.name",), lambda c: not _is_flux(c),
+     "models whose sigma grid takes a shift (FLUX.1's grid comes from its scheduler and the image size)"),
 ]
 
 
@@ -180,6 +217,18 @@ def check_applicable(cfg: JobConfig) -> None:
                      if set_at[k] >= switched]
     if problems:
         raise ValueError("\n".join(problems))  # one line per problem
+
+
+def inapplicable(cfg: JobConfig, key: str) -> str | None:
+    """Why ``key`` has no effect for ``cfg`` (the APPLIES row's words), or None when it applies: for values given
+    outside the config, e.g. a prompt list line's ``image``."""
+    for pattern, deciders, applies, what in APPLIES:
+        if key == pattern or (pattern.endswith(".") and key.startswith(pattern)):
+            if applies(cfg):
+                return None
+            now = ", ".join(f"{d}={_get(cfg, d)!r}" for d in deciders)
+            return f"does not apply here ({now}); it is for {what}: remove it"
+    return None
 
 
 def _get(cfg, dotted: str):

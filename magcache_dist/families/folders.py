@@ -16,6 +16,7 @@ import os
 import torch
 
 from magcache_dist.families.base import DTYPES
+from magcache_dist.families.components import check_config_values, check_weight_file, lfs_pointer
 
 
 def free_memory(device) -> None:
@@ -77,14 +78,18 @@ def need(root: str, rel: str, what: str, fix: str, is_dir: bool = False) -> str:
 
 def read_config(path: str, root: str) -> dict:
     """A component's config.json as a dict (ValueError naming the file when it is not a JSON object)."""
+    if lfs_pointer(path):
+        raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is a git-lfs pointer file, not the file "
+                         f"itself; run 'git lfs pull' in that folder (or download the file directly)")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             c = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError (a binary file) are ValueErrors
         raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not readable JSON ({e}); "
                          f"re-download that file") from None
     if not isinstance(c, dict):
         raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not a JSON object; re-download it")
+    check_config_values(c, path, root)  # every known field's type and range, named with the file
     return c
 
 
@@ -94,10 +99,9 @@ def diffusers_weights(folder: str, root: str, stem: str = "*", what: str = "weig
     rel = os.path.relpath(folder, root)
     where = "ckpt_dir" if rel == "." else rel
     index = sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors.index.json")))
-    if index:
-        return index[0]
-    files = sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors")))
+    files = index[:1] or sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors")))
     if len(files) == 1:
+        check_weight_file(files[0], root, what)  # headers and sizes: a cut or pointer file is named now
         return files[0]
     name = stem.rstrip("*") or "*"
     if len(files) > 1:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import JobConfig, resolve_path
-from magcache_dist.families import folders
+from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
 from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
@@ -132,6 +132,23 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
                          f"({os.path.relpath(path, ckpt_dir)}); set model.name to the checkpoint's model")
 
 
+def check_components(files: WanFiles, root: str) -> None:
+    """Every component the job reads after the DiT (umT5, its tokenizer, the VAE, CLIP for I2V, the scheduler's
+    settings), checked from headers and small files now: a cut, empty or pointer file is named before any
+    collective, not found while encoding after the DiT has loaded."""
+    fix = "copy the complete Wan2.1 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)"
+    components.check_tokenizer(files.tokenizer, root, "umT5 tokenizer", fix)
+    if files.layout == "official":
+        for path, what in ((files.t5, "umT5 encoder"), (files.vae, "VAE"), (files.clip, "CLIP image encoder")):
+            if path is not None:
+                components.check_weight_file(path, root, what)
+        return
+    for path, what in ((files.t5, "umT5 encoder"), (files.vae, "VAE"), (files.clip, "CLIP image encoder")):
+        if path is not None:
+            components.check_pretrained(root, os.path.relpath(os.path.dirname(path), root), what, fix)
+    components.check_scheduler(root, ("UniPCMultistepScheduler",))
+
+
 def folder_shift(cfg: JobConfig, files: WanFiles) -> None:
     """A diffusers folder's scheduler/scheduler_config.json names the sigma shift its model was released with: it
     becomes sampler.shift unless the job sets sampler.shift itself (a config file counts as setting it)."""
@@ -219,16 +236,7 @@ class WanFamily(ModelFamily):
         if self.i2v:
             if cfg.image is None:
                 raise ValueError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
-            path = resolve_path(cfg.image)
-            if not os.path.isfile(path):
-                raise ValueError(f"image={cfg.image!r} does not exist")
-            try:
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    w, h = im.size
-            except Exception as e:
-                raise ValueError(f"image={cfg.image!r} is not a readable image: {e}") from None
+            w, h = components.check_image(resolve_path(cfg.image), shown=cfg.image)  # decoded in full
             lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, p)
             if lat_h < p[1] or lat_w < p[2]:
                 raise ValueError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
@@ -237,6 +245,7 @@ class WanFamily(ModelFamily):
             raise ValueError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
         folders.check_encoder_options(cfg)
         folders.check_tiles(cfg)
+        check_components(files, resolve_path(cfg.ckpt_dir))
 
     # ---- geometry --------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int, int]:

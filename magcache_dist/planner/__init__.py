@@ -37,7 +37,9 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
             raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {family_names()}")
         family = make_family(cfg)
         family.check_geometry()
-        scfg = family.sampler_config()
+        from magcache_dist.job import checked_sampler
+
+        scfg = checked_sampler(cfg, family)
         dims = parallel_dims(cfg)
         dims.validate(dims.world_size, family.num_heads(), len(scfg.branches))
         policy = build_cache(cache_spec(cfg, family, scfg)) if cfg.cache.mode == "magcache" else None
@@ -162,6 +164,9 @@ def format_plan(p: dict) -> str:
 
 
 def dry_run(cfg: JobConfig, write: bool = True) -> dict:
+    from magcache_dist.io.probe import ensure_writable_dir
+
+    ensure_writable_dir(os.path.abspath(cfg.output_dir), "output_dir")  # where plan.json goes: before planning
     p = plan_job(cfg)
     print(format_plan(p))
     if write:
