@@ -255,8 +255,9 @@ class HunyuanVideoFamily(TinyFamily):
         unless the job sets it (a config file counts as setting it)."""
         from magcache_dist.config import explicitly_set
 
+        shift = folders.scheduler_shift(self.folder, "shift", DEFAULT_SHIFT)  # checked even when overridden
         if "sampler.shift" not in explicitly_set(self.cfg):
-            self.cfg.sampler.shift = folders.scheduler_shift(self.folder, "shift", DEFAULT_SHIFT)
+            self.cfg.sampler.shift = shift
 
     # ---- geometry and cost -----------------------------------------------------------------------------------
     def latent_shape(self):
