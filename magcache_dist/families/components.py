@@ -42,6 +42,12 @@ def _where(path: str, root: str | None) -> str:
     return f"ckpt_dir={root!r}: {rel(path, root)}" if root else repr(path)
 
 
+def _at(path: str, root: str | None, what: str) -> str:
+    """A weight file as the user knows it: inside ``ckpt_dir`` by its relative path and what it is, else (a file
+    named by a config key, e.g. model.ckpt) as ``key=path``."""
+    return f"{_where(path, root)} ({what})" if root else f"{what}={path!r}"
+
+
 def lfs_pointer(path: str) -> bool:
     """Whether ``path`` is a git-lfs pointer file (a few hundred bytes of text naming the real file's hash)."""
     try:
@@ -54,12 +60,12 @@ def lfs_pointer(path: str) -> bool:
 
 
 def _not_a_pointer(path: str, root: str | None, what: str) -> None:
-    where = _where(path, root)
+    where = _at(path, root, what)
     if lfs_pointer(path):
-        raise ValueError(f"{where} ({what}) is a git-lfs pointer file ({os.path.getsize(path)} bytes), not the file "
+        raise ValueError(f"{where} is a git-lfs pointer file ({os.path.getsize(path)} bytes), not the file "
                          f"itself; run 'git lfs pull' in that folder (or download the file directly)")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{where} ({what}) is empty; re-download that file")
+        raise ValueError(f"{where} is empty; re-download that file")
 
 
 # ---- weight files ----------------------------------------------------------------------------------------------
@@ -67,8 +73,8 @@ def check_safetensors(path: str, root: str | None, what: str) -> None:
     """The header parses, every tensor's byte range matches its dtype and shape, and the data ends where the file
     does (a truncated or padded download is found here)."""
     _not_a_pointer(path, root, what)
-    where, size = _where(path, root), os.path.getsize(path)
-    fix = "re-download that file"
+    where, size = _at(path, root, what), os.path.getsize(path)
+    fix = "re-download or re-export it"
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
@@ -78,7 +84,7 @@ def check_safetensors(path: str, root: str | None, what: str) -> None:
         if not isinstance(header, dict):
             raise ValueError("its header is not a JSON object")
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where} ({what}) is not a readable safetensors file ({e}); {fix}") from None
+        raise ValueError(f"{where} is not a readable safetensors file ({e}); {fix}") from None
     end = 0
     for key, e in header.items():
         if key == "__metadata__":
@@ -87,14 +93,14 @@ def check_safetensors(path: str, root: str | None, what: str) -> None:
             and all(isinstance(d, int) and d >= 0 for d in e["shape"]) and isinstance(e.get("data_offsets"), list) \
             and len(e["data_offsets"]) == 2 and all(isinstance(o, int) for o in e["data_offsets"])
         if not ok:
-            raise ValueError(f"{where} ({what}): tensor {key!r} has a malformed header entry {e!r}; {fix}")
+            raise ValueError(f"{where}: tensor {key!r} has a malformed header entry {e!r}; {fix}")
         start, stop = e["data_offsets"]
         if stop - start != math.prod(e["shape"]) * ST_ITEMSIZE[e["dtype"]] or start < 0:
-            raise ValueError(f"{where} ({what}): tensor {key!r} ({e['dtype']} {e['shape']}) has data_offsets "
+            raise ValueError(f"{where}: tensor {key!r} ({e['dtype']} {e['shape']}) has data_offsets "
                              f"{e['data_offsets']} that do not match its size; {fix}")
         end = max(end, stop)
     if 8 + n + end != size:
-        raise ValueError(f"{where} ({what}) is {size} bytes but its header describes {8 + n + end}: the file is "
+        raise ValueError(f"{where} is {size} bytes but its header describes {8 + n + end}: the file is "
                          f"{'cut short' if size < 8 + n + end else 'longer than its tensors'}; {fix}")
 
 
@@ -102,43 +108,43 @@ def check_torch_archive(path: str, root: str | None, what: str) -> None:
     """A ``.pth`` / ``.pt`` / ``.bin`` file: torch's zip archive with a readable directory whose members all lie
     inside the file (legacy pickled files: only that they are not empty or a pointer)."""
     _not_a_pointer(path, root, what)
-    where, size = _where(path, root), os.path.getsize(path)
+    where, size = _at(path, root, what), os.path.getsize(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":
         if magic[:1] == b"\x80":  # a legacy (pre-1.6) pickled file: no directory to check
             return
-        raise ValueError(f"{where} ({what}) is neither a torch zip archive nor a legacy torch file; re-download "
+        raise ValueError(f"{where} is neither a torch zip archive nor a legacy torch file; re-download "
                          f"that file")
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{where} ({what}) is a damaged or cut zip archive ({e}); re-download that file") from None
+        raise ValueError(f"{where} is a damaged or cut zip archive ({e}); re-download that file") from None
     if not any(i.filename.endswith("data.pkl") for i in infos):
-        raise ValueError(f"{where} ({what}) is a zip archive without torch's data.pkl; it is not a torch file")
+        raise ValueError(f"{where} is a zip archive without torch's data.pkl; it is not a torch file")
     for i in infos:
         if i.header_offset + i.compress_size > size:
-            raise ValueError(f"{where} ({what}) is cut short: member {i.filename!r} ends past the file's {size} "
+            raise ValueError(f"{where} is cut short: member {i.filename!r} ends past the file's {size} "
                              f"bytes; re-download that file")
 
 
 def check_index(path: str, root: str | None, what: str) -> None:
     """A sharded index json: its weight_map parses and every shard it names exists and is consistent."""
-    where = _where(path, root)
+    where = _at(path, root, what)
     try:
         with open(path) as f:
             weight_map = json.load(f).get("weight_map")
     except (OSError, ValueError, AttributeError) as e:
-        raise ValueError(f"{where} ({what}) is not a readable index json ({e}); re-download that file") from None
+        raise ValueError(f"{where} is not a readable index json ({e}); re-download that file") from None
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str)
                                                                      for v in weight_map.values()):
-        raise ValueError(f"{where} ({what}): 'weight_map' must be an object {{tensor name: shard file}}; "
+        raise ValueError(f"{where}: 'weight_map' must be an object {{tensor name: shard file}}; "
                          f"re-download that file")
     for shard in sorted(set(weight_map.values())):
         p = os.path.join(os.path.dirname(path), shard)
         if os.path.basename(shard) != shard or not os.path.isfile(p):
-            raise ValueError(f"{where} ({what}) names the shard {shard!r}, which is missing; copy every shard")
+            raise ValueError(f"{where} names the shard {shard!r}, which is missing; copy every shard")
         check_weight_file(p, root, what)
 
 

@@ -184,6 +184,7 @@ class FluxFamily(TinyFamily):
             if not os.path.isfile(weights):
                 raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist; point it at the transformer file "
                                  f"(e.g. flux1-dev.safetensors) or set model.ckpt=null to use ckpt_dir/transformer")
+            components.check_weight_file(weights, None, "model.ckpt")
         else:
             weights = folders.diffusers_weights(os.path.dirname(paths["transformer"]), root)
         shapes = read_shapes(weights)

@@ -654,6 +654,12 @@ LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:"
                "4d7a2146b4b3c1a8f0a6f3b0e2b1f8f6c0c5e6f1a9b8d7c6e5f4a3b2c1d0e9f8\nsize 11361920418\n")
 
 
+def _cut_file(path: str, keep: float = 0.5) -> list:
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * keep))
+    return []
+
+
 def _cut(rel: str, keep: float = 0.5) -> Callable:
     """A setup cutting the copied folder's file ``rel`` to ``keep`` of its size (an interrupted download)."""
     def setup(tmp):
@@ -734,7 +740,7 @@ _H100 = {"name": "mine", "peak_flops": {"float32": 4.9e14, "bfloat16": 9.9e14}, 
          "link_efficiency": 0.7, "link_latency_s": 1e-5, "op_overhead_s": 4e-6}
 RESUME = [f"checkpoint.dir={{tmp}}/ck", "resume=true"]
 SCHED = "scheduler/scheduler_config.json"
-DIT_FIX = r"re-download that file"
+DIT_FIX = r"re-download"
 
 COMPONENTS = [  # each component of a checkpoint folder: found and checked from headers before any weights load
     Bad("wan-tokenizer-empty-folder", [], 1, r"google/umt5-xxl \(umT5 tokenizer\) is an empty folder",
@@ -840,6 +846,13 @@ COMPONENTS = [  # each component of a checkpoint folder: found and checked from 
         r"git lfs pull", _spiece("tokenizer", LFS_POINTER), "folder:tiny-opensora"),
     Bad("opensora-transformer-config-binary", [], 1, r"transformer/config\.json is not readable JSON", DIT_FIX,
         _replace("transformer/config.json", b"\x00\x01\xff\xfe"), "folder:tiny-opensora"),
+    Bad("tiny-checkpoint-cut", ["model.ckpt={tmp}/cut.safetensors"], 2, r"model\.ckpt=.*cut\.safetensors' is \d+ "
+        r"bytes but its header describes \d+: the file is cut short", r"re-download or re-export it",
+        lambda tmp: shutil.copy(os.path.join(tmp, "tiny.safetensors"), os.path.join(tmp, "cut.safetensors"))
+        and _cut_file(os.path.join(tmp, "cut.safetensors"))),
+    Bad("tiny-checkpoint-lfs-pointer", ["model.ckpt={tmp}/p.safetensors"], 2, r"model\.ckpt=.*p\.safetensors' is a "
+        r"git-lfs pointer file", r"git lfs pull", lambda tmp: _write(os.path.join(tmp, "p.safetensors"), LFS_POINTER)
+        and []),
     Bad("opensora-dit-weights-lfs-pointer", [], 1, r"transformer/model\.safetensors \(weights\) is a git-lfs pointer",
         r"git lfs pull", _replace("transformer/model.safetensors", LFS_POINTER), "folder:tiny-opensora"),
 ]
