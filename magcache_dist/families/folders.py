@@ -118,9 +118,15 @@ def check_fields(got: dict, want: dict, path: str, root: str, model_name: str) -
     diff = {k: (got[k], w) for k, w in want.items() if k in got and _norm(got[k]) != _norm(w)}
     if diff:
         raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} has "
-                         f"{', '.join(f'{k}={g}' for k, (g, _) in diff.items())} but model.name={model_name!r} needs "
+                         f"{', '.join(f'{k}={_shown(g, w)}' for k, (g, w) in diff.items())} but model.name="
+                         f"{model_name!r} needs "
                          f"{', '.join(f'{k}={w}' for k, (_, w) in diff.items())}; set model.name to the checkpoint's "
                          f"model or replace that component")
+
+
+def _shown(got, want):
+    """A config value as the message shows it: quoted when it is text where a number or flag belongs."""
+    return repr(got) if isinstance(got, str) and not isinstance(want, str) else got
 
 
 def _norm(v):
