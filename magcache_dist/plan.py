@@ -10,6 +10,7 @@ import json
 import sys
 
 from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, plan
+from magcache_dist.errors import InputError
 
 
 def main(argv=None) -> int:
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
 
         top = RANGES["sampler.num_steps"][2]  # the cap generate applies to sampler.num_steps
         if not 1 <= args.steps <= top:
-            raise ValueError(f"--steps={args.steps} must be >= 1 and <= {top} (as sampler.num_steps)")
+            raise InputError(f"--steps={args.steps} must be >= 1 and <= {top} (as sampler.num_steps)")
         cfg = MagCacheConfig(thresh=args.thresh, K=args.K, retention=args.retention)
         if args.preset:
             branches = get_preset(args.preset).table.branches
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
         policy = build_magcache(args.preset, args.ratios, cfg, args.steps, branches, rule=args.rule,
                                 branch_sync=args.branch_sync)
         out = plan(policy, args.steps, branches)
-    except ValueError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"preset": args.preset or args.ratios, **out}))

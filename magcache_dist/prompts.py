@@ -8,11 +8,11 @@ unless the line names it. Reading the file is part of validation: a bad file exi
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 from dataclasses import dataclass
+from magcache_dist.errors import InputError
 
 FIELDS = ("prompt", "seed", "negative_prompt", "image", "name")
 SUMMARY_FORMAT = "magcache-prompt-job/1"  # a prompt-list job's summary.json (magcache_dist/batch.py; read by eval)
@@ -46,16 +46,16 @@ def read_prompts(path: str, seed: int, negative_prompt: str, image: str | None) 
     """The videos of a prompts file, or ValueError naming the file, the line and the fix."""
     where = f"prompts_file={path!r}"
     if not os.path.isfile(path):
-        raise ValueError(f"{where} does not exist; give a text file (one prompt per line) or a .jsonl file")
+        raise InputError(f"{where} does not exist; give a text file (one prompt per line) or a .jsonl file")
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is not part of a prompt
             text = f.read()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        raise InputError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     lines = text.splitlines()
     jsonl = path.endswith(".jsonl")
     if text.lstrip().startswith("[") and _json_array(text):
-        raise ValueError(f"{where} is one JSON array; a prompts file is a text file with one prompt per line, or a "
+        raise InputError(f"{where} is one JSON array; a prompts file is a text file with one prompt per line, or a "
                          f".jsonl file with one JSON object per line (e.g. {{\"prompt\": \"a red circle\"}})")
     entries = []
     for no, raw in enumerate(lines, 1):
@@ -64,16 +64,16 @@ def read_prompts(path: str, seed: int, negative_prompt: str, image: str | None) 
             continue
         entries.append(_entry(text, no, where) if jsonl else dict(prompt=text, line=no))
     if not entries:
-        raise ValueError(f"{where} holds no prompts; write one prompt per line"
+        raise InputError(f"{where} holds no prompts; write one prompt per line"
                          + (" (a JSON object with a 'prompt' per line)" if jsonl else ""))
     videos, names = [], {}
     for i, e in enumerate(entries):
         name = e.get("name") or f"{i:04d}-{slug(e['prompt'])}"
         if name.lower() in RESERVED_NAMES:
-            raise ValueError(f"{where} line {e['line']}: name={name!r} is a file the job writes into output_dir "
+            raise InputError(f"{where} line {e['line']}: name={name!r} is a file the job writes into output_dir "
                              f"itself; choose another name (not one of {', '.join(RESERVED_NAMES)})")
         if name in names:
-            raise ValueError(f"{where} lines {names[name]} and {e['line']} both name the video {name!r}; "
+            raise InputError(f"{where} lines {names[name]} and {e['line']} both name the video {name!r}; "
                              f"give each video its own name")
         names[name] = e["line"]
         videos.append(VideoSpec(index=i, name=name, prompt=e["prompt"],
@@ -95,30 +95,30 @@ def _entry(text: str, no: int, where: str) -> dict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{at} is not valid JSON ({e.msg} at column {e.colno}); write one JSON object per line, "
+        raise InputError(f"{at} is not valid JSON ({e.msg} at column {e.colno}); write one JSON object per line, "
                          f'e.g. {{"prompt": "a red circle moves right", "seed": 1}}') from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{at} is a JSON {type(obj).__name__}, not an object; write "
+        raise InputError(f"{at} is a JSON {type(obj).__name__}, not an object; write "
                          f'{{"prompt": "..."}}')
     unknown = sorted(set(obj) - set(FIELDS))
     if unknown:
-        raise ValueError(f"{at}: unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
+        raise InputError(f"{at}: unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{at}: 'prompt' is missing or empty; every line needs a non-empty prompt")
+        raise InputError(f"{at}: 'prompt' is missing or empty; every line needs a non-empty prompt")
     out = dict(prompt=prompt.strip(), line=no)
     if "seed" in obj:
         s = obj["seed"]
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= SEED_MAX:
-            raise ValueError(f"{at}: seed={s!r} must be an integer >= 0 and <= {SEED_MAX}")
+            raise InputError(f"{at}: seed={s!r} must be an integer >= 0 and <= {SEED_MAX}")
         out["seed"] = s
     for key in ("negative_prompt", "image", "name"):
         if key in obj and obj[key] is not None:
             if not isinstance(obj[key], str):
-                raise ValueError(f"{at}: {key}={obj[key]!r} must be a string")
+                raise InputError(f"{at}: {key}={obj[key]!r} must be a string")
             out[key] = obj[key]
     if "name" in out and not NAME_RE.match(out["name"]):
-        raise ValueError(f"{at}: name={out['name']!r} is not a folder name; use letters, digits, '.', '_' and '-' "
+        raise InputError(f"{at}: name={out['name']!r} is not a folder name; use letters, digits, '.', '_' and '-' "
                          f"(at most 100, not starting with '.' or '-')")
     return out
 
@@ -126,9 +126,8 @@ def _entry(text: str, no: int, where: str) -> dict:
 def video_config(cfg, video: VideoSpec):
     """The job config of one video of a list: its own prompt, seed, negative prompt and image, its folder under
     output_dir (its step checkpoints in the folder's checkpoint/, or under checkpoint.dir by name)."""
-    c = copy.deepcopy(cfg)
-    c.prompt, c.negative_prompt, c.seed, c.image = video.prompt, video.negative_prompt, video.seed, video.image
-    c.prompts_file = None
-    c.output_dir = os.path.join(cfg.output_dir, video.name)
-    c.checkpoint.dir = os.path.join(cfg.checkpoint.dir, video.name) if cfg.checkpoint.dir else None
-    return c
+    from magcache_dist.config import evolve
+
+    return evolve(cfg, prompt=video.prompt, negative_prompt=video.negative_prompt, seed=video.seed, image=video.image,
+                  prompts_file=None, output_dir=os.path.join(cfg.output_dir, video.name),
+                  **{"checkpoint.dir": os.path.join(cfg.checkpoint.dir, video.name) if cfg.checkpoint.dir else None})

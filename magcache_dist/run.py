@@ -1,15 +1,17 @@
-"""One generation job on one rank: build -> parallelize -> sample -> finalize.
+"""A job on one rank, along one road: load -> encode -> parallelize -> for each video: sample -> finalize.
 
 ``run_job`` is what the launcher calls under torchrun (with a validated ``Job``) and what tests call with simulated
-ranks (a ``JobConfig`` is validated first). Rank 0 writes the outputs and returns the report. A prompt list
-(``prompts_file``) builds and parallelizes the model once and then makes its videos one after the other
-(magcache_dist/batch.py), each sampled and finalized exactly like a single video.
+ranks (a ``JobConfig`` is validated first). A single video is a list of one: the model is built, its prompts
+encoded and the model parallelized once per job, then each video of this rank's data-parallel group is sampled and
+finalized (decoded and written by rank 0) in turn. Which videos a run makes and the summary of a prompt list are
+kept in magcache_dist/videos.py.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -22,14 +24,19 @@ from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
 from magcache_dist.config import JobConfig, to_dict
+from magcache_dist.errors import reading
+from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
 from magcache_dist.job import Job, validate_job
 from magcache_dist.parallel.apply import apply_sequence_parallel
 from magcache_dist.parallel.dims import ParallelContext
 from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
+from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config
 from magcache_dist.sampling.loop import sample
 from magcache_dist.sampling.schedulers import FlowScheduler
+from magcache_dist.videos import (entry, job_videos, merge_parts, output_files, share, video_job, video_state,
+                                  write_part)
 
 
 def summarize(decisions_by_rank: list[list[dict]], dims, branches) -> dict:
@@ -69,18 +76,76 @@ def branches_of(job: Job, par: ParallelContext) -> list[str]:
     return [branches[par.cfg_rank]] if job.dims.cfg_degree == 2 else branches
 
 
-def build(job: Job, par: ParallelContext, device, phases: dict) -> Built:
-    """Model, conditioning and noise. Rank 0's seed and prompts are the job's (identical configs are expected,
-    but a shell can differ per node)."""
-    cfg, family = job.cfg, job.family
-    seed, prompt, negative = par.world.broadcast_object((cfg.seed, cfg.prompt, cfg.negative_prompt))
-    model, encoder = family.build(device, weights=not cfg.parallel.fsdp)  # fsdp: weights after sharding
-    t = time.perf_counter()
-    conds = family.encode(encoder, prompt, negative, job.scfg.branches)
-    conds = {b: (v.to(device) if torch.is_tensor(v) else v) for b, v in conds.items()}
-    built = Built(model, conds, family.make_noise(seed).to(device))
-    phases["encode"] = time.perf_counter() - t
-    return built
+def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | None:
+    """The job on this rank, along the one road: load -> encode -> parallelize -> for each video of this rank's
+    data-parallel group: sample -> finalize (decode, write). A single video is a list of one. Rank 0 of a group
+    writes the outputs; it returns the video's report (a single video) or the summary (a prompt list: the whole
+    job's if its group finished last, else its own part); other ranks return None."""
+    t0 = time.perf_counter()
+    if isinstance(job, JobConfig):
+        job = validate_job(job, par.job_comm.size)
+    listed = job.videos is not None
+    run_id = par.job_comm.broadcast_object(uuid.uuid4().hex) if listed else None  # the one job-wide collective
+    mine = share(job_videos(job), job.dims.dp_degree, par.dp_index)
+    entries, states = {}, None  # the summary's lines: rank 0 of the group keeps them
+    if par.rank == 0:
+        checked = {v.name: video_state(job, v, par.world.size) for v in mine}
+        states = {name: state for name, (state, _) in checked.items()}
+        entries = {v.name: entry(v, checked[v.name][1], reused=True) for v in mine}
+    # rank 0's videos are the job's (identical configs are expected, but a shell can differ per node)
+    mine, states = par.world.broadcast_object((mine, states))
+    todo = [v for v in mine if states[v.name] != "done"]
+    part = dict(format=FORMAT, run_id=run_id, group=par.dp_index, dp_degree=job.dims.dp_degree,
+                group_size=par.world.size, started=time.time())
+    report = None
+    if todo:
+        with reading():  # the weights' files, read through models/ and the libraries
+            model, encoder = job.family.build(device, weights=not job.cfg.parallel.fsdp)  # fsdp: after sharding
+        t = time.perf_counter()
+        conds = encode_videos(job, encoder, todo, stage=len(todo) > 1)
+        del encoder
+        phases = {"encode": time.perf_counter() - t}
+        parallelize(job, model, par, device)
+        phases["build"] = time.perf_counter() - t0 - phases["encode"]
+        part.update(encode_s=phases["encode"], build_s=phases["build"])
+        start = t0  # the first video's time counts the load and the encoding; the later ones reuse them
+        for i, (v, cond) in enumerate(zip(todo, conds)):
+            vjob = video_job(job, v, resume=states[v.name] == "resume")
+            built = Built(model, {b: (c.to(device) if torch.is_tensor(c) else c) for b, c in cond.items()},
+                          vjob.family.make_noise(v.seed).to(device))
+            report = make_video(vjob, built, par, device, phases, start)
+            if i + 1 < len(todo):
+                _back_on(model, device)  # a decode may have offloaded the DiT (vae.offload_dit)
+            phases, start = {"encode": 0.0, "build": 0.0}, time.perf_counter()
+            if par.rank == 0 and listed:
+                entries[v.name] = entry(v, report, reused=False)
+                write_part(job, part, entries, mine)
+    if par.rank != 0 or not listed:
+        return report
+    part["wall_s"] = time.perf_counter() - t0
+    write_part(job, part, entries, mine)
+    return merge_parts(job, run_id) or dict(part, videos=[entries[v.name] for v in mine], complete=False)
+
+
+def encode_videos(job: Job, encoder, videos: list[VideoSpec], stage: bool) -> list[dict]:
+    """Every video's conditioning, encoded per image: the videos that share an image (all of them, for a
+    text-to-video list) go through one ``encode_many`` of a family object of theirs. ``stage``: kept on the CPU
+    until its video's turn (many videos), else left where the encoder put it."""
+    by_image: dict[str | None, list[VideoSpec]] = {}
+    for v in videos:
+        by_image.setdefault(v.image, []).append(v)
+    conds = {}
+    for image, group in by_image.items():
+        family = job.family if image == job.cfg.image else make_family(video_config(job.cfg, group[0]))
+        texts = [(v.prompt, v.negative_prompt) for v in group]
+        conds.update(zip([v.name for v in group], family.encode_many(encoder, texts, job.scfg.branches)))
+    return [{b: (c.cpu() if stage and torch.is_tensor(c) else c) for b, c in conds[v.name].items()} for v in videos]
+
+
+def _back_on(model: torch.nn.Module, device) -> None:
+    p = next(model.parameters(), None)
+    if p is not None and p.device != torch.device(device) and not hasattr(p, "to_local"):
+        model.to(device)
 
 
 def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) -> None:
@@ -89,7 +154,8 @@ def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) 
     apply_sequence_parallel(model, par)
     if job.cfg.parallel.fsdp:
         apply_fsdp(model, par, device)
-        job.family.load_weights(model, device)
+        with reading():
+            job.family.load_weights(model, device)
 
 
 def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):
@@ -124,23 +190,6 @@ def calibrated_table(job: Job, policy, result, par: ParallelContext) -> RatioTab
     return table
 
 
-def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | None:
-    """Run the job on this rank; rank 0 writes outputs and returns the report (others return None). A prompt
-    list's report is the job summary (rank 0 of the data-parallel group that finishes last writes it)."""
-    t0 = time.perf_counter()
-    if isinstance(job, JobConfig):
-        job = validate_job(job, par.job_comm.size)
-    if job.videos is not None:
-        from magcache_dist.batch import run_prompt_list
-
-        return run_prompt_list(job, par, device)
-    phases = {}
-    built = build(job, par, device, phases)
-    parallelize(job, built.model, par, device)
-    phases["build"] = time.perf_counter() - t0 - phases["encode"]
-    return make_video(job, built, par, device, phases, t0)
-
-
 def make_video(job: Job, built: Built, par: ParallelContext, device, phases: dict, t0: float) -> dict | None:
     """Sample one video with the built (and parallelized) model and write its outputs (rank 0)."""
     resolved = resolve_ratios(job.cfg, job.scfg, par)  # cache.mode=auto: rank 0 reads the store, every rank gets it
@@ -158,15 +207,6 @@ def make_video(job: Job, built: Built, par: ParallelContext, device, phases: dic
     if par.rank != 0:
         return None
     return finalize(job, built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0, par)
-
-
-OUTPUT_FILES = ("video.mp4", "image.png", "frames.png", "latents.pt", "ratios.json")
-
-
-def output_files(folder: str) -> dict[str, int]:
-    """The outputs in ``folder`` with their sizes in bytes."""
-    paths = {f: os.path.join(folder, f) for f in OUTPUT_FILES}
-    return {f: os.path.getsize(p) for f, p in paths.items() if os.path.isfile(p)}
 
 
 def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0,

@@ -1,28 +1,77 @@
-"""Model families: each module defines a ModelFamily subclass (magcache_dist/families/base.py) for its names.
+"""Model families and the model registry: one row per model name.
 
-The sampler, cache and parallel code are shared; a family only says how to validate, build, condition, make
-noise for and decode its model, and what its latents look like and cost (see docs/adding_a_model.md).
+Each family module defines a ModelFamily subclass (magcache_dist/families/base.py); the sampler, cache and parallel
+code are shared, and a family only says how to validate, build, condition, make noise for and decode its model, and
+what its latents look like and cost (see docs/adding_a_model.md).
 
-``MODULES`` is the registry: "module:Class" -> the model names it serves. ``base.make_family`` imports a module only
-when one of its names is used, so a job on the embedded model (or a rejected bad input) never imports diffusers'
-or transformers' model code. tests/unit checks that every class's ``names`` match this table.
+``MODELS`` is the registry: everything the code knows about a model name is its row here (its family class, its
+default MagCache preset, whether it is embedded, the checkpoint layouts it reads); every list of names elsewhere is
+derived from it. A family's module is imported only when one of its names is used (``base.make_family``), so a job
+on the embedded model (or a rejected bad input) never imports diffusers' or transformers' model code.
 """
-MODULES = {
-    "magcache_dist.families.tiny:TinyVideoFamily": ("tiny", "tiny-video"),
-    "magcache_dist.families.flux:FluxFamily": ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell",
-                                               "flux.1-schnell-tiny", "tiny-flux-dev", "tiny-flux-schnell"),
-    "magcache_dist.families.hunyuanvideo:HunyuanVideoFamily": ("hunyuanvideo", "hunyuanvideo-tiny",
-                                                               "tiny-hunyuanvideo"),
-    "magcache_dist.families.opensora:OpenSoraFamily": ("opensora-1.2", "opensora-1.2-tiny", "tiny-opensora"),
-    "magcache_dist.families.wan:WanFamily": ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p",
-                                             "wan2.1-i2v-14b-720p", "tiny-wan-t2v", "tiny-wan-i2v"),
-}
+from __future__ import annotations
 
-# the names that run without a checkpoint folder: the embedded model and the pixel-space tiny families (model.ckpt,
-# a tiny text encoder, no VAE); every other name is a full pipeline read from ckpt_dir
-EMBEDDED = ("tiny", "tiny-video", "flux.1-dev-tiny", "flux.1-schnell-tiny", "hunyuanvideo-tiny", "opensora-1.2-tiny")
+from dataclasses import dataclass
+from magcache_dist.errors import InputError
+
+TINY = "magcache_dist.families.tiny:TinyVideoFamily"
+WAN = "magcache_dist.families.wan:WanFamily"
+FLUX = "magcache_dist.families.flux:FluxFamily"
+HUNYUAN = "magcache_dist.families.hunyuanvideo:HunyuanVideoFamily"
+OPENSORA = "magcache_dist.families.opensora:OpenSoraFamily"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model name. ``family``: "module:Class" of its ModelFamily. ``preset``: the MagCache preset used when a job
+    names neither a preset nor a ratios file (None: no calibration ships; calibrate one or use cache.mode=online).
+    ``embedded``: runs without ``ckpt_dir`` (the DiT and a tiny text encoder from ``model.ckpt``, or seeded random
+    weights; no VAE). ``layouts``: the ``ckpt_dir`` layouts its family reads (``model.layout`` chooses among several).
+    The model's architecture is the entry of the same name in its family's table of sizes (models/*.py)."""
+    name: str
+    family: str
+    preset: str | None
+    embedded: bool = False
+    layouts: tuple[str, ...] = ("diffusers",)
+
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in (
+    ModelSpec("tiny", TINY, None, embedded=True, layouts=()),
+    ModelSpec("tiny-video", TINY, "tiny-video", embedded=True, layouts=()),
+    ModelSpec("wan2.1-t2v-1.3b", WAN, "wan2.1-t2v-1.3b", layouts=("official", "diffusers")),
+    ModelSpec("wan2.1-t2v-14b", WAN, "wan2.1-t2v-14b", layouts=("official", "diffusers")),
+    ModelSpec("wan2.1-i2v-14b-480p", WAN, "wan2.1-i2v-14b-480p", layouts=("official", "diffusers")),
+    ModelSpec("wan2.1-i2v-14b-720p", WAN, "wan2.1-i2v-14b-720p", layouts=("official", "diffusers")),
+    ModelSpec("tiny-wan-t2v", WAN, None, layouts=("official", "diffusers")),  # tests' tiny random folders
+    ModelSpec("tiny-wan-i2v", WAN, None, layouts=("official", "diffusers")),
+    ModelSpec("flux.1-dev", FLUX, "flux.1-dev"),
+    ModelSpec("flux.1-schnell", FLUX, None),  # no published ratios for schnell
+    ModelSpec("flux.1-dev-tiny", FLUX, "flux.1-dev", embedded=True, layouts=()),
+    # calibrated on the tiny pixel-space model only (configs/flux-schnell-tiny.yaml, cache.mode=calibrate)
+    ModelSpec("flux.1-schnell-tiny", FLUX, "flux.1-schnell-tiny", embedded=True, layouts=()),
+    ModelSpec("tiny-flux-dev", FLUX, "flux.1-dev"),
+    ModelSpec("tiny-flux-schnell", FLUX, None),
+    ModelSpec("hunyuanvideo", HUNYUAN, "hunyuanvideo-t2v-720p"),
+    ModelSpec("hunyuanvideo-tiny", HUNYUAN, "hunyuanvideo-t2v-544p", embedded=True, layouts=()),
+    ModelSpec("tiny-hunyuanvideo", HUNYUAN, "hunyuanvideo-t2v-544p"),
+    ModelSpec("opensora-1.2", OPENSORA, "opensora-1.2", layouts=("official",)),
+    ModelSpec("opensora-1.2-tiny", OPENSORA, "opensora-1.2", embedded=True, layouts=()),
+    ModelSpec("tiny-opensora", OPENSORA, "opensora-1.2", layouts=("official",)),
+)}
+
+
+def model_names() -> list[str]:
+    """Every model name with a pipeline."""
+    return sorted(MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry row of ``name``; ValueError naming model.name and the choices."""
+    if name not in MODELS:
+        raise InputError(f"model.name={name!r} is unknown; choose one of {model_names()}")
+    return MODELS[name]
 
 
 def uses_ckpt_dir(name: str) -> bool:
     """Whether model ``name`` is a full pipeline (text encoders, DiT, VAE) read from ``ckpt_dir``."""
-    return name not in EMBEDDED
+    return not model_spec(name).embedded

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from magcache_dist.config import resolve_path
-from magcache_dist.families import uses_ckpt_dir
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily, meta_param_count
 from models.layouts import Rule, is_official, official_to_diffusers
 from models.loading import load_state_dict_strict, read_tensors
 from models.tiny_text import TinyTextEncoder
 from models.wan import WanConfig, WanModel
+from magcache_dist.errors import InputError
 
 TEXT_ENCODER_PREFIX = "text_encoder."
 # parameters of the released text encoders several families load (the planner's encode phase)
@@ -32,7 +32,7 @@ def load_dit_and_text(ckpt: str, model, text, convert_dit=None) -> None:
     dit_sd, text_sd = split_text_encoder(read_tensors(resolve_path(ckpt)))
     load_state_dict_strict(model, convert_dit(dit_sd, where) if convert_dit else dit_sd, where)
     if not text_sd:
-        raise ValueError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
+        raise InputError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
     load_state_dict_strict(text, text_sd, f"{where} (text encoder)")
 
 
@@ -69,16 +69,12 @@ def wan_cost_figures(mcfg: WanConfig) -> CostFigures:
 
 class TinyFamily(ModelFamily):
     """Base of the FLUX.1, HunyuanVideo and Open-Sora families. Their embedded pixel-space sizes (``model.ckpt``, a
-    tiny text encoder, no VAE) are the names in ``families.EMBEDDED``; every other name is a full pipeline read
+    tiny text encoder, no VAE) are the registry's embedded names (families.MODELS); every other name is a full pipeline read
     from ``ckpt_dir`` (the published sizes, and ``tiny-*`` test sizes built by tests/support)."""
 
     family = ""
     cfg_mode = "distilled"
-    presets: dict = {}  # model name -> default MagCache preset
     rule = "wan"
-
-    def default_preset(self) -> str | None:
-        return self.presets.get(self.name)
 
     def cache_rule(self) -> str:
         return self.rule
@@ -87,7 +83,7 @@ class TinyFamily(ModelFamily):
     def pixel(self) -> bool:
         """The embedded pixel-space sizes (a tiny text encoder and the DiT in ``model.ckpt``, no VAE); the other
         names run the full pipeline from ``ckpt_dir`` (text encoders, DiT, VAE)."""
-        return not uses_ckpt_dir(self.name)
+        return self.spec.embedded
 
     def validate(self) -> None:
         if self.pixel:
@@ -105,18 +101,18 @@ class TinyFamily(ModelFamily):
         """Checks every size of the family shares (cache mode, parallel layout, solver)."""
         cfg, name = self.cfg, self.name
         if cfg.cache.mode == "teacache":
-            raise ValueError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
+            raise InputError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
                              f"{name}")
         p = cfg.parallel
         if p.backend != "native" and p.ulysses_degree * p.ring_degree > 1:
-            raise ValueError(f"parallel.backend={p.backend!r}: {self.family}'s attention seams have native sequence "
+            raise InputError(f"parallel.backend={p.backend!r}: {self.family}'s attention seams have native sequence "
                              f"parallelism only; use parallel.backend=native")
         if p.cfg_degree > 1:
-            raise ValueError(f"parallel.cfg_degree={p.cfg_degree}: {self.family} makes one call per step ("
+            raise InputError(f"parallel.cfg_degree={p.cfg_degree}: {self.family} makes one call per step ("
                              f"{'batched' if self.cfg_mode == 'batched' else 'guidance-distilled'}); use "
                              f"parallel.ulysses_degree / ring_degree instead")
         if cfg.sampler.solver != "euler":
-            raise ValueError(f"sampler.solver={cfg.sampler.solver!r}: {self.family} samples with Euler on its own "
+            raise InputError(f"sampler.solver={cfg.sampler.solver!r}: {self.family} samples with Euler on its own "
                              f"sigma grid; set sampler.solver=euler")
         self.check_geometry()
 

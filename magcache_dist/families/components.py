@@ -8,8 +8,8 @@ read later (text encoders, tokenizers, VAEs, images) is found and checked now, f
   sentencepiece model is not empty or a pointer, and the files that the tokenizer class needs are there (a folder
   with only a sentencepiece model needs the ``sentencepiece`` package to be read at all).
 - Config values: every field of a component's config.json whose meaning this project knows (a width, a count, a
-  norm epsilon, a scale) has the type and range it must have (``check_config_values``; families/folders.py's
-  ``read_config`` runs it on every config.json it reads).
+  norm epsilon, a scale) has the type and range it must have (``check_config_values``;
+  ``read_config``, which every family uses, runs it on every config.json it reads).
 - Images: fully decoded (PIL ``load``), not only their header.
 
 Every function raises ValueError naming the file (relative to ``ckpt_dir``), the field and the fix.
@@ -22,6 +22,8 @@ import json
 import math
 import os
 import zipfile
+
+from magcache_dist.errors import InputError
 
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/"
 ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -62,10 +64,10 @@ def lfs_pointer(path: str) -> bool:
 def _not_a_pointer(path: str, root: str | None, what: str) -> None:
     where = _at(path, root, what)
     if lfs_pointer(path):
-        raise ValueError(f"{where} is a git-lfs pointer file ({os.path.getsize(path)} bytes), not the file "
+        raise InputError(f"{where} is a git-lfs pointer file ({os.path.getsize(path)} bytes), not the file "
                          f"itself; run 'git lfs pull' in that folder (or download the file directly)")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{where} is empty; re-download that file")
+        raise InputError(f"{where} is empty; re-download that file")
 
 
 # ---- weight files ----------------------------------------------------------------------------------------------
@@ -79,12 +81,12 @@ def check_safetensors(path: str, root: str | None, what: str) -> None:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if n <= 0 or 8 + n > size:
-                raise ValueError(f"its header length {n} does not fit in the file's {size} bytes")
+                raise InputError(f"its header length {n} does not fit in the file's {size} bytes")
             header = json.loads(f.read(n))
         if not isinstance(header, dict):
-            raise ValueError("its header is not a JSON object")
+            raise InputError("its header is not a JSON object")
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where} is not a readable safetensors file ({e}); {fix}") from None
+        raise InputError(f"{where} is not a readable safetensors file ({e}); {fix}") from None
     end = 0
     for key, e in header.items():
         if key == "__metadata__":
@@ -93,14 +95,14 @@ def check_safetensors(path: str, root: str | None, what: str) -> None:
             and all(isinstance(d, int) and d >= 0 for d in e["shape"]) and isinstance(e.get("data_offsets"), list) \
             and len(e["data_offsets"]) == 2 and all(isinstance(o, int) for o in e["data_offsets"])
         if not ok:
-            raise ValueError(f"{where}: tensor {key!r} has a malformed header entry {e!r}; {fix}")
+            raise InputError(f"{where}: tensor {key!r} has a malformed header entry {e!r}; {fix}")
         start, stop = e["data_offsets"]
         if stop - start != math.prod(e["shape"]) * ST_ITEMSIZE[e["dtype"]] or start < 0:
-            raise ValueError(f"{where}: tensor {key!r} ({e['dtype']} {e['shape']}) has data_offsets "
+            raise InputError(f"{where}: tensor {key!r} ({e['dtype']} {e['shape']}) has data_offsets "
                              f"{e['data_offsets']} that do not match its size; {fix}")
         end = max(end, stop)
     if 8 + n + end != size:
-        raise ValueError(f"{where} is {size} bytes but its header describes {8 + n + end}: the file is "
+        raise InputError(f"{where} is {size} bytes but its header describes {8 + n + end}: the file is "
                          f"{'cut short' if size < 8 + n + end else 'longer than its tensors'}; {fix}")
 
 
@@ -114,18 +116,18 @@ def check_torch_archive(path: str, root: str | None, what: str) -> None:
     if magic != b"PK\x03\x04":
         if magic[:1] == b"\x80":  # a legacy (pre-1.6) pickled file: no directory to check
             return
-        raise ValueError(f"{where} is neither a torch zip archive nor a legacy torch file; re-download "
+        raise InputError(f"{where} is neither a torch zip archive nor a legacy torch file; re-download "
                          f"that file")
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{where} is a damaged or cut zip archive ({e}); re-download that file") from None
+        raise InputError(f"{where} is a damaged or cut zip archive ({e}); re-download that file") from None
     if not any(i.filename.endswith("data.pkl") for i in infos):
-        raise ValueError(f"{where} is a zip archive without torch's data.pkl; it is not a torch file")
+        raise InputError(f"{where} is a zip archive without torch's data.pkl; it is not a torch file")
     for i in infos:
         if i.header_offset + i.compress_size > size:
-            raise ValueError(f"{where} is cut short: member {i.filename!r} ends past the file's {size} "
+            raise InputError(f"{where} is cut short: member {i.filename!r} ends past the file's {size} "
                              f"bytes; re-download that file")
 
 
@@ -136,15 +138,15 @@ def check_index(path: str, root: str | None, what: str) -> None:
         with open(path) as f:
             weight_map = json.load(f).get("weight_map")
     except (OSError, ValueError, AttributeError) as e:
-        raise ValueError(f"{where} is not a readable index json ({e}); re-download that file") from None
+        raise InputError(f"{where} is not a readable index json ({e}); re-download that file") from None
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str)
                                                                      for v in weight_map.values()):
-        raise ValueError(f"{where}: 'weight_map' must be an object {{tensor name: shard file}}; "
+        raise InputError(f"{where}: 'weight_map' must be an object {{tensor name: shard file}}; "
                          f"re-download that file")
     for shard in sorted(set(weight_map.values())):
         p = os.path.join(os.path.dirname(path), shard)
         if os.path.basename(shard) != shard or not os.path.isfile(p):
-            raise ValueError(f"{where} names the shard {shard!r}, which is missing; copy every shard")
+            raise InputError(f"{where} names the shard {shard!r}, which is missing; copy every shard")
         check_weight_file(p, root, what)
 
 
@@ -171,16 +173,14 @@ def weights_in(folder: str) -> list[str]:
 def check_pretrained(root: str, sub: str, what: str, fix: str) -> dict:
     """A ``save_pretrained`` folder (a text encoder, a VAE, an image encoder): its config.json read and value-
     checked, and its weights found and checked. Returns the config."""
-    from magcache_dist.families.folders import read_config
-
     folder = os.path.join(root, sub)
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.isfile(cfg_path):
-        raise ValueError(f"ckpt_dir={root!r}: missing {what} config '{os.path.join(sub, 'config.json')}'; {fix}")
+        raise InputError(f"ckpt_dir={root!r}: missing {what} config '{os.path.join(sub, 'config.json')}'; {fix}")
     cfg = read_config(cfg_path, root)
     files = weights_in(folder)
     if not files:
-        raise ValueError(f"ckpt_dir={root!r}: no {what} weights (*.safetensors, *.bin or a sharded index) in "
+        raise InputError(f"ckpt_dir={root!r}: no {what} weights (*.safetensors, *.bin or a sharded index) in "
                          f"{sub}; {fix}")
     for f in files:
         check_weight_file(f, root, what)
@@ -194,7 +194,7 @@ def _json_file(path: str, root: str | None, what: str) -> object:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{_where(path, root)} ({what}) is not readable JSON ({e}); re-download that file") from None
+        raise InputError(f"{_where(path, root)} ({what}) is not readable JSON ({e}); re-download that file") from None
 
 
 def check_tokenizer(folder: str, root: str | None, what: str, fix: str) -> None:
@@ -202,18 +202,18 @@ def check_tokenizer(folder: str, root: str | None, what: str, fix: str) -> None:
     files that describe it parse, and one complete set of vocabulary files is there and readable."""
     where = f"ckpt_dir={root!r}: {rel(folder, root)}" if root else repr(folder)
     if not os.path.isdir(folder):
-        raise ValueError(f"{where} ({what}) is missing; {fix}")
+        raise InputError(f"{where} ({what}) is missing; {fix}")
     names = set(os.listdir(folder))
     if not names:
-        raise ValueError(f"{where} ({what}) is an empty folder; {fix}")
+        raise InputError(f"{where} ({what}) is an empty folder; {fix}")
     p = lambda name: os.path.join(folder, name)  # noqa: E731
     if "tokenizer_config.json" in names and not isinstance(_json_file(p("tokenizer_config.json"), root, what),
                                                             dict):
-        raise ValueError(f"{_where(p('tokenizer_config.json'), root)} ({what}) must be a JSON object; {fix}")
+        raise InputError(f"{_where(p('tokenizer_config.json'), root)} ({what}) must be a JSON object; {fix}")
     if "tokenizer.json" in names:
         tok = _json_file(p("tokenizer.json"), root, what)
         if not isinstance(tok, dict) or not isinstance(tok.get("model"), dict):
-            raise ValueError(f"{_where(p('tokenizer.json'), root)} ({what}) is not a tokenizers file (no 'model' "
+            raise InputError(f"{_where(p('tokenizer.json'), root)} ({what}) is not a tokenizers file (no 'model' "
                              f"object); {fix}")
         return  # a fast tokenizer: everything is in tokenizer.json
     spm = [n for n in SENTENCEPIECE_FILES if n in names]
@@ -221,22 +221,22 @@ def check_tokenizer(folder: str, root: str | None, what: str, fix: str) -> None:
         _not_a_pointer(p(n), root, what)
         with open(p(n), "rb") as f:
             if f.read(1) != b"\x0a":  # a ModelProto starts with its repeated 'pieces' field (1, length-delimited)
-                raise ValueError(f"{_where(p(n), root)} ({what}) is not a sentencepiece model; {fix}")
+                raise InputError(f"{_where(p(n), root)} ({what}) is not a sentencepiece model; {fix}")
     if spm:
         if importlib.util.find_spec("sentencepiece") is None:
-            raise ValueError(f"{where} ({what}) holds only a sentencepiece model ({spm[0]}, no tokenizer.json); "
+            raise InputError(f"{where} ({what}) holds only a sentencepiece model ({spm[0]}, no tokenizer.json); "
                              f"reading it needs the 'sentencepiece' package: pip install sentencepiece, or add the "
                              f"release's tokenizer.json to that folder")
         return
     if "vocab.json" in names and "merges.txt" in names:  # byte-level BPE (CLIP, GPT-2)
         if not isinstance(_json_file(p("vocab.json"), root, what), dict):
-            raise ValueError(f"{_where(p('vocab.json'), root)} ({what}) must be a JSON object; {fix}")
+            raise InputError(f"{_where(p('vocab.json'), root)} ({what}) must be a JSON object; {fix}")
         _not_a_pointer(p("merges.txt"), root, what)
         return
     if "vocab.txt" in names:  # WordPiece
         _not_a_pointer(p("vocab.txt"), root, what)
         return
-    raise ValueError(f"{where} ({what}) holds no vocabulary (tokenizer.json, a sentencepiece model such as "
+    raise InputError(f"{where} ({what}) holds no vocabulary (tokenizer.json, a sentencepiece model such as "
                      f"spiece.model, vocab.json + merges.txt, or vocab.txt); {fix}")
 
 
@@ -248,15 +248,15 @@ def check_image(path: str, key: str = "image", shown: str | None = None) -> tupl
 
     shown = path if shown is None else shown
     if not os.path.isfile(path):
-        raise ValueError(f"{key}={shown!r} does not exist")
+        raise InputError(f"{key}={shown!r} does not exist")
     if lfs_pointer(path):
-        raise ValueError(f"{key}={shown!r} is a git-lfs pointer file, not the image; run 'git lfs pull'")
+        raise InputError(f"{key}={shown!r} is a git-lfs pointer file, not the image; run 'git lfs pull'")
     try:
         with Image.open(path) as im:
             im.load()
             return im.size
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds (OSError, SyntaxError, DecompressionBombError)
-        raise ValueError(f"{key}={shown!r} is not a readable image ({type(e).__name__}: {e}); give a PNG or JPEG "
+        raise InputError(f"{key}={shown!r} is not a readable image ({type(e).__name__}: {e}); give a PNG or JPEG "
                          f"file that opens in an image viewer") from None
 
 
@@ -325,8 +325,26 @@ def check_config_values(c: dict, path: str, root: str | None, skip: tuple[str, .
     kinds: list[str] = []
     walk(c, "")
     if problems:
-        raise ValueError(f"{_where(path, root)} has " + "; ".join(f"{p} (must be {k})" for p, k in zip(problems, kinds))
+        raise InputError(f"{_where(path, root)} has " + "; ".join(f"{p} (must be {k})" for p, k in zip(problems, kinds))
                          + "; fix that field or re-download the file (numbers are written without quotes)")
+
+
+def read_config(path: str, root: str) -> dict:
+    """A component's config.json as a dict, every known field value-checked (``check_config_values``); an
+    InputError naming the file when it is a pointer, not JSON or not an object. (families.folders re-exports it.)"""
+    if lfs_pointer(path):
+        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is a git-lfs pointer file, not the file "
+                         f"itself; run 'git lfs pull' in that folder (or download the file directly)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            c = json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError (a binary file) are ValueErrors
+        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not readable JSON ({e}); "
+                         f"re-download that file") from None
+    if not isinstance(c, dict):
+        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not a JSON object; re-download it")
+    check_config_values(c, path, root)  # every known field's type and range, named with the file
+    return c
 
 
 # ---- schedulers ----------------------------------------------------------------------------------------------
@@ -352,20 +370,18 @@ def check_scheduler(root: str, classes: tuple[str, ...], extra: dict | None = No
     """The folder's scheduler/scheduler_config.json (None when absent): one of ``classes``, and every field this
     project does not implement at its no-effect value (``extra``: the family's own fields, e.g. HunyuanVideo's
     ``use_dynamic_shifting=False``). Returns the config."""
-    from magcache_dist.families.folders import read_config
-
     path = os.path.join(root, "scheduler", "scheduler_config.json")
     if not os.path.isfile(path):
         return None
     c = read_config(path, root)
     name = c.get("_class_name")
     if name is not None and name not in classes:
-        raise ValueError(f"ckpt_dir={root!r}: scheduler/scheduler_config.json is a {name}; this pipeline samples "
+        raise InputError(f"ckpt_dir={root!r}: scheduler/scheduler_config.json is a {name}; this pipeline samples "
                          f"like {' or '.join(classes)} only: use the release's scheduler folder")
     rules = {**NO_EFFECT.get(name or classes[0], {}), **(extra or {})}
     bad = [(k, c[k], v) for k, v in rules.items() if k in c and c[k] != v and not (v is None and c[k] is None)]
     if bad:
-        raise ValueError(f"ckpt_dir={root!r}: scheduler/scheduler_config.json sets "
+        raise InputError(f"ckpt_dir={root!r}: scheduler/scheduler_config.json sets "
                          + ", ".join(f"{k}={g!r}" for k, g, _ in bad)
                          + "; this project does not implement "
                          + ("it" if len(bad) == 1 else "them") + " (the video would differ from diffusers'): set "

@@ -32,6 +32,7 @@ from models.flux import FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, FluxDiT, flux_confi
 from models.layouts import is_official, official_to_diffusers
 from models.loading import check_shapes, read_shapes
 from models.tiny_text import TinyTextEncoder
+from magcache_dist.errors import InputError
 
 TINY_TEXT_LEN = 16
 # T5 tokens (max_sequence_length): BFL's published defaults (dev 512, schnell 256); the toy pipeline: 32
@@ -107,22 +108,16 @@ def check_flux_scheduler(root: str) -> dict | None:
         v = sched.get(key, SCHEDULERS["dev"][key])
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                 or (key == "shift" and v <= 0):
-            raise ValueError(f"{where} has {key}={v!r}; it must be a {'number > 0' if key == 'shift' else 'number'}"
+            raise InputError(f"{where} has {key}={v!r}; it must be a {'number > 0' if key == 'shift' else 'number'}"
                              f" (the release: {SCHEDULERS['dev'][key]})")
     if dynamic and sched.get("base_image_seq_len", 256) == sched.get("max_image_seq_len", 4096):
-        raise ValueError(f"{where} has base_image_seq_len = max_image_seq_len = {sched.get('max_image_seq_len')}; "
+        raise InputError(f"{where} has base_image_seq_len = max_image_seq_len = {sched.get('max_image_seq_len')}; "
                          f"the shift is interpolated between them, so they must differ (the release: 256 and 4096)")
     return sched
 
 
 class FluxFamily(TinyFamily):
-    names = ("flux.1-dev", "flux.1-dev-tiny", "flux.1-schnell", "flux.1-schnell-tiny", "tiny-flux-dev",
-             "tiny-flux-schnell")
     family = "FLUX.1"
-    # FLUX.1-schnell has no published MagCache ratios: calibrate one (cache.mode=calibrate / auto) or use
-    # cache.mode=online; the flux.1-schnell-tiny preset was calibrated on the tiny pixel-space model only
-    presets = {"flux.1-dev-tiny": "flux.1-dev", "flux.1-dev": "flux.1-dev", "tiny-flux-dev": "flux.1-dev",
-               "flux.1-schnell-tiny": "flux.1-schnell-tiny"}
     image_model = True
 
     def __init__(self, cfg):
@@ -140,7 +135,7 @@ class FluxFamily(TinyFamily):
     def validate(self) -> None:
         super().validate()
         if self.schnell and self.cfg.sampler.guidance != 1.0:
-            raise ValueError(f"sampler.guidance={self.cfg.sampler.guidance}: FLUX.1-schnell takes no guidance; set "
+            raise InputError(f"sampler.guidance={self.cfg.sampler.guidance}: FLUX.1-schnell takes no guidance; set "
                              f"sampler.guidance=1")
 
     def check_geometry(self) -> None:
@@ -176,13 +171,13 @@ class FluxFamily(TinyFamily):
                              self.name)
         levels = len(vae_cfg.get("block_out_channels", [0] * 4))
         if 2 ** (levels - 1) != VAE_SCALE:
-            raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: vae/config.json has {levels} levels (stride "
+            raise InputError(f"ckpt_dir={cfg.ckpt_dir!r}: vae/config.json has {levels} levels (stride "
                              f"{2 ** (levels - 1)}) but FLUX.1's VAE has stride {VAE_SCALE}; replace vae/")
         sched = check_flux_scheduler(root) or self.default_scheduler
         if cfg.model.ckpt is not None:  # BFL's official single file (or a diffusers-named one) replaces transformer/
             weights = resolve_path(cfg.model.ckpt)
             if not os.path.isfile(weights):
-                raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist; point it at the transformer file "
+                raise InputError(f"model.ckpt={cfg.model.ckpt!r} does not exist; point it at the transformer file "
                                  f"(e.g. flux1-dev.safetensors) or set model.ckpt=null to use ckpt_dir/transformer")
             components.check_weight_file(weights, None, "model.ckpt")
         else:

@@ -17,6 +17,7 @@ import datetime
 import os
 import signal
 import sys
+import traceback
 
 EXIT_BAD_INPUT, EXIT_DISAGREEMENT = 2, 3
 
@@ -28,7 +29,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from magcache_dist.config import load_config
+    from magcache_dist.errors import InputError
     from magcache_dist.job import validate_job
+    from magcache_dist.planner.preflight import memory_preflight
 
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -42,14 +45,22 @@ def main(argv=None) -> int:
             dry_run(cfg, write=rank == 0)
             return 0
         job = validate_job(cfg, world)
+        memory_preflight(job, world)  # the planner's estimate against the free memory, before any weight loads
         if rank == 0:  # a second job on the same output_dir stops here, naming the first (released at exit)
             from magcache_dist.io.probe import OutputLock
 
             lock = OutputLock(os.path.abspath(cfg.output_dir))
-    except ValueError as e:
+    except InputError as e:
         for line in str(e).splitlines() or [""]:  # one line per problem, each naming its key
             print(f"[rank {rank}] error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - a bug in the checks themselves: not the user's mistake
+        from magcache_dist.launcher.health import EXIT_RANK_FAILED
+
+        print(f"[rank {rank}] error: internal error while checking the job (a bug in magcache-dist):",
+              file=sys.stderr)
+        traceback.print_exception(e)
+        return EXIT_RANK_FAILED
     try:
         return run(job, rank, world, local_rank)
     finally:
@@ -88,6 +99,7 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
     """The job proper, once the input is known good (validated, output_dir locked)."""
     import torch.distributed as dist
 
+    from magcache_dist.errors import InputError
     from magcache_dist.launcher.health import build_health_monitor, on_launcher_stop, report_failure
     from magcache_dist.parallel.consensus import SkipDisagreement
     from magcache_dist.parallel.dims import build_dist_context, solo_context
@@ -121,7 +133,7 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
         if monitor is not None:
             monitor.mark_done()
         return 0
-    except ValueError as e:
+    except InputError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         if monitor is not None:  # e.g. this rank's checkpoint file is unreadable: the others must not wait
             monitor.post_failure(f"ValueError: {e}")
@@ -133,7 +145,7 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
             monitor.mark_reported()
         return EXIT_DISAGREEMENT
     except Exception as e:  # noqa: BLE001 - any other failure: name the rank and the cause, end the job
-        return report_failure(e, rank, monitor)
+        return report_failure(e, rank, monitor, log_dir=os.path.join(cfg.output_dir, "logs"))
     finally:
         if monitor is not None:
             monitor.stop()

@@ -18,6 +18,7 @@ from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, token_layout
 from magcache_dist.planner.profiles import load_profile
+from magcache_dist.errors import InputError
 
 GB = 1e9
 
@@ -28,14 +29,15 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     plan needs is checked (no weights, no files: a job for 8 GPUs can be planned on a laptop)."""
     from magcache_dist.cache.factory import build_cache
     from magcache_dist.config import resolve_dtypes
-    from magcache_dist.families.base import family_names, make_family
+    from magcache_dist.families import model_spec
+    from magcache_dist.families.base import make_family
     from magcache_dist.job import cache_spec, parallel_dims
 
     if job is None:
-        resolve_dtypes(cfg, on_gpu=load_profile(cfg.planner.device).name != "cpu")  # auto: the planned device's
-        if cfg.model.name not in family_names():
-            raise ValueError(f"model.name={cfg.model.name!r} is unknown; choose one of {family_names()}")
+        cfg = resolve_dtypes(cfg, on_gpu=load_profile(cfg.planner.device).name != "cpu")  # auto: the planned device's
+        model_spec(cfg.model.name)  # an unknown name: the error names the choices
         family = make_family(cfg)
+        cfg = family.cfg
         family.check_geometry()
         from magcache_dist.job import checked_sampler
 
@@ -44,9 +46,9 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
         dims.validate(dims.world_size, family.num_heads(), len(scfg.branches))
         policy = build_cache(cache_spec(cfg, family, scfg)) if cfg.cache.mode == "magcache" else None
     else:
-        family, scfg, dims, policy = job.family, job.scfg, job.dims, job.policy
+        cfg, family, scfg, dims, policy = job.cfg, job.family, job.scfg, job.dims, job.policy
     if cfg.model.dtype not in DTYPE_BYTES:
-        raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
+        raise InputError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
     branches = scfg.branches
     profile = load_profile(cfg.planner.device)
     v = cfg.video

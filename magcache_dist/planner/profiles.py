@@ -5,6 +5,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from magcache_dist.errors import InputError
 
 PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
 
@@ -49,7 +50,7 @@ class DeviceProfile:
 
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
-            raise ValueError(f"planner.device={self.name!r} has no peak FLOP/s for model.dtype={dtype!r}; "
+            raise InputError(f"planner.device={self.name!r} has no peak FLOP/s for model.dtype={dtype!r}; "
                              f"choose one of {sorted(self.peak_flops)}")
         return float(self.peak_flops[dtype])
 
@@ -73,10 +74,10 @@ def check_profile_fields(obj, where: str) -> None:
     """A profile's JSON: an object with every figure a finite number >= 0 (a value such as "80GB" names its field and
     the unit it is given in)."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{where} must be a JSON object of figures, got {type(obj).__name__}")
+        raise InputError(f"{where} must be a JSON object of figures, got {type(obj).__name__}")
     missing = [k for k in (*NUMBERS, "peak_flops", "gemm_efficiency", "attention_efficiency") if k not in obj]
     if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)}; every profile gives them (see profiles/h100.json)")
+        raise InputError(f"{where} lacks {', '.join(missing)}; every profile gives them (see profiles/h100.json)")
     bad = []
     for k in (*NUMBERS, *PER_DTYPE):
         if k not in obj:
@@ -86,7 +87,7 @@ def check_profile_fields(obj, where: str) -> None:
         if (k == "peak_flops" and not isinstance(v, dict)) or not all(_plain_number(x) for x in values):
             bad.append(f"{k}={v!r}")
     if bad:
-        raise ValueError(f"{where} has {'; '.join(bad)}: each must be a plain number >= 0 in the profile's units "
+        raise InputError(f"{where} has {'; '.join(bad)}: each must be a plain number >= 0 in the profile's units "
                          f"(bytes, bytes/s, FLOP/s, seconds; peak_flops per dtype), without a unit suffix, e.g. "
                          f"memory_capacity: 80e9")
 
@@ -94,13 +95,13 @@ def check_profile_fields(obj, where: str) -> None:
 def load_profile(name_or_path: str) -> DeviceProfile:
     path = name_or_path if name_or_path.endswith(".json") else os.path.join(PROFILE_DIR, f"{name_or_path}.json")
     if not os.path.isfile(path):
-        raise ValueError(f"planner.device={name_or_path!r} is unknown; choose one of {profile_names()} or give a "
+        raise InputError(f"planner.device={name_or_path!r} is unknown; choose one of {profile_names()} or give a "
                          f"path to a profile .json")
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError (a binary file)
-        raise ValueError(f"planner.device={name_or_path!r}: {path} is not readable JSON ({e}); give a profile "
+        raise InputError(f"planner.device={name_or_path!r}: {path} is not readable JSON ({e}); give a profile "
                          f"like magcache_dist/planner/profiles/h100.json") from None
     check_profile_fields(obj, f"planner.device={name_or_path!r}: {path}")
     try:
@@ -108,14 +109,14 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         prof = DeviceProfile(**{k: v for k, v in obj.items() if k in known},
                              extra={k: v for k, v in obj.items() if k not in known})
     except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"planner.device={name_or_path!r}: {path} is not a valid profile ({e})") from None
+        raise InputError(f"planner.device={name_or_path!r}: {path} is not a valid profile ({e})") from None
     for k in ("gemm_efficiency", "attention_efficiency", "link_efficiency"):
         v = getattr(prof, k)
         values = list(v.values()) if isinstance(v, dict) else [v]
         if isinstance(v, dict) and k != "link_efficiency" and set(v) != set(prof.peak_flops):
-            raise ValueError(f"planner.device={name_or_path!r}: {k} gives dtypes {sorted(v)} but peak_flops gives "
+            raise InputError(f"planner.device={name_or_path!r}: {k} gives dtypes {sorted(v)} but peak_flops gives "
                              f"{sorted(prof.peak_flops)}")
         top = float("inf") if k == "attention_efficiency" else 1  # relative to the GEMM peak: may exceed 1
         if not all(isinstance(x, (int, float)) and 0 < x <= top for x in values):
-            raise ValueError(f"planner.device={name_or_path!r}: {k}={v} must be in (0, {top}]")
+            raise InputError(f"planner.device={name_or_path!r}: {k}={v} must be in (0, {top}]")
     return prof

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from magcache_dist.errors import InputError
+
 
 def linear_grid(num_steps: int) -> np.ndarray:
     return np.linspace(1.0, 0.0, num_steps + 1)[:-1]
@@ -51,6 +53,6 @@ def check_grid(sigmas, num_steps: int, what: str) -> None:
         and all(a >= b for a, b in zip(vals, vals[1:]))
     if not ok:
         shown = ", ".join(f"{s:.4g}" for s in vals[:4]) + (" ..." if len(vals) > 4 else "")
-        raise ValueError(f"the sampler's sigma grid for {what} is not usable ([{shown}]: it must hold "
+        raise InputError(f"the sampler's sigma grid for {what} is not usable ([{shown}]: it must hold "
                          f"sampler.num_steps={num_steps} finite values in (0, 1], not increasing); change those "
                          f"values")

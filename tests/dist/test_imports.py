@@ -1,7 +1,7 @@
-"""Import hygiene: no import circle (none among the imports modules run when they load, so any module can be imported
-first; every module imports in a fresh interpreter, forwards and backwards), the family table matches the names each
-family class declares, and neither the config layer nor validation of an embedded-model job imports diffusers or
-transformers (a rejected bad input must not pay for them)."""
+"""Import hygiene: no import circle (counting imports inside functions; every module imports in a fresh
+interpreter, forwards and backwards), the family table matches the names each family class declares, and
+neither the config layer nor validation of an embedded-model job imports diffusers or transformers (a rejected
+bad input must not pay for them)."""
 import ast
 import importlib
 import pathlib
@@ -18,43 +18,42 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=180)
 
 
-def _module_level_imports(path: pathlib.Path, name: str, known: set) -> set:
-    """The project modules ``name`` imports when it is executed: its top-level ``import`` / ``from ... import``
-    statements, including those under a top-level ``if`` / ``try`` (but not ``if TYPE_CHECKING:``); imports inside
-    functions run later and cannot make a circle at import time."""
+def _imports(path: pathlib.Path, name: str, known: set) -> set:
+    """The project modules ``name`` imports anywhere: at the top, under an ``if`` / ``try`` and inside functions
+    (an import inside a function is still a dependency: a circle hidden in a function is a circle), but not under
+    ``if TYPE_CHECKING:``."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
 
-    def visit(stmts):
-        for node in stmts:
-            if isinstance(node, ast.If):
-                if "TYPE_CHECKING" not in ast.unparse(node.test):
-                    visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                for block in (node.body, node.orelse, node.finalbody, *[h.body for h in node.handlers]):
-                    visit(block)
-            elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name in known)
-            elif isinstance(node, ast.ImportFrom):
-                base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
-                    if node.level else node.module
-                for a in node.names:  # `from pkg import sub` imports the module pkg.sub, `from mod import x` mod
-                    target = f"{base}.{a.name}"
-                    found.add(target if target in known else base)
+    def visit(node):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                if node.level else node.module
+            for a in node.names:  # `from pkg import sub` imports the module pkg.sub, `from mod import x` mod
+                target = f"{base}.{a.name}"
+                found.add(target if target in known else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
 
-    visit(ast.parse(path.read_text()).body)
+    visit(ast.parse(path.read_text()))
     return (found & known) - {name}
 
 
-def test_no_module_level_import_circle():
-    # no circle among the imports each module runs when it loads: then every module can be imported first, in any
-    # order (a circle there is what breaks `import x` in a fresh interpreter while `import y; import x` works)
+def test_no_import_circle():
+    # no circle among the modules' imports, counting those inside functions: the package is layered (a circle at load
+    # time is what breaks `import x` in a fresh interpreter while `import y; import x` works; one hidden in a
+    # function is the same tangle)
     root = pathlib.Path(magcache_dist.__file__).parent
     files = {".".join(("magcache_dist", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
              for p in root.rglob("*.py")}
     assert len(files) > 50
-    graph = {m: _module_level_imports(p, m, set(files)) for m, p in files.items()}
+    graph = {m: _imports(p, m, set(files)) for m, p in files.items()}
     assert graph["magcache_dist.run"] and graph["magcache_dist.job"]  # the scan sees the imports
     state, circles = {}, []
 
@@ -84,17 +83,23 @@ def test_every_package_imports_in_a_fresh_interpreter():
     assert not failed, failed
 
 
-def test_family_table_matches_the_classes():
-    from magcache_dist.families import EMBEDDED, MODULES as TABLE
+def test_every_registry_row_is_served():
+    # each model name's row: a ModelFamily class that builds a family object for it (its size is in the family's
+    # table of sizes), and a default preset that exists
+    from magcache_dist.cache.presets import preset_names
+    from magcache_dist.config import JobConfig, ModelSection
+    from magcache_dist.families import MODELS, model_names
     from magcache_dist.families.base import ModelFamily, family_class
 
-    for target, names in TABLE.items():
-        module, name = target.split(":")
-        cls = getattr(importlib.import_module(module), name)
-        assert issubclass(cls, ModelFamily) and set(cls.names) == set(names), target
-        assert all(family_class(n) is cls for n in names)
-    assert set(EMBEDDED) < {n for names in TABLE.values() for n in names}  # the checkpoint-free names are served
-    with pytest.raises(ValueError, match=r"model\.name='sdxl' has no pipeline; choose one of"):
+    assert model_names() == sorted(MODELS) and len(MODELS) >= 20
+    for name, spec in MODELS.items():
+        cls = family_class(name)
+        assert issubclass(cls, ModelFamily), name
+        family = cls(JobConfig(model=ModelSection(name=name)))
+        assert family.spec is spec and family.default_preset() == spec.preset
+        assert spec.preset is None or spec.preset in preset_names(), name
+        assert spec.embedded == (spec.layouts == ()), name  # a folder model reads at least one layout
+    with pytest.raises(ValueError, match=r"model\.name='sdxl' is unknown; choose one of \['flux"):
         family_class("sdxl")
 
 
