@@ -352,7 +352,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             msg += _suggest(key)
         raise InputError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
     check_values(job)
-    expand_home(job)
+    job = expand_home(job)
     set_at = {}  # key -> index of the last source that set it (0: the file, then each override in order)
     for i, part in enumerate(parts, start=0 if path is not None else 1):
         for key in _leaves(part):
@@ -403,20 +403,20 @@ PATHS = ("output_dir", "model.ckpt", "ckpt_dir", "image", "prompts_file", "cache
          "cache.calibration.store_dir", "cache.calibration.out", "checkpoint.dir", "planner.device")
 
 
-def expand_home(job: JobConfig) -> None:
-    """In place: ``~`` / ``~user`` at the start of every path key expanded (ValueError when it cannot be)."""
+def expand_home(job: JobConfig) -> JobConfig:
+    """``job`` with ``~`` / ``~user`` at the start of every path key expanded (InputError when it cannot be)."""
+    changes = {}
     for key in PATHS:
-        *sections, leaf = key.split(".")
-        obj = job
-        for part in sections:
-            obj = getattr(obj, part)
-        v = getattr(obj, leaf)
+        v = job
+        for part in key.split("."):
+            v = getattr(v, part)
         if isinstance(v, str) and v.startswith("~"):
             expanded = os.path.expanduser(v)
             if expanded.startswith("~"):
                 raise InputError(f"{key}={v!r}: '{v.split(os.sep)[0]}' is not a home folder on this machine; give "
                                  f"an absolute path")
-            setattr(obj, leaf, expanded)
+            changes[key] = expanded
+    return evolve(job, **changes) if changes else job
 
 
 def check_values(job: JobConfig) -> None:

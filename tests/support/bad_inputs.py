@@ -711,13 +711,13 @@ def _tiny_resume_state(tmp, pointer_edit=None, rank_files: bool = True, rank_edi
     import torch
 
     from magcache_dist.checkpoint import FORMAT, POINTER, config_hash, fingerprint
-    from magcache_dist.config import load_config, resolve_dtypes
+    from magcache_dist.config import load_config
+    from magcache_dist.families.base import make_family
     from tests.support.helpers import job_overrides
 
-    cfg = load_config(None, job_overrides(os.path.join(tmp, "tiny.safetensors"), os.path.join(tmp, "out"),
-                                          "parallel.ulysses_degree=2"))
-    resolve_dtypes(cfg, on_gpu=torch.cuda.is_available())
-    fp = fingerprint(cfg)
+    given = load_config(None, job_overrides(os.path.join(tmp, "tiny.safetensors"), os.path.join(tmp, "out"),
+                                            "parallel.ulysses_degree=2"))
+    fp = fingerprint(make_family(given).cfg)  # resolved as validation resolves it (dtypes, sampler defaults)
     ptr = dict(format=FORMAT, next_step=4, world_size=2, config_hash=config_hash(fp), config=fp)
     if pointer_edit:
         pointer_edit(ptr)
