@@ -99,7 +99,7 @@ RANK_FIELDS = dict(format=_STR, next_step=_INT, rank=_INT, world_size=_INT, conf
 
 
 def check_fields(obj: dict, fields: dict, path: str) -> None:
-    """Every field of a checkpoint file present with its kind, or a ValueError naming the file and the fields."""
+    """Every field of a checkpoint file present with its kind, or an InputError naming the file and the fields."""
     bad = [f"{k}={obj.get(k, '<missing>')!r} (must be {what})" for k, (ok, what) in fields.items()
            if k not in obj or not ok(obj[k])]
     if bad:

@@ -12,7 +12,7 @@ read later (text encoders, tokenizers, VAEs, images) is found and checked now, f
   ``read_config``, which every family uses, runs it on every config.json it reads).
 - Images: fully decoded (PIL ``load``), not only their header.
 
-Every function raises ValueError naming the file (relative to ``ckpt_dir``), the field and the fix.
+Every function raises InputError naming the file (relative to ``ckpt_dir``), the field and the fix.
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def opensora_shift(height: int, width: int, num_frames: int, base_resolution: in
 def check_grid(sigmas, num_steps: int, what: str) -> None:
     """A family's sigma grid is usable: ``num_steps`` finite values in (0, 1], not increasing, so that step 0 never
     divides by zero or starts from something other than noise. ``what``: the keys that made the grid, for the
-    message (a ValueError)."""
+    message (an InputError)."""
     vals = [float(s) for s in sigmas]
     ok = len(vals) == num_steps and all(math.isfinite(s) and 0 < s <= 1 + 1e-6 for s in vals) \
         and all(a >= b for a, b in zip(vals, vals[1:]))
