@@ -17,7 +17,7 @@ from magcache_dist.errors import InputError
 FIELDS = ("prompt", "seed", "negative_prompt", "image", "name")
 SUMMARY_FORMAT = "magcache-prompt-job/1"  # a prompt-list job's summary.json (magcache_dist/batch.py; read by eval)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# what a prompt-list job writes into output_dir itself (magcache_dist/batch.py, checkpoint.py, io/probe.py): a
+# what a prompt-list job writes into output_dir itself (magcache_dist/videos.py, checkpoint.py, io/probe.py): a
 # video folder of one of these names would collide with it
 RESERVED_NAMES = ("summary.json", "summary.md", ".summary", "report.json", "checkpoint", "plan.json", "video.mp4",
                   "image.png", "frames.png", "latents.pt", "ratios.json", ".magcache-dist.lock")
