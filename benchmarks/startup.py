@@ -89,7 +89,8 @@ def file_cases(tmp: str) -> None:
             put(os.path.join(root, "google", "umt5-xxl", "tokenizer.json"), json.dumps({"model": {"type": "Unigram"}}))
         torch.save({"w": torch.zeros(4)}, os.path.join(root, "Wan2.1_VAE.pth"))
         if clip:
-            torch.save({"w": torch.zeros(4)}, os.path.join(root, "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"))
+            clip_file = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+            torch.save({"w": torch.zeros(4)}, os.path.join(root, clip_file))
 
     wan("wan-cut", cut_dit=True)
     wan("wan-lfs", t5=pointer)

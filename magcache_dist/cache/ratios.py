@@ -131,8 +131,8 @@ class RatioTable:
         branches = entry.get("branches", ["cond", "uncond"] if interleaved else ["cond"])
         if not isinstance(branches, list) or len(branches) != (2 if interleaved else 1) \
                 or not all(isinstance(b, str) and b for b in branches) or len(set(branches)) != len(branches):
-            raise InputError(f"{where}: 'branches' must list {'2 distinct branch names (interleaved)' if interleaved else '1 branch name'}"
-                             f", got {branches!r}")
+            need = "2 distinct branch names (interleaved)" if interleaved else "1 branch name"
+            raise InputError(f"{where}: 'branches' must list {need}, got {branches!r}")
         if interleaved:
             if len(raw) != 2 * n:
                 raise InputError(f"{where}: interleaved mag_ratios must hold 2*num_steps={2 * n} values, got {len(raw)}")
