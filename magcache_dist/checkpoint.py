@@ -81,9 +81,48 @@ def read_pointer(cfg: JobConfig) -> dict:
             ptr = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"resume=true: {path} is unreadable ({e}); set resume=false to start from scratch") from None
-    if not isinstance(ptr, dict) or ptr.get("format") != FORMAT or not isinstance(ptr.get("next_step"), int):
+    if not isinstance(ptr, dict) or ptr.get("format") != FORMAT:
         raise InputError(f"resume=true: {path} is not a {FORMAT!r} pointer; set resume=false to start from scratch")
+    check_fields(ptr, POINTER_FIELDS, path)
     return ptr
+
+
+# the fields of latest.json and of a rank file, and what each must be (a null or missing one is an error)
+_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
+_STR = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+_DICT = (lambda v: isinstance(v, dict), "an object")
+POINTER_FIELDS = dict(format=_STR, next_step=_INT, world_size=_INT, config_hash=_STR, config=_DICT)
+RANK_FIELDS = dict(format=_STR, next_step=_INT, rank=_INT, world_size=_INT, config_hash=_STR,
+                   x=(torch.is_tensor, "a tensor"), scheduler=_DICT, cache=_DICT,
+                   rng=(lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")),
+                        "an object with the 'torch' RNG state"))
+
+
+def check_fields(obj: dict, fields: dict, path: str) -> None:
+    """Every field of a checkpoint file present with its kind, or an InputError naming the file and the fields."""
+    bad = [f"{k}={obj.get(k, '<missing>')!r} (must be {what})" for k, (ok, what) in fields.items()
+           if k not in obj or not ok(obj[k])]
+    if bad:
+        shown = [b if len(b) < 120 else b[:100] + "...)" for b in bad]
+        raise InputError(f"resume=true: {path} has {'; '.join(shown)}: it is damaged or from another version; "
+                         f"set resume=false to start from scratch")
+
+
+def read_rank_file(path: str, mmap: bool = False) -> dict:
+    """A rank file as plain data (``weights_only``), schema-checked; ``mmap``: tensors stay in the file (the check
+    before any collective reads no tensor data)."""
+    if not os.path.isfile(path):
+        raise InputError(f"resume=true: {path} is missing (checkpoint.dir must be shared by all ranks); set "
+                         f"resume=false to start from scratch")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated file, or anything that is not plain data
+        raise InputError(f"resume=true: {path} could not be read as plain data (weights_only=True): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0]}; set resume=false") from None
+    if not isinstance(sd, dict) or sd.get("format") != FORMAT:
+        raise InputError(f"resume=true: {path} is not a {FORMAT!r} file; set resume=false")
+    check_fields(sd, RANK_FIELDS, path)
+    return sd
 
 
 def config_diff(saved: dict, now: dict) -> list[str]:
@@ -119,6 +158,13 @@ def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
     if not 0 < ptr["next_step"] < cfg.sampler.num_steps:
         raise InputError(f"resume=true: the checkpoint's next step {ptr['next_step']} is outside 1.."
                          f"{cfg.sampler.num_steps - 1} (sampler.num_steps); set resume=false")
+    for rank in range(world_size):  # every rank's file, found and schema-checked before any collective
+        path = os.path.join(d, f"step{ptr['next_step']:06d}.rank{rank:04d}.pt")
+        sd = read_rank_file(path, mmap=True)
+        if (sd["config_hash"], sd["next_step"], sd["rank"], sd["world_size"]) != \
+                (ptr["config_hash"], ptr["next_step"], rank, world_size):
+            raise InputError(f"resume=true: {path} belongs to another job, step or rank than {POINTER} says; set "
+                             f"resume=false to start from scratch")
 
 
 class Checkpointer:
@@ -187,15 +233,7 @@ class Checkpointer:
         ptr = read_pointer(self.cfg) if self.par.rank == 0 else None
         next_step = self.par.world.broadcast_object(ptr["next_step"] if ptr else None)
         path = self.rank_file(next_step)
-        if not os.path.isfile(path):
-            raise InputError(f"resume=true: {path} is missing (checkpoint.dir must be shared by all ranks)")
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated file, or anything that is not plain data
-            raise InputError(f"resume=true: {path} could not be read as plain data (weights_only=True): "
-                             f"{type(e).__name__}: {str(e).splitlines()[0]}; set resume=false") from None
-        if not isinstance(sd, dict) or sd.get("format") != FORMAT:
-            raise InputError(f"resume=true: {path} is not a {FORMAT!r} file; set resume=false")
+        sd = read_rank_file(path)
         if (sd["config_hash"], sd["next_step"], sd["rank"], sd["world_size"]) != \
                 (self.hash, next_step, self.par.rank, self.par.world.size):
             raise InputError(f"resume=true: {path} belongs to another job or rank (config hash {sd['config_hash']} "

@@ -360,6 +360,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             msg += _suggest(key)
         raise InputError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
     check_values(job)
+    job = expand_home(job)
     set_at = {}  # key -> index of the last source that set it (0: the file, then each override in order)
     for i, part in enumerate(parts, start=0 if path is not None else 1):
         for key in _leaves(part):
@@ -404,6 +405,28 @@ RANGES = {
 NON_EMPTY = ("output_dir", "model.ckpt", "ckpt_dir", "image", "cache.magcache.ratios_file",
              "cache.calibration.store_dir", "cache.calibration.out", "cache.magcache.preset", "cache.magcache.rule",
              "checkpoint.dir")
+
+
+# the keys that name files or folders: a leading ~ is the user's home, as in a shell (YAML and key=value
+# overrides do not expand it; without this a folder named '~' would appear in the working directory)
+PATHS = ("output_dir", "model.ckpt", "ckpt_dir", "image", "prompts_file", "cache.magcache.ratios_file",
+         "cache.calibration.store_dir", "cache.calibration.out", "checkpoint.dir", "planner.device")
+
+
+def expand_home(job: JobConfig) -> JobConfig:
+    """``job`` with ``~`` / ``~user`` at the start of every path key expanded (InputError when it cannot be)."""
+    changes = {}
+    for key in PATHS:
+        v = job
+        for part in key.split("."):
+            v = getattr(v, part)
+        if isinstance(v, str) and v.startswith("~"):
+            expanded = os.path.expanduser(v)
+            if expanded.startswith("~"):
+                raise InputError(f"{key}={v!r}: '{v.split(os.sep)[0]}' is not a home folder on this machine; give "
+                                 f"an absolute path")
+            changes[key] = expanded
+    return evolve(job, **changes) if changes else job
 
 
 def check_values(job: JobConfig) -> None:

@@ -16,13 +16,14 @@ from magcache_dist.cache.magcache import MagCacheConfig
 from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, check_spec, resolve_preset
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, explicitly_set, resolve_path
-from magcache_dist.families import WAN, model_spec
+from magcache_dist.families import FLUX, HUNYUAN, OPENSORA, WAN, model_spec
 from magcache_dist.families.base import DTYPES, ModelFamily, make_family
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.parallel.fsdp import check_fsdp
 from magcache_dist.prompts import VideoSpec, read_prompts, video_config
+from magcache_dist.sampling.grids import check_grid
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.errors import InputError, reading
 
@@ -80,7 +81,7 @@ def validate_job(given: JobConfig, world_size: int) -> Job:
     check_applicable(given)
     if cfg.video.fps < 1:
         raise InputError(f"video.fps={cfg.video.fps} must be >= 1")
-    scfg = family.sampler_config()
+    scfg = checked_sampler(cfg, family)
     dims = parallel_dims(cfg)
     dims.validate(world_size, family.num_heads(), len(scfg.branches))
     check_backend(cfg.parallel.backend)
@@ -106,6 +107,17 @@ def validate_job(given: JobConfig, world_size: int) -> Job:
     return Job(cfg, family, dims, scfg, spec, policy, videos)
 
 
+def checked_sampler(cfg: JobConfig, family: ModelFamily) -> SamplerConfig:
+    """The family's sampler settings, its sigma grid checked: no accepted input starts from NaN at step 0."""
+    scfg = family.sampler_config()
+    if scfg.sigmas is not None:
+        v = cfg.video
+        check_grid(scfg.sigmas, scfg.num_steps, f"model.name={cfg.model.name!r} at video.frames={v.frames}, "
+                   f"video.height={v.height}, video.width={v.width} (with sampler.num_steps, sampler.shift and the "
+                   f"checkpoint's scheduler)")
+    return scfg
+
+
 def check_prompt_list(given: JobConfig, cfg: JobConfig) -> list[VideoSpec] | None:
     """prompts_file: its videos (each one's own inputs checked, e.g. an I2V line's image), else None. ``given``: the
     config as written (which sources set prompt and prompts_file), ``cfg``: resolved."""
@@ -126,6 +138,10 @@ def check_prompt_list(given: JobConfig, cfg: JobConfig) -> list[VideoSpec] | Non
         raise InputError("cache.calibration.out names one file, but a prompt list calibrates per video (each "
                          "video's folder gets its ratios.json); remove it, or use cache.calibration.store_dir")
     videos = read_prompts(resolve_path(cfg.prompts_file), cfg.seed, cfg.negative_prompt, cfg.image)
+    problems = [f"prompts_file={cfg.prompts_file!r} line {v.line}: {key} {why}" for v in videos for key in v.given
+                if (why := inapplicable(video_config(cfg, v), key))]
+    if problems:
+        raise InputError("\n".join(problems[:8]))  # a line's field is checked like the same key of the job
     for v in videos:
         if v.image != cfg.image:  # the line's own inputs: checked like a single video's
             with reading():
@@ -139,6 +155,22 @@ def _is_wan(cfg: JobConfig) -> bool:
 
 def _is_pipeline(cfg: JobConfig) -> bool:
     return not model_spec(cfg.model.name).embedded
+
+
+def _is_flux(cfg: JobConfig) -> bool:
+    return model_spec(cfg.model.name).family == FLUX
+
+
+def _uses_negative(cfg: JobConfig) -> bool:
+    """Whether a negative prompt reaches the model: Open-Sora's batched CFG rows, or an unconditional branch of
+    the separate-CFG families (sampler.guidance != 1); FLUX.1 and HunyuanVideo are guidance-distilled (one call,
+    no negative). An empty negative prompt is no negative at all."""
+    family = model_spec(cfg.model.name).family
+    if cfg.negative_prompt == "":
+        return True
+    if family in (FLUX, HUNYUAN):
+        return False
+    return family == OPENSORA or cfg.sampler.guidance != 1.0  # unset (None): the family's default, not 1
 
 
 _MAGCACHE_MODES = ("magcache", "auto", "online")
@@ -161,6 +193,11 @@ APPLIES = [
     ("model.layout", ("model.name",), _is_wan, "Wan2.1 models"),
     ("text_encoder.", ("model.name",), _is_pipeline, "models read from a checkpoint folder (not the embedded ones)"),
     ("vae.", ("model.name",), _is_pipeline, "models read from a checkpoint folder (not the embedded ones)"),
+    ("negative_prompt", ("model.name", "sampler.guidance"), _uses_negative,
+     "models that run classifier-free guidance (Wan2.1 and the embedded models with sampler.guidance != 1, "
+     "Open-Sora 1.2; FLUX.1 and HunyuanVideo are guidance-distilled)"),
+    ("sampler.shift", ("model.name",), lambda c: not _is_flux(c),
+     "models whose sigma grid takes a shift (FLUX.1's grid comes from its scheduler and the image size)"),
 ]
 
 
@@ -181,6 +218,18 @@ def check_applicable(cfg: JobConfig) -> None:
                      if set_at[k] >= switched]
     if problems:
         raise InputError("\n".join(problems))  # one line per problem
+
+
+def inapplicable(cfg: JobConfig, key: str) -> str | None:
+    """Why ``key`` has no effect for ``cfg`` (the APPLIES row's words), or None when it applies: for values given
+    outside the config, e.g. a prompt list line's ``image``."""
+    for pattern, deciders, applies, what in APPLIES:
+        if key == pattern or (pattern.endswith(".") and key.startswith(pattern)):
+            if applies(cfg):
+                return None
+            now = ", ".join(f"{d}={_get(cfg, d)!r}" for d in deciders)
+            return f"does not apply here ({now}); it is for {what}: remove it"
+    return None
 
 
 def _get(cfg, dotted: str):

@@ -33,6 +33,11 @@ def main(argv=None) -> int:
                          "for all CFG branches (what cache.branch_sync=joint runs)")
     args = ap.parse_args(argv)
     try:
+        from magcache_dist.config import RANGES
+
+        top = RANGES["sampler.num_steps"][2]  # the cap generate applies to sampler.num_steps
+        if not 1 <= args.steps <= top:
+            raise InputError(f"--steps={args.steps} must be >= 1 and <= {top} (as sampler.num_steps)")
         cfg = MagCacheConfig(thresh=args.thresh, K=args.K, retention=args.retention)
         if args.preset:
             branches = get_preset(args.preset).table.branches

@@ -17,6 +17,10 @@ from magcache_dist.errors import InputError
 FIELDS = ("prompt", "seed", "negative_prompt", "image", "name")
 SUMMARY_FORMAT = "magcache-prompt-job/1"  # a prompt-list job's summary.json (magcache_dist/batch.py; read by eval)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# what a prompt-list job writes into output_dir itself (magcache_dist/videos.py, checkpoint.py, io/probe.py): a
+# video folder of one of these names would collide with it
+RESERVED_NAMES = ("summary.json", "summary.md", ".summary", "report.json", "checkpoint", "plan.json", "video.mp4",
+                  "image.png", "frames.png", "latents.pt", "ratios.json", ".magcache-dist.lock")
 SEED_MAX = 2**63 - 1
 
 
@@ -29,6 +33,7 @@ class VideoSpec:
     seed: int
     image: str | None
     line: int  # where it came from (1-based)
+    given: tuple[str, ...] = ()  # the job-level fields the line sets itself (negative_prompt, image): checked
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -43,11 +48,15 @@ def read_prompts(path: str, seed: int, negative_prompt: str, image: str | None) 
     if not os.path.isfile(path):
         raise InputError(f"{where} does not exist; give a text file (one prompt per line) or a .jsonl file")
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is not part of a prompt
+            text = f.read()
     except UnicodeDecodeError as e:
         raise InputError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    lines = text.splitlines()
     jsonl = path.endswith(".jsonl")
+    if text.lstrip().startswith("[") and _json_array(text):
+        raise InputError(f"{where} is one JSON array; a prompts file is a text file with one prompt per line, or a "
+                         f".jsonl file with one JSON object per line (e.g. {{\"prompt\": \"a red circle\"}})")
     entries = []
     for no, raw in enumerate(lines, 1):
         text = raw.strip()
@@ -60,14 +69,25 @@ def read_prompts(path: str, seed: int, negative_prompt: str, image: str | None) 
     videos, names = [], {}
     for i, e in enumerate(entries):
         name = e.get("name") or f"{i:04d}-{slug(e['prompt'])}"
+        if name.lower() in RESERVED_NAMES:
+            raise InputError(f"{where} line {e['line']}: name={name!r} is a file the job writes into output_dir "
+                             f"itself; choose another name (not one of {', '.join(RESERVED_NAMES)})")
         if name in names:
             raise InputError(f"{where} lines {names[name]} and {e['line']} both name the video {name!r}; "
                              f"give each video its own name")
         names[name] = e["line"]
         videos.append(VideoSpec(index=i, name=name, prompt=e["prompt"],
                                 negative_prompt=e.get("negative_prompt", negative_prompt),
-                                seed=e.get("seed", seed), image=e.get("image", image), line=e["line"]))
+                                seed=e.get("seed", seed), image=e.get("image", image), line=e["line"],
+                                given=tuple(k for k in ("negative_prompt", "image") if k in e)))
     return videos
+
+
+def _json_array(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), list)
+    except ValueError:
+        return False
 
 
 def _entry(text: str, no: int, where: str) -> dict:

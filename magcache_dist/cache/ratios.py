@@ -112,11 +112,28 @@ class RatioTable:
     @classmethod
     def from_published(cls, entry: dict, where: str) -> "RatioTable":
         """Published layout: one flat list, interleaved (cond, uncond) or single, with leading 1.0 padding."""
-        raw = [float(v) for v in entry["mag_ratios"]]
-        branches = list(entry.get("branches", ["cond"]))
-        n = int(entry["num_steps"])
-        pad = int(entry.get("padding", 0))
-        if entry.get("interleaved", False):
+        raw = entry["mag_ratios"]
+        if not isinstance(raw, list) or not raw:
+            raise InputError(f"{where}: 'mag_ratios' must be a non-empty list of numbers, got {type(raw).__name__}")
+        for i, v in enumerate(raw):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"{where}: mag_ratios[{i}]={v!r} must be a finite number")
+        raw = [float(v) for v in raw]
+        n = entry.get("num_steps")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"{where}: 'num_steps' must be an integer >= 1, got {n!r}")
+        pad = entry.get("padding", 0)
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise InputError(f"{where}: 'padding' must be an integer >= 0, got {pad!r}")
+        interleaved = entry.get("interleaved", False)
+        if not isinstance(interleaved, bool):
+            raise InputError(f"{where}: 'interleaved' must be true or false, got {interleaved!r}")
+        branches = entry.get("branches", ["cond", "uncond"] if interleaved else ["cond"])
+        if not isinstance(branches, list) or len(branches) != (2 if interleaved else 1) \
+                or not all(isinstance(b, str) and b for b in branches) or len(set(branches)) != len(branches):
+            need = "2 distinct branch names (interleaved)" if interleaved else "1 branch name"
+            raise InputError(f"{where}: 'branches' must list {need}, got {branches!r}")
+        if interleaved:
             if len(raw) != 2 * n:
                 raise InputError(f"{where}: interleaved mag_ratios must hold 2*num_steps={2 * n} values, got {len(raw)}")
             ratios = {branches[0]: raw[0::2], branches[1]: raw[1::2]}
@@ -135,8 +152,11 @@ class RatioTable:
             raise InputError(f"cache.magcache.ratios_file={path!r} does not exist; write one with cache.mode=calibrate or "
                              f"use cache.magcache.preset")
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 obj = json.load(f)
+        except UnicodeDecodeError as e:
+            raise InputError(f"cache.magcache.ratios_file={path!r} is not valid JSON: it is not UTF-8 text (byte "
+                             f"{e.start}: a binary file?); give a ratio file written by cache.mode=calibrate") from None
         except json.JSONDecodeError as e:
             raise InputError(f"cache.magcache.ratios_file={path!r} is not valid JSON: {e}") from None
         where = f"cache.magcache.ratios_file={path!r}"

@@ -102,6 +102,10 @@ class ModelFamily:
         if ckpt is not None and not os.path.exists(resolve_path(ckpt)):
             raise InputError(f"model.ckpt={ckpt!r} does not exist (relative paths are taken from the project root); "
                              f"set model.ckpt=null for seeded random weights")
+        if ckpt is not None and os.path.isfile(resolve_path(ckpt)):
+            from magcache_dist.families.components import check_weight_file
+
+            check_weight_file(resolve_path(ckpt), None, "model.ckpt")  # header vs size, pointer: before loading
 
     def check_multiples(self, frames_multiple: int, spatial_multiple: int, one_frame: bool = False,
                         what: str = "") -> None:

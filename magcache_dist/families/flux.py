@@ -16,13 +16,14 @@ Two kinds of names:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 
 from magcache_dist.config import resolve_path
-from magcache_dist.families import folders
+from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, T5_XXL_ENCODER_PARAMS, TinyFamily, encode_prompt, pooled
 from magcache_dist.sampling.grids import flux_mu, flux_sigmas, linear_grid
@@ -93,6 +94,28 @@ def pipeline_sigmas(num_steps: int, image_tokens: int, sched: dict) -> tuple[flo
     return tuple(float(v) for v in shift * s / (1 + (shift - 1) * s))
 
 
+def check_flux_scheduler(root: str) -> dict | None:
+    """The folder's scheduler/scheduler_config.json (None when absent): a FlowMatchEulerDiscreteScheduler whose
+    fields this project implements (components.NO_EFFECT), with a grid that is finite at every step: shift > 0,
+    and under use_dynamic_shifting finite base / max shifts over two different sequence lengths."""
+    sched = components.check_scheduler(root, ("FlowMatchEulerDiscreteScheduler",))
+    if sched is None:
+        return None
+    where = f"ckpt_dir={root!r}: scheduler/scheduler_config.json"
+    dynamic = sched.get("use_dynamic_shifting", False)
+    numbers = ("base_shift", "max_shift") if dynamic else ("shift",)
+    for key in numbers:
+        v = sched.get(key, SCHEDULERS["dev"][key])
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (key == "shift" and v <= 0):
+            raise InputError(f"{where} has {key}={v!r}; it must be a {'number > 0' if key == 'shift' else 'number'}"
+                             f" (the release: {SCHEDULERS['dev'][key]})")
+    if dynamic and sched.get("base_image_seq_len", 256) == sched.get("max_image_seq_len", 4096):
+        raise InputError(f"{where} has base_image_seq_len = max_image_seq_len = {sched.get('max_image_seq_len')}; "
+                         f"the shift is interpolated between them, so they must differ (the release: 256 and 4096)")
+    return sched
+
+
 class FluxFamily(TinyFamily):
     family = "FLUX.1"
     image_model = True
@@ -132,6 +155,9 @@ class FluxFamily(TinyFamily):
                  for k in ("transformer", "clip", "t5", "vae")}
         for k in ("clip_tokenizer", "t5_tokenizer"):
             folders.need(root, c[k], f"{k.replace('_', ' ')} folder", FIX, is_dir=True)
+            components.check_tokenizer(os.path.join(root, c[k]), root, k.replace("_", " "), FIX)
+        for k in ("clip", "t5", "vae"):  # read after the transformer has loaded: checked now, from headers
+            components.check_pretrained(root, c[k], k if k == "vae" else f"{k} text encoder", FIX)
         # the transformer's config describes the model that model.name builds, in every field of the math
         folders.check_fields(folders.read_config(paths["transformer"], root), self.mcfg, paths["transformer"], root,
                              self.name)
@@ -147,13 +173,13 @@ class FluxFamily(TinyFamily):
         if 2 ** (levels - 1) != VAE_SCALE:
             raise InputError(f"ckpt_dir={cfg.ckpt_dir!r}: vae/config.json has {levels} levels (stride "
                              f"{2 ** (levels - 1)}) but FLUX.1's VAE has stride {VAE_SCALE}; replace vae/")
-        sched_path = os.path.join(root, "scheduler", "scheduler_config.json")
-        sched = folders.read_config(sched_path, root) if os.path.isfile(sched_path) else self.default_scheduler
+        sched = check_flux_scheduler(root) or self.default_scheduler
         if cfg.model.ckpt is not None:  # BFL's official single file (or a diffusers-named one) replaces transformer/
             weights = resolve_path(cfg.model.ckpt)
             if not os.path.isfile(weights):
                 raise InputError(f"model.ckpt={cfg.model.ckpt!r} does not exist; point it at the transformer file "
                                  f"(e.g. flux1-dev.safetensors) or set model.ckpt=null to use ckpt_dir/transformer")
+            components.check_weight_file(weights, None, "model.ckpt")
         else:
             weights = folders.diffusers_weights(os.path.dirname(paths["transformer"]), root)
         shapes = read_shapes(weights)

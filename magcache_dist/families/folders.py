@@ -17,6 +17,7 @@ import torch
 
 from magcache_dist.config import resolve_path
 from magcache_dist.families.base import DTYPES
+from magcache_dist.families.components import check_weight_file, read_config  # noqa: F401 (read_config: re-exported)
 from magcache_dist.errors import InputError
 
 
@@ -84,29 +85,15 @@ def need(root: str, rel: str, what: str, fix: str, is_dir: bool = False) -> str:
     return path
 
 
-def read_config(path: str, root: str) -> dict:
-    """A component's config.json as a dict (ValueError naming the file when it is not a JSON object)."""
-    try:
-        with open(path) as f:
-            c = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not readable JSON ({e}); "
-                         f"re-download that file") from None
-    if not isinstance(c, dict):
-        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not a JSON object; re-download it")
-    return c
-
-
 def diffusers_weights(folder: str, root: str, stem: str = "*", what: str = "weights") -> str:
     """The weights of a component folder (``stem``: the file name before ``.safetensors``, a glob): its sharded
     index json, or its one .safetensors file."""
     rel = os.path.relpath(folder, root)
     where = "ckpt_dir" if rel == "." else rel
     index = sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors.index.json")))
-    if index:
-        return index[0]
-    files = sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors")))
+    files = index[:1] or sorted(glob.glob(os.path.join(folder, f"{stem}.safetensors")))
     if len(files) == 1:
+        check_weight_file(files[0], root, what)  # headers and sizes: a cut or pointer file is named now
         return files[0]
     name = stem.rstrip("*") or "*"
     if len(files) > 1:
@@ -123,9 +110,15 @@ def check_fields(got: dict, want: dict, path: str, root: str, model_name: str) -
     diff = {k: (got[k], w) for k, w in want.items() if k in got and _norm(got[k]) != _norm(w)}
     if diff:
         raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} has "
-                         f"{', '.join(f'{k}={g}' for k, (g, _) in diff.items())} but model.name={model_name!r} needs "
+                         f"{', '.join(f'{k}={_shown(g, w)}' for k, (g, w) in diff.items())} but model.name="
+                         f"{model_name!r} needs "
                          f"{', '.join(f'{k}={w}' for k, (_, w) in diff.items())}; set model.name to the checkpoint's "
                          f"model or replace that component")
+
+
+def _shown(got, want):
+    """A config value as the message shows it: quoted when it is text where a number or flag belongs."""
+    return repr(got) if isinstance(got, str) and not isinstance(want, str) else got
 
 
 def _norm(v):

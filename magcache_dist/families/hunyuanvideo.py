@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
-from magcache_dist.families import folders
+from magcache_dist.families import components, folders
 from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, TinyFamily, encode_prompt, pooled
 from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
@@ -192,6 +192,16 @@ class HunyuanVideoFamily(TinyFamily):
             folders.need(self.folder, os.path.join(sub, file) if file else sub, what, FIX, is_dir=file is None)
         self.transformer_weights  # noqa: B018 (found here, before any collective: raises naming what is missing)
         self.check_components()
+        for sub, (file, what) in COMPONENTS.items():  # what loads after the transformer: checked now, from headers
+            if sub == "transformer":
+                continue
+            if file is None:
+                components.check_tokenizer(os.path.join(self.folder, sub), self.folder, what, FIX)
+            else:
+                components.check_pretrained(self.folder, sub, what, FIX)
+        # the grid is shift-only (grids.shifted_sigmas): a scheduler that shifts by the token count is not it
+        components.check_scheduler(self.folder, ("FlowMatchEulerDiscreteScheduler",),
+                                   dict(use_dynamic_shifting=False))
         folders.scheduler_shift(self.folder, "shift", DEFAULT_SHIFT)  # checked even when sampler.shift is set
         folders.check_encoder_options(cfg)
         folders.check_tiles(cfg)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from magcache_dist.families import folders
+from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families.common import T5_XXL_ENCODER_PARAMS, TinyFamily, encode_prompt
 from magcache_dist.sampling.grids import shifted_sigmas
@@ -96,6 +96,7 @@ def resolve_files(root: str) -> OpenSoraFiles:
     te = os.path.join(root, "text_encoder")
     if not any(glob_any(te, p) for p in ("*.safetensors", "*.bin", "*.safetensors.index.json")):
         raise InputError(f"ckpt_dir={root!r}: no T5 weights (*.safetensors, *.bin or an index) in text_encoder; {FIX}")
+    components.check_pretrained(root, "text_encoder", "T5 text encoder", FIX)  # config values, weights' headers
     tok = os.path.join(root, "tokenizer")
     if not os.path.isdir(tok):
         # DeepFloyd/t5-v1_1-xxl ships its tokenizer files beside the model: text_encoder/ may hold both
@@ -104,6 +105,7 @@ def resolve_files(root: str) -> OpenSoraFiles:
             raise InputError(f"ckpt_dir={root!r}: missing T5 tokenizer folder 'tokenizer' (or tokenizer files in "
                              f"text_encoder); {FIX}")
         tok = te
+    components.check_tokenizer(tok, root, "T5 tokenizer", FIX)
     return OpenSoraFiles(root, folders.diffusers_weights(dit_dir, root), dit_cfg,
                          folders.diffusers_weights(os.path.dirname(vae_cfg), root), vae_cfg, te, tok)
 
@@ -216,6 +218,12 @@ class OpenSoraFamily(TinyFamily):
             raise InputError(f"video.frames={v.frames} must be >= 1 (Open-Sora 1.2 takes any length; 51 = 2 s at "
                              f"24 fps)")
         self.check_multiples(1, self.stride * ph, what=f" (VAE stride {self.stride} x patch {ph})")
+        if 1 < v.frames < 17 and self.cfg.sampler.shift is None:  # unset: the release's transform decides
+            # the release's timestep transform scales by sqrt(frames // 17 * 5): 0 for 2..16 frames, and its
+            # first timestep is then 0 / 0
+            raise InputError(f"video.frames={v.frames}: Open-Sora 1.2's timestep transform has no schedule for 2 to "
+                             f"16 frames (it scales by frames // 17); use video.frames=1 (an image) or >= 17 (e.g. "
+                             f"51), or set sampler.shift to sample on a fixed-shift grid")
 
     @functools.cached_property
     def files(self) -> OpenSoraFiles:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import SHIFT, JobConfig, resolve_path
-from magcache_dist.families import folders
+from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
 from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
@@ -134,6 +134,23 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
                          f"({os.path.relpath(path, ckpt_dir)}); set model.name to the checkpoint's model")
 
 
+def check_components(files: WanFiles, root: str) -> None:
+    """Every component the job reads after the DiT (umT5, its tokenizer, the VAE, CLIP for I2V, the scheduler's
+    settings), checked from headers and small files now: a cut, empty or pointer file is named before any
+    collective, not found while encoding after the DiT has loaded."""
+    fix = "copy the complete Wan2.1 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)"
+    components.check_tokenizer(files.tokenizer, root, "umT5 tokenizer", fix)
+    if files.layout == "official":
+        for path, what in ((files.t5, "umT5 encoder"), (files.vae, "VAE"), (files.clip, "CLIP image encoder")):
+            if path is not None:
+                components.check_weight_file(path, root, what)
+        return
+    for path, what in ((files.t5, "umT5 encoder"), (files.vae, "VAE"), (files.clip, "CLIP image encoder")):
+        if path is not None:
+            components.check_pretrained(root, os.path.relpath(os.path.dirname(path), root), what, fix)
+    components.check_scheduler(root, ("UniPCMultistepScheduler",))
+
+
 def check_folder_shift(cfg: JobConfig, files: WanFiles) -> None:
     """A diffusers folder's scheduler/scheduler_config.json names the sigma shift its model was released with (the
     default of sampler.shift: WanFamily.sampler_defaults); it is checked even when the job sets sampler.shift."""
@@ -218,20 +235,12 @@ class WanFamily(ModelFamily):
         self.check_image()
         folders.check_encoder_options(cfg)
         folders.check_tiles(cfg)
+        check_components(files, resolve_path(cfg.ckpt_dir))
 
     def image_size(self) -> tuple[int, int]:
-        """(width, height) of the job's ``image``: a ValueError when it is missing or not a readable image."""
-        cfg = self.cfg
-        path = resolve_path(cfg.image)
-        if not os.path.isfile(path):
-            raise InputError(f"image={cfg.image!r} does not exist")
-        try:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                return im.size
-        except Exception as e:
-            raise InputError(f"image={cfg.image!r} is not a readable image: {e}") from None
+        """(width, height) of the job's ``image``, decoded in full (a file cut after its header is found now): an
+        InputError when it is missing or not a readable image."""
+        return components.check_image(resolve_path(self.cfg.image), shown=self.cfg.image)
 
     def check_image(self) -> None:
         """An I2V model needs a readable ``image`` whose aspect ratio fits the pixel area; a T2V model refuses one."""

@@ -32,7 +32,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     from magcache_dist.config import resolve_dtypes
     from magcache_dist.families import model_spec
     from magcache_dist.families.base import make_family
-    from magcache_dist.job import cache_spec, parallel_dims
+    from magcache_dist.job import cache_spec, checked_sampler, parallel_dims
 
     if job is None:
         cfg = resolve_dtypes(cfg, on_gpu=load_profile(cfg.planner.device).name != "cpu")  # auto: the planned device's
@@ -40,7 +40,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
         family = make_family(cfg)
         cfg = family.cfg
         family.check_geometry()
-        scfg = family.sampler_config()
+        scfg = checked_sampler(cfg, family)  # the sigma grid too: a plan of a job that would start from NaN is none
         dims = parallel_dims(cfg)
         dims.validate(dims.world_size, family.num_heads(), len(scfg.branches))
         policy = build_cache(cache_spec(cfg, family, scfg)) if cfg.cache.mode == "magcache" else None
@@ -221,6 +221,9 @@ def num_videos(cfg: JobConfig, job=None) -> int:
 
 
 def dry_run(cfg: JobConfig, write: bool = True) -> dict:
+    from magcache_dist.io.probe import ensure_writable_dir
+
+    ensure_writable_dir(os.path.abspath(cfg.output_dir), "output_dir")  # where plan.json goes: before planning
     p = plan_job(cfg)
     print(format_plan(p))
     if write:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from magcache_dist.errors import InputError
@@ -64,14 +65,52 @@ def profile_names() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(PROFILE_DIR) if f.endswith(".json"))
 
 
+# the figures a profile must give, as plain numbers (bytes, bytes/s, FLOP/s, seconds: no units), and the optional
+# ones a measured profile adds (a number, or dtype name -> number)
+NUMBERS = ("memory_bandwidth", "memory_capacity", "link_bandwidth", "link_efficiency", "link_latency_s",
+           "op_overhead_s")
+PER_DTYPE = ("peak_flops", "gemm_efficiency", "attention_efficiency", "gemm_half_rows", "elementwise_bandwidth")
+
+
+def _plain_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def check_profile_fields(obj, where: str) -> None:
+    """A profile's JSON: an object with every figure a finite number >= 0 (a value such as "80GB" names its field and
+    the unit it is given in)."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where} must be a JSON object of figures, got {type(obj).__name__}")
+    missing = [k for k in (*NUMBERS, "peak_flops", "gemm_efficiency", "attention_efficiency") if k not in obj]
+    if missing:
+        raise InputError(f"{where} lacks {', '.join(missing)}; every profile gives them (see profiles/h100.json)")
+    bad = []
+    for k in (*NUMBERS, *PER_DTYPE):
+        if k not in obj:
+            continue
+        v = obj[k]
+        values = v.values() if isinstance(v, dict) and k in PER_DTYPE else [v]
+        if (k == "peak_flops" and not isinstance(v, dict)) or not all(_plain_number(x) for x in values):
+            bad.append(f"{k}={v!r}")
+    if bad:
+        raise InputError(f"{where} has {'; '.join(bad)}: each must be a plain number >= 0 in the profile's units "
+                         f"(bytes, bytes/s, FLOP/s, seconds; peak_flops per dtype), without a unit suffix, e.g. "
+                         f"memory_capacity: 80e9")
+
+
 def load_profile(name_or_path: str) -> DeviceProfile:
     path = name_or_path if name_or_path.endswith(".json") else os.path.join(PROFILE_DIR, f"{name_or_path}.json")
     if not os.path.isfile(path):
         raise InputError(f"planner.device={name_or_path!r} is unknown; choose one of {profile_names()} or give a "
                          f"path to a profile .json")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             obj = json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError (a binary file)
+        raise InputError(f"planner.device={name_or_path!r}: {path} is not readable JSON ({e}); give a profile "
+                         f"like magcache_dist/planner/profiles/h100.json") from None
+    check_profile_fields(obj, f"planner.device={name_or_path!r}: {path}")
+    try:
         known = set(DeviceProfile.__dataclass_fields__)
         prof = DeviceProfile(**{k: v for k, v in obj.items() if k in known},
                              extra={k: v for k, v in obj.items() if k not in known})

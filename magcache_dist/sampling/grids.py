@@ -13,6 +13,8 @@ import math
 import numpy as np
 from magcache_dist.errors import InternalError
 
+from magcache_dist.errors import InputError
+
 
 def linear_grid(num_steps: int) -> np.ndarray:
     return np.linspace(1.0, 0.0, num_steps + 1)[:-1]
@@ -41,6 +43,20 @@ def opensora_shift(height: int, width: int, num_frames: int, base_resolution: in
     """Open-Sora 1.2's timestep-transform ratio for a pixel height x width x num_frames video."""
     frames = 1 if num_frames == 1 else num_frames // 17 * 5
     return math.sqrt(height * width / base_resolution) * math.sqrt(frames)
+
+
+def check_grid(sigmas, num_steps: int, what: str) -> None:
+    """A family's sigma grid is usable: ``num_steps`` finite values in (0, 1], not increasing, so that step 0 never
+    divides by zero or starts from something other than noise. ``what``: the keys that made the grid, for the
+    message (an InputError)."""
+    vals = [float(s) for s in sigmas]
+    ok = len(vals) == num_steps and all(math.isfinite(s) and 0 < s <= 1 + 1e-6 for s in vals) \
+        and all(a >= b for a, b in zip(vals, vals[1:]))
+    if not ok:
+        shown = ", ".join(f"{s:.4g}" for s in vals[:4]) + (" ..." if len(vals) > 4 else "")
+        raise InputError(f"the sampler's sigma grid for {what} is not usable ([{shown}]: it must hold "
+                         f"sampler.num_steps={num_steps} finite values in (0, 1], not increasing); change those "
+                         f"values")
 
 
 def wan_timesteps(num_steps: int, shift: float, grid: str = "sampler") -> np.ndarray:

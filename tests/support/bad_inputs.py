@@ -681,3 +681,285 @@ WAN22 = [  # Wan2.2 A14B folders (two experts): base ``wan22-<task>-<layout>`` (
 
 CATALOGUE = ([Bad(*e) for e in _ENTRIES] + WAN + FAMILIES + PROMPT_LISTS + FLUX_PIPELINE + HUNYUAN_PIPELINE
              + OPENSORA_PIPELINE + WAN22)
+
+
+# ---- issue 28: every file a job reads is checked before any collective and before any weights load -------------
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:"
+               "4d7a2146b4b3c1a8f0a6f3b0e2b1f8f6c0c5e6f1a9b8d7c6e5f4a3b2c1d0e9f8\nsize 11361920418\n")
+
+
+def _cut_file(path: str, keep: float = 0.5) -> list:
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * keep))
+    return []
+
+
+def _cut(rel: str, keep: float = 0.5) -> Callable:
+    """A setup cutting the copied folder's file ``rel`` to ``keep`` of its size (an interrupted download)."""
+    def setup(tmp):
+        p = os.path.join(tmp, "ck", rel)
+        with open(p, "r+b") as f:
+            f.truncate(int(os.path.getsize(p) * keep))
+        return []
+    return setup
+
+
+def _replace(rel: str, data: bytes | str) -> Callable:
+    """A setup replacing the copied folder's file ``rel`` with ``data`` (a folder ``rel``: emptied)."""
+    def setup(tmp):
+        p = os.path.join(tmp, "ck", rel)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+            os.makedirs(p)
+            if data:
+                _write(os.path.join(p, "tokenizer_config.json"), data)
+        else:
+            _write(p, data)
+        return []
+    return setup
+
+
+def _spiece(rel: str, data: str) -> Callable:
+    """A setup leaving in the copied folder's tokenizer folder ``rel`` a slow T5 tokenizer: its config and a
+    ``spiece.model`` holding ``data``."""
+    def setup(tmp):
+        _replace(rel, '{"tokenizer_class": "T5Tokenizer"}')(tmp)
+        _write(os.path.join(tmp, "ck", rel, "spiece.model"), data)
+        return []
+    return setup
+
+
+def _cut_image(tmp):
+    """A PNG whose header (and size) is intact but whose pixel data stops halfway."""
+    from tests.support.wan_tiny import save_image
+
+    p = save_image(os.path.join(tmp, "cut.png"), h=64, w=96)
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) // 2)
+    return [f"image={p}"]
+
+
+def _tiny_resume_state(tmp, pointer_edit=None, rank_files: bool = True, rank_edit=None):
+    """A checkpoint of the catalogue's base tiny job (2 ranks) in {tmp}/ck: latest.json (``pointer_edit`` changes
+    it) and, with ``rank_files``, both ranks' files (``rank_edit`` changes them)."""
+    import torch
+
+    from magcache_dist.checkpoint import FORMAT, POINTER, config_hash, fingerprint
+    from magcache_dist.config import load_config
+    from magcache_dist.families.base import make_family
+    from tests.support.helpers import job_overrides
+
+    given = load_config(None, job_overrides(os.path.join(tmp, "tiny.safetensors"), os.path.join(tmp, "out"),
+                                            "parallel.ulysses_degree=2"))
+    fp = fingerprint(make_family(given).cfg)  # resolved as validation resolves it (dtypes, sampler defaults)
+    ptr = dict(format=FORMAT, next_step=4, world_size=2, config_hash=config_hash(fp), config=fp)
+    if pointer_edit:
+        pointer_edit(ptr)
+    _write(os.path.join(tmp, "ck", POINTER), json.dumps(ptr))
+    for rank in range(2) if rank_files else ():
+        sd = dict(format=FORMAT, next_step=4, rank=rank, world_size=2, config_hash=config_hash(fp),
+                  x=torch.zeros(1, 3, 5, 20, 28), scheduler={}, cache={}, rng=dict(torch=torch.get_rng_state()))
+        if rank_edit:
+            rank_edit(sd)
+        torch.save(sd, os.path.join(tmp, "ck", f"step000004.rank{rank:04d}.pt"))
+    return [f"checkpoint.dir={tmp}/ck", "resume=true"]
+
+
+def _profile(text: str | bytes):
+    return lambda tmp: _write(os.path.join(tmp, "p.json"), text) and []
+
+
+_H100 = {"name": "mine", "peak_flops": {"float32": 4.9e14, "bfloat16": 9.9e14}, "gemm_efficiency": 0.65,
+         "attention_efficiency": 0.4, "memory_bandwidth": 3.35e12, "memory_capacity": "80GB", "link_bandwidth": 4.5e11,
+         "link_efficiency": 0.7, "link_latency_s": 1e-5, "op_overhead_s": 4e-6}
+RESUME = [f"checkpoint.dir={{tmp}}/ck", "resume=true"]
+SCHED = "scheduler/scheduler_config.json"
+DIT_FIX = r"re-download"
+
+COMPONENTS = [  # each component of a checkpoint folder: found and checked from headers before any weights load
+    Bad("wan-tokenizer-empty-folder", [], 1, r"google/umt5-xxl \(umT5 tokenizer\) is an empty folder",
+        r"copy the complete Wan2\.1 release", _replace("google/umt5-xxl", ""), "wan-t2v-official"),
+    Bad("wan-tokenizer-json-not-json", [], 1, r"tokenizer/tokenizer\.json \(umT5 tokenizer\) is not readable JSON",
+        DIT_FIX, _replace("tokenizer/tokenizer.json", "<html>rate limited</html>"), "wan-t2v-diffusers"),
+    Bad("wan-tokenizer-no-vocabulary", [], 1, r"google/umt5-xxl \(umT5 tokenizer\) holds no vocabulary",
+        r"spiece\.model", _replace("google/umt5-xxl", '{"tokenizer_class": "T5Tokenizer"}'), "wan-t2v-official"),
+    Bad("wan-spiece-model-not-sentencepiece", [], 1, r"google/umt5-xxl/spiece\.model \(umT5 tokenizer\) is not a "
+        r"sentencepiece model", r"copy the complete Wan2\.1 release",
+        _spiece("google/umt5-xxl", "not a model\n"), "wan-t2v-official"),
+    Bad("wan-umt5-pth-cut", [], 1, r"models_t5_umt5-xxl-enc-bf16\.pth \(umT5 encoder\) is (a damaged or cut zip|cut "
+        r"short)", DIT_FIX, _cut("models_t5_umt5-xxl-enc-bf16.pth", 0.6), "wan-t2v-official"),
+    Bad("wan-vae-lfs-pointer", [], 1, r"Wan2\.1_VAE\.pth \(VAE\) is a git-lfs pointer file \(\d+ bytes\)",
+        r"run 'git lfs pull' in that folder", _replace("Wan2.1_VAE.pth", LFS_POINTER), "wan-t2v-official"),
+    Bad("wan-clip-pth-empty", ["image={image}"], 1, r"models_clip_open-clip-xlm-roberta-large-vit-huge-14\.pth "
+        r"\(CLIP image encoder\) is empty", DIT_FIX,
+        _replace("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", b""), "wan-i2v-official"),
+    Bad("wan-dit-safetensors-cut", [], 1, r"diffusion_pytorch_model\.safetensors \(DiT weights\) is \d+ bytes but "
+        r"its header describes \d+: the file is cut short", DIT_FIX,
+        _cut("diffusion_pytorch_model.safetensors", 0.9), "wan-t2v-official"),
+    Bad("wan-diffusers-text-encoder-weights-missing", [], 1, r"no umT5 encoder weights \(\*\.safetensors, \*\.bin or a "
+        r"sharded index\) in text_encoder", r"copy the complete Wan2\.1 release",
+        _remove("text_encoder/model.safetensors"), "wan-t2v-diffusers"),
+    Bad("wan-diffusers-vae-cut", [], 1, r"vae/diffusion_pytorch_model\.safetensors \(VAE\) is \d+ bytes .* cut short",
+        DIT_FIX, _cut("vae/diffusion_pytorch_model.safetensors", 0.7), "wan-t2v-diffusers"),
+    Bad("wan-diffusers-image-encoder-config-binary", ["image={image}"], 1,
+        r"image_encoder/config\.json is not readable JSON", DIT_FIX,
+        _replace("image_encoder/config.json", b"\x89PNG\r\n\x1a\n\x00\xff\xfe"), "wan-i2v-diffusers"),
+    Bad("wan-i2v-image-cut", [], 1, r"image=.*cut\.png' is not a readable image", r"give a PNG or JPEG file",
+        _cut_image, "wan-i2v-official"),
+    Bad("wan-dit-config-heads-as-text", [], 1, r"transformer/config\.json has num_attention_heads='4' \(must be an "
+        r"integer >= 1\)", r"numbers are written without quotes",
+        _edit_json("transformer/config.json", num_attention_heads="4"), "wan-t2v-diffusers"),
+    Bad("wan-umt5-config-eps-as-text", [], 1, r"text_encoder/config\.json has layer_norm_epsilon='1e-6' \(must be a "
+        r"number > 0\)", r"fix that field", _edit_json("text_encoder/config.json", layer_norm_epsilon="1e-6"),
+        "wan-t2v-diffusers"),
+    Bad("wan-scheduler-karras", [], 1, r"scheduler/scheduler_config\.json sets use_karras_sigmas=True; this project "
+        r"does not implement it", r"set use_karras_sigmas=false",
+        _edit_json(SCHED, _class_name="UniPCMultistepScheduler", flow_shift=3.0, use_karras_sigmas=True),
+        "wan-t2v-diffusers"),
+    Bad("wan-scheduler-shift-terminal", [], 1, r"sets time_shift_type='linear', shift_terminal=0\.1",
+        r"set time_shift_type=\"exponential\", shift_terminal=null",
+        _edit_json(SCHED, _class_name="UniPCMultistepScheduler", shift_terminal=0.1, time_shift_type="linear"),
+        "wan-t2v-diffusers"),
+    Bad("wan-scheduler-other-class", [], 1, r"scheduler/scheduler_config\.json is a DDIMScheduler",
+        r"UniPCMultistepScheduler only", _edit_json(SCHED, _class_name="DDIMScheduler"), "wan-t2v-diffusers"),
+    Bad("wan-scheduler-shift-text", [], 1, r"scheduler/scheduler_config\.json has flow_shift='5'",
+        r"it must be a number > 0", _edit_json(SCHED, flow_shift="5"), "wan-t2v-diffusers"),
+    # FLUX.1 folders
+    Bad("flux-negative-prompt", ["negative_prompt=blurry"], 1, r"negative_prompt does not apply here \(model\.name="
+        r"'tiny-flux-dev', sampler\.guidance=3\.5\)", r"FLUX\.1 and HunyuanVideo are guidance-distilled",
+        base="folder:tiny-flux-dev"),
+    Bad("flux-sampler-shift", ["sampler.shift=3"], 1, r"sampler\.shift does not apply here \(model\.name="
+        r"'tiny-flux-dev'\)", r"FLUX\.1's grid comes from its scheduler", base="folder:tiny-flux-dev"),
+    Bad("flux-pixel-negative-prompt", ["negative_prompt=blurry"], 1, r"negative_prompt does not apply here",
+        r"guidance-distilled", base="family:flux.1-dev-tiny"),
+    Bad("flux-scheduler-time-shift-linear", [], 1, r"scheduler_config\.json sets time_shift_type='linear'",
+        r"time_shift_type=\"exponential\"", _edit_json(SCHED, time_shift_type="linear"), "folder:tiny-flux-dev"),
+    Bad("flux-scheduler-karras-and-invert", [], 1, r"sets invert_sigmas=True, use_karras_sigmas=True",
+        r"does not implement them", _edit_json(SCHED, invert_sigmas=True, use_karras_sigmas=True),
+        "folder:tiny-flux-dev"),
+    Bad("flux-scheduler-equal-seq-lens", [], 1, r"base_image_seq_len = max_image_seq_len = 256",
+        r"they must differ", _edit_json(SCHED, max_image_seq_len=256), "folder:tiny-flux-dev"),
+    Bad("flux-scheduler-shift-zero", [], 1, r"scheduler_config\.json has shift=0", r"must be a number > 0",
+        _edit_json(SCHED, shift=0), "folder:tiny-flux-schnell"),
+    Bad("flux-scheduler-base-shift-text", [], 1, r"scheduler_config\.json has base_shift='0\.5' \(must be a number\)",
+        r"numbers are written without quotes", _edit_json(SCHED, base_shift="0.5"), "folder:tiny-flux-dev"),
+    Bad("flux-transformer-layers-as-text", [], 1, r"transformer/config\.json has num_layers='1' \(must be an integer",
+        r"fix that field", _edit_json("transformer/config.json", num_layers="1"), "folder:tiny-flux-dev"),
+    Bad("flux-vae-scaling-factor-zero", [], 1, r"vae/config\.json has scaling_factor=0 \(must be a number > 0\)",
+        r"fix that field", _edit_json("vae/config.json", scaling_factor=0), "folder:tiny-flux-dev"),
+    Bad("flux-t5-tokenizer-not-json", [], 1, r"tokenizer_2/tokenizer\.json \(t5 tokenizer\) is not readable JSON",
+        DIT_FIX, _replace("tokenizer_2/tokenizer.json", "{\"version\": "), "folder:tiny-flux-dev"),
+    Bad("flux-clip-weights-lfs-pointer", [], 1, r"text_encoder/model\.safetensors \(clip text encoder\) is a git-lfs "
+        r"pointer file", r"git lfs pull", _replace("text_encoder/model.safetensors", LFS_POINTER),
+        "folder:tiny-flux-dev"),
+    Bad("flux-t5-weights-cut", [], 2, r"text_encoder_2/model\.safetensors \(t5 text encoder\) is \d+ bytes .* cut "
+        r"short", DIT_FIX, _cut("text_encoder_2/model.safetensors"), "folder:tiny-flux-dev"),
+    # HunyuanVideo folders
+    Bad("hy-tokenizer-empty", [], 1, r"tokenizer \(LLaMA tokenizer\) is an empty folder",
+        r"copy the complete diffusers-layout release", _replace("tokenizer", ""), "folder:tiny-hunyuanvideo"),
+    Bad("hy-llama-weights-cut", [], 1, r"text_encoder/model\.safetensors \(LLaMA text encoder \(LlamaModel\)\) is "
+        r"\d+ bytes .* cut short", DIT_FIX, _cut("text_encoder/model.safetensors"), "folder:tiny-hunyuanvideo"),
+    Bad("hy-vae-weights-missing", [], 1, r"no VAE \(AutoencoderKLHunyuanVideo\) weights", r"copy the complete",
+        _remove("vae/diffusion_pytorch_model.safetensors"), "folder:tiny-hunyuanvideo"),
+    Bad("hy-scheduler-dynamic-shifting", [], 1, r"sets use_dynamic_shifting=True; this project does not implement it",
+        r"set use_dynamic_shifting=false", _edit_json(SCHED, use_dynamic_shifting=True), "folder:tiny-hunyuanvideo"),
+    Bad("hy-scheduler-shift-zero", [], 1, r"scheduler/scheduler_config\.json has shift=0",
+        r"it must be a number > 0 \(or set sampler\.shift\)", _edit_json(SCHED, shift=0), "folder:tiny-hunyuanvideo"),
+    Bad("hy-negative-prompt", ["negative_prompt=blurry"], 1, r"negative_prompt does not apply here",
+        r"FLUX\.1 and HunyuanVideo are guidance-distilled", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-clip-layers-zero", [], 1, r"text_encoder_2/config\.json has num_hidden_layers=0 \(must be an integer >= "
+        r"1\)", r"fix that field", _edit_json("text_encoder_2/config.json", num_hidden_layers=0),
+        "folder:tiny-hunyuanvideo"),
+    # Open-Sora 1.2 folders
+    Bad("opensora-frames-without-schedule", ["video.frames=9"], 1, r"video\.frames=9: Open-Sora 1\.2's timestep "
+        r"transform has no schedule for 2 to 16 frames", r"use video\.frames=1 \(an image\) or >= 17",
+        base="folder:tiny-opensora"),
+    Bad("opensora-t5-weights-cut", [], 1, r"text_encoder/model\.safetensors \(T5 text encoder\) is \d+ bytes",
+        DIT_FIX, _cut("text_encoder/model.safetensors", 0.3), "folder:tiny-opensora"),
+    Bad("opensora-tokenizer-spiece-pointer", [], 1, r"tokenizer/spiece\.model \(T5 tokenizer\) is a git-lfs pointer",
+        r"git lfs pull", _spiece("tokenizer", LFS_POINTER), "folder:tiny-opensora"),
+    Bad("opensora-transformer-config-binary", [], 1, r"transformer/config\.json is not readable JSON", DIT_FIX,
+        _replace("transformer/config.json", b"\x00\x01\xff\xfe"), "folder:tiny-opensora"),
+    Bad("tiny-checkpoint-cut", ["model.ckpt={tmp}/cut.safetensors"], 2, r"model\.ckpt=.*cut\.safetensors' is \d+ "
+        r"bytes but its header describes \d+: the file is cut short", r"re-download or re-export it",
+        lambda tmp: shutil.copy(os.path.join(tmp, "tiny.safetensors"), os.path.join(tmp, "cut.safetensors"))
+        and _cut_file(os.path.join(tmp, "cut.safetensors"))),
+    Bad("tiny-checkpoint-lfs-pointer", ["model.ckpt={tmp}/p.safetensors"], 2, r"model\.ckpt=.*p\.safetensors' is a "
+        r"git-lfs pointer file", r"git lfs pull", lambda tmp: _write(os.path.join(tmp, "p.safetensors"), LFS_POINTER)
+        and []),
+    Bad("opensora-dit-weights-lfs-pointer", [], 1, r"transformer/model\.safetensors \(weights\) is a git-lfs pointer",
+        r"git lfs pull", _replace("transformer/model.safetensors", LFS_POINTER), "folder:tiny-opensora"),
+]
+
+JSON_FILES = [  # every other JSON a job reads, and the values inside it
+    Bad("ratio-file-binary", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"], 2,
+        r"cache\.magcache\.ratios_file=.*r\.json' is not valid JSON: it is not UTF-8 text", r"a binary file",
+        lambda tmp: _write(os.path.join(tmp, "r.json"), b"\x89PNG\r\n\x1a\n\xff\xfe\x00") and []),
+    Bad("ratio-file-published-not-a-list", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"],
+        2, r"ratios_file=.*r\.json': 'mag_ratios' must be a non-empty list of numbers", r"got int",
+        _ratio_json({"mag_ratios": 5, "num_steps": 8})),
+    Bad("ratio-file-published-no-steps", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"],
+        2, r"ratios_file=.*r\.json': 'num_steps' must be an integer >= 1, got None", r"integer >= 1",
+        _ratio_json({"mag_ratios": [1.0] * 16, "interleaved": True})),
+    Bad("ratio-file-published-one-branch-interleaved", ["cache.magcache.preset=null",
+                                                        "cache.magcache.ratios_file={tmp}/r.json"], 2,
+        r"'branches' must list 2 distinct branch names \(interleaved\)", r"got \['cond'\]",
+        _ratio_json({"mag_ratios": [1.0] * 16, "num_steps": 8, "interleaved": True, "branches": ["cond"]})),
+    Bad("ratio-file-published-text-value", ["cache.magcache.preset=null", "cache.magcache.ratios_file={tmp}/r.json"],
+        2, r"mag_ratios\[3\]='1\.1' must be a finite number", r"ratios_file=",
+        _ratio_json({"mag_ratios": [1.0, 1.0, 1.0, "1.1"] + [1.0] * 12, "num_steps": 8, "interleaved": True})),
+    Bad("resume-pointer-null-config", RESUME, 2, r"latest\.json has config=None \(must be an object\)",
+        r"set resume=false to start from scratch",
+        lambda tmp: _tiny_resume_state(tmp, pointer_edit=lambda p: p.update(config=None)) and []),
+    Bad("resume-pointer-missing-world-size", RESUME, 2,
+        r"latest\.json has world_size='<missing>' \(must be an integer >= 0\)", r"set resume=false",
+        lambda tmp: _tiny_resume_state(tmp, pointer_edit=lambda p: p.pop("world_size")) and []),
+    Bad("resume-rank-file-missing", RESUME, 2, r"step000004\.rank0000\.pt is missing", r"set resume=false",
+        lambda tmp: _tiny_resume_state(tmp, rank_files=False) and []),
+    Bad("resume-rank-file-null-latents", RESUME, 2, r"step000004\.rank0000\.pt has x=None \(must be a tensor\)",
+        r"set resume=false", lambda tmp: _tiny_resume_state(tmp, rank_edit=lambda sd: sd.update(x=None)) and []),
+    Bad("resume-rank-file-cut", RESUME, 2, r"step000004\.rank0001\.pt could not be read as plain data",
+        r"set resume=false", lambda tmp: _tiny_resume_state(tmp) and _cut("step000004.rank0001.pt")(tmp)),
+    Bad("device-profile-with-units", ["dry_run=true", "planner.device={tmp}/p.json"], 2,
+        r"planner\.device=.*p\.json.* has memory_capacity='80GB'",
+        r"without a unit suffix, e\.g\. memory_capacity: 80e9",
+        _profile(json.dumps(_H100))),
+    Bad("device-profile-binary", ["dry_run=true", "planner.device={tmp}/p.json"], 2,
+        r"planner\.device=.*p\.json.* is not readable JSON", r"give a profile like",
+        _profile(b"\xff\xfe\x00\x01")),
+    Bad("device-profile-missing-figure", ["dry_run=true", "planner.device={tmp}/p.json"], 2,
+        r"p\.json lacks link_bandwidth", r"every profile gives them",
+        _profile(json.dumps({k: v for k, v in _H100.items() if k != "link_bandwidth"}))),
+]
+
+PATHS_AND_LISTS = [  # prompt lists, output paths, home folders
+    Bad("prompts-json-array", ["prompts_file={tmp}/p.txt"], 2, r"prompts_file=.*p\.txt' is one JSON array",
+        r"one prompt per line, or a \.jsonl file",
+        lambda tmp: _write(os.path.join(tmp, "p.txt"), '["a red circle", "a blue square"]\n') and []),
+    Bad("prompts-json-array-jsonl", ["prompts_file={tmp}/p.jsonl"], 2, r"p\.jsonl' is one JSON array",
+        r"one JSON object per line",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '[\n {"prompt": "a"},\n {"prompt": "b"}\n]\n') and []),
+    Bad("prompts-name-collides-with-summary", ["prompts_file={tmp}/p.jsonl"], 2,
+        r"line 2: name='summary\.json' is a file the job writes into output_dir itself", r"choose another name",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a"}\n{"prompt": "b", "name": "summary.json"}\n')
+        and []),
+    Bad("prompts-name-collides-with-checkpoint", ["prompts_file={tmp}/p.jsonl"], 2,
+        r"name='checkpoint' is a file the job writes", r"choose another name",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a", "name": "checkpoint"}\n') and []),
+    Bad("prompts-line-image-for-t2v", ["prompts_file={tmp}/p.jsonl"], 2,
+        r"prompts_file=.*p\.jsonl' line 2: image does not apply here \(model\.name='tiny'\)",
+        r"it is for image-to-video models",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a"}\n{"prompt": "b", "image": "x.png"}\n')
+        and []),
+    Bad("prompts-line-negative-for-flux", ["prompts_file={tmp}/p.jsonl"], 1,
+        r"line 1: negative_prompt does not apply here \(model\.name='flux\.1-dev-tiny'", r"guidance-distilled",
+        lambda tmp: _write(os.path.join(tmp, "p.jsonl"), '{"prompt": "a", "negative_prompt": "blurry"}\n') and [],
+        "family:flux.1-dev-tiny"),
+    Bad("dry-run-output-dir-is-a-file", ["dry_run=true", "output_dir={tmp}/afile"], 2, r"output_dir=.*afile",
+        r"choose a directory you can write to", lambda tmp: _write(os.path.join(tmp, "afile"), "x") and []),
+    Bad("output-dir-unknown-home", ["output_dir=~nosuchuser-magcache/out"], 2,
+        r"output_dir='~nosuchuser-magcache/out': '~nosuchuser-magcache' is not a home folder", r"give an absolute path",
+        None),
+]
+
+CATALOGUE += COMPONENTS + JSON_FILES + PATHS_AND_LISTS
