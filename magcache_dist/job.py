@@ -34,6 +34,7 @@ class Job:
     cache: CacheSpec
     policy: CachePolicy | None  # None for cache.mode=auto (built in the run)
     videos: list[VideoSpec] | None = None  # prompts_file: every video of the list (None: one video, cfg.prompt)
+    video: VideoSpec | None = None  # the job of one video (videos.video_job): which one (its video_id for reports)
 
 
 def parallel_dims(cfg: JobConfig) -> ParallelDims:

@@ -24,7 +24,7 @@ from magcache_dist.checkpoint import POINTER, checkpoint_dir, config_hash, finge
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.job import Job
-from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config
+from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config, video_identity
 
 PARTS = ".summary"
 OUTPUT_FILES = ("video.mp4", "image.png", "frames.png", "latents.pt", "ratios.json")
@@ -42,7 +42,8 @@ def job_videos(job: Job) -> list[VideoSpec]:
         return job.videos
     cfg = job.cfg
     return [VideoSpec(index=0, name="", prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, seed=cfg.seed,
-                      image=cfg.image, line=0)]
+                      image=cfg.image, line=0,
+                      video_id=video_identity(cfg.prompt, cfg.negative_prompt, cfg.seed, cfg.image))]
 
 
 def share(videos: list[VideoSpec], dp_degree: int, dp_index: int) -> list[VideoSpec]:
@@ -54,10 +55,10 @@ def video_job(job: Job, video: VideoSpec, resume: bool) -> Job:
     """The job of one video: the job itself for a single video, else the video's own config (its prompt, seed,
     folder) and family object."""
     if job.videos is None:
-        return job
+        return dataclasses.replace(job, video=video)
     cfg = video_config(job.cfg, video)
     cfg.resume = resume
-    return dataclasses.replace(job, cfg=cfg, family=make_family(cfg), videos=None)
+    return dataclasses.replace(job, cfg=cfg, family=make_family(cfg), videos=None, video=video)
 
 
 def video_state(job: Job, video: VideoSpec, group_size: int) -> tuple[str, dict | None]:
@@ -92,8 +93,8 @@ def read_report(folder: str) -> dict | None:
 
 def entry(video: VideoSpec, report: dict | None, reused: bool) -> dict:
     """One video's line in the summary."""
-    out = dict(index=video.index, name=video.name, dir=video.name, prompt=video.prompt, seed=video.seed,
-               status="pending")
+    out = dict(index=video.index, name=video.name, dir=video.name, video_id=video.video_id, prompt=video.prompt,
+               seed=video.seed, status="pending")
     if report is not None:
         phases = report.get("phases_s", {})
         out.update(status="done", reused=reused, computed_calls=report.get("computed_calls"),
