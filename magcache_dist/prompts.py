@@ -98,15 +98,15 @@ def read_prompts(path: str, seed: int, negative_prompt: str, image: str | None) 
             vid = video_identity(e["prompt"], neg, s, img, e.get("name"))
         except ValueError as err:
             raise ValueError(f"{where} line {e['line']}: {err}") from None
-        if vid in ids:
-            raise ValueError(f"{where} lines {ids[vid]} and {e['line']} describe the same video (same prompt, "
-                             f"negative prompt, seed and image); remove one, or give it another seed or a name")
-        ids[vid] = e["line"]
         name = folder_name(vid, e["prompt"])
-        if name in names:
+        if name in names and "name" in e:
             raise ValueError(f"{where} lines {names[name]} and {e['line']} both name the video {name!r}; "
                              f"give each video its own name")
-        names[name] = e["line"]
+        if vid in ids or name in names:
+            raise ValueError(f"{where} lines {ids.get(vid, names.get(name))} and {e['line']} describe the same video "
+                             f"(same prompt, negative prompt, seed and image); remove one, or give it another seed "
+                             f"or a name")
+        ids[vid] = names[name] = e["line"]
         videos.append(VideoSpec(index=i, name=name, prompt=e["prompt"], negative_prompt=neg, seed=s, image=img,
                                 line=e["line"], video_id=vid))
     return videos
