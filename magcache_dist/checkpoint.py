@@ -27,6 +27,7 @@ import torch
 
 from magcache_dist.cache.base import copy_to
 from magcache_dist.config import JobConfig, resolve_dtypes, resolve_path, to_dict
+from magcache_dist.io.fingerprint import content_fingerprint
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 
@@ -38,15 +39,22 @@ POINTER = "latest.json"
 # list's file or how many data-parallel groups share the list.
 FREE_KEYS = ("progress", "save_video", "resume", "dry_run", "output_dir", "checkpoint.", "planner.",
              "parallel.timeout_s", "cache.consensus_guard", "cache.calibration.out", "video.fps", "vae.",
-             "model.layout", "prompts_file", "parallel.dp_degree")
+             "model.layout", "prompts_file", "prompts_shard", "parallel.dp_degree")
 
 
 def _free(key: str) -> bool:
     return any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE_KEYS)
 
 
+# Keys naming files whose content, not their path, determines the result: the fingerprint holds the content's
+# fingerprint (magcache_dist/io/fingerprint.py), so the same weights staged elsewhere are the same job and other
+# weights written over the same path are not.
+CONTENT_KEYS = ("model.ckpt", "ckpt_dir", "image", "cache.magcache.ratios_file")
+
+
 def fingerprint(cfg: JobConfig) -> dict:
-    """The flattened config keys that determine the result (``{"sampler.num_steps": 8, ...}``)."""
+    """The flattened config keys that determine the result (``{"sampler.num_steps": 8, ...}``); a file or folder
+    (CONTENT_KEYS) by its content."""
     flat = {}
 
     def walk(prefix, obj):
@@ -58,6 +66,9 @@ def fingerprint(cfg: JobConfig) -> dict:
                 flat[key] = v
 
     walk("", to_dict(cfg))
+    for key in CONTENT_KEYS:
+        if flat.get(key) is not None:
+            flat[key] = content_fingerprint(resolve_path(flat[key]))
     return flat
 
 

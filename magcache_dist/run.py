@@ -234,7 +234,8 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
 
     summary = summarize([r["decisions"] for r in per_rank], dims, scfg.branches)
     report = dict(
-        status="done", video_id=job.video.video_id if job.video is not None else None, config=to_dict(cfg), config_hash=config_hash(fingerprint(cfg)), world_size=par.world.size,
+        status="done", video_id=job.video.video_id if job.video is not None else None, config=to_dict(cfg),
+        config_hash=config_hash(fingerprint(cfg)), world_size=par.world.size,
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
                       cfg_degree=dims.cfg_degree, backend=cfg.parallel.backend),
         cache=policy.describe() if hasattr(policy, "describe") else dict(policy=policy.name),

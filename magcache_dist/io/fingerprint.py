@@ -6,12 +6,14 @@ job, different weights written over the same path are not.
 safetensors file's header, which names every tensor with its dtype, shape and offsets, is at the start; the tail
 catches a file cut short or rewritten in place). The answer is remembered per process by (real path, size,
 mtime), so a list of a thousand videos reads each weight file's 2 MiB once. A folder's fingerprint covers every
-file under it (relative name and fingerprint; hidden files are skipped).
+file under it (relative name and fingerprint; hidden files are skipped); a sharded checkpoint's index file covers
+the shards it names.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 
 MIB = 1 << 20
@@ -39,13 +41,33 @@ def file_fingerprint(path: str) -> str:
     return "sha256:" + _file_digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
+def _index_shards(path: str) -> list[str]:
+    """The shard files a ``*.safetensors.index.json`` (``weight_map``) names, else []."""
+    if not path.endswith(".json") or os.path.getsize(path) > 64 * MIB:
+        return []
+    try:
+        with open(path) as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        return []
+    wm = index.get("weight_map") if isinstance(index, dict) else None
+    return sorted({v for v in wm.values() if isinstance(v, str)}) if isinstance(wm, dict) else []
+
+
 def content_fingerprint(path: str | None) -> str | None:
     """The fingerprint of a file or a folder (every file under it), or None for None. A path that does not exist
     (validation reports it elsewhere) is kept as ``missing:<path>``, so it never equals any content."""
     if path is None:
         return None
     if os.path.isfile(path):
-        return file_fingerprint(path)
+        shards = _index_shards(path)
+        if not shards:
+            return file_fingerprint(path)
+        h = hashlib.sha256(file_fingerprint(path).encode())  # a sharded checkpoint's index: its shards count too
+        for s in shards:
+            full = os.path.join(os.path.dirname(path), s)
+            h.update(f"{s}\0{file_fingerprint(full) if os.path.isfile(full) else 'missing'}\n".encode())
+        return "sha256-index:" + h.hexdigest()[:32]
     if not os.path.isdir(path):
         return f"missing:{path}"
     h, n = hashlib.sha256(), 0
