@@ -21,7 +21,7 @@ from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.parallel.fsdp import check_fsdp
-from magcache_dist.prompts import VideoSpec, read_prompts, video_config
+from magcache_dist.prompts import VideoSpec, parse_shard, read_prompts, video_config
 from magcache_dist.sampling.loop import SamplerConfig
 
 
@@ -104,6 +104,9 @@ def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | 
     """prompts_file: its videos (each one's own inputs checked, e.g. an I2V line's image), else None."""
     set_at = explicitly_set(cfg)
     if cfg.prompts_file is None:
+        if cfg.prompts_shard is not None:
+            raise ValueError(f"prompts_shard={cfg.prompts_shard!r} takes a share of a prompt list; pass "
+                             f"prompts_file=... or remove prompts_shard")
         if cfg.parallel.dp_degree > 1:
             raise ValueError(f"parallel.dp_degree={cfg.parallel.dp_degree} splits a prompt list over groups of ranks; "
                              f"pass prompts_file=... or set parallel.dp_degree=1")
@@ -118,6 +121,7 @@ def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | 
     if cfg.cache.calibration.out is not None:
         raise ValueError("cache.calibration.out names one file, but a prompt list calibrates per video (each "
                          "video's folder gets its ratios.json); remove it, or use cache.calibration.store_dir")
+    parse_shard(cfg.prompts_shard)  # I/N with 0 <= I < N, before the file is read
     videos = read_prompts(resolve_path(cfg.prompts_file), cfg.seed, cfg.negative_prompt, cfg.image)
     for v in videos:
         if v.image != cfg.image:  # the line's own inputs: checked like a single video's

@@ -65,6 +65,24 @@ def folder_name(video_id: str, prompt: str) -> str:
     return f"{slug(prompt)}-{video_id.split(':', 1)[1][:8]}"
 
 
+SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``prompts_shard="I/N"`` -> (I, N); (0, 1) when unset. ValueError naming the key and the fix."""
+    if text is None:
+        return 0, 1
+    m = SHARD_RE.match(str(text))
+    if not m:
+        raise ValueError(f"prompts_shard={text!r} is not I/N; write e.g. prompts_shard=0/4 (share 0 of 4, counted "
+                         f"from 0), or with SLURM arrays prompts_shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"prompts_shard={text!r}: need N >= 1 and 0 <= I < N (I counts from 0; the last of 4 "
+                         f"shards is 3/4)")
+    return i, n
+
+
 def slug(text: str, limit: int = 48) -> str:
     """A readable, file-system safe version of a prompt: lower case words joined by '-'."""
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

@@ -6,7 +6,8 @@
         parallel.dp_degree=2 parallel.ulysses_degree=2
 
 Bad input exits with code 2 and a message naming the key, before any process group is created; so does a
-second job on an ``output_dir`` that a running job holds (rank 0 locks it). A rank that fails exits with 4 naming
+second single-video job on an ``output_dir`` that a running job holds (rank 0 locks it; the jobs of a prompt list,
+e.g. ``prompts_shard=I/N`` array jobs, share their output_dir and claim each video). A rank that fails exits with 4 naming
 itself and the cause; the others end within seconds with 5, naming that rank (magcache_dist/launcher/health.py).
 ``dry_run=true`` prints the plan (magcache_dist/planner) and loads nothing.
 """
@@ -44,7 +45,9 @@ def main(argv=None) -> int:
             return 0
         job = validate_job(cfg, world)
         memory_preflight(job, world)  # the planner's estimate against the free memory, before any weight loads
-        if rank == 0:  # a second job on the same output_dir stops here, naming the first (released at exit)
+        # one video: a second job on the same output_dir stops here, naming the first (released at exit); a list's
+        # jobs share output_dir, each video claimed by one worker (magcache_dist/claims.py)
+        if rank == 0 and job.videos is None:
             from magcache_dist.io.probe import OutputLock
 
             lock = OutputLock(os.path.abspath(cfg.output_dir))

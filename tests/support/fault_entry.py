@@ -5,7 +5,8 @@
 kinds: ``kill_attn`` / ``raise_attn``: SIGKILL / RuntimeError at the n-th self-attention call of that rank
 (Ulysses, ring or local op); ``kill_after_step``: SIGKILL right after step n finished (and its checkpoint, if any,
 was written); ``kill_after_steps``: the same after the n-th step of the job (a prompt list counts over its
-videos); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file.
+videos); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file; ``record_videos`` (no fault): every
+video the process writes is appended to the file $MADE_LOG (its folder and the pid).
 The library has no test hooks: the fault is patched in here, from outside.
 """
 import os
@@ -64,6 +65,17 @@ def install(kind: str, n: int) -> None:
                     f.truncate(os.path.getsize(path) // 2)  # the temp file is half written when the process dies
                 _die()
         torch.save = save
+    elif kind == "record_videos":  # not a fault: every video this process writes is appended to $MADE_LOG
+        from magcache_dist import run
+
+        orig_finalize = run.finalize
+
+        def finalize(job, *a, **kw):
+            out = orig_finalize(job, *a, **kw)
+            with open(os.environ["MADE_LOG"], "a") as f:
+                f.write(f"{os.path.basename(job.cfg.output_dir)} {os.getpid()}\n")
+            return out
+        run.finalize = finalize
     else:
         raise SystemExit(f"unknown FAULT kind {kind!r}")
 
