@@ -22,8 +22,8 @@ from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.factory import build_cache
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.ratios import RatioTable
-from magcache_dist.claims import Claims
 from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
+from magcache_dist.claims import Claims
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
@@ -32,6 +32,7 @@ from magcache_dist.job import Job, validate_job
 from magcache_dist.parallel.apply import apply_sequence_parallel
 from magcache_dist.parallel.dims import ParallelContext
 from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
+from magcache_dist.preempt import Preempted, stop_agreed
 from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config
 from magcache_dist.sampling.loop import sample
 from magcache_dist.sampling.schedulers import FlowScheduler
@@ -111,6 +112,8 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
             part.update(encode_s=phases["encode"], build_s=phases["build"])
             start = t0  # the first video's time counts the load and the encoding; the later ones reuse them
             for i, (v, cond) in enumerate(zip(todo, conds)):
+                if stop_agreed(par, device):  # asked to stop between two videos: nothing to save
+                    raise Preempted(None, f"stopped before {v.name or job.cfg.output_dir}")
                 state = claim(job, v, par, claims, states, entries, part) if listed else states[v.name]
                 if state not in ("new", "resume"):  # done meanwhile by another job, or another worker's now
                     continue
@@ -280,4 +283,5 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
         files=output_files(cfg.output_dir),  # what a rerun of a prompt list checks before it reuses this video
     )
     atomic_write_text(os.path.join(cfg.output_dir, "report.json"), json.dumps(report, indent=1, default=str))
+    ckpt.finished()  # the video is done: its step checkpoints go (checkpoint.keep=true keeps them)
     return report

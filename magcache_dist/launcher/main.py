@@ -9,6 +9,8 @@ Bad input exits with code 2 and a message naming the key, before any process gro
 second single-video job on an ``output_dir`` that a running job holds (rank 0 locks it; the jobs of a prompt list,
 e.g. ``prompts_shard=I/N`` array jobs, share their output_dir and claim each video). A rank that fails exits with 4 naming
 itself and the cause; the others end within seconds with 5, naming that rank (magcache_dist/launcher/health.py).
+SIGTERM (when no rank failed) or ``checkpoint.signal`` stops every rank after its current step; rank 0 writes a
+step checkpoint and the job exits with 75: rerun the same command to continue (magcache_dist/preempt.py).
 ``dry_run=true`` prints the plan (magcache_dist/planner) and loads nothing.
 """
 from __future__ import annotations
@@ -96,21 +98,26 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
     from magcache_dist.launcher.health import build_health_monitor, on_launcher_stop, report_failure
     from magcache_dist.parallel.consensus import SkipDisagreement
     from magcache_dist.parallel.dims import build_dist_context, solo_context
+    from magcache_dist.preempt import EXIT_PREEMPTED, Preempted, StopRequest, install, signal_number
     from magcache_dist.run import run_job
 
     cfg = job.cfg
     device = job_device(cfg, local_rank)
     monitor = None
+    stop = StopRequest()  # SIGTERM / checkpoint.signal: stop after the current step with a checkpoint (exit 75)
+    install(stop, signal_number(cfg.checkpoint.signal))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.request(signum))
     try:
         if world > 1:
             init_backend(cfg, device)
             monitor = build_health_monitor(rank, world)  # a failing rank ends every rank, naming itself
             if monitor is not None:  # torchrun SIGTERMs the survivors: they still say which rank failed and why
-                signal.signal(signal.SIGTERM, on_launcher_stop(monitor, rank))
+                signal.signal(signal.SIGTERM, on_launcher_stop(monitor, rank, stop))
             par = build_dist_context(job.dims, cfg.parallel.backend)
         else:
             par = solo_context()
             par.backend = cfg.parallel.backend
+        par.stop = stop
         report = run_job(job, par, device)
         if report is not None and job.videos is not None:
             if "videos_total" in report:  # this group finished last: the whole job's summary
@@ -126,6 +133,11 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
         if monitor is not None:
             monitor.mark_done()
         return 0
+    except Preempted as e:
+        print(f"[rank {rank}] {e} (exit {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+        if monitor is not None:  # not a failure: the peers stop at the same step
+            monitor.mark_done()
+        return EXIT_PREEMPTED
     except ValueError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         if monitor is not None:  # e.g. this rank's checkpoint file is unreadable: the others must not wait
