@@ -4,6 +4,10 @@
     torchrun --nproc_per_node 4 launch/generate.py --config configs/default.yaml parallel.ulysses_degree=4
     torchrun --nproc_per_node 4 launch/generate.py --config configs/default.yaml prompts_file=prompts.txt \
         parallel.dp_degree=2 parallel.ulysses_degree=2
+    srun --ntasks-per-node 8 --gpus-per-task 1 python launch/generate.py ...   # one task per GPU, no torchrun
+
+The ranks come from torchrun's variables or from SLURM's (magcache_dist/launcher/ranks.py); malformed or
+inconsistent ones exit 2 before anything else.
 
 Bad input exits with code 2 and a message naming the key, before any process group is created; so does a
 second single-video job on an ``output_dir`` that a running job holds (rank 0 locks it; the jobs of a prompt list,
@@ -30,13 +34,20 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sampler.num_steps=30")
     args = ap.parse_args(argv)
 
+    from magcache_dist.launcher.ranks import export, read_ranks
+
+    try:  # torchrun's or srun's variables, checked before anything else
+        ranks = read_ranks()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    export(ranks)  # srun: SLURM's ranks as torchrun's variables (env:// rendezvous, health monitor)
+    rank, world, local_rank = ranks.rank, ranks.world, ranks.local_rank
+
     from magcache_dist.config import load_config
     from magcache_dist.job import validate_job
     from magcache_dist.planner.preflight import memory_preflight
 
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     lock = None
     try:
         cfg = load_config(args.config, args.overrides)
