@@ -111,6 +111,10 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
             phases["build"] = time.perf_counter() - t0 - phases["encode"]
             part.update(encode_s=phases["encode"], build_s=phases["build"])
             start = t0  # the first video's time counts the load and the encoding; the later ones reuse them
+            made, made_t0 = [], time.perf_counter()  # seconds per video this group made (its ETA)
+            if par.rank == 0 and listed and len(todo) < len(mine):
+                print(f"[group {par.dp_index}] {len(mine) - len(todo)} of {len(mine)} videos already done "
+                      f"(reused)", flush=True)
             for i, (v, cond) in enumerate(zip(todo, conds)):
                 if stop_agreed(par, device):  # asked to stop between two videos: nothing to save
                     raise Preempted(None, f"stopped before {v.name or job.cfg.output_dir}")
@@ -128,6 +132,9 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
                     entries[v.name] = entry(v, report, reused=False)
                     write_part(job, part, entries, mine)
                     claims.release()
+                    made.append(time.perf_counter() - made_t0)
+                    print(progress_line(par, v, report, made, todo[i + 1:]), flush=True)
+                made_t0 = time.perf_counter()
     finally:
         if claims is not None:
             claims.close()  # an error or a preemption leaves no claim behind: a rerun takes the video at once
@@ -136,6 +143,15 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
     part["wall_s"] = time.perf_counter() - t0
     write_part(job, part, entries, mine)
     return merge_summary(job)
+
+
+def progress_line(par: ParallelContext, v: VideoSpec, report: dict, made: list[float], left: list) -> str:
+    """One line per finished video of a list (rank 0 of its group): whose group, which video, its computed / total
+    calls, its seconds and the group's ETA (the mean time of the videos it made so far, times those left; videos
+    another worker takes meanwhile make it pessimistic)."""
+    eta = sum(made) / len(made) * len(left)
+    return (f"[group {par.dp_index}] video {v.index} {v.name}: {report['computed_calls']}/{report['total_calls']} "
+            f"calls, {made[-1]:.1f} s; {len(left)} left in this group, ETA {eta:.0f} s")
 
 
 def claim(job: Job, v: VideoSpec, par: ParallelContext, claims: Claims | None, states: dict, entries: dict,
@@ -190,7 +206,7 @@ def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) 
 def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):
     scfg = job.scfg
     progress = None
-    if job.cfg.progress and par.rank == 0:
+    if job.cfg.progress and par.rank == 0 and job.dims.dp_degree == 1:  # groups sharing a terminal: lines only
         from tqdm import tqdm
 
         progress = tqdm(total=scfg.num_steps, desc="sampling", unit="step")

@@ -68,9 +68,13 @@ def main(argv=None) -> int:
         for line in str(e).splitlines() or [""]:  # one line per problem, each naming its key
             print(f"[rank {rank}] error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from magcache_dist.launcher.logs import RankLog
+
+    log = RankLog(job.cfg, rank, world)  # output_dir/logs/rank<r>.log: a copy of what this rank prints
     try:
         return run(job, rank, world, local_rank)
     finally:
+        log.close()
         if lock is not None:
             lock.release()
 

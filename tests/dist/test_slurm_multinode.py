@@ -4,6 +4,7 @@ and a two-task job started the way srun starts it (SLURM's variables only, no to
 list as two data-parallel groups, one per "node"."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -64,7 +65,8 @@ def test_srun_style_two_tasks_make_a_list_as_two_groups(tiny_ckpt, tmp_path):
     prompts.write_text("\n".join(PROMPTS) + "\n")
     solo = run_job(load_config(None, job_overrides(tiny_ckpt, str(tmp_path / "solo"), f"prompts_file={prompts}")),
                    solo_context())
-    args = job_overrides(tiny_ckpt, str(tmp_path / "dp"), f"prompts_file={prompts}", "parallel.dp_degree=2")
+    args = job_overrides(tiny_ckpt, str(tmp_path / "dp"), f"prompts_file={prompts}", "parallel.dp_degree=2",
+                         "progress=true")
     port = _port()
     # what srun exports to each of 2 tasks on 2 nodes (1 task per node): no RANK, no torchrun; the rendezvous
     # address is the node list's first host (127.0.0.[1-2] -> 127.0.0.1)
@@ -75,7 +77,15 @@ def test_srun_style_two_tasks_make_a_list_as_two_groups(tiny_ckpt, tmp_path):
                                              SLURM_NODEID=str(r), SLURM_STEP_NODELIST="127.0.0.[1-2]",
                                              MASTER_PORT=str(port)))
              for r in (0, 1)]
-    _wait(procs)
+    outs = _wait(procs)
+    # progress: one line per finished video from each group's rank 0, no progress bars (two groups, one terminal)
+    lines = re.findall(r"\[group (\d)\] video (\d) \S+: \d+/16 calls, [0-9.]+ s; (\d) left in this group, "
+                       r"ETA \d+ s", outs[0][0] + outs[1][0])  # rank r is group r's rank 0
+    assert lines == [("0", "0", "1"), ("0", "2", "0"), ("1", "1", "0")], outs[0][0] + outs[1][0]
+    assert "sampling:" not in outs[0][1] + outs[1][1] and "step/s" not in outs[0][1] + outs[1][1]
+    for r in (0, 1):  # each rank's log file holds what it printed
+        log = (tmp_path / "dp" / "logs" / f"rank{r}.log").read_text()
+        assert f"rank {r} of 2" in log and outs[r][0].strip().splitlines()[-1] in log
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
     assert summary["videos_done"] == 3 and (summary["dp_degree"], summary["group_size"]) == (2, 1)
     parts = sorted(os.listdir(tmp_path / "dp" / ".summary"))
