@@ -10,9 +10,10 @@ The ranks come from torchrun's variables or from SLURM's (magcache_dist/launcher
 inconsistent ones exit 2 before anything else.
 
 Bad input exits with code 2 and a message naming the key, before any process group is created; so does a
-second single-video job on an ``output_dir`` that a running job holds (rank 0 locks it; the jobs of a prompt list,
-e.g. ``prompts_shard=I/N`` array jobs, share their output_dir and claim each video). A rank that fails exits with 4 naming
-itself and the cause; the others end within seconds with 5, naming that rank (magcache_dist/launcher/health.py).
+second single-video job on an ``output_dir`` that a running job holds (rank 0 locks it; the jobs of a prompt
+list, e.g. ``prompts_shard=I/N`` array jobs, share their output_dir and claim each video). A rank that fails exits
+with 4 naming itself and the cause; the others end within seconds with 5, naming that rank
+(magcache_dist/launcher/health.py).
 SIGTERM (when no rank failed) or ``checkpoint.signal`` stops every rank after its current step; rank 0 writes a
 step checkpoint and the job exits with 75: rerun the same command to continue (magcache_dist/preempt.py).
 ``dry_run=true`` prints the plan (magcache_dist/planner) and loads nothing.
@@ -134,14 +135,11 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
             par.backend = cfg.parallel.backend
         par.stop = stop
         report = run_job(job, par, device)
-        if report is not None and job.videos is not None:
-            if "videos_total" in report:  # this group finished last: the whole job's summary
-                print(f"wrote {cfg.output_dir}/summary.json: {report['videos_done']}/{report['videos_total']} videos "
-                      f"done ({report['videos_reused']} reused), {report['computed_calls']}/{report['total_calls']} "
-                      f"calls computed, wall {report['wall_s']:.1f}s")
-            else:
-                print(f"group {report['group']}: its {len(report['videos'])} videos are done; the last group to "
-                      f"finish writes {cfg.output_dir}/summary.json")
+        if report is not None and job.videos is not None:  # the summary as this group left it (the last one to
+            # finish, of every group and shard, lists every video done)
+            print(f"wrote {cfg.output_dir}/summary.json: {report['videos_done']}/{report['videos_total']} videos "
+                  f"done ({report['videos_reused']} reused), {report['computed_calls']}/{report['total_calls']} "
+                  f"calls computed, wall {report['wall_s']:.1f}s")
         elif report is not None:
             print(f"wrote {cfg.output_dir}/report.json: {report['computed_calls']}/{report['total_calls']} calls "
                   f"computed, skipped {report['skipped_steps']}, sampling {report['phases_s']['sample']:.2f}s")
