@@ -19,6 +19,7 @@ from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.cache.store import RatioStore, interpolate_table, make_key, weights_fingerprint
 from magcache_dist.config import JobConfig, resolve_path
 from magcache_dist.sampling.schedulers import FlowScheduler
+from magcache_dist.errors import InputError
 
 
 def sigma_grid(num_steps: int, shift: float, solver: str = "unipc", sigmas=None) -> list[float]:
@@ -91,11 +92,11 @@ def resolve_ratios(cfg: JobConfig, scfg, par) -> ResolvedRatios | None:
     if par.rank == 0:
         try:
             found = lookup(cfg, scfg)
-        except ValueError as e:  # tell the other ranks instead of leaving them in the broadcast
+        except InputError as e:  # tell the other ranks instead of leaving them in the broadcast
             found = f"{e}"
     found = par.world.broadcast_object(found)
     if isinstance(found, str):
-        raise ValueError(found)
+        raise InputError(found)
     return found
 
 
@@ -130,7 +131,7 @@ def check_store(cfg: JobConfig) -> None:
     """Before any collective: auto needs a usable store; calibrate may write into one."""
     c = cfg.cache
     if c.mode == "auto" and not c.calibration.store_dir:
-        raise ValueError("cache.mode=auto needs cache.calibration.store_dir (a directory holding calibrated ratio tables; "
+        raise InputError("cache.mode=auto needs cache.calibration.store_dir (a directory holding calibrated ratio tables; "
                          "it is created and filled on first use)")
     if c.calibration.store_dir and c.mode in ("auto", "calibrate"):  # auto ignores cache.magcache.preset / cache.magcache.ratios_file
         RatioStore(os.path.abspath(resolve_path(c.calibration.store_dir))).check()

@@ -26,11 +26,12 @@ import os
 import torch
 
 from magcache_dist.cache.base import copy_to
-from magcache_dist.config import JobConfig, resolve_dtypes, resolve_path, to_dict
+from magcache_dist.config import JobConfig, resolve_path, to_dict
 from magcache_dist.io.fingerprint import content_fingerprint
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.preempt import Preempted, signal_number, stop_agreed
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
+from magcache_dist.errors import InputError
 
 FORMAT = "magcache-dist-checkpoint/1"
 POINTER = "latest.json"
@@ -84,16 +85,16 @@ def checkpoint_dir(cfg: JobConfig) -> str:
 def read_pointer(cfg: JobConfig) -> dict:
     path = os.path.join(checkpoint_dir(cfg), POINTER)
     if not os.path.isfile(path):
-        raise ValueError(f"resume=true but checkpoint.dir={checkpoint_dir(cfg)!r} holds no checkpoint ({POINTER}); "
+        raise InputError(f"resume=true but checkpoint.dir={checkpoint_dir(cfg)!r} holds no checkpoint ({POINTER}); "
                          f"set resume=false to start from scratch, or point checkpoint.dir at the interrupted job's "
                          f"checkpoint directory")
     try:
         with open(path) as f:
             ptr = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"resume=true: {path} is unreadable ({e}); set resume=false to start from scratch") from None
+        raise InputError(f"resume=true: {path} is unreadable ({e}); set resume=false to start from scratch") from None
     if not isinstance(ptr, dict) or ptr.get("format") != FORMAT or not isinstance(ptr.get("next_step"), int):
-        raise ValueError(f"resume=true: {path} is not a {FORMAT!r} pointer; set resume=false to start from scratch")
+        raise InputError(f"resume=true: {path} is not a {FORMAT!r} pointer; set resume=false to start from scratch")
     return ptr
 
 
@@ -104,16 +105,16 @@ def config_diff(saved: dict, now: dict) -> list[str]:
 
 
 def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
-    """Before any collective: checkpoint settings, and for resume=true a checkpoint of this very job."""
-    resolve_dtypes(cfg, on_gpu=torch.cuda.is_available())  # the fingerprint holds the dtypes the run uses
+    """Before any collective: checkpoint settings, and for resume=true a checkpoint of this very job. ``cfg``: the
+    job's resolved config (its family's defaults filled in, dtypes of this machine: what the fingerprint holds)."""
     signal_number(cfg.checkpoint.signal)
     n = cfg.checkpoint.every_n_steps
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"checkpoint.every_n_steps={n!r} must be an integer >= 0 (0 disables checkpoints)")
+        raise InputError(f"checkpoint.every_n_steps={n!r} must be an integer >= 0 (0 disables checkpoints)")
     if n == 0 and not cfg.resume:
         return
     if n >= cfg.sampler.num_steps:
-        raise ValueError(f"checkpoint.every_n_steps={n} >= sampler.num_steps={cfg.sampler.num_steps}: no checkpoint "
+        raise InputError(f"checkpoint.every_n_steps={n} >= sampler.num_steps={cfg.sampler.num_steps}: no checkpoint "
                          f"would ever be written; use a smaller value (0 disables checkpoints)")
     d = checkpoint_dir(cfg)
     ensure_writable_dir(d, "checkpoint.dir")  # found unwritable now, not at the first checkpoint mid-run
@@ -122,14 +123,14 @@ def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
     ptr = read_pointer(cfg)
     diff = config_diff(ptr.get("config", {}), fingerprint(cfg))
     if diff:
-        raise ValueError(f"resume=true: the checkpoint in checkpoint.dir={d!r} was written by a different job: "
+        raise InputError(f"resume=true: the checkpoint in checkpoint.dir={d!r} was written by a different job: "
                          f"{'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Resume with the original values, "
                          f"or set resume=false to start again")
     if ptr.get("world_size") != world_size:
-        raise ValueError(f"resume=true: the checkpoint was written by {ptr.get('world_size')} ranks, this job has "
+        raise InputError(f"resume=true: the checkpoint was written by {ptr.get('world_size')} ranks, this job has "
                          f"WORLD_SIZE={world_size}; relaunch with the original number of processes")
     if not 0 < ptr["next_step"] < cfg.sampler.num_steps:
-        raise ValueError(f"resume=true: the checkpoint's next step {ptr['next_step']} is outside 1.."
+        raise InputError(f"resume=true: the checkpoint's next step {ptr['next_step']} is outside 1.."
                          f"{cfg.sampler.num_steps - 1} (sampler.num_steps); set resume=false")
 
 
@@ -228,17 +229,17 @@ class Checkpointer:
         next_step = self.par.world.broadcast_object(ptr["next_step"] if ptr else None)
         path = self.rank_file(next_step)
         if not os.path.isfile(path):
-            raise ValueError(f"resume=true: {path} is missing (checkpoint.dir must be shared by all ranks)")
+            raise InputError(f"resume=true: {path} is missing (checkpoint.dir must be shared by all ranks)")
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated file, or anything that is not plain data
-            raise ValueError(f"resume=true: {path} could not be read as plain data (weights_only=True): "
+            raise InputError(f"resume=true: {path} could not be read as plain data (weights_only=True): "
                              f"{type(e).__name__}: {str(e).splitlines()[0]}; set resume=false") from None
         if not isinstance(sd, dict) or sd.get("format") != FORMAT:
-            raise ValueError(f"resume=true: {path} is not a {FORMAT!r} file; set resume=false")
+            raise InputError(f"resume=true: {path} is not a {FORMAT!r} file; set resume=false")
         if (sd["config_hash"], sd["next_step"], sd["rank"], sd["world_size"]) != \
                 (self.hash, next_step, self.par.rank, self.par.world.size):
-            raise ValueError(f"resume=true: {path} belongs to another job or rank (config hash {sd['config_hash']} "
+            raise InputError(f"resume=true: {path} belongs to another job or rank (config hash {sd['config_hash']} "
                              f"vs {self.hash}); set resume=false")
         scheduler = scheduler_factory()
         scheduler.load_state_dict(copy_to(sd["scheduler"], self.device))

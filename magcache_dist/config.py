@@ -1,8 +1,11 @@
 """Job configuration: OmegaConf YAML + ``key=value`` overrides, validated against a structured schema.
 
-Unknown keys and wrong types are errors naming the key. ``validate_job`` then checks everything that can be
-checked before a process group exists (parallel degrees, cache settings, files), so bad input never reaches a
-collective.
+Unknown keys and wrong types are errors naming the key. Every section is a frozen dataclass: nothing changes a
+config once it is loaded. A key whose default depends on the model (``sampler.shift``, ``.guidance``, ``.solver``)
+is ``None`` (unset) here; the model family fills it in (``ModelFamily.resolve``), and ``validate_job`` returns the
+resolved config in a frozen ``Job`` without touching the one it was given. ``validate_job`` then checks everything
+that can be checked before a process group exists (parallel degrees, cache settings, files), so bad input never
+reaches a collective.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ from typing import List, Optional
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from magcache_dist.errors import InputError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSection:
     name: str = "tiny-video"  # a key of models.wan.WAN_CONFIGS
     ckpt: Optional[str] = None  # weights; None = seeded random init (init_seed); relative paths: project root
@@ -29,7 +33,7 @@ class ModelSection:
     layout: str = "auto"  # Wan2.1 ckpt_dir: auto | official | diffusers
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoSection:
     frames: int = 16
     height: int = 64
@@ -37,15 +41,20 @@ class VideoSection:
     fps: int = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerSection:
+    """``None``: unset, the model family's default (else SHIFT / GUIDANCE / SOLVER below)."""
     num_steps: int = 20
-    shift: float = 5.0
-    guidance: float = 5.0
-    solver: str = "unipc"
+    shift: Optional[float] = None  # sigma shift (Wan: the diffusers folder's flow_shift; HunyuanVideo: 7.0)
+    guidance: Optional[float] = None  # classifier-free guidance scale (HunyuanVideo: embedded guidance 6.0)
+    solver: Optional[str] = None  # unipc | euler (HunyuanVideo: euler)
 
 
-@dataclass
+# What an unset sampler key means when the model family has no default of its own
+SHIFT, GUIDANCE, SOLVER = 5.0, 5.0, "unipc"
+
+
+@dataclass(frozen=True)
 class MagCacheSection:
     """The MagCache rule (cache.mode=magcache, auto and online): thresholds, and for magcache where the ratios come
     from (a preset, or a ratio file; neither: the model's default preset)."""
@@ -57,27 +66,27 @@ class MagCacheSection:
     retention: float = 0.2
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeaCacheSection:
     thresh: float = 0.1  # threshold on the accumulated rescaled rel-L1 change
     coefficients: Optional[List[float]] = None  # polynomial (highest degree first); None = the coefficients fitted
     # for model.name (magcache_dist/cache/data/<model>-teacache.json)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OnlineSection:
     predictor: str = "powerlaw"  # powerlaw | hold (magcache_dist/cache/online.py)
     window: int = 6  # measurements the predictor fits
     margin: bool = True  # widen the error by the predictor's latest miss
 
 
-@dataclass
+@dataclass(frozen=True)
 class CalibrationSection:
     out: Optional[str] = None  # calibrate: where to write the ratio file (default <output_dir>/ratios.json)
     store_dir: Optional[str] = None  # ratio store: calibrate writes into it, auto reads (and fills) it
 
 
-@dataclass
+@dataclass(frozen=True)
 class CacheSection:
     mode: str = "magcache"  # off | magcache | calibrate | teacache | auto | online
     # joint: one skip decision per step for both CFG branches, agreed over every rank (magcache, online,
@@ -99,7 +108,7 @@ MOVED.update({"cache.teacache_thresh": "cache.teacache.thresh",
               "cache.store_dir": "cache.calibration.store_dir"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParallelSection:
     ulysses_degree: int = 1
     ring_degree: int = 1
@@ -110,7 +119,7 @@ class ParallelSection:
     fsdp: bool = False  # shard the DiT's block weights across each sequence-parallel group
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointSection:
     every_n_steps: int = 0  # write the sampling state every N steps (0 = never); resume=true continues from it
     dir: Optional[str] = None  # default <output_dir>/checkpoint; must be shared by all ranks (see checkpoint.py)
@@ -120,13 +129,13 @@ class CheckpointSection:
     signal: Optional[str] = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlannerSection:
     device: str = "cpu"  # dry_run device profile: a name in magcache_dist/planner/profiles (h100, h200, cpu) or a path
     memory_check: bool = True  # before loading weights: refuse a job whose estimated memory exceeds what is free
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextEncoderSection:
     """Where the text encoders run (Wan2.1: umT5, CLIP for I2V; HunyuanVideo: LLaMA, CLIP-L); they are loaded for
     encoding only and freed right after."""
@@ -134,7 +143,7 @@ class TextEncoderSection:
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16
 
 
-@dataclass
+@dataclass(frozen=True)
 class VaeSection:
     """The VAE (Wan2.1, HunyuanVideo): decoded on rank 0 after sampling (causal in time)."""
     dtype: str = "float32"
@@ -146,7 +155,7 @@ class VaeSection:
     offload_dit: bool = True  # move the DiT to CPU before decoding, freeing its GPU memory for the VAE
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobConfig:
     prompt: str = "a red circle moves right"
     # many videos in one job: a text file (one prompt per line) or .jsonl (prompt, seed, negative_prompt, image,
@@ -232,10 +241,10 @@ def _typed(value, path: list[str], where: str):
     tp = _field_type(path)
     if isinstance(value, dict):
         if tp is not None and not dataclasses.is_dataclass(tp) and typing.get_origin(tp) is not dict:
-            raise ValueError(f"{where}: {'.'.join(path)} must be a single value, not a section")
+            raise InputError(f"{where}: {'.'.join(path)} must be a single value, not a section")
         return {k: _typed(v, path + [str(k)], where) for k, v in value.items()}
     if tp is not None and dataclasses.is_dataclass(tp):
-        raise ValueError(f"{where}: {'.'.join(path)} is a section ({tp.__name__}); set its keys, e.g. "
+        raise InputError(f"{where}: {'.'.join(path)} is a section ({tp.__name__}); set its keys, e.g. "
                          f"{'.'.join(path)}.{dataclasses.fields(tp)[0].name}=...")
     if isinstance(value, list):
         return [_typed(v, path + ["[]"], where) for v in value]
@@ -253,28 +262,28 @@ def _escape(text: str) -> str:
 def _read_yaml(path: str) -> dict:
     where = f"--config {path!r}"
     if not os.path.isfile(path):
-        raise ValueError(f"{where} does not exist")
+        raise InputError(f"{where} does not exist")
     with open(path, "rb") as f:
         raw = f.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        raise InputError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except _DuplicateKey as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise InputError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
         hint = " (YAML indents with spaces, not tabs)" if "\t" in line else ""
-        raise ValueError(f"{where} is not valid YAML{at}: {problem}{hint}") from None
+        raise InputError(f"{where} is not valid YAML{at}: {problem}{hint}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping of keys (e.g. 'prompt: ...'), not a {type(data).__name__}")
+        raise InputError(f"{where} must be a mapping of keys (e.g. 'prompt: ...'), not a {type(data).__name__}")
     return _typed(data, [], where)
 
 
@@ -282,11 +291,11 @@ def _override(item: str) -> dict:
     """``a.b=value`` -> {"a": {"b": typed value}}: strings stay as written (one pair of surrounding quotes is
     removed; ``null`` unsets an optional string), everything else is read as YAML, as OmegaConf does."""
     if "=" not in item:
-        raise ValueError(f"override {item!r} must look like key=value (e.g. sampler.num_steps=30)")
+        raise InputError(f"override {item!r} must look like key=value (e.g. sampler.num_steps=30)")
     key, value = item.split("=", 1)
     path = key.strip().split(".")
     if not all(path):
-        raise ValueError(f"override {item!r}: the key {key!r} is not a dotted config key")
+        raise InputError(f"override {item!r}: the key {key!r} is not a dotted config key")
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1]
     else:
@@ -331,11 +340,11 @@ def _check_moved(parts: list[dict], path: str | None, overrides: list[str]) -> N
     problems = [f"{where}: {k} has moved; use {MOVED[k]}" for where, part in zip(wheres, parts)
                 for k in _all_keys(part) if k in MOVED]
     if problems:
-        raise ValueError("\n".join(problems))
+        raise InputError("\n".join(problems))
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
-    """Merge schema defaults, the YAML file and ``key=value`` overrides; raise ValueError naming the key."""
+    """Merge schema defaults, the YAML file and ``key=value`` overrides; raise InputError naming the key."""
     try:
         parts = ([_read_yaml(path)] if path is not None else []) + [_override(o) for o in overrides or []]
         _check_moved(parts, path, list(overrides or []))
@@ -348,7 +357,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         msg = str(e).splitlines()[0]
         if key and _field_type(key.split(".")) is None and "not in" in msg and "Did you mean" not in msg:
             msg += _suggest(key)
-        raise ValueError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
+        raise InputError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
     check_values(job)
     set_at = {}  # key -> index of the last source that set it (0: the file, then each override in order)
     for i, part in enumerate(parts, start=0 if path is not None else 1):
@@ -418,15 +427,34 @@ def check_values(job: JobConfig) -> None:
 
     walk(job, "")
     if problems:
-        raise ValueError("\n".join(problems))  # one line per problem
+        raise InputError("\n".join(problems))  # one line per problem
 
 
-def resolve_dtypes(cfg, on_gpu: bool) -> None:
-    """In place: ``model.dtype`` / ``text_encoder.dtype`` ``auto`` -> bfloat16 on a GPU, float32 on a CPU (where
-    bf16 matmuls are several times slower than fp32: benchmarks/README.md, constant_work). A given dtype stays."""
-    for section in (cfg.model, cfg.text_encoder):
-        if section.dtype == "auto":
-            section.dtype = "bfloat16" if on_gpu else "float32"
+def evolve(cfg: JobConfig, **changes) -> JobConfig:
+    """A copy of ``cfg`` with dotted keys changed (``evolve(cfg, **{"sampler.shift": 3.0})``); ``cfg`` is left as it
+    is, and the copy keeps the record of what the user set (``explicitly_set``)."""
+    nested: dict = {}
+    for key, value in changes.items():
+        *path, leaf = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def apply(obj, tree: dict):
+        return dataclasses.replace(obj, **{k: apply(getattr(obj, k), v) if isinstance(v, dict) else v
+                                           for k, v in tree.items()})
+
+    out = apply(cfg, nested)
+    object.__setattr__(out, "_set_at", explicitly_set(cfg))
+    return out
+
+
+def resolve_dtypes(cfg: JobConfig, on_gpu: bool) -> JobConfig:
+    """``model.dtype`` / ``text_encoder.dtype`` ``auto`` -> bfloat16 on a GPU, float32 on a CPU (where bf16 matmuls are
+    several times slower than fp32: benchmarks/README.md, constant_work); a given dtype stays. Returns the copy."""
+    auto = "bfloat16" if on_gpu else "float32"
+    return evolve(cfg, **{f"{s}.dtype": auto for s in ("model", "text_encoder") if getattr(cfg, s).dtype == "auto"})
 
 
 def resolve_path(p: str | None) -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from magcache_dist.auto import check_store, job_sigmas
 from magcache_dist.cache.base import CachePolicy
+from magcache_dist.cache.magcache import MagCacheConfig
 from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, check_spec, resolve_preset
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, explicitly_set, resolve_path
@@ -23,9 +24,10 @@ from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.parallel.fsdp import check_fsdp
 from magcache_dist.prompts import VideoSpec, parse_shard, read_prompts, video_config
 from magcache_dist.sampling.loop import SamplerConfig
+from magcache_dist.errors import InputError, reading
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
     cfg: JobConfig
     family: ModelFamily
@@ -53,38 +55,43 @@ def cache_spec(cfg: JobConfig, family: ModelFamily, scfg: SamplerConfig) -> Cach
         mode=c.mode, num_steps=scfg.num_steps, branches=tuple(scfg.branches), model=family.name,
         family_rule=family.cache_rule(), branch_sync=c.branch_sync,
         sigmas=tuple(job_sigmas(scfg)) if c.mode == "online" else (),
-        thresh=m.thresh, K=m.K, retention=m.retention, rule=m.rule, preset=preset,
+        magcache=MagCacheConfig(m.thresh, m.K, m.retention) if c.mode in _MAGCACHE_MODES else None, rule=m.rule,
+        preset=preset,
         ratios_file=resolve_path(m.ratios_file), teacache_thresh=t.thresh,
         teacache_coefficients=tuple(t.coefficients) if t.coefficients is not None else None,
         online=dict(predictor=o.predictor, window=o.window, margin=o.margin))
 
 
-def validate_job(cfg: JobConfig, world_size: int) -> Job:
-    """Everything checkable before a process group exists. Raises ValueError naming the key and the fix."""
-    model_spec(cfg.model.name)  # an unknown name: the error names the choices
-    family = make_family(cfg)  # resolves an auto dtype: the machine that validates is the one that runs
+def validate_job(given: JobConfig, world_size: int) -> Job:
+    """Everything checkable before a process group exists: the frozen job, its config resolved (``given`` itself is
+    left as it is). Raises InputError naming the key and the fix."""
+    model_spec(given.model.name)  # an unknown name: the error names the choices
+    with reading():
+        family = make_family(given)  # resolves: the machine that validates is the one that runs
+    cfg = family.cfg
     if cfg.model.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPES)}")
+        raise InputError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPES)}")
     if cfg.cpu_threads is not None and cfg.cpu_threads < 1:
-        raise ValueError(f"cpu_threads={cfg.cpu_threads} must be >= 1 (or null for the default, 1 on CPU)")
+        raise InputError(f"cpu_threads={cfg.cpu_threads} must be >= 1 (or null for the default, 1 on CPU)")
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
-        raise ValueError("prompt is empty; pass prompt=\"a red circle moves right\"")
-    videos = check_prompt_list(cfg, family)
-    family.validate()
-    check_applicable(cfg)
+        raise InputError("prompt is empty; pass prompt=\"a red circle moves right\"")
+    videos = check_prompt_list(given, cfg)
+    with reading():  # the family reads the checkpoint's files through models/ and the libraries
+        family.validate()
+    check_applicable(given)
     if cfg.video.fps < 1:
-        raise ValueError(f"video.fps={cfg.video.fps} must be >= 1")
+        raise InputError(f"video.fps={cfg.video.fps} must be >= 1")
     scfg = family.sampler_config()
     dims = parallel_dims(cfg)
     dims.validate(world_size, family.num_heads(), len(scfg.branches))
     check_backend(cfg.parallel.backend)
     if cfg.parallel.backend == "xfuser" and dims.dp_degree > 1:  # xDiT builds its own groups over the whole world
-        raise ValueError("parallel.backend=xfuser takes the whole world as one group; use parallel.backend=native "
+        raise InputError("parallel.backend=xfuser takes the whole world as one group; use parallel.backend=native "
                          "with parallel.dp_degree > 1")
     if cfg.parallel.fsdp:
         check_fsdp(dims)
     if cfg.parallel.timeout_s <= 0:
-        raise ValueError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
+        raise InputError(f"parallel.timeout_s={cfg.parallel.timeout_s} must be > 0")
     spec = cache_spec(cfg, family, scfg)
     check_spec(spec)  # every mode; the policy's own checks follow when it is built
     policy = None if cfg.cache.mode == "auto" else build_cache(spec)  # rejects what the policy would reject
@@ -95,37 +102,39 @@ def validate_job(cfg: JobConfig, world_size: int) -> Job:
         ensure_writable_dir(os.path.dirname(os.path.abspath(out)) if out else os.path.abspath(cfg.output_dir),
                             "cache.calibration.out")
         if out and os.path.isdir(out):
-            raise ValueError(f"cache.calibration.out={out!r} is a directory; give a file path (e.g. ratios.json)")
+            raise InputError(f"cache.calibration.out={out!r} is a directory; give a file path (e.g. ratios.json)")
     validate_checkpointing(video_config(cfg, videos[0]) if videos else cfg, world_size)  # a list: per video
     return Job(cfg, family, dims, scfg, spec, policy, videos)
 
 
-def check_prompt_list(cfg: JobConfig, family: ModelFamily) -> list[VideoSpec] | None:
-    """prompts_file: its videos (each one's own inputs checked, e.g. an I2V line's image), else None."""
-    set_at = explicitly_set(cfg)
+def check_prompt_list(given: JobConfig, cfg: JobConfig) -> list[VideoSpec] | None:
+    """prompts_file: its videos (each one's own inputs checked, e.g. an I2V line's image), else None. ``given``: the
+    config as written (which sources set prompt and prompts_file), ``cfg``: resolved."""
+    set_at = explicitly_set(given)
     if cfg.prompts_file is None:
         if cfg.prompts_shard is not None:
-            raise ValueError(f"prompts_shard={cfg.prompts_shard!r} takes a share of a prompt list; pass "
+            raise InputError(f"prompts_shard={cfg.prompts_shard!r} takes a share of a prompt list; pass "
                              f"prompts_file=... or remove prompts_shard")
         if cfg.parallel.dp_degree > 1:
-            raise ValueError(f"parallel.dp_degree={cfg.parallel.dp_degree} splits a prompt list over groups of ranks; "
+            raise InputError(f"parallel.dp_degree={cfg.parallel.dp_degree} splits a prompt list over groups of ranks; "
                              f"pass prompts_file=... or set parallel.dp_degree=1")
         return None
     at = set_at.get("prompt", -1)  # a config file's prompt stays behind a list given on the command line
     if at >= 1 or at >= set_at.get("prompts_file", 0):
-        raise ValueError(f"prompt and prompts_file={cfg.prompts_file!r} are both given; a job makes either one video "
+        raise InputError(f"prompt and prompts_file={cfg.prompts_file!r} are both given; a job makes either one video "
                          f"(prompt=...) or the videos of a prompts file: remove one")
     if cfg.resume:
-        raise ValueError("resume does not apply to a prompt list: a rerun of the same job reuses its done videos and "
+        raise InputError("resume does not apply to a prompt list: a rerun of the same job reuses its done videos and "
                          "continues an interrupted one from its step checkpoint by itself; remove resume=true")
     if cfg.cache.calibration.out is not None:
-        raise ValueError("cache.calibration.out names one file, but a prompt list calibrates per video (each "
+        raise InputError("cache.calibration.out names one file, but a prompt list calibrates per video (each "
                          "video's folder gets its ratios.json); remove it, or use cache.calibration.store_dir")
     parse_shard(cfg.prompts_shard)  # I/N with 0 <= I < N, before the file is read
     videos = read_prompts(resolve_path(cfg.prompts_file), cfg.seed, cfg.negative_prompt, cfg.image)
     for v in videos:
         if v.image != cfg.image:  # the line's own inputs: checked like a single video's
-            make_family(video_config(cfg, v)).validate()
+            with reading():
+                make_family(video_config(cfg, v)).validate()
     return videos
 
 
@@ -176,7 +185,7 @@ def check_applicable(cfg: JobConfig) -> None:
         problems += [f"{k} does not apply here ({now}); it is for {what}: remove it" for k in keys
                      if set_at[k] >= switched]
     if problems:
-        raise ValueError("\n".join(problems))  # one line per problem
+        raise InputError("\n".join(problems))  # one line per problem
 
 
 def _get(cfg, dotted: str):

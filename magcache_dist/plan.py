@@ -10,6 +10,7 @@ import json
 import sys
 
 from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, plan
+from magcache_dist.errors import InputError
 
 
 def main(argv=None) -> int:
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
         policy = build_magcache(args.preset, args.ratios, cfg, args.steps, branches, rule=args.rule,
                                 branch_sync=args.branch_sync)
         out = plan(policy, args.steps, branches)
-    except ValueError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"preset": args.preset or args.ratios, **out}))

@@ -17,6 +17,8 @@ import threading
 
 import torch
 
+from magcache_dist.errors import InputError
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the job stopped on request after writing a checkpoint; rerun it to continue
 
 
@@ -45,7 +47,7 @@ class StopRequest:
 
 
 def signal_number(name: str | int | None, key: str = "checkpoint.signal") -> int | None:
-    """``USR1`` / ``SIGUSR1`` / ``10`` -> the signal's number; ValueError naming the key for anything else."""
+    """``USR1`` / ``SIGUSR1`` / ``10`` -> the signal's number; InputError naming the key for anything else."""
     if name is None:
         return None
     text = str(name).strip().upper()
@@ -55,7 +57,7 @@ def signal_number(name: str | int | None, key: str = "checkpoint.signal") -> int
     else:
         sig = names.get(text if text.startswith("SIG") else f"SIG{text}")
     if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP) or sig not in signal.valid_signals():
-        raise ValueError(f"{key}={name!r} is not a signal a job can catch; use a name such as USR1 or USR2 (SLURM: "
+        raise InputError(f"{key}={name!r} is not a signal a job can catch; use a name such as USR1 or USR2 (SLURM: "
                          f"--signal=B:USR1@120), or leave it null (SIGTERM always stops the job)")
     return int(sig)
 

@@ -14,7 +14,6 @@ every video made before in its folder.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from magcache_dist.config import resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.io.fingerprint import file_fingerprint
 
 FIELDS = ("prompt", "seed", "negative_prompt", "image", "name")
@@ -51,7 +51,7 @@ def video_identity(prompt: str, negative_prompt: str, seed: int, image: str | No
         try:
             image_id = file_fingerprint(resolve_path(image))
         except OSError as e:
-            raise ValueError(f"image={image!r} cannot be read ({e.strerror or e}); give an existing image file") \
+            raise InputError(f"image={image!r} cannot be read ({e.strerror or e}); give an existing image file") \
                 from None
     key = json.dumps(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, image=image_id),
                      sort_keys=True, ensure_ascii=False)
@@ -69,16 +69,16 @@ SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """``prompts_shard="I/N"`` -> (I, N); (0, 1) when unset. ValueError naming the key and the fix."""
+    """``prompts_shard="I/N"`` -> (I, N); (0, 1) when unset. InputError naming the key and the fix."""
     if text is None:
         return 0, 1
     m = SHARD_RE.match(str(text))
     if not m:
-        raise ValueError(f"prompts_shard={text!r} is not I/N; write e.g. prompts_shard=0/4 (share 0 of 4, counted "
+        raise InputError(f"prompts_shard={text!r} is not I/N; write e.g. prompts_shard=0/4 (share 0 of 4, counted "
                          f"from 0), or with SLURM arrays prompts_shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"prompts_shard={text!r}: need N >= 1 and 0 <= I < N (I counts from 0; the last of 4 "
+        raise InputError(f"prompts_shard={text!r}: need N >= 1 and 0 <= I < N (I counts from 0; the last of 4 "
                          f"shards is 3/4)")
     return i, n
 
@@ -93,12 +93,12 @@ def read_prompts(path: str, seed: int, negative_prompt: str, image: str | None) 
     """The videos of a prompts file, or ValueError naming the file, the line and the fix."""
     where = f"prompts_file={path!r}"
     if not os.path.isfile(path):
-        raise ValueError(f"{where} does not exist; give a text file (one prompt per line) or a .jsonl file")
+        raise InputError(f"{where} does not exist; give a text file (one prompt per line) or a .jsonl file")
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        raise InputError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     jsonl = path.endswith(".jsonl")
     entries = []
     for no, raw in enumerate(lines, 1):
@@ -107,21 +107,21 @@ def read_prompts(path: str, seed: int, negative_prompt: str, image: str | None) 
             continue
         entries.append(_entry(text, no, where) if jsonl else dict(prompt=text, line=no))
     if not entries:
-        raise ValueError(f"{where} holds no prompts; write one prompt per line"
+        raise InputError(f"{where} holds no prompts; write one prompt per line"
                          + (" (a JSON object with a 'prompt' per line)" if jsonl else ""))
     videos, names, ids = [], {}, {}
     for i, e in enumerate(entries):
         neg, s, img = e.get("negative_prompt", negative_prompt), e.get("seed", seed), e.get("image", image)
         try:
             vid = video_identity(e["prompt"], neg, s, img, e.get("name"))
-        except ValueError as err:
-            raise ValueError(f"{where} line {e['line']}: {err}") from None
+        except InputError as err:
+            raise InputError(f"{where} line {e['line']}: {err}") from None
         name = folder_name(vid, e["prompt"])
         if name in names and "name" in e:
-            raise ValueError(f"{where} lines {names[name]} and {e['line']} both name the video {name!r}; "
+            raise InputError(f"{where} lines {names[name]} and {e['line']} both name the video {name!r}; "
                              f"give each video its own name")
         if vid in ids or name in names:
-            raise ValueError(f"{where} lines {ids.get(vid, names.get(name))} and {e['line']} describe the same video "
+            raise InputError(f"{where} lines {ids.get(vid, names.get(name))} and {e['line']} describe the same video "
                              f"(same prompt, negative prompt, seed and image); remove one, or give it another seed "
                              f"or a name")
         ids[vid] = names[name] = e["line"]
@@ -135,30 +135,30 @@ def _entry(text: str, no: int, where: str) -> dict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{at} is not valid JSON ({e.msg} at column {e.colno}); write one JSON object per line, "
+        raise InputError(f"{at} is not valid JSON ({e.msg} at column {e.colno}); write one JSON object per line, "
                          f'e.g. {{"prompt": "a red circle moves right", "seed": 1}}') from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{at} is a JSON {type(obj).__name__}, not an object; write "
+        raise InputError(f"{at} is a JSON {type(obj).__name__}, not an object; write "
                          f'{{"prompt": "..."}}')
     unknown = sorted(set(obj) - set(FIELDS))
     if unknown:
-        raise ValueError(f"{at}: unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
+        raise InputError(f"{at}: unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{at}: 'prompt' is missing or empty; every line needs a non-empty prompt")
+        raise InputError(f"{at}: 'prompt' is missing or empty; every line needs a non-empty prompt")
     out = dict(prompt=prompt.strip(), line=no)
     if "seed" in obj:
         s = obj["seed"]
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= SEED_MAX:
-            raise ValueError(f"{at}: seed={s!r} must be an integer >= 0 and <= {SEED_MAX}")
+            raise InputError(f"{at}: seed={s!r} must be an integer >= 0 and <= {SEED_MAX}")
         out["seed"] = s
     for key in ("negative_prompt", "image", "name"):
         if key in obj and obj[key] is not None:
             if not isinstance(obj[key], str):
-                raise ValueError(f"{at}: {key}={obj[key]!r} must be a string")
+                raise InputError(f"{at}: {key}={obj[key]!r} must be a string")
             out[key] = obj[key]
     if "name" in out and not NAME_RE.match(out["name"]):
-        raise ValueError(f"{at}: name={out['name']!r} is not a folder name; use letters, digits, '.', '_' and '-' "
+        raise InputError(f"{at}: name={out['name']!r} is not a folder name; use letters, digits, '.', '_' and '-' "
                          f"(at most 100, not starting with '.' or '-')")
     return out
 
@@ -166,9 +166,8 @@ def _entry(text: str, no: int, where: str) -> dict:
 def video_config(cfg, video: VideoSpec):
     """The job config of one video of a list: its own prompt, seed, negative prompt and image, its folder under
     output_dir (its step checkpoints in the folder's checkpoint/, or under checkpoint.dir by name)."""
-    c = copy.deepcopy(cfg)
-    c.prompt, c.negative_prompt, c.seed, c.image = video.prompt, video.negative_prompt, video.seed, video.image
-    c.prompts_file = None
-    c.output_dir = os.path.join(cfg.output_dir, video.name)
-    c.checkpoint.dir = os.path.join(cfg.checkpoint.dir, video.name) if cfg.checkpoint.dir else None
-    return c
+    from magcache_dist.config import evolve
+
+    return evolve(cfg, prompt=video.prompt, negative_prompt=video.negative_prompt, seed=video.seed, image=video.image,
+                  prompts_file=None, output_dir=os.path.join(cfg.output_dir, video.name),
+                  **{"checkpoint.dir": os.path.join(cfg.checkpoint.dir, video.name) if cfg.checkpoint.dir else None})

@@ -25,6 +25,7 @@ from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
 from magcache_dist.claims import Claims
 from magcache_dist.config import JobConfig, to_dict
+from magcache_dist.errors import reading
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
@@ -102,7 +103,8 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
     report = None
     try:
         if todo:
-            model, encoder = job.family.build(device, weights=not job.cfg.parallel.fsdp)  # fsdp: after sharding
+            with reading():  # the weights' files, read through models/ and the libraries
+                model, encoder = job.family.build(device, weights=not job.cfg.parallel.fsdp)  # fsdp: after sharding
             t = time.perf_counter()
             conds = encode_videos(job, encoder, todo, stage=len(todo) > 1)
             del encoder
@@ -200,7 +202,8 @@ def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) 
     apply_sequence_parallel(model, par)
     if job.cfg.parallel.fsdp:
         apply_fsdp(model, par, device)
-        job.family.load_weights(model, device)
+        with reading():
+            job.family.load_weights(model, device)
 
 
 def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):

@@ -20,7 +20,6 @@ A job makes a list of videos (a single ``prompt`` is a list of one; ``prompts_fi
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fcntl
 import json
@@ -28,6 +27,8 @@ import os
 import re
 
 from magcache_dist.checkpoint import POINTER, checkpoint_dir, config_hash, fingerprint, validate_checkpointing
+from magcache_dist.config import evolve
+from magcache_dist.errors import InputError
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.job import Job
@@ -70,13 +71,10 @@ def video_job(job: Job, video: VideoSpec, resume: bool) -> Job:
     folder) and family object."""
     if job.videos is None:
         if resume and not job.cfg.resume:  # a preempted run's checkpoint: continued by the same command
-            cfg = copy.deepcopy(job.cfg)
-            cfg.resume = True
-            return dataclasses.replace(job, cfg=cfg, video=video)
+            return dataclasses.replace(job, cfg=evolve(job.cfg, resume=True), video=video)
         return dataclasses.replace(job, video=video)
-    cfg = video_config(job.cfg, video)
-    cfg.resume = resume
-    return dataclasses.replace(job, cfg=cfg, family=make_family(cfg), videos=None, video=video)
+    family = make_family(evolve(video_config(job.cfg, video), resume=resume))
+    return dataclasses.replace(job, cfg=family.cfg, family=family, videos=None, video=video)
 
 
 def video_state(job: Job, video: VideoSpec, group_size: int) -> tuple[str, dict | None]:
@@ -92,12 +90,11 @@ def video_state(job: Job, video: VideoSpec, group_size: int) -> tuple[str, dict 
     report = verified_report(cfg)
     if report is not None:
         return "done", report
-    if os.path.isfile(os.path.join(checkpoint_dir(cfg), POINTER)):
-        cfg.resume = True
+    if os.path.isfile(os.path.join(checkpoint_dir(cfg), POINTER)):  # periodic, or a preempted run's
         try:
-            validate_checkpointing(cfg, group_size)
+            validate_checkpointing(evolve(cfg, resume=True), group_size)
             return "resume", None
-        except ValueError:  # a checkpoint of another config or layout: this video starts again
+        except InputError:  # a checkpoint of another config or layout: this video starts again
             pass
     return "new", None
 
@@ -123,12 +120,10 @@ def preempted_checkpoint(cfg, group_size: int) -> bool:
         return False
     if not isinstance(ptr, dict) or not ptr.get("preempted"):
         return False
-    c = copy.deepcopy(cfg)
-    c.resume = True
     try:
-        validate_checkpointing(c, group_size)
+        validate_checkpointing(evolve(cfg, resume=True), group_size)
         return True
-    except ValueError:
+    except InputError:  # a checkpoint of another config or layout: the video starts again
         return False
 
 

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import torch
+from magcache_dist.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class CacheState:
 
     def load_state_dict(self, sd: dict, device="cpu") -> None:
         if sorted(sd["branches"]) != sorted(self.branches):
-            raise ValueError(f"resume: the checkpoint holds branches {sorted(sd['branches'])}, this rank runs "
+            raise InputError(f"resume: the checkpoint holds branches {sorted(sd['branches'])}, this rank runs "
                              f"{sorted(self.branches)}; relaunch with the original parallel layout")
         for b, bs in self.branches.items():
             d = sd["branches"][b]
@@ -103,7 +104,7 @@ BRANCH_SYNC = ("joint", "official")
 
 def check_branch_sync(value) -> str:
     if value not in BRANCH_SYNC:
-        raise ValueError(f"cache.branch_sync={value!r} must be one of {BRANCH_SYNC} (joint: one skip decision per "
+        raise InputError(f"cache.branch_sync={value!r} must be one of {BRANCH_SYNC} (joint: one skip decision per "
                          f"step for both CFG branches; official: the family's released per-branch rule)")
     return value
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from magcache_dist.cache.base import CachePolicy, Decision
 from magcache_dist.cache.ratios import RatioTable
+from magcache_dist.errors import InternalError
 
 
 def residual_ratio_sums(cur: torch.Tensor, prev: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -29,7 +30,7 @@ def residual_ratio_sums(cur: torch.Tensor, prev: torch.Tensor, valid: torch.Tens
 def stats_from_sums(s: torch.Tensor) -> tuple[float, float, float]:
     total, sq, cos, n = (float(v) for v in s)
     if n < 1:
-        raise ValueError("calibration saw no valid tokens")
+        raise InternalError("calibration saw no valid tokens")
     mean = total / n
     var = max(sq - n * mean * mean, 0.0) / (n - 1) if n > 1 else 0.0  # unbiased, like torch.std
     return mean, math.sqrt(var), cos / n

@@ -16,6 +16,7 @@ from magcache_dist.cache.magcache import MagCacheConfig, MagCachePolicy, build_m
 from magcache_dist.cache.online import OnlineConfig, build_online
 from magcache_dist.cache.presets import get_rule, preset_names
 from magcache_dist.cache.teacache import build_teacache
+from magcache_dist.errors import InputError
 
 CACHE_MODES = ("off", "magcache", "calibrate", "teacache", "auto", "online")
 SKIPPING_MODES = ("magcache", "auto", "online", "teacache")  # the modes whose decisions branch_sync governs
@@ -28,23 +29,17 @@ class CacheSpec:
     branches: tuple[str, ...]  # every branch of the job, in call order
     model: str  # model.name (TeaCache's fitted coefficients)
     family_rule: str  # the family's decision rule (used when neither the settings nor a ratio file name one)
+    magcache: MagCacheConfig | None  # thresh, K, retention (magcache, auto, online; else None)
+    teacache_thresh: float
     branch_sync: str = "joint"
     sigmas: tuple[float, ...] = ()  # online: the sampler's sigma at each step
-    # MagCache (magcache, auto, online)
-    thresh: float = 0.12
-    K: int = 2
-    retention: float = 0.2
     rule: str | None = None
     preset: str | None = None  # magcache: resolved (the model's default when no ratio file is given)
     ratios_file: str | None = None  # absolute path
     # TeaCache
-    teacache_thresh: float = 0.1
     teacache_coefficients: tuple[float, ...] | None = None
     # online
     online: dict = field(default_factory=dict)  # OnlineConfig's fields
-
-    def magcache_config(self) -> MagCacheConfig:
-        return MagCacheConfig(self.thresh, self.K, self.retention)
 
 
 def resolve_preset(spec_preset: str | None, ratios_file: str | None, default: str | None, model: str) -> str | None:
@@ -52,7 +47,7 @@ def resolve_preset(spec_preset: str | None, ratios_file: str | None, default: st
     if spec_preset is not None or ratios_file is not None:
         return spec_preset
     if default is None:
-        raise ValueError(f"cache.magcache.preset is not set and model {model!r} has no calibrated preset; set "
+        raise InputError(f"cache.magcache.preset is not set and model {model!r} has no calibrated preset; set "
                          f"cache.magcache.preset (one of {preset_names()}), cache.magcache.ratios_file, or run "
                          f"cache.mode=calibrate")
     return default
@@ -61,7 +56,7 @@ def resolve_preset(spec_preset: str | None, ratios_file: str | None, default: st
 def check_spec(spec: CacheSpec) -> None:
     """What every mode needs before a policy exists: a known mode and branch rule."""
     if spec.mode not in CACHE_MODES:
-        raise ValueError(f"cache.mode={spec.mode!r} is unknown; choose one of {CACHE_MODES}")
+        raise InputError(f"cache.mode={spec.mode!r} is unknown; choose one of {CACHE_MODES}")
     check_branch_sync(spec.branch_sync)
 
 
@@ -74,7 +69,7 @@ def build_cache(spec: CacheSpec, resolved=None) -> CachePolicy:
     if mode == "off":
         return NoCache()
     if mode == "online":
-        return build_online(spec.magcache_config(), spec.num_steps, list(spec.branches), list(spec.sigmas),
+        return build_online(spec.magcache, spec.num_steps, list(spec.branches), list(spec.sigmas),
                             rule=spec.rule or spec.family_rule, online=OnlineConfig(**spec.online),
                             branch_sync=spec.branch_sync)
     if mode == "calibrate" or (mode == "auto" and (resolved is None or resolved.table_json is None)):
@@ -82,13 +77,13 @@ def build_cache(spec: CacheSpec, resolved=None) -> CachePolicy:
     if mode == "auto":
         table = resolved.table
         rule = spec.rule or table.meta.get("rule") or spec.family_rule
-        return MagCachePolicy(table, get_rule(rule), spec.magcache_config(), spec.num_steps, list(spec.branches),
+        return MagCachePolicy(table, get_rule(rule), spec.magcache, spec.num_steps, list(spec.branches),
                               source=resolved.source(), branch_sync=spec.branch_sync)
     if mode == "teacache":
         coeffs = list(spec.teacache_coefficients) if spec.teacache_coefficients is not None else None
         return build_teacache(spec.model, spec.teacache_thresh, spec.num_steps, coefficients=coeffs,
                               branch_sync=spec.branch_sync)
     if mode == "magcache":
-        return build_magcache(spec.preset, spec.ratios_file, spec.magcache_config(), spec.num_steps,
+        return build_magcache(spec.preset, spec.ratios_file, spec.magcache, spec.num_steps,
                               list(spec.branches), rule=spec.rule, branch_sync=spec.branch_sync)
     raise AssertionError(mode)

@@ -12,28 +12,31 @@ from dataclasses import dataclass
 
 from magcache_dist.cache.base import (CachePolicy, CacheState, Decision, check_branch_sync, joint_decisions,
                                       joint_key)
+from magcache_dist.config import MagCacheSection
 from magcache_dist.cache.presets import FamilyRule, get_preset, get_rule
 from magcache_dist.cache.ratios import RatioTable
+from magcache_dist.errors import InputError
 
 
-@dataclass
+@dataclass(frozen=True)
 class MagCacheConfig:
-    thresh: float = 0.12
-    K: int = 2
-    retention: float = 0.2
+    """The decision's settings (the job's cache.magcache section, whose defaults these are); checked when made."""
+    thresh: float = MagCacheSection.thresh
+    K: int = MagCacheSection.K
+    retention: float = MagCacheSection.retention
 
     def __post_init__(self):
         if not isinstance(self.thresh, (int, float)) or not math.isfinite(self.thresh) or self.thresh < 0:
-            raise ValueError(f"cache.magcache.thresh={self.thresh!r} must be a number >= 0 (published: 0.12 or 0.24)")
+            raise InputError(f"cache.magcache.thresh={self.thresh!r} must be a number >= 0 (published: 0.12 or 0.24)")
         if isinstance(self.K, bool) or not isinstance(self.K, int) or self.K < 1:
-            raise ValueError(f"cache.magcache.K={self.K!r} must be an integer >= 1 (max consecutive skips; published 2-6)")
+            raise InputError(f"cache.magcache.K={self.K!r} must be an integer >= 1 (max consecutive skips; published 2-6)")
         if not isinstance(self.retention, (int, float)) or not 0 <= self.retention < 1:
-            raise ValueError(f"cache.magcache.retention={self.retention!r} must be in [0, 1) (fraction always computed; 0.2)")
+            raise InputError(f"cache.magcache.retention={self.retention!r} must be in [0, 1) (fraction always computed; 0.2)")
 
 
 def check_num_steps(num_steps) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"sampler.num_steps={num_steps!r} must be an integer >= 1")
+        raise InputError(f"sampler.num_steps={num_steps!r} must be an integer >= 1")
     return num_steps
 
 
@@ -68,7 +71,7 @@ class AccumulatedErrorPolicy(CachePolicy):
 
     def check_step(self, step: int) -> None:
         if not 0 <= step < self.num_steps:
-            raise ValueError(f"step {step} outside 0..{self.num_steps - 1}")
+            raise InputError(f"step {step} outside 0..{self.num_steps - 1}")
 
     def retained(self, step: int, branch: str) -> bool:
         if self.branch_sync == "joint":
@@ -109,7 +112,7 @@ class MagCachePolicy(AccumulatedErrorPolicy):
         self.table, self.source = table, source
         missing = [b for b in self.branches if b not in table.ratios]
         if missing:
-            raise ValueError(f"ratios: the table has branches {table.branches} but sampling runs {self.branches}; "
+            raise InputError(f"ratios: the table has branches {table.branches} but sampling runs {self.branches}; "
                              f"calibrate with the same guidance setting or pick another preset")
         self.gammas = {b: [g ** rule.ratio_power for g in v] for b, v in table.for_steps(self.num_steps).items()}
 
@@ -137,14 +140,14 @@ def build_magcache(preset: str | None, ratios_file: str | None, cfg: MagCacheCon
                    branches: list[str], rule: str | None = None, branch_sync: str = "official") -> MagCachePolicy:
     """A policy from a preset name or a ratio file (a file takes its rule from ``rule``, default wan)."""
     if preset and ratios_file:
-        raise ValueError("set either cache.magcache.preset or cache.magcache.ratios_file, not both")
+        raise InputError("set either cache.magcache.preset or cache.magcache.ratios_file, not both")
     if ratios_file:
         table = RatioTable.load(ratios_file)
         fam = get_rule(rule or table.meta.get("rule", "wan"))
         return MagCachePolicy(table, fam, cfg, num_steps, branches, source=f"file:{ratios_file}",
                               branch_sync=branch_sync)
     if not preset:
-        raise ValueError("cache.magcache.preset or cache.magcache.ratios_file is required for cache.mode=magcache")
+        raise InputError("cache.magcache.preset or cache.magcache.ratios_file is required for cache.mode=magcache")
     p = get_preset(preset)
     fam = get_rule(rule) if rule else p.rule
     return MagCachePolicy(p.table, fam, cfg, num_steps, branches, source=f"preset:{preset}", branch_sync=branch_sync)

@@ -34,6 +34,7 @@ from magcache_dist.cache.base import CacheState, Decision
 from magcache_dist.cache.calibrate import residual_ratio_sums
 from magcache_dist.cache.magcache import AccumulatedErrorPolicy, MagCacheConfig
 from magcache_dist.cache.presets import FamilyRule, get_rule
+from magcache_dist.errors import InputError
 
 PREDICTORS = ("powerlaw", "hold")
 MIN_FIT_POINTS = 3
@@ -48,13 +49,13 @@ class OnlineConfig:
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
-            raise ValueError(f"cache.online.predictor={self.predictor!r} is unknown; choose one of {PREDICTORS}")
+            raise InputError(f"cache.online.predictor={self.predictor!r} is unknown; choose one of {PREDICTORS}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < MIN_FIT_POINTS:
-            raise ValueError(f"cache.online.window={self.window!r} must be an integer >= {MIN_FIT_POINTS}")
+            raise InputError(f"cache.online.window={self.window!r} must be an integer >= {MIN_FIT_POINTS}")
         if not isinstance(self.margin, bool):
-            raise ValueError(f"cache.online.margin={self.margin!r} must be true or false")
+            raise InputError(f"cache.online.margin={self.margin!r} must be true or false")
         if isinstance(self.miss_window, bool) or not isinstance(self.miss_window, int) or self.miss_window < 1:
-            raise ValueError(f"online miss_window={self.miss_window!r} must be an integer >= 1")
+            raise InputError(f"online miss_window={self.miss_window!r} must be an integer >= 1")
 
 
 def predict_slope(history: list[tuple[float, float]], sigma_mid: float, predictor: str, window: int) -> float:
@@ -85,7 +86,7 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
         self.online = online or OnlineConfig()
         sig = [float(s) for s in sigmas]
         if len(sig) not in (num_steps, num_steps + 1):
-            raise ValueError(f"online cache: {len(sig)} sigmas for num_steps={num_steps}")
+            raise InputError(f"online cache: {len(sig)} sigmas for num_steps={num_steps}")
         self.sigmas = sig[:num_steps]
 
     def new_state(self, branches, reduce_sum=None, reduce_max=None) -> CacheState:

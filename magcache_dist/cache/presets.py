@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from magcache_dist.cache.ratios import RatioTable
+from magcache_dist.errors import InputError
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
@@ -106,10 +107,10 @@ def get_preset(name: str) -> Preset:
             table.meta["preset"] = name
             return Preset(name, RULES[rule], table, dict(thresh=thresh, K=k, retention=r,
                                                          num_steps=table.num_steps))
-    raise ValueError(f"cache.magcache.preset={name!r} is unknown; choose one of {preset_names()} or set cache.magcache.ratios_file")
+    raise InputError(f"cache.magcache.preset={name!r} is unknown; choose one of {preset_names()} or set cache.magcache.ratios_file")
 
 
 def get_rule(name: str) -> FamilyRule:
     if name not in RULES:
-        raise ValueError(f"cache.magcache.rule={name!r} is unknown; choose one of {sorted(RULES)}")
+        raise InputError(f"cache.magcache.rule={name!r} is unknown; choose one of {sorted(RULES)}")
     return RULES[name]

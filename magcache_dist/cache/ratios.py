@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from magcache_dist.errors import InputError
 
 FORMAT = "magcache-ratios/1"
 
@@ -19,7 +20,7 @@ def nearest_interp(values, n: int) -> list[float]:
     """Nearest-neighbour resampling to n entries: target i takes source round_half_even(i*(L-1)/(n-1))."""
     src = np.asarray(values, dtype=np.float64)
     if n < 1:
-        raise ValueError(f"num_steps={n} must be >= 1")
+        raise InputError(f"num_steps={n} must be >= 1")
     if n == 1:
         return [float(src[-1])]
     idx = np.round(np.arange(n) * ((len(src) - 1) / (n - 1))).astype(int)
@@ -36,14 +37,14 @@ class RatioTable:
 
     def __post_init__(self):
         if not self.ratios:
-            raise ValueError("ratios: at least one branch is required")
+            raise InputError("ratios: at least one branch is required")
         for branch, vals in self.ratios.items():
             if not isinstance(vals, (list, tuple)) or len(vals) != self.num_steps:
                 got = len(vals) if isinstance(vals, (list, tuple)) else type(vals).__name__
-                raise ValueError(f"ratios.{branch}: expected {self.num_steps} values (num_steps), got {got}")
+                raise InputError(f"ratios.{branch}: expected {self.num_steps} values (num_steps), got {got}")
             for i, v in enumerate(vals):
                 if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                    raise ValueError(f"ratios.{branch}[{i}]={v!r}: magnitude ratios must be finite and > 0")
+                    raise InputError(f"ratios.{branch}[{i}]={v!r}: magnitude ratios must be finite and > 0")
 
     @property
     def branches(self) -> list[str]:
@@ -74,38 +75,38 @@ class RatioTable:
     @classmethod
     def from_json(cls, obj: dict, where: str = "ratios file") -> "RatioTable":
         if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object")
+            raise InputError(f"{where}: expected a JSON object")
         if "mag_ratios" in obj:  # the published layout (see data/published_ratios.json)
             return cls.from_published(obj, where)
         if obj.get("format") != FORMAT:
-            raise ValueError(f"{where}: 'format' must be {FORMAT!r} (or a published entry with 'mag_ratios')")
+            raise InputError(f"{where}: 'format' must be {FORMAT!r} (or a published entry with 'mag_ratios')")
         n = obj.get("num_steps")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{where}: 'num_steps' must be an integer >= 1, got {n!r}")
+            raise InputError(f"{where}: 'num_steps' must be an integer >= 1, got {n!r}")
         branches = obj.get("branches")
         if not isinstance(branches, dict) or not branches:
-            raise ValueError(f"{where}: 'branches' must be an object {{branch: {{'ratios': [...]}}}}, got "
+            raise InputError(f"{where}: 'branches' must be an object {{branch: {{'ratios': [...]}}}}, got "
                              f"{type(branches).__name__}")
         fields = {"ratios": {}, "std": {}, "cos_dist": {}}
         for b, v in branches.items():
             if not isinstance(v, dict) or "ratios" not in v:
-                raise ValueError(f"{where}: branches.{b} must be an object with a 'ratios' list")
+                raise InputError(f"{where}: branches.{b} must be an object with a 'ratios' list")
             for name, out in fields.items():
                 if name not in v:
                     continue
                 vals = v[name]
                 if not isinstance(vals, list):
-                    raise ValueError(f"{where}: branches.{b}.{name} must be a list of {n} numbers (num_steps), got "
+                    raise InputError(f"{where}: branches.{b}.{name} must be a list of {n} numbers (num_steps), got "
                                      f"{type(vals).__name__}")
                 if len(vals) != n:
-                    raise ValueError(f"{where}: {name}.{b}: expected {n} values (num_steps), got {len(vals)}")
+                    raise InputError(f"{where}: {name}.{b}: expected {n} values (num_steps), got {len(vals)}")
                 for i, x in enumerate(vals):
                     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-                        raise ValueError(f"{where}: branches.{b}.{name}[{i}]={x!r} must be a finite number")
+                        raise InputError(f"{where}: branches.{b}.{name}[{i}]={x!r} must be a finite number")
                 out[b] = [float(x) for x in vals]
         meta = obj.get("meta", {})
         if not isinstance(meta, dict):
-            raise ValueError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+            raise InputError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
         return cls(num_steps=n, ratios=fields["ratios"], std=fields["std"], cos_dist=fields["cos_dist"], meta=dict(meta))
 
     @classmethod
@@ -117,13 +118,13 @@ class RatioTable:
         pad = int(entry.get("padding", 0))
         if entry.get("interleaved", False):
             if len(raw) != 2 * n:
-                raise ValueError(f"{where}: interleaved mag_ratios must hold 2*num_steps={2 * n} values, got {len(raw)}")
+                raise InputError(f"{where}: interleaved mag_ratios must hold 2*num_steps={2 * n} values, got {len(raw)}")
             ratios = {branches[0]: raw[0::2], branches[1]: raw[1::2]}
         else:
             # Open-Sora's list has no placeholder for step 0 (29 values for 30 steps): add it.
             missing = n - len(raw)
             if missing not in (0, 1) or (missing == 1 and pad != 0):
-                raise ValueError(f"{where}: mag_ratios must hold num_steps={n} values, got {len(raw)}")
+                raise InputError(f"{where}: mag_ratios must hold num_steps={n} values, got {len(raw)}")
             ratios = {branches[0]: [1.0] * missing + raw}
         meta = {k: v for k, v in entry.items() if k not in ("mag_ratios",)}
         return cls(num_steps=n, ratios=ratios, meta=meta)
@@ -131,15 +132,15 @@ class RatioTable:
     @classmethod
     def load(cls, path: str) -> "RatioTable":
         if not os.path.isfile(path):
-            raise ValueError(f"cache.magcache.ratios_file={path!r} does not exist; write one with cache.mode=calibrate or "
+            raise InputError(f"cache.magcache.ratios_file={path!r} does not exist; write one with cache.mode=calibrate or "
                              f"use cache.magcache.preset")
         try:
             with open(path) as f:
                 obj = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"cache.magcache.ratios_file={path!r} is not valid JSON: {e}") from None
+            raise InputError(f"cache.magcache.ratios_file={path!r} is not valid JSON: {e}") from None
         where = f"cache.magcache.ratios_file={path!r}"
         try:
             return cls.from_json(obj, where=where)
         except ValueError as e:  # name the config key also for errors found inside the table
-            raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+            raise InputError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None

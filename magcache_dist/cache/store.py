@@ -28,6 +28,7 @@ import numpy as np
 
 from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.io.atomic import atomic_write_text
+from magcache_dist.errors import InputError
 
 STORE_FORMAT = "magcache-ratio-store/1"
 KEY_FIELDS = ("model", "weights", "num_steps", "resolution", "solver", "shift", "guidance")
@@ -87,7 +88,7 @@ def interpolate_by_sigma(values, src_sigmas, dst_sigmas) -> list[float]:
     dst = np.asarray(dst_sigmas, dtype=np.float64)
     r = np.asarray(values, dtype=np.float64)
     if len(src) != len(r):
-        raise ValueError(f"ratios hold {len(r)} values but the calibration grid has {len(src)} steps")
+        raise InputError(f"ratios hold {len(r)} values but the calibration grid has {len(src)} steps")
     if len(dst) == 1:
         return [1.0]
     if len(src) == 1:
@@ -142,12 +143,12 @@ class RatioStore:
         for i, e in enumerate(self.entries()):  # the tables too: a broken one must not surface after the model loads
             path = self.path(e)
             if not os.path.isfile(path):
-                raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] names {e['file']!r}, which "
+                raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] names {e['file']!r}, which "
                                  f"is missing; fix or remove that entry (or delete index.json to start a new store)")
             try:
                 RatioTable.load(path)
             except ValueError as err:
-                raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}]: {err}; recalibrate or "
+                raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}]: {err}; recalibrate or "
                                  f"remove that entry") from None
 
     def entries(self) -> list[dict]:
@@ -157,15 +158,15 @@ class RatioStore:
             with open(self.index_path) as f:
                 obj = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json is not valid JSON ({e}); delete it to "
+            raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json is not valid JSON ({e}); delete it to "
                              f"start a new store") from None
         if not isinstance(obj, dict) or obj.get("format") != STORE_FORMAT or not isinstance(obj.get("entries"), list):
-            raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json is not a {STORE_FORMAT!r} index; point "
+            raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json is not a {STORE_FORMAT!r} index; point "
                              f"cache.calibration.store_dir at a ratio store directory")
         for i, e in enumerate(obj["entries"]):
             problem = _entry_problem(e)
             if problem:
-                raise ValueError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] {problem}; fix or remove "
+                raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] {problem}; fix or remove "
                                  f"that entry (or delete index.json to start a new store)")
         return obj["entries"]
 

@@ -23,6 +23,7 @@ import torch
 from magcache_dist.cache.base import CachePolicy, CacheState, Decision, check_branch_sync
 from magcache_dist.cache.magcache import check_num_steps
 from magcache_dist.cache.presets import DATA_DIR
+from magcache_dist.errors import InputError
 
 TEACACHE_FORMAT = "teacache-coefficients/1"
 
@@ -36,13 +37,13 @@ class TeaCacheConfig:
 
     def __post_init__(self):
         if not isinstance(self.thresh, (int, float)) or not math.isfinite(self.thresh) or self.thresh < 0:
-            raise ValueError(f"cache.teacache.thresh={self.thresh!r} must be a number >= 0")
+            raise InputError(f"cache.teacache.thresh={self.thresh!r} must be a number >= 0")
         if not self.coefficients or not all(isinstance(c, (int, float)) and math.isfinite(c)
                                             for c in self.coefficients):
-            raise ValueError(f"teacache coefficients {self.coefficients!r} must be a non-empty list of finite numbers")
+            raise InputError(f"teacache coefficients {self.coefficients!r} must be a non-empty list of finite numbers")
         for key, v in (("warmup_steps", self.warmup_steps), ("final_steps", self.final_steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"cache.teacache_{key}={v!r} must be an integer >= 1 (first/last steps computed)")
+                raise InputError(f"cache.teacache_{key}={v!r} must be an integer >= 1 (first/last steps computed)")
 
 
 def polyval(coefficients, x: float) -> float:
@@ -63,12 +64,12 @@ def load_coefficients(model_name: str) -> tuple[list[float], dict]:
     """The fitted polynomial shipped for ``model_name`` (data/<name>-teacache.json)."""
     path = os.path.join(DATA_DIR, f"{model_name}-teacache.json")
     if not os.path.isfile(path):
-        raise ValueError(f"no TeaCache coefficients for model {model_name!r} ({path}); set "
+        raise InputError(f"no TeaCache coefficients for model {model_name!r} ({path}); set "
                          f"cache.teacache.coefficients or fit them with benchmarks/fit_teacache.py")
     with open(path) as f:
         obj = json.load(f)
     if obj.get("format") != TEACACHE_FORMAT or not isinstance(obj.get("coefficients"), list):
-        raise ValueError(f"{path}: expected format {TEACACHE_FORMAT!r} with a 'coefficients' list")
+        raise InputError(f"{path}: expected format {TEACACHE_FORMAT!r} with a 'coefficients' list")
     return [float(c) for c in obj["coefficients"]], obj
 
 
@@ -97,9 +98,9 @@ class TeaCachePolicy(CachePolicy):
 
     def propose(self, state: CacheState, step: int, branch: str, probe=None) -> Decision:
         if not 0 <= step < self.num_steps:
-            raise ValueError(f"step {step} outside 0..{self.num_steps - 1}")
+            raise InputError(f"step {step} outside 0..{self.num_steps - 1}")
         if probe is None:
-            raise ValueError("TeaCache decides from the model's modulated input: propose() needs probe=(model, "
+            raise InputError("TeaCache decides from the model's modulated input: propose() needs probe=(model, "
                              "tokens, ctx) (it cannot be planned without tensors)")
         model, tokens, ctx = probe[:3]
         valid = probe[3] if len(probe) > 3 else None

@@ -1,5 +1,5 @@
-"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, with its AlexNet backbone read from a local file and
-never downloaded.
+"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, with its AlexNet backbone read from a local file or,
+where none is found and the network is reachable, fetched the standard torchvision way into torch hub's cache.
 
 The MagCache release scores each frame with ``lpips.LPIPS(net="alex", spatial=True)`` (version 0.1) on frames
 mapped from [0, 1] to [-1, 1], takes the mean of the spatial map, and averages the frames
@@ -7,7 +7,10 @@ mapped from [0, 1] to [-1, 1], takes the mean of the spatial map, and averages t
 layers, but takes the AlexNet trunk from torchvision's model zoo, a download: here the trunk is built untrained
 (``pnet_rand=True``) and its weights are loaded from, in order, ``--lpips-backbone``, ``$MAGCACHE_LPIPS_BACKBONE``
 or torch hub's cache file for torchvision's alexnet (``<torch.hub.get_dir()>/checkpoints/alexnet-owt-7be5be79.pth``).
-When none is there, ``resolve_backbone`` says how to provide it and LPIPS is reported as unavailable.
+When none is there, ``download_backbone`` fetches torchvision's file (``ALEXNET_URL``) with
+``torch.hub.load_state_dict_from_url(..., check_hash=True)`` into that cache, as ``torchvision.models.alexnet(
+weights="DEFAULT")`` and the MagCache release's scripts (through lpips) do; offline, or with ``--offline``, LPIPS
+is reported as unavailable with a line saying how to provide the file.
 
 ``lpips`` imports ``torchvision.models`` for its trunks. Where torchvision cannot be imported (PyPI's torchvision
 is built against CUDA torch: beside the CPU wheel of torch 2.13 its import fails with "operator torchvision::nms
@@ -26,9 +29,12 @@ import warnings
 
 import torch
 import torch.nn as nn
+from magcache_dist.errors import InputError
 
 ENV_BACKBONE = "MAGCACHE_LPIPS_BACKBONE"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, named as its model zoo caches it
+ALEXNET_URL = f"https://download.pytorch.org/models/{ALEXNET_FILE}"  # torchvision AlexNet_Weights.IMAGENET1K_V1
+DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: an unreachable network fails in seconds, not minutes
 INSTALL_HINT = "pip install scipy==1.17.1 && pip install --no-deps lpips==0.1.4 (docs/evaluation.md)"
 
 
@@ -41,11 +47,11 @@ def resolve_backbone(path: str | None) -> tuple[str | None, str]:
     """(backbone file or None, one line saying where it came from or how to provide it).
 
     An explicit ``path`` (the --lpips-backbone flag) or $MAGCACHE_LPIPS_BACKBONE that names no file is an
-    error (ValueError); a missing hub cache file only makes LPIPS unavailable."""
+    error (InputError); a missing hub cache file only makes LPIPS unavailable."""
     for given, source in ((path, "--lpips-backbone"), (os.environ.get(ENV_BACKBONE), f"${ENV_BACKBONE}")):
         if given:
             if not os.path.isfile(given):
-                raise ValueError(f"{source} {given}: no such file; give torchvision's AlexNet state dict "
+                raise InputError(f"{source} {given}: no such file; give torchvision's AlexNet state dict "
                                  f"({ALEXNET_FILE}) or leave it unset to use torch hub's cache")
             return given, f"backbone from {source} {given}"
     default = default_backbone_path()
@@ -53,6 +59,28 @@ def resolve_backbone(path: str | None) -> tuple[str | None, str]:
         return default, f"backbone from torch hub's cache {default}"
     return None, (f"LPIPS: n/a (no AlexNet backbone weights: copy torchvision's {ALEXNET_FILE} to {default}, "
                   f"or pass --lpips-backbone PATH / set ${ENV_BACKBONE})")
+
+
+def download_backbone() -> tuple[str | None, str]:
+    """(the hub cache file, how it came) after fetching torchvision's AlexNet weights the way torchvision does
+    (``torch.hub.load_state_dict_from_url``, hash checked against the file name), or (None, why not)."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.load_state_dict_from_url(ALEXNET_URL, progress=False, check_hash=True, map_location="cpu",
+                                           weights_only=True)
+    except Exception as e:  # URLError, timeouts, a hash mismatch, a full disk: LPIPS is then unavailable
+        return None, (f"LPIPS: n/a (no AlexNet backbone weights: downloading {ALEXNET_URL} failed: "
+                      f"{type(e).__name__}: {e}; copy torchvision's {ALEXNET_FILE} to {default_backbone_path()}, "
+                      f"or pass --lpips-backbone PATH / set ${ENV_BACKBONE})")
+    finally:
+        socket.setdefaulttimeout(previous)
+    path = default_backbone_path()
+    if not os.path.isfile(path):
+        return None, f"LPIPS: n/a (downloaded {ALEXNET_URL}, but {path} is not there; pass --lpips-backbone PATH)"
+    return path, f"backbone downloaded from {ALEXNET_URL} into torch hub's cache {path}"
 
 
 def lpips_installed() -> bool:
@@ -124,13 +152,17 @@ def _trunk_state_dict(net: nn.Module, checkpoint: dict, path: str) -> dict:
         _, idx, leaf = key.split(".")
         src = f"features.{idx}.{leaf}"
         if src not in checkpoint:
-            raise ValueError(f"LPIPS backbone {path}: no '{src}': not a torchvision AlexNet state dict "
+            raise InputError(f"LPIPS backbone {path}: no '{src}': not a torchvision AlexNet state dict "
                              f"({ALEXNET_FILE})")
         if tuple(checkpoint[src].shape) != tuple(param.shape):
-            raise ValueError(f"LPIPS backbone {path}: '{src}' has shape {tuple(checkpoint[src].shape)}, AlexNet's "
+            raise InputError(f"LPIPS backbone {path}: '{src}' has shape {tuple(checkpoint[src].shape)}, AlexNet's "
                              f"is {tuple(param.shape)}")
         out[key] = checkpoint[src]
     return out
+
+
+def _unit32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
 
 class Lpips:
@@ -144,10 +176,10 @@ class Lpips:
         try:
             checkpoint = torch.load(backbone, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"LPIPS backbone {backbone}: cannot be read as a torch state dict "
+            raise InputError(f"LPIPS backbone {backbone}: cannot be read as a torch state dict "
                              f"({type(e).__name__}: {e})") from e
         if not isinstance(checkpoint, dict):
-            raise ValueError(f"LPIPS backbone {backbone}: holds a {type(checkpoint).__name__}, not a state dict")
+            raise InputError(f"LPIPS backbone {backbone}: holds a {type(checkpoint).__name__}, not a state dict")
         with warnings.catch_warnings():  # torchvision's 'pretrained' argument is deprecated in favour of 'weights'
             warnings.simplefilter("ignore")
             model = lpips.LPIPS(net=self.net, version=self.version, spatial=True, pnet_rand=True, verbose=False)
@@ -163,16 +195,16 @@ class Lpips:
 
     @torch.no_grad()
     def frames(self, x_FCHW: torch.Tensor, y_FCHW: torch.Tensor) -> list[float]:
-        """LPIPS of each frame pair (frames [F, 3, H, W] in [0, 1]; AlexNet needs H, W >= 31)."""
+        """LPIPS of each frame pair (frames [F, 3, H, W], uint8 or in [0, 1]; AlexNet needs H, W >= 31)."""
         if x_FCHW.shape != y_FCHW.shape or x_FCHW.ndim != 4 or x_FCHW.shape[1] != 3:
-            raise ValueError(f"LPIPS needs RGB frames [F, 3, H, W] of one shape, got {tuple(x_FCHW.shape)} and "
+            raise InputError(f"LPIPS needs RGB frames [F, 3, H, W] of one shape, got {tuple(x_FCHW.shape)} and "
                              f"{tuple(y_FCHW.shape)}")
         if min(x_FCHW.shape[-2:]) < 31:
-            raise ValueError(f"LPIPS (AlexNet) needs frames of at least 31x31 pixels, got "
+            raise InputError(f"LPIPS (AlexNet) needs frames of at least 31x31 pixels, got "
                              f"{x_FCHW.shape[-2]}x{x_FCHW.shape[-1]}")
         out: list[float] = []
         for i in range(0, x_FCHW.shape[0], self.chunk):
-            x = x_FCHW[i:i + self.chunk].to(self.device, torch.float32) * 2 - 1  # [n, 3, H, W] in [-1, 1]
-            y = y_FCHW[i:i + self.chunk].to(self.device, torch.float32) * 2 - 1
+            x = _unit32(x_FCHW[i:i + self.chunk].to(self.device)) * 2 - 1  # [n, 3, H, W] in [-1, 1]
+            y = _unit32(y_FCHW[i:i + self.chunk].to(self.device)) * 2 - 1
             out += self.model(x, y).mean((1, 2, 3)).tolist()  # spatial map [n, 1, H, W] -> its mean
         return out

@@ -12,6 +12,7 @@ on the embedded model (or a rejected bad input) never imports diffusers' or tran
 from __future__ import annotations
 
 from dataclasses import dataclass
+from magcache_dist.errors import InputError
 
 TINY = "magcache_dist.families.tiny:TinyVideoFamily"
 WAN = "magcache_dist.families.wan:WanFamily"
@@ -67,7 +68,7 @@ def model_names() -> list[str]:
 def model_spec(name: str) -> ModelSpec:
     """The registry row of ``name``; ValueError naming model.name and the choices."""
     if name not in MODELS:
-        raise ValueError(f"model.name={name!r} is unknown; choose one of {model_names()}")
+        raise InputError(f"model.name={name!r} is unknown; choose one of {model_names()}")
     return MODELS[name]
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from magcache_dist.config import JobConfig, resolve_dtypes, resolve_path
+from magcache_dist.config import GUIDANCE, SHIFT, SOLVER, JobConfig, evolve, resolve_dtypes, resolve_path
 from magcache_dist.families import model_spec
 from magcache_dist.sampling.loop import SamplerConfig
-from magcache_dist.sampling.schedulers import SOLVERS
+from magcache_dist.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -69,9 +69,23 @@ class ModelFamily:
     image_model = False  # one frame per job, written as image.png (FLUX.1) instead of video.mp4
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
         self.name = cfg.model.name
         self.spec = model_spec(self.name)
+        self.given = self.cfg = cfg  # as the job was written: None is unset
+        self.cfg = self.resolve(cfg)  # what the job runs with: every unset key given the family's default
+
+    def resolve(self, cfg: JobConfig) -> JobConfig:
+        """``cfg`` with this machine's dtype for an ``auto`` one and the family's sampler defaults for the unset
+        sampler keys (a copy: ``cfg`` itself never changes)."""
+        cfg = resolve_dtypes(cfg, on_gpu=torch.cuda.is_available())
+        defaults = self.sampler_defaults()
+        return evolve(cfg, **{f"sampler.{k}": v for k, v in defaults.items()
+                              if getattr(cfg.sampler, k) is None and v is not None})
+
+    def sampler_defaults(self) -> dict:
+        """What ``sampler.shift`` / ``.guidance`` / ``.solver`` mean when the job leaves them unset (None: stays
+        unset, the family decides without it). ``self.cfg`` is the job as written here."""
+        return dict(shift=SHIFT, guidance=GUIDANCE, solver=SOLVER)
 
     # ---- before any collective ---------------------------------------------------------------------------
     def validate(self) -> None:
@@ -85,18 +99,18 @@ class ModelFamily:
     def check_ckpt_exists(self) -> None:
         ckpt = self.cfg.model.ckpt
         if ckpt is not None and not os.path.exists(resolve_path(ckpt)):
-            raise ValueError(f"model.ckpt={ckpt!r} does not exist (relative paths are taken from the project root); "
+            raise InputError(f"model.ckpt={ckpt!r} does not exist (relative paths are taken from the project root); "
                              f"set model.ckpt=null for seeded random weights")
 
     def check_multiples(self, frames_multiple: int, spatial_multiple: int, one_frame: bool = False,
                         what: str = "") -> None:
         v = self.cfg.video
         if one_frame and v.frames != 1:
-            raise ValueError(f"video.frames={v.frames}: {self.name} is an image model; set video.frames=1")
+            raise InputError(f"video.frames={v.frames}: {self.name} is an image model; set video.frames=1")
         for key, val, m in (("video.frames", v.frames, frames_multiple), ("video.height", v.height, spatial_multiple),
                             ("video.width", v.width, spatial_multiple)):
             if val < 1 or val % m:
-                raise ValueError(f"{key}={val} must be a positive multiple of {m}{what} for model {self.name}; "
+                raise InputError(f"{key}={val} must be a positive multiple of {m}{what} for model {self.name}; "
                                  f"use {key}={max(m, val // m * m)}")
 
     def num_heads(self) -> int:
@@ -105,10 +119,6 @@ class ModelFamily:
     def sampler_config(self) -> SamplerConfig:
         """CFG mode and sigma grid of the family (default: Wan's separate CFG calls on its shifted grid)."""
         s = self.cfg.sampler
-        if s.solver not in SOLVERS:
-            raise ValueError(f"sampler.solver={s.solver!r} is unknown; choose one of {SOLVERS}")
-        if s.shift <= 0:
-            raise ValueError(f"sampler.shift={s.shift} must be > 0")
         return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver)
 
     # ---- geometry and cost -------------------------------------------------------------------------------
@@ -173,7 +183,6 @@ def family_class(name: str) -> type[ModelFamily]:
 
 
 def make_family(cfg: JobConfig) -> ModelFamily:
-    """The job's family object (an ``auto`` dtype still unresolved becomes this machine's: see resolve_dtypes)."""
-    resolve_dtypes(cfg, on_gpu=torch.cuda.is_available())
+    """The job's family object; its ``cfg`` is the job resolved for this family and machine (see ``resolve``)."""
     return family_class(cfg.model.name)(cfg)
 

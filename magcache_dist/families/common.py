@@ -11,6 +11,7 @@ from models.layouts import Rule, is_official, official_to_diffusers
 from models.loading import load_state_dict_strict, read_tensors
 from models.tiny_text import TinyTextEncoder
 from models.wan import WanConfig, WanModel
+from magcache_dist.errors import InputError
 
 TEXT_ENCODER_PREFIX = "text_encoder."
 # parameters of the released text encoders several families load (the planner's encode phase)
@@ -31,7 +32,7 @@ def load_dit_and_text(ckpt: str, model, text, convert_dit=None) -> None:
     dit_sd, text_sd = split_text_encoder(read_tensors(resolve_path(ckpt)))
     load_state_dict_strict(model, convert_dit(dit_sd, where) if convert_dit else dit_sd, where)
     if not text_sd:
-        raise ValueError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
+        raise InputError(f"{where} has no '{TEXT_ENCODER_PREFIX}*' weights for the text encoder")
     load_state_dict_strict(text, text_sd, f"{where} (text encoder)")
 
 
@@ -100,18 +101,18 @@ class TinyFamily(ModelFamily):
         """Checks every size of the family shares (cache mode, parallel layout, solver)."""
         cfg, name = self.cfg, self.name
         if cfg.cache.mode == "teacache":
-            raise ValueError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
+            raise InputError(f"cache.mode=teacache is wired for the Wan family only; use cache.mode=magcache for "
                              f"{name}")
         p = cfg.parallel
         if p.backend != "native" and p.ulysses_degree * p.ring_degree > 1:
-            raise ValueError(f"parallel.backend={p.backend!r}: {self.family}'s attention seams have native sequence "
+            raise InputError(f"parallel.backend={p.backend!r}: {self.family}'s attention seams have native sequence "
                              f"parallelism only; use parallel.backend=native")
         if p.cfg_degree > 1:
-            raise ValueError(f"parallel.cfg_degree={p.cfg_degree}: {self.family} makes one call per step ("
+            raise InputError(f"parallel.cfg_degree={p.cfg_degree}: {self.family} makes one call per step ("
                              f"{'batched' if self.cfg_mode == 'batched' else 'guidance-distilled'}); use "
                              f"parallel.ulysses_degree / ring_degree instead")
         if cfg.sampler.solver != "euler":
-            raise ValueError(f"sampler.solver={cfg.sampler.solver!r}: {self.family} samples with Euler on its own "
+            raise InputError(f"sampler.solver={cfg.sampler.solver!r}: {self.family} samples with Euler on its own "
                              f"sigma grid; set sampler.solver=euler")
         self.check_geometry()
 

@@ -31,6 +31,7 @@ from models.flux import FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, FluxDiT, flux_confi
 from models.layouts import is_official, official_to_diffusers
 from models.loading import check_shapes, read_shapes
 from models.tiny_text import TinyTextEncoder
+from magcache_dist.errors import InputError
 
 TINY_TEXT_LEN = 16
 # T5 tokens (max_sequence_length): BFL's published defaults (dev 512, schnell 256); the toy pipeline: 32
@@ -111,7 +112,7 @@ class FluxFamily(TinyFamily):
     def validate(self) -> None:
         super().validate()
         if self.schnell and self.cfg.sampler.guidance != 1.0:
-            raise ValueError(f"sampler.guidance={self.cfg.sampler.guidance}: FLUX.1-schnell takes no guidance; set "
+            raise InputError(f"sampler.guidance={self.cfg.sampler.guidance}: FLUX.1-schnell takes no guidance; set "
                              f"sampler.guidance=1")
 
     def check_geometry(self) -> None:
@@ -144,14 +145,14 @@ class FluxFamily(TinyFamily):
                              self.name)
         levels = len(vae_cfg.get("block_out_channels", [0] * 4))
         if 2 ** (levels - 1) != VAE_SCALE:
-            raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r}: vae/config.json has {levels} levels (stride "
+            raise InputError(f"ckpt_dir={cfg.ckpt_dir!r}: vae/config.json has {levels} levels (stride "
                              f"{2 ** (levels - 1)}) but FLUX.1's VAE has stride {VAE_SCALE}; replace vae/")
         sched_path = os.path.join(root, "scheduler", "scheduler_config.json")
         sched = folders.read_config(sched_path, root) if os.path.isfile(sched_path) else self.default_scheduler
         if cfg.model.ckpt is not None:  # BFL's official single file (or a diffusers-named one) replaces transformer/
             weights = resolve_path(cfg.model.ckpt)
             if not os.path.isfile(weights):
-                raise ValueError(f"model.ckpt={cfg.model.ckpt!r} does not exist; point it at the transformer file "
+                raise InputError(f"model.ckpt={cfg.model.ckpt!r} does not exist; point it at the transformer file "
                                  f"(e.g. flux1-dev.safetensors) or set model.ckpt=null to use ckpt_dir/transformer")
         else:
             weights = folders.diffusers_weights(os.path.dirname(paths["transformer"]), root)

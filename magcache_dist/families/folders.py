@@ -15,7 +15,9 @@ import os
 
 import torch
 
+from magcache_dist.config import resolve_path
 from magcache_dist.families.base import DTYPES
+from magcache_dist.errors import InputError
 
 
 def free_memory(device) -> None:
@@ -32,14 +34,14 @@ def ckpt_root(cfg, name: str, family: str, noun: str, contents: str, model_ckpt:
     from magcache_dist.config import resolve_path
 
     if cfg.model.ckpt is not None and not model_ckpt:
-        raise ValueError(f"model.ckpt is for the embedded tiny models; {name} loads everything from ckpt_dir "
+        raise InputError(f"model.ckpt is for the embedded tiny models; {name} loads everything from ckpt_dir "
                          f"(set model.ckpt=null and ckpt_dir=/path/to/the {family} {noun})")
     if cfg.ckpt_dir is None:
-        raise ValueError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {name} {noun} ({contents})")
+        raise InputError(f"ckpt_dir is not set; pass ckpt_dir=/path/to/the {name} {noun} ({contents})")
     root = resolve_path(cfg.ckpt_dir)
     if not os.path.isdir(root):
         article = "an" if family[0] in "AEIOU" else "a"
-        raise ValueError(f"ckpt_dir={cfg.ckpt_dir!r} is not a directory; point it at {article} {family} {noun} "
+        raise InputError(f"ckpt_dir={cfg.ckpt_dir!r} is not a directory; point it at {article} {family} {noun} "
                          f"({contents})")
     return root
 
@@ -62,16 +64,23 @@ def scheduler_shift(root: str, key: str, default: float | None) -> float | None:
     shift = read_config(path, root).get(key, default) if os.path.isfile(path) else default
     if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float))
                               or not math.isfinite(shift) or shift <= 0):
-        raise ValueError(f"ckpt_dir={root!r}: scheduler/scheduler_config.json has {key}={shift!r}; it must be a "
+        raise InputError(f"ckpt_dir={root!r}: scheduler/scheduler_config.json has {key}={shift!r}; it must be a "
                          f"number > 0 (or set sampler.shift)")
     return None if shift is None else float(shift)
+
+
+def default_shift(cfg, key: str, default: float | None) -> float | None:
+    """A family's default sampler.shift: the ``ckpt_dir`` folder's scheduler shift ``key`` when the folder is there
+    (checked as in ``scheduler_shift``), else ``default``."""
+    root = resolve_path(cfg.ckpt_dir) if cfg.ckpt_dir else None
+    return scheduler_shift(root, key, default) if root and os.path.isdir(root) else default
 
 
 def need(root: str, rel: str, what: str, fix: str, is_dir: bool = False) -> str:
     """``root/rel`` (a file, or with ``is_dir`` a folder), or a ValueError naming it and ``fix``."""
     path = os.path.join(root, rel)
     if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
-        raise ValueError(f"ckpt_dir={root!r}: missing {what} '{rel}'; {fix}")
+        raise InputError(f"ckpt_dir={root!r}: missing {what} '{rel}'; {fix}")
     return path
 
 
@@ -81,10 +90,10 @@ def read_config(path: str, root: str) -> dict:
         with open(path) as f:
             c = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not readable JSON ({e}); "
+        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not readable JSON ({e}); "
                          f"re-download that file") from None
     if not isinstance(c, dict):
-        raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not a JSON object; re-download it")
+        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} is not a JSON object; re-download it")
     return c
 
 
@@ -101,10 +110,10 @@ def diffusers_weights(folder: str, root: str, stem: str = "*", what: str = "weig
         return files[0]
     name = stem.rstrip("*") or "*"
     if len(files) > 1:
-        raise ValueError(f"ckpt_dir={root!r}: {where} holds {len(files)} shards of {what} but no "
+        raise InputError(f"ckpt_dir={root!r}: {where} holds {len(files)} shards of {what} but no "
                          f"{name}.safetensors.index.json; restore the index file")
     expected = "*.safetensors or a sharded index" if name == "*" else f"{name}.safetensors or its sharded index"
-    raise ValueError(f"ckpt_dir={root!r}: no {what} ({expected}) in {where}; copy the complete release into "
+    raise InputError(f"ckpt_dir={root!r}: no {what} ({expected}) in {where}; copy the complete release into "
                      f"ckpt_dir")
 
 
@@ -113,7 +122,7 @@ def check_fields(got: dict, want: dict, path: str, root: str, model_name: str) -
     head count) may even load silently and compute garbage."""
     diff = {k: (got[k], w) for k, w in want.items() if k in got and _norm(got[k]) != _norm(w)}
     if diff:
-        raise ValueError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} has "
+        raise InputError(f"ckpt_dir={root!r}: {os.path.relpath(path, root)} has "
                          f"{', '.join(f'{k}={g}' for k, (g, _) in diff.items())} but model.name={model_name!r} needs "
                          f"{', '.join(f'{k}={w}' for k, (_, w) in diff.items())}; set model.name to the checkpoint's "
                          f"model or replace that component")
@@ -141,10 +150,10 @@ def offload_for_decode(cfg, model, device) -> None:
 def check_encoder_options(cfg) -> None:
     """text_encoder.device / dtype and vae.dtype of a job that loads encoders and a VAE."""
     if cfg.text_encoder.device not in ("auto", "cpu"):
-        raise ValueError(f"text_encoder.device={cfg.text_encoder.device!r} must be 'auto' or 'cpu'")
+        raise InputError(f"text_encoder.device={cfg.text_encoder.device!r} must be 'auto' or 'cpu'")
     for key, val in (("text_encoder.dtype", cfg.text_encoder.dtype), ("vae.dtype", cfg.vae.dtype)):
         if val not in DTYPES:
-            raise ValueError(f"{key}={val!r} must be one of {sorted(DTYPES)}")
+            raise InputError(f"{key}={val!r} must be one of {sorted(DTYPES)}")
 
 
 def check_tiles(cfg, multiple: int = 8) -> None:
@@ -153,5 +162,5 @@ def check_tiles(cfg, multiple: int = 8) -> None:
     for a, b in (("tile_height", "tile_stride_height"), ("tile_width", "tile_stride_width")):
         size, stride = getattr(t, a), getattr(t, b)
         if size < 2 * multiple or size % multiple or not 0 < stride <= size or stride % multiple:
-            raise ValueError(f"vae.{a}={size} / vae.{b}={stride}: need a multiple of {multiple} >= {2 * multiple} "
+            raise InputError(f"vae.{a}={size} / vae.{b}={stride}: need a multiple of {multiple} >= {2 * multiple} "
                              f"and 0 < stride <= tile, stride a multiple of {multiple}")

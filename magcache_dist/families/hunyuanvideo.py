@@ -35,6 +35,7 @@ from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
 from models.hunyuan_video import HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, HunyuanVideoDiT, hunyuan_config
 from models.tiny_text import TinyTextEncoder
+from magcache_dist.errors import InputError
 
 TINY_TEXT_LEN = 16
 LLAMA_TOKENS = 256  # text_len: LLaMA features after the template crop, padded with an attention mask
@@ -170,28 +171,20 @@ class HunyuanVideoFamily(TinyFamily):
             return
         v, step = self.cfg.video, VAE_STRIDE[1] * self.mcfg["patch_size"]
         if v.frames < 1 or (v.frames - 1) % VAE_STRIDE[0]:
-            raise ValueError(f"video.frames={v.frames} must be 4k+1 for the HunyuanVideo VAE (e.g. 129); use "
+            raise InputError(f"video.frames={v.frames} must be 4k+1 for the HunyuanVideo VAE (e.g. 129); use "
                              f"video.frames={max(1, (v.frames - 1) // 4 * 4 + 1)}")
         for key, val in (("video.height", v.height), ("video.width", v.width)):
             if val < step or val % step:
-                raise ValueError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2) for "
+                raise InputError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2) for "
                                  f"{self.name}; use {key}={max(step, val // step * step)}")
 
-    def validate(self) -> None:
-        if not self.pixel:
-            self.apply_pipeline_defaults()
-        super().validate()
-
-    def apply_pipeline_defaults(self) -> None:
-        """The published sampler where the job does not set it: Euler, embedded guidance 6.0 (the shift: in
-        validate_pipeline, from the folder's scheduler)."""
-        from magcache_dist.config import explicitly_set
-
-        s, given = self.cfg.sampler, explicitly_set(self.cfg)
-        if "sampler.solver" not in given:
-            s.solver = "euler"
-        if "sampler.guidance" not in given:
-            s.guidance = DEFAULT_GUIDANCE
+    def sampler_defaults(self) -> dict:
+        """The published sampler where the job does not set it: Euler, embedded guidance 6.0, the folder's
+        scheduler/scheduler_config.json shift (else HunyuanVideo's 7.0)."""
+        if self.pixel:
+            return super().sampler_defaults()
+        return dict(shift=folders.default_shift(self.cfg, "shift", DEFAULT_SHIFT), guidance=DEFAULT_GUIDANCE,
+                    solver="euler")
 
     def validate_pipeline(self) -> None:
         cfg = self.cfg
@@ -199,7 +192,7 @@ class HunyuanVideoFamily(TinyFamily):
             folders.need(self.folder, os.path.join(sub, file) if file else sub, what, FIX, is_dir=file is None)
         self.transformer_weights  # noqa: B018 (found here, before any collective: raises naming what is missing)
         self.check_components()
-        self.folder_shift()
+        folders.scheduler_shift(self.folder, "shift", DEFAULT_SHIFT)  # checked even when sampler.shift is set
         folders.check_encoder_options(cfg)
         folders.check_tiles(cfg)
 
@@ -214,36 +207,28 @@ class HunyuanVideoFamily(TinyFamily):
                              os.path.join(self.folder, "transformer", "config.json"), self.folder, self.name)
         llama = self._config("text_encoder")
         if llama.get("hidden_size") != m["text_embed_dim"]:
-            raise ValueError(f"{where}: text_encoder/config.json has hidden_size={llama.get('hidden_size')} but the "
+            raise InputError(f"{where}: text_encoder/config.json has hidden_size={llama.get('hidden_size')} but the "
                              f"transformer of model.name={self.name!r} reads text_embed_dim={m['text_embed_dim']}; "
                              f"use the text encoder released with this transformer")
         layers = llama.get("num_hidden_layers")
         if not isinstance(layers, int) or layers < HIDDEN_STATE_SKIP_LAYER:
-            raise ValueError(f"{where}: text_encoder/config.json has num_hidden_layers={layers}; the features are "
+            raise InputError(f"{where}: text_encoder/config.json has num_hidden_layers={layers}; the features are "
                              f"the hidden state {HIDDEN_STATE_SKIP_LAYER} layers before the last, so it needs >= "
                              f"{HIDDEN_STATE_SKIP_LAYER}; use the released LLaMA text encoder")
         clip = self._config("text_encoder_2")
         if clip.get("hidden_size") != m["pooled_projection_dim"]:
-            raise ValueError(f"{where}: text_encoder_2/config.json has hidden_size={clip.get('hidden_size')} but the "
+            raise InputError(f"{where}: text_encoder_2/config.json has hidden_size={clip.get('hidden_size')} but the "
                              f"transformer of model.name={self.name!r} reads pooled_projection_dim="
                              f"{m['pooled_projection_dim']}; use the CLIP-L text encoder released with it")
         vae = self._config("vae")
         if vae.get("latent_channels", 16) != m["in_channels"]:
-            raise ValueError(f"{where}: vae/config.json has latent_channels={vae.get('latent_channels', 16)} but the "
+            raise InputError(f"{where}: vae/config.json has latent_channels={vae.get('latent_channels', 16)} but the "
                              f"transformer of model.name={self.name!r} has in_channels={m['in_channels']}; use the "
                              f"VAE released with this transformer")
         strides = (vae.get("temporal_compression_ratio", 4), vae.get("spatial_compression_ratio", 8))
         if strides != VAE_STRIDE:
-            raise ValueError(f"{where}: vae/config.json compresses time x space by {strides[0]} x {strides[1]}; this "
+            raise InputError(f"{where}: vae/config.json compresses time x space by {strides[0]} x {strides[1]}; this "
                              f"pipeline takes the released 4 x 8 VAE (AutoencoderKLHunyuanVideo); use that VAE")
-
-    def folder_shift(self) -> None:
-        """The folder's scheduler/scheduler_config.json ``shift`` (else HunyuanVideo's 7.0) becomes sampler.shift
-        unless the job sets it (a config file counts as setting it)."""
-        from magcache_dist.config import explicitly_set
-
-        if "sampler.shift" not in explicitly_set(self.cfg):
-            self.cfg.sampler.shift = folders.scheduler_shift(self.folder, "shift", DEFAULT_SHIFT)
 
     # ---- geometry and cost -----------------------------------------------------------------------------------
     def latent_shape(self):

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from magcache_dist.config import explicitly_set
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families.common import T5_XXL_ENCODER_PARAMS, TinyFamily, encode_prompt
@@ -36,6 +35,7 @@ from models.loading import TensorSource, check_shapes, read_shapes
 from models.opensora import OpenSoraCond, STDiT3, opensora_config
 from models.opensora_vae import PUBLISHED_2D, SDXL_VAE, OpenSoraVAE, OpenSoraVAEConfig, TemporalVAEConfig
 from models.tiny_text import TinyTextEncoder
+from magcache_dist.errors import InputError
 
 AES = 6.5  # configs/opensora-v1-2/inference/sample.py: "aesthetic score: 6.5." is appended to every prompt
 IMG_FPS = 120  # the fps Open-Sora conditions a one-frame video on
@@ -94,13 +94,13 @@ def resolve_files(root: str) -> OpenSoraFiles:
     folders.need(root, "text_encoder/config.json", "T5 text encoder config", FIX)
     te = os.path.join(root, "text_encoder")
     if not any(glob_any(te, p) for p in ("*.safetensors", "*.bin", "*.safetensors.index.json")):
-        raise ValueError(f"ckpt_dir={root!r}: no T5 weights (*.safetensors, *.bin or an index) in text_encoder; {FIX}")
+        raise InputError(f"ckpt_dir={root!r}: no T5 weights (*.safetensors, *.bin or an index) in text_encoder; {FIX}")
     tok = os.path.join(root, "tokenizer")
     if not os.path.isdir(tok):
         # DeepFloyd/t5-v1_1-xxl ships its tokenizer files beside the model: text_encoder/ may hold both
         if not any(os.path.isfile(os.path.join(te, f)) for f in ("tokenizer_config.json", "spiece.model",
                                                                   "tokenizer.json")):
-            raise ValueError(f"ckpt_dir={root!r}: missing T5 tokenizer folder 'tokenizer' (or tokenizer files in "
+            raise InputError(f"ckpt_dir={root!r}: missing T5 tokenizer folder 'tokenizer' (or tokenizer files in "
                              f"text_encoder); {FIX}")
         tok = te
     return OpenSoraFiles(root, folders.diffusers_weights(dit_dir, root), dit_cfg,
@@ -124,21 +124,21 @@ def vae_config(files: OpenSoraFiles) -> OpenSoraVAEConfig:
     default = OpenSoraVAEConfig()
     t, v2d = c.get("vae_temporal") or {"type": "VAE_Temporal_SD"}, c.get("vae_2d") or {}
     if not isinstance(t, dict) or not isinstance(v2d, dict):
-        raise ValueError(f"{where}: vae_temporal and vae_2d must be JSON objects; use the release's vae/config.json")
+        raise InputError(f"{where}: vae_temporal and vae_2d must be JSON objects; use the release's vae/config.json")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in t.items() if k not in ("type", "from_pretrained")}
     if t.get("type") not in ("VAE_Temporal_SD", "VAE_Temporal"):
-        raise ValueError(f"{where} has vae_temporal.type={t.get('type')!r}; Open-Sora 1.2's VAE is VAE_Temporal_SD")
+        raise InputError(f"{where} has vae_temporal.type={t.get('type')!r}; Open-Sora 1.2's VAE is VAE_Temporal_SD")
     try:
         temporal = TemporalVAEConfig(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: vae_temporal {e}; use the release's vae/config.json") from None
+        raise InputError(f"{where}: vae_temporal {e}; use the release's vae/config.json") from None
     spatial_path = os.path.join(os.path.dirname(path), "spatial_vae", "config.json")
     if os.path.isfile(spatial_path):
         vae_2d = folders.read_config(spatial_path, root)
     elif v2d.get("from_pretrained", PUBLISHED_2D) == PUBLISHED_2D:
         vae_2d = dict(SDXL_VAE)
     else:
-        raise ValueError(f"{where} names the 2D VAE {v2d.get('from_pretrained')!r}; put its diffusers config at "
+        raise InputError(f"{where} names the 2D VAE {v2d.get('from_pretrained')!r}; put its diffusers config at "
                          f"vae/spatial_vae/config.json (the release's is {PUBLISHED_2D!r}, built in)")
     try:
         cfg = replace(default, vae_2d=vae_2d, temporal=temporal,
@@ -147,13 +147,13 @@ def vae_config(files: OpenSoraFiles) -> OpenSoraVAEConfig:
                       shift=tuple(map(float, c.get("shift", default.shift))),
                       scale=tuple(map(float, c.get("scale", default.scale))))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: micro_frame_size / micro_batch_size / shift / scale are malformed ({e}); use the "
+        raise InputError(f"{where}: micro_frame_size / micro_batch_size / shift / scale are malformed ({e}); use the "
                          f"release's vae/config.json") from None
     if cfg.micro_frame_size < 1 or cfg.micro_batch_size < 1:
-        raise ValueError(f"{where} has micro_frame_size={cfg.micro_frame_size}, micro_batch_size="
+        raise InputError(f"{where} has micro_frame_size={cfg.micro_frame_size}, micro_batch_size="
                          f"{cfg.micro_batch_size}; both must be >= 1 (the release: 17 and 4)")
     if vae_2d.get("latent_channels", 4) != temporal.in_out_channels:
-        raise ValueError(f"{where}: the 2D VAE has latent_channels={vae_2d.get('latent_channels')} but the temporal "
+        raise InputError(f"{where}: the 2D VAE has latent_channels={vae_2d.get('latent_channels')} but the temporal "
                          f"VAE takes in_out_channels={temporal.in_out_channels}; use the release's VAE")
     return cfg
 
@@ -195,7 +195,7 @@ class OpenSoraFamily(TinyFamily):
     def validate(self) -> None:
         super().validate()
         if self.cfg.parallel.ring_degree > 1:
-            raise ValueError(f"parallel.ring_degree={self.cfg.parallel.ring_degree}: Open-Sora's spatial/temporal "
+            raise InputError(f"parallel.ring_degree={self.cfg.parallel.ring_degree}: Open-Sora's spatial/temporal "
                              f"attention needs whole frames per rank; use parallel.ulysses_degree")
 
     @property
@@ -206,13 +206,13 @@ class OpenSoraFamily(TinyFamily):
     def check_geometry(self) -> None:
         pf, ph, pw = self.mcfg.patch_size
         if ph != pw:
-            raise ValueError("Open-Sora patches must be square")
+            raise InputError("Open-Sora patches must be square")
         if self.pixel:
             self.check_multiples(pf, ph)
             return
         v = self.cfg.video
         if v.frames < 1:
-            raise ValueError(f"video.frames={v.frames} must be >= 1 (Open-Sora 1.2 takes any length; 51 = 2 s at "
+            raise InputError(f"video.frames={v.frames} must be >= 1 (Open-Sora 1.2 takes any length; 51 = 2 s at "
                              f"24 fps)")
         self.check_multiples(1, self.stride * ph, what=f" (VAE stride {self.stride} x patch {ph})")
 
@@ -231,7 +231,7 @@ class OpenSoraFamily(TinyFamily):
         # the STDiT3: config.json fields that change the math, then the weights' keys and shapes (headers only)
         c = folders.read_config(files.dit_config, root)
         if c.get("qk_norm", True) is not True:
-            raise ValueError(f"ckpt_dir={root!r}: transformer/config.json has qk_norm={c['qk_norm']}; Open-Sora "
+            raise InputError(f"ckpt_dir={root!r}: transformer/config.json has qk_norm={c['qk_norm']}; Open-Sora "
                              f"1.2's STDiT3 normalises q and k (qk_norm=true)")
         folders.check_fields(c, {k: getattr(mcfg, k) for k in STDIT_FIELDS}, files.dit_config, root, name)
         with torch.device("meta"):
@@ -239,37 +239,37 @@ class OpenSoraFamily(TinyFamily):
         # T5: its width is the STDiT3's caption_channels
         t5 = folders.read_config(os.path.join(files.text_encoder, "config.json"), root)
         if t5.get("d_model") != mcfg.caption_channels:
-            raise ValueError(f"ckpt_dir={root!r}: text_encoder/config.json has d_model={t5.get('d_model')} but "
+            raise InputError(f"ckpt_dir={root!r}: text_encoder/config.json has d_model={t5.get('d_model')} but "
                              f"{name}'s STDiT3 takes caption_channels={mcfg.caption_channels}; use the T5 the model "
                              f"was trained with (DeepFloyd/t5-v1_1-xxl for opensora-1.2)")
         # the VAE: its latent channels and stride are what the STDiT3 takes; weights' keys and shapes
         vcfg = self.vae_cfg
         if vcfg.latent_channels != mcfg.in_channels:
-            raise ValueError(f"ckpt_dir={root!r}: vae/config.json gives {vcfg.latent_channels} latent channels "
+            raise InputError(f"ckpt_dir={root!r}: vae/config.json gives {vcfg.latent_channels} latent channels "
                              f"(vae_temporal.embed_dim) but {name}'s STDiT3 takes in_channels={mcfg.in_channels}; "
                              f"use the VAE the model was trained with (hpcai-tech/OpenSora-VAE-v1.2)")
         if not len(vcfg.shift) == len(vcfg.scale) == vcfg.latent_channels:
-            raise ValueError(f"ckpt_dir={root!r}: vae/config.json has {len(vcfg.shift)} shift / {len(vcfg.scale)} "
+            raise InputError(f"ckpt_dir={root!r}: vae/config.json has {len(vcfg.shift)} shift / {len(vcfg.scale)} "
                              f"scale values for {vcfg.latent_channels} latent channels; use the release's "
                              f"vae/config.json")
         if vcfg.spatial_stride != mcfg.vae_spatial_stride:
-            raise ValueError(f"ckpt_dir={root!r}: the 2D VAE downsamples by {vcfg.spatial_stride} but {name} "
+            raise InputError(f"ckpt_dir={root!r}: the 2D VAE downsamples by {vcfg.spatial_stride} but {name} "
                              f"expects {mcfg.vae_spatial_stride}; use the VAE the model was trained with")
         if vcfg.latent_frames(cfg.video.frames) != self.latent_shape()[1]:
-            raise ValueError(f"ckpt_dir={root!r}: vae/config.json chunks time differently from Open-Sora 1.2 "
+            raise InputError(f"ckpt_dir={root!r}: vae/config.json chunks time differently from Open-Sora 1.2 "
                              f"(micro_frame_size={vcfg.micro_frame_size}, time factor {vcfg.temporal.time_factor}; "
                              f"the release: 17 and 4); use the release's VAE")
         with torch.device("meta"):
             try:
                 meta_vae = OpenSoraVAE(vcfg)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"ckpt_dir={root!r}: the VAE of vae/config.json cannot be built ({e}); use the "
+                raise InputError(f"ckpt_dir={root!r}: the VAE of vae/config.json cannot be built ({e}); use the "
                                  f"release's VAE") from None
             shapes = {k: s for k, s in read_shapes(files.vae).items() if k not in ("scale", "shift")}
             check_shapes(meta_vae, shapes, f"ckpt_dir={root!r} (vae)")
         folders.check_encoder_options(cfg)
         if cfg.vae.tiling:
-            raise ValueError(f"vae.tiling=true: {name} decodes {vcfg.micro_batch_size} frames at a time "
+            raise InputError(f"vae.tiling=true: {name} decodes {vcfg.micro_batch_size} frames at a time "
                              f"(the release's micro-batches) and has no spatial tiling; set vae.tiling=false")
 
     # ---- geometry and cost ---------------------------------------------------------------------------------
@@ -299,15 +299,20 @@ class OpenSoraFamily(TinyFamily):
         # the temporal VAE (counted on the meta device at the published size) + SDXL's 2D VAE
         return 309_687_144 + 83_653_863 if self.name == "opensora-1.2" else 0
 
+    def sampler_defaults(self) -> dict:
+        """The pipeline leaves sampler.shift unset by default: the release's resolution/length transform decides
+        the grid (sampler_config); a job that sets it gets the shifted grid instead."""
+        return dict(super().sampler_defaults(), **({} if self.pixel else {"shift": None}))
+
     def sampler_config(self) -> SamplerConfig:
         s = self.cfg.sampler
-        if self.pixel or "sampler.shift" in explicitly_set(self.cfg):
+        if s.shift is not None:
             # the tiny pixel-space model (and a job that sets sampler.shift) takes sampler.shift as the ratio
             return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
                                  cfg_mode="batched", sigmas=shifted_sigmas(s.num_steps, s.shift))
         v = self.cfg.video
         ts = rflow_timesteps(s.num_steps, v.height, v.width, v.frames, DTYPES[self.cfg.model.dtype])
-        return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
+        return SamplerConfig(num_steps=s.num_steps, guidance=s.guidance, solver=s.solver,  # the grid is explicit
                              cfg_mode="batched", sigmas=tuple(t / 1000 for t in ts))
 
     # ---- build / encode / decode ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from models.tiny_ae import PixelAutoencoder
 from models.tiny_text import TinyTextEncoder
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
+from magcache_dist.errors import InputError
 
 AE_STRIDE = {"tiny": 1, "tiny-video": 2}
 
@@ -41,7 +42,7 @@ class TinyVideoFamily(ModelFamily):
         for key, val, p in (("video.frames", v.frames, pf), ("video.height", v.height, ph * s),
                             ("video.width", v.width, pw * s)):
             if val < 1 or val % p:
-                raise ValueError(f"{key}={val} must be a positive multiple of the patch size {p} of model "
+                raise InputError(f"{key}={val} must be a positive multiple of the patch size {p} of model "
                                  f"{self.name}; use {key}={max(p, val // p * p)}")
 
     def _check_checkpoint(self) -> None:
@@ -51,7 +52,7 @@ class TinyVideoFamily(ModelFamily):
         # compiler stack (~1 s), which a rejected input should not pay
         check_shapes(build_wan_model(self.mcfg), dit_shapes, where)
         if not text_shapes:
-            raise ValueError(f"{where} has no 'text_encoder.*' weights for the text encoder")
+            raise InputError(f"{where} has no 'text_encoder.*' weights for the text encoder")
         check_shapes(TinyTextEncoder.for_model(self.name), text_shapes, f"{where} (text encoder)")
 
     def latent_shape(self) -> tuple[int, int, int, int]:

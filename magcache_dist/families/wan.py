@@ -22,13 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
-from magcache_dist.config import JobConfig, resolve_path
+from magcache_dist.config import SHIFT, JobConfig, resolve_path
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
 from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
 from models.wan import get_config
 from models.wan_i2v import I2VCondition, build_wan_model
+from magcache_dist.errors import InputError
 
 VAE_STRIDE = (4, 8, 8)  # time, height, width
 Z_DIM = 16
@@ -69,13 +70,13 @@ def _dit_weights(folder: str, root: str) -> str:
 def resolve_files(ckpt_dir: str, layout: str, i2v: bool) -> WanFiles:
     """Every file the job needs, or a ValueError naming the first missing one."""
     if layout not in LAYOUTS:
-        raise ValueError(f"model.layout={layout!r} is unknown; choose one of {LAYOUTS}")
+        raise InputError(f"model.layout={layout!r} is unknown; choose one of {LAYOUTS}")
     layout = detect_layout(ckpt_dir) if layout == "auto" else layout
 
     def need(rel: str, what: str, is_dir: bool = False) -> str:
         p = os.path.join(ckpt_dir, rel)
         if not (os.path.isdir(p) if is_dir else os.path.isfile(p)):
-            raise ValueError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'; copy the complete "
+            raise InputError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'; copy the complete "
                              f"Wan2.1 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)")
         return p
 
@@ -127,21 +128,16 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
     if "image_dim" in diff and diff["image_dim"][0] is None and mcfg.image_dim:  # official i2v: any CLIP width
         diff.pop("image_dim")
     if diff:
-        raise ValueError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
+        raise InputError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
                          f"but model.name={model_name!r} has {', '.join(f'{k}={w}' for k, (_, w) in diff.items())} "
                          f"({os.path.relpath(path, ckpt_dir)}); set model.name to the checkpoint's model")
 
 
-def folder_shift(cfg: JobConfig, files: WanFiles) -> None:
-    """A diffusers folder's scheduler/scheduler_config.json names the sigma shift its model was released with: it
-    becomes sampler.shift unless the job sets sampler.shift itself (a config file counts as setting it)."""
-    from magcache_dist.config import explicitly_set
-
-    if files.layout != "diffusers":
-        return
-    shift = folders.scheduler_shift(resolve_path(cfg.ckpt_dir), "flow_shift", None)  # checked even when overridden
-    if shift is not None and "sampler.shift" not in explicitly_set(cfg):
-        cfg.sampler.shift = shift
+def check_folder_shift(cfg: JobConfig, files: WanFiles) -> None:
+    """A diffusers folder's scheduler/scheduler_config.json names the sigma shift its model was released with (the
+    default of sampler.shift: WanFamily.sampler_defaults); it is checked even when the job sets sampler.shift."""
+    if files.layout == "diffusers":
+        folders.scheduler_shift(resolve_path(cfg.ckpt_dir), "flow_shift", None)
 
 
 def i2v_geometry(image_hw: tuple[int, int], max_area: int, patch: tuple[int, int, int]) -> tuple[int, int]:
@@ -189,6 +185,11 @@ class WanFamily(ModelFamily):
     def num_heads(self) -> int:
         return self.mcfg.num_heads
 
+    def sampler_defaults(self) -> dict:
+        """A diffusers folder's released sigma shift (scheduler_config.json flow_shift); the official layout has none."""
+        shift = SHIFT if self.cfg.model.layout == "official" else folders.default_shift(self.cfg, "flow_shift", SHIFT)
+        return dict(super().sampler_defaults(), shift=shift)
+
     @functools.cached_property
     def files(self) -> WanFiles:
         """The checkpoint's files (resolved once per job: validate, build and decode all need them)."""
@@ -199,40 +200,40 @@ class WanFamily(ModelFamily):
     def check_geometry(self) -> None:
         v, p = self.cfg.video, self.mcfg.patch_size
         if v.frames < 1 or (v.frames - 1) % VAE_STRIDE[0]:
-            raise ValueError(f"video.frames={v.frames} must be 4k+1 for the Wan VAE (e.g. 81); use "
+            raise InputError(f"video.frames={v.frames} must be 4k+1 for the Wan VAE (e.g. 81); use "
                              f"video.frames={max(1, (v.frames - 1) // 4 * 4 + 1)}")
         step = VAE_STRIDE[1] * p[1]
         for key, val in (("video.height", v.height), ("video.width", v.width)):
             if val < step or val % step:
-                raise ValueError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2), e.g. "
+                raise InputError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2), e.g. "
                                  f"{max(step, val // step * step)}")
 
     def validate(self) -> None:
         cfg, mcfg = self.cfg, self.mcfg
         files = self.files  # ckpt_dir checked first
         check_dit_config(files, cfg.ckpt_dir, self.name)
-        folder_shift(cfg, files)
+        check_folder_shift(cfg, files)
         self.check_geometry()
         v, p = cfg.video, mcfg.patch_size
         if self.i2v:
             if cfg.image is None:
-                raise ValueError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
+                raise InputError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
             path = resolve_path(cfg.image)
             if not os.path.isfile(path):
-                raise ValueError(f"image={cfg.image!r} does not exist")
+                raise InputError(f"image={cfg.image!r} does not exist")
             try:
                 from PIL import Image
 
                 with Image.open(path) as im:
                     w, h = im.size
             except Exception as e:
-                raise ValueError(f"image={cfg.image!r} is not a readable image: {e}") from None
+                raise InputError(f"image={cfg.image!r} is not a readable image: {e}") from None
             lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, p)
             if lat_h < p[1] or lat_w < p[2]:
-                raise ValueError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
+                raise InputError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
                                  f"{v.height}x{v.width} pixels")
         elif cfg.image is not None:
-            raise ValueError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
+            raise InputError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
         folders.check_encoder_options(cfg)
         folders.check_tiles(cfg)
 

@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 
+from magcache_dist.errors import InputError
+
 MIB = 1 << 20
 WHOLE = 4 * MIB
 MAX_FILES = 10_000  # a folder with more files than this is not a checkpoint folder
@@ -79,6 +81,6 @@ def content_fingerprint(path: str | None) -> str | None:
             full = os.path.join(root, name)
             n += 1
             if n > MAX_FILES:
-                raise ValueError(f"{path!r} holds more than {MAX_FILES} files; point it at a checkpoint folder")
+                raise InputError(f"{path!r} holds more than {MAX_FILES} files; point it at a checkpoint folder")
             h.update(f"{os.path.relpath(full, path)}\0{file_fingerprint(full)}\n".encode())
     return "sha256-dir:" + h.hexdigest()[:32]

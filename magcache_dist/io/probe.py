@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 import time
+from magcache_dist.errors import InputError
 
 LOCK_NAME = ".magcache-dist.lock"
 
@@ -18,7 +19,7 @@ def ensure_writable_dir(path: str, key: str) -> str:
     """Create ``path`` if needed and prove a file can be written in it; ValueError naming ``key`` otherwise."""
     where = f"{key}={path!r}"
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{where} is not a directory (it is a file); choose a directory you can write to")
+        raise InputError(f"{where} is not a directory (it is a file); choose a directory you can write to")
     try:
         os.makedirs(path, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-probe.", dir=path)
@@ -26,7 +27,7 @@ def ensure_writable_dir(path: str, key: str) -> str:
         os.remove(tmp)
     except OSError as e:
         reason = "the name is too long" if e.errno == errno.ENAMETOOLONG else (e.strerror or str(e)).lower()
-        raise ValueError(f"{where} cannot be written ({reason}); choose a directory you can write to") from None
+        raise InputError(f"{where} cannot be written ({reason}); choose a directory you can write to") from None
     return path
 
 
@@ -46,7 +47,7 @@ class OutputLock:
             except BlockingIOError:
                 holder = _read_holder(self.fd)
                 os.close(self.fd)
-                raise ValueError(f"{key}={directory!r} is in use by another job ({holder}); wait for it to finish "
+                raise InputError(f"{key}={directory!r} is in use by another job ({holder}); wait for it to finish "
                                  f"or choose another {key}") from None
             try:
                 if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from magcache_dist.io.atomic import atomic_path
+from magcache_dist.errors import InputError
 
 
 def to_frames(video: torch.Tensor) -> np.ndarray:
@@ -28,7 +29,7 @@ def read_mp4(path: str) -> np.ndarray:
     with imageio.get_reader(path, format="FFMPEG") as reader:
         frames = [np.asarray(f)[..., :3] for f in reader]
     if not frames:
-        raise ValueError(f"{path}: the video holds no frames")
+        raise InputError(f"{path}: the video holds no frames")
     return np.stack(frames)
 
 

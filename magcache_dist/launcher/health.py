@@ -231,7 +231,7 @@ def failure_origin(exc: BaseException) -> str:
     return f"{os.path.relpath(f.filename, root)}:{f.lineno} in {f.name}"
 
 
-def report_failure(exc: BaseException, rank: int, monitor: HealthMonitor | None) -> int:
+def report_failure(exc: BaseException, rank: int, monitor: HealthMonitor | None, log_dir: str | None = None) -> int:
     """The launcher's handler for an unexpected exception on this rank; returns the exit code.
 
     If another rank failed first (its failure is on the board, or its heartbeat stopped), this exception is only
@@ -250,6 +250,12 @@ def report_failure(exc: BaseException, rank: int, monitor: HealthMonitor | None)
     if monitor is not None:
         monitor.post_failure(cause)
     print(f"[rank {rank}] error: {cause}", file=sys.stderr, flush=True)
+    from magcache_dist.sampling.loop import NonFiniteError
+
+    if log_dir is not None and not isinstance(exc, NonFiniteError):  # a bug: its whole traceback, for the report
+        path = write_traceback(exc, rank, log_dir)
+        print(f"[rank {rank}] the traceback is in {path}" if path else f"[rank {rank}] (traceback not written)",
+              file=sys.stderr, flush=True)
     if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's failure summary then shows the cause
         from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
@@ -258,3 +264,18 @@ def report_failure(exc: BaseException, rank: int, monitor: HealthMonitor | None)
         except RuntimeError as wrapped:
             get_error_handler().record_exception(wrapped)
     return EXIT_RANK_FAILED
+
+
+def write_traceback(exc: BaseException, rank: int, log_dir: str) -> str | None:
+    """``log_dir/rank<r>-traceback.txt`` with the exception's traceback; its path, or None if it cannot be written
+    (the one-line cause on stderr stands either way)."""
+    import traceback
+
+    path = os.path.join(log_dir, f"rank{rank}-traceback.txt")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return path

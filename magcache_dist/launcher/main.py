@@ -25,6 +25,7 @@ import datetime
 import os
 import signal
 import sys
+import traceback
 
 EXIT_BAD_INPUT, EXIT_DISAGREEMENT = 2, 3
 
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     rank, world, local_rank = ranks.rank, ranks.world, ranks.local_rank
 
     from magcache_dist.config import load_config
+    from magcache_dist.errors import InputError
     from magcache_dist.job import validate_job
     from magcache_dist.planner.preflight import memory_preflight
 
@@ -65,10 +67,17 @@ def main(argv=None) -> int:
             from magcache_dist.io.probe import OutputLock
 
             lock = OutputLock(os.path.abspath(cfg.output_dir))
-    except ValueError as e:
+    except InputError as e:
         for line in str(e).splitlines() or [""]:  # one line per problem, each naming its key
             print(f"[rank {rank}] error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - a bug in the checks themselves: not the user's mistake
+        from magcache_dist.launcher.health import EXIT_RANK_FAILED
+
+        print(f"[rank {rank}] error: internal error while checking the job (a bug in magcache-dist):",
+              file=sys.stderr)
+        traceback.print_exception(e)
+        return EXIT_RANK_FAILED
     from magcache_dist.launcher.logs import RankLog
 
     log = RankLog(job.cfg, rank, world)  # output_dir/logs/rank<r>.log: a copy of what this rank prints
@@ -111,6 +120,7 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
     """The job proper, once the input is known good (validated, output_dir locked)."""
     import torch.distributed as dist
 
+    from magcache_dist.errors import InputError
     from magcache_dist.launcher.health import build_health_monitor, on_launcher_stop, report_failure
     from magcache_dist.parallel.consensus import SkipDisagreement
     from magcache_dist.parallel.dims import build_dist_context, solo_context
@@ -151,7 +161,7 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
         if monitor is not None:  # not a failure: the peers stop at the same step
             monitor.mark_done()
         return EXIT_PREEMPTED
-    except ValueError as e:
+    except InputError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         if monitor is not None:  # e.g. this rank's checkpoint file is unreadable: the others must not wait
             monitor.post_failure(f"ValueError: {e}")
@@ -163,7 +173,7 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
             monitor.mark_reported()
         return EXIT_DISAGREEMENT
     except Exception as e:  # noqa: BLE001 - any other failure: name the rank and the cause, end the job
-        return report_failure(e, rank, monitor)
+        return report_failure(e, rank, monitor, log_dir=os.path.join(cfg.output_dir, "logs"))
     finally:
         if monitor is not None:
             monitor.stop()

@@ -9,6 +9,7 @@ import torch.nn as nn
 from magcache_dist.parallel.attention import RingAttention, UlyssesAttention
 from magcache_dist.parallel.dims import ParallelContext
 from models.attention_joint import LocalFactorizedAttention, LocalJointAttention
+from magcache_dist.errors import InputError, InternalError
 
 BACKENDS = ("native", "deepspeed", "xfuser")
 
@@ -16,7 +17,7 @@ BACKENDS = ("native", "deepspeed", "xfuser")
 def check_backend(backend: str) -> None:
     """Fail before any collective if the backend cannot run here."""
     if backend not in BACKENDS:
-        raise ValueError(f"parallel.backend={backend!r} is unknown; choose one of {BACKENDS}")
+        raise InputError(f"parallel.backend={backend!r} is unknown; choose one of {BACKENDS}")
     if backend == "deepspeed":
         from magcache_dist.parallel.backends import deepspeed_ulysses
 
@@ -50,11 +51,11 @@ def build_sp_seam(seam: nn.Module, par: ParallelContext) -> nn.Module:
     from magcache_dist.parallel.joint import JointSPAttention, UlyssesFactorizedAttention
 
     if par.backend != "native":
-        raise ValueError(f"parallel.backend={par.backend!r} has no joint/factorised attention; use parallel.backend=native")
+        raise InputError(f"parallel.backend={par.backend!r} has no joint/factorised attention; use parallel.backend=native")
     if isinstance(seam, LocalJointAttention):
         return JointSPAttention(par.ulysses, par.ring)
     if par.dims.ring_degree > 1:
-        raise ValueError(f"parallel.ring_degree={par.dims.ring_degree}: factorised spatial/temporal attention needs "
+        raise InputError(f"parallel.ring_degree={par.dims.ring_degree}: factorised spatial/temporal attention needs "
                          f"whole frames per rank; use parallel.ulysses_degree instead")
     return UlyssesFactorizedAttention(par.ulysses, seam.axis)
 
@@ -78,5 +79,5 @@ def apply_sequence_parallel(model: nn.Module, par: ParallelContext) -> nn.Module
             module.attn_op = op
             swapped += 1
     if swapped == 0:
-        raise ValueError(f"{type(model).__name__} has no self_attn.attn_op seam to apply sequence parallelism to")
+        raise InternalError(f"{type(model).__name__} has no self_attn.attn_op seam to apply sequence parallelism to")
     return model

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from magcache_dist.parallel.comm import Comm
 from models.attention import key_padding_mask, unpadded_attention
+from magcache_dist.errors import InternalError
 
 
 def attention_with_lse(q, k, v, k_lens, k_offset: int, q_block: int = 4096):
@@ -109,7 +110,7 @@ class UlyssesAttention(nn.Module):
 
     def forward(self, q, k, v, k_lens=None):
         if q.shape[2] % self.comm.size:
-            raise ValueError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
+            raise InternalError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
         q, k, v = (_seq_to_heads(t, self.comm) for t in (q, k, v))  # [B, P*Ls, N/P, Dh]
         if self.ring is not None:
             out = self.ring(q, k, v, k_lens)

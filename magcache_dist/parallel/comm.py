@@ -11,6 +11,7 @@ import threading
 
 import torch
 import torch.distributed as dist
+from magcache_dist.errors import InternalError
 
 _OPS = {"sum", "max", "min"}
 
@@ -89,7 +90,7 @@ class DistComm(Comm):
     def all_to_all(self, chunks):
         shape = chunks[0].shape
         if any(c.shape != shape for c in chunks):
-            raise ValueError("all_to_all needs equal chunk shapes")
+            raise InternalError("all_to_all needs equal chunk shapes")
         send = torch.stack([c.contiguous() for c in chunks])  # [P, ...]
         recv = torch.empty_like(send)
         self._count(_nbytes(send) * (self.size - 1) // self.size)
@@ -144,7 +145,7 @@ class ThreadComm(Comm):
 
     def all_reduce(self, t, op="sum"):
         if op not in _OPS:
-            raise ValueError(op)
+            raise InternalError(op)
         self._count(_nbytes(t) * (self.size - 1))
         vals = torch.stack(self._exchange(t.clone()))
         return {"sum": vals.sum(0), "max": vals.max(0).values, "min": vals.min(0).values}[op].to(t.dtype)

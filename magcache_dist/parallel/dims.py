@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from magcache_dist.parallel.comm import Comm, SoloComm, ThreadComm, ThreadHub
+from magcache_dist.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,9 @@ class ParallelDims:
         for key in ("ulysses_degree", "ring_degree", "cfg_degree", "dp_degree"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"parallel.{key}={v!r} must be an integer >= 1")
+                raise InputError(f"parallel.{key}={v!r} must be an integer >= 1")
         if self.cfg_degree not in (1, 2):
-            raise ValueError(f"parallel.cfg_degree={self.cfg_degree} must be 1 or 2 (cond and uncond branches)")
+            raise InputError(f"parallel.cfg_degree={self.cfg_degree} must be 1 or 2 (cond and uncond branches)")
 
     @property
     def sp_degree(self) -> int:
@@ -46,15 +47,15 @@ class ParallelDims:
         """Raise ValueError naming the config key before any collective starts."""
         if self.world_size != world_size:
             dp = f" x dp_degree={self.dp_degree}" if self.dp_degree > 1 else ""
-            raise ValueError(
+            raise InputError(
                 f"parallel.ulysses_degree={self.ulysses_degree} x ring_degree={self.ring_degree} x "
                 f"cfg_degree={self.cfg_degree}{dp} = {self.world_size} does not match WORLD_SIZE={world_size}; "
                 f"make the product equal the number of processes")
         if num_heads % self.ulysses_degree:
-            raise ValueError(f"parallel.ulysses_degree={self.ulysses_degree} does not divide num_heads={num_heads}; "
+            raise InputError(f"parallel.ulysses_degree={self.ulysses_degree} does not divide num_heads={num_heads}; "
                              f"use a divisor of {num_heads} and put the rest in parallel.ring_degree")
         if self.cfg_degree == 2 and num_branches != 2:
-            raise ValueError("parallel.cfg_degree=2 needs classifier-free guidance (sampler.guidance != 1)")
+            raise InputError("parallel.cfg_degree=2 needs classifier-free guidance (sampler.guidance != 1)")
 
     def coords(self, rank: int) -> tuple[int, int, int]:
         """(cfg index, ring index, ulysses index) of a rank within its data-parallel group."""

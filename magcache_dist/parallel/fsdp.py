@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from magcache_dist.parallel.comm import DistComm
 from magcache_dist.parallel.dims import ParallelContext
+from magcache_dist.errors import InputError, InternalError
 
 
 def block_units(model: nn.Module) -> list[nn.Module]:
@@ -22,7 +23,7 @@ def block_units(model: nn.Module) -> list[nn.Module]:
 
 def check_fsdp(dims) -> None:
     if dims.sp_degree == 1:
-        raise ValueError("parallel.fsdp=true shards weights over the sequence-parallel group, which has one rank "
+        raise InputError("parallel.fsdp=true shards weights over the sequence-parallel group, which has one rank "
                          "here; set parallel.ulysses_degree or parallel.ring_degree > 1, or parallel.fsdp=false")
 
 
@@ -33,12 +34,12 @@ def apply_fsdp(model: nn.Module, par: ParallelContext, device=None) -> nn.Module
     from torch.distributed.fsdp import fully_shard
 
     if not isinstance(par.sp, DistComm):
-        raise ValueError("parallel.fsdp=true needs torch.distributed process groups (run under torchrun)")
+        raise InputError("parallel.fsdp=true needs torch.distributed process groups (run under torchrun)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = DeviceMesh.from_group(par.sp.group, device.type)
     units = block_units(model)
     if not units:
-        raise ValueError(f"{type(model).__name__} has no block list to shard")
+        raise InternalError(f"{type(model).__name__} has no block list to shard")
     for unit in units:
         # inference: free the gathered weights after every block, also for these root-level units
         fully_shard(unit, mesh=mesh, reshard_after_forward=True)

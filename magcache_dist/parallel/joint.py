@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from magcache_dist.parallel.attention import _heads_to_seq, _seq_to_heads, attention_with_lse, merge_partials
 from magcache_dist.parallel.comm import Comm
 from models.attention_joint import factorized_attention, joint_attention
+from magcache_dist.errors import InternalError
 
 
 class JointSPAttention(nn.Module):
@@ -39,7 +40,7 @@ class JointSPAttention(nn.Module):
         if u > 1:
             n = q_img.shape[2]
             if n % u:
-                raise ValueError(f"ulysses_degree={u} does not divide num_heads={n}")
+                raise InternalError(f"ulysses_degree={u} does not divide num_heads={n}")
             q_img, k_img, v_img = (_seq_to_heads(x, self.ulysses) for x in (q_img, k_img, v_img))  # [B, Lc, N/U, Dh]
             heads = slice(self.ulysses.rank * (n // u), (self.ulysses.rank + 1) * (n // u))
             q_txt, k_txt, v_txt = (x[:, :, heads] for x in (q_txt, k_txt, v_txt))  # [B, T, N/U, Dh]
@@ -80,7 +81,7 @@ class UlyssesFactorizedAttention(nn.Module):
 
     def forward(self, q, k, v, grid):
         if q.shape[2] % self.comm.size:
-            raise ValueError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
+            raise InternalError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
         q, k, v = (_seq_to_heads(x, self.comm) for x in (q, k, v))  # [B, Lpad, N/P, Dh]
         padded, real = q.shape[1], grid[0] * grid[1]
         out = factorized_attention(q[:, :real], k[:, :real], v[:, :real], self.axis, grid)

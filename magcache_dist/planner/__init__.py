@@ -18,6 +18,7 @@ from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, token_layout
 from magcache_dist.planner.profiles import load_profile
+from magcache_dist.errors import InputError
 
 GB = 1e9
 
@@ -33,18 +34,19 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     from magcache_dist.job import cache_spec, parallel_dims
 
     if job is None:
-        resolve_dtypes(cfg, on_gpu=load_profile(cfg.planner.device).name != "cpu")  # auto: the planned device's
+        cfg = resolve_dtypes(cfg, on_gpu=load_profile(cfg.planner.device).name != "cpu")  # auto: the planned device's
         model_spec(cfg.model.name)  # an unknown name: the error names the choices
         family = make_family(cfg)
+        cfg = family.cfg
         family.check_geometry()
         scfg = family.sampler_config()
         dims = parallel_dims(cfg)
         dims.validate(dims.world_size, family.num_heads(), len(scfg.branches))
         policy = build_cache(cache_spec(cfg, family, scfg)) if cfg.cache.mode == "magcache" else None
     else:
-        family, scfg, dims, policy = job.family, job.scfg, job.dims, job.policy
+        cfg, family, scfg, dims, policy = job.cfg, job.family, job.scfg, job.dims, job.policy
     if cfg.model.dtype not in DTYPE_BYTES:
-        raise ValueError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
+        raise InputError(f"model.dtype={cfg.model.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
     branches = scfg.branches
     profile = load_profile(cfg.planner.device)
     v = cfg.video

@@ -4,6 +4,7 @@ until the allocator fails (``planner.memory_check=false`` runs it anyway)."""
 from __future__ import annotations
 
 import os
+from magcache_dist.errors import InputError
 
 GB = 1e9
 
@@ -39,7 +40,7 @@ def memory_preflight(job, world_size: int) -> dict:
     if need > free:
         share = f"{per_rank / GB:.2f} GB per rank x {ranks_here} ranks = {need / GB:.2f} GB" if ranks_here > 1 \
             else f"{need / GB:.2f} GB per rank"
-        raise ValueError(
+        raise InputError(
             f"memory: the planner estimates {share} for sampling, but only {free / GB:.2f} GB is free ({what}). "
             f"To fit: more ranks (parallel.ulysses_degree / parallel.ring_degree), parallel.fsdp=true, "
             f"model.dtype=bfloat16, fewer video.frames or a smaller video.height / video.width (vae.tiling=true for "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from magcache_dist.errors import InputError
 
 PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
 
@@ -48,7 +49,7 @@ class DeviceProfile:
 
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
-            raise ValueError(f"planner.device={self.name!r} has no peak FLOP/s for model.dtype={dtype!r}; "
+            raise InputError(f"planner.device={self.name!r} has no peak FLOP/s for model.dtype={dtype!r}; "
                              f"choose one of {sorted(self.peak_flops)}")
         return float(self.peak_flops[dtype])
 
@@ -60,7 +61,7 @@ def profile_names() -> list[str]:
 def load_profile(name_or_path: str) -> DeviceProfile:
     path = name_or_path if name_or_path.endswith(".json") else os.path.join(PROFILE_DIR, f"{name_or_path}.json")
     if not os.path.isfile(path):
-        raise ValueError(f"planner.device={name_or_path!r} is unknown; choose one of {profile_names()} or give a "
+        raise InputError(f"planner.device={name_or_path!r} is unknown; choose one of {profile_names()} or give a "
                          f"path to a profile .json")
     try:
         with open(path) as f:
@@ -69,14 +70,14 @@ def load_profile(name_or_path: str) -> DeviceProfile:
         prof = DeviceProfile(**{k: v for k, v in obj.items() if k in known},
                              extra={k: v for k, v in obj.items() if k not in known})
     except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"planner.device={name_or_path!r}: {path} is not a valid profile ({e})") from None
+        raise InputError(f"planner.device={name_or_path!r}: {path} is not a valid profile ({e})") from None
     for k in ("gemm_efficiency", "attention_efficiency", "link_efficiency"):
         v = getattr(prof, k)
         values = list(v.values()) if isinstance(v, dict) else [v]
         if isinstance(v, dict) and k != "link_efficiency" and set(v) != set(prof.peak_flops):
-            raise ValueError(f"planner.device={name_or_path!r}: {k} gives dtypes {sorted(v)} but peak_flops gives "
+            raise InputError(f"planner.device={name_or_path!r}: {k} gives dtypes {sorted(v)} but peak_flops gives "
                              f"{sorted(prof.peak_flops)}")
         top = float("inf") if k == "attention_efficiency" else 1  # relative to the GEMM peak: may exceed 1
         if not all(isinstance(x, (int, float)) and 0 < x <= top for x in values):
-            raise ValueError(f"planner.device={name_or_path!r}: {k}={v} must be in (0, {top}]")
+            raise InputError(f"planner.device={name_or_path!r}: {k}={v} must be in (0, {top}]")
     return prof

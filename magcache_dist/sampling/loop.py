@@ -12,17 +12,21 @@ import torch
 
 from magcache_dist.cache.base import CachePolicy
 from magcache_dist.parallel.consensus import JointConsensus, SkipConsensus
+from magcache_dist.config import GUIDANCE, SHIFT, SOLVER, SamplerSection
 from magcache_dist.parallel.dims import ParallelContext, solo_context
 from magcache_dist.parallel.shard import Sharder
-from magcache_dist.sampling.schedulers import FlowScheduler
+from magcache_dist.sampling.schedulers import SOLVERS, FlowScheduler
+from magcache_dist.errors import InputError, InternalError
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerConfig:
-    num_steps: int = 20
-    shift: float = 5.0
-    guidance: float = 5.0
-    solver: str = "unipc"
+    """What the sampler runs (the job's sampler section resolved by its family, plus the family's CFG mode and grid);
+    checked when made."""
+    num_steps: int = SamplerSection.num_steps
+    shift: float = SHIFT
+    guidance: float = GUIDANCE
+    solver: str = SOLVER
     # "separate": one call per CFG branch (Wan); "batched": one call on [cond; uncond] rows (Open-Sora);
     # "distilled": one conditional call, the guidance is an input of the model (FLUX.1-dev, HunyuanVideo)
     cfg_mode: str = "separate"
@@ -30,11 +34,18 @@ class SamplerConfig:
 
     def __post_init__(self):
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"sampler.num_steps={self.num_steps!r} must be an integer >= 1")
+            raise InputError(f"sampler.num_steps={self.num_steps!r} must be an integer >= 1")
         if not self.guidance >= 1.0:
-            raise ValueError(f"sampler.guidance={self.guidance} must be >= 1 (1 disables classifier-free guidance)")
+            raise InputError(f"sampler.guidance={self.guidance} must be >= 1 (1 disables classifier-free guidance)")
+        if self.solver not in SOLVERS:
+            raise InputError(f"sampler.solver={self.solver!r} is unknown; choose one of {SOLVERS}")
+        if not self.shift > 0:
+            raise InputError(f"sampler.shift={self.shift} must be > 0 (Wan: 5.0, 3.0 for I2V 480P)")
+        if self.sigmas is not None and (self.solver != "euler" or len(self.sigmas) != self.num_steps):
+            raise InputError(f"sampler.solver={self.solver!r}: this model's own sigma grid of {len(self.sigmas)} "
+                             f"values needs sampler.solver=euler and sampler.num_steps={len(self.sigmas)}")
         if self.cfg_mode not in ("separate", "batched", "distilled"):
-            raise ValueError(f"cfg_mode={self.cfg_mode!r} must be separate, batched or distilled")
+            raise InternalError(f"cfg_mode={self.cfg_mode!r} must be separate, batched or distilled")
 
     @property
     def branches(self) -> list[str]:

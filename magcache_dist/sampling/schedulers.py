@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import torch
+from magcache_dist.errors import InternalError
 
 SOLVERS = ("unipc", "euler")
 _IMPORT_LOCK = threading.Lock()  # diffusers' lazy modules are not safe to import from several threads at once
@@ -25,10 +26,8 @@ def _unipc_class():
 
 class FlowScheduler:
     def __init__(self, solver: str, num_steps: int, shift: float, num_train_timesteps: int = 1000, sigmas=None):
-        if solver not in SOLVERS:
-            raise ValueError(f"sampler.solver={solver!r} is unknown; choose one of {SOLVERS}")
-        if shift <= 0:
-            raise ValueError(f"sampler.shift={shift} must be > 0 (Wan: 5.0, 3.0 for I2V 480P)")
+        if solver not in SOLVERS or not shift > 0:  # SamplerConfig checked the job's values
+            raise InternalError(f"FlowScheduler(solver={solver!r}, shift={shift!r})")
         self.solver, self.num_steps = solver, num_steps
         self._unipc = _unipc_class()(num_train_timesteps=num_train_timesteps, prediction_type="flow_prediction",
                                      use_flow_sigmas=True, flow_shift=shift, solver_order=2)
@@ -37,9 +36,9 @@ class FlowScheduler:
         self.sigmas = self._unipc.sigmas.clone().double()  # [N+1], last 0
         self.timesteps = self._unipc.timesteps.clone()  # [N] int64
         if sigmas is not None:  # a family's own grid (FLUX, HunyuanVideo, Open-Sora): Euler, t = sigma * 1000
-            if solver != "euler" or len(sigmas) != num_steps:
-                raise ValueError(f"sampler.solver={solver!r}: an explicit sigma grid of {len(sigmas)} values needs "
-                                 f"sampler.solver=euler and num_steps={len(sigmas)}")
+            if solver != "euler" or len(sigmas) != num_steps:  # SamplerConfig checked the job's values
+                raise InternalError(f"FlowScheduler: a grid of {len(sigmas)} sigmas with solver={solver!r}, "
+                                    f"num_steps={num_steps}")
             self.sigmas = torch.tensor([*map(float, sigmas), 0.0], dtype=torch.float64)
             self.timesteps = (self.sigmas[:-1] * num_train_timesteps).float()
 

@@ -5,15 +5,14 @@ import os
 
 import pytest
 
-from magcache_dist.config import load_config, to_dict
+from magcache_dist.config import evolve, load_config, to_dict
 from magcache_dist.job import validate_job
 from tests.support.helpers import ODD_VIDEO, job_config
 from tests.support import ROOT
 
 
 def test_blank_prompt(tiny_ckpt, tmp_path):
-    cfg = job_config(tiny_ckpt, str(tmp_path / "o"))
-    cfg.prompt = "  \n"
+    cfg = evolve(job_config(tiny_ckpt, str(tmp_path / "o")), prompt="  \n")
     with pytest.raises(ValueError, match="prompt is empty"):
         validate_job(cfg, 1)
 
@@ -77,3 +76,21 @@ def test_auto_dtypes_follow_the_device_and_a_given_dtype_stays():
     assert plan_job(load_config(None, [*wan, "planner.device=h100"]))["dtype"] == "bfloat16"  # planned for a GPU
     assert plan_job(load_config(None, [*wan, "planner.device=cpu"]))["dtype"] == "float32"
     assert plan_job(load_config(None, [*wan, "planner.device=cpu", "model.dtype=bfloat16"]))["dtype"] == "bfloat16"
+
+
+def test_validation_returns_a_resolved_frozen_job_and_leaves_the_config_alone(tmp_path):
+    # unset keys are None in the config as written; the family fills them in a copy, the job is frozen
+    import dataclasses
+
+    cfg = load_config(os.path.join(ROOT, "configs/default.yaml"), [f"output_dir={tmp_path / 'o'}", "model.dtype=auto",
+                                                                   "sampler.shift=null"])
+    before = to_dict(cfg)
+    job = validate_job(cfg, 1)
+    assert to_dict(cfg) == before and cfg.model.dtype == "auto" and cfg.sampler.shift is None
+    assert job.cfg.model.dtype == "float32" and job.cfg.sampler.shift == 5.0 and job.scfg.shift == 5.0
+    assert job.cfg.sampler.guidance == 5.0 and job.cfg.sampler.solver == "unipc"  # as the config file says
+    for obj, key in ((cfg, "seed"), (cfg.sampler, "shift"), (job, "cfg"), (job.cfg.cache.magcache, "thresh"),
+                     (job.scfg, "num_steps")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, key, 1)
+    assert evolve(cfg, **{"sampler.num_steps": 4}).sampler.num_steps == 4 and cfg.sampler.num_steps == 20

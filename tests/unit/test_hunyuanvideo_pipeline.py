@@ -131,7 +131,8 @@ def test_folder_defaults_and_tiled_decode(folder, tmp_path):
     cfg = load_config(None, [o for o in pipeline_overrides(NAME, folder, str(tmp_path))
                              if not o.startswith(("sampler.solver", "sampler.shift", "sampler.guidance"))])
     job = validate_job(cfg, 1)
-    assert (cfg.sampler.solver, cfg.sampler.shift, cfg.sampler.guidance) == ("euler", 7.0, 6.0)
+    s = job.cfg.sampler  # resolved in the job; the config as written keeps them unset
+    assert (s.solver, s.shift, s.guidance) == ("euler", 7.0, 6.0) and cfg.sampler.shift is None
     assert job.scfg.cfg_mode == "distilled" and job.scfg.branches == ["cond"]
     latents = torch.randn(1, 4, 3, 6, 6, generator=torch.Generator().manual_seed(1))
     plain = job.family.decode(latents)

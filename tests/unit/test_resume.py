@@ -72,7 +72,7 @@ def test_mismatching_config_and_missing_checkpoint_are_refused(tiny_ckpt, tmp_pa
         with pytest.raises(ValueError, match=r"resume=true: the checkpoint .* different job: " + msg):
             validate_job(job_config(tiny_ckpt, out, "resume=true", extra), 1)
     with pytest.raises(ValueError, match=r"written by 1 ranks, this job has WORLD_SIZE=2"):
-        validate_checkpointing(job_config(tiny_ckpt, out, "resume=true"), 2)
+        validate_checkpointing(validate_job(job_config(tiny_ckpt, out, "resume=true"), 1).cfg, 2)
     with pytest.raises(ValueError, match=r"checkpoint\.every_n_steps=-1 must be an integer >= 0"):
         validate_job(job_config(tiny_ckpt, out, "checkpoint.every_n_steps=-1"), 1)
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from magcache_dist.cache import plan
 from magcache_dist.config import load_config
+from magcache_dist.families.base import make_family
 from magcache_dist.families.wan import WanFamily, i2v_geometry
 from magcache_dist.parallel import solo_context
 from magcache_dist.job import validate_job
@@ -259,8 +260,9 @@ def test_tiled_vae_decode_matches_full_decode(wan_ckpts, tmp_path):
 ])
 def test_shipped_configs_carry_the_published_defaults(name, model, steps, shift, preset, K, thresh, frames, hw, par):
     cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
-    assert (cfg.model.name, cfg.model.dtype, cfg.sampler.num_steps, cfg.sampler.shift, cfg.sampler.guidance,
-            cfg.sampler.solver) == (model, "auto", steps, shift, 5.0, "unipc")  # bf16 on GPUs, fp32 on a CPU
+    s = make_family(cfg).cfg.sampler  # what the job runs with (keys the file leaves unset: the family's defaults)
+    assert (cfg.model.name, cfg.model.dtype, cfg.sampler.num_steps, s.shift, s.guidance, s.solver) == \
+        (model, "auto", steps, shift, 5.0, "unipc")  # bf16 on GPUs, fp32 on a CPU
     assert (cfg.cache.mode, cfg.cache.magcache.preset, cfg.cache.magcache.thresh, cfg.cache.magcache.K, cfg.cache.magcache.retention) == \
         ("magcache", preset, thresh, K, 0.2)
     assert (cfg.video.frames, cfg.video.height, cfg.video.width, cfg.video.fps) == (frames, *hw, 16)
@@ -271,7 +273,9 @@ def test_shipped_configs_carry_the_published_defaults(name, model, steps, shift,
     with pytest.raises(ValueError, match="ckpt_dir is not set"):
         validate_job(cfg, 8)  # everything else validates; the user passes ckpt_dir=...
     on_this_machine = "bfloat16" if torch.cuda.is_available() else "float32"
-    assert (cfg.model.dtype, cfg.text_encoder.dtype) == (on_this_machine, on_this_machine)
+    resolved = make_family(cfg).cfg  # the job's: the config as written keeps "auto"
+    assert (resolved.model.dtype, resolved.text_encoder.dtype) == (on_this_machine, on_this_machine)
+    assert cfg.model.dtype == "auto"
 
 
 def test_diffusers_scheduler_shift_is_the_default(wan_ckpts, tmp_path):
@@ -285,7 +289,7 @@ def test_diffusers_scheduler_shift_is_the_default(wan_ckpts, tmp_path):
                                                                           "flow_shift": 3.0}))
     cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o")))
     scfg = validate_job(cfg, 1).scfg
-    assert cfg.sampler.shift == scfg.shift == 3.0  # the folder's, not the schema default 5.0
+    assert cfg.sampler.shift is None and scfg.shift == 3.0  # unset: the folder's, not the general default 5.0
     cfg = load_config(None, wan_overrides("t2v", str(root), str(tmp_path / "o"), "sampler.shift=7"))
     assert validate_job(cfg, 1).scfg.shift == 7.0  # given: kept (a bad flow_shift: the bad-input catalogue)
 

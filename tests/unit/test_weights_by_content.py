@@ -6,8 +6,10 @@ import shutil
 
 import pytest
 
-from magcache_dist.checkpoint import config_hash, fingerprint, validate_checkpointing
+from magcache_dist.checkpoint import config_hash, fingerprint
+from magcache_dist.errors import InputError
 from magcache_dist.io.fingerprint import content_fingerprint, file_fingerprint
+from magcache_dist.job import validate_job
 from magcache_dist.parallel import solo_context
 from magcache_dist.run import run_job
 from tests.support.helpers import job_config, save_tiny_checkpoint
@@ -68,6 +70,6 @@ def test_staged_weights_are_reused_and_resumed_other_weights_are_not(tiny_ckpt, 
     run_job(job_config(tiny_ckpt, single, "checkpoint.every_n_steps=3", "checkpoint.keep=true"), solo_context())
     copy = str(tmp_path / "copy.safetensors")
     shutil.copy(tiny_ckpt, copy)
-    validate_checkpointing(job_config(copy, single, "checkpoint.every_n_steps=3", "resume=true"), 1)
-    with pytest.raises(ValueError, match=r"model\.ckpt='sha256:.*' in the checkpoint but 'sha256:.*' now"):
-        validate_checkpointing(job_config(staged, single, "checkpoint.every_n_steps=3", "resume=true"), 1)
+    validate_job(job_config(copy, single, "checkpoint.every_n_steps=3", "resume=true"), 1)
+    with pytest.raises(InputError, match=r"model\.ckpt='sha256:.*' in the checkpoint but 'sha256:.*' now"):
+        validate_job(job_config(staged, single, "checkpoint.every_n_steps=3", "resume=true"), 1)

@@ -5,13 +5,14 @@ import torch.nn as nn
 
 from magcache_dist.parallel.comm import DistComm
 from models.attention import unpadded_attention
+from magcache_dist.errors import InputError, InternalError
 
 
 def check_available() -> None:
     try:
         import deepspeed  # noqa: F401
     except ImportError as e:
-        raise ValueError("parallel.backend=deepspeed needs deepspeed: pip install '.[deepspeed]' "
+        raise InputError("parallel.backend=deepspeed needs deepspeed: pip install '.[deepspeed]' "
                          f"(DS_BUILD_OPS=0 is enough on CPU) ({e})") from None
 
 
@@ -36,7 +37,7 @@ class DeepSpeedUlyssesAttention(nn.Module):
     def __init__(self, comm, ring=None):
         super().__init__()
         if not isinstance(comm, DistComm):
-            raise ValueError("parallel.backend=deepspeed needs torch.distributed process groups (torchrun); "
+            raise InputError("parallel.backend=deepspeed needs torch.distributed process groups (torchrun); "
                              "use parallel.backend=native for in-process simulated ranks")
         from deepspeed.sequence.layer import DistributedAttention
 
@@ -50,7 +51,7 @@ class DeepSpeedUlyssesAttention(nn.Module):
 
     def forward(self, q, k, v, k_lens=None):
         if q.shape[2] % self.comm.size:
-            raise ValueError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
+            raise InternalError(f"ulysses_degree={self.comm.size} does not divide num_heads={q.shape[2]}")
         # q, k, v forward and the output back, each sending (P-1)/P of its bytes
         self.comm._count(4 * q.numel() * q.element_size() * (self.comm.size - 1) // self.comm.size)
         return self.dist_attn(q.contiguous(), k.contiguous(), v.contiguous(), 0, None, k_lens)

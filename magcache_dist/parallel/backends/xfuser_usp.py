@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from magcache_dist.errors import InputError
 
 
 def check_available() -> None:
     if not torch.cuda.is_available():
-        raise ValueError("parallel.backend=xfuser needs CUDA GPUs (xfuser cannot run on a CPU-only torch); "
+        raise InputError("parallel.backend=xfuser needs CUDA GPUs (xfuser cannot run on a CPU-only torch); "
                          "use parallel.backend=native or deepspeed")
     try:
         import xfuser  # noqa: F401
     except ImportError as e:
-        raise ValueError(f"parallel.backend=xfuser needs xfuser: pip install '.[xfuser]' ({e})") from None
+        raise InputError(f"parallel.backend=xfuser needs xfuser: pip install '.[xfuser]' ({e})") from None
 
 
 class XFuserUSPAttention(nn.Module):
@@ -31,6 +32,6 @@ class XFuserUSPAttention(nn.Module):
 
     def forward(self, q, k, v, k_lens=None):
         if k_lens is not None and int(k_lens.min()) < q.shape[1] * self.sp_degree:
-            raise ValueError(f"parallel.backend=xfuser cannot mask padded tokens: choose a resolution/frame count "
+            raise InputError(f"parallel.backend=xfuser cannot mask padded tokens: choose a resolution/frame count "
                              f"whose token count divides the SP degree {self.sp_degree}, or use backend=native")
         return self.attn(None, query=q, key=k, value=v)
