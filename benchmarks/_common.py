@@ -72,16 +72,3 @@ def build_job(overrides: list[str] | None = None, config: str = DEFAULT_CONFIG) 
     model, text = job.family.build("cpu")
     return Job(cfg, job.scfg, model, text, job.family)
 
-
-def probe_job(doc: str, draws: int, out_name: str, argv=None):
-    """Command line of the probes that look inside the shipped model (``--ckpt``, ``--draws``, ``--out``): one
-    thread, the default config's model (or ``--ckpt``). Returns (args, job)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--ckpt", help="weights instead of the default config's")
-    ap.add_argument("--draws", type=int, default=draws)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", out_name))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    return args, build_job([f"model.ckpt={args.ckpt}"] if args.ckpt else [])

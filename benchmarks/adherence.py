@@ -61,11 +61,12 @@ def run(args) -> dict:
     overrides = list(args.overrides) + ([f"model.ckpt={args.ckpt}"] if args.ckpt else [])
     job = build_job(overrides)
     n, branches = job.scfg.num_steps, job.scfg.branches
-    c = job.cfg.cache
+    c = job.cfg.cache.magcache
     methods = {"full": lambda: NoCache()}
     if not args.no_cache:
         methods[f"magcache t={c.thresh} K={c.K}"] = lambda: build_magcache(
-            c.preset, None, MagCacheConfig(c.thresh, c.K, c.retention), n, branches)
+            c.preset, None, MagCacheConfig(c.thresh, c.K, c.retention), n, branches,
+            branch_sync=job.cfg.cache.branch_sync)
     prompts = prompt_grid()[: args.prompts]
     rows, t0, sheet = [], time.perf_counter(), []
     for i, prompt in enumerate(prompts):
@@ -81,7 +82,7 @@ def run(args) -> dict:
     if args.sheet:
         write_png(args.sheet, contact_sheet(np.concatenate(sheet), cols=len(sheet[0])))
     per_motion = {label: {m: score([r for r in rows if r["method"] == label and r["want"]["motion"] == m])
-                          for m in MOTIONS} for label in methods}
+                          for m in MOTIONS if any(r["want"]["motion"] == m for r in rows)} for label in methods}
     return dict(ckpt=job.cfg.model.ckpt, overrides=overrides, prompts=len(prompts), seeds=args.seeds,
                 sampler=dict(num_steps=n, shift=job.scfg.shift, guidance=job.scfg.guidance, solver=job.scfg.solver),
                 summary=summary, per_motion=per_motion, runs=rows, wall_s=round(time.perf_counter() - t0, 1))

@@ -102,7 +102,7 @@ def methods_for(job, sc: dict, ratios_cond: list[float]):
         if resampled is not None:
             out.append(("joint-sigma", dict(thresh=t, K=k), lambda t=t, k=k: MagCachePolicy(
                 resampled, preset.rule, MagCacheConfig(t, k, r), n, branches, branch_sync="joint")))
-        from diffusers_hook import DiffusersMagCache  # imports diffusers' hooks only when the benchmark runs
+        from benchmarks.diffusers_hook import DiffusersMagCache  # imports diffusers' hooks only when the benchmark runs
 
         out.append(("diffusers", dict(thresh=t, K=k),
                     lambda t=t, k=k: DiffusersMagCache(job.model, ratios_cond, t, k, r, n)))
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=len(PAIRS))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "branch_sync.json"))
+    ap.add_argument("--out", default=os.path.join(RESULTS, "branch_sync.json"), help="elsewhere: README untouched")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides for the job")
     args = ap.parse_args(argv)
@@ -304,7 +304,8 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         atomic_write_text(args.out, json.dumps(res, indent=1))
     plot(res, os.path.splitext(args.out)[0] + ".png")
-    write_readme(res)
+    if os.path.abspath(args.out) == os.path.join(RESULTS, "branch_sync.json"):
+        write_readme(res)
     print(table(res))
     return 0
 

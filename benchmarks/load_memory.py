@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,8 @@ def run(args) -> dict:
             p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if p.returncode != 0:
                 raise SystemExit(p.stderr[-3000:])
-            results = [json.loads(ln.split("RESULT ", 1)[1]) for ln in p.stdout.splitlines() if "RESULT " in ln]
+            # torchrun's two ranks may print on one line: each result is a flat JSON object after "RESULT "
+            results = [json.loads(m) for m in re.findall(r"RESULT (\{[^{}]*\})", p.stdout)]
             r = max(results, key=lambda x: x["peak"] / x["weights"])  # the worst rank
             row = dict(layout=layout, file_dtype=file_dtype, model_dtype=model_dtype, loader=loader,
                        file_bytes=os.path.getsize(files[(layout, file_dtype)]), **r,

@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--preset", default="tiny-video", help="calibrated MagCache preset")
     ap.add_argument("--ratios", help="a calibrated ratio file instead of --preset")
-    ap.add_argument("--teacache-file", help="a fit_teacache.py output instead of the shipped coefficients")
+    ap.add_argument("--teacache-file", help="a tools/fit_teacache.py output instead of the shipped coefficients")
     ap.add_argument("--out", default=os.path.join(RESULTS, "online.json"))
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.ckpt=...")

@@ -13,6 +13,15 @@ branch (prepared once, as a real job does); no text encoder or VAE runs (the pla
     .venv/bin/python -m benchmarks.planner_check_real [--steps 4] [--profile cpu]  # ~25 min on 2 cores
 
 Prints a table and writes benchmarks/results/planner_check_real.json (and its block in benchmarks/README.md).
+
+    .venv/bin/python -m benchmarks.planner_check_real --phases     # ~5 min on 2 cores
+
+The whole job's phases (issue 26, item 5) at the smallest geometry (5 x 48 x 48, fp32), one process and torchrun 2:
+``load`` (a random real-size 1.3B checkpoint written once, dropped from the page cache, streamed in by the job's
+loader on every rank), ``sample`` (as above), ``decode`` (the real-size Wan VAE, random weights, 32 px tiles dealt
+over the ranks) and ``write`` (rank 0's mp4), each rank's wall seconds against the plan's ``job.phases`` on
+``--profile``. ``encode`` is not measured: umT5-XXL at real size (5.7B parameters) needs 23 GB in fp32 and runs
+bf16 176x slower than fp32 on this CPU. Writes benchmarks/results/planner_check_phases.json (and its README block).
 """
 from __future__ import annotations
 
@@ -125,6 +134,144 @@ def estimate(frames, height, width, dtype, steps, sp, profile) -> dict:
     return dict(tokens=p["tokens"], time_s=p["time_s"]["sampling"], memory_bytes=p["memory_bytes"]["total"])
 
 
+PHASES_OUT = os.path.join(ROOT, "benchmarks", "results", "planner_check_phases.json")
+PHASE_GEOMETRY = (5, 48, 48)
+PHASE_TILES = ["vae.tile_height=32", "vae.tile_width=32", "vae.tile_stride_height=24", "vae.tile_stride_width=24"]
+
+PHASES_CHILD = r"""
+import json, os, sys, time
+import torch
+
+torch.set_num_threads(1)
+frames, height, width, steps, ckpt, out = sys.argv[1:7]
+from diffusers import AutoencoderKLWan
+from magcache_dist.cache.factory import build_cache
+from magcache_dist.config import load_config
+from magcache_dist.families.base import make_family
+from magcache_dist.families.folders import stream_weights
+from magcache_dist.io.video import to_frames, write_mp4
+from magcache_dist.job import cache_spec, parallel_dims
+from magcache_dist.parallel import solo_context
+from magcache_dist.parallel.apply import apply_sequence_parallel
+from magcache_dist.parallel.dims import build_dist_context
+from magcache_dist.parallel.vae import WanTiles, decode_split
+from magcache_dist.sampling.loop import sample
+from models.wan import get_config
+from models.wan_i2v import build_wan_model
+
+world = int(os.environ.get("WORLD_SIZE", "1"))
+cfg = load_config(None, [f"model.name={MODEL}", "model.dtype=float32", f"video.frames={frames}",
+                         f"video.height={height}", f"video.width={width}", f"sampler.num_steps={steps}",
+                         "cache.mode=off", f"parallel.ulysses_degree={world}", "planner.device=cpu", *TILES])
+family = make_family(cfg)
+scfg = family.sampler_config()
+if world > 1:
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    par = build_dist_context(parallel_dims(cfg))
+else:
+    par = solo_context()
+got = dict(rank=par.rank)
+with torch.device("meta"):
+    model = build_wan_model(get_config(MODEL))
+par.world.gather_objects(None)  # start together: the ranks share the storage
+t, c = time.perf_counter(), time.process_time()
+stream_weights(model, "cpu", ckpt, "benchmark checkpoint")
+got["load"], got["load_cpu"] = time.perf_counter() - t, time.process_time() - c
+model.eval()
+apply_sequence_parallel(model, par)
+g = torch.Generator().manual_seed(0)
+text = {b: torch.randn(1, TEXT_TOKENS, 4096, generator=g) * 0.1 for b in scfg.branches}
+policy = build_cache(cache_spec(cfg, family, scfg))
+from diffusers import UniPCMultistepScheduler  # noqa: F401
+t, c = time.perf_counter(), time.process_time()
+with torch.no_grad():
+    res = sample(model, family.make_noise(0), text, scfg, policy, par)
+got["sample"], got["sample_cpu"] = time.perf_counter() - t, time.process_time() - c
+torch.manual_seed(0)
+vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                       temperal_downsample=[False, True, True]).eval()
+v = cfg.vae
+vae.enable_tiling(tile_sample_min_height=v.tile_height, tile_sample_min_width=v.tile_width,
+                  tile_sample_stride_height=v.tile_stride_height, tile_sample_stride_width=v.tile_stride_width)
+par.world.gather_objects(None)
+t, c = time.perf_counter(), time.process_time()
+with torch.no_grad():
+    video = decode_split(WanTiles(vae, res.latents.float()), par.world)
+got["decode"], got["decode_cpu"] = time.perf_counter() - t, time.process_time() - c
+if par.rank == 0:
+    t, c = time.perf_counter(), time.process_time()
+    write_mp4(out + ".mp4", to_frames(video.clamp(-1, 1)[0]), 16)
+    got["write"], got["write_cpu"] = time.perf_counter() - t, time.process_time() - c
+with open(f"{out}.rank{par.rank}.json", "w") as f:
+    json.dump(got, f)
+if world > 1:
+    dist.destroy_process_group()
+""".replace("MODEL", repr(MODEL)).replace("TEXT_TOKENS", str(TEXT_TOKENS)).replace("*TILES", "*" + repr(PHASE_TILES))
+
+
+def drop_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def phases_main(steps: int, profile: str) -> int:
+    import tempfile
+
+    from magcache_dist.config import load_config
+    from magcache_dist.planner import plan_job
+    from tools.make_wan_checkpoint import make
+
+    f, h, w = PHASE_GEOMETRY
+    rows, res = [], dict(geometry=f"{f}x{h}x{w}", steps=steps, profile=profile, runs={})
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        ckpt = make(os.path.join(tmp, "ckpt"), MODEL, "official", "float32")
+        script = os.path.join(tmp, "phases_child.py")
+        with open(script, "w") as fh:
+            fh.write(PHASES_CHILD)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+        for sp in (1, 2):
+            drop_cache(ckpt)
+            out = os.path.join(tmp, f"phases-sp{sp}")
+            args = [str(f), str(h), str(w), str(steps), ckpt, out]
+            cmd = [sys.executable, script, *args] if sp == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sp}", script, *args]
+            proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            paths = [f"{out}.rank{r}.json" for r in range(sp)]
+            if not all(os.path.isfile(p) for p in paths):
+                raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            ranks = [json.load(open(p)) for p in paths]
+            cfg = load_config(None, [f"model.name={MODEL}", "model.dtype=float32", f"video.frames={f}",
+                                     f"video.height={h}", f"video.width={w}", f"sampler.num_steps={steps}",
+                                     "cache.mode=off", f"parallel.ulysses_degree={sp}", f"planner.device={profile}",
+                                     "output_dir=/tmp/unused", *PHASE_TILES])
+            plan = plan_job(cfg)["job"]["phases"]
+            # the benchmark's VAE is built, not read: its planned decode is the compute alone
+            planned = dict(load=plan["load"]["s"], sample=plan["sample"]["s"], decode=plan["decode"]["compute_s"],
+                           write=plan["write"]["s"])
+            res["runs"][sp] = dict(measured=ranks, planned=planned)
+            for k in ("load", "sample", "decode", "write"):
+                m = max(r[k] for r in ranks if k in r)
+                cpu = max(r[k + "_cpu"] for r in ranks if k in r)
+                rows.append(dict(ranks=sp, phase=k, measured_s=m, measured_cpu_s=cpu, planned_s=planned[k],
+                                 error=planned[k] / m - 1, cpu_error=planned[k] / cpu - 1 if cpu else None))
+                print(f"sp{sp} {k}: measured {m:.2f} s (CPU {cpu:.2f} s), planned {planned[k]:.2f} s", flush=True)
+    res["rows"] = rows
+    lines = ["| ranks | phase | measured wall s (slowest rank) | its CPU s | planned s | error vs wall | error vs CPU |",
+             "|---:|---|---:|---:|---:|---:|---:|"] + [
+        f"| {r['ranks']} | {r['phase']} | {r['measured_s']:.2f} | {r['measured_cpu_s']:.2f} | {r['planned_s']:.2f} | "
+        f"{r['error']:+.0%} | {r['cpu_error']:+.0%} |" for r in rows]
+    text = ("\n".join(lines) + f"\n\n{MODEL} (random weights, fp32) at {res['geometry']}, {steps} step(s) x 2 CFG "
+            f"calls, the real-size Wan VAE in 32 px tiles, one thread per rank, profile {profile!r}; machine load "
+            f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. encode not measured (see the script).")
+    publish(res, text, PHASES_OUT, PHASES_OUT, "planner_check_phases",
+            "## The whole job's phases: planner vs measured (`python -m benchmarks.planner_check_real --phases`)")
+    return 0
+
+
 def main() -> int:
     import tempfile
 
@@ -132,7 +279,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--phases", action="store_true", help="the whole job's phases at the smallest geometry")
     args = ap.parse_args()
+    if args.phases:
+        return phases_main(args.steps, args.profile)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):

@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--preset", default="tiny-video", help="MagCache preset for the model")
     ap.add_argument("--ratios", help="a MagCache ratio file instead of --preset")
-    ap.add_argument("--teacache-file", help="a fit_teacache.py output instead of the shipped coefficients")
+    ap.add_argument("--teacache-file", help="a tools/fit_teacache.py output instead of the shipped coefficients")
     ap.add_argument("--out", default=os.path.join(RESULTS, "quality.json"))
     ap.add_argument("--table-only", action="store_true", help="only regenerate README table and plot from --out")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. sampler.num_steps=20")
@@ -238,7 +238,8 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         atomic_write_text(args.out, json.dumps(res, indent=1))
     plot(res, os.path.splitext(args.out)[0] + ".png")
-    write_readme(res)
+    if os.path.abspath(args.out) == os.path.join(RESULTS, "quality.json"):
+        write_readme(res)
     print(table(res))
     return 0
 

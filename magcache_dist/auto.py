@@ -33,7 +33,11 @@ def job_sigmas(scfg) -> list[float]:
 
 def ratio_key(cfg: JobConfig, scfg) -> dict:
     ckpt = resolve_path(cfg.model.ckpt)
-    return make_key(cfg.model.name, weights_fingerprint(ckpt, cfg.model.init_seed), scfg.num_steps,
+    model = cfg.model.name
+    if getattr(scfg, "switch_step", None) is not None:  # two experts: the switch step and the low-noise guidance too
+        g2 = scfg.guidance_2 if scfg.guidance_2 is not None else scfg.guidance
+        model = f"{model} [switch at step {scfg.switch_step}, guidance_2 {float(g2)}]"
+    return make_key(model, weights_fingerprint(ckpt, cfg.model.init_seed), scfg.num_steps,
                     [cfg.video.frames, cfg.video.height, cfg.video.width], scfg.solver, scfg.shift, scfg.guidance)
 
 

@@ -31,6 +31,7 @@ class ModelSection:
     init_seed: int = 0
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16
     layout: str = "auto"  # Wan2.1 ckpt_dir: auto | official | diffusers
+    compile: bool = False  # torch.compile the DiT's blocks after parallelization (magcache_dist/compile.py)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class SamplerSection:
     shift: Optional[float] = None  # sigma shift (Wan: the diffusers folder's flow_shift; HunyuanVideo: 7.0)
     guidance: Optional[float] = None  # classifier-free guidance scale (HunyuanVideo: embedded guidance 6.0)
     solver: Optional[str] = None  # unipc | euler (HunyuanVideo: euler)
+    # two-expert models (Wan2.2 A14B): the low-noise expert's guidance (null: sampler.guidance) and the boundary,
+    # a fraction of the 1000 training timesteps (null: the checkpoint's model_index.json, else the published one)
+    guidance_2: Optional[float] = None
+    boundary: Optional[float] = None
 
 
 # What an unset sampler key means when the model family has no default of its own
@@ -153,6 +158,9 @@ class VaeSection:
     tile_stride_height: int = 192  # < tile size: the overlap is blended
     tile_stride_width: int = 192
     offload_dit: bool = True  # move the DiT to CPU before decoding, freeing its GPU memory for the VAE
+    # (kept on the device when it fits beside the decode: magcache_dist/decode.py dit_stays)
+    parallel: bool = True  # >1 rank: the tiled decode's tiles dealt over the group's ranks (the tiled mode,
+    # whatever vae.tiling says); false: rank 0 decodes alone in the mode vae.tiling says
 
 
 @dataclass(frozen=True)
@@ -390,6 +398,8 @@ RANGES = {
     "parallel.timeout_s": (10, True, 7 * 24 * 3600),  # under 10 s a collective times out before NCCL/gloo warm up
     "sampler.guidance": (1, True, 100),
     "sampler.shift": (0, False, 1000),
+    "sampler.guidance_2": (1, True, 100),
+    "sampler.boundary": (0, False, 1),
     "sampler.num_steps": (None, True, 1000),  # the lower bounds of these four: checked where the meaning is known
     "model.init_seed": (0, True, 2**63 - 1),
     "cpu_threads": (1, True, 1024),
@@ -452,7 +462,8 @@ def evolve(cfg: JobConfig, **changes) -> JobConfig:
 
 def resolve_dtypes(cfg: JobConfig, on_gpu: bool) -> JobConfig:
     """``model.dtype`` / ``text_encoder.dtype`` ``auto`` -> bfloat16 on a GPU, float32 on a CPU (where bf16 matmuls are
-    several times slower than fp32: benchmarks/README.md, constant_work); a given dtype stays. Returns the copy."""
+    several times slower than fp32: docs/magcache.md, what a skipped call costs); a given dtype stays. Returns the
+    copy."""
     auto = "bfloat16" if on_gpu else "float32"
     return evolve(cfg, **{f"{s}.dtype": auto for s in ("model", "text_encoder") if getattr(cfg, s).dtype == "auto"})
 

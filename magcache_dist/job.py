@@ -54,7 +54,7 @@ def cache_spec(cfg: JobConfig, family: ModelFamily, scfg: SamplerConfig) -> Cach
     return CacheSpec(
         mode=c.mode, num_steps=scfg.num_steps, branches=tuple(scfg.branches), model=family.name,
         family_rule=family.cache_rule(), branch_sync=c.branch_sync,
-        sigmas=tuple(job_sigmas(scfg)) if c.mode == "online" else (),
+        sigmas=tuple(job_sigmas(scfg)) if c.mode == "online" else (), switch_step=family.expert_switch_step(),
         magcache=MagCacheConfig(m.thresh, m.K, m.retention) if c.mode in _MAGCACHE_MODES else None, rule=m.rule,
         preset=preset,
         ratios_file=resolve_path(m.ratios_file), teacache_thresh=t.thresh,

@@ -2,6 +2,7 @@
 
     python -m magcache_dist.plan --preset wan2.1-t2v-1.3b --steps 50 --thresh 0.12 --K 2 --retention 0.2
     python -m magcache_dist.plan --preset tiny-video --steps 30 --thresh 0.12 --K 4 --retention 0.25 --branch-sync joint
+    python -m magcache_dist.plan --preset wan2.2-t2v-a14b --steps 40 --thresh 0.06 --K 2 --retention 0.4
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, plan
 from magcache_dist.errors import InputError
+from magcache_dist.cache.presets import preset_switch_step
 
 
 def main(argv=None) -> int:
@@ -23,6 +25,9 @@ def main(argv=None) -> int:
     ap.add_argument("--thresh", type=float, required=True)
     ap.add_argument("--K", type=int, required=True)
     ap.add_argument("--retention", type=float, required=True)
+    ap.add_argument("--switch-step", type=int, default=None,
+                    help="two-expert models (Wan2.2 A14B): the low-noise expert's first step (default: from the "
+                         "preset's published shift and boundary on the sampler's grid)")
     ap.add_argument("--branch-sync", choices=("official", "joint"), default="official",
                     help="official (default): the family's released per-branch rule; joint: one decision per step "
                          "for all CFG branches (what cache.branch_sync=joint runs)")
@@ -34,8 +39,11 @@ def main(argv=None) -> int:
         else:
             from magcache_dist.cache import RatioTable
             branches = RatioTable.load(args.ratios).branches
+        switch = args.switch_step
+        if switch is None and args.preset:
+            switch = preset_switch_step(args.preset, args.steps)
         policy = build_magcache(args.preset, args.ratios, cfg, args.steps, branches, rule=args.rule,
-                                branch_sync=args.branch_sync)
+                                branch_sync=args.branch_sync, switch_step=switch)
         out = plan(policy, args.steps, branches)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """A job on one rank, along one road: load -> encode -> parallelize -> for each video: sample -> finalize.
 
+The encoders run before the DiT's weights are read (``build(weights=False)`` leaves it on the meta device, then
+``load_weights``), so no text or image encoder shares the device with the DiT.
+
 ``run_job`` is what the launcher calls under torchrun (with a validated ``Job``) and what tests call with simulated
 ranks (a ``JobConfig`` is validated first). A single video is a list of one: the model is built, its prompts
 encoded and the model parallelized once per job, then each video of this rank's data-parallel group is sampled and
@@ -24,8 +27,10 @@ from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
 from magcache_dist.claims import Claims
+from magcache_dist.compile import compile_blocks, compile_report
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.errors import reading
+from magcache_dist.decode import decode_video
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
@@ -33,6 +38,7 @@ from magcache_dist.job import Job, validate_job
 from magcache_dist.parallel.apply import apply_sequence_parallel
 from magcache_dist.parallel.dims import ParallelContext
 from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
+from magcache_dist.phases import PhaseMeter, environment
 from magcache_dist.preempt import Preempted, stop_agreed
 from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config
 from magcache_dist.sampling.loop import sample
@@ -70,6 +76,7 @@ class Built:
     model: torch.nn.Module
     conds: dict  # branch -> conditioning on the job device
     noise: torch.Tensor
+    meter: PhaseMeter | None = None  # this rank's phases of this video (load / encode: the first video's)
 
 
 def branches_of(job: Job, par: ParallelContext) -> list[str]:
@@ -103,13 +110,18 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
     report = None
     try:
         if todo:
-            with reading():  # the weights' files, read through models/ and the libraries
-                model, encoder = job.family.build(device, weights=not job.cfg.parallel.fsdp)  # fsdp: after sharding
+            meter = PhaseMeter(device)
+            with meter.phase("load"), reading():  # the DiT on the meta device: the encoders run before its weights
+                model, encoder = job.family.build(device, weights=False)
             t = time.perf_counter()
-            conds = encode_videos(job, encoder, todo, stage=len(todo) > 1)
-            del encoder
+            with meter.phase("encode"):
+                conds = encode_videos(job, encoder, todo, stage=len(todo) > 1)
+                del encoder
             phases = {"encode": time.perf_counter() - t}
-            parallelize(job, model, par, device)
+            with meter.phase("load"), reading():
+                if not job.cfg.parallel.fsdp:  # fsdp: each rank reads its shards after the sharding (parallelize)
+                    job.family.load_weights(model, device)
+                parallelize(job, model, par, device)
             phases["build"] = time.perf_counter() - t0 - phases["encode"]
             part.update(encode_s=phases["encode"], build_s=phases["build"])
             start = t0  # the first video's time counts the load and the encoding; the later ones reuse them
@@ -117,6 +129,7 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
             if par.rank == 0 and listed and len(todo) < len(mine):
                 print(f"[group {par.dp_index}] {len(mine) - len(todo)} of {len(mine)} videos already done "
                       f"(reused)", flush=True)
+            first = True  # the first video this run makes carries the load and encode phases
             for i, (v, cond) in enumerate(zip(todo, conds)):
                 if stop_agreed(par, device):  # asked to stop between two videos: nothing to save
                     raise Preempted(None, f"stopped before {v.name or job.cfg.output_dir}")
@@ -125,7 +138,8 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
                     continue
                 vjob = video_job(job, v, resume=state == "resume")
                 built = Built(model, {b: (c.to(device) if torch.is_tensor(c) else c) for b, c in cond.items()},
-                              vjob.family.make_noise(v.seed).to(device))
+                              vjob.family.make_noise(v.seed).to(device), meter if first else meter.carry())
+                first = False
                 report = make_video(vjob, built, par, device, phases, start)
                 if i + 1 < len(todo):
                     _back_on(model, device)  # a decode may have offloaded the DiT (vae.offload_dit)
@@ -198,12 +212,14 @@ def _back_on(model: torch.nn.Module, device) -> None:
 
 def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) -> None:
     """In place: sequence-parallel attention ops, then (parallel.fsdp) sharded block weights, read into the shards
-    when the family left them to after the sharding."""
+    when the family left them to after the sharding, then (model.compile) the compiled blocks."""
     apply_sequence_parallel(model, par)
     if job.cfg.parallel.fsdp:
         apply_fsdp(model, par, device)
         with reading():
             job.family.load_weights(model, device)
+    if job.cfg.model.compile:  # last: the compiled blocks are the ones that run
+        compile_blocks(model)
 
 
 def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):
@@ -243,46 +259,39 @@ def make_video(job: Job, built: Built, par: ParallelContext, device, phases: dic
     resolved = resolve_ratios(job.cfg, job.scfg, par)  # cache.mode=auto: rank 0 reads the store, every rank gets it
     policy = job.policy if job.policy is not None else build_cache(job.cache, resolved=resolved)
     ckpt = Checkpointer(job.cfg, par, job.scfg.num_steps, device)
+    meter = built.meter if built.meter is not None else PhaseMeter(device)
     t = time.perf_counter()
-    result = run_sampling(job, built, policy, par, ckpt)
+    with meter.phase("sample"):
+        result = run_sampling(job, built, policy, par, ckpt)
     phases["sample"] = time.perf_counter() - t
     calibration = calibrated_table(job, policy, result, par)
+    with meter.phase("decode"):  # every rank of the group takes part (magcache_dist/decode.py)
+        decoded = decode_video(job, built.model, result.latents, par)
+    phases["decode"] = meter.seconds("decode")
     per_rank = par.world.gather_objects(dict(rank=par.rank, decisions=result.decisions,
                                              timings=result.timings.as_dict(),
                                              consensus_reductions=result.extra["consensus_reductions"],
                                              bytes_sent={k: c.bytes_sent for k, c in par.comms().items()},
-                                             param_bytes=local_param_bytes(built.model)))
+                                             param_bytes=local_param_bytes(built.model),
+                                             phases=meter.describe()))
     if par.rank != 0:
         return None
-    return finalize(job, built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0, par)
+    return finalize(job, built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0, par, meter,
+                    decoded)
 
 
 def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_rank, ckpt, phases, t0,
-             par) -> dict:
+             par, meter: PhaseMeter, decoded: tuple) -> dict:
     """Rank 0: video, contact sheet, latents, the calibrated table (if any) and report.json, each written
-    atomically."""
+    atomically. ``meter``: rank 0's phases (its write is added to ``per_rank[0]``); ``decoded``: (the decoded
+    video, what the decode did) from ``decode_video``."""
     cfg, scfg, dims = job.cfg, job.scfg, job.dims
-    t = time.perf_counter()
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    image = job.family.image_model
-    video_path = os.path.join(cfg.output_dir, "image.png" if image else "video.mp4")
-    if cfg.save_video:
-        frames = to_frames(job.family.decode(result.latents, built.model)[0])
-        if image:  # an image model: the one frame at full size
-            write_png(video_path, frames[0])
-        else:
-            write_mp4(video_path, frames, cfg.video.fps)
-            write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
-    atomic_torch_save(result.latents.cpu(), os.path.join(cfg.output_dir, "latents.pt"))
-    ratios_path = stored = None
-    if calibration is not None:
-        ratios_path = cfg.cache.calibration.out or os.path.join(cfg.output_dir, "ratios.json")
-        calibration.save(ratios_path)
-        if cfg.cache.calibration.store_dir:
-            stored = store_calibration(cfg, scfg, calibration)
-    phases["write"] = time.perf_counter() - t
+    with meter.phase("write"):
+        video_path, ratios_path, stored = write_outputs(job, result, calibration, decoded[0])
+    phases["write"] = meter.seconds("write")
     phases["total"] = time.perf_counter() - t0
-
+    per_rank[0]["phases"] = meter.describe()
+    image = job.family.image_model
     summary = summarize([r["decisions"] for r in per_rank], dims, scfg.branches)
     report = dict(
         status="done", video_id=job.video.video_id if job.video is not None else None, config=to_dict(cfg),
@@ -295,6 +304,9 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
         **summary,
         plan=plan(policy, scfg.num_steps, scfg.branches) if isinstance(policy, MagCachePolicy) else None,
         phases_s={k: round(v, 4) for k, v in phases.items()},
+        compile=compile_report(built.model),
+        decode=decoded[1],
+        environment=environment(result.latents.device),
         checkpoint=ckpt.describe(),
         ranks=per_rank,
         outputs=dict(video=video_path if cfg.save_video and not image else None,
@@ -304,3 +316,27 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
     atomic_write_text(os.path.join(cfg.output_dir, "report.json"), json.dumps(report, indent=1, default=str))
     ckpt.finished()  # the video is done: its step checkpoints go (checkpoint.keep=true keeps them)
     return report
+
+
+def write_outputs(job: Job, result, calibration, video) -> tuple[str, str | None, str | None]:
+    """Rank 0: the video (or image) and contact sheet, the latents and the calibrated table, each atomically;
+    (video path, ratios path, stored table)."""
+    cfg = job.cfg
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    image = job.family.image_model
+    video_path = os.path.join(cfg.output_dir, "image.png" if image else "video.mp4")
+    if cfg.save_video:
+        frames = to_frames(video[0])
+        if image:  # an image model: the one frame at full size
+            write_png(video_path, frames[0])
+        else:
+            write_mp4(video_path, frames, cfg.video.fps)
+            write_png(os.path.join(cfg.output_dir, "frames.png"), contact_sheet(frames))
+    atomic_torch_save(result.latents.cpu(), os.path.join(cfg.output_dir, "latents.pt"))
+    ratios_path = stored = None
+    if calibration is not None:
+        ratios_path = cfg.cache.calibration.out or os.path.join(cfg.output_dir, "ratios.json")
+        calibration.save(ratios_path)
+        if cfg.cache.calibration.store_dir:
+            stored = store_calibration(cfg, job.scfg, calibration)
+    return video_path, ratios_path, stored

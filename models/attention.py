@@ -9,7 +9,8 @@ the output is rounded to the model dtype once, at the end of the op. The local a
 same fused-SDPA call on the very same tokens (sequence padding is cut, not masked: ``unpadded_attention``), so they
 are bit-identical in any dtype; ring blocks run on the exactly upcast inputs in fp32 and merge in fp32, so ring
 differs from the single kernel only in how the keys are split into blocks (a unit or two in the last place of the
-output dtype). docs/operations.md#precision has the measurements.
+output dtype). On CUDA ring blocks run the fused kernel in the model dtype (its output rounded once per block) and
+merge in fp32: about as accurate as the single kernel. docs/operations.md#precision has the measurements.
 """
 from __future__ import annotations
 

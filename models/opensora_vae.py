@@ -266,20 +266,25 @@ class OpenSoraVAE(nn.Module):
         """Normalised latents [B, C, T', h, w] -> [B, 3, num_frames, 8h, 8w]; T' must be latent_frames(num_frames).
         Decoded chunk by chunk (5 latent frames, then micro_batch_size frames); ``out_device`` collects the
         frames there (e.g. the CPU, so a long video never sits on the GPU whole)."""
+        return torch.cat([self.decode_chunk(z, i, num_frames, out_device) for i in range(self.num_chunks(z))], dim=2)
+
+    def num_chunks(self, z) -> int:
+        """How many independent chunks of ``micro_z_frame_size`` latent frames ``decode`` goes through."""
+        return -(-z.shape[2] // self.cfg.micro_z_frame_size)
+
+    def decode_chunk(self, z, index: int, num_frames: int, out_device=None):
+        """Chunk ``index`` of ``decode`` (it depends on no other chunk): its [B, 3, frames, 8h, 8w]."""
         cfg = self.cfg
         if z.shape[2] != cfg.latent_frames(num_frames):
             raise ValueError(f"{z.shape[2]} latent frames do not decode into num_frames={num_frames} "
                              f"(that needs {cfg.latent_frames(num_frames)})")
+        i = index * cfg.micro_z_frame_size
+        z = z[:, :, i: i + cfg.micro_z_frame_size]
         z = z * self.scale.to(z) + self.shift.to(z)
-        b, out = z.shape[0], []
-        left = num_frames
-        for i in range(0, z.shape[2], cfg.micro_z_frame_size):
-            x_z = self.temporal_vae.decode(z[:, :, i: i + cfg.micro_z_frame_size],
-                                           num_frames=min(cfg.micro_frame_size, left))
-            left -= cfg.micro_frame_size
-            frames = _frames_to_batch(x_z) / SPATIAL_SCALE  # [B*t, C2d, h, w]
-            decode_2d = self.spatial_vae.module.decode
-            pixels = [decode_2d(frames[j: j + cfg.micro_batch_size]).sample.to(out_device or z.device)
-                      for j in range(0, frames.shape[0], cfg.micro_batch_size)]
-            out.append(_batch_to_frames(torch.cat(pixels), b))
-        return torch.cat(out, dim=2)
+        left = num_frames - index * cfg.micro_frame_size
+        x_z = self.temporal_vae.decode(z, num_frames=min(cfg.micro_frame_size, left))
+        frames = _frames_to_batch(x_z) / SPATIAL_SCALE  # [B*t, C2d, h, w]
+        decode_2d = self.spatial_vae.module.decode
+        pixels = [decode_2d(frames[j: j + cfg.micro_batch_size]).sample.to(out_device or z.device)
+                  for j in range(0, frames.shape[0], cfg.micro_batch_size)]
+        return _batch_to_frames(torch.cat(pixels), z.shape[0])

@@ -53,10 +53,21 @@ WAN_CONFIGS: dict[str, WanConfig] = {
     "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     "wan2.1-i2v-14b-480p": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, image_dim=1280),
     "wan2.1-i2v-14b-720p": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, image_dim=1280),
+    # Wan2.2 (Wan-Video/Wan2.2 wan/configs): A14B = two experts of this size each (high- and low-noise); the I2V
+    # experts take [noise | mask + image latents] (36 channels) and have no CLIP branch
+    "wan2.2-t2v-a14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    "wan2.2-i2v-a14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36),
+    # Wan2.2 TI2V-5B: one dense DiT on the Wan2.2 VAE's 48 latent channels (16x spatial compression)
+    "wan2.2-ti2v-5b": WanConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48),
     # tests: the real Wan pipeline (umT5 / VAE / CLIP) with tiny components; 16 latent channels, 2x2 patches
     "tiny-wan-t2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=24, freq_dim=32),
     "tiny-wan-i2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=36, text_dim=32, text_len=24,
                               freq_dim=32, image_dim=160),
+    "tiny-wan22-t2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=24, freq_dim=32),
+    "tiny-wan22-i2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=36, text_dim=32, text_len=24,
+                                freq_dim=32),
+    "tiny-wan22-ti2v": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=48, out_dim=48, text_dim=32,
+                                 text_len=24, freq_dim=32),
     # tests: 4 heads so that Ulysses degree 2 and 4 divide it
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=3, out_dim=3, text_dim=32,
                       text_len=16, freq_dim=32, patch_size=(1, 4, 4)),
@@ -169,7 +180,10 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x, ctx: "BlockContext", cross_kv=None):
-        e = (self.modulation.float() + ctx.e0).chunk(6, dim=1)  # 6 x [B, 1, D], fp32
+        if ctx.e0.dim() == 4:  # a timestep per token (Wan2.2 TI2V with an image): [B, L, 6, D]
+            e = [c.squeeze(2) for c in (self.modulation.float().unsqueeze(1) + ctx.e0).chunk(6, dim=2)]
+        else:
+            e = (self.modulation.float() + ctx.e0).chunk(6, dim=1)  # 6 x [B, 1, D], fp32
         y = self.self_attn((self.norm1(x).float() * (1 + e[1]) + e[0]).type_as(x), ctx.freqs, ctx.k_lens)
         x = x + (y.float() * e[2]).type_as(x)
         x = x + self.cross_attn(self.norm3(x), ctx.context, cross_kv)
@@ -185,20 +199,24 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x, e):
-        m = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # 2 x [B, 1, D]
+        if e.dim() == 3:  # a timestep per token: [B, L, D]
+            m = [c.squeeze(2) for c in (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).chunk(2, dim=2)]
+        else:
+            m = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # 2 x [B, 1, D]
         return self.head((self.norm(x).float() * (1 + m[1]) + m[0]).type_as(x))
 
 
 @dataclass
 class BlockContext:
     """Everything the block stack needs besides the tokens. ``freqs`` is per token so it can be sharded."""
-    e: torch.Tensor  # [B, D] time embedding (head)
-    e0: torch.Tensor  # [B, 6, D] block modulation
+    e: torch.Tensor  # [B, D] time embedding (head); [B, L, D] with a timestep per token
+    e0: torch.Tensor  # [B, 6, D] block modulation; [B, L, 6, D] with a timestep per token
     freqs: torch.Tensor  # [L, Dh/2] complex RoPE
     context: torch.Tensor  # [B, T, D]
     k_lens: torch.Tensor | None  # [B] valid (unpadded) key count of the *global* sequence
     grid: tuple[int, int, int]  # (F, H, W) in patches
     cross_kv: list | None = None  # per block: its cross-attention keys / values (a PreparedCondition's), else None
+    expert: str | None = None  # two-expert models (models/wan_experts.py): which expert embedded this call
 
 
 @dataclass
@@ -259,9 +277,12 @@ class WanModel(nn.Module):
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # [B, D, F', H', W']
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)  # [B, L, D]
-        e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(self.time_embedding[0].weight.dtype))
+        # t [B], or [B, L] a timestep per token (Wan2.2 TI2V's image tokens sit at t = 0): e [B(, L), D]
+        sin = sinusoidal_embedding(cfg.freq_dim, t) if t.dim() == 1 else \
+            sinusoidal_embedding(cfg.freq_dim, t.flatten()).unflatten(0, t.shape)
+        e = self.time_embedding(sin.to(self.time_embedding[0].weight.dtype))
         e = e.float()
-        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(1, (6, cfg.dim))
+        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(-1, (6, cfg.dim))
         prepared = context if isinstance(context, PreparedCondition) else None
         context = prepared.context if prepared is not None else self.embed_text(context)  # [B, T, D]
         freqs = rope_frequencies(cfg.head_dim, grid).to(tokens.device)

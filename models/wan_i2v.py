@@ -108,11 +108,67 @@ class WanI2VModel(WanModel):
         return self.unpatchify(self.forward_head(self.forward_blocks(tokens, ctx), ctx), ctx.grid)
 
 
+@dataclass
+class LatentCondition:
+    """Wan2.2 I2V-A14B's conditioning: text and the ``y`` channels, no CLIP features."""
+    context: torch.Tensor  # [B, T', text_dim]
+    y: torch.Tensor  # [B, 20, F, H, W] mask (4) + image latents (16)
+
+    def to(self, device):
+        return LatentCondition(self.context.to(device), self.y.to(device))
+
+
+class WanLatentCondModel(WanModel):
+    """Wan2.2 I2V-A14B (``model_type='i2v'`` without ``img_emb``): the T2V model whose patch embedding takes the
+    noise followed by ``y`` (in_dim = 16 + 20); cross-attention over the text only."""
+
+    def prepare_condition(self, cond: LatentCondition) -> PreparedCondition:
+        return dataclasses.replace(super().prepare_condition(cond.context), extra=cond.y)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond):
+        prepared = cond if isinstance(cond, PreparedCondition) else None
+        y = (prepared.extra if prepared is not None else cond.y).to(device=x.device, dtype=x.dtype)
+        y = y.expand(x.shape[0], -1, -1, -1, -1)
+        return super().embed(torch.cat([x, y], dim=1), t, prepared if prepared is not None else cond.context)
+
+
 def build_wan_model(cfg: WanConfig) -> WanModel:
-    """The T2V or I2V DiT for a config (``image_dim`` > 0 means I2V; ``coord_channels`` > 0 the embedded model's
-    coordinate-channel variant, models/wan_coords.py)."""
+    """The T2V or I2V DiT for a config (``image_dim`` > 0 means Wan2.1 I2V; more input than output channels
+    without CLIP, Wan2.2 I2V; ``coord_channels`` > 0 the embedded model's coordinate-channel variant,
+    models/wan_coords.py)."""
     if cfg.image_dim > 0:
         return WanI2VModel(cfg)
     if cfg.coord_channels > 0:
         return WanCoordModel(cfg)
+    if cfg.in_dim > cfg.out_dim:
+        return WanLatentCondModel(cfg)
     return WanModel(cfg)
+
+
+@dataclass
+class FirstFrameCondition:
+    """Wan2.2 TI2V-5B with an image: the text and the image's normalised VAE latents, the first latent frame."""
+    context: torch.Tensor  # [B, T', text_dim]
+    z0: torch.Tensor  # [B, C, 1, H, W]
+
+    def to(self, device):
+        return FirstFrameCondition(self.context.to(device), self.z0.to(device))
+
+
+class WanFirstFrameModel(WanModel):
+    """Wan2.2 TI2V-5B's image-to-video mode (Wan-Video/Wan2.2 ``textimage2video``, diffusers' ``expand_timesteps``):
+    the same DiT as text-to-video; the first latent frame of the input is replaced by the image's latents and the
+    tokens of that frame get timestep 0 (a timestep per token), the others the step's."""
+
+    def prepare_condition(self, cond: FirstFrameCondition) -> PreparedCondition:
+        return dataclasses.replace(super().prepare_condition(cond.context), extra=cond.z0)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond):
+        prepared = cond if isinstance(cond, PreparedCondition) else None
+        z0 = (prepared.extra if prepared is not None else cond.z0).to(device=x.device, dtype=x.dtype)
+        x = torch.cat([z0.expand(x.shape[0], -1, -1, -1, -1), x[:, :, 1:]], dim=2)
+        pf, ph, pw = self.cfg.patch_size
+        frames, per_frame = x.shape[2] // pf, (x.shape[3] // ph) * (x.shape[4] // pw)
+        t_tok = t.float()[:, None].expand(x.shape[0], frames * per_frame).clone()  # [B, L]
+        t_tok[:, :per_frame] = 0  # the image's tokens (patches of the first latent frame; pf is 1)
+        return super().embed(x, t_tok, prepared if prepared is not None else cond.context)

@@ -12,6 +12,24 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             branches): wall ratio against call ratio; peak device memory against the dry-run planner (h100/h200)
   vae       the Wan VAE (diffusers' AutoencoderKLWan at its published size, random weights) decoding those latents,
             whole and tiled: time and peak memory
+  compile   model.compile's compiled blocks (magcache_dist.compile) vs eager on the loaded model, one model call at
+            the sample step's size: first call (the compilation), best of 3 after, a call at another timestep
+            compiles nothing; |compiled - eager| against the bf16 call's own error (|eager bf16 - eager fp32|,
+            bound 1.5x: the precision policy's per-call bound)
+  ring      ring attention on the fused kernel (magcache_dist.parallel.attention: flash / memory-efficient SDPA per
+            block, fp32 merge) vs Ulysses, 2 simulated ranks (threads) on this GPU, bf16, the sample step's
+            sequence: |ring - fp32 attention| <= 2 x |single kernel - fp32 attention| (the bound of
+            tests/sim/test_ring_fused_precision.py), Ulysses equal to the single kernel bit for bit, and the time
+            per op of each, and of ring on the fp32 math path it replaced
+  ti2v      Wan2.2 TI2V-5B at real size (random bf16 weights), 17 x 352 x 640, 20 steps: off vs MagCache (the
+            release's TI2V array), then the 48-channel Wan2.2 VAE decoding the latents
+  switch    Wan2.2 A14B's expert switch without FSDP (resident expert to the host, the other in), on 8 of the 40
+            layers of a real 14B expert, extrapolated by bytes
+  decode    the decode dealt over ranks (magcache_dist/parallel/vae.py) on a 720P-class video (9 x 720 x 1280, the
+            Wan VAE at its published size, random weights): each tile decoded and timed once, rank 0's blend, the
+            result against diffusers' own tiled decode (max abs difference), the device peak of one tile against the
+            tiled decode's, and the decode time on 1, 2 and 8 ranks as decode_split deals the measured tiles (one
+            GPU: no communication counted; a machine with 2 GPUs is noted, not used)
   xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
             equals the native forward
   profile   the planner's device profile measured here (magcache_dist.planner.measure: GEMM and SDPA FLOP/s per
@@ -20,7 +38,8 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             (gpu_profile.json: pass it as planner.device=/path/gpu_profile.json)
 
 Without CUDA it prints "skipped: no CUDA" and exits 0. ``--small --allow-cpu`` runs every step at toy size on the
-CPU (tests/unit/test_gpu_check.py keeps the script from rotting). Budget: well under 8 minutes on one H100.
+CPU (tests/unit/test_gpu_check.py keeps the script from rotting). Budget: well under 10 minutes on one H100 (the
+compile and ring steps are unverified on a GPU: written without one).
 """
 from __future__ import annotations
 
@@ -192,6 +211,240 @@ class Check:
         self.model.to(self.device)
         return out
 
+    def compile(self):
+        import copy
+
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        from magcache_dist.compile import compile_blocks, compile_report
+
+        frames, h, w = (5, 32, 48) if self.small else (81, 480, 832)
+        cfg = self.model.cfg
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(1, cfg.in_dim, (frames - 1) // 4 + 1, h // 8, w // 8, generator=g).to(self.device)
+        text = torch.randn(1, 20, cfg.text_dim, generator=g).to(self.device, torch.bfloat16)
+
+        def call(model, t, cond):
+            with torch.no_grad():
+                tokens, ctx = model.embed(x, torch.tensor([t], device=self.device), cond)
+                return model.forward_head(model.forward_blocks(tokens, ctx), ctx).float()
+
+        def timed(fn, repeats):
+            best = out = None
+            for _ in range(repeats):
+                self.sync()
+                t = time.perf_counter()
+                out = fn()
+                self.sync()
+                best = min(best or float("inf"), time.perf_counter() - t)
+            return best, out
+
+        eager = self.model
+        with torch.no_grad():
+            cond = eager.prepare_condition(text)
+        eager_s, ref = timed(lambda: call(eager, 700.0, cond), 3)
+        ref32 = copy.deepcopy(eager).float()  # the call's own bf16 error: against the same call in fp32
+        with torch.no_grad():
+            out32 = call(ref32, 700.0, ref32.prepare_condition(text.float()))
+        del ref32
+        model = eager  # compiled in place (the later steps do not use the model)
+        torch._dynamo.reset()
+        n = compile_blocks(model)
+        f0 = counters["frames"]["total"]
+        first_s, _ = timed(lambda: call(model, 700.0, cond), 1)
+        f1 = counters["frames"]["total"]
+        comp_s, out = timed(lambda: call(model, 700.0, cond), 3)
+        call(model, 300.0, cond)  # another timestep: the modulation tensor changes, nothing recompiles
+        self.sync()
+        f2 = counters["frames"]["total"]
+        diff, gap = float((out - ref).abs().max()), float((ref - out32).abs().max())
+        return dict(blocks=n, report=compile_report(model), eager_s=eager_s, compiled_first_call_s=first_s,
+                    compiled_s=comp_s, speedup=eager_s / comp_s, frames_compiled_first_call=f1 - f0,
+                    frames_compiled_later=f2 - f1, max_abs_diff_vs_eager=diff, bf16_vs_fp32_gap=gap,
+                    within_bound=diff <= 1.5 * gap, no_recompile=f2 == f1)
+
+    def ring(self):
+        import torch.nn.functional as F
+
+        from magcache_dist.parallel import ParallelDims, build_thread_contexts
+        from magcache_dist.parallel.apply import build_sp_attention
+        from magcache_dist.parallel.attention import RingAttention, cpu_block_kernel, math_block_kernel
+        from magcache_dist.parallel.threads import run_threads
+        from models.attention import sdpa
+
+        n, length, dh = (4, 250, 16) if self.small else (12, 32_760, 128)
+        g = torch.Generator().manual_seed(2)
+        q, k, v = (torch.randn(1, length, n, dh, generator=g).to(self.device, torch.bfloat16) for _ in range(3))
+        lens = torch.tensor([length], device=self.device)
+        # the path that runs on this device: CUDA's fused kernels; on a CPU (--allow-cpu) the CPU's fused kernel
+        # stands in for them, so the toy run goes through the same fused-block code
+        fused = None if self.device.type == "cuda" else cpu_block_kernel
+
+        def sharded(dims, kernel, repeats):
+            def one(par):
+                chunk = -(-length // par.sp.size)
+                lo = par.sp.rank * chunk
+                shards = [F.pad(x, (0, 0, 0, 0, 0, chunk * par.sp.size - length))[:, lo:lo + chunk] for x in (q, k, v)]
+                op = build_sp_attention(par)
+                if isinstance(op, RingAttention):
+                    op.block_kernel = kernel
+                best = out = None
+                for _ in range(repeats):
+                    par.sp.all_reduce(torch.zeros(1, device=self.device))  # start together
+                    self.sync()
+                    t = time.perf_counter()
+                    out = op(*shards, lens)
+                    self.sync()
+                    best = min(best or float("inf"), time.perf_counter() - t)
+                gathered = torch.cat(par.sp.all_gather(out.contiguous()), dim=1)[:, :length]
+                return best, gathered
+            return run_threads(one, build_thread_contexts(dims), timeout=300.0)[0]
+
+        self.sync()
+        t = time.perf_counter()
+        local = sdpa(q, k, v, None)
+        self.sync()
+        local_s = time.perf_counter() - t
+        ref = sdpa(q.float(), k.float(), v.float(), None)  # fp32 statistics and accumulation, fp32 output
+        uly_s, uly = sharded(ParallelDims(2, 1), None, 3)
+        ring_s, ring = sharded(ParallelDims(1, 2), fused, 3)
+        math_s, math_out = sharded(ParallelDims(1, 2), lambda qh, kh, vh: math_block_kernel(qh, kh, vh), 1)
+        err = lambda o: float((o.float() - ref).abs().max())  # noqa: E731
+        return dict(tokens=length, heads=n, head_dim=dh, single_kernel_s=local_s, ulysses2_s=uly_s,
+                    ring2_fused_s=ring_s, ring2_math_s=math_s, ring_fused_over_ulysses=ring_s / uly_s,
+                    ring_math_over_fused=math_s / ring_s, ulysses_equals_single_kernel=torch.equal(uly, local),
+                    error_single_kernel=err(local), error_ring_fused=err(ring), error_ring_math=err(math_out),
+                    within_bound=err(ring) <= 2 * err(local))
+    def ti2v(self):
+        """Wan2.2 TI2V-5B at its real size (random bf16 weights) at a small geometry: sampling off vs MagCache (the
+        release's TI2V array with Wan2.1's rule, joint branches), then the Wan2.2 VAE (48 channels, random weights)
+        decoding the latents."""
+        from diffusers import AutoencoderKLWan
+
+        from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
+        from magcache_dist.sampling import SamplerConfig, sample
+        from models.wan import get_config
+        from models.wan_i2v import build_wan_model
+
+        name = "tiny-wan22-ti2v" if self.small else "wan2.2-ti2v-5b"
+        frames, h, w, steps = (5, 64, 64, 6) if self.small else (17, 352, 640, 20)
+        with torch.device("meta"):
+            model = build_wan_model(get_config(name)).to(dtype=torch.bfloat16)
+        model = model.to_empty(device=self.device)
+        g = torch.Generator(device=self.device).manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.02, generator=g)
+        model = model.eval().requires_grad_(False)
+        cfg = model.cfg
+        latent = (48, (frames - 1) // 4 + 1, h // 16, w // 16)
+        gc = torch.Generator().manual_seed(0)
+        noise = torch.randn(1, *latent, generator=gc).to(self.device)
+        texts = {b: torch.randn(1, 20, cfg.text_dim, generator=gc).to(self.device, torch.bfloat16)
+                 for b in ("cond", "uncond")}
+        scfg = SamplerConfig(num_steps=steps, shift=5.0, guidance=5.0)
+        sample(model, noise, texts, SamplerConfig(num_steps=2), NoCache())  # warm-up
+        out = dict(model=name, video=[frames, h, w], latent=list(latent), steps=steps)
+        for key, policy in (("off", NoCache()), ("magcache", build_magcache(
+                "wan2.2-ti2v-5b-t2v", None, MagCacheConfig(0.06, 2, 0.2), steps, scfg.branches, branch_sync="joint"))):
+            self.reset_peak()
+            self.sync()
+            t = time.perf_counter()
+            r = sample(model, noise, texts, scfg, policy)
+            self.sync()
+            out[key] = dict(wall_s=time.perf_counter() - t, computed=sum(d["compute"] for d in r.decisions),
+                            calls=len(r.decisions), peak_device_bytes=self.peak())
+        del model
+        kw = dict(base_dim=8, decoder_base_dim=12, num_res_blocks=1) if self.small else \
+            dict(base_dim=160, decoder_base_dim=256)
+        vae = AutoencoderKLWan(z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                               scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48, **kw)
+        vae = vae.to(self.device, torch.float32).eval().requires_grad_(False)
+        self.reset_peak()
+        self.sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            video = vae.decode(r.latents.to(self.device, torch.float32)).sample
+        self.sync()
+        out["vae_decode"] = dict(seconds=time.perf_counter() - t, shape=list(video.shape),
+                                 params=sum(p.numel() for p in vae.parameters()), peak_device_bytes=self.peak())
+        return out
+
+    def switch(self):
+        """Wan2.2 A14B's expert switch without FSDP on a GPU that holds one expert: the resident expert goes to host
+        memory, the other comes in (families/wan22.py PlacedExperts). Measured on the first ``layers`` of the
+        real 14B expert (bf16) and extrapolated by bytes to all 40 layers."""
+        from magcache_dist.families.wan22 import PlacedExperts
+        from models.wan import get_config
+        from models.wan_i2v import build_wan_model
+
+        name, layers = ("tiny-wan22-t2v", 2) if self.small else ("wan2.2-t2v-a14b", 8)
+        cfg = get_config(name, num_layers=layers)
+        experts = []
+        for where in (self.device, "cpu"):
+            with torch.device("meta"):
+                m = build_wan_model(cfg).to(dtype=torch.bfloat16)
+            m = m.to_empty(device=where)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.fill_(0.01)
+            experts.append(m.eval())
+        model = PlacedExperts(*experts, boundary_t=875.0, device=self.device, offload_to="cpu")
+        nbytes = sum(p.numel() * p.element_size() for p in experts[0].parameters())
+        self.sync()
+        model.select("low")
+        self.sync()
+        model.select("high")
+        self.sync()
+        full = get_config(name).num_layers / layers
+        return dict(model=name, layers=layers, expert_bytes=nbytes, trades=[dict(away=a, brought=b, seconds=s)
+                                                                            for a, b, s in model.moves],
+                    extrapolated_full_expert_switch_s=[s * full for _, _, s in model.moves])
+    def decode(self):
+        from diffusers import AutoencoderKLWan
+
+        from magcache_dist.parallel.vae import WanTiles
+
+        kw = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if self.small else {}
+        vae = AutoencoderKLWan(**kw).to(self.device, torch.float32).eval().requires_grad_(False)
+        tile, stride = (32, 24) if self.small else (256, 192)
+        vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile, tile_sample_stride_height=stride,
+                          tile_sample_stride_width=stride)
+        shape = (1, 16, 2, 7, 9) if self.small else (1, 16, 3, 90, 160)  # 720P: 9 frames x 720 x 1280
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(self.device)
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to("cpu")  # as vae.offload_dit does
+        try:
+            with torch.no_grad():
+                self.reset_peak()
+                self.sync()
+                t = time.perf_counter()
+                ref = vae.decode(z).sample.cpu()
+                self.sync()
+                ref_s, ref_peak = time.perf_counter() - t, self.peak()
+                td, outs, times = WanTiles(vae, z), [], []
+                self.reset_peak()
+                for u in td.units:
+                    self.sync()
+                    t = time.perf_counter()
+                    outs.append(td.run(u).cpu())
+                    self.sync()
+                    times.append(time.perf_counter() - t)
+                tile_peak = self.peak()
+                t = time.perf_counter()
+                video = td.assemble(outs)
+                blend_s = time.perf_counter() - t
+        finally:
+            if model is not None:
+                model.to(self.device)
+        per_rank = {n: max(sum(times[r::n]) for r in range(n)) + blend_s for n in (1, 2, 8)}
+        return dict(video=list(video.shape), tiles=len(td.units), diffusers_tiled_s=ref_s,
+                    diffusers_tiled_peak_device_bytes=ref_peak, one_tile_peak_device_bytes=tile_peak,
+                    blend_s=blend_s, max_abs_diff=float((video - ref).abs().max()), decode_s_on_ranks=per_rank,
+                    eight_over_one=per_rank[8] / per_rank[1], gpus_here=torch.cuda.device_count())
+
     def xfuser(self):
         try:
             import xfuser  # noqa: F401
@@ -200,7 +453,7 @@ class Check:
         import torch.distributed as dist
 
         from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_dist_context
-        from tests.support.helpers import tiny_model
+        from magcache_dist.random_weights import tiny_model
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
@@ -254,8 +507,9 @@ def main(argv=None) -> int:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     c = Check(device, args.small)
     t0 = time.perf_counter()
-    for name in ("env", "sdpa", "load", "sample", "vae", "xfuser", "profile"):
-        if name in ("sample", "vae") and not getattr(c, "model", None):
+    for name in ("env", "sdpa", "load", "sample", "vae", "decode", "compile", "ring", "ti2v", "switch", "xfuser",
+                 "profile"):
+        if name in ("sample", "vae", "compile") and not getattr(c, "model", None):
             c.out[name] = dict(ok=False, error="skipped: the load step failed")
             continue
         if name == "vae" and not hasattr(c, "latents"):

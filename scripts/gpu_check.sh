@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || PY="${PYTHON:-python3}"
-exec timeout 480 "$PY" -m scripts.gpu_check "$@"
+exec timeout 590 "$PY" -m scripts.gpu_check "$@"

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tests.support.helpers import save_tiny_checkpoint
+from magcache_dist.random_weights import save_tiny_checkpoint
 
 # Tiny models run fastest on one intra-op thread, and simulated / spawned ranks would otherwise oversubscribe
 # the cores (each rank's pool wants every core). Results do not depend on it.
@@ -41,6 +41,39 @@ def wan_ckpts(tmp_path_factory):
         out[task] = dict(comps=comps, official=save_official(comps, str(root / f"{task}-official")),
                          diffusers=save_diffusers(comps, str(root / f"{task}-diffusers")))
     return out
+
+
+@pytest.fixture(scope="session")
+def ti2v_ckpt(tmp_path_factory):
+    """A tiny random Wan2.2 TI2V-5B diffusers folder (one DiT, the 48-channel Wan2.2 VAE)."""
+    from tests.support.wan22_tiny import build_ti2v_components, save_ti2v_diffusers
+
+    comps = build_ti2v_components()
+    return dict(comps=comps, diffusers=save_ti2v_diffusers(comps, str(tmp_path_factory.mktemp("ti2v") / "diffusers")))
+
+
+@pytest.fixture(scope="session")
+def wan22_ckpts(tmp_path_factory):
+    """Tiny random Wan2.2 A14B T2V and I2V folders (two experts), each in the official and the diffusers layout."""
+    from tests.support.wan22_tiny import build_components, save_diffusers, save_official
+    from tests.support.wan_tiny import save_image
+
+    root = tmp_path_factory.mktemp("wan22")
+    out = {"image": save_image(str(root / "first_frame.png"), h=48, w=48)}
+    for task in ("t2v", "i2v"):
+        comps = build_components(task)
+        out[task] = dict(comps=comps, official=save_official(comps, str(root / f"{task}-official")),
+                         diffusers=save_diffusers(comps, str(root / f"{task}-diffusers")))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ti2v_ckpt(tmp_path_factory):
+    """A tiny random Wan2.2 TI2V-5B diffusers folder (one DiT, the 48-channel Wan2.2 VAE)."""
+    from tests.support.wan22_tiny import build_ti2v_components, save_ti2v_diffusers
+
+    comps = build_ti2v_components()
+    return dict(comps=comps, diffusers=save_ti2v_diffusers(comps, str(tmp_path_factory.mktemp("ti2v") / "diffusers")))
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ class CacheSpec:
     teacache_thresh: float
     branch_sync: str = "joint"
     sigmas: tuple[float, ...] = ()  # online: the sampler's sigma at each step
+    switch_step: int | None = None  # two-expert models (Wan2.2 A14B): the low-noise expert's first step
     rule: str | None = None
     preset: str | None = None  # magcache: resolved (the model's default when no ratio file is given)
     ratios_file: str | None = None  # absolute path
@@ -71,19 +72,20 @@ def build_cache(spec: CacheSpec, resolved=None) -> CachePolicy:
     if mode == "online":
         return build_online(spec.magcache, spec.num_steps, list(spec.branches), list(spec.sigmas),
                             rule=spec.rule or spec.family_rule, online=OnlineConfig(**spec.online),
-                            branch_sync=spec.branch_sync)
+                            branch_sync=spec.branch_sync, switch_step=spec.switch_step)
     if mode == "calibrate" or (mode == "auto" and (resolved is None or resolved.table_json is None)):
         return CalibrationPolicy(spec.num_steps)  # auto with nothing stored: calibrate
     if mode == "auto":
         table = resolved.table
         rule = spec.rule or table.meta.get("rule") or spec.family_rule
         return MagCachePolicy(table, get_rule(rule), spec.magcache, spec.num_steps, list(spec.branches),
-                              source=resolved.source(), branch_sync=spec.branch_sync)
+                              source=resolved.source(), branch_sync=spec.branch_sync, switch_step=spec.switch_step)
     if mode == "teacache":
         coeffs = list(spec.teacache_coefficients) if spec.teacache_coefficients is not None else None
         return build_teacache(spec.model, spec.teacache_thresh, spec.num_steps, coefficients=coeffs,
                               branch_sync=spec.branch_sync)
     if mode == "magcache":
         return build_magcache(spec.preset, spec.ratios_file, spec.magcache, spec.num_steps,
-                              list(spec.branches), rule=spec.rule, branch_sync=spec.branch_sync)
+                              list(spec.branches), rule=spec.rule, branch_sync=spec.branch_sync,
+                              switch_step=spec.switch_step)
     raise AssertionError(mode)

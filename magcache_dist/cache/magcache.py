@@ -40,6 +40,17 @@ def check_num_steps(num_steps) -> int:
     return num_steps
 
 
+def check_switch_step(rule: FamilyRule, switch_step, num_steps: int) -> int | None:
+    """The expert-switch step a switch-window rule needs (the first step of the low-noise expert, 0..N), or None."""
+    if not rule.needs_switch:
+        return None
+    if isinstance(switch_step, bool) or not isinstance(switch_step, int) or not 0 <= switch_step <= num_steps:
+        raise InputError(f"cache.magcache.rule={rule.name!r} places its retention around the expert switch, which "
+                         f"needs a two-expert model (Wan2.2 A14B) with a boundary; got switch step {switch_step!r} "
+                         f"for {num_steps} steps. Use a wan2.2-*-a14b model.name, or another rule")
+    return switch_step
+
+
 class AccumulatedErrorPolicy(CachePolicy):
     """What calibrated and online MagCache share: call counting, retention, the family's forced step, and the
     accumulated-error decision. Subclasses say where the ratio of a step comes from.
@@ -50,15 +61,28 @@ class AccumulatedErrorPolicy(CachePolicy):
     official rule retains any call is retained for all branches (Wan 30 steps, R=0.25: 15 calls -> 8 steps)."""
 
     def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str],
-                 branch_sync: str = "official"):
+                 branch_sync: str = "official", switch_step: int | None = None):
         self.rule, self.cfg = rule, cfg
         self.num_steps = check_num_steps(num_steps)
         self.branch_sync = check_branch_sync(branch_sync)
         self.branches = list(branches)  # every branch of the job (Wan's call counting), even under CFG parallel
         # Wan counts cond and uncond calls together; the call index of (step, branch) is step*C + branch index.
         self.calls_per_step = len(self.branches) if rule.calls_per_step > 1 else 1
-        self.retention_calls = rule.retention_calls(self.num_steps, cfg.retention)
-        self.retention_steps = -(-self.retention_calls // self.calls_per_step)  # joint: ceil, in steps
+        self.switch_step = check_switch_step(rule, switch_step, self.num_steps)
+        if rule.needs_switch:  # Wan2.2 A14B: retention around the expert switch (both experts share the state)
+            calls = self.num_steps * self.calls_per_step
+            kept = [c for c in range(calls) if self._retained_call(c)]
+            self.retention_calls = len(kept)
+            # joint: every step in which the official rule retains any call
+            self._retained_steps = frozenset(c // self.calls_per_step for c in kept)
+            self.retention_steps = len(self._retained_steps)
+        else:
+            self.retention_calls = rule.retention_calls(self.num_steps, cfg.retention)
+            self.retention_steps = -(-self.retention_calls // self.calls_per_step)  # joint: ceil, in steps
+
+    def _retained_call(self, call: int) -> bool:
+        calls_total = self.num_steps * self.calls_per_step
+        return self.rule.retained_call(call, calls_total, self.switch_step * self.calls_per_step, self.cfg.retention)
 
     def call_index(self, step: int, branch: str) -> int:
         return step * self.calls_per_step + (self.branches.index(branch) if self.calls_per_step > 1 else 0)
@@ -74,9 +98,16 @@ class AccumulatedErrorPolicy(CachePolicy):
             raise InputError(f"step {step} outside 0..{self.num_steps - 1}")
 
     def retained(self, step: int, branch: str) -> bool:
+        if self.rule.needs_switch:
+            if self.branch_sync == "joint":
+                return step in self._retained_steps
+            return self._retained_call(self.call_index(step, branch))
         if self.branch_sync == "joint":
             return step < self.retention_steps
         return self.call_index(step, branch) < self.retention_calls
+
+    def switch_info(self) -> dict:
+        return {"switch_step": self.switch_step} if self.rule.needs_switch else {}
 
     def under(self, err: float) -> bool:
         return err < self.cfg.thresh if self.rule.strict else err <= self.cfg.thresh
@@ -85,8 +116,9 @@ class AccumulatedErrorPolicy(CachePolicy):
         return self.under(key)
 
     def fingerprint_items(self) -> tuple:
-        return (self.name, self.branch_sync, self.rule, self.cfg.thresh, self.cfg.K, self.cfg.retention,
-                self.num_steps, tuple(self.branches))
+        items = (self.name, self.branch_sync, self.rule, self.cfg.thresh, self.cfg.K, self.cfg.retention,
+                 self.num_steps, tuple(self.branches))
+        return items + ((self.switch_step,) if self.rule.needs_switch else ())
 
     def decide(self, bs, step: int, err: float, ratio: float) -> Decision:
         """The accumulated-error rule, given this call's accumulated error and ratio."""
@@ -107,8 +139,9 @@ class MagCachePolicy(AccumulatedErrorPolicy):
     name = "magcache"
 
     def __init__(self, table: RatioTable, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int,
-                 branches: list[str], source: str = "", branch_sync: str = "official"):
-        super().__init__(rule, cfg, num_steps, branches, branch_sync)
+                 branches: list[str], source: str = "", branch_sync: str = "official",
+                 switch_step: int | None = None):
+        super().__init__(rule, cfg, num_steps, branches, branch_sync, switch_step)
         self.table, self.source = table, source
         missing = [b for b in self.branches if b not in table.ratios]
         if missing:
@@ -133,24 +166,27 @@ class MagCachePolicy(AccumulatedErrorPolicy):
                     thresh=self.cfg.thresh, K=self.cfg.K, retention=self.cfg.retention,
                     retention_calls=self.retention_calls, retention_steps=self.retention_steps,
                     num_steps=self.num_steps, calibrated_steps=self.table.num_steps,
-                    ratios_meta=self.table.meta)
+                    ratios_meta=self.table.meta, **self.switch_info())
 
 
 def build_magcache(preset: str | None, ratios_file: str | None, cfg: MagCacheConfig, num_steps: int,
-                   branches: list[str], rule: str | None = None, branch_sync: str = "official") -> MagCachePolicy:
-    """A policy from a preset name or a ratio file (a file takes its rule from ``rule``, default wan)."""
+                   branches: list[str], rule: str | None = None, branch_sync: str = "official",
+                   switch_step: int | None = None) -> MagCachePolicy:
+    """A policy from a preset name or a ratio file (a file takes its rule from ``rule``, default wan).
+    ``switch_step``: a two-expert model's first low-noise step (the Wan2.2 rules place retention around it)."""
     if preset and ratios_file:
         raise InputError("set either cache.magcache.preset or cache.magcache.ratios_file, not both")
     if ratios_file:
         table = RatioTable.load(ratios_file)
         fam = get_rule(rule or table.meta.get("rule", "wan"))
         return MagCachePolicy(table, fam, cfg, num_steps, branches, source=f"file:{ratios_file}",
-                              branch_sync=branch_sync)
+                              branch_sync=branch_sync, switch_step=switch_step)
     if not preset:
         raise InputError("cache.magcache.preset or cache.magcache.ratios_file is required for cache.mode=magcache")
     p = get_preset(preset)
     fam = get_rule(rule) if rule else p.rule
-    return MagCachePolicy(p.table, fam, cfg, num_steps, branches, source=f"preset:{preset}", branch_sync=branch_sync)
+    return MagCachePolicy(p.table, fam, cfg, num_steps, branches, source=f"preset:{preset}", branch_sync=branch_sync,
+                          switch_step=switch_step)
 
 
 def plan(policy: CachePolicy, num_steps: int, branches: list[str]) -> dict:

@@ -81,8 +81,8 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
     name = "online"
 
     def __init__(self, rule: FamilyRule, cfg: MagCacheConfig, num_steps: int, branches: list[str], sigmas,
-                 online: OnlineConfig | None = None, branch_sync: str = "official"):
-        super().__init__(rule, cfg, num_steps, branches, branch_sync)
+                 online: OnlineConfig | None = None, branch_sync: str = "official", switch_step: int | None = None):
+        super().__init__(rule, cfg, num_steps, branches, branch_sync, switch_step)
         self.online = online or OnlineConfig()
         sig = [float(s) for s in sigmas]
         if len(sig) not in (num_steps, num_steps + 1):
@@ -166,10 +166,11 @@ class OnlineMagCachePolicy(AccumulatedErrorPolicy):
                     predictor=self.online.predictor, window=self.online.window, margin=self.online.margin,
                     rule=self.rule.name, branch_sync=self.branch_sync, retention_steps=self.retention_steps,
                     thresh=self.cfg.thresh, K=self.cfg.K, retention=self.cfg.retention,
-                    retention_calls=self.retention_calls, num_steps=self.num_steps)
+                    retention_calls=self.retention_calls, num_steps=self.num_steps, **self.switch_info())
 
 
 def build_online(cfg: MagCacheConfig, num_steps: int, branches: list[str], sigmas, rule: str | None = None,
-                 online: OnlineConfig | None = None, branch_sync: str = "official") -> OnlineMagCachePolicy:
+                 online: OnlineConfig | None = None, branch_sync: str = "official",
+                 switch_step: int | None = None) -> OnlineMagCachePolicy:
     return OnlineMagCachePolicy(get_rule(rule or "wan"), cfg, num_steps, branches, sigmas, online,
-                                branch_sync=branch_sync)
+                                branch_sync=branch_sync, switch_step=switch_step)

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.errors import InputError
 
@@ -28,6 +30,12 @@ class FamilyRule:
     ratio_power: exponent applied to each ratio (Open-Sora uses the square root).
     forced_grid: (L, i): the step mapping to index i of an L-step grid, round(s*(L-1)/(N-1)) == i, is always
         computed (FLUX.1-dev: (28, 11)).
+    retention_window: which calls are always computed. "head": the first retention_calls. Wan2.2's two-expert
+        models place them around the expert switch (split = calls_per_step x the switch step, n = all calls):
+        "switch-t2v" (T2V-A14B): call < int(split*R), or split <= call <= (n - split)*R + split;
+        "switch-i2v" (I2V-A14B): call < int(split + (n - split)*R), i.e. the whole high-noise expert and the first
+        R of the low-noise one. The second T2V bound is compared as the release compares it, a torch int64
+        counter against a Python float, i.e. in float32.
     """
     name: str
     calls_per_step: int = 1
@@ -36,10 +44,26 @@ class FamilyRule:
     abs_error: bool = True
     ratio_power: float = 1.0
     forced_grid: tuple[int, int] | None = None
+    retention_window: str = "head"
 
     def retention_calls(self, num_steps: int, retention: float) -> int:
         x = self.calls_per_step * num_steps * retention
         return int(x + 0.5) if self.retention_rounding == "half_up" else int(x)
+
+    @property
+    def needs_switch(self) -> bool:
+        """Whether the retained calls depend on the step at which a two-expert model switches experts."""
+        return self.retention_window != "head"
+
+    def retained_call(self, call: int, calls: int, split: int, retention: float) -> bool:
+        """For a switch window: whether call ``call`` of ``calls`` is retained when the high-noise expert makes
+        the first ``split`` calls."""
+        if self.retention_window == "switch-i2v":
+            return call < int(split + (calls - split) * retention)
+        if self.retention_window == "switch-t2v":
+            upper = float(np.float32((calls - split) * retention + split))
+            return call < int(split * retention) or split <= call <= upper
+        raise AssertionError(self.retention_window)
 
 
 RULES = {
@@ -49,6 +73,10 @@ RULES = {
     "opensora": FamilyRule("opensora", abs_error=False, ratio_power=0.5),
     # FLUX.1-schnell has no official MagCache release: FLUX's loop without dev's forced step (calibrated per model)
     "flux-schnell": FamilyRule("flux-schnell", retention_rounding="half_up"),
+    # Wan2.2 A14B (MagCache4Wan2.2): Wan's loop, one call counter and one cache state shared by both experts,
+    # retention placed around the expert switch (the split step comes from the job: see expert_switch_step)
+    "wan2.2-t2v": FamilyRule("wan2.2-t2v", calls_per_step=2, strict=True, retention_window="switch-t2v"),
+    "wan2.2-i2v": FamilyRule("wan2.2-i2v", calls_per_step=2, strict=True, retention_window="switch-i2v"),
 }
 
 
@@ -70,7 +98,18 @@ _PUBLISHED = {
     "hunyuanvideo-t2v-544p": ("hunyuanvideo", (0.24, 6, 0.2)),
     "flux.1-dev": ("flux", (0.24, 5, 0.1)),
     "opensora-1.2": ("opensora", (0.12, 3, 0.2)),
+    # MagCache4Wan2.2's README settings (E006K2R04, E006K2R01, E006K2R02)
+    "wan2.2-t2v-a14b": ("wan2.2-t2v", (0.06, 2, 0.4)),
+    "wan2.2-i2v-a14b": ("wan2.2-i2v", (0.06, 2, 0.1)),
+    # TI2V-5B: the release's decision code fails before its first step (init_magcache without a split step);
+    # its forward's branch for a missing split step is Wan2.1's head retention, int(2*N*R) calls: that is our rule
+    "wan2.2-ti2v-5b-t2v": ("wan", (0.06, 2, 0.2)),
+    "wan2.2-ti2v-5b-i2v": ("wan", (0.06, 2, 0.2)),
 }
+
+# two-expert presets: the sampler settings their ratios were calibrated with (Wan2.2's wan/configs), which place the
+# expert switch: (sample_shift, boundary)
+_SWITCH = {"wan2.2-t2v-a14b": (12.0, 0.875), "wan2.2-i2v-a14b": (5.0, 0.900)}
 
 # Our own calibrated models: name -> (file in data/, rule, defaults). Filled by calibration runs.
 _OWN = {
@@ -98,6 +137,8 @@ def get_preset(name: str) -> Preset:
         table = RatioTable.from_published(entry, where=f"preset {name}")
         table.meta["preset"] = name
         defaults = dict(thresh=thresh, K=k, retention=r, num_steps=entry["num_steps"])
+        if name in _SWITCH:
+            defaults.update(shift=_SWITCH[name][0], boundary=_SWITCH[name][1])
         return Preset(name, RULES[rule], table, defaults)
     if name in _OWN:
         fname, rule, (thresh, k, r) = _OWN[name]
@@ -114,3 +155,13 @@ def get_rule(name: str) -> FamilyRule:
     if name not in RULES:
         raise InputError(f"cache.magcache.rule={name!r} is unknown; choose one of {sorted(RULES)}")
     return RULES[name]
+
+
+def preset_switch_step(name: str, num_steps: int) -> int | None:
+    """A two-expert preset's expert switch at ``num_steps`` with its published shift and boundary (None for the
+    others): what ``python -m magcache_dist.plan`` uses when --switch-step is not given."""
+    if name not in _SWITCH:
+        return None
+    from magcache_dist.sampling.grids import expert_switch_step
+
+    return expert_switch_step(num_steps, *_SWITCH[name])

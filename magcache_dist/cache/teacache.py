@@ -2,7 +2,7 @@
 
 Per branch and step, the timestep-modulated input of the first block, m_s = norm1(x) * (1 + scale) + shift with
 (shift, scale) from ``blocks[0].modulation + ctx.e0``, is compared with the previous step's:
-rel_s = sum |m_s - m_{s-1}| / sum |m_{s-1}|. A polynomial fitted on calibration runs (benchmarks/fit_teacache.py)
+rel_s = sum |m_s - m_{s-1}| / sum |m_{s-1}|. A polynomial fitted on calibration runs (tools/fit_teacache.py)
 rescales it to an estimate of the output change, and the estimates accumulate; while the sum stays under the
 threshold the cached residual is reused, otherwise the block stack runs and the sum resets. The first and the
 last steps are always computed. Each CFG branch keeps its own accumulator and previous input, all of it in the
@@ -65,7 +65,7 @@ def load_coefficients(model_name: str) -> tuple[list[float], dict]:
     path = os.path.join(DATA_DIR, f"{model_name}-teacache.json")
     if not os.path.isfile(path):
         raise InputError(f"no TeaCache coefficients for model {model_name!r} ({path}); set "
-                         f"cache.teacache.coefficients or fit them with benchmarks/fit_teacache.py")
+                         f"cache.teacache.coefficients or fit them with python -m tools.fit_teacache")
     with open(path) as f:
         obj = json.load(f)
     if obj.get("format") != TEACACHE_FORMAT or not isinstance(obj.get("coefficients"), list):

@@ -19,6 +19,8 @@ WAN = "magcache_dist.families.wan:WanFamily"
 FLUX = "magcache_dist.families.flux:FluxFamily"
 HUNYUAN = "magcache_dist.families.hunyuanvideo:HunyuanVideoFamily"
 OPENSORA = "magcache_dist.families.opensora:OpenSoraFamily"
+WAN22 = "magcache_dist.families.wan22:Wan22Family"
+WAN22_TI2V = "magcache_dist.families.wan22:Wan22TI2VFamily"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("wan2.1-i2v-14b-720p", WAN, "wan2.1-i2v-14b-720p", layouts=("official", "diffusers")),
     ModelSpec("tiny-wan-t2v", WAN, None, layouts=("official", "diffusers")),  # tests' tiny random folders
     ModelSpec("tiny-wan-i2v", WAN, None, layouts=("official", "diffusers")),
+    # Wan2.2: two experts (A14B; tiny-wan22-* are the tests' folders) and the dense TI2V-5B, whose default preset is
+    # the text-only one (with an image: wan2.2-ti2v-5b-i2v, Wan22TI2VFamily.default_preset)
+    ModelSpec("wan2.2-t2v-a14b", WAN22, "wan2.2-t2v-a14b", layouts=("official", "diffusers")),
+    ModelSpec("wan2.2-i2v-a14b", WAN22, "wan2.2-i2v-a14b", layouts=("official", "diffusers")),
+    ModelSpec("tiny-wan22-t2v", WAN22, "wan2.2-t2v-a14b", layouts=("official", "diffusers")),
+    ModelSpec("tiny-wan22-i2v", WAN22, "wan2.2-i2v-a14b", layouts=("official", "diffusers")),
+    ModelSpec("wan2.2-ti2v-5b", WAN22_TI2V, "wan2.2-ti2v-5b-t2v", layouts=("diffusers",)),
+    ModelSpec("tiny-wan22-ti2v", WAN22_TI2V, "wan2.2-ti2v-5b-t2v", layouts=("diffusers",)),
     ModelSpec("flux.1-dev", FLUX, "flux.1-dev"),
     ModelSpec("flux.1-schnell", FLUX, None),  # no published ratios for schnell
     ModelSpec("flux.1-dev-tiny", FLUX, "flux.1-dev", embedded=True, layouts=()),

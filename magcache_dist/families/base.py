@@ -50,6 +50,7 @@ class CostFigures:
     attention_span: int | None = None
     text_dim: int = 0
     prepared_text: bool = False
+    experts: int = 1  # Wan2.2 A14B: 2 experts of ``params`` each, one of them running at a time
 
 
 def meta_param_count(build) -> int:
@@ -135,8 +136,16 @@ class ModelFamily:
         return {}
 
     def vae_params(self) -> int:
-        """Parameters of the VAE rank 0 loads to decode (0: no VAE)."""
+        """Parameters of the VAE each rank loads to decode (0: no VAE)."""
         return 0
+
+    def vae_decode_flops_per_pixel(self) -> float:
+        """FLOPs of the VAE decode per output pixel and frame (the planner's decode time), 0 without a VAE."""
+        return 0.0
+
+    def vae_chunk_frames(self) -> int | None:
+        """Frames of one decode tile when the VAE's tiles are chunks of whole frames (Open-Sora), else None."""
+        return None
 
     # ---- the job's phases --------------------------------------------------------------------------------
     def build(self, device, weights: bool = True) -> tuple[torch.nn.Module, object]:
@@ -166,6 +175,17 @@ class ModelFamily:
         returned (a family may move it off the device to make room for its decoder)."""
         raise NotImplementedError
 
+    def tile_decoder(self, latents: torch.Tensor, model, parts: int):
+        """The decode cut into independent tiles for ``parts`` ranks (magcache_dist/parallel/vae.py), its
+        assembled result what ``decode`` returns in the tiled mode; ``model`` as in ``decode``. Here: frames in
+        ``parts`` pieces, for the decodes that work frame by frame (pixel space, the embedded pixel
+        autoencoder); a family whose decoder mixes frames overrides it."""
+        from magcache_dist.parallel.vae import ChunkTiles
+
+        cuts = [round(i * latents.shape[2] / parts) for i in range(parts + 1)]
+        cuts = sorted(set(cuts))
+        return ChunkTiles(lambda i: self.decode(latents[:, :, cuts[i]:cuts[i + 1]], model), len(cuts) - 1)
+
     # ---- cache defaults ----------------------------------------------------------------------------------
     def default_preset(self) -> str | None:
         """The MagCache preset used when neither a preset nor a ratios file is given (the registry's)."""
@@ -174,6 +194,10 @@ class ModelFamily:
     def cache_rule(self) -> str:
         """The decision rule written into ratio files calibrated on this model."""
         return "wan"
+
+    def expert_switch_step(self) -> int | None:
+        """Two-expert models (Wan2.2 A14B): the step at which the low-noise expert takes over; None otherwise."""
+        return None
 
 
 def family_class(name: str) -> type[ModelFamily]:

@@ -17,8 +17,8 @@ time embedding; latents are decoded with ``latents / scaling_factor``.
 Memory plan (as Wan's): the DiT is created on the meta device and streamed in at ``model.dtype`` (with
 ``parallel.fsdp``: after sharding, each rank reads only its shards); LLaMA and CLIP
 are loaded for encoding only and freed before sampling (``text_encoder.device=cpu`` keeps them off the GPU);
-rank 0 moves the DiT off the GPU (``vae.offload_dit``), then loads the VAE and decodes, in spatial tiles with
-``vae.tiling``.
+the DiT leaves the GPU (``vae.offload_dit``) unless it fits beside the decode, then the VAE decodes, in spatial
+tiles with ``vae.tiling`` (always on more than one rank: the tiles are dealt over the group, magcache_dist/decode.py).
 """
 from __future__ import annotations
 
@@ -255,6 +255,10 @@ class HunyuanVideoFamily(TinyFamily):
     def vae_params(self) -> int:
         return PUBLISHED_VAE_PARAMS if self.name == "hunyuanvideo" else 0
 
+    def vae_decode_flops_per_pixel(self) -> float:
+        # AutoencoderKLHunyuanVideo at its default (published) size, torch's FlopCounterMode, 9 x 64 x 64 decode
+        return 18.1e6 if self.name == "hunyuanvideo" else 0.0
+
     def sampler_config(self) -> SamplerConfig:
         s = self.cfg.sampler
         return SamplerConfig(num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, solver=s.solver,
@@ -323,18 +327,32 @@ class HunyuanVideoFamily(TinyFamily):
         H, W] in [-1, 1] (CPU, float32), decoded on the latents' device."""
         if self.pixel:
             return super().decode(latents, model)
+        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
+        with torch.no_grad():
+            video = vae.decode(z).sample.float().clamp(-1, 1).cpu()
+        del vae
+        folders.free_memory(latents.device)
+        return video
+
+    def _decode_input(self, latents, model, tiled: bool):
+        """(the VAE, tiled or not, the latents it decodes: scaled, in its dtype, on its device)."""
         cfg, device = self.cfg, latents.device
         folders.offload_for_decode(cfg, model, device)
         vae = load_vae(os.path.join(self.folder, "vae"), DTYPES[cfg.vae.dtype], device)
-        if cfg.vae.tiling:
+        if tiled:
             t = cfg.vae
             vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
                               tile_sample_stride_height=t.tile_stride_height,
                               tile_sample_stride_width=t.tile_stride_width)
         param = next(vae.parameters())
         z = latents.float().to(param.device) / vae.config.scaling_factor
-        with torch.no_grad():
-            video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
-        del vae
-        folders.free_memory(device)
-        return video
+        return vae, z.to(param.dtype)
+
+    def tile_decoder(self, latents, model, parts):
+        """diffusers' tiled decode of AutoencoderKLHunyuanVideo (chunks of frames in spatial tiles), tile by tile."""
+        if self.pixel:
+            return super().tile_decoder(latents, model, parts)
+        from magcache_dist.parallel.vae import Finished, HunyuanTiles
+
+        vae, z = self._decode_input(latents, model, tiled=True)
+        return Finished(HunyuanTiles(vae, z), lambda v: v.float().clamp(-1, 1))

@@ -7,8 +7,9 @@ Two kinds of names:
   section): T5 (transformers), STDiT3 (models/opensora.py), the VideoAutoencoderPipeline VAE (models/opensora_vae.py).
 
 Memory plan of the pipeline (as the Wan family): the DiT is built on the meta device and streamed in; T5 is loaded
-once per job, run on every prompt, and freed before sampling; rank 0 decodes after sampling (the DiT moved off
-the GPU first with ``vae.offload_dit``), 5 latent frames then 4 frames at a time, collecting frames on the CPU.
+once per job, run on every prompt, and freed before sampling; the decode after sampling (the DiT moved off the GPU
+first with ``vae.offload_dit`` unless it fits beside it) goes 5 latent frames then 4 frames at a time, collecting
+frames on the CPU; on more than one rank the chunks of 5 latent frames are dealt over the group.
 
 Sampling follows Open-Sora's RFLOW (opensora/schedulers/rf, v1.2.0): timesteps (1 - i/N) * 1000 through the
 "timestep transform" t' = r t / (1 + (r - 1) t), r = sqrt(H W / 512^2) * sqrt(N_frames // 17 * 5) (1 for one frame),
@@ -304,6 +305,14 @@ class OpenSoraFamily(TinyFamily):
         the grid (sampler_config); a job that sets it gets the shifted grid instead."""
         return dict(super().sampler_defaults(), **({} if self.pixel else {"shift": None}))
 
+    def vae_decode_flops_per_pixel(self) -> float:
+        # its 2D stage is an SD-class AutoencoderKL decoder (about FLUX.1's 9.5e6 per pixel); the temporal stage
+        # runs at 1/64 of the pixels: an estimate, not counted
+        return 10.0e6 if self.name == "opensora-1.2" else 0.0
+
+    def vae_chunk_frames(self) -> int | None:
+        return 17 if self.name == "opensora-1.2" else None  # the release's micro_frame_size (OpenSoraVAEConfig)
+
     def sampler_config(self) -> SamplerConfig:
         s = self.cfg.sampler
         if s.shift is not None:
@@ -391,3 +400,15 @@ class OpenSoraFamily(TinyFamily):
         del vae
         folders.free_memory(device)
         return video.float().clamp(-1, 1)
+
+    def tile_decoder(self, latents, model, parts):
+        """The VAE's chunks of latent frames (each decoded on its own: temporal, then 2D), one per tile."""
+        if self.pixel:
+            return super().tile_decoder(latents, model, parts)
+        from magcache_dist.parallel.vae import ChunkTiles, Finished
+
+        folders.offload_for_decode(self.cfg, model, latents.device)
+        vae = load_vae(self.files, self.vae_cfg, latents.device, DTYPES[self.cfg.vae.dtype])
+        z, frames = latents.to(DTYPES[self.cfg.vae.dtype]), self.cfg.video.frames
+        chunks = ChunkTiles(lambda i: vae.decode_chunk(z, i, frames, out_device="cpu"), vae.num_chunks(z))
+        return Finished(chunks, lambda v: v.float().clamp(-1, 1))

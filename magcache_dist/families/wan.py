@@ -4,8 +4,9 @@ Memory plan on one node (every rank runs the same steps; nothing is downloaded):
 - build: the DiT only, created on the meta device and materialised directly in ``model.dtype`` on the job device.
 - encode: umT5 (and for I2V: CLIP + the VAE encoder) are loaded, run once, and freed before sampling starts
   (``text_encoder.device=cpu`` keeps them off the GPU entirely).
-- decode (rank 0 only): the DiT is moved to CPU (``vae.offload_dit``), the VAE is loaded and decodes frame by
-  frame (causal in time), optionally in overlapping spatial tiles (``vae.tiling``).
+- decode: the VAE decodes frame by frame (causal in time), in overlapping spatial tiles (``vae.tiling``; always
+  on more than one rank, where the tiles are dealt over the group: magcache_dist/decode.py); the DiT is moved to
+  the CPU first (``vae.offload_dit``) unless it fits beside the decode.
 
 A ``WanFamily`` object lives for one job; ``build`` returns the DiT and the encoders' handle (files + device), and
 ``decode`` is handed the DiT to offload: nothing is kept on the object between phases.
@@ -125,7 +126,7 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
     want = dataclasses.asdict(mcfg)
     want["patch_size"] = tuple(mcfg.patch_size)
     diff = {k: (g, want[k]) for k, g in _dit_fields(c).items() if k in want and g != want[k]}
-    if "image_dim" in diff and diff["image_dim"][0] is None and mcfg.image_dim:  # official i2v: any CLIP width
+    if "image_dim" in diff and diff["image_dim"][0] is None:  # official i2v: any CLIP width, or none (Wan2.2)
         diff.pop("image_dim")
     if diff:
         raise InputError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
@@ -209,33 +210,43 @@ class WanFamily(ModelFamily):
                                  f"{max(step, val // step * step)}")
 
     def validate(self) -> None:
-        cfg, mcfg = self.cfg, self.mcfg
+        cfg = self.cfg
         files = self.files  # ckpt_dir checked first
         check_dit_config(files, cfg.ckpt_dir, self.name)
         check_folder_shift(cfg, files)
         self.check_geometry()
-        v, p = cfg.video, mcfg.patch_size
+        self.check_image()
+        folders.check_encoder_options(cfg)
+        folders.check_tiles(cfg)
+
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the job's ``image``: a ValueError when it is missing or not a readable image."""
+        cfg = self.cfg
+        path = resolve_path(cfg.image)
+        if not os.path.isfile(path):
+            raise InputError(f"image={cfg.image!r} does not exist")
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.size
+        except Exception as e:
+            raise InputError(f"image={cfg.image!r} is not a readable image: {e}") from None
+
+    def check_image(self) -> None:
+        """An I2V model needs a readable ``image`` whose aspect ratio fits the pixel area; a T2V model refuses one."""
+        cfg, p = self.cfg, self.mcfg.patch_size
+        v = cfg.video
         if self.i2v:
             if cfg.image is None:
                 raise InputError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
-            path = resolve_path(cfg.image)
-            if not os.path.isfile(path):
-                raise InputError(f"image={cfg.image!r} does not exist")
-            try:
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    w, h = im.size
-            except Exception as e:
-                raise InputError(f"image={cfg.image!r} is not a readable image: {e}") from None
+            w, h = self.image_size()
             lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, p)
             if lat_h < p[1] or lat_w < p[2]:
                 raise InputError(f"image={cfg.image!r} ({w}x{h}) is too elongated for video.height x video.width = "
                                  f"{v.height}x{v.width} pixels")
         elif cfg.image is not None:
             raise InputError(f"image is set but {self.name} is text-to-video; use an i2v model.name or image=null")
-        folders.check_encoder_options(cfg)
-        folders.check_tiles(cfg)
 
     # ---- geometry --------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -267,6 +278,11 @@ class WanFamily(ModelFamily):
 
     def vae_params(self) -> int:
         return 0 if self.name.startswith("tiny-") else 127_000_000  # the Wan2.1 VAE
+
+    def vae_decode_flops_per_pixel(self) -> float:
+        # AutoencoderKLWan at its published size, counted by torch's FlopCounterMode on the meta device (2026-12-06:
+        # 8.70e6 per pixel of a 9 x 64 x 64 and a 9 x 128 x 128 decode)
+        return 0.0 if self.name.startswith("tiny-") else 8.70e6
 
     # ---- build / encode / noise / decode -------------------------------------------------------------------
     def build(self, device, weights=True):
@@ -326,6 +342,11 @@ class WanFamily(ModelFamily):
         clip_fea = wan_components.clip_features(clip, image).float().to(device)  # [1, I, image_dim]
         del clip
         folders.free_memory(dev)
+        return clip_fea, self._image_latents(files, image, dev, device)
+
+    def _image_latents(self, files: WanFiles, image: torch.Tensor, dev, device) -> torch.Tensor:
+        """y = [first-frame mask (4) | normalised VAE latents of the image followed by zero frames (16)]."""
+        cfg = self.cfg
         _, lat_f, lat_h, lat_w = self.latent_shape()
         h, w = lat_h * VAE_STRIDE[1], lat_w * VAE_STRIDE[2]
         first = torch.nn.functional.interpolate(image, size=(h, w), mode="bicubic")  # [1, 3, h, w]
@@ -339,20 +360,18 @@ class WanFamily(ModelFamily):
         folders.free_memory(dev)
         mask = torch.zeros(1, 4, lat_f, lat_h, lat_w)
         mask[:, :, 0] = 1  # the first latent frame (= the first 4 frames' slot) is the given image
-        y = torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
-        return clip_fea, y
+        return torch.cat([mask.to(latents.device), latents], dim=1).to(device)  # [1, 20, F', h', w']
 
     def _load_vae(self, files: WanFiles, device):
         path = files.vae if files.layout == "official" else os.path.dirname(files.vae)
         return wan_components.load_wan_vae(path, files.layout, dtype=DTYPES[self.cfg.vae.dtype], device=device)
 
-    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
-        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
-        the latents' device."""
+    def _decode_input(self, latents, model, tiled: bool):
+        """(the VAE, tiled or not, the latents it decodes: de-normalised, in its dtype, on its device)."""
         cfg, device = self.cfg, latents.device
         folders.offload_for_decode(cfg, model, device)
         vae = self._load_vae(self.files, device)
-        if cfg.vae.tiling:
+        if tiled:
             t = cfg.vae
             vae.enable_tiling(tile_sample_min_height=t.tile_height, tile_sample_min_width=t.tile_width,
                               tile_sample_stride_height=t.tile_stride_height,
@@ -360,8 +379,21 @@ class WanFamily(ModelFamily):
         mean, std = wan_components.latent_stats(vae)
         param = next(vae.parameters())
         z = latents.float().to(param.device) * std.to(param.device) + mean.to(param.device)
+        return vae, z.to(param.dtype)
+
+    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
+        """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
+        the latents' device."""
+        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
         with torch.no_grad():
-            video = vae.decode(z.to(param.dtype)).sample.float().clamp(-1, 1).cpu()
+            video = vae.decode(z).sample.float().clamp(-1, 1).cpu()
         del vae
-        folders.free_memory(device)
+        folders.free_memory(latents.device)
         return video
+
+    def tile_decoder(self, latents, model, parts):
+        """diffusers' tiled decode of AutoencoderKLWan, tile by tile (vae.tile_*)."""
+        from magcache_dist.parallel.vae import Finished, WanTiles
+
+        vae, z = self._decode_input(latents, model, tiled=True)
+        return Finished(WanTiles(vae, z), lambda v: v.float().clamp(-1, 1))

@@ -33,6 +33,8 @@ class Comm:
     def broadcast_object(self, obj, src: int = 0): ...
     def gather_objects(self, obj) -> list:
         """Every rank's picklable object, in rank order, on every rank."""
+    def gather_to(self, obj, dst: int = 0) -> list | None:
+        """Every rank's picklable object, in rank order, on rank ``dst`` only (None elsewhere)."""
 
     def _count(self, nbytes: int):
         self.bytes_sent += int(nbytes)
@@ -64,6 +66,9 @@ class SoloComm(Comm):
         return obj
 
     def gather_objects(self, obj):
+        return [obj]
+
+    def gather_to(self, obj, dst=0):
         return [obj]
 
 
@@ -118,6 +123,11 @@ class DistComm(Comm):
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def gather_to(self, obj, dst=0):
+        out = [None] * self.size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=self.ranks[dst], group=self.group)
+        return out
+
 
 class ThreadHub:
     """Shared meeting point of the threads that form one group."""
@@ -168,3 +178,7 @@ class ThreadComm(Comm):
 
     def gather_objects(self, obj):
         return pickle.loads(pickle.dumps(self._exchange(obj)))
+
+    def gather_to(self, obj, dst=0):
+        got = self._exchange(obj)
+        return pickle.loads(pickle.dumps(got)) if self.rank == dst else None

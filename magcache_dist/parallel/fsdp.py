@@ -17,7 +17,10 @@ from magcache_dist.errors import InputError, InternalError
 
 
 def block_units(model: nn.Module) -> list[nn.Module]:
-    """The children of the model's top-level ModuleLists (blocks, transformer_blocks, ...)."""
+    """The children of the model's top-level ModuleLists (blocks, transformer_blocks, ...); a model of several
+    experts (Wan2.2 A14B): every expert's."""
+    if hasattr(model, "expert_models"):
+        return [u for expert in model.expert_models() for u in block_units(expert)]
     return [m for child in model.children() if isinstance(child, nn.ModuleList) for m in child]
 
 

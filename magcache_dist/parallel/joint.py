@@ -7,8 +7,9 @@ ring (log-sum-exp merges, so ring and USP work too). Padded image keys (global p
 text keys (>= txt_lens) get no weight. The text output of each head slice is all-gathered, so every rank ends
 with the whole text stream. Without ring (ring_degree 1) the rank holds the whole image sequence on its head
 slice and makes the single process's own call (``models.attention_joint.joint_attention``): bit-identical in any
-dtype. With ring, the text block and the image blocks compute and merge in fp32 and round once (the precision
-policy of models/attention.py): within a unit or two in the last place of the model dtype per call.
+dtype. With ring, the text block and the image blocks merge in fp32 and round once, each block computed as
+RingAttention's are (CUDA: the fused kernel in the model dtype; elsewhere fp32; the precision policy of
+models/attention.py): within a unit or two in the last place of the model dtype per call.
 
 Factorised attention (Open-Sora's spatial / temporal blocks): Ulysses gives every rank the whole sequence on a
 head slice, so each frame and each spatial position is complete there; padding is cut before and restored after.
@@ -26,11 +27,11 @@ from magcache_dist.errors import InternalError
 
 
 class JointSPAttention(nn.Module):
-    """Ulysses x ring joint attention; either degree may be 1."""
+    """Ulysses x ring joint attention; either degree may be 1. ``block_kernel``: as RingAttention's."""
 
-    def __init__(self, ulysses: Comm, ring: Comm):
+    def __init__(self, ulysses: Comm, ring: Comm, block_kernel=None):
         super().__init__()
-        self.ulysses, self.ring = ulysses, ring
+        self.ulysses, self.ring, self.block_kernel = ulysses, ring, block_kernel
 
     def extra_repr(self):
         return f"ulysses_degree={self.ulysses.size}, ring_degree={self.ring.size}"
@@ -49,12 +50,12 @@ class JointSPAttention(nn.Module):
             return self._back(o_img, o_txt)
         t, lc = q_txt.shape[1], k_img.shape[1]
         q = torch.cat([q_txt, q_img], 1)  # [B, T + Lc, N/U, Dh]
-        out, lse = attention_with_lse(q, k_txt, v_txt, txt_lens, 0)
+        out, lse = attention_with_lse(q, k_txt, v_txt, txt_lens, 0, kernel=self.block_kernel)
         kv = torch.stack([k_img, v_img])
         p, r = self.ring.size, self.ring.rank
         for s in range(p):
             src = (r - s) % p  # ring chunk whose image K/V this rank holds now
-            o, l = attention_with_lse(q, kv[0], kv[1], img_lens, src * lc)
+            o, l = attention_with_lse(q, kv[0], kv[1], img_lens, src * lc, kernel=self.block_kernel)
             out, lse = merge_partials(out, lse, o, l)
             if s + 1 < p:
                 kv = self.ring.ring_shift(kv)

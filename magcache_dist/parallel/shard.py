@@ -36,7 +36,12 @@ class Sharder:
         tokens = F.pad(tokens, (0, 0, 0, padded - n))[:, lo:hi]
         freqs = torch.cat([ctx.freqs, ctx.freqs[:1].expand(padded - n, *ctx.freqs.shape[1:])])[lo:hi]
         valid = torch.arange(lo, hi, device=tokens.device) < n
-        return tokens, dataclasses.replace(ctx, freqs=freqs), (None if bool(valid.all()) else valid)
+        ctx = dataclasses.replace(ctx, freqs=freqs)
+        if getattr(ctx, "e0", None) is not None and ctx.e0.dim() == 4:  # a timestep per token: shard it too
+            def cut(v):
+                return torch.cat([v, v[:, :1].expand(-1, padded - n, *v.shape[2:])], dim=1)[:, lo:hi]
+            ctx = dataclasses.replace(ctx, e=cut(ctx.e), e0=cut(ctx.e0))
+        return tokens, ctx, (None if bool(valid.all()) else valid)
 
     def gather(self, out: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """[B, L/P, C] on every rank -> [B, L, C] on every rank (padding dropped)."""

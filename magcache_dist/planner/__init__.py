@@ -16,7 +16,8 @@ from magcache_dist.cache import plan as skip_plan
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_write_text
-from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, token_layout
+from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, ring_path, token_layout
+from magcache_dist.planner.phases import job_phases
 from magcache_dist.planner.profiles import load_profile
 from magcache_dist.errors import InputError
 
@@ -68,43 +69,66 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     prepared = fig.prepared_text and not cfg.parallel.fsdp  # magcache_dist/sampling/loop.py prepare_conditions
     est = estimate(fig, dims, profile, dtype=cfg.model.dtype, latent=latent, num_steps=scfg.num_steps,
                    calls_per_rank=calls, guard=cfg.cache.consensus_guard, branches=len(mine), prepared=prepared)
-    n_params = fig.params
+    resident = resident_experts(fig, cfg, profile)
+    n_params = fig.params * resident
+    # parallel.fsdp: every block sharded over the sequence-parallel group (magcache_dist/parallel/fsdp.py); the
+    # blocks are nearly all of the weights, so about 1/N of them per rank, plus the one block gathered at a time
+    held = (-(-n_params // dims.sp_degree) + fig.params // fig.num_layers) if cfg.parallel.fsdp else n_params
     cached = len(mine) if cfg.cache.mode in ("magcache", "teacache", "calibrate") else 0
-    mem = memory_per_rank(fig, n_params, est["tokens_per_rank"], est["padded_tokens"], dims,
+    mem = memory_per_rank(fig, held, est["tokens_per_rank"], est["padded_tokens"], dims,
                           DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached,
-                          prepared_branches=len(mine) if prepared else 0)
+                          prepared_branches=len(mine) if prepared else 0, ring=ring_path(profile))
     phases = phase_memory(cfg, family, mem)
-    fits = max(mem["total"], phases["encode_peak"]) <= profile.memory_capacity
+    job_plan = job_phases(cfg, family, dims, profile, est["time_s"]["sampling"], mem, num_videos(cfg, job))
+    fits = job_plan["peak_bytes"] <= profile.memory_capacity
     return dict(
-        model=cfg.model.name, dtype=cfg.model.dtype, params=n_params,
+        model=cfg.model.name, dtype=cfg.model.dtype, params=fig.params * fig.experts,
         video=dict(frames=v.frames, height=v.height, width=v.width), latent_shape=list(latent),
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree, cfg_degree=dims.cfg_degree,
                       world_size=dims.world_size),
         sampler=dict(num_steps=scfg.num_steps, solver=scfg.solver, guidance=scfg.guidance, branches=branches),
         cache=cache, skip_plan=schedule, device=dict(name=profile.name, description=profile.description),
         per_rank=dict(**est, memory_bytes=mem, phase_memory_bytes=phases, fits_in_memory=fits),
-        gpus_needed=gpus_needed(cfg, family, fig, latent, dims, profile, phases, cached, len(mine) if prepared else 0),
-        not_modelled="text encoder and VAE compute time, VAE decode activations, weight loading and process "
-                     "start-up",
+        gpus_needed=gpus_needed(cfg, family, fig, latent, dims, profile, phases, cached, len(mine) if prepared else 0,
+                                resident),
+        experts=(dict(count=fig.experts, resident=resident, switch_step=scfg.switch_step,
+                      guidance=[scfg.guidance, scfg.guidance_2 if scfg.guidance_2 is not None else scfg.guidance])
+                 if fig.experts > 1 else None),
+        job=job_plan,
+        not_modelled="process start-up; the decode's activations and the write are estimates "
+                     "(magcache_dist/planner/phases.py)",
         note=note, config=to_dict(cfg),
     )
 
 
 def phase_memory(cfg: JobConfig, family, mem: dict) -> dict:
-    """Bytes per rank around sampling: while encoding, the resident DiT plus the largest encoder (they load one
-    at a time and are freed before sampling; ``text_encoder.device=cpu`` keeps them in host memory); while
-    decoding (rank 0), the VAE's weights plus the DiT unless ``vae.offload_dit`` moved it to the host."""
+    """Bytes per rank around sampling: while encoding, the largest encoder (they load one at a time, before the
+    DiT's weights are read, and are freed before sampling; ``text_encoder.device=cpu`` keeps them in host memory);
+    while decoding (every rank of the group), the VAE's weights plus the DiT unless ``vae.offload_dit`` moved it
+    to the host."""
     encoders = family.encoder_params()
     te_bytes = DTYPE_BYTES.get(cfg.text_encoder.dtype, 2)
     on_device = cfg.text_encoder.device != "cpu"
     largest = max(encoders.values(), default=0) * te_bytes if on_device else 0
     vae = family.vae_params() * DTYPE_BYTES.get(cfg.vae.dtype, 4)
     return dict(encoders={k: v * te_bytes for k, v in encoders.items()}, encoders_on_device=on_device,
-                encode_peak=mem["weights"] + largest,
+                encode_peak=largest,
                 decode_weights=vae + (0 if cfg.vae.offload_dit else mem["weights"]))
 
 
-def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict, cached: int, prepared: int) -> dict:
+def resident_experts(fig, cfg: JobConfig, profile) -> int:
+    """How many experts' weights a rank holds: both under parallel.fsdp (sharded) or where both fit (the run
+    keeps both when the device's free memory holds 2.2 x one expert: families/wan22.py), else one (the other
+    waits in host memory and they trade places at the switch)."""
+    if fig.experts == 1 or cfg.parallel.fsdp or profile.name == "cpu":  # a CPU has nowhere to offload to
+        return fig.experts
+    from magcache_dist.families.wan22 import HEADROOM
+
+    return fig.experts if HEADROOM * fig.params * DTYPE_BYTES[cfg.model.dtype] <= profile.memory_capacity else 1
+
+
+def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict, cached: int, prepared: int,
+                resident: int = 1) -> dict:
     """The fewest ranks (of ``profile``'s device, this CFG degree) whose per-rank peak, encoding or sampling,
     fits: Ulysses takes the largest degree dividing the heads, ring the rest. Without parallel.fsdp every rank
     holds the whole DiT, so more ranks only shrink the activations."""
@@ -112,18 +136,19 @@ def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict
     import math
 
     heads, b = family.num_heads(), DTYPE_BYTES[cfg.model.dtype]
-    extra = phases["encode_peak"]  # weights + the largest encoder
+    extra = phases["encode_peak"]  # the largest encoder (the DiT is read after encoding)
     for sp in (1, 2, 4, 8, 16, 32, 64):
         u = max(d for d in range(1, sp + 1) if sp % d == 0 and heads % d == 0)
         d = dataclasses.replace(dims, ulysses_degree=u, ring_degree=sp // u, dp_degree=1)
         _, chunk, padded = token_layout(fig, latent, sp)
-        m = memory_per_rank(fig, fig.params, chunk, padded, d, b, math.prod(latent), cached,
-                            prepared_branches=prepared)
+        held = fig.params * resident if not cfg.parallel.fsdp else -(-fig.params * resident // sp)
+        m = memory_per_rank(fig, held, chunk, padded, d, b, math.prod(latent), cached,
+                            prepared_branches=prepared, ring=ring_path(profile))
         if max(m["total"], extra) <= profile.memory_capacity:
             return dict(ranks=sp * dims.cfg_degree, ulysses_degree=u, ring_degree=sp // u,
                         peak_bytes=max(m["total"], extra))
     return dict(ranks=None, note=f"no layout up to 64 ranks fits {profile.name}: the DiT's weights alone are "
-                                 f"{fig.params * b / GB:.1f} GB per rank (parallel.fsdp=true shards them)")
+                                 f"{fig.params * resident * b / GB:.1f} GB per rank (parallel.fsdp=true shards them)")
 
 
 def format_plan(p: dict) -> str:
@@ -145,11 +170,16 @@ def format_plan(p: dict) -> str:
         f"  memory per rank: weights {m['weights'] / GB:.2f} GB + activations {m['activations_total'] / GB:.2f} GB = "
         f"{m['total'] / GB:.2f} GB while sampling ({'fits' if r['fits_in_memory'] else 'DOES NOT FIT'} with the "
         f"phases below)",
-        f"  around sampling: encoding {ph['encode_peak'] / GB:.2f} GB per rank (DiT + largest encoder"
+        f"  around sampling: encoding {ph['encode_peak'] / GB:.2f} GB per rank (largest encoder, before the DiT"
         f"{'' if ph['encoders_on_device'] else ', encoders on the host'}: "
         + (", ".join(f"{k} {v / GB:.2f} GB" for k, v in ph["encoders"].items()) or "none counted")
-        + f"), decoding on rank 0 {ph['decode_weights'] / GB:.2f} GB of weights",
+        + f"), decoding {ph['decode_weights'] / GB:.2f} GB of weights per rank",
+        *format_phases(p["job"]),
         f"  needs: {need}",
+        *([f"  experts: {p['experts']['count']} (high-noise, then low-noise from step {p['experts']['switch_step']}; "
+           f"guidance {p['experts']['guidance'][0]} / {p['experts']['guidance'][1]}); "
+           + ("both resident" if p["experts"]["resident"] == p["experts"]["count"] else
+              "one resident, the other in host memory until the switch")] if p.get("experts") else []),
         "  bytes sent per rank per computed call: " + ", ".join(
             f"{k} {v / 1e6:.2f} MB" for k, v in r["comm_bytes_per_computed_step_per_branch"].items()),
         "  bytes sent per rank, whole job: " + ", ".join(f"{k} {v / GB:.3f} GB" for k, v in r["comm_bytes_total"].items()),
@@ -161,6 +191,33 @@ def format_plan(p: dict) -> str:
     if p.get("note"):
         lines.append(f"  note: {p['note']}")
     return "\n".join(lines)
+
+
+def format_phases(j: dict) -> list[str]:
+    ph, v, pl = j["phases"], j["per_video"], j["prompt_list"]
+    d = ph["decode"]
+    lines = ["  phases per rank (first video): " + ", ".join(
+        f"{k} {ph[k]['s']:.3g} s / {ph[k]['peak_bytes'] / GB:.2f} GB" for k in ("load", "encode", "sample", "decode",
+                                                                                "write")),
+             f"  decode: {d['tiles']} tiles in {d['rounds']} round(s) over {d['ranks']} rank(s), compute "
+             f"{d['compute_s']:.3g} s (one rank: whole {d['whole_single_rank_s']:.3g} s, tiled "
+             f"{d['tiled_single_rank_s'] or 0:.3g} s); DiT "
+             f"{'stays on the device' if d['dit_on_device'] else 'moved to the host and back'}",
+             f"  per video: {v['first_s']:.4g} s the first, {v['later_s']:.4g} s each later one; "
+             f"{pl['videos']} video(s) over {pl['dp_degree']} group(s): {pl['group_s']:.4g} s per group "
+             f"({v['amortised_s']:.4g} s per video, {v['amortised_over_sampling']:.2f}x its sampling)"]
+    return lines
+
+
+def num_videos(cfg: JobConfig, job=None) -> int:
+    """The videos of the job: its prompt list's (read when no validated job is given), else one."""
+    if job is not None and getattr(job, "videos", None) is not None:
+        return len(job.videos)
+    if cfg.prompts_file:
+        from magcache_dist.prompts import read_prompts
+
+        return len(read_prompts(cfg.prompts_file, cfg.seed, cfg.negative_prompt, cfg.image))
+    return 1
 
 
 def dry_run(cfg: JobConfig, write: bool = True) -> dict:

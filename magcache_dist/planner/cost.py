@@ -20,6 +20,11 @@ other families give their own figures (ModelFamily.cost_figures):
   latency. No overlap of compute and communication is assumed (the code does not overlap them). The GEMM rate is
   peak * gemm_efficiency * rows / (rows + gemm_half_rows) at the GEMMs' row count (a measured profile gives
   gemm_half_rows per dtype: GEMMs of few rows, e.g. a few hundred tokens per rank, run below the peak).
+- ring attention (ring_degree > 1) is costed on the block path that runs on the profile's device
+  (magcache_dist/parallel/attention.py; ``ring_path``): CUDA, the fused kernel in the model dtype at the
+  attention rate; CPU, the CPU's fused kernel on fp32 upcasts at the fp32 attention rate plus the upcasts; any
+  other device, fp32 matrix products at the fp32 GEMM rate plus the score matrix's traffic. Every path adds the
+  fp32 merges of the partial outputs (RING_MERGE_PASSES per block).
 Not modelled: the text encoder and the VAE (outside the DiT), weight loading, process start-up.
 """
 from __future__ import annotations
@@ -35,22 +40,55 @@ PREPARE_PASSES = 8  # reads + writes of [T, D] per block while preparing the tex
 # torch ops dispatched per block / per embed / per head+unpatchify (counted with a TorchDispatchMode on the Wan DiT;
 # a test keeps these in sync with models/wan.py; the other families are costed with the same counts)
 KERNELS_PER_BLOCK, KERNELS_EMBED, KERNELS_HEAD = 123, 75, 15
+# ring attention (magcache_dist/parallel/attention.py): fp32 reads + writes of the [rows, D/u] partial output per
+# ring block (the block output upcast, both partials read and the merged one written, the merge weights), and of
+# the [rows, keys] score matrix per block on the math path (product, mask, log-sum-exp, exp, the P.V read)
+RING_MERGE_PASSES, MATH_SCORE_PASSES = 6, 6
+
+
+def ring_path(profile: DeviceProfile) -> str:
+    """The ring block path that runs on ``profile``'s device: ``fused`` (CUDA: flash / memory-efficient SDPA in
+    the model dtype), ``cpu_fp32`` (the CPU's fused kernel on fp32 upcasts) or ``math`` (fp32 matrix products)."""
+    return {"cuda": "fused", "cpu": "cpu_fp32"}.get(profile.device_type, "math")
+
+
+def ring_attention_time(fig: CostFigures, dims, profile: DeviceProfile, dtype: str, chunk: int,
+                        ring_flops: float) -> tuple[float, str]:
+    """Seconds of one block's ring attention on one rank (``ring_flops``: its QK^T and PV FLOPs), and the path.
+    Per rank the ring's queries are the Ulysses chunk (u * chunk tokens, plus the text for joint attention) on
+    N/u heads: [rows, D/u] per partial output."""
+    d, u, r, b = fig.dim, dims.ulysses_degree, dims.ring_degree, DTYPE_BYTES[dtype]
+    rows = u * chunk + (fig.text_tokens if fig.text_mode == "joint" else 0)
+    out_elems = rows * (d // u)
+    path = ring_path(profile)
+    traffic = r * RING_MERGE_PASSES * out_elems * 4
+    if path == "fused":
+        rate = profile.peak(dtype) * profile.efficiency("attention", dtype)
+    elif path == "cpu_fp32":
+        rate = profile.peak("float32") * profile.efficiency("attention", "float32")
+        traffic += r * 3 * out_elems * (b + 4)  # q, k and v upcast for every block
+    else:
+        rate = profile.gemm_rate("float32", rows)
+        traffic += r * 3 * out_elems * (b + 4) + MATH_SCORE_PASSES * 4 * ring_flops / (4 * (d // fig.num_heads))
+    return ring_flops / rate + traffic / profile.elementwise_bandwidth("float32"), path
 
 
 def block_costs(fig: CostFigures, chunk: int, padded: int, dtype_bytes: int, prepared: bool = False) -> dict:
     """FLOPs and memory traffic of one block on one rank. Cross (Wan, Open-Sora): 4 self + 2 cross q/o GEMMs per
     image token, cross k/v over the text tokens, the FFN. Joint (FLUX, HunyuanVideo): the text tokens go through
-    every block beside the image tokens (qkv + out and the MLP), and attention runs over image + text keys."""
+    every block beside the image tokens (qkv + out and the MLP), and attention runs over image + text keys.
+    ``self_attention_flops``: the part of ``attention_flops`` that goes through the SP attention op (ring
+    included); for joint attention all of it."""
     d, fh, t = fig.dim, fig.ffn_dim, fig.text_tokens
     span = fig.attention_span if fig.attention_span is not None else padded
     if fig.text_mode == "joint":
         rows = chunk + t
         return dict(gemm_flops=2 * rows * d * d * 4 + 2 * 2 * rows * d * fh,
-                    attention_flops=4 * rows * (span + t) * d,
+                    attention_flops=4 * rows * (span + t) * d, self_attention_flops=4 * rows * (span + t) * d,
                     elementwise_bytes=(ELEMENTWISE_PASSES * rows * d + 2 * rows * fh) * dtype_bytes)
     return dict(
         gemm_flops=2 * chunk * d * d * 6 + (0 if prepared else 2 * 2 * t * d * d) + 2 * 2 * chunk * d * fh,
-        attention_flops=4 * chunk * span * d + 4 * chunk * t * d,
+        attention_flops=4 * chunk * span * d + 4 * chunk * t * d, self_attention_flops=4 * chunk * span * d,
         elementwise_bytes=(ELEMENTWISE_PASSES * chunk * d + 2 * chunk * fh) * dtype_bytes,
     )
 
@@ -71,8 +109,11 @@ def comm_costs(fig: CostFigures, dims, chunk: int, dtype_bytes: int, latent_nume
 
 
 def memory_per_rank(fig: CostFigures, n_params: int, chunk: int, padded: int, dims, dtype_bytes: int,
-                    latent_numel: int, cached_branches: int, ring_q_block: int = 4096, prepared_branches: int = 0) -> dict:
-    """Bytes resident on one rank at the peak of a block (inference, no autograd)."""
+                    latent_numel: int, cached_branches: int, ring_q_block: int = 4096, prepared_branches: int = 0,
+                    ring: str = "math") -> dict:
+    """Bytes resident on one rank at the peak of a block (inference, no autograd). ``ring``: the ring block path
+    (``ring_path``): only the math path holds a score matrix ([ring_q_block, keys] per head, and its exp); the
+    fused paths hold the fp32 partial outputs (and, on the CPU, the fp32 upcasts of q, k and v)."""
     d, fh, u, r = fig.dim, fig.ffn_dim, dims.ulysses_degree, dims.ring_degree
     heads_local = fig.num_heads // u
     act = dict(
@@ -81,7 +122,8 @@ def memory_per_rank(fig: CostFigures, n_params: int, chunk: int, padded: int, di
         qkv_and_ulysses_buffers=(3 + (3 if u > 1 else 0)) * chunk * d * dtype_bytes,
         rope_float64=2 * chunk * d * 8,
         ffn_hidden=2 * chunk * fh * dtype_bytes,
-        ring_scores=(min(ring_q_block, u * chunk) * u * chunk * heads_local * 4 * 2 + 2 * 2 * u * chunk * (d // u) * 4)
+        ring_scores=((min(ring_q_block, u * chunk) * u * chunk * heads_local * 4 * 2 if ring == "math" else 0)
+                     + 2 * 2 * u * chunk * (d // u) * 4 + (3 * u * chunk * (d // u) * 4 if ring != "fused" else 0))
         if r > 1 else 0,
         embed_full_sequence=padded * d * dtype_bytes + padded * (d // fig.num_heads // 2) * 16,
         cached_residuals=cached_branches * chunk * d * dtype_bytes,
@@ -125,8 +167,13 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
 
     layers = fig.num_layers
     block_rows = chunk + (fig.text_tokens if fig.text_mode == "joint" else 0)
-    blocks_s = compute_time(blk["gemm_flops"] * layers, blk["attention_flops"] * layers,
-                            blk["elementwise_bytes"] * layers, KERNELS_PER_BLOCK * layers, block_rows)
+    ring_s, path = (0.0, None)
+    local_attn = blk["attention_flops"]
+    if dims.ring_degree > 1:  # the ring's share runs on its own block path (ring_attention_time)
+        ring_s, path = ring_attention_time(fig, dims, profile, dtype, chunk, blk["self_attention_flops"])
+        local_attn -= blk["self_attention_flops"]
+    blocks_s = compute_time(blk["gemm_flops"] * layers, local_attn * layers,
+                            blk["elementwise_bytes"] * layers, KERNELS_PER_BLOCK * layers, block_rows) + ring_s * layers
     in_ch = fig.in_channels * math.prod(fig.patch_size)
     out_ch = fig.out_channels * math.prod(fig.patch_size)
     d, t = fig.dim, fig.text_tokens
@@ -158,6 +205,7 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
         tokens=tokens, latent_grid_patches=list(grid), tokens_per_rank=chunk, padded_tokens=padded,
         padding_tokens=padded - tokens,
         flops_per_computed_call=dict(gemm=blk["gemm_flops"] * layers, attention=blk["attention_flops"] * layers),
+        ring_attention=dict(path=path, seconds_per_computed_call=ring_s * layers) if path else None,
         comm_per_block=comm, comm_bytes_per_computed_step_per_branch=dict(
             ulysses=layers * comm["ulysses_bytes_per_block"], ring=layers * comm["ring_bytes_per_block"],
             sp_gather_and_consensus=comm["sp_bytes_per_call"]),

@@ -128,6 +128,26 @@ def bandwidth(device, mb: int = 256) -> float:
     return 2 * src.numel() * 4 / best_time(lambda: dst.copy_(src), device, repeats=5)
 
 
+def storage_read(mb: int = 256, folder: str | None = None) -> float:
+    """Bytes/s of a cold sequential read of a ``mb`` MB file (written, flushed and dropped from the page cache
+    first where the OS allows): what loading weights from this machine's storage runs at."""
+    import tempfile
+
+    block = os.urandom(2 ** 20)
+    with tempfile.NamedTemporaryFile(dir=folder) as f:
+        for _ in range(mb):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        t = time.perf_counter()
+        with open(f.name, "rb", buffering=0) as r:
+            while r.read(16 * 2 ** 20):
+                pass
+        return mb * 2 ** 20 / (time.perf_counter() - t)
+
+
 def op_overhead(device) -> float:
     x = torch.zeros(4, device=device)
     return best_time(lambda: x.add_(1.0), device, repeats=5, min_s=0.02)
@@ -201,9 +221,9 @@ def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, thr
         # without bf16 instructions)
         attn[name] = attention_flops(DTYPES[name], device, tokens, dim) / rates[name][tokens]
         elem[name] = elementwise_rate(DTYPES[name], device, tokens, dim, ffn)
-    return dict(peak_flops=peak, gemm_efficiency=1.0, gemm_half_rows=half, attention_efficiency=attn,
+    return dict(device_type=torch.device(device).type, peak_flops=peak, gemm_efficiency=1.0, gemm_half_rows=half, attention_efficiency=attn,
                 elementwise_bandwidth=elem, memory_bandwidth=bandwidth(device), memory_capacity=capacity(device),
-                op_overhead_s=op_overhead(device),
+                op_overhead_s=op_overhead(device), storage_bandwidth=storage_read(),
                 gemm_rates_measured={d: {str(m): r for m, r in v.items()} for d, v in rates.items()})
 
 

@@ -47,6 +47,12 @@ class DeviceProfile:
         the memory bandwidth (bandwidth-bound kernels, as on a GPU)."""
         return per_dtype(self.extra.get("elementwise_bandwidth", {}), dtype, self.memory_bandwidth)
 
+    @property
+    def device_type(self) -> str:
+        """``cuda``, ``cpu`` or another torch device type: the profile's ``device_type`` field; a profile without
+        one is the CPU when named ``cpu``, else a CUDA GPU (the shipped GPU profiles, the GPU check's)."""
+        return str(self.extra.get("device_type", "cpu" if self.name == "cpu" else "cuda"))
+
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
             raise InputError(f"planner.device={self.name!r} has no peak FLOP/s for model.dtype={dtype!r}; "

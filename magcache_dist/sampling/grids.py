@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from magcache_dist.errors import InternalError
 
 
 def linear_grid(num_steps: int) -> np.ndarray:
@@ -40,3 +41,26 @@ def opensora_shift(height: int, width: int, num_frames: int, base_resolution: in
     """Open-Sora 1.2's timestep-transform ratio for a pixel height x width x num_frames video."""
     frames = 1 if num_frames == 1 else num_frames // 17 * 5
     return math.sqrt(height * width / base_resolution) * math.sqrt(frames)
+
+
+def wan_timesteps(num_steps: int, shift: float, grid: str = "sampler") -> np.ndarray:
+    """Integer timesteps of a Wan flow grid, t = int(1000 * shift*s / (1 + (shift-1)*s)).
+    ``sampler``: s = linspace(1 - 1/1000, 0, N+1)[:-1], the grid Wan's and diffusers' UniPC sample on (and
+    sampling.schedulers.FlowScheduler); ``magcache``: s = linspace(1, 0.01, N+1)[:-1], the grid on which
+    MagCache4Wan2.2's ``get_timesteps`` counts the high-noise steps (in float32). They agree at the published 40
+    steps, not at every step count."""
+    if grid not in ("sampler", "magcache"):
+        raise InternalError(f"grid={grid!r} must be 'sampler' or 'magcache'")
+    top, bottom = (1 - 1 / 1000, 0.0) if grid == "sampler" else (1.0, 0.01)
+    s = np.linspace(top, bottom, num_steps + 1)[:-1]
+    sig = shift * s / (1 + (shift - 1) * s)
+    if grid == "magcache":  # get_timesteps casts the sigmas to float32 before scaling them
+        sig = sig.astype(np.float32)
+    return (sig * 1000).astype(np.int64)
+
+
+def expert_switch_step(num_steps: int, shift: float, boundary: float, grid: str = "sampler") -> int:
+    """Wan2.2 A14B: the number of steps the high-noise expert makes (t >= boundary * 1000), i.e. the index of the
+    low-noise expert's first step. The project switches, and places MagCache's switch windows, on the sampler's
+    grid (docs/magcache.md "Wan2.2")."""
+    return int((wan_timesteps(num_steps, shift, grid) >= boundary * 1000).sum())

@@ -31,6 +31,9 @@ class SamplerConfig:
     # "distilled": one conditional call, the guidance is an input of the model (FLUX.1-dev, HunyuanVideo)
     cfg_mode: str = "separate"
     sigmas: tuple | None = None  # the family's own sigma grid (num_steps values, Euler); None: Wan's shifted grid
+    # two-expert models (Wan2.2 A14B): from step ``switch_step`` on, the low-noise expert runs with ``guidance_2``
+    guidance_2: float | None = None
+    switch_step: int | None = None
 
     def __post_init__(self):
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -44,6 +47,8 @@ class SamplerConfig:
         if self.sigmas is not None and (self.solver != "euler" or len(self.sigmas) != self.num_steps):
             raise InputError(f"sampler.solver={self.solver!r}: this model's own sigma grid of {len(self.sigmas)} "
                              f"values needs sampler.solver=euler and sampler.num_steps={len(self.sigmas)}")
+        if self.guidance_2 is not None and not self.guidance_2 >= 1.0:
+            raise InputError(f"sampler.guidance_2={self.guidance_2} must be >= 1 (the low-noise expert's guidance)")
         if self.cfg_mode not in ("separate", "batched", "distilled"):
             raise InternalError(f"cfg_mode={self.cfg_mode!r} must be separate, batched or distilled")
 
@@ -51,7 +56,14 @@ class SamplerConfig:
     def branches(self) -> list[str]:
         if self.cfg_mode != "separate":
             return ["cond"]  # one call per step
-        return ["cond", "uncond"] if self.guidance != 1.0 else ["cond"]
+        guided = self.guidance != 1.0 or (self.guidance_2 is not None and self.guidance_2 != 1.0)
+        return ["cond", "uncond"] if guided else ["cond"]
+
+    def guidance_at(self, step: int) -> float:
+        """The guidance scale of step ``step`` (the low-noise expert's from the switch on)."""
+        if self.switch_step is not None and self.guidance_2 is not None and step >= self.switch_step:
+            return self.guidance_2
+        return self.guidance
 
 
 class NonFiniteError(RuntimeError):
@@ -224,7 +236,8 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
                 preds = dict(zip(branches, both))
             for b, p in preds.items():  # identical on every rank (gathered): all ranks stop at the same step
                 check_finite(p, f"the {b!r} prediction", i)
-            v = preds["cond"] if len(preds) == 1 else preds["uncond"] + cfg.guidance * (preds["cond"] - preds["uncond"])
+            g = cfg.guidance_at(i)
+            v = preds["cond"] if len(preds) == 1 else preds["uncond"] + g * (preds["cond"] - preds["uncond"])
             with _Clock(timings, "scheduler"):
                 x = scheduler.step(v, i, x)
             check_finite(x, "the latents", i)

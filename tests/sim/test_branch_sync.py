@@ -18,7 +18,8 @@ from magcache_dist.parallel.threads import run_threads
 from magcache_dist.job import validate_job
 from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.sampling.schedulers import FlowScheduler
-from tests.support.helpers import odd_inputs, plan_json, run_sampling, tiny_model
+from magcache_dist.random_weights import odd_inputs, tiny_model
+from tests.support.helpers import plan_json, run_sampling
 
 STEPS = 8
 CFG = SamplerConfig(num_steps=STEPS)

@@ -11,7 +11,8 @@ from magcache_dist.parallel.apply import build_sp_attention
 from magcache_dist.parallel.threads import run_threads
 from magcache_dist.sampling import SamplerConfig, sample
 from models.attention import LocalAttention
-from tests.support.helpers import odd_inputs, run_sampling, tiny_model
+from magcache_dist.random_weights import odd_inputs, tiny_model
+from tests.support.helpers import run_sampling
 
 STEPS = 8
 CFG = SamplerConfig(num_steps=STEPS)

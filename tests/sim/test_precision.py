@@ -37,7 +37,7 @@ from magcache_dist.parallel.threads import run_threads
 from magcache_dist.sampling import SamplerConfig, sample
 from models.attention import LocalAttention, sdpa
 from models.attention_joint import LocalFactorizedAttention, LocalJointAttention
-from tests.support.helpers import odd_inputs, tiny_model
+from magcache_dist.random_weights import odd_inputs, tiny_model
 
 BF16 = torch.bfloat16
 ULYSSES = [ParallelDims(2, 1), ParallelDims(4, 1)]

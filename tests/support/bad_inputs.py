@@ -20,7 +20,7 @@ import pickle
 import shutil
 from typing import Callable, NamedTuple
 
-from tests.support.helpers import save_tiny_checkpoint
+from magcache_dist.random_weights import save_tiny_checkpoint
 
 
 class Bad(NamedTuple):
@@ -658,5 +658,39 @@ OPENSORA_PIPELINE = [  # Open-Sora 1.2 folders (base folder:tiny-opensora)
         base="folder:tiny-opensora"),
 ]
 
+WAN22 = [  # Wan2.2 A14B folders (two experts): base ``wan22-<task>-<layout>`` (tests.support.wan22_tiny)
+    Bad("wan22-one-expert-folder", [], 1, r"has no 'low_noise_model/' folder: model\.name='tiny-wan22-t2v' has two experts",
+        r"copy the complete Wan2\.2 A14B release", _remove("low_noise_model"), "wan22-t2v-official"),
+    Bad("wan22-wan21-folder-for-a14b", ["model.name=tiny-wan22-t2v"], 1,
+        r"has no 'high_noise_model/' and no 'low_noise_model/' folder", r"set model\.name to a one-DiT model \(wan2\.1-\*\)",
+        base="wan-t2v-official"),
+    Bad("wan22-diffusers-one-expert", [], 1, r"has no 'transformer_2/' folder", r"copy the complete Wan2\.2 A14B release",
+        _remove("transformer_2"), "wan22-t2v-diffusers"),
+    Bad("wan22-experts-of-different-shapes", [], 1,
+        r"holds a DiT with dim=128, num_heads=8 .*\(low_noise_model/config\.json\)", r"set model\.name to the checkpoint's model",
+        _edit_json("low_noise_model/config.json", dim=128, num_heads=8), "wan22-t2v-official"),
+    Bad("wan22-missing-boundary", [], 1, r"model_index\.json has no boundary_ratio", r"set sampler\.boundary \(T2V-A14B 0\.875",
+        _edit_json("model_index.json", boundary_ratio=None), "wan22-t2v-diffusers"),
+    Bad("wan22-folder-boundary-out-of-range", ["image={image}"], 1, r"model_index\.json boundary_ratio=1\.5 must be a number in \(0, 1\)",
+        r"I2V-A14B 0\.9", _edit_json("model_index.json", boundary_ratio=1.5), "wan22-i2v-diffusers"),
+    Bad("wan22-boundary-one", ["sampler.boundary=1.0"], 1, r"sampler\.boundary=1\.0 must be in \(0, 1\)",
+        r"T2V-A14B 0\.875, I2V-A14B 0\.9", base="wan22-t2v-official"),
+    Bad("wan22-boundary-zero", ["sampler.boundary=0"], 1, r"sampler\.boundary=0(\.0)? must be > 0", r"<= 1",
+        base="wan22-t2v-official"),
+    Bad("wan22-guidance-2-below-one", ["sampler.guidance_2=0.5"], 1, r"sampler\.guidance_2=0\.5 must be >= 1", r"<= 100",
+        base="wan22-t2v-official"),
+    Bad("wan22-i2v-without-image", [], 1, r"image is not set", r"pass image=/path/to/first_frame\.png",
+        base="wan22-i2v-official"),
+    Bad("wan22-ti2v-wan21-vae", [], 1, r"vae/config\.json describes a VAE with z_dim=16 and 8x spatial compression",
+        r"needs the Wan2\.2 VAE \(z_dim=48, 16x\)", _edit_json("vae/config.json", z_dim=16, scale_factor_spatial=8),
+        "wan22-ti2v-diffusers"),
+    Bad("wan22-ti2v-official-layout", ["model.layout=official"], 1, r"is the official layout; model\.name='tiny-wan22-ti2v'",
+        r"point ckpt_dir at Wan-AI/Wan2\.2-TI2V-5B-Diffusers", base="wan22-ti2v-diffusers"),
+    Bad("wan22-ti2v-image-missing", ["image={tmp}/none.png"], 1, r"image='.*none\.png' does not exist", r"does not exist",
+        base="wan22-ti2v-diffusers"),
+    Bad("wan22-ti2v-height-not-32", ["video.height=48"], 1, r"video\.height=48 must be a positive multiple of 32",
+        r"e\.g\. 32", base="wan22-ti2v-diffusers"),
+]
+
 CATALOGUE = ([Bad(*e) for e in _ENTRIES] + WAN + FAMILIES + PROMPT_LISTS + FLUX_PIPELINE + HUNYUAN_PIPELINE
-             + OPENSORA_PIPELINE)
+             + OPENSORA_PIPELINE + WAN22)

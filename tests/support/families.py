@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from magcache_dist.config import load_config
 from magcache_dist.families.base import make_family
-from tests.support.helpers import randomize
+from magcache_dist.random_weights import randomize
 
 STEPS = 8
 # model name -> overrides of a short job whose published preset (interpolated to 8 steps) skips some calls

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from tests.support.helpers import randomize
+from magcache_dist.random_weights import randomize
 from tests.support.wan_tiny import WORDS
 
 CLIP_SIZE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from models.hunyuan_video import hunyuan_config
-from tests.support.helpers import randomize
+from magcache_dist.random_weights import randomize
 
 WORDS = ("a an the and of on in to with is red green blue yellow white black cat dog bird car boat tree house "
          "runs walks flies swims moves jumps sits over under near river road sky city night day slowly fast "

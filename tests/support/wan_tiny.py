@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from models.loading import official_to_diffusers_key
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
-from tests.support.helpers import randomize
+from magcache_dist.random_weights import randomize
 
 WORDS = ("a an the and of on in to with is red green blue yellow white black cat dog bird car boat tree house "
          "runs walks flies swims moves jumps sits over under near river road sky city night day slowly fast "

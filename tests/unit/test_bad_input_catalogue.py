@@ -12,6 +12,7 @@ from tests.support.bad_inputs import CATALOGUE
 from tests.support.families import family_overrides
 from tests.support.helpers import job_overrides
 from tests.support.pipelines import pipeline_overrides
+from tests.support.wan22_tiny import ti2v_overrides, wan22_overrides
 from tests.support.wan_tiny import wan_overrides
 
 
@@ -19,7 +20,8 @@ def test_catalogue_has_distinct_ids_and_covers_every_family():
     ids = [e.id for e in CATALOGUE]
     assert len(ids) == len(set(ids)) >= 100
     bases = {e.base.split(":")[0].rsplit("-", 1)[0] for e in CATALOGUE}
-    assert {"tiny", "wan-t2v", "wan-i2v", "family"} <= bases <= {"tiny", "wan-t2v", "wan-i2v", "family", "folder"}
+    assert {"tiny", "wan-t2v", "wan-i2v", "family"} <= bases <= {"tiny", "wan-t2v", "wan-i2v", "family", "folder",
+                                                                 "wan22-t2v", "wan22-i2v", "wan22-ti2v"}
 
 
 def _base(entry, tmp: str, request) -> tuple[list[str], dict]:
@@ -29,6 +31,15 @@ def _base(entry, tmp: str, request) -> tuple[list[str], dict]:
         ckpt = os.path.join(tmp, "tiny.safetensors")
         os.symlink(request.getfixturevalue("tiny_ckpt"), ckpt)
         return job_overrides(ckpt, out, "parallel.ulysses_degree=2"), {}
+    if entry.base == "wan22-ti2v-diffusers":
+        shutil.copytree(request.getfixturevalue("ti2v_ckpt")["diffusers"], os.path.join(tmp, "ck"))
+        image = request.getfixturevalue("wan22_ckpts")["image"]
+        return ti2v_overrides(os.path.join(tmp, "ck"), out), {"image": image}
+    if entry.base.startswith("wan22-"):
+        _, task, layout = entry.base.split("-")
+        wan = request.getfixturevalue("wan22_ckpts")
+        shutil.copytree(wan[task][layout], os.path.join(tmp, "ck"))
+        return wan22_overrides(task, os.path.join(tmp, "ck"), out), {"image": wan["image"]}
     if entry.base.startswith("wan-"):
         _, task, layout = entry.base.split("-")
         wan = request.getfixturevalue("wan_ckpts")

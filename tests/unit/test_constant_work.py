@@ -9,7 +9,7 @@ from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.sampling import loop
 from models.wan import PreparedCondition, get_config
 from models.wan_i2v import I2VCondition, build_wan_model
-from tests.support.helpers import odd_inputs, randomize, tiny_model
+from magcache_dist.random_weights import odd_inputs, randomize, tiny_model
 
 
 def _i2v_inputs(model, g):

@@ -152,9 +152,9 @@ def test_dry_run_plans_the_published_configs(config, world, memory_gb, tmp_path)
     assert p["parallel"]["world_size"] == world and p["params"] > 12e9
     assert p["skip_plan"]["computed_calls"] < p["skip_plan"]["total_calls"] == 50
     assert 0 < p["per_rank"]["memory_bytes"]["total"] < memory_gb * 1e9
-    phases = p["per_rank"]["phase_memory_bytes"]  # LLaMA (7.5B, bf16) on top of the resident DiT while encoding
-    assert phases["encode_peak"] - p["per_rank"]["memory_bytes"]["weights"] == 2 * hy.PUBLISHED_ENCODER_PARAMS[
-        "LLaMA text encoder"]
+    phases = p["per_rank"]["phase_memory_bytes"]  # LLaMA (7.5B, bf16) alone while encoding: the DiT comes after
+    assert phases["encode_peak"] == 2 * hy.PUBLISHED_ENCODER_PARAMS["LLaMA text encoder"]
+    assert phases["encode_peak"] <= p["per_rank"]["memory_bytes"]["total"]
     assert 1 <= p["gpus_needed"]["ranks"] <= world
     text = format_plan(p)
     assert "memory per rank" in text and f"on {world} x" in text and "needs: " in text

@@ -16,7 +16,7 @@ from models.layouts import Rule, diffusers_to_official, matching_rules, official
 from models.loading import WAN_DIT_RULES, official_to_diffusers_key
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
-from tests.support.helpers import randomize
+from magcache_dist.random_weights import randomize
 from tests.support.wan_tiny import (build_clip, build_t5, build_vae, clip_hf_to_official, t5_hf_to_official,
                             vae_diffusers_to_official_key)
 

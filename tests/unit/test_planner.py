@@ -14,7 +14,8 @@ from magcache_dist.config import load_config
 from magcache_dist.families.base import make_family
 from magcache_dist.planner import cost, plan_job
 from models.wan import WanModel, get_config
-from tests.support.helpers import ODD_VIDEO, tiny_model
+from magcache_dist.random_weights import tiny_model
+from tests.support.helpers import ODD_VIDEO
 
 WAN14B = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",
           "video.width=1280", "sampler.num_steps=50", "cache.magcache.preset=wan2.1-t2v-14b", "cache.magcache.thresh=0.24", "cache.magcache.K=6",
@@ -138,6 +139,104 @@ def test_measured_profile_is_written_and_planned_with(tmp_path):
     assert set(prof.extra["gemm_half_rows"]) == set(prof.extra["elementwise_bandwidth"]) == {"float32", "bfloat16"}
     assert 0 < prof.gemm_rate("float32", 4) <= prof.gemm_rate("float32", 4096) <= prof.peak("float32")
     assert prof.link_bandwidth == load_profile("cpu").link_bandwidth  # --no-link keeps the base profile's
+    assert prof.device_type == "cpu" and load_profile("h100").device_type == "cuda"
     cfg = load_config(None, ["model.name=wan2.1-t2v-1.3b", "video.frames=5", "video.height=48", "video.width=48",
                              f"planner.device={path}", "model.dtype=bfloat16", "output_dir=/tmp/unused"])
     assert plan_job(cfg)["per_rank"]["time_s"]["sampling"] > 0
+
+
+def test_ring_attention_is_costed_on_the_block_path_that_runs(tmp_path):
+    """Ulysses 4 x ring 2 (the README's 8-GPU layout): on a CUDA profile the ring's blocks run the fused kernel in
+    the model dtype (the attention rate, as Ulysses' local call) plus the fp32 merges; on the CPU profile the CPU's
+    fused kernel on fp32 upcasts; on any other device the fp32 math path (GEMM rate, score matrix traffic)."""
+    from magcache_dist.planner.profiles import load_profile
+
+    usp = [o for o in WAN14B if not o.startswith("parallel.")] + ["parallel.ulysses_degree=4", "parallel.ring_degree=2"]
+    p = plan_job(load_config(None, usp))
+    r, h100 = p["per_rank"], load_profile("h100")
+    assert r["ring_attention"]["path"] == "fused" and cost.ring_path(h100) == "fused"
+    chunk, d = r["tokens_per_rank"], 5120
+    ring_flops = 4 * chunk * 75_600 * d  # self-attention: all of it goes around the ring
+    merges = 2 * cost.RING_MERGE_PASSES * 4 * chunk * (d // 4) * 4
+    per_block = ring_flops / (989.4e12 * 0.40) + merges / h100.memory_bandwidth
+    assert r["ring_attention"]["seconds_per_computed_call"] == pytest.approx(40 * per_block, rel=1e-12)
+    # Ulysses 8 makes the same attention FLOPs at the same rate: the ring layout differs by the merges and its comm
+    u8 = plan_job(load_config(None, WAN14B))["per_rank"]
+    assert u8["ring_attention"] is None
+    extra = r["time_s"]["blocks_compute_per_call"] - u8["time_s"]["blocks_compute_per_call"]
+    assert extra == pytest.approx(40 * merges / h100.memory_bandwidth, rel=1e-6)
+    assert r["memory_bytes"]["activations"]["ring_scores"] == 2 * 2 * 4 * chunk * (d // 4) * 4  # no score matrix
+
+    # the CPU profile: the fp32 kernel's rate whatever the model dtype, and the upcasts of q, k, v
+    cpu_plan = plan_job(load_config(None, [o.replace("planner.device=h100", "planner.device=cpu") for o in usp]))
+    assert cpu_plan["per_rank"]["ring_attention"]["path"] == "cpu_fp32"
+    cpu = load_profile("cpu")
+    rate32 = cpu.peak("float32") * cpu.efficiency("attention", "float32")
+    traffic = merges + 2 * 3 * 4 * chunk * (d // 4) * (2 + 4)
+    assert cpu_plan["per_rank"]["ring_attention"]["seconds_per_computed_call"] == pytest.approx(
+        40 * (ring_flops / rate32 + traffic / cpu.elementwise_bandwidth("float32")), rel=1e-12)
+
+    # another device type: fp32 matrix products, slower than the fused kernel on the same figures
+    other = json.loads(open(os.path.join(os.path.dirname(cost.__file__), "profiles", "h100.json")).read())
+    other.update(name="other", device_type="xpu")
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    m = plan_job(load_config(None, [o.replace("planner.device=h100", f"planner.device={tmp_path}/other.json")
+                                    for o in usp]))["per_rank"]
+    assert m["ring_attention"]["path"] == "math"
+    assert m["ring_attention"]["seconds_per_computed_call"] > 3 * r["ring_attention"]["seconds_per_computed_call"]
+    assert m["memory_bytes"]["activations"]["ring_scores"] > r["memory_bytes"]["activations"]["ring_scores"]
+
+
+def test_whole_job_phases_fsdp_and_the_goal_figures(tmp_path):
+    """Issue 26, item 5: every phase in the plan, FSDP weights about 1/N per rank, the encode peak no higher than
+    sampling's, and the 8-GPU Wan2.1-14B 720P figures on the h100 profile."""
+    from magcache_dist.config import load_config
+    from magcache_dist.planner import format_plan, plan_job
+
+    base = [f"output_dir={tmp_path}", "planner.device=h100"]
+    cfg = load_config("configs/wan2.1-t2v-14b-720p.yaml", base)
+    p = plan_job(cfg)
+    job = p["job"]
+    assert list(job["phases"]) == ["load", "encode", "sample", "decode", "write"]
+    ph = job["phases"]
+    assert ph["sample"]["s"] == p["per_rank"]["time_s"]["sampling"]
+    assert ph["load"]["s"] == pytest.approx(p["per_rank"]["memory_bytes"]["weights"] / 2.0e9)  # h100: 2 GB/s read
+    assert ph["encode"]["peak_bytes"] <= ph["sample"]["peak_bytes"]  # umT5 alone: the DiT is read after encoding
+    d = ph["decode"]
+    assert d["ranks"] == 8 and d["tiles"] == 28 and d["rounds"] == 4 and d["dit_on_device"]
+    assert job["per_video"]["first_s"] == pytest.approx(sum(x["s"] for x in ph.values()))
+    assert "phases per rank" in format_plan(p)
+    # tiles sized for 8 ranks (one round): decode within 1/6 of the single-rank whole decode
+    tiles = ["vae.tile_height=392", "vae.tile_width=352", "vae.tile_stride_height=360", "vae.tile_stride_width=320"]
+    d8 = plan_job(load_config("configs/wan2.1-t2v-14b-720p.yaml", base + tiles))["job"]["phases"]["decode"]
+    assert d8["rounds"] == 1 and d8["compute_s"] <= d8["whole_single_rank_s"] / 6
+    # a prompt list: load and encode once per group
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"prompt {i}" for i in range(8)) + "\n")
+    many = plan_job(load_config("configs/wan2.1-t2v-14b-720p.yaml", base + [f"prompts_file={prompts}"]))["job"]
+    assert many["prompt_list"]["videos"] == 8 and many["per_video"]["amortised_over_sampling"] <= 1.3
+    # parallel.fsdp: the weights per rank fall to about 1/8 (plus one gathered block), and so does the load
+    f = plan_job(load_config("configs/wan2.1-t2v-14b-720p.yaml", base + ["parallel.fsdp=true"]))
+    w, wf = p["per_rank"]["memory_bytes"]["weights"], f["per_rank"]["memory_bytes"]["weights"]
+    assert w / 8 < wf < w / 8 + w / 30
+    assert f["job"]["phases"]["load"]["read_bytes"] == wf
+
+
+def test_memory_preflight_advice_changes_its_verdict(tiny_ckpt, tmp_path, monkeypatch):
+    """The preflight's advice 'parallel.fsdp=true' really lowers the estimate: a job refused for lack of memory
+    passes with it."""
+    import magcache_dist.planner.preflight as pf
+    from magcache_dist.job import validate_job
+    from magcache_dist.planner import plan_job
+    from tests.support.helpers import job_config
+
+    big = ["video.frames=17", "video.height=64", "video.width=64", "parallel.ulysses_degree=2"]
+    plain = validate_job(job_config(tiny_ckpt, str(tmp_path / "a"), *big), 2)
+    sharded = validate_job(job_config(tiny_ckpt, str(tmp_path / "b"), *big, "parallel.fsdp=true"), 2)
+    need = plan_job(plain.cfg, plain)["per_rank"]["memory_bytes"]["total"]
+    need_fsdp = plan_job(sharded.cfg, sharded)["per_rank"]["memory_bytes"]["total"]
+    assert need_fsdp < need
+    monkeypatch.setattr(pf, "available_memory", lambda local_rank=0: ((need + need_fsdp) // 2, "test", True))
+    with pytest.raises(ValueError, match="parallel.fsdp=true"):
+        pf.memory_preflight(plain, 2)
+    assert pf.memory_preflight(sharded, 2)["checked"]

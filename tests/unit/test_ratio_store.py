@@ -11,7 +11,8 @@ from magcache_dist.cache.store import RatioStore, interpolate_by_sigma, make_key
 from magcache_dist.parallel import solo_context
 from magcache_dist.job import validate_job
 from magcache_dist.run import run_job
-from tests.support.helpers import job_config, save_tiny_checkpoint
+from magcache_dist.random_weights import save_tiny_checkpoint
+from tests.support.helpers import job_config
 
 
 def _exp_law(sigmas, k):

@@ -9,7 +9,7 @@ from magcache_dist.cache.teacache import TeaCacheConfig, TeaCachePolicy, modulat
 from magcache_dist.config import load_config
 from magcache_dist.job import validate_job
 from magcache_dist.sampling import SamplerConfig, sample
-from tests.support.helpers import tiny_model
+from magcache_dist.random_weights import tiny_model
 
 D = 8
 

@@ -1,11 +1,12 @@
 """Fit TeaCache's rescaling polynomial for the shipped tiny-video model.
 
-    python -m benchmarks.fit_teacache            # writes magcache_dist/cache/data/tiny-video-teacache.json
+    python -m tools.fit_teacache                 # writes magcache_dist/cache/data/tiny-video-teacache.json
 
 Full runs (every call computed) on prompts and seeds that are *not* in the quality benchmark record, per branch
 and step s >= 1, x = rel-L1 change of the first block's modulated input and y = rel-L1 change of the block-stack
 output (what a skipped call replaces) between consecutive steps; ``numpy.polyfit(x, y, degree)`` is the rescaling
-that TeaCache accumulates. The fit data, the coefficients and a plot (docs/teacache_fit.png) are written.
+that TeaCache accumulates. The fit data, the coefficients and a plot (docs/teacache_fit.png) are written; the
+job is built and sampled as the benchmarks do (benchmarks/_common.py).
 """
 from __future__ import annotations
 

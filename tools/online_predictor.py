@@ -1,6 +1,6 @@
 """Why online MagCache predicts in sigma: the plot and the numbers behind its predictor.
 
-    python -m benchmarks.online_predictor [extra ratio files ...]   # writes docs/online_predictor.png + JSON
+    python -m tools.online_predictor [extra ratio files ...] [--out numbers.json]   # writes docs/online_predictor.png
 
 For each calibration (the published Wan2.1 tables, plus any ratio files given, e.g. the shipped tiny-video
 preset): the per-step ratio gamma_s against the step (the magnitude law: flat, then a sharp drop), and the slope
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ratio_files", nargs="*", help="extra calibration files (their meta gives shift and solver)")
     ap.add_argument("--png", default=os.path.join(ROOT, "docs", "online_predictor.png"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "online_predictor.json"))
+    ap.add_argument("--out", help="also write the numbers as JSON here")
     args = ap.parse_args(argv)
     results = [analyse(name, get_preset(name).table, shift) for name, shift in PUBLISHED]
     for path in args.ratio_files:
@@ -120,8 +120,9 @@ def main(argv=None) -> int:
         results.append(analyse(t.meta.get("model", os.path.basename(path)), t, float(t.meta.get("shift", 5.0)),
                                t.meta.get("solver", "unipc")))
     plot(results, args.png)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    atomic_write_text(args.out, json.dumps(dict(results=results, predictors=PREDICTORS, horizons=HORIZONS), indent=1))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(dict(results=results, predictors=PREDICTORS, horizons=HORIZONS),
+                                               indent=1))
     head = "| calibration | branch | " + " | ".join(f"{p} h={h}" for p in PREDICTORS for h in HORIZONS) + " |"
     print(head)
     print("|" + "---|" * (2 + len(PREDICTORS) * len(HORIZONS)))

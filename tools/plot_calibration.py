@@ -1,6 +1,6 @@
 """Plot a calibration file as the MagCache paper does: magnitude ratio, its std over tokens, cosine distance.
 
-    python -m benchmarks.plot_calibration magcache_dist/cache/data/tiny-video.json docs/tiny_video_magnitude.png
+    python -m tools.plot_calibration magcache_dist/cache/data/tiny-video.json docs/tiny_video_magnitude.png
 
 Also prints the numbers behind the magnitude-law verdict (ratio near 1 early, falling in the last steps).
 """

@@ -1,0 +1,346 @@
+"""Wan2.2: A14B (T2V, I2V: two experts of the Wan2.1 14B architecture) and TI2V-5B, from a local checkpoint folder.
+
+What differs from Wan2.1 (magcache_dist/families/wan.py, reused for the text encoder, the VAE, the geometry and
+the image latents):
+- two DiTs: the high-noise expert denoises the steps with timestep >= boundary x 1000, the low-noise expert the
+  rest (models/wan_experts.py). Official layout: ``high_noise_model/`` and ``low_noise_model/``; diffusers layout:
+  ``transformer/`` (high) and ``transformer_2/`` (low), the boundary in ``model_index.json`` (``boundary_ratio``).
+  The official layout keeps the boundary in Wan's code (wan/configs): T2V 0.875, I2V 0.900.
+- per-expert guidance: ``sampler.guidance`` for the high-noise expert, ``sampler.guidance_2`` for the low-noise one
+  (diffusers' guidance_scale / guidance_scale_2; null: the same as sampler.guidance).
+- I2V has no CLIP: the conditioning is the text and ``y`` = [first-frame mask | VAE latents of the image].
+- MagCache: the release's two-expert rules (cache/presets.py ``wan2.2-t2v`` / ``wan2.2-i2v``), one cache state for
+  both experts, retention placed around the switch step on the sampler's grid (docs/magcache.md "Wan2.2").
+
+Memory: with ``parallel.fsdp`` both experts' blocks are sharded over the SP group. Otherwise, on an accelerator
+where the two experts do not fit together (free memory < 2.2 x one expert), the low-noise expert is materialised
+in host memory and the experts trade places at the switch (``PlacedExperts.select``): one expert on the device at
+a time, as Wan2.2's ``offload_model`` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import torch
+
+from magcache_dist.config import resolve_path
+from magcache_dist.families import folders
+from magcache_dist.families.base import DTYPES, CostFigures
+from magcache_dist.families.wan import (DIFFUSERS_DIRS, LAYOUTS, OFFICIAL_FILES, WanEncoders, WanFamily, WanFiles,
+                                        check_dit_config, detect_layout, load_image, resolve_files)
+from magcache_dist.sampling.grids import expert_switch_step
+from models.wan_experts import EXPERTS, WanExperts
+from models.wan_i2v import LatentCondition, build_wan_model
+from magcache_dist.errors import InputError
+
+OFFICIAL_EXPERTS = dict(high="high_noise_model", low="low_noise_model")
+DIFFUSERS_EXPERTS = dict(high="transformer", low="transformer_2")
+# Wan-Video/Wan2.2 wan/configs: boundary, (high-noise, low-noise) guidance, shift, steps
+PUBLISHED = {"t2v": dict(boundary=0.875, guidance=(4.0, 3.0), shift=12.0, steps=40),
+             "i2v": dict(boundary=0.900, guidance=(3.5, 3.5), shift=5.0, steps=40)}
+HEADROOM = 2.2  # both experts stay on the device when its free memory holds 2.2 x one expert
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertFiles:
+    shared: WanFiles  # umT5, tokenizer, VAE (``dit``: the high-noise expert's weights)
+    experts: dict  # "high" / "low" -> weights file (a .safetensors or a sharded index)
+
+
+def resolve_expert_files(ckpt_dir: str, layout: str, model_name: str) -> ExpertFiles:
+    """Every file of a Wan2.2 A14B folder, or a ValueError naming the first missing one."""
+    if layout not in LAYOUTS:
+        raise InputError(f"model.layout={layout!r} is unknown; choose one of {LAYOUTS}")
+    layout = detect_layout(ckpt_dir) if layout == "auto" else layout
+    dirs = OFFICIAL_EXPERTS if layout == "official" else DIFFUSERS_EXPERTS
+    missing = [d for d in dirs.values() if not os.path.isdir(os.path.join(ckpt_dir, d))]
+    if missing:
+        names = " and no ".join(repr(m + "/") for m in missing)
+        raise InputError(f"ckpt_dir={ckpt_dir!r} ({layout} layout) has no {names} folder: "
+                         f"model.name={model_name!r} has two experts ({dirs['high']}/ for the high-noise "
+                         f"steps, {dirs['low']}/ for the low-noise steps); copy the complete Wan2.2 A14B release, or "
+                         f"set model.name to a one-DiT model (wan2.1-*) for a one-DiT folder")
+    experts = {k: folders.diffusers_weights(os.path.join(ckpt_dir, d), ckpt_dir, "diffusion_pytorch_model*",
+                                            f"{k}-noise expert weights") for k, d in dirs.items()}
+
+    def need(rel: str, what: str, is_dir: bool = False) -> str:
+        p = os.path.join(ckpt_dir, rel)
+        if not (os.path.isdir(p) if is_dir else os.path.isfile(p)):
+            raise InputError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'; copy the complete "
+                             f"Wan2.2 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)")
+        return p
+
+    if layout == "official":
+        shared = WanFiles(layout, experts["high"], need(OFFICIAL_FILES["t5"], "umT5 encoder"),
+                          need(OFFICIAL_FILES["tokenizer"], "umT5 tokenizer folder", is_dir=True),
+                          need(OFFICIAL_FILES["vae"], "VAE"), None)
+    else:
+        d = DIFFUSERS_DIRS
+        shared = WanFiles(layout, experts["high"], need(os.path.join(d["t5"], "config.json"), "umT5 encoder config"),
+                          need(d["tokenizer"], "tokenizer folder", is_dir=True),
+                          need(os.path.join(d["vae"], "config.json"), "VAE config"), None)
+    return ExpertFiles(shared, experts)
+
+
+def folder_boundary(ckpt_dir: str, layout: str) -> float | None:
+    """A diffusers folder's ``boundary_ratio`` (model_index.json); None for the official layout, which has none.
+    A diffusers folder without one, or with a value outside (0, 1), is a ValueError naming the file."""
+    if layout != "diffusers":
+        return None
+    path = os.path.join(ckpt_dir, "model_index.json")
+    if not os.path.isfile(path):
+        raise InputError(f"ckpt_dir={ckpt_dir!r} (diffusers layout) has no model_index.json, which holds the "
+                         f"experts' boundary_ratio; restore it, or set sampler.boundary (T2V-A14B 0.875, I2V-A14B 0.9)")
+    value = folders.read_config(path, ckpt_dir).get("boundary_ratio")
+    if value is None:
+        raise InputError(f"ckpt_dir={ckpt_dir!r}: model_index.json has no boundary_ratio, so the folder does not say "
+                         f"where the low-noise expert (transformer_2) takes over; set sampler.boundary (T2V-A14B "
+                         f"0.875, I2V-A14B 0.9) or restore the release's model_index.json")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise InputError(f"ckpt_dir={ckpt_dir!r}: model_index.json boundary_ratio={value!r} must be a number in "
+                         f"(0, 1) (a fraction of the 1000 training timesteps; T2V-A14B 0.875, I2V-A14B 0.9)")
+    return float(value)
+
+
+class PlacedExperts(WanExperts):
+    """The experts with the family's placement: ``offload_to`` set, the expert not in use waits there and the two
+    trade places when the other is selected (once per generation, at the switch; the high-noise expert starts on
+    the device). ``moves`` logs each trade: (expert sent away, expert brought in, seconds)."""
+
+    def __init__(self, high, low, boundary_t: float, device=None, offload_to=None):
+        super().__init__(high, low, boundary_t)
+        self._device, self._offload_to = device, offload_to
+        self.resident = "high"
+        self.moves: list[tuple[str, str, float]] = []
+
+    def move(self, module, where) -> None:
+        module.to(where)
+
+    def select(self, name: str):
+        if self._offload_to is not None and name != self.resident:
+            import time
+
+            t = time.perf_counter()
+            self.move(getattr(self, self.resident), self._offload_to)  # first make room
+            folders.free_memory(self._device)
+            self.move(getattr(self, name), self._device)
+            self.moves.append((self.resident, name, time.perf_counter() - t))
+            self.resident = name
+        return getattr(self, name)
+
+
+def experts_fit(device, expert_bytes: int) -> bool:
+    """Whether both experts may stay on ``device`` (always on a CPU, where there is nothing to offload to)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return free >= HEADROOM * expert_bytes
+
+
+class Wan22Family(WanFamily):
+    """Wan2.2 T2V-A14B / I2V-A14B (model.name decides), weights from ``ckpt_dir``. One instance per job."""
+
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.i2v = self.mcfg.in_dim > self.mcfg.out_dim  # no CLIP branch: image_dim is 0
+        self.task = "i2v" if self.i2v else "t2v"
+
+    @functools.cached_property
+    def expert_files(self) -> ExpertFiles:
+        root = folders.ckpt_root(self.cfg, self.name, "Wan2.2", "checkpoint folder",
+                                 "official or diffusers layout, two experts")
+        return resolve_expert_files(root, self.cfg.model.layout, self.name)
+
+    @property
+    def files(self) -> WanFiles:
+        return self.expert_files.shared
+
+    # ---- before any collective -----------------------------------------------------------------------------
+    def boundary(self) -> float:
+        """sampler.boundary, else the diffusers folder's boundary_ratio, else the published value."""
+        b = self.cfg.sampler.boundary
+        if b is not None:
+            if not 0 < b < 1:
+                raise InputError(f"sampler.boundary={b!r} must be in (0, 1): the fraction of the 1000 training "
+                                 f"timesteps at which the low-noise expert takes over (T2V-A14B 0.875, I2V-A14B 0.9)")
+            return float(b)
+        root = resolve_path(self.cfg.ckpt_dir) if self.cfg.ckpt_dir is not None else None
+        if root is None or not os.path.isdir(root):  # a dry run planned without the files: the published value
+            return PUBLISHED[self.task]["boundary"]
+        layout = detect_layout(root) if self.cfg.model.layout == "auto" else self.cfg.model.layout
+        b = folder_boundary(root, layout)
+        return PUBLISHED[self.task]["boundary"] if b is None else b
+
+    def validate(self) -> None:
+        super().validate()  # the folder, the high-noise expert's config, shift, geometry, image
+        check_dit_config(dataclasses.replace(self.files, dit=self.expert_files.experts["low"]), self.cfg.ckpt_dir,
+                         self.name)
+        self.boundary()
+
+    def sampler_config(self):
+        scfg = super().sampler_config()
+        return dataclasses.replace(scfg, guidance_2=self.cfg.sampler.guidance_2, switch_step=self.expert_switch_step())
+
+    def expert_switch_step(self) -> int:
+        s = self.cfg.sampler
+        return expert_switch_step(s.num_steps, s.shift, self.boundary())
+
+    def cache_rule(self) -> str:
+        return f"wan2.2-{self.task}"
+
+    # ---- geometry and cost -------------------------------------------------------------------------------------
+    def cost_figures(self) -> CostFigures:
+        return dataclasses.replace(super().cost_figures(), experts=2)
+
+    def encoder_params(self) -> dict[str, int]:
+        return {} if self.name.startswith("tiny-") else {"umT5-XXL encoder": 5_680_000_000}
+
+    # ---- build / encode ---------------------------------------------------------------------------------------
+    def build(self, device, weights=True):
+        dtype = DTYPES[self.cfg.model.dtype]
+        with torch.device("meta"):
+            high, low = (build_wan_model(self.mcfg).to(dtype=dtype) for _ in EXPERTS)
+        expert_bytes = sum(p.numel() * p.element_size() for p in high.parameters())
+        offload = not self.cfg.parallel.fsdp and not experts_fit(device, expert_bytes)
+        model = PlacedExperts(high, low, self.boundary() * 1000, device=device, offload_to="cpu" if offload else None)
+        if weights:
+            self.load_weights(model, device)
+        return model.eval().requires_grad_(False), WanEncoders(self.files, device)
+
+    def load_weights(self, model, device) -> None:
+        """Each expert streamed from its own folder (the low-noise one into host memory when it waits there)."""
+        for name in EXPERTS:
+            target = "cpu" if (name == "low" and getattr(model, "_offload_to", None)) else device
+            folders.stream_weights(getattr(model, name), target, self.expert_files.experts[name],
+                                   f"ckpt_dir={self.cfg.ckpt_dir!r} ({name}-noise expert)")
+
+    def encode_many(self, encoder: WanEncoders, texts: list[tuple[str, str]], branches) -> list[dict]:
+        per = 2 if "uncond" in branches else 1
+        batches = self._text_contexts(encoder, [list(pair[:per]) for pair in texts])
+        if not self.i2v:
+            return [dict(zip(["cond", "uncond"], contexts)) for contexts in batches]
+        dev, _ = self._encoder_place(encoder)
+        with torch.no_grad():
+            y = self._image_latents(encoder.files, load_image(resolve_path(self.cfg.image)), dev, encoder.device)
+        return [{b: LatentCondition(c, y) for b, c in zip(["cond", "uncond"], contexts)} for contexts in batches]
+
+
+# ---- TI2V-5B ---------------------------------------------------------------------------------------------------
+TI2V_VAE_STRIDE = (4, 16, 16)
+TI2V_Z_DIM = 48
+# diffusers' AutoencoderKLWan with the Wan2.2 VAE's configuration (base 160 / decoder 256 channels, 48 latent
+# channels, residual blocks, 2x2 patchified pixels), counted on the meta device
+TI2V_VAE_PARAMS = 704_688_668
+
+
+class Wan22TI2VFamily(WanFamily):
+    """Wan2.2 TI2V-5B: one dense 5B DiT on the Wan2.2 VAE (48 latent channels, 4 x 16 x 16 compression; published
+    1280x704, 121 frames at 24 fps, 50 steps, shift 5, guidance 5), text-to-video, or text+image-to-video when
+    ``image`` is set: the first latent frame is the image's latents (the image resized to height x width, as
+    diffusers' pipeline does) and its tokens sit at timestep 0 (models/wan_i2v.py WanFirstFrameModel); the decoded
+    first latent frame is the image's. Read from the diffusers layout (Wan-AI/Wan2.2-TI2V-5B-Diffusers); the official
+    layout (its Wan2.2_VAE.pth key conversion) is refused with a ValueError. MagCache: the release's TI2V arrays (text
+    only / with an image) with Wan2.1's rule (docs/magcache.md)."""
+
+
+    @property
+    def image_mode(self) -> bool:
+        return self.cfg.image is not None
+
+    @functools.cached_property
+    def files(self) -> WanFiles:
+        root = folders.ckpt_root(self.cfg, self.name, "Wan2.2", "checkpoint folder", "diffusers layout")
+        layout = detect_layout(root) if self.cfg.model.layout == "auto" else self.cfg.model.layout
+        if layout == "official":
+            raise InputError(f"ckpt_dir={self.cfg.ckpt_dir!r} is the official layout; model.name={self.name!r} reads "
+                             f"the diffusers layout only (its Wan2.2_VAE.pth conversion is not written yet): point "
+                             f"ckpt_dir at Wan-AI/Wan2.2-TI2V-5B-Diffusers")
+        return resolve_files(root, layout, False)
+
+    def check_vae_config(self) -> None:
+        path = self.files.vae
+        c = folders.read_config(path, resolve_path(self.cfg.ckpt_dir))
+        z, spatial = c.get("z_dim"), c.get("scale_factor_spatial", 8)
+        if z != TI2V_Z_DIM or spatial != TI2V_VAE_STRIDE[1]:
+            raise InputError(f"ckpt_dir={self.cfg.ckpt_dir!r}: vae/config.json describes a VAE with z_dim={z} and "
+                             f"{spatial}x spatial compression (the Wan2.1 VAE: 16, 8x); {self.name} needs the Wan2.2 "
+                             f"VAE (z_dim=48, 16x): copy the vae/ folder of the Wan2.2-TI2V-5B release")
+
+    def check_geometry(self) -> None:
+        v, p = self.cfg.video, self.mcfg.patch_size
+        if v.frames < 1 or (v.frames - 1) % TI2V_VAE_STRIDE[0]:
+            raise InputError(f"video.frames={v.frames} must be 4k+1 for the Wan2.2 VAE (e.g. 121); use "
+                             f"video.frames={max(1, (v.frames - 1) // 4 * 4 + 1)}")
+        step = TI2V_VAE_STRIDE[1] * p[1]
+        for key, val in (("video.height", v.height), ("video.width", v.width)):
+            if val < step or val % step:
+                raise InputError(f"{key}={val} must be a positive multiple of {step} (VAE stride 16 x patch 2), e.g. "
+                                 f"{max(step, val // step * step)}")
+
+    def check_image(self) -> None:
+        if self.image_mode:  # text+image: any readable image (resized to height x width)
+            self.image_size()
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_vae_config()
+
+    def build(self, device, weights=True):
+        if not self.image_mode:
+            return super().build(device, weights)
+        from models.wan_i2v import WanFirstFrameModel
+
+        with torch.device("meta"):
+            model = WanFirstFrameModel(self.mcfg).to(dtype=DTYPES[self.cfg.model.dtype])
+        if weights:
+            self.load_weights(model, device)
+        return model.eval().requires_grad_(False), WanEncoders(self.files, device)
+
+    def first_frame_latents(self, files: WanFiles, dev, device) -> torch.Tensor:
+        """The image resized to height x width, encoded alone: normalised latents [1, 48, 1, H/16, W/16]."""
+        from models import wan_components
+
+        v = self.cfg.video
+        image = load_image(resolve_path(self.cfg.image))  # [1, 3, h0, w0] in [-1, 1]
+        if tuple(image.shape[-2:]) != (v.height, v.width):
+            image = torch.nn.functional.interpolate(image, size=(v.height, v.width), mode="bicubic")
+        vae = self._load_vae(files, dev)
+        param = next(vae.parameters())
+        with torch.no_grad():
+            mu = vae.encode(image[:, :, None].to(device=param.device, dtype=param.dtype)).latent_dist.mode().float()
+        mean, std = wan_components.latent_stats(vae)
+        del vae
+        folders.free_memory(dev)
+        return ((mu - mean.to(mu.device)) / std.to(mu.device)).to(device)
+
+    def encode_many(self, encoder: WanEncoders, texts: list[tuple[str, str]], branches) -> list[dict]:
+        if not self.image_mode:
+            return super().encode_many(encoder, texts, branches)
+        from models.wan_i2v import FirstFrameCondition
+
+        per = 2 if "uncond" in branches else 1
+        batches = self._text_contexts(encoder, [list(pair[:per]) for pair in texts])
+        dev, _ = self._encoder_place(encoder)
+        z0 = self.first_frame_latents(encoder.files, dev, encoder.device)
+        return [{b: FirstFrameCondition(c, z0) for b, c in zip(["cond", "uncond"], contexts)} for contexts in batches]
+
+    def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
+        if self.image_mode:  # the first latent frame is the image's (the sampler also moved it: it is not used)
+            z0 = self.first_frame_latents(self.files, latents.device, latents.device)
+            latents = torch.cat([z0.to(latents.dtype), latents[:, :, 1:]], dim=2)
+        return super().decode(latents, model)
+
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        v = self.cfg.video
+        return (TI2V_Z_DIM, (v.frames - 1) // TI2V_VAE_STRIDE[0] + 1, v.height // TI2V_VAE_STRIDE[1],
+                v.width // TI2V_VAE_STRIDE[2])
+
+    def vae_params(self) -> int:
+        return 0 if self.name.startswith("tiny-") else TI2V_VAE_PARAMS
+
+    def default_preset(self) -> str:
+        return "wan2.2-ti2v-5b-i2v" if self.image_mode else "wan2.2-ti2v-5b-t2v"
