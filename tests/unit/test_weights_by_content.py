@@ -12,7 +12,8 @@ from magcache_dist.io.fingerprint import content_fingerprint, file_fingerprint
 from magcache_dist.job import validate_job
 from magcache_dist.parallel import solo_context
 from magcache_dist.run import run_job
-from tests.support.helpers import job_config, save_tiny_checkpoint
+from magcache_dist.random_weights import save_tiny_checkpoint
+from tests.support.helpers import job_config
 
 
 def test_fingerprint_follows_content_not_path(tmp_path):
