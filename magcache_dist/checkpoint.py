@@ -27,7 +27,9 @@ import torch
 
 from magcache_dist.cache.base import copy_to
 from magcache_dist.config import JobConfig, resolve_path, to_dict
+from magcache_dist.io.fingerprint import content_fingerprint
 from magcache_dist.io.probe import ensure_writable_dir
+from magcache_dist.preempt import Preempted, signal_number, stop_agreed
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 from magcache_dist.errors import InputError
 
@@ -39,15 +41,22 @@ POINTER = "latest.json"
 # list's file or how many data-parallel groups share the list.
 FREE_KEYS = ("progress", "save_video", "resume", "dry_run", "output_dir", "checkpoint.", "planner.",
              "parallel.timeout_s", "cache.consensus_guard", "cache.calibration.out", "video.fps", "vae.",
-             "model.layout", "prompts_file", "parallel.dp_degree")
+             "model.layout", "prompts_file", "prompts_shard", "parallel.dp_degree")
 
 
 def _free(key: str) -> bool:
     return any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE_KEYS)
 
 
+# Keys naming files whose content, not their path, determines the result: the fingerprint holds the content's
+# fingerprint (magcache_dist/io/fingerprint.py), so the same weights staged elsewhere are the same job and other
+# weights written over the same path are not.
+CONTENT_KEYS = ("model.ckpt", "ckpt_dir", "image", "cache.magcache.ratios_file")
+
+
 def fingerprint(cfg: JobConfig) -> dict:
-    """The flattened config keys that determine the result (``{"sampler.num_steps": 8, ...}``)."""
+    """The flattened config keys that determine the result (``{"sampler.num_steps": 8, ...}``); a file or folder
+    (CONTENT_KEYS) by its content."""
     flat = {}
 
     def walk(prefix, obj):
@@ -59,6 +68,9 @@ def fingerprint(cfg: JobConfig) -> dict:
                 flat[key] = v
 
     walk("", to_dict(cfg))
+    for key in CONTENT_KEYS:
+        if flat.get(key) is not None:
+            flat[key] = content_fingerprint(resolve_path(flat[key]))
     return flat
 
 
@@ -134,6 +146,7 @@ def config_diff(saved: dict, now: dict) -> list[str]:
 def validate_checkpointing(cfg: JobConfig, world_size: int) -> None:
     """Before any collective: checkpoint settings, and for resume=true a checkpoint of this very job. ``cfg``: the
     job's resolved config (its family's defaults filled in, dtypes of this machine: what the fingerprint holds)."""
+    signal_number(cfg.checkpoint.signal)
     n = cfg.checkpoint.every_n_steps
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise InputError(f"checkpoint.every_n_steps={n!r} must be an integer >= 0 (0 disables checkpoints)")
@@ -202,9 +215,20 @@ class Checkpointer:
 
     # ---- write ----------------------------------------------------------------------------------------
     def on_step(self, step: int, x: torch.Tensor, state, scheduler) -> None:
+        """After each step: the periodic checkpoint (every N steps), and the stop request (magcache_dist/preempt.py):
+        the group agrees on it once per step; then every rank's state after this step is written and Preempted
+        raised on every rank. After the last step there is nothing to save: the video is finished first."""
         done = step + 1
-        if not self.every or done % self.every or done >= self.num_steps:
+        periodic = bool(self.every) and done % self.every == 0 and done < self.num_steps
+        stop = stop_agreed(self.par, x.device) and done < self.num_steps
+        if not (periodic or stop):
             return
+        self.write(done, x, state, scheduler, preempted=stop)
+        if stop:
+            raise Preempted(done, f"{self.cfg.output_dir} stopped after step {done} of {self.num_steps} "
+                                  f"({self.dir} holds its checkpoint)")
+
+    def write(self, done: int, x: torch.Tensor, state, scheduler, preempted: bool = False) -> None:
         payload = dict(format=FORMAT, next_step=done, rank=self.par.rank, world_size=self.par.world.size,
                        config_hash=self.hash, x=copy_to(x, "cpu"), scheduler=copy_to(scheduler.state_dict(), "cpu"),
                        cache=state.state_dict(), rng=dict(torch=torch.get_rng_state()))
@@ -213,17 +237,34 @@ class Checkpointer:
         with atomic_path(self.rank_file(done)) as tmp:
             torch.save(payload, tmp)
         # every rank's file is complete before the pointer moves (one tiny all-reduce as a barrier)
-        self.par.world.all_reduce(torch.zeros(1))
+        self.par.world.all_reduce(torch.zeros(1, device=x.device))
         if self.par.rank == 0:
             atomic_write_text(os.path.join(self.dir, POINTER), json.dumps(dict(
                 format=FORMAT, next_step=done, world_size=self.par.world.size, config_hash=self.hash,
-                config=self.fp), indent=1, default=str))
+                config=self.fp, preempted=preempted), indent=1, default=str))
         # after this barrier rank 0 has moved the pointer at least to our previous checkpoint: older files can go
         previous = self.written[-1] if self.written else None
         self.written.append(done)
         for s, p in self._own_files():
             if previous is not None and s < previous:
                 os.remove(p)
+
+    def finished(self) -> None:
+        """Rank 0, once the video's report is written: its step checkpoints go (checkpoint.keep=true keeps them),
+        and with them the pointer, so a rerun never continues a finished video."""
+        if self.cfg.checkpoint.keep or self.par.rank != 0 or not os.path.isdir(self.dir):
+            return
+        if os.path.isfile(os.path.join(self.dir, POINTER)):
+            os.remove(os.path.join(self.dir, POINTER))  # first: a rerun never sees a pointer without its files
+        for p in glob.glob(os.path.join(self.dir, "step*.rank*.pt")):
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.dir)
+        except OSError:  # not empty (someone else's files) or shared: leave it
+            pass
 
     # ---- read -----------------------------------------------------------------------------------------
     def restore(self, policy, branches, scheduler_factory) -> dict:

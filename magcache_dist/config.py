@@ -128,6 +128,10 @@ class ParallelSection:
 class CheckpointSection:
     every_n_steps: int = 0  # write the sampling state every N steps (0 = never); resume=true continues from it
     dir: Optional[str] = None  # default <output_dir>/checkpoint; must be shared by all ranks (see checkpoint.py)
+    keep: bool = False  # keep a finished video's step checkpoints (default: deleted once its report is written)
+    # besides SIGTERM, the signal that asks the job to stop after the current step, write a step checkpoint and exit
+    # with 75 ("preempted, rerun to continue"), e.g. USR1 for SLURM's --signal=B:USR1@120 (null: SIGTERM only)
+    signal: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,9 @@ class JobConfig:
     # many videos in one job: a text file (one prompt per line) or .jsonl (prompt, seed, negative_prompt, image,
     # name); each video gets a folder under output_dir, and summary.json / summary.md list them all
     prompts_file: Optional[str] = None
+    # "I/N": this job makes share I (0 <= I < N) of the list (video k when k % N == I); N jobs (e.g. a SLURM array)
+    # fill one output_dir together, each video claimed by one worker (magcache_dist/claims.py)
+    prompts_shard: Optional[str] = None
     negative_prompt: str = ""
     seed: int = 0
     output_dir: str = "outputs/demo"

@@ -22,7 +22,7 @@ from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.parallel.fsdp import check_fsdp
-from magcache_dist.prompts import VideoSpec, read_prompts, video_config
+from magcache_dist.prompts import VideoSpec, parse_shard, read_prompts, video_config
 from magcache_dist.sampling.grids import check_grid
 from magcache_dist.sampling.loop import SamplerConfig
 from magcache_dist.errors import InputError, reading
@@ -37,6 +37,7 @@ class Job:
     cache: CacheSpec
     policy: CachePolicy | None  # None for cache.mode=auto (built in the run)
     videos: list[VideoSpec] | None = None  # prompts_file: every video of the list (None: one video, cfg.prompt)
+    video: VideoSpec | None = None  # the job of one video (videos.video_job): which one (its video_id for reports)
 
 
 def parallel_dims(cfg: JobConfig) -> ParallelDims:
@@ -123,6 +124,9 @@ def check_prompt_list(given: JobConfig, cfg: JobConfig) -> list[VideoSpec] | Non
     config as written (which sources set prompt and prompts_file), ``cfg``: resolved."""
     set_at = explicitly_set(given)
     if cfg.prompts_file is None:
+        if cfg.prompts_shard is not None:
+            raise InputError(f"prompts_shard={cfg.prompts_shard!r} takes a share of a prompt list; pass "
+                             f"prompts_file=... or remove prompts_shard")
         if cfg.parallel.dp_degree > 1:
             raise InputError(f"parallel.dp_degree={cfg.parallel.dp_degree} splits a prompt list over groups of ranks; "
                              f"pass prompts_file=... or set parallel.dp_degree=1")
@@ -137,6 +141,7 @@ def check_prompt_list(given: JobConfig, cfg: JobConfig) -> list[VideoSpec] | Non
     if cfg.cache.calibration.out is not None:
         raise InputError("cache.calibration.out names one file, but a prompt list calibrates per video (each "
                          "video's folder gets its ratios.json); remove it, or use cache.calibration.store_dir")
+    parse_shard(cfg.prompts_shard)  # I/N with 0 <= I < N, before the file is read
     videos = read_prompts(resolve_path(cfg.prompts_file), cfg.seed, cfg.negative_prompt, cfg.image)
     problems = [f"prompts_file={cfg.prompts_file!r} line {v.line}: {key} {why}" for v in videos for key in v.given
                 if (why := inapplicable(video_config(cfg, v), key))]

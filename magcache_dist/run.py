@@ -26,6 +26,7 @@ from magcache_dist.cache.factory import build_cache
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
+from magcache_dist.claims import Claims
 from magcache_dist.compile import compile_blocks, compile_report
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.errors import reading
@@ -38,11 +39,12 @@ from magcache_dist.parallel.apply import apply_sequence_parallel
 from magcache_dist.parallel.dims import ParallelContext
 from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
 from magcache_dist.phases import PhaseMeter, environment
+from magcache_dist.preempt import Preempted, stop_agreed
 from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config
 from magcache_dist.sampling.loop import sample
 from magcache_dist.sampling.schedulers import FlowScheduler
-from magcache_dist.videos import (entry, job_videos, merge_parts, output_files, share, video_job, video_state,
-                                  write_part)
+from magcache_dist.videos import (entry, job_videos, merge_summary, output_files, shard, share, video_job,
+                                  video_state, write_part)
 
 
 def summarize(decisions_by_rank: list[list[dict]], dims, branches) -> dict:
@@ -86,14 +88,14 @@ def branches_of(job: Job, par: ParallelContext) -> list[str]:
 def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | None:
     """The job on this rank, along the one road: load -> encode -> parallelize -> for each video of this rank's
     data-parallel group: sample -> finalize (decode, write). A single video is a list of one. Rank 0 of a group
-    writes the outputs; it returns the video's report (a single video) or the summary (a prompt list: the whole
-    job's if its group finished last, else its own part); other ranks return None."""
+    writes the outputs; it returns the video's report (a single video) or the summary of the whole list (merged
+    from every video's report when the group finishes); other ranks return None."""
     t0 = time.perf_counter()
     if isinstance(job, JobConfig):
         job = validate_job(job, par.job_comm.size)
     listed = job.videos is not None
     run_id = par.job_comm.broadcast_object(uuid.uuid4().hex) if listed else None  # the one job-wide collective
-    mine = share(job_videos(job), job.dims.dp_degree, par.dp_index)
+    mine = share(shard(job_videos(job), job.cfg.prompts_shard), job.dims.dp_degree, par.dp_index)
     entries, states = {}, None  # the summary's lines: rank 0 of the group keeps them
     if par.rank == 0:
         checked = {v.name: video_state(job, v, par.world.size) for v in mine}
@@ -102,41 +104,89 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
     # rank 0's videos are the job's (identical configs are expected, but a shell can differ per node)
     mine, states = par.world.broadcast_object((mine, states))
     todo = [v for v in mine if states[v.name] != "done"]
-    part = dict(format=FORMAT, run_id=run_id, group=par.dp_index, dp_degree=job.dims.dp_degree,
-                group_size=par.world.size, started=time.time())
+    part = dict(format=FORMAT, run_id=run_id, shard=job.cfg.prompts_shard, group=par.dp_index,
+                dp_degree=job.dims.dp_degree, group_size=par.world.size, started=time.time(), claimed_elsewhere=[])
+    claims = Claims(job.cfg.output_dir, run_id) if listed and par.rank == 0 else None
     report = None
-    if todo:
-        meter = PhaseMeter(device)
-        with meter.phase("load"), reading():  # the DiT on the meta device: the encoders run before its weights
-            model, encoder = job.family.build(device, weights=False)
-        t = time.perf_counter()
-        with meter.phase("encode"):
-            conds = encode_videos(job, encoder, todo, stage=len(todo) > 1)
-            del encoder
-        phases = {"encode": time.perf_counter() - t}
-        with meter.phase("load"), reading():
-            if not job.cfg.parallel.fsdp:  # fsdp: each rank reads its shards after the sharding (parallelize)
-                job.family.load_weights(model, device)
-            parallelize(job, model, par, device)
-        phases["build"] = time.perf_counter() - t0 - phases["encode"]
-        part.update(encode_s=phases["encode"], build_s=phases["build"])
-        start = t0  # the first video's time counts the load and the encoding; the later ones reuse them
-        for i, (v, cond) in enumerate(zip(todo, conds)):
-            vjob = video_job(job, v, resume=states[v.name] == "resume")
-            built = Built(model, {b: (c.to(device) if torch.is_tensor(c) else c) for b, c in cond.items()},
-                          vjob.family.make_noise(v.seed).to(device), meter if i == 0 else meter.carry())
-            report = make_video(vjob, built, par, device, phases, start)
-            if i + 1 < len(todo):
-                _back_on(model, device)  # a decode may have offloaded the DiT (vae.offload_dit)
-            phases, start = {"encode": 0.0, "build": 0.0}, time.perf_counter()
-            if par.rank == 0 and listed:
-                entries[v.name] = entry(v, report, reused=False)
-                write_part(job, part, entries, mine)
+    try:
+        if todo:
+            meter = PhaseMeter(device)
+            with meter.phase("load"), reading():  # the DiT on the meta device: the encoders run before its weights
+                model, encoder = job.family.build(device, weights=False)
+            t = time.perf_counter()
+            with meter.phase("encode"):
+                conds = encode_videos(job, encoder, todo, stage=len(todo) > 1)
+                del encoder
+            phases = {"encode": time.perf_counter() - t}
+            with meter.phase("load"), reading():
+                if not job.cfg.parallel.fsdp:  # fsdp: each rank reads its shards after the sharding (parallelize)
+                    job.family.load_weights(model, device)
+                parallelize(job, model, par, device)
+            phases["build"] = time.perf_counter() - t0 - phases["encode"]
+            part.update(encode_s=phases["encode"], build_s=phases["build"])
+            start = t0  # the first video's time counts the load and the encoding; the later ones reuse them
+            made, made_t0 = [], time.perf_counter()  # seconds per video this group made (its ETA)
+            if par.rank == 0 and listed and len(todo) < len(mine):
+                print(f"[group {par.dp_index}] {len(mine) - len(todo)} of {len(mine)} videos already done "
+                      f"(reused)", flush=True)
+            first = True  # the first video this run makes carries the load and encode phases
+            for i, (v, cond) in enumerate(zip(todo, conds)):
+                if stop_agreed(par, device):  # asked to stop between two videos: nothing to save
+                    raise Preempted(None, f"stopped before {v.name or job.cfg.output_dir}")
+                state = claim(job, v, par, claims, states, entries, part) if listed else states[v.name]
+                if state not in ("new", "resume"):  # done meanwhile by another job, or another worker's now
+                    continue
+                vjob = video_job(job, v, resume=state == "resume")
+                built = Built(model, {b: (c.to(device) if torch.is_tensor(c) else c) for b, c in cond.items()},
+                              vjob.family.make_noise(v.seed).to(device), meter if first else meter.carry())
+                first = False
+                report = make_video(vjob, built, par, device, phases, start)
+                if i + 1 < len(todo):
+                    _back_on(model, device)  # a decode may have offloaded the DiT (vae.offload_dit)
+                phases, start = {"encode": 0.0, "build": 0.0}, time.perf_counter()
+                if par.rank == 0 and listed:
+                    entries[v.name] = entry(v, report, reused=False)
+                    write_part(job, part, entries, mine)
+                    claims.release()
+                    made.append(time.perf_counter() - made_t0)
+                    print(progress_line(par, v, report, made, todo[i + 1:]), flush=True)
+                made_t0 = time.perf_counter()
+    finally:
+        if claims is not None:
+            claims.close()  # an error or a preemption leaves no claim behind: a rerun takes the video at once
     if par.rank != 0 or not listed:
         return report
     part["wall_s"] = time.perf_counter() - t0
     write_part(job, part, entries, mine)
-    return merge_parts(job, run_id) or dict(part, videos=[entries[v.name] for v in mine], complete=False)
+    return merge_summary(job)
+
+
+def progress_line(par: ParallelContext, v: VideoSpec, report: dict, made: list[float], left: list) -> str:
+    """One line per finished video of a list (rank 0 of its group): whose group, which video, its computed / total
+    calls, its seconds and the group's ETA (the mean time of the videos it made so far, times those left; videos
+    another worker takes meanwhile make it pessimistic)."""
+    eta = sum(made) / len(made) * len(left)
+    return (f"[group {par.dp_index}] video {v.index} {v.name}: {report['computed_calls']}/{report['total_calls']} "
+            f"calls, {made[-1]:.1f} s; {len(left)} left in this group, ETA {eta:.0f} s")
+
+
+def claim(job: Job, v: VideoSpec, par: ParallelContext, claims: Claims | None, states: dict, entries: dict,
+          part: dict) -> str:
+    """A video of a list, just before it is made: rank 0 claims it (claims.py) and looks at it again (another job
+    may have finished it, or left a checkpoint of it, meanwhile); the group follows rank 0. Returns ``new``,
+    ``resume``, ``done`` or ``elsewhere`` (a live worker of another job holds it)."""
+    state = None
+    if par.rank == 0:
+        holder = claims.take(v.name)
+        if holder is not None:
+            state = "elsewhere"
+            part["claimed_elsewhere"].append(f"{v.name}: {holder}")
+        else:
+            state, report = video_state(job, v, par.world.size)
+            if state == "done":
+                claims.release()
+                entries[v.name] = entry(v, report, reused=True)
+    return par.world.broadcast_object(state)
 
 
 def encode_videos(job: Job, encoder, videos: list[VideoSpec], stage: bool) -> list[dict]:
@@ -175,7 +225,7 @@ def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) 
 def run_sampling(job: Job, built: Built, policy, par: ParallelContext, ckpt: Checkpointer):
     scfg = job.scfg
     progress = None
-    if job.cfg.progress and par.rank == 0:
+    if job.cfg.progress and par.rank == 0 and job.dims.dp_degree == 1:  # groups sharing a terminal: lines only
         from tqdm import tqdm
 
         progress = tqdm(total=scfg.num_steps, desc="sampling", unit="step")
@@ -244,7 +294,8 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
     image = job.family.image_model
     summary = summarize([r["decisions"] for r in per_rank], dims, scfg.branches)
     report = dict(
-        status="done", config=to_dict(cfg), config_hash=config_hash(fingerprint(cfg)), world_size=par.world.size,
+        status="done", video_id=job.video.video_id if job.video is not None else None, config=to_dict(cfg),
+        config_hash=config_hash(fingerprint(cfg)), world_size=par.world.size,
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
                       cfg_degree=dims.cfg_degree, backend=cfg.parallel.backend),
         cache=policy.describe() if hasattr(policy, "describe") else dict(policy=policy.name),
@@ -263,6 +314,7 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
         files=output_files(cfg.output_dir),  # what a rerun of a prompt list checks before it reuses this video
     )
     atomic_write_text(os.path.join(cfg.output_dir, "report.json"), json.dumps(report, indent=1, default=str))
+    ckpt.finished()  # the video is done: its step checkpoints go (checkpoint.keep=true keeps them)
     return report
 
 

@@ -11,12 +11,14 @@ collective (NCCL would otherwise wait for its timeout). With gloo a dead peer us
 raise at once; ``explain`` then names the culprit from the board or from whose heartbeat stopped.
 
 Exit codes of launch/generate.py: 2 bad input, 3 ranks disagree on a cache decision, 4 this rank failed,
-5 another rank failed.
+5 another rank failed, 75 preempted (stopped on SIGTERM or checkpoint.signal after writing a checkpoint: rerun the
+same command to continue; magcache_dist/preempt.py).
 """
 from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
 import threading
 import time
@@ -166,21 +168,36 @@ class HealthMonitor:
         self.exit_fn(EXIT_PEER_FAILED)
 
 
-def on_launcher_stop(monitor: HealthMonitor, rank: int):
+def on_launcher_stop(monitor: HealthMonitor, rank: int, stop=None):
     """A SIGTERM handler: torchrun stops the surviving ranks with SIGTERM as soon as one rank dies, usually before
     they have said why. Name the cause known from the failure board / heartbeats (as the watchdog would) and exit
-    with EXIT_PEER_FAILED; when no peer is to blame, say the launcher stopped the job and exit 143 (128 + SIGTERM)."""
-    def handler(signum, frame):
-        if monitor._reported.is_set():  # this rank already reported; the launcher is only cleaning up
-            _default_exit(EXIT_PEER_FAILED)
+    with EXIT_PEER_FAILED. When no peer is to blame, the signal is a request to stop (a preemption: SLURM, the
+    scheduler, an operator): with ``stop`` (magcache_dist/preempt.StopRequest) the flag is set at once and the job
+    stops after the current step with a checkpoint, while a thread asks the board (a peer's failure still ends the
+    rank with EXIT_PEER_FAILED); without it, say the launcher stopped the job and exit 143 (128 + SIGTERM)."""
+    def diagnose(signum):
         cause = monitor.explain(wait=max(4 * monitor.interval, 1.0))
-        monitor.mark_reported()
         if cause:
+            monitor.mark_reported()
             print(f"[rank {rank}] error: job aborted: {cause} (stopped by the launcher)", file=sys.stderr, flush=True)
             _default_exit(EXIT_PEER_FAILED)
+        if stop is not None:
+            print(f"[rank {rank}] stop requested ({signal.Signals(signum).name}): finishing the current step, then "
+                  f"writing a checkpoint", file=sys.stderr, flush=True)
+            return
+        monitor.mark_reported()
         print(f"[rank {rank}] error: stopped by the launcher (SIGTERM); no rank reported a failure", file=sys.stderr,
               flush=True)
         _default_exit(128 + signum)
+
+    def handler(signum, frame):
+        if monitor._reported.is_set():  # this rank already reported; the launcher is only cleaning up
+            _default_exit(EXIT_PEER_FAILED)
+        if stop is None:
+            diagnose(signum)
+            return
+        stop.request(signum)  # the main thread sees it at the end of its step
+        threading.Thread(target=diagnose, args=(signum,), name="magcache-stop", daemon=True).start()
     return handler
 
 

@@ -46,7 +46,9 @@ def test_generate_end_to_end_matches_the_plan_command(tiny_ckpt, tmp_path):
     assert (out / "video.mp4").stat().st_size > 1000 and (out / "frames.png").exists()
     latents = torch.load(out / "latents.pt", weights_only=True)
     assert latents.shape == (1, 3, 5, 20, 28) and torch.isfinite(latents).all()
-    assert sorted(os.listdir(out)) == ["frames.png", "latents.pt", "report.json", "video.mp4"]  # no temp files left
+    # no temp files left; logs/rank0.log: a copy of what the rank printed
+    assert sorted(os.listdir(out)) == ["frames.png", "latents.pt", "logs", "report.json", "video.mp4"]
+    assert "wrote" in (out / "logs" / "rank0.log").read_text()
 
 
 def test_generate_exits_4_on_non_finite_output(nan_ckpt, tmp_path):

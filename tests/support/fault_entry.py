@@ -5,7 +5,10 @@
 kinds: ``kill_attn`` / ``raise_attn``: SIGKILL / RuntimeError at the n-th self-attention call of that rank
 (Ulysses, ring or local op); ``kill_after_step``: SIGKILL right after step n finished (and its checkpoint, if any,
 was written); ``kill_after_steps``: the same after the n-th step of the job (a prompt list counts over its
-videos); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file.
+videos); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file; ``record_videos`` (no fault): every
+video the process writes is appended to the file $MADE_LOG (its folder and the pid); ``slow_steps``: n ms of sleep
+after every step, each step logged to $STEP_LOG.<rank> (a test sends its signal mid-run). FAULT_RANK=all: every
+rank.
 The library has no test hooks: the fault is patched in here, from outside.
 """
 import os
@@ -64,13 +67,38 @@ def install(kind: str, n: int) -> None:
                     f.truncate(os.path.getsize(path) // 2)  # the temp file is half written when the process dies
                 _die()
         torch.save = save
+    elif kind == "slow_steps":  # not a fault: n ms of sleep after each step, each step logged to $STEP_LOG.<rank>
+        import time
+
+        from magcache_dist import checkpoint
+
+        orig_step = checkpoint.Checkpointer.on_step
+
+        def slow_step(self, step, x, state, scheduler):
+            orig_step(self, step, x, state, scheduler)
+            with open(f"{os.environ['STEP_LOG']}.{self.par.rank}", "a") as f:
+                f.write(f"{os.path.basename(self.cfg.output_dir)} {step}\n")
+            time.sleep(n / 1000)
+        checkpoint.Checkpointer.on_step = slow_step
+    elif kind == "record_videos":  # not a fault: every video this process writes is appended to $MADE_LOG
+        from magcache_dist import run
+
+        orig_finalize = run.finalize
+
+        def finalize(job, *a, **kw):
+            out = orig_finalize(job, *a, **kw)
+            with open(os.environ["MADE_LOG"], "a") as f:
+                f.write(f"{os.path.basename(job.cfg.output_dir)} {os.getpid()}\n")
+            return out
+        run.finalize = finalize
     else:
         raise SystemExit(f"unknown FAULT kind {kind!r}")
 
 
 if __name__ == "__main__":
     fault = os.environ.get("FAULT")
-    if fault and int(os.environ.get("RANK", "0")) == int(os.environ.get("FAULT_RANK", "0")):
+    on = os.environ.get("FAULT_RANK", "0")
+    if fault and (on == "all" or int(os.environ.get("RANK", "0")) == int(on)):
         kind, n = fault.split("@")
         install(kind, int(n))
     from magcache_dist.launcher.main import main

@@ -67,6 +67,8 @@ def test_bad_input_exits_2_on_every_rank_before_any_collective(entry, tmp_path, 
 
     monkeypatch.setattr(dist, "init_process_group", no_collectives)
     capsys.readouterr()  # what building the base checkpoints printed
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # as torchrun sets them (never reached: no process group)
+    monkeypatch.setenv("MASTER_PORT", "29500")
     for rank in range(entry.world):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("LOCAL_RANK", str(rank))

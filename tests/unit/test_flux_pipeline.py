@@ -117,7 +117,7 @@ def test_prompt_list_loads_encoders_once_and_equals_single_jobs(pipeline_folder,
     assert [v["status"] for v in summary["videos"]] == ["done", "done"]
     single = tmp_path / "single"
     run_job(_job(name, folder, single, "prompt=a blue boat on the river"), solo_context())
-    second = [d for d in sorted(os.listdir(tmp_path / "list")) if d.startswith("0001")][0]
+    second = summary["videos"][1]["dir"]
     assert torch.equal(torch.load(tmp_path / "list" / second / "latents.pt", weights_only=True),
                        torch.load(single / "latents.pt", weights_only=True))
 

@@ -36,7 +36,8 @@ def test_resume_from_the_last_checkpoint_is_bit_identical(tiny_ckpt, tmp_path, s
     if mode == "teacache":  # identity polynomial: some calls skip, so the probe state must survive the resume
         extra += ["cache.teacache.coefficients=[1.0,0.0]", "cache.teacache.thresh=0.5"]
     ref = run_job(job_config(tiny_ckpt, str(tmp_path / "ref"), *extra), solo_context())
-    first = run_job(job_config(tiny_ckpt, str(tmp_path / "job"), "checkpoint.every_n_steps=3", *extra), solo_context())
+    first = run_job(job_config(tiny_ckpt, str(tmp_path / "job"), "checkpoint.every_n_steps=3", "checkpoint.keep=true",
+                               *extra), solo_context())
     ck = tmp_path / "job" / "checkpoint"
     assert first["checkpoint"]["written_steps"] == [3, 6]
     assert sorted(os.listdir(ck)) == [POINTER, "step000003.rank0000.pt", "step000006.rank0000.pt"]
@@ -59,7 +60,7 @@ def test_mismatching_config_and_missing_checkpoint_are_refused(tiny_ckpt, tmp_pa
     out = str(tmp_path / "job")
     with pytest.raises(ValueError, match=r"resume=true but checkpoint\.dir=.* holds no checkpoint .*resume=false"):
         validate_job(job_config(tiny_ckpt, out, "resume=true"), 1)
-    run_job(job_config(tiny_ckpt, out, "checkpoint.every_n_steps=4"), solo_context())
+    run_job(job_config(tiny_ckpt, out, "checkpoint.every_n_steps=4", "checkpoint.keep=true"), solo_context())
     # keys that cannot change the latents may change on resume
     validate_job(job_config(tiny_ckpt, out, "resume=true", "progress=true", "parallel.timeout_s=30",
                             "cache.consensus_guard=false", "video.fps=12"), 1)
@@ -81,9 +82,21 @@ class _Evil:
         return (os.system, ("echo pwned > /dev/null",))
 
 
+def test_a_finished_videos_checkpoints_are_deleted_unless_kept(tiny_ckpt, tmp_path):
+    run_job(job_config(tiny_ckpt, str(tmp_path / "a"), "checkpoint.every_n_steps=3"), solo_context())
+    assert sorted(os.listdir(tmp_path / "a")) == ["latents.pt", "report.json"]  # checkpoint/ gone with its files
+    run_job(job_config(tiny_ckpt, str(tmp_path / "b"), "checkpoint.every_n_steps=3", "checkpoint.keep=true"),
+            solo_context())
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoint")) == [POINTER, "step000003.rank0000.pt",
+                                                                  "step000006.rank0000.pt"]
+    with pytest.raises(ValueError, match=r"checkpoint\.signal='KILL' is not a signal a job can catch"):
+        validate_job(job_config(tiny_ckpt, str(tmp_path / "c"), "checkpoint.signal=KILL"), 1)
+    validate_job(job_config(tiny_ckpt, str(tmp_path / "c"), "checkpoint.signal=USR1"), 1)
+
+
 def test_checkpoint_files_are_never_unpickled(tiny_ckpt, tmp_path):
     out = tmp_path / "job"
-    run_job(job_config(tiny_ckpt, str(out), "checkpoint.every_n_steps=4"), solo_context())
+    run_job(job_config(tiny_ckpt, str(out), "checkpoint.every_n_steps=4", "checkpoint.keep=true"), solo_context())
     state_file = out / "checkpoint" / "step000004.rank0000.pt"
     sd = torch.load(state_file, weights_only=True)
     assert sd["format"] == FORMAT and sd["next_step"] == 4 and sd["x"].shape == (1, 3, 5, 20, 28)
