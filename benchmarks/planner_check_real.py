@@ -174,7 +174,7 @@ else:
 got = dict(rank=par.rank)
 with torch.device("meta"):
     model = build_wan_model(get_config(MODEL))
-par.world.gather_objects(None)  # start together: the ranks share the storage
+par.group.gather_objects(None)  # start together: the ranks share the storage
 t, c = time.perf_counter(), time.process_time()
 stream_weights(model, "cpu", ckpt, "benchmark checkpoint")
 got["load"], got["load_cpu"] = time.perf_counter() - t, time.process_time() - c
@@ -194,10 +194,10 @@ vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blo
 v = cfg.vae
 vae.enable_tiling(tile_sample_min_height=v.tile_height, tile_sample_min_width=v.tile_width,
                   tile_sample_stride_height=v.tile_stride_height, tile_sample_stride_width=v.tile_stride_width)
-par.world.gather_objects(None)
+par.group.gather_objects(None)
 t, c = time.perf_counter(), time.process_time()
 with torch.no_grad():
-    video = decode_split(WanTiles(vae, res.latents.float()), par.world)
+    video = decode_split(WanTiles(vae, res.latents.float()), par.group)
 got["decode"], got["decode_cpu"] = time.perf_counter() - t, time.process_time() - c
 if par.rank == 0:
     t, c = time.perf_counter(), time.process_time()

@@ -114,8 +114,8 @@ def run(args) -> dict:
                        videos=len(grid.candidates) * len(grid.tune)),
                    held_out_best=None if oracle is None else dict(id=oracle.id, calls=oracle.calls))
         for search in ("probe", "exact"):
-            plan = prepare(_args(prompts, args.work, target, args.held_out, search))
-            out = tune(plan, solo_context(), "cpu")
+            setup = prepare(_args(prompts, args.work, target, args.held_out, search))
+            out = tune(setup, solo_context(), "cpu")
             ch = out["chosen"]
             row[search] = dict(
                 id=ch and ch["id"], calls=ch and ch["calls"], tune_psnr=ch and ch["tune_mean"]["psnr"],

@@ -98,7 +98,7 @@ def resolve_ratios(cfg: JobConfig, scfg, par) -> ResolvedRatios | None:
             found = lookup(cfg, scfg)
         except InputError as e:  # tell the other ranks instead of leaving them in the broadcast
             found = f"{e}"
-    found = par.world.broadcast_object(found)
+    found = par.group.broadcast_object(found)
     if isinstance(found, str):
         raise InputError(found)
     return found

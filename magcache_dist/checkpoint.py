@@ -229,7 +229,7 @@ class Checkpointer:
                                   f"({self.dir} holds its checkpoint)")
 
     def write(self, done: int, x: torch.Tensor, state, scheduler, preempted: bool = False) -> None:
-        payload = dict(format=FORMAT, next_step=done, rank=self.par.rank, world_size=self.par.world.size,
+        payload = dict(format=FORMAT, next_step=done, rank=self.par.rank, world_size=self.par.group.size,
                        config_hash=self.hash, x=copy_to(x, "cpu"), scheduler=copy_to(scheduler.state_dict(), "cpu"),
                        cache=state.state_dict(), rng=dict(torch=torch.get_rng_state()))
         if torch.cuda.is_available():
@@ -237,10 +237,10 @@ class Checkpointer:
         with atomic_path(self.rank_file(done)) as tmp:
             torch.save(payload, tmp)
         # every rank's file is complete before the pointer moves (one tiny all-reduce as a barrier)
-        self.par.world.all_reduce(torch.zeros(1, device=x.device))
+        self.par.group.all_reduce(torch.zeros(1, device=x.device))
         if self.par.rank == 0:
             atomic_write_text(os.path.join(self.dir, POINTER), json.dumps(dict(
-                format=FORMAT, next_step=done, world_size=self.par.world.size, config_hash=self.hash,
+                format=FORMAT, next_step=done, world_size=self.par.group.size, config_hash=self.hash,
                 config=self.fp, preempted=preempted), indent=1, default=str))
         # after this barrier rank 0 has moved the pointer at least to our previous checkpoint: older files can go
         previous = self.written[-1] if self.written else None
@@ -272,11 +272,11 @@ class Checkpointer:
         if not self.cfg.resume:
             return {}
         ptr = read_pointer(self.cfg) if self.par.rank == 0 else None
-        next_step = self.par.world.broadcast_object(ptr["next_step"] if ptr else None)
+        next_step = self.par.group.broadcast_object(ptr["next_step"] if ptr else None)
         path = self.rank_file(next_step)
         sd = read_rank_file(path)
         if (sd["config_hash"], sd["next_step"], sd["rank"], sd["world_size"]) != \
-                (self.hash, next_step, self.par.rank, self.par.world.size):
+                (self.hash, next_step, self.par.rank, self.par.group.size):
             raise InputError(f"resume=true: {path} belongs to another job or rank (config hash {sd['config_hash']} "
                              f"vs {self.hash}); set resume=false")
         scheduler = scheduler_factory()

@@ -50,7 +50,7 @@ def dit_stays(cfg, family, model, device, ranks: int = 1) -> tuple[bool, int]:
 def decode_video(job, model, latents: torch.Tensor, par) -> tuple[torch.Tensor | None, dict]:
     """Every rank of the group: (the decoded video [1, 3, F, H, W] in [-1, 1], CPU float32, on rank 0 (None
     elsewhere), what the decode did: ``mode``, ``ranks``, ``tiles``, ``dit_on_device``, ``estimated_peak_bytes``)."""
-    cfg, comm = job.cfg, par.world
+    cfg, comm = job.cfg, par.group
     if not cfg.save_video:
         return None, dict(mode="none", ranks=0)
     keep, need = dit_stays(cfg, job.family, model, latents.device, comm.size)

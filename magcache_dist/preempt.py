@@ -75,6 +75,6 @@ def stop_agreed(par, device="cpu") -> bool:
     if stop is None:
         return False
     flag = torch.tensor([1.0 if stop.is_set() else 0.0], device=device)  # on the GPU for NCCL
-    if par.world.size > 1:
-        flag = par.world.all_reduce(flag)
+    if par.group.size > 1:
+        flag = par.group.all_reduce(flag)
     return bool(flag.item() > 0)

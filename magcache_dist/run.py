@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.auto import calibration_meta, ratios_used, resolve_ratios, store_calibration
-from magcache_dist.cache import plan
+from magcache_dist.cache import skip_schedule
 from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.cache.factory import build_cache
 from magcache_dist.cache.magcache import MagCachePolicy
@@ -92,20 +92,20 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
     from every video's report when the group finishes); other ranks return None."""
     t0 = time.perf_counter()
     if isinstance(job, JobConfig):
-        job = validate_job(job, par.job_comm.size)
+        job = validate_job(job, par.world.size)
     listed = job.videos is not None
-    run_id = par.job_comm.broadcast_object(uuid.uuid4().hex) if listed else None  # the one job-wide collective
+    run_id = par.world.broadcast_object(uuid.uuid4().hex) if listed else None  # the one job-wide collective
     mine = share(shard(job_videos(job), job.cfg.prompts_shard), job.dims.dp_degree, par.dp_index)
     entries, states = {}, None  # the summary's lines: rank 0 of the group keeps them
     if par.rank == 0:
-        checked = {v.name: video_state(job, v, par.world.size) for v in mine}
+        checked = {v.name: video_state(job, v, par.group.size) for v in mine}
         states = {name: state for name, (state, _) in checked.items()}
         entries = {v.name: entry(v, checked[v.name][1], reused=True) for v in mine}
     # rank 0's videos are the job's (identical configs are expected, but a shell can differ per node)
-    mine, states = par.world.broadcast_object((mine, states))
+    mine, states = par.group.broadcast_object((mine, states))
     todo = [v for v in mine if states[v.name] != "done"]
     part = dict(format=FORMAT, run_id=run_id, shard=job.cfg.prompts_shard, group=par.dp_index,
-                dp_degree=job.dims.dp_degree, group_size=par.world.size, started=time.time(), claimed_elsewhere=[])
+                dp_degree=job.dims.dp_degree, group_size=par.group.size, started=time.time(), claimed_elsewhere=[])
     claims = Claims(job.cfg.output_dir, run_id) if listed and par.rank == 0 else None
     report = None
     try:
@@ -182,11 +182,11 @@ def claim(job: Job, v: VideoSpec, par: ParallelContext, claims: Claims | None, s
             state = "elsewhere"
             part["claimed_elsewhere"].append(f"{v.name}: {holder}")
         else:
-            state, report = video_state(job, v, par.world.size)
+            state, report = video_state(job, v, par.group.size)
             if state == "done":
                 claims.release()
                 entries[v.name] = entry(v, report, reused=True)
-    return par.world.broadcast_object(state)
+    return par.group.broadcast_object(state)
 
 
 def encode_videos(job: Job, encoder, videos: list[VideoSpec], stage: bool) -> list[dict]:
@@ -247,7 +247,7 @@ def calibrated_table(job: Job, policy, result, par: ParallelContext) -> RatioTab
     meta = calibration_meta(job.cfg, job.scfg, job.dims, job.family.cache_rule())
     table = policy.table(result.state, meta=meta)
     if job.dims.cfg_degree == 2:
-        parts = [RatioTable.from_json(t) for t in par.cfg.gather_objects(table.to_json())]
+        parts = [RatioTable.from_json(t) for t in par.cfg_group.gather_objects(table.to_json())]
         table = RatioTable(num_steps=table.num_steps, meta=table.meta,
                            **{f: {b: v for t in parts for b, v in getattr(t, f).items()}
                               for f in ("ratios", "std", "cos_dist")})
@@ -268,7 +268,7 @@ def make_video(job: Job, built: Built, par: ParallelContext, device, phases: dic
     with meter.phase("decode"):  # every rank of the group takes part (magcache_dist/decode.py)
         decoded = decode_video(job, built.model, result.latents, par)
     phases["decode"] = meter.seconds("decode")
-    per_rank = par.world.gather_objects(dict(rank=par.rank, decisions=result.decisions,
+    per_rank = par.group.gather_objects(dict(rank=par.rank, decisions=result.decisions,
                                              timings=result.timings.as_dict(),
                                              consensus_reductions=result.extra["consensus_reductions"],
                                              bytes_sent={k: c.bytes_sent for k, c in par.comms().items()},
@@ -295,14 +295,14 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
     summary = summarize([r["decisions"] for r in per_rank], dims, scfg.branches)
     report = dict(
         status="done", video_id=job.video.video_id if job.video is not None else None, config=to_dict(cfg),
-        config_hash=config_hash(fingerprint(cfg)), world_size=par.world.size,
+        config_hash=config_hash(fingerprint(cfg)), world_size=par.group.size,
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree,
                       cfg_degree=dims.cfg_degree, backend=cfg.parallel.backend),
         cache=policy.describe() if hasattr(policy, "describe") else dict(policy=policy.name),
         branch_sync=policy.branch_sync,
         ratios_used=ratios_used(cfg, policy, resolved, ratios_path, stored),
         **summary,
-        plan=plan(policy, scfg.num_steps, scfg.branches) if isinstance(policy, MagCachePolicy) else None,
+        schedule=skip_schedule(policy, scfg.num_steps, scfg.branches) if isinstance(policy, MagCachePolicy) else None,
         phases_s={k: round(v, 4) for k, v in phases.items()},
         compile=compile_report(built.model),
         decode=decoded[1],

@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class Plan:
+class TuneSetup:
     """Everything decided before any video is made (every rank computes the same)."""
     args: argparse.Namespace
     out: str
@@ -224,8 +224,8 @@ def split(names: list[str], held_out: str, seed: int) -> tuple[list[str], list[s
     return [x for i, x in enumerate(names) if i not in out], [x for i, x in enumerate(names) if i in out]
 
 
-def prepare(args, world_size: int = 1) -> Plan:
-    """Validate everything and plan every setting; InputError naming the argument or key on bad input."""
+def prepare(args, world_size: int = 1) -> TuneSetup:
+    """Validate everything and setup every setting; InputError naming the argument or key on bad input."""
     from magcache_dist.config import explicitly_set, load_config
     from magcache_dist.job import validate_job
     from magcache_dist.prompts import read_prompts
@@ -263,7 +263,7 @@ def prepare(args, world_size: int = 1) -> Plan:
     grid, branch_syncs = grid_of(args, base, base_job)
     candidates, total = plan_candidates(base_job, resolved, grid, branch_syncs)
     chunk = args.chunk or base_job.dims.dp_degree
-    return Plan(args, out, overrides, base, base_job, targets, videos, tune, held, dict(grid, branch_sync=branch_syncs),
+    return TuneSetup(args, out, overrides, base, base_job, targets, videos, tune, held, dict(grid, branch_sync=branch_syncs),
                 candidates, total, resolved, chunk, check_lpips(args, targets))
 
 
@@ -292,8 +292,8 @@ def grid_of(args, base, base_job) -> tuple[dict, list[str]]:
 
 
 def plan_candidates(base_job, resolved, grid: dict, branch_syncs: list[str]) -> tuple[list[Candidate], int]:
-    """Every setting's schedule (the plan: no tensors), grouped into candidates by schedule, ordered by calls."""
-    from magcache_dist.cache import MagCacheConfig, plan
+    """Every setting's schedule (the setup: no tensors), grouped into candidates by schedule, ordered by calls."""
+    from magcache_dist.cache import MagCacheConfig, skip_schedule
     from magcache_dist.cache.factory import build_cache
 
     branches = list(base_job.scfg.branches)
@@ -307,7 +307,7 @@ def plan_candidates(base_job, resolved, grid: dict, branch_syncs: list[str]) -> 
             policy = build_cache(spec, resolved=resolved)
         except InputError as e:  # a grid value the rule rejects: name the flag
             raise InputError(f"--thresh / --K / --retention grid, setting {s.name()}: {e}") from None
-        p = plan(policy, base_job.scfg.num_steps, branches)
+        p = skip_schedule(policy, base_job.scfg.num_steps, branches)
         key = tuple((b, tuple(p["skipped_steps"][b])) for b in branches)
         groups.setdefault(key, [p, []])[1].append(s)
         n += 1
@@ -329,15 +329,15 @@ class Runner:
     """Makes videos through the job API (run_job on every rank) and scores them on rank 0, which broadcasts the
     numbers so every rank takes the same next step."""
 
-    def __init__(self, plan: Plan, par, device, lpips=None):
-        self.plan, self.par, self.device, self.lpips = plan, par, device, lpips
+    def __init__(self, setup: TuneSetup, par, device, lpips=None):
+        self.setup, self.par, self.device, self.lpips = setup, par, device, lpips
         self._scorer = None
         self.requested = dict(reference=0, search=0, held_out=0)  # videos asked for
         self.made = 0  # videos actually sampled (the others were reused from an earlier run in DIR)
-        self.by_name = {v.name: v for v in plan.videos}
+        self.by_name = {v.name: v for v in setup.videos}
 
     def _barrier(self, obj=None):
-        return self.par.job_comm.broadcast_object(obj)
+        return self.par.world.broadcast_object(obj)
 
     def _write_prompts(self, path: str, names: list[str]) -> None:
         if self._is_rank0():  # the others read it once the barrier below lets them
@@ -359,12 +359,12 @@ class Runner:
         from magcache_dist.job import validate_job
         from magcache_dist.run import run_job
 
-        path = os.path.join(self.plan.out, "prompts", prompts_name + ".jsonl")
+        path = os.path.join(self.setup.out, "prompts", prompts_name + ".jsonl")
         self._write_prompts(path, names)
         # memory: checked once, in prepare (the settings searched do not change it)
-        cfg = job_config(self.plan.args, self.plan.overrides, path, output_dir,
+        cfg = job_config(self.setup.args, self.setup.overrides, path, output_dir,
                          [*extra, "progress=false", "planner.memory_check=false"])
-        job = validate_job(cfg, self.par.job_comm.size)
+        job = validate_job(cfg, self.par.world.size)
         run_job(job, self.par, self.device)
         self._barrier()  # every group is done (the last one wrote summary.json)
         made = None
@@ -380,21 +380,21 @@ class Runner:
         return self.par.rank == 0 and self.par.dp_index == 0
 
     def references(self) -> None:
-        names = [v.name for v in self.plan.videos]
+        names = [v.name for v in self.setup.videos]
         self.requested["reference"] += len(names)
         self.run(self.ref_dir, names, ["cache.mode=off"], "reference")
 
     @property
     def ref_dir(self) -> str:
-        return os.path.join(self.plan.out, "reference")
+        return os.path.join(self.setup.out, "reference")
 
     def candidate_dir(self, c: Candidate) -> str:
-        return os.path.join(self.plan.out, "candidates", c.id)
+        return os.path.join(self.setup.out, "candidates", c.id)
 
     def sample(self, c: Candidate, names: list[str], kind: str) -> dict:
         """Make and score candidate ``c`` on ``names``: {name: metrics}; fills c.metrics."""
         self.requested[kind] += len(names)
-        extra = ["cache.mode=" + self.plan.base.cache.mode, *c.settings[0].overrides()]
+        extra = ["cache.mode=" + self.setup.base.cache.mode, *c.settings[0].overrides()]
         self.run(self.candidate_dir(c), names, extra, f"{c.id}-{kind}")
         scores = None
         if self._is_rank0():
@@ -419,7 +419,7 @@ class Runner:
             device = "cuda" if str(self.device).startswith("cuda") else "cpu"
             settings = Settings(metrics=metrics, device=device, batch_frames=8,
                                 lpips_backbone=getattr(self.lpips, "backbone", None), lpips_identity=identity,
-                                cache_dir=os.path.join(self.plan.out, ".eval-cache"))
+                                cache_dir=os.path.join(self.setup.out, ".eval-cache"))
             self._scorer = Scorer(settings, lpips=self.lpips)
         return self._scorer
 
@@ -430,7 +430,7 @@ class Runner:
         with open(os.path.join(folder, "report.json")) as f:
             report = json.load(f)
         if report["computed_calls"] != c.calls:
-            raise RuntimeError(f"{folder}: computed {report['computed_calls']} calls but the plan said {c.calls}; "
+            raise RuntimeError(f"{folder}: computed {report['computed_calls']} calls but the skip schedule said {c.calls}; "
                                f"the schedule depends on more than the settings (is cache.mode calibrated?)")
         (_, _, row), = self.scorer.task(Task(_output(os.path.join(self.ref_dir, name)),
                                              (Pair(0, name, _output(folder)),)))
@@ -464,9 +464,9 @@ def _output(folder: str) -> str:
 
 # -- the search ----------------------------------------------------------------------------------------------------
 class Search:
-    def __init__(self, plan: Plan, runner: Runner):
-        self.plan, self.runner = plan, runner
-        self.cands = plan.candidates
+    def __init__(self, setup: TuneSetup, runner: Runner):
+        self.setup, self.runner = setup, runner
+        self.cands = setup.candidates
         self.best: Candidate | None = None
         self.sampled: list[Candidate] = []
         self.log: list[str] = []
@@ -501,17 +501,17 @@ class Search:
 
     @property
     def exact(self) -> bool:
-        return self.plan.args.search == "exact" or bool(self.violations)
+        return self.setup.args.search == "exact" or bool(self.violations)
 
     def _check_assumption(self) -> None:
         """Probe search: if two sampled candidates contradict the monotone assumption (one only skips more than the
         other and still scores better), the assumption does not hold for this model: every candidate it ruled out
         is open again and the search goes on as --search exact does."""
-        full = [c for c in self.sampled if all(n in c.metrics for n in self.plan.tune)]
+        full = [c for c in self.sampled if all(n in c.metrics for n in self.setup.tune)]
         for a in full:
             for b in full:
-                if a is not b and a.no_better_than(b) and _better(a.mean(self.plan.tune), b.mean(self.plan.tune),
-                                                                  self.plan.targets):
+                if a is not b and a.no_better_than(b) and _better(a.mean(self.setup.tune), b.mean(self.setup.tune),
+                                                                  self.setup.targets):
                     self.violations.append(f"{a.id} ({a.calls} calls) skips no less than {b.id} ({b.calls}) but "
                                            f"scores better")
         if self.violations:
@@ -540,42 +540,42 @@ class Search:
 
     def _order(self) -> list[str]:
         """Tuning prompts, hardest first: by how far below (above, for LPIPS) each candidate's mean they scored."""
-        metric = next(iter(self.plan.targets))
+        metric = next(iter(self.setup.targets))
         higher = METRICS[metric][0]
         score = {}
-        for n in self.plan.tune:
+        for n in self.setup.tune:
             d = []
             for o in self.sampled:
-                if n in o.metrics and all(m in o.metrics for m in self.plan.tune):
-                    mean = o.mean(self.plan.tune)[metric]
+                if n in o.metrics and all(m in o.metrics for m in self.setup.tune):
+                    mean = o.mean(self.setup.tune)[metric]
                     d.append((o.metrics[n][metric] - mean) * (1 if higher else -1))
             score[n] = sum(d) / len(d) if d else 0.0
-        return sorted(self.plan.tune, key=lambda n: (score[n], self.plan.tune.index(n)))
+        return sorted(self.setup.tune, key=lambda n: (score[n], self.setup.tune.index(n)))
 
     def _evaluate(self, c: Candidate) -> None:
         c.order = len(self.sampled)
         self.sampled.append(c)
         todo = [n for n in self._order() if n not in c.metrics]
         while todo:
-            chunk, todo = todo[:self.plan.chunk], todo[self.plan.chunk:]
+            chunk, todo = todo[:self.setup.chunk], todo[self.setup.chunk:]
             self.runner.sample(c, chunk, "search")
-            for metric, target in self.plan.targets.items():
+            for metric, target in self.setup.targets.items():
                 higher = METRICS[metric][0]
-                total = sum(c.metrics[n][metric] for n in self.plan.tune if n in c.metrics)
+                total = sum(c.metrics[n][metric] for n in self.setup.tune if n in c.metrics)
                 total += sum(self._bound(c, n, metric) for n in todo)
-                reach = total / len(self.plan.tune)
+                reach = total / len(self.setup.tune)
                 if todo and ((reach < target) if higher else (reach > target)):
                     c.status = "fail"
-                    c.reason = (f"stopped after {len(self.plan.tune) - len(todo)} of {len(self.plan.tune)} prompts: "
+                    c.reason = (f"stopped after {len(self.setup.tune) - len(todo)} of {len(self.setup.tune)} prompts: "
                                 f"mean {metric} can reach at most {reach:.4g}, target {target:g}")
                     return
-        mean = c.mean(self.plan.tune)
-        if meets(mean, self.plan.targets):
-            c.status, c.reason = "pass", "mean over the tuning prompts meets " + _targets_text(self.plan.targets)
+        mean = c.mean(self.setup.tune)
+        if meets(mean, self.setup.targets):
+            c.status, c.reason = "pass", "mean over the tuning prompts meets " + _targets_text(self.setup.targets)
         else:
             c.status = "fail"
-            c.reason = "mean " + ", ".join(f"{k} {mean[k]:.4g}" for k in self.plan.targets) + " misses " + \
-                _targets_text(self.plan.targets)
+            c.reason = "mean " + ", ".join(f"{k} {mean[k]:.4g}" for k in self.setup.targets) + " misses " + \
+                _targets_text(self.setup.targets)
 
 
 def _better(a: dict, b: dict, targets: dict) -> bool:
@@ -602,34 +602,34 @@ def _get(cfg, dotted: str):
     return cfg
 
 
-def tuned_config(plan: Plan, chosen: Candidate | None) -> dict:
+def tuned_config(setup: TuneSetup, chosen: Candidate | None) -> dict:
     """The job config to run with: the keys the user set, the keys the schedule depends on, and the tuned
     MagCache setting (cache.mode=off when nothing in the grid reaches the target)."""
     from magcache_dist.config import explicitly_set
 
-    keys = [k for k in explicitly_set(plan.base) if k not in ("prompts_file", "save_video", "output_dir")
+    keys = [k for k in explicitly_set(setup.base) if k not in ("prompts_file", "save_video", "output_dir")
             and (not k.startswith("cache.") or k == "cache.consensus_guard")]
     out: dict = {}
     for k in [*keys, *[k for k in TUNED_KEYS if k not in keys]]:
-        v = _get(plan.base, k)
+        v = _get(setup.base, k)
         if v is not None:
             _set(out, k, v)
     if chosen is None:
         _set(out, "cache.mode", "off")
         return out
     s = chosen.settings[0]
-    _set(out, "cache.mode", plan.base.cache.mode)
+    _set(out, "cache.mode", setup.base.cache.mode)
     _set(out, "cache.branch_sync", s.branch_sync)
-    m = plan.base.cache.magcache
-    if plan.base.cache.mode == "magcache":
+    m = setup.base.cache.magcache
+    if setup.base.cache.mode == "magcache":
         if m.ratios_file:
             _set(out, "cache.magcache.ratios_file", m.ratios_file)
         else:
-            _set(out, "cache.magcache.preset", plan.base_job.cache.preset)
+            _set(out, "cache.magcache.preset", setup.base_job.cache.preset)
         if m.rule:
             _set(out, "cache.magcache.rule", m.rule)
     else:
-        _set(out, "cache.calibration.store_dir", plan.base.cache.calibration.store_dir)
+        _set(out, "cache.calibration.store_dir", setup.base.cache.calibration.store_dir)
         if m.rule:
             _set(out, "cache.magcache.rule", m.rule)
     _set(out, "cache.magcache.thresh", s.thresh)
@@ -638,86 +638,86 @@ def tuned_config(plan: Plan, chosen: Candidate | None) -> dict:
     return out
 
 
-def base_setting(plan: Plan) -> dict:
-    """The config's own MagCache setting and its calls (the plan), for comparison."""
-    m = plan.base.cache.magcache
-    s = Setting(plan.base.cache.branch_sync, float(m.thresh), int(m.K), float(m.retention))
-    c = next((c for c in plan.candidates if s in c.settings), None)
+def base_setting(setup: TuneSetup) -> dict:
+    """The config's own MagCache setting and its calls (the setup), for comparison."""
+    m = setup.base.cache.magcache
+    s = Setting(setup.base.cache.branch_sync, float(m.thresh), int(m.K), float(m.retention))
+    c = next((c for c in setup.candidates if s in c.settings), None)
     if c is None:
-        from magcache_dist.cache import plan as skip_plan
+        from magcache_dist.cache import skip_schedule
         from magcache_dist.cache.factory import build_cache
 
-        p = skip_plan(build_cache(plan.base_job.cache, resolved=plan.resolved), plan.base_job.scfg.num_steps,
-                      list(plan.base_job.scfg.branches))
+        p = skip_schedule(build_cache(setup.base_job.cache, resolved=setup.resolved), setup.base_job.scfg.num_steps,
+                      list(setup.base_job.scfg.branches))
         calls = p["computed_calls"]
     else:
         calls = c.calls
     return dict(setting=s.as_dict(), calls=calls, candidate=c.id if c else None,
-                tune_mean=c.mean(plan.tune) if c and all(n in c.metrics for n in plan.tune) else None)
+                tune_mean=c.mean(setup.tune) if c and all(n in c.metrics for n in setup.tune) else None)
 
 
-def candidate_json(c: Candidate, plan: Plan) -> dict:
-    complete = all(n in c.metrics for n in plan.tune)
+def candidate_json(c: Candidate, setup: TuneSetup) -> dict:
+    complete = all(n in c.metrics for n in setup.tune)
     return dict(id=c.id, status=c.status, reason=c.reason, calls=c.calls, total_calls=c.total_calls,
                 sampled_order=c.order, settings=[s.as_dict() for s in c.settings], skipped_steps=c.skipped,
-                per_prompt={n: c.metrics[n] for n in plan.tune if n in c.metrics},
-                held_out={n: c.metrics[n] for n in plan.held_out if n in c.metrics},
-                tune_mean=c.mean(plan.tune) if complete else None,
-                partial_mean=c.mean(plan.tune) if c.metrics and not complete else None)
+                per_prompt={n: c.metrics[n] for n in setup.tune if n in c.metrics},
+                held_out={n: c.metrics[n] for n in setup.held_out if n in c.metrics},
+                tune_mean=c.mean(setup.tune) if complete else None,
+                partial_mean=c.mean(setup.tune) if c.metrics and not complete else None)
 
 
-def write_outputs(plan: Plan, search: Search, runner: Runner, chosen: Candidate | None, wall: float) -> dict:
+def write_outputs(setup: TuneSetup, search: Search, runner: Runner, chosen: Candidate | None, wall: float) -> dict:
     from magcache_dist.io.atomic import atomic_write_text
 
-    tuned = tuned_config(plan, chosen)
+    tuned = tuned_config(setup, chosen)
     held = None
-    if chosen is not None and plan.held_out:
-        mean = chosen.mean(plan.held_out)
-        held = dict(prompts=plan.held_out, per_prompt={n: chosen.metrics[n] for n in plan.held_out}, mean=mean,
-                    meets_target=meets(mean, plan.targets),
-                    minus_target={k: mean[k] - t for k, t in plan.targets.items() if mean.get(k) is not None})
-    sampled = [c for c in plan.candidates if c.order is not None]
+    if chosen is not None and setup.held_out:
+        mean = chosen.mean(setup.held_out)
+        held = dict(prompts=setup.held_out, per_prompt={n: chosen.metrics[n] for n in setup.held_out}, mean=mean,
+                    meets_target=meets(mean, setup.targets),
+                    minus_target={k: mean[k] - t for k, t in setup.targets.items() if mean.get(k) is not None})
+    sampled = [c for c in setup.candidates if c.order is not None]
     res = dict(
-        format=FORMAT, out=plan.out, config=plan.args.config, overrides=plan.overrides,
-        prompts=os.path.abspath(plan.args.prompts),
-        targets=plan.targets, search=plan.args.search,
-        split=dict(tune=plan.tune, held_out=plan.held_out, held_out_arg=plan.args.held_out,
-                   seed=plan.args.split_seed),
-        grid=plan.grid, settings=plan.settings_total, candidates_total=len(plan.candidates),
+        format=FORMAT, out=setup.out, config=setup.args.config, overrides=setup.overrides,
+        prompts=os.path.abspath(setup.args.prompts),
+        targets=setup.targets, search=setup.args.search,
+        split=dict(tune=setup.tune, held_out=setup.held_out, held_out_arg=setup.args.held_out,
+                   seed=setup.args.split_seed),
+        grid=setup.grid, settings=setup.settings_total, candidates_total=len(setup.candidates),
         counts=dict(candidates_sampled=len(sampled),
-                    candidates_by_status={s: sum(1 for c in plan.candidates if c.status == s)
+                    candidates_by_status={s: sum(1 for c in setup.candidates if c.status == s)
                                           for s in ("pass", "fail", "implied-fail", "pruned", "open")},
                     videos_requested=dict(runner.requested, total=sum(runner.requested.values())),
                     videos_sampled_this_run=runner.made,
-                    exhaustive_search_videos=len(plan.candidates) * len(plan.tune)),
+                    exhaustive_search_videos=len(setup.candidates) * len(setup.tune)),
         chosen=None if chosen is None else dict(
             id=chosen.id, setting=chosen.settings[0].as_dict(), same_schedule=[s.as_dict() for s in chosen.settings],
             calls=chosen.calls, total_calls=chosen.total_calls, calls_ratio=chosen.calls / chosen.total_calls,
-            skipped_steps=chosen.skipped, tune_mean=chosen.mean(plan.tune), held_out=held),
-        assumption=dict(used=plan.args.search == "probe", violations=search.violations,
-                        fell_back_to_exact=plan.args.search == "probe" and bool(search.violations)),
-        why=why(plan, chosen), base=base_setting(plan), tuned_config=tuned, log=search.log, wall_s=round(wall, 2),
-        candidates=[candidate_json(c, plan) for c in plan.candidates])
-    os.makedirs(plan.out, exist_ok=True)
-    header = (f"# written by magcache-tune ({FORMAT}): {_targets_text(plan.targets)} over "
-              f"{len(plan.tune)} tuning prompt(s); see tune.md\n")
-    atomic_write_text(os.path.join(plan.out, "tuned.yaml"), header + yaml.safe_dump(tuned, sort_keys=False))
-    res["plot"] = plot(plan, os.path.join(plan.out, PLOT_FILE), chosen)
-    atomic_write_text(os.path.join(plan.out, "tune.json"), json.dumps(res, indent=1) + "\n")
-    atomic_write_text(os.path.join(plan.out, "tune.md"), markdown(res))
+            skipped_steps=chosen.skipped, tune_mean=chosen.mean(setup.tune), held_out=held),
+        assumption=dict(used=setup.args.search == "probe", violations=search.violations,
+                        fell_back_to_exact=setup.args.search == "probe" and bool(search.violations)),
+        why=why(setup, chosen), base=base_setting(setup), tuned_config=tuned, log=search.log, wall_s=round(wall, 2),
+        candidates=[candidate_json(c, setup) for c in setup.candidates])
+    os.makedirs(setup.out, exist_ok=True)
+    header = (f"# written by magcache-tune ({FORMAT}): {_targets_text(setup.targets)} over "
+              f"{len(setup.tune)} tuning prompt(s); see tune.md\n")
+    atomic_write_text(os.path.join(setup.out, "tuned.yaml"), header + yaml.safe_dump(tuned, sort_keys=False))
+    res["plot"] = plot(setup, os.path.join(setup.out, PLOT_FILE), chosen)
+    atomic_write_text(os.path.join(setup.out, "tune.json"), json.dumps(res, indent=1) + "\n")
+    atomic_write_text(os.path.join(setup.out, "tune.md"), markdown(res))
     return res
 
 
-def why(plan: Plan, chosen: Candidate | None) -> str:
+def why(setup: TuneSetup, chosen: Candidate | None) -> str:
     if chosen is None:
-        return (f"no candidate of the grid reaches {_targets_text(plan.targets)} on the tuning prompts; tuned.yaml "
+        return (f"no candidate of the grid reaches {_targets_text(setup.targets)} on the tuning prompts; tuned.yaml "
                 f"runs full sampling (cache.mode=off). Widen the grid toward more computed calls (smaller --thresh, "
                 f"--K 1, larger --retention) or lower the target.")
-    cheaper = [c for c in plan.candidates if c.calls < chosen.calls]
+    cheaper = [c for c in setup.candidates if c.calls < chosen.calls]
     tested = sum(1 for c in cheaper if c.status == "fail")
     implied = sum(1 for c in cheaper if c.status == "implied-fail")
     text = (f"{chosen.id} computes {chosen.calls} of {chosen.total_calls} calls and its mean over the "
-            f"{len(plan.tune)} tuning prompts meets {_targets_text(plan.targets)}. Each of the {len(cheaper)} "
+            f"{len(setup.tune)} tuning prompts meets {_targets_text(setup.targets)}. Each of the {len(cheaper)} "
             f"candidates with fewer calls fails: {tested} sampled")
     if implied:
         text += (f", {implied} because they only skip more than a sampled one that failed (the monotone "
@@ -800,11 +800,11 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(plan: Plan, path: str, chosen: Candidate | None) -> str:
+def plot(setup: TuneSetup, path: str, chosen: Candidate | None) -> str:
     """Mean quality over the tuning prompts against computed calls, one point per fully sampled candidate."""
     from magcache_dist.io.atomic import atomic_path
 
-    full = [c for c in plan.candidates if c.metrics and all(n in c.metrics for n in plan.tune)]
+    full = [c for c in setup.candidates if c.metrics and all(n in c.metrics for n in setup.tune)]
     if not full:
         return "no plot: no candidate was sampled on every tuning prompt"
     try:
@@ -814,19 +814,19 @@ def plot(plan: Plan, path: str, chosen: Candidate | None) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "no plot: matplotlib is not installed (pip install matplotlib==3.11.2)"
-    metrics = list(plan.targets)
+    metrics = list(setup.targets)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, k in zip(axes[0], metrics):
         for c in full:
             colour = "tab:green" if c.status == "pass" else "tab:red"
-            ax.plot(c.calls, c.mean(plan.tune)[k], "o", color=colour, ms=5)
+            ax.plot(c.calls, c.mean(setup.tune)[k], "o", color=colour, ms=5)
         if chosen is not None:
-            ax.plot(chosen.calls, chosen.mean(plan.tune)[k], "*", color="black", ms=14, label=f"chosen {chosen.id}")
-            if plan.held_out:
-                ax.plot(chosen.calls, chosen.mean(plan.held_out)[k], "x", color="tab:blue", ms=10,
+            ax.plot(chosen.calls, chosen.mean(setup.tune)[k], "*", color="black", ms=14, label=f"chosen {chosen.id}")
+            if setup.held_out:
+                ax.plot(chosen.calls, chosen.mean(setup.held_out)[k], "x", color="tab:blue", ms=10,
                         label="chosen, held-out prompts")
-        ax.axhline(plan.targets[k], color="grey", ls="--", lw=1, label=f"target {plan.targets[k]:g}")
-        ax.set(xlabel=f"computed calls (of {plan.candidates[0].total_calls})", ylabel=f"mean {k}",
+        ax.axhline(setup.targets[k], color="grey", ls="--", lw=1, label=f"target {setup.targets[k]:g}")
+        ax.set(xlabel=f"computed calls (of {setup.candidates[0].total_calls})", ylabel=f"mean {k}",
                title=f"{k} vs calls (green: meets, red: misses)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -853,26 +853,26 @@ def check_lpips(args, targets: dict) -> str | None:
     return backbone
 
 
-def _lpips(plan: Plan, device):
-    if plan.lpips_backbone is None:
+def _lpips(setup: TuneSetup, device):
+    if setup.lpips_backbone is None:
         return None
     from magcache_dist.eval.perceptual import Lpips
 
-    return Lpips(plan.lpips_backbone, "cuda" if str(device).startswith("cuda") else "cpu")
+    return Lpips(setup.lpips_backbone, "cuda" if str(device).startswith("cuda") else "cpu")
 
 
-def tune(plan: Plan, par, device="cpu") -> dict | None:
+def tune(setup: TuneSetup, par, device="cpu") -> dict | None:
     """The search on this rank (every rank calls it); rank 0 of the job writes and returns tune.json's content."""
     t0 = time.perf_counter()
-    runner = Runner(plan, par, device, _lpips(plan, device) if par.rank == 0 and par.dp_index == 0 else None)
+    runner = Runner(setup, par, device, _lpips(setup, device) if par.rank == 0 and par.dp_index == 0 else None)
     runner.references()
-    search = Search(plan, runner)
+    search = Search(setup, runner)
     chosen = search.run()
-    if chosen is not None and plan.held_out:
-        runner.sample(chosen, plan.held_out, "held_out")
+    if chosen is not None and setup.held_out:
+        runner.sample(chosen, setup.held_out, "held_out")
     if not runner._is_rank0():
         return None
-    return write_outputs(plan, search, runner, chosen, time.perf_counter() - t0)
+    return write_outputs(setup, search, runner, chosen, time.perf_counter() - t0)
 
 
 def main(argv=None) -> int:
@@ -881,38 +881,38 @@ def main(argv=None) -> int:
     world = int(os.environ.get("WORLD_SIZE", 1))
     lock = None
     try:
-        plan = prepare(args, world)
+        setup = prepare(args, world)
         if rank == 0:
             from magcache_dist.io.probe import OutputLock
 
-            lock = OutputLock(plan.out, "--out")
+            lock = OutputLock(setup.out, "--out")
     except InputError as e:
         for line in str(e).splitlines() or [""]:
             print(f"[rank {rank}] error: {line}", file=sys.stderr)
         return 2
     try:
-        return _run(plan, rank, world)
+        return _run(setup, rank, world)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(plan: Plan, rank: int, world: int) -> int:
+def _run(setup: TuneSetup, rank: int, world: int) -> int:
     import torch.distributed as dist
 
     from magcache_dist.launcher.main import init_backend, job_device
     from magcache_dist.parallel.dims import build_dist_context, solo_context
 
-    cfg = plan.base_job.cfg
+    cfg = setup.base_job.cfg
     device = job_device(cfg, int(os.environ.get("LOCAL_RANK", 0)))
     try:
         if world > 1:
             init_backend(cfg, device)
-            par = build_dist_context(plan.base_job.dims, cfg.parallel.backend)
+            par = build_dist_context(setup.base_job.dims, cfg.parallel.backend)
         else:
             par = solo_context()
             par.backend = cfg.parallel.backend
-        res = tune(plan, par, device)
+        res = tune(setup, par, device)
     except InputError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         return 2
@@ -933,7 +933,7 @@ def _run(plan: Plan, rank: int, world: int) -> int:
         print("no candidate reaches the target: tuned.yaml runs full sampling (cache.mode=off)")
     print(f"{cnt['candidates_sampled']} of {res['candidates_total']} candidates sampled, "
           f"{cnt['videos_requested']['search']} search videos (exhaustive: {cnt['exhaustive_search_videos']}); "
-          f"wrote {plan.out}/tuned.yaml, tune.json, tune.md")
+          f"wrote {setup.out}/tuned.yaml, tune.json, tune.md")
     return 0 if ch else 1
 
 

@@ -189,7 +189,7 @@ def build_magcache(preset: str | None, ratios_file: str | None, cfg: MagCacheCon
                           switch_step=switch_step)
 
 
-def plan(policy: CachePolicy, num_steps: int, branches: list[str]) -> dict:
+def skip_schedule(policy: CachePolicy, num_steps: int, branches: list[str]) -> dict:
     """Run the decision rule alone (no tensors) and return the schedule (joint or official, as the policy's
     ``branch_sync`` says; joint takes the same maximum over branches as the sampler's all-reduce)."""
     state = policy.new_state(branches)

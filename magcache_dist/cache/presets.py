@@ -159,7 +159,7 @@ def get_rule(name: str) -> FamilyRule:
 
 def preset_switch_step(name: str, num_steps: int) -> int | None:
     """A two-expert preset's expert switch at ``num_steps`` with its published shift and boundary (None for the
-    others): what ``python -m magcache_dist.plan`` uses when --switch-step is not given."""
+    others): what ``python -m magcache_dist.schedule`` uses when --switch-step is not given."""
     if name not in _SWITCH:
         return None
     from magcache_dist.sampling.grids import expert_switch_step

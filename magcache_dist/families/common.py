@@ -67,10 +67,11 @@ def wan_cost_figures(mcfg: WanConfig) -> CostFigures:
                        text_dim=mcfg.text_dim, prepared_text=True)
 
 
-class TinyFamily(ModelFamily):
-    """Base of the FLUX.1, HunyuanVideo and Open-Sora families. Their embedded pixel-space sizes (``model.ckpt``, a
-    tiny text encoder, no VAE) are the registry's embedded names (families.MODELS); every other name is a full pipeline read
-    from ``ckpt_dir`` (the published sizes, and ``tiny-*`` test sizes built by tests/support)."""
+class PipelineFamily(ModelFamily):
+    """A family whose models run the full pipeline read from a checkpoint folder (FLUX.1, HunyuanVideo, Open-Sora:
+    their text encoders, DiT and VAE from ``ckpt_dir``; the published sizes and the tests' ``tiny-*`` folders) and
+    that also has an embedded pixel-space size (the registry's embedded names: ``model.ckpt`` with a tiny text
+    encoder, no VAE)."""
 
     family = ""
     cfg_mode = "distilled"

@@ -25,7 +25,7 @@ import torch
 from magcache_dist.config import resolve_path
 from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
-from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, T5_XXL_ENCODER_PARAMS, TinyFamily, encode_prompt, pooled
+from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, T5_XXL_ENCODER_PARAMS, PipelineFamily, encode_prompt, pooled
 from magcache_dist.sampling.grids import flux_mu, flux_sigmas, linear_grid
 from magcache_dist.sampling.loop import SamplerConfig
 from models.flux import FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, FluxDiT, flux_config
@@ -116,7 +116,7 @@ def check_flux_scheduler(root: str) -> dict | None:
     return sched
 
 
-class FluxFamily(TinyFamily):
+class FluxFamily(PipelineFamily):
     family = "FLUX.1"
     image_model = True
 

@@ -1,7 +1,7 @@
 """HunyuanVideo T2V (guidance-distilled: one call per step, embedded guidance 6.0, Euler on the shift-7 grid) on
 the shared sampler, cache and parallel code.
 
-Two kinds of model names (``TinyFamily.pixel`` tells them apart):
+Two kinds of model names (``PipelineFamily.pixel`` tells them apart):
 - ``hunyuanvideo-tiny``: the embedded pixel-space size (``model.ckpt``: DiT + tiny text encoder, no VAE);
 - ``hunyuanvideo`` (the published 13B model) and ``tiny-hunyuanvideo`` (the same pipeline at toy size, for tests):
   the full pipeline from a diffusers-layout folder ``ckpt_dir`` (hunyuanvideo-community/HunyuanVideo):
@@ -30,7 +30,7 @@ import torch
 
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families import components, folders
-from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, TinyFamily, encode_prompt, pooled
+from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, PipelineFamily, encode_prompt, pooled
 from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
 from models.hunyuan_video import HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, HunyuanVideoDiT, hunyuan_config
@@ -143,7 +143,7 @@ def clip_pooled(clip, tokenizer, prompt: str, max_len: int = CLIP_TOKENS) -> tor
     return clip(ids.to(next(clip.parameters()).device)).pooler_output.float()
 
 
-class HunyuanVideoFamily(TinyFamily):
+class HunyuanVideoFamily(PipelineFamily):
     family = "HunyuanVideo"
     rule = "hunyuanvideo"
 

@@ -29,7 +29,7 @@ import torch
 
 from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
-from magcache_dist.families.common import T5_XXL_ENCODER_PARAMS, TinyFamily, encode_prompt
+from magcache_dist.families.common import T5_XXL_ENCODER_PARAMS, PipelineFamily, encode_prompt
 from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
 from models.loading import TensorSource, check_shapes, read_shapes
@@ -182,7 +182,7 @@ def load_vae(files: OpenSoraFiles, cfg: OpenSoraVAEConfig, device, dtype) -> Ope
     return vae.eval().requires_grad_(False)
 
 
-class OpenSoraFamily(TinyFamily):
+class OpenSoraFamily(PipelineFamily):
     family = "Open-Sora 1.2"
     rule = "opensora"
     cfg_mode = "batched"

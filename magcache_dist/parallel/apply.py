@@ -35,7 +35,7 @@ def build_sp_attention(par: ParallelContext) -> nn.Module | None:
     if par.backend == "xfuser":
         from magcache_dist.parallel.backends.xfuser_usp import XFuserUSPAttention
 
-        return XFuserUSPAttention(dims, par.rank, par.world.size)
+        return XFuserUSPAttention(dims, par.rank, par.group.size)
     ring = RingAttention(par.ring) if dims.ring_degree > 1 else None
     if dims.ulysses_degree == 1:
         return ring

@@ -2,8 +2,8 @@
 
 Rank layout (global rank r): the job's ranks form ``dp_degree`` data-parallel groups of G = cfg * sp consecutive
 ranks (dp index = r // G), each working through its own share of a prompt list; every other group below lives
-inside one data-parallel group, and a rank's ``rank`` and ``world`` are its place in, and the communicator of, its
-own group (a group never takes part in another group's collectives). Within a group (rank g): cfg index = g // sp,
+inside one data-parallel group, and a rank's ``rank`` and ``group`` are its place in, and the communicator of, its
+own group (a group never takes part in another group's collectives); ``world`` is every rank of the job. Within a group (rank g): cfg index = g // sp,
 sp rank = g % sp with sp = ulysses * ring; within an SP group sp rank = ring index * ulysses + ulysses index, so a
 Ulysses group is a run of consecutive ranks and a ring chunk is the concatenation of its Ulysses shards.
 """
@@ -64,16 +64,16 @@ class ParallelDims:
         return cfg, ring, uly
 
     def group_ranks(self) -> dict[str, list[list[int]]]:
-        """Every group of each kind, as lists of global ranks (same order on all ranks); ``world`` is the
-        data-parallel group."""
+        """Every group of each kind, as lists of global ranks (same order on all ranks); ``group`` is the
+        data-parallel group, ``cfg_group`` the pair of ranks holding the two halves of classifier-free guidance."""
         u, r, c, sp, g = self.ulysses_degree, self.ring_degree, self.cfg_degree, self.sp_degree, self.group_size
-        out = {"sp": [], "ulysses": [], "ring": [], "cfg": [], "world": []}
+        out = {"sp": [], "ulysses": [], "ring": [], "cfg_group": [], "group": []}
         for o in range(0, self.world_size, g):
             out["sp"] += [[o + ci * sp + i for i in range(sp)] for ci in range(c)]
             out["ulysses"] += [[o + ci * sp + ri * u + ui for ui in range(u)] for ci in range(c) for ri in range(r)]
             out["ring"] += [[o + ci * sp + ri * u + ui for ri in range(r)] for ci in range(c) for ui in range(u)]
-            out["cfg"] += [[o + ci * sp + i for ci in range(c)] for i in range(sp)]
-            out["world"].append(list(range(o, o + g)))
+            out["cfg_group"] += [[o + ci * sp + i for ci in range(c)] for i in range(sp)]
+            out["group"].append(list(range(o, o + g)))
         return out
 
 
@@ -84,22 +84,23 @@ class ParallelContext:
     sp: Comm
     ulysses: Comm
     ring: Comm
-    cfg: Comm
-    world: Comm  # this rank's data-parallel group: the ranks that make its videos
+    cfg_group: Comm  # the classifier-free-guidance pair (cfg_degree 2): the ranks holding cond and uncond
+    group: Comm  # this rank's data-parallel group: the ranks that make its videos
     backend: str = "native"
     dp_index: int = 0  # which data-parallel group
-    everyone: Comm | None = None  # every rank of the job when there are several groups (else None: world)
+    world: Comm | None = None  # every rank of the job (None: the group is the whole job)
 
-    @property
-    def job_comm(self) -> Comm:
-        return self.everyone if self.everyone is not None else self.world
+    def __post_init__(self):
+        if self.world is None:
+            self.world = self.group
 
     @property
     def cfg_rank(self) -> int:
-        return self.cfg.rank
+        return self.cfg_group.rank
 
     def comms(self) -> dict[str, Comm]:
-        return dict(sp=self.sp, ulysses=self.ulysses, ring=self.ring, cfg=self.cfg, world=self.world)
+        """The communicators of this rank's data-parallel group (what report.json counts bytes for)."""
+        return dict(sp=self.sp, ulysses=self.ulysses, ring=self.ring, cfg_group=self.cfg_group, group=self.group)
 
 
 def solo_context() -> ParallelContext:
@@ -117,26 +118,26 @@ def build_dist_context(dims: ParallelDims, backend: str = "native") -> ParallelC
     mine = {}
     for kind, groups in dims.group_ranks().items():
         for ranks in groups:
-            if kind == "world" and len(ranks) == dist.get_world_size():
+            if kind == "group" and len(ranks) == dist.get_world_size():
                 g = dist.group.WORLD  # one data-parallel group: the job's own
             else:
                 g = dist.new_group(ranks) if len(ranks) > 1 else None
             if rank in ranks:
                 mine[kind] = DistComm(g, ranks) if g is not None else SoloComm()
-    everyone = DistComm(dist.group.WORLD, list(range(dist.get_world_size()))) if dims.dp_degree > 1 else None
-    return ParallelContext(dims, rank % dims.group_size, mine["sp"], mine["ulysses"], mine["ring"], mine["cfg"],
-                           mine["world"], backend, dp_index=rank // dims.group_size, everyone=everyone)
+    world = DistComm(dist.group.WORLD, list(range(dist.get_world_size()))) if dims.dp_degree > 1 else None
+    return ParallelContext(dims, rank % dims.group_size, mine["sp"], mine["ulysses"], mine["ring"], mine["cfg_group"],
+                           mine["group"], backend, dp_index=rank // dims.group_size, world=world)
 
 
 def build_thread_contexts(dims: ParallelDims, timeout: float = 60.0) -> list[ParallelContext]:
     """One context per simulated rank, for running ``dims.world_size`` threads in this process."""
     n, g = dims.world_size, dims.group_size
     comms = [dict() for _ in range(n)]
-    kinds = {**dims.group_ranks(), **({"everyone": [list(range(n))]} if dims.dp_degree > 1 else {})}
+    kinds = {**dims.group_ranks(), **({"world": [list(range(n))]} if dims.dp_degree > 1 else {})}
     for kind, groups in kinds.items():
         for ranks in groups:
             hub = ThreadHub(len(ranks), timeout)
             for i, r in enumerate(ranks):
                 comms[r][kind] = ThreadComm(hub, i) if len(ranks) > 1 else SoloComm()
-    return [ParallelContext(dims, r % g, c["sp"], c["ulysses"], c["ring"], c["cfg"], c["world"], dp_index=r // g,
-                            everyone=c.get("everyone")) for r, c in enumerate(comms)]
+    return [ParallelContext(dims, r % g, c["sp"], c["ulysses"], c["ring"], c["cfg_group"], c["group"], dp_index=r // g,
+                            world=c.get("world")) for r, c in enumerate(comms)]

@@ -2,7 +2,7 @@
 
     python launch/generate.py --config configs/wan14b_720p_8gpu.yaml dry_run=true planner.device=h100
 
-Prints and writes ``<output_dir>/plan.json``: the MagCache skip plan, tokens per rank, weight and activation
+Prints and writes ``<output_dir>/plan.json``: the MagCache skip schedule, tokens per rank, weight and activation
 memory per rank, all-to-all / ring / gather bytes per step, and the estimated sampling time on a device profile
 (magcache_dist/planner/profiles/*.json). The world size is the one the parallel degrees describe, so a job for
 8 GPUs can be planned on a laptop. Cost model: magcache_dist/planner/cost.py.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from magcache_dist.cache import plan as skip_plan
+from magcache_dist.cache import skip_schedule
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.config import JobConfig, to_dict
 from magcache_dist.io.atomic import atomic_write_text
@@ -56,7 +56,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
 
     note = None
     if cfg.cache.mode == "magcache":
-        schedule = skip_plan(policy, scfg.num_steps, branches)
+        schedule = skip_schedule(policy, scfg.num_steps, branches)
         cache = policy.describe() if isinstance(policy, MagCachePolicy) else None
     else:
         schedule = dict(num_steps=scfg.num_steps, skipped_steps={b: [] for b in branches},
@@ -87,7 +87,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
         parallel=dict(ulysses_degree=dims.ulysses_degree, ring_degree=dims.ring_degree, cfg_degree=dims.cfg_degree,
                       world_size=dims.world_size),
         sampler=dict(num_steps=scfg.num_steps, solver=scfg.solver, guidance=scfg.guidance, branches=branches),
-        cache=cache, skip_plan=schedule, device=dict(name=profile.name, description=profile.description),
+        cache=cache, skip_schedule=schedule, device=dict(name=profile.name, description=profile.description),
         per_rank=dict(**est, memory_bytes=mem, phase_memory_bytes=phases, fits_in_memory=fits),
         gpus_needed=gpus_needed(cfg, family, fig, latent, dims, profile, phases, cached, len(mine) if prepared else 0,
                                 resident),
@@ -158,14 +158,14 @@ def format_plan(p: dict) -> str:
             f"{g['ring_degree']}{' x cfg 2' if p['parallel']['cfg_degree'] == 2 else ''}: peak "
             f"{g['peak_bytes'] / GB:.2f} GB per rank)" if g["ranks"] else g["note"])
     par = p["parallel"]
-    sk = p["skip_plan"]
+    sk = p["skip_schedule"]
     lines = [
         f"dry run: {p['model']} ({p['params'] / 1e9:.2f}B params, {p['dtype']}) on {par['world_size']} x "
         f"{p['device']['name']} (ulysses {par['ulysses_degree']} x ring {par['ring_degree']} x cfg {par['cfg_degree']})",
         f"  video {p['video']['frames']}x{p['video']['height']}x{p['video']['width']} -> latents "
         f"{'x'.join(map(str, p['latent_shape']))} -> {r['tokens']:,} tokens; {r['tokens_per_rank']:,} per rank "
         f"({r['padding_tokens']} padding)",
-        f"  skip plan: {sk['computed_calls']}/{sk['total_calls']} calls computed; skipped steps "
+        f"  skip schedule: {sk['computed_calls']}/{sk['total_calls']} calls computed; skipped steps "
         + ", ".join(f"{b}: {v}" for b, v in sk["skipped_steps"].items()),
         f"  memory per rank: weights {m['weights'] / GB:.2f} GB + activations {m['activations_total'] / GB:.2f} GB = "
         f"{m['total'] / GB:.2f} GB while sampling ({'fits' if r['fits_in_memory'] else 'DOES NOT FIT'} with the "

@@ -197,7 +197,7 @@ def new_cache_state(policy, branches, par):
                             reduce_max=lambda t: par.sp.all_reduce(t, "max"))
 
 
-def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: SamplerConfig, policy: CachePolicy,
+def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], sampler: SamplerConfig, policy: CachePolicy,
            par: ParallelContext | None = None, guard: bool = True, progress=None, state=None,
            start_step: int = 0, scheduler: FlowScheduler | None = None, on_step=None) -> SampleResult:
     """Denoise ``noise`` [B, C, F, H, W] with texts {branch: [B, T, text_dim]}; returns the final latents.
@@ -206,13 +206,13 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
     ``state``/``start_step``/``scheduler`` allow resuming; ``on_step(step, x, state, scheduler)`` runs after each.
     """
     par = par or solo_context()
-    branches = cfg.branches
+    branches = sampler.branches
     mine = [branches[par.cfg_rank]] if par.dims.cfg_degree == 2 else branches
     joint = policy.branch_sync == "joint"
     # official: each call agreed over the SP group; joint: each step agreed over the whole job
     sharder = Sharder(par.sp)
-    consensus = JointConsensus(par.world) if joint else SkipConsensus(par.sp, guard=guard)
-    scheduler = scheduler or FlowScheduler(cfg.solver, cfg.num_steps, cfg.shift, sigmas=cfg.sigmas)
+    consensus = JointConsensus(par.group) if joint else SkipConsensus(par.sp, guard=guard)
+    scheduler = scheduler or FlowScheduler(sampler.solver, sampler.num_steps, sampler.shift, sigmas=sampler.sigmas)
     state = state if state is not None else new_cache_state(policy, mine, par)
     timings = Timings()
     x = noise.float()
@@ -220,23 +220,23 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], cfg: Samp
     with _Clock(timings, "prepare"):
         texts = prepare_conditions(model, texts, mine)
     with torch.no_grad():
-        for i in range(start_step, cfg.num_steps):
-            x_in = torch.cat([x, x]) if cfg.cfg_mode == "batched" else x  # batched CFG: rows [cond; uncond]
+        for i in range(start_step, sampler.num_steps):
+            x_in = torch.cat([x, x]) if sampler.cfg_mode == "batched" else x  # batched CFG: rows [cond; uncond]
             t = scheduler.timesteps[i].float().expand(x_in.shape[0])
             if joint:
                 preds = joint_step_calls(model, x_in, t, texts, i, mine, policy, state, consensus, sharder, timings)
             else:
                 preds = {b: model_call(model, x_in, t, texts[b], i, b, policy, state, consensus, sharder, timings)
                          for b in mine}
-            if cfg.cfg_mode == "batched":
+            if sampler.cfg_mode == "batched":
                 preds = dict(zip(("cond", "uncond"), preds["cond"].chunk(2)))
             if par.dims.cfg_degree == 2:
                 with _Clock(timings, "comm_gather"):
-                    both = par.cfg.all_gather(preds[mine[0]])
+                    both = par.cfg_group.all_gather(preds[mine[0]])
                 preds = dict(zip(branches, both))
             for b, p in preds.items():  # identical on every rank (gathered): all ranks stop at the same step
                 check_finite(p, f"the {b!r} prediction", i)
-            g = cfg.guidance_at(i)
+            g = sampler.guidance_at(i)
             v = preds["cond"] if len(preds) == 1 else preds["uncond"] + g * (preds["cond"] - preds["uncond"])
             with _Clock(timings, "scheduler"):
                 x = scheduler.step(v, i, x)

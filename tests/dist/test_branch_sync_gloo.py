@@ -1,6 +1,6 @@
 """branch_sync=joint in real processes (gloo on loopback, under a timeout), 175 tokens (divisible by no degree).
 
-Every rank of SP 2 (ring), CFG 2 and CFG 2 x Ulysses 2 takes the plan command's joint schedule, both CFG halves
+Every rank of SP 2 (ring), CFG 2 and CFG 2 x Ulysses 2 takes the schedule command's joint schedule, both CFG halves
 log identical step decisions, and the final latents equal the single-process joint run within 1e-4; online
 MagCache and TeaCache under CFG parallel likewise equal their single-process joint runs.
 """

@@ -1,5 +1,5 @@
 """The command lines as a user runs them, each in its own process: launch/generate.py end to end (its schedule
-equals the `python -m magcache_dist.plan` command's), exit code 2 for bad input without a traceback, exit code 4
+equals the `python -m magcache_dist.schedule` command's), exit code 2 for bad input without a traceback, exit code 4
 for a non-finite prediction, and the output folder's lock held by another live process."""
 import json
 import os
@@ -32,7 +32,7 @@ def test_generate_end_to_end_matches_the_plan_command(tiny_ckpt, tmp_path):
     p = _generate(*args)
     assert p.returncode == 0, p.stderr
     report = json.loads((out / "report.json").read_text())
-    plan = subprocess.run([sys.executable, "-m", "magcache_dist.plan", "--preset", "wan2.1-t2v-1.3b", "--steps", "10",
+    plan = subprocess.run([sys.executable, "-m", "magcache_dist.schedule", "--preset", "wan2.1-t2v-1.3b", "--steps", "10",
                            "--thresh", "0.12", "--K", "2", "--retention", "0.2"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     expect = json.loads(plan.stdout)

@@ -2,7 +2,7 @@
 
 The tiny model's final latents at SP=2 and SP=4 (Ulysses, ring, USP 2x2, the deepspeed backend, CFG parallel)
 equal the single-process run within 1e-4 max abs (fp32) on 175 tokens (divisible by neither 2 nor 4); every
-rank's skip decisions equal the plan command's; calibration is identical across degrees; a divergent rank
+rank's skip decisions equal the schedule command's; calibration is identical across degrees; a divergent rank
 produces a clear error on every rank instead of a hang.
 """
 import json

@@ -1,6 +1,6 @@
 """cache.branch_sync=joint: one skip decision per step for every CFG branch, agreed over the whole job.
 
-Exact schedules (hand-computed and against the plan command), the official rule unchanged beside it, and
+Exact schedules (hand-computed and against the schedule command), the official rule unchanged beside it, and
 simulated ranks (threads: SP 2, ring 3, CFG 2, CFG 2 x Ulysses 2 on 175 tokens, divisible by none of the degrees)
 giving the single-process latents within 1e-4 and identical decisions on every rank and in both branches, for
 calibrated MagCache, online MagCache and TeaCache.
@@ -8,7 +8,7 @@ calibrated MagCache, online MagCache and TeaCache.
 
 import pytest
 
-from magcache_dist.cache import MagCacheConfig, MagCachePolicy, RatioTable, build_magcache, plan
+from magcache_dist.cache import MagCacheConfig, MagCachePolicy, RatioTable, build_magcache, skip_schedule
 from magcache_dist.cache.online import build_online
 from magcache_dist.cache.presets import get_rule
 from magcache_dist.cache.teacache import build_teacache
@@ -39,8 +39,8 @@ def skips_by_branch(decisions):
 
 
 def test_plan_official_unchanged_and_joint_one_schedule():
-    assert plan(magcache("official"), STEPS, BRANCHES)["skipped_steps"] == OFFICIAL
-    assert plan(magcache("joint"), STEPS, BRANCHES)["skipped_steps"] == {"cond": JOINT, "uncond": JOINT}
+    assert skip_schedule(magcache("official"), STEPS, BRANCHES)["skipped_steps"] == OFFICIAL
+    assert skip_schedule(magcache("joint"), STEPS, BRANCHES)["skipped_steps"] == {"cond": JOINT, "uncond": JOINT}
 
 
 def test_joint_retention_is_counted_in_steps_rounded_up():
@@ -48,11 +48,11 @@ def test_joint_retention_is_counted_in_steps_rounded_up():
     for steps, r, calls, joint_steps in ((20, 0.2, 8, 4), (30, 0.25, 15, 8), (8, 0.2, 3, 2), (50, 0.2, 20, 10)):
         pol = magcache("joint", r=r, steps=steps)
         assert (pol.retention_calls, pol.retention_steps) == (calls, joint_steps)
-        skipped = plan(pol, steps, BRANCHES)["skipped_steps"]
+        skipped = skip_schedule(pol, steps, BRANCHES)["skipped_steps"]
         assert min(skipped["cond"]) >= joint_steps
     flux = build_magcache("flux.1-dev", None, MagCacheConfig(0.24, 5, 0.1), 28, ["cond"], branch_sync="joint")
     assert flux.retention_steps == flux.retention_calls == 3  # one call per step: the same as official
-    assert plan(flux, 28, ["cond"])["skipped_steps"] == plan(
+    assert skip_schedule(flux, 28, ["cond"])["skipped_steps"] == skip_schedule(
         build_magcache("flux.1-dev", None, MagCacheConfig(0.24, 5, 0.1), 28, ["cond"]), 28, ["cond"])["skipped_steps"]
 
 
@@ -62,8 +62,8 @@ def test_joint_skips_only_when_every_branch_may_skip():
     rule = get_rule("wan")
     official = MagCachePolicy(table, rule, MagCacheConfig(0.05, 3, 0.0), 6, BRANCHES)
     joint = MagCachePolicy(table, rule, MagCacheConfig(0.05, 3, 0.0), 6, BRANCHES, branch_sync="joint")
-    assert plan(official, 6, BRANCHES)["skipped_steps"] == {"cond": [1, 2, 3, 5], "uncond": [1, 3, 4, 5]}
-    assert plan(joint, 6, BRANCHES)["skipped_steps"] == {"cond": [1, 3, 4, 5], "uncond": [1, 3, 4, 5]}
+    assert skip_schedule(official, 6, BRANCHES)["skipped_steps"] == {"cond": [1, 2, 3, 5], "uncond": [1, 3, 4, 5]}
+    assert skip_schedule(joint, 6, BRANCHES)["skipped_steps"] == {"cond": [1, 3, 4, 5], "uncond": [1, 3, 4, 5]}
     state = joint.new_state(BRANCHES)
     plan_log = []
     for step in range(6):  # the reasons in the log: cond computes step 2 because of uncond's error

@@ -3,7 +3,7 @@ Ulysses / ring / USP attention, CFG parallel and the skip consensus, against the
 import pytest
 import torch
 
-from magcache_dist.cache import MagCacheConfig, build_magcache, plan
+from magcache_dist.cache import MagCacheConfig, build_magcache, skip_schedule
 from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.parallel import (ParallelDims, SkipDisagreement, apply_sequence_parallel, build_thread_contexts,
                                     solo_context)
@@ -67,7 +67,7 @@ def test_apply_swaps_the_op_and_keeps_the_state_dict():
                          ids=lambda d: f"u{d.ulysses_degree}r{d.ring_degree}c{d.cfg_degree}")
 def test_sp_output_and_decisions_equal_single_process(dims, reference):
     ref_latents, ref_decisions = reference
-    expect = plan(_policy(), STEPS, CFG.branches)["skipped_steps"]
+    expect = skip_schedule(_policy(), STEPS, CFG.branches)["skipped_steps"]
     assert sum(map(len, expect.values())) > 0  # the run really skips
     for rank, (latents, decisions) in enumerate(_run(dims)):
         assert (latents - ref_latents).abs().max() < TOL, rank
@@ -130,7 +130,7 @@ def test_dims_validation_messages():
     d.validate(8, 40, 2)
     assert ParallelDims(2, 2, 2).group_ranks()["ulysses"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert ParallelDims(2, 2, 2).group_ranks()["ring"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
-    assert ParallelDims(2, 2, 2).group_ranks()["cfg"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert ParallelDims(2, 2, 2).group_ranks()["cfg_group"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
 
 
 def test_block_attention_with_lse_matches_the_math_on_masked_and_dead_blocks():

@@ -161,8 +161,8 @@ def check_against_solo(result_dir, job: str, ref_report: dict, ref_latents, worl
     report = json.loads((d / job / "report.json").read_text())
     assert report["world_size"] == world and report["decisions_identical_across_ranks"], job
     assert report["skipped_steps"] == ref_report["skipped_steps"], job
-    if report.get("plan"):  # a MagCache job: what ran is what the calibrated plan said
-        assert report["plan"]["skipped_steps"] == report["skipped_steps"], job
+    if report.get("schedule"):  # a MagCache job: what ran is what the calibrated schedule said
+        assert report["schedule"]["skipped_steps"] == report["skipped_steps"], job
     latents = torch.load(d / job / "latents.pt", weights_only=True)
     assert latents.shape == ref_latents.shape, job
     diff = (latents - ref_latents).abs().max().item()

@@ -1,5 +1,5 @@
 """Shared test utilities: job overrides for the tiny checkpoints (built by magcache_dist.random_weights), sampling on
-simulated ranks, the plan command in-process."""
+simulated ranks, the schedule command in-process."""
 from __future__ import annotations
 
 from magcache_dist.config import load_config
@@ -39,12 +39,12 @@ def run_sampling(dims, cfg, policy_for, guard: bool = True) -> list:
 
 
 def plan_command(*args: str) -> tuple[int, str, str]:
-    """``python -m magcache_dist.plan ARGS`` run in this process: (exit code, stdout, stderr). The command itself
+    """``python -m magcache_dist.schedule ARGS`` run in this process: (exit code, stdout, stderr). The command itself
     runs in a process of its own once, in tests/dist/test_cli.py."""
     import contextlib
     import io
 
-    from magcache_dist.plan import main
+    from magcache_dist.schedule import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

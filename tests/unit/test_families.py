@@ -3,7 +3,7 @@
 - the adapters around diffusers' FLUX and HunyuanVideo transformers equal diffusers' own forward;
 - the official key layouts convert exactly like diffusers' single-file converters (published sizes), and tiny
   checkpoints round-trip in both layouts;
-- end-to-end generation: the skipped steps equal the plan command's, for each family (under sequence parallelism:
+- end-to-end generation: the skipped steps equal the schedule command's, for each family (under sequence parallelism:
   tests/sim/test_families_sp.py).
 """
 import warnings

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from magcache_dist.cache import plan
+from magcache_dist.cache import skip_schedule
 from magcache_dist.config import load_config
 from magcache_dist.job import validate_job
 from magcache_dist.parallel import solo_context
@@ -83,7 +83,7 @@ def test_magcache_skips_the_plan_and_writes_an_image(pipeline_folder, tmp_path):
     name = "tiny-flux-dev"
     job = _job(name, pipeline_folder(name), tmp_path / "out", "save_video=true")
     report = run_job(job, solo_context())
-    expected = plan(job.policy, STEPS, ["cond"])["skipped_steps"]
+    expected = skip_schedule(job.policy, STEPS, ["cond"])["skipped_steps"]
     assert report["skipped_steps"] == expected and expected["cond"]
     assert report["outputs"]["image"].endswith("image.png") and report["outputs"]["video"] is None
     from PIL import Image
@@ -130,7 +130,7 @@ def test_shipped_configs_plan(config, computed, world, tmp_path):
     p = plan_job(cfg)
     assert p["params"] > 11.8e9 and p["latent_shape"] == [16, 1, 128, 128]
     assert p["per_rank"]["tokens"] == 4096 and p["parallel"]["world_size"] == world
-    assert p["skip_plan"]["computed_calls"] == computed
+    assert p["skip_schedule"]["computed_calls"] == computed
     assert p["per_rank"]["fits_in_memory"]
     # while encoding every rank holds T5-XXL's encoder (bf16), the larger of the two, and no DiT yet (read after)
     phases = p["per_rank"]["phase_memory_bytes"]

@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 
-from magcache_dist.cache import plan
+from magcache_dist.cache import skip_schedule
 from magcache_dist.cache.factory import build_cache
 from magcache_dist.config import load_config
 from magcache_dist.families import hunyuanvideo as hy
@@ -118,7 +118,7 @@ def test_end_to_end_magcache_skips_the_plan_and_frees_the_text_encoders(folder, 
     gc.collect()
     assert len(loaded) == 3 and all(r() is None for r in loaded)  # LLaMA, CLIP, VAE: each run once and freed
     job = validate_job(cfg, 1)
-    expect = plan(job.policy, job.scfg.num_steps, job.scfg.branches)
+    expect = skip_schedule(job.policy, job.scfg.num_steps, job.scfg.branches)
     assert report["skipped_steps"] == expect["skipped_steps"] and expect["skipped_steps"]["cond"]
     assert report["computed_calls"] < report["total_calls"] == 8
     assert sorted(os.listdir(tmp_path)) == ["frames.png", "latents.pt", "report.json", "video.mp4"]
@@ -150,7 +150,7 @@ def test_dry_run_plans_the_published_configs(config, world, memory_gb, tmp_path)
     cfg = load_config(os.path.join("configs", f"{config}.yaml"), [f"output_dir={tmp_path}", "planner.device=h100"])
     p = plan_job(cfg)
     assert p["parallel"]["world_size"] == world and p["params"] > 12e9
-    assert p["skip_plan"]["computed_calls"] < p["skip_plan"]["total_calls"] == 50
+    assert p["skip_schedule"]["computed_calls"] < p["skip_schedule"]["total_calls"] == 50
     assert 0 < p["per_rank"]["memory_bytes"]["total"] < memory_gb * 1e9
     phases = p["per_rank"]["phase_memory_bytes"]  # LLaMA (7.5B, bf16) alone while encoding: the DiT comes after
     assert phases["encode_peak"] == 2 * hy.PUBLISHED_ENCODER_PARAMS["LLaMA text encoder"]

@@ -187,7 +187,7 @@ def test_home_in_paths_is_expanded(tmp_path, monkeypatch):
 
 
 def test_plan_command_caps_the_steps(capsys):
-    from magcache_dist.plan import main
+    from magcache_dist.schedule import main
 
     args = ["--preset", "wan2.1-t2v-1.3b", "--thresh", "0.12", "--K", "2", "--retention", "0.2"]
     assert main([*args, "--steps", "1000000"]) == 2

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from magcache_dist.cache import MagCacheConfig, RatioTable, build_magcache, get_preset, nearest_interp, plan
+from magcache_dist.cache import MagCacheConfig, RatioTable, build_magcache, get_preset, nearest_interp, skip_schedule
 from tests.support import ROOT
 from tests.support.helpers import plan_command, plan_json
 PUBLISHED = json.load(open(os.path.join(ROOT, "magcache_dist/cache/data/published_ratios.json")))["models"]
@@ -75,7 +75,7 @@ def official_opensora(raw, thresh, k):  # 30 steps, skip_time 6, sqrt ratios ind
 def ours(preset, n, thresh, k, r):
     p = get_preset(preset)
     pol = build_magcache(preset, None, MagCacheConfig(thresh, k, r), n, p.table.branches)
-    return plan(pol, n, p.table.branches)
+    return skip_schedule(pol, n, p.table.branches)
 
 
 def test_published_examples():
@@ -125,8 +125,8 @@ def test_strictness_differs_by_family():
     hy = MagCachePolicy(table, RULES["hunyuanvideo"], MagCacheConfig(0.25, 3, 0.0), 4, ["cond", "uncond"])
     # step 0: no residual yet -> computed; step 1: err 0 -> skip; step 2: err 0.25 == thresh:
     # Wan (strict <) computes and resets, so step 3 skips again; HunyuanVideo (<=) skips, then err 0.5 computes
-    assert plan(wan, 4, ["cond", "uncond"])["skipped_steps"]["cond"] == [1, 3]
-    assert plan(hy, 4, ["cond", "uncond"])["skipped_steps"]["cond"] == [1, 2]
+    assert skip_schedule(wan, 4, ["cond", "uncond"])["skipped_steps"]["cond"] == [1, 3]
+    assert skip_schedule(hy, 4, ["cond", "uncond"])["skipped_steps"]["cond"] == [1, 2]
 
 
 def test_interpolation_is_nearest_half_even():

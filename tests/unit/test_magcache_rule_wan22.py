@@ -15,7 +15,7 @@ import pytest
 from magcache_dist.errors import InternalError
 import torch
 
-from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, plan
+from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, skip_schedule
 from magcache_dist.cache.presets import RULES, preset_switch_step
 from magcache_dist.sampling.grids import expert_switch_step, wan_timesteps
 from tests.support import ROOT
@@ -101,7 +101,7 @@ def ours(preset, n, thresh, k, r, switch=None, branch_sync="official"):
     switch = preset_switch_step(preset, n) if switch is None else switch
     pol = build_magcache(preset, None, MagCacheConfig(thresh, k, r), n, p.table.branches, branch_sync=branch_sync,
                          switch_step=switch)
-    return plan(pol, n, p.table.branches)
+    return skip_schedule(pol, n, p.table.branches)
 
 
 SETS = ((0.06, 2, 0.4), (0.06, 2, 0.1), (0.06, 2, 0.2), (0.12, 3, 0.2), (0.24, 6, 0.0), (0.03, 1, 0.25),

@@ -248,7 +248,7 @@ def test_run_job_on_the_tiny_folder(pipeline_folder, tmp_path, monkeypatch):
     report = run_job(load_config(None, pipeline_overrides("tiny-opensora", folder, str(tmp_path / "out"))),
                      solo_context())
     assert seen["t5_alive_at_sampling"] == [False]  # T5 was loaded once and freed before sampling
-    assert report["skipped_steps"] == report["plan"]["skipped_steps"] and report["skipped_steps"]["cond"]
+    assert report["skipped_steps"] == report["schedule"]["skipped_steps"] and report["skipped_steps"]["cond"]
     assert report["computed_calls"] == 8 - len(report["skipped_steps"]["cond"])
     latents = torch.load(tmp_path / "out" / "latents.pt", weights_only=True)
     assert latents.shape == (1, 4, 7, 6, 6) and torch.isfinite(latents).all()  # 23 frames -> 5 + 2 latent frames

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from magcache_dist.cache import MagCacheConfig, build_magcache, plan
+from magcache_dist.cache import MagCacheConfig, build_magcache, skip_schedule
 from magcache_dist.config import load_config
 from magcache_dist.families.base import make_family
 from magcache_dist.planner import cost, plan_job
@@ -31,9 +31,9 @@ def test_wan14b_720p_on_8_ranks():
         assert p["params"] == sum(t.numel() for t in WanModel(get_config("wan2.1-t2v-14b")).parameters())
     assert 14.0e9 < p["params"] < 14.5e9
     assert r["memory_bytes"]["weights"] == 2 * p["params"]
-    expect = plan(build_magcache("wan2.1-t2v-14b", None, MagCacheConfig(0.24, 6, 0.2), 50, ["cond", "uncond"],
+    expect = skip_schedule(build_magcache("wan2.1-t2v-14b", None, MagCacheConfig(0.24, 6, 0.2), 50, ["cond", "uncond"],
                                  branch_sync="joint"), 50, ["cond", "uncond"])  # the job default
-    assert p["skip_plan"] == expect and r["calls"]["computed"] == expect["computed_calls"]
+    assert p["skip_schedule"] == expect and r["calls"]["computed"] == expect["computed_calls"]
     # Ulysses 8: 4 all-to-alls per block, each 9450 tokens x 5120 x 2 bytes x 7/8 leave the rank; 40 blocks
     assert r["comm_per_block"]["ulysses_bytes_per_block"] == 4 * 9450 * 5120 * 2 * 7 // 8
     assert r["comm_bytes_total"]["ulysses"] == expect["computed_calls"] * 40 * 4 * 9450 * 5120 * 2 * 7 // 8
@@ -120,7 +120,7 @@ def test_every_family_has_a_dry_run_plan(name, extra, params_b, tmp_path):
     r = p["per_rank"]
     assert r["time_s"]["sampling"] > 0 and r["memory_bytes"]["weights"] == p["params"] * 2
     if cfg.cache.mode == "magcache":
-        assert p["skip_plan"]["computed_calls"] < p["skip_plan"]["total_calls"]
+        assert p["skip_schedule"]["computed_calls"] < p["skip_schedule"]["total_calls"]
         assert r["time_s"]["speedup"] > 1
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, plan
+from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, skip_schedule
 from magcache_dist.cache.calibrate import CalibrationPolicy
 from magcache_dist.sampling import FlowScheduler, SamplerConfig, sample
 from magcache_dist.random_weights import tiny_model
@@ -124,7 +124,7 @@ def test_skipped_calls_reuse_the_branch_residual_and_follow_the_plan():
     m = CountingModel(tiny_model(0))
     cfg = SamplerConfig(num_steps=12)
     pol = build_magcache("wan2.1-t2v-1.3b", None, MagCacheConfig(0.3, 3, 0.2), 12, cfg.branches)
-    expect = plan(pol, 12, cfg.branches)
+    expect = skip_schedule(pol, 12, cfg.branches)
     res = sample(m, _noise(), _texts(m.cfg), cfg, pol)
     got = {b: [d["step"] for d in res.decisions if d["branch"] == b and not d["compute"]] for b in cfg.branches}
     assert got == expect["skipped_steps"] and sum(map(len, got.values())) > 0

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from magcache_dist import plan as plan_cli
+from magcache_dist import schedule as schedule_cli
 from magcache_dist.cache import get_preset, preset_names
 from magcache_dist.cache.teacache import load_coefficients
 from magcache_dist.config import load_config
@@ -69,13 +69,13 @@ def test_shipped_presets_load():
 
 
 def test_short_generation_matches_the_plan(tmp_path, capsys):
-    """A reduced-step generation on the shipped weights skips exactly what the plan command prints."""
+    """A reduced-step generation on the shipped weights skips exactly what the schedule command prints."""
     steps, thresh, k, retention = 8, 0.24, 3, 0.2
     cfg = load_config(DEFAULT, [f"output_dir={tmp_path}", "progress=false", "save_video=false",
                                 f"sampler.num_steps={steps}", f"cache.magcache.thresh={thresh}", f"cache.magcache.K={k}",
                                 f"cache.magcache.retention={retention}", "video.frames=8"])
     report = run_job(cfg, solo_context())
-    assert plan_cli.main(["--preset", "tiny-video", "--steps", str(steps), "--thresh", str(thresh), "--K", str(k),
+    assert schedule_cli.main(["--preset", "tiny-video", "--steps", str(steps), "--thresh", str(thresh), "--K", str(k),
                           "--retention", str(retention), "--branch-sync", "joint"]) == 0
     planned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["branch_sync"] == planned["branch_sync"] == "joint"  # generate.py's default

@@ -32,13 +32,13 @@ def exhaustive(tmp_path_factory):
     d = tmp_path_factory.mktemp("tune")
     prompts = d / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    plan = prepare(_args(prompts, d / "grid", 20))
-    runner = Runner(plan, solo_context(), "cpu")
+    setup = prepare(_args(prompts, d / "grid", 20))
+    runner = Runner(setup, solo_context(), "cpu")
     runner.references()
-    for c in plan.candidates:
-        runner.sample(c, plan.tune + plan.held_out, "search")
-    means = {c.id: c.mean(plan.tune)["psnr"] for c in plan.candidates}
-    return dict(dir=d, prompts=prompts, plan=plan, means=means, calls={c.id: c.calls for c in plan.candidates})
+    for c in setup.candidates:
+        runner.sample(c, setup.tune + setup.held_out, "search")
+    means = {c.id: c.mean(setup.tune)["psnr"] for c in setup.candidates}
+    return dict(dir=d, prompts=prompts, setup=setup, means=means, calls={c.id: c.calls for c in setup.candidates})
 
 
 def _fewest(ex, target):
@@ -47,12 +47,12 @@ def _fewest(ex, target):
 
 
 def test_grid_is_planned_without_running(exhaustive):
-    plan = exhaustive["plan"]
-    assert plan.settings_total == 8 and len(plan.tune) == 2 and len(plan.held_out) == 1
-    assert [c.calls for c in plan.candidates] == sorted(c.calls for c in plan.candidates)
-    assert sum(len(c.settings) for c in plan.candidates) == 8  # every setting in exactly one candidate
-    for c in plan.candidates:  # the sampled videos computed exactly the planned calls
-        for name in plan.tune:
+    setup = exhaustive["setup"]
+    assert setup.settings_total == 8 and len(setup.tune) == 2 and len(setup.held_out) == 1
+    assert [c.calls for c in setup.candidates] == sorted(c.calls for c in setup.candidates)
+    assert sum(len(c.settings) for c in setup.candidates) == 8  # every setting in exactly one candidate
+    for c in setup.candidates:  # the sampled videos computed exactly the planned calls
+        for name in setup.tune:
             with open(os.path.join(exhaustive["dir"], "grid", "candidates", c.id, name, "report.json")) as f:
                 assert json.load(f)["computed_calls"] == c.calls
 
@@ -61,13 +61,13 @@ def test_scores_are_the_eval_clis(exhaustive, tmp_path):
     """The tuner's PSNR of a candidate is what `python -m magcache_dist.eval` reports for the same folders."""
     from magcache_dist.eval.cli import main as eval_main
 
-    plan, c = exhaustive["plan"], exhaustive["plan"].candidates[0]
+    setup, c = exhaustive["setup"], exhaustive["setup"].candidates[0]
     root = os.path.join(exhaustive["dir"], "grid")
     out = tmp_path / "eval.json"
     eval_main(["--reference", os.path.join(root, "reference"), "--candidate", os.path.join(root, "candidates", c.id),
                "--out", str(out), "--no-lpips"])
     rows = {r["name"]: r for r in json.loads(out.read_text())["candidates"][0]["rows"]}
-    for name in plan.tune:
+    for name in setup.tune:
         assert rows[name]["psnr"] == pytest.approx(c.metrics[name]["psnr"], abs=1e-9)
 
 
@@ -78,8 +78,8 @@ def test_chosen_is_the_fewest_calls_reaching_the_target(exhaustive, search):
     ex = exhaustive
     levels = sorted(set(ex["means"].values()))
     for target in (levels[0], levels[len(levels) // 2], levels[-1]):  # the cheapest, a middle and the best level
-        plan = prepare(_args(ex["prompts"], ex["dir"] / "grid", target, "--search", search))
-        res = tune(plan, solo_context())  # reuses the grid's videos
+        setup = prepare(_args(ex["prompts"], ex["dir"] / "grid", target, "--search", search))
+        res = tune(setup, solo_context())  # reuses the grid's videos
         ch = res["chosen"]
         assert ch is not None and ex["means"][ch["id"]] >= target
         assert ch["tune_mean"]["psnr"] == pytest.approx(ex["means"][ch["id"]])
@@ -87,11 +87,11 @@ def test_chosen_is_the_fewest_calls_reaching_the_target(exhaustive, search):
             assert ch["calls"] == _fewest(ex, target), (search, target)
         else:
             assert ch["calls"] >= _fewest(ex, target)
-        assert ch["held_out"]["prompts"] == plan.held_out and ch["held_out"]["mean"]["psnr"] is not None
+        assert ch["held_out"]["prompts"] == setup.held_out and ch["held_out"]["mean"]["psnr"] is not None
 
 
 def _monotone(ex) -> bool:
-    cands = ex["plan"].candidates
+    cands = ex["setup"].candidates
     return not any(a.no_better_than(b) and ex["means"][a.id] > ex["means"][b.id]
                    for a in cands for b in cands if a is not b)
 
@@ -161,10 +161,10 @@ def _synthetic_plan(seed: int, search: str, target: float):
         cands.append(Candidate(st.name(), [st], len(computed), steps, {}, computed))
     cands.sort(key=lambda c: (c.calls, c.id))
     args = types.SimpleNamespace(search=search)
-    plan = types.SimpleNamespace(args=args, candidates=cands, tune=["p0", "p1", "p2"], held_out=[],
+    setup = types.SimpleNamespace(args=args, candidates=cands, tune=["p0", "p1", "p2"], held_out=[],
                                  targets=dict(psnr=target), chunk=1)
     weights = {(s, "cond"): rng.uniform(0.5, 3.0) for s in range(steps)}
-    return plan, _Scores(weights, dict(p0=0.0, p1=-4.0, p2=2.0))
+    return setup, _Scores(weights, dict(p0=0.0, p1=-4.0, p2=2.0))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -172,37 +172,37 @@ def test_probe_search_is_exact_when_quality_is_monotone(seed):
     """Parameter dominance is left out here (settings are arbitrary labels): only the subset-of-calls order, which
     the synthetic scores respect, so probe search must find the brute-force answer with fewer videos."""
     for target in (8.0, 12.0, 16.0):
-        plan, scores = _synthetic_plan(seed, "probe", target)
-        for c in plan.candidates:  # keep only the subset order
+        setup, scores = _synthetic_plan(seed, "probe", target)
+        for c in setup.candidates:  # keep only the subset order
             c.settings = [Setting(f"s{id(c)}", 0.0, 1, 0.0)]
-        best = Search(plan, scores).run()
-        brute = [c for c in plan.candidates if sum(scores.value(c, n) for n in plan.tune) / 3 >= target]
+        best = Search(setup, scores).run()
+        brute = [c for c in setup.candidates if sum(scores.value(c, n) for n in setup.tune) / 3 >= target]
         want = min(c.calls for c in brute) if brute else None
         assert (best.calls if best else None) == want, (seed, target)
-        assert scores.videos < len(plan.candidates) * 3
-        assert all(c.status != "open" for c in plan.candidates)
-        assert not any(c.metrics for c in plan.candidates if c.status in ("pruned", "implied-fail"))
+        assert scores.videos < len(setup.candidates) * 3
+        assert all(c.status != "open" for c in setup.candidates)
+        assert not any(c.metrics for c in setup.candidates if c.status in ("pruned", "implied-fail"))
 
 
 def test_exact_search_stops_a_candidate_that_cannot_reach_the_target():
     """With the metric's cap as the only bound (exact search), a candidate is abandoned once the prompts left could
     not lift its mean to the target even at the cap: here after one prompt with a target of 99 dB."""
-    plan, scores = _synthetic_plan(0, "exact", 99.0)
-    plan.tune = ["p1", "p0", "p2"]
+    setup, scores = _synthetic_plan(0, "exact", 99.0)
+    setup.tune = ["p1", "p0", "p2"]
     scores.offsets = dict(p0=0.0, p1=-150.0, p2=0.0)
-    Search(plan, scores).run()
-    first = plan.candidates[0]
+    Search(setup, scores).run()
+    first = setup.candidates[0]
     assert first.status == "fail" and "stopped after 1 of 3 prompts" in first.reason
     assert len(first.metrics) == 1 and METRICS["psnr"] == (True, 100.0)
 
 
 def test_plot_without_matplotlib_is_skipped_and_said(tmp_path, monkeypatch):
-    plan, scores = _synthetic_plan(1, "exact", 10.0)
-    best = Search(plan, scores).run()
+    setup, scores = _synthetic_plan(1, "exact", 10.0)
+    best = Search(setup, scores).run()
     pytest.importorskip("matplotlib")
-    assert plot(plan, str(tmp_path / "a.png"), best) == "quality_vs_calls.png" and (tmp_path / "a.png").stat().st_size
+    assert plot(setup, str(tmp_path / "a.png"), best) == "quality_vs_calls.png" and (tmp_path / "a.png").stat().st_size
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    assert plot(plan, str(tmp_path / "b.png"), best).startswith("no plot: matplotlib is not installed")
+    assert plot(setup, str(tmp_path / "b.png"), best).startswith("no plot: matplotlib is not installed")
     assert not (tmp_path / "b.png").exists()
 
 
@@ -224,7 +224,7 @@ def test_bad_input_exits_2_naming_it(argv, message, tmp_path, capsys):
 
 
 def test_auto_mode_tunes_on_the_stored_table(tmp_path):
-    """cache.mode=auto: the plan comes from the store's table (one calibration run first); tuned.yaml keeps auto and
+    """cache.mode=auto: the setup comes from the store's table (one calibration run first); tuned.yaml keeps auto and
     the store, and runs the chosen schedule. Without a stored table the tuner refuses before making any video."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(PROMPTS[:2]) + "\n")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from magcache_dist.cache import plan
+from magcache_dist.cache import skip_schedule
 from magcache_dist.config import load_config
 from magcache_dist.job import validate_job
 from magcache_dist.parallel import solo_context
@@ -116,7 +116,7 @@ def test_experts_switch_at_the_sampler_step_and_share_one_cache(wan22_ckpts, tmp
     job = validate_job(cfg, 1)
     switch = expert_switch_step(12, SHIFT["t2v"], BOUNDARY["t2v"])
     assert job.policy.switch_step == switch == job.scfg.switch_step and 0 < switch < 12
-    expect = plan(job.policy, 12, ["cond", "uncond"])
+    expect = skip_schedule(job.policy, 12, ["cond", "uncond"])
     assert report["skipped_steps"] == expect["skipped_steps"] and report["computed_calls"] < 24
     # every call (computed or skipped) embeds once: 2 per step, the high-noise expert before the switch step
     steps = [calls[2 * i][1] for i in range(12)]
@@ -190,7 +190,7 @@ def test_calibrate_auto_online_over_both_experts(wan22_ckpts, tmp_path):
         runs.append(run_job(cfg, solo_context()))
     assert runs[0]["computed_calls"] == 24 and runs[0]["ratios_used"]["lookup"] == "calibrate"
     assert runs[1]["ratios_used"]["lookup"] == "exact" and runs[1]["cache"]["switch_step"] == switch
-    assert runs[1]["skipped_steps"] == runs[1]["plan"]["skipped_steps"] and runs[1]["computed_calls"] < 24
+    assert runs[1]["skipped_steps"] == runs[1]["schedule"]["skipped_steps"] and runs[1]["computed_calls"] < 24
     assert runs[1]["ratios_used"]["key"]["model"] == f"tiny-wan22-t2v [switch at step {switch}, guidance_2 3.0]"
     # another low-noise guidance is another key: calibrated anew, not reused
     other = load_config(None, wan22_overrides("t2v", folder, str(tmp_path / "auto2"), *base, "cache.mode=auto",

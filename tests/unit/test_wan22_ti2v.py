@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from magcache_dist.cache import plan
+from magcache_dist.cache import skip_schedule
 from magcache_dist.config import load_config
 from magcache_dist.job import validate_job
 from magcache_dist.parallel import solo_context
@@ -104,7 +104,7 @@ def test_ti2v_magcache_uses_the_release_arrays_with_wan21_rule(ti2v_ckpt, tmp_pa
     job = validate_job(cfg, 1)
     assert job.policy.describe()["source"] == "preset:wan2.2-ti2v-5b-t2v" and job.policy.rule.name == "wan"
     assert job.cache.switch_step is None
-    assert report["skipped_steps"] == plan(job.policy, 8, ["cond", "uncond"])["skipped_steps"]
+    assert report["skipped_steps"] == skip_schedule(job.policy, 8, ["cond", "uncond"])["skipped_steps"]
 
 
 def test_shipped_ti2v_config_carries_the_published_settings():

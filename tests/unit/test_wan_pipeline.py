@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magcache_dist.cache import plan
+from magcache_dist.cache import skip_schedule
 from magcache_dist.config import load_config
 from magcache_dist.families.base import make_family
 from magcache_dist.families.wan import WanFamily, i2v_geometry
@@ -199,7 +199,7 @@ def test_end_to_end_both_layouts_give_identical_latents(task, wan_ckpts, tmp_pat
         assert freed[-1]() is None  # the text encoder ran once and was freed
         latents[layout] = torch.load(out / "latents.pt", weights_only=True)
         job = validate_job(cfg, 1)
-        expect = plan(job.policy, job.scfg.num_steps, job.scfg.branches)
+        expect = skip_schedule(job.policy, job.scfg.num_steps, job.scfg.branches)
         assert report["skipped_steps"] == expect["skipped_steps"] and report["computed_calls"] < report["total_calls"]
         files = ["frames.png", "latents.pt", "report.json", "video.mp4"] if layout == "official" else \
             ["latents.pt", "report.json"]

@@ -1,8 +1,8 @@
 """Print the MagCache skip schedule of a preset or ratio file as one JSON object.
 
-    python -m magcache_dist.plan --preset wan2.1-t2v-1.3b --steps 50 --thresh 0.12 --K 2 --retention 0.2
-    python -m magcache_dist.plan --preset tiny-video --steps 30 --thresh 0.12 --K 4 --retention 0.25 --branch-sync joint
-    python -m magcache_dist.plan --preset wan2.2-t2v-a14b --steps 40 --thresh 0.06 --K 2 --retention 0.4
+    python -m magcache_dist.schedule --preset wan2.1-t2v-1.3b --steps 50 --thresh 0.12 --K 2 --retention 0.2
+    python -m magcache_dist.schedule --preset tiny-video --steps 30 --thresh 0.12 --K 4 --retention 0.25 --branch-sync joint
+    python -m magcache_dist.schedule --preset wan2.2-t2v-a14b --steps 40 --thresh 0.06 --K 2 --retention 0.4
 """
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import argparse
 import json
 import sys
 
-from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, plan
+from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, skip_schedule
 from magcache_dist.errors import InputError
 from magcache_dist.cache.presets import preset_switch_step
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m magcache_dist.plan", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m magcache_dist.schedule", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset")
     src.add_argument("--ratios", help="ratio file (calibration output or a published entry)")
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             switch = preset_switch_step(args.preset, args.steps)
         policy = build_magcache(args.preset, args.ratios, cfg, args.steps, branches, rule=args.rule,
                                 branch_sync=args.branch_sync, switch_step=switch)
-        out = plan(policy, args.steps, branches)
+        out = skip_schedule(policy, args.steps, branches)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
