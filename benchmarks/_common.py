@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-
 from magcache_dist.config import JobConfig, load_config
 from magcache_dist.families.base import ModelFamily
 from magcache_dist.job import validate_job
-from magcache_dist.sampling.loop import SampleResult, SamplerConfig, sample
+from magcache_dist.sampling.loop import SamplerConfig, SampleResult, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 
 from benchmarks._common import ROOT, build_job
-
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
-from tools.tinydata.judge import ATTRIBUTES, judge
-from tools.tinydata.procedural import COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_png
+from tools.tinydata.judge import ATTRIBUTES, judge
+from tools.tinydata.procedural import COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SHEET = [3 * m + m % 3 for m in range(7)]  # grid indices shown by --sheet: one prompt per motion, shapes rotating

@@ -32,10 +32,8 @@ import torch
 
 from benchmarks._common import ROOT, build_job, write_readme_block
 from benchmarks.quality import PAIRS
-
 from magcache_dist.auto import sigma_grid
-from magcache_dist.cache import (MagCacheConfig, MagCachePolicy, NoCache, RatioTable, build_magcache,
-                                 get_preset)
+from magcache_dist.cache import MagCacheConfig, MagCachePolicy, NoCache, RatioTable, build_magcache, get_preset
 from magcache_dist.cache.store import interpolate_by_sigma
 from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim

@@ -30,13 +30,12 @@ import torch
 from benchmarks._common import ROOT, build_job
 from benchmarks.branch_sync import at, desync
 from benchmarks.quality import MAGCACHE, PAIRS, TEACACHE, timed
-
-from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
-from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.auto import sigma_grid
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_names
 from magcache_dist.cache.online import OnlineConfig, build_online
 from magcache_dist.cache.teacache import build_teacache
+from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
+from magcache_dist.io.atomic import atomic_write_text
 
 ONLINE = MAGCACHE + [(0.03, 2), (0.5, 4), (1.0, 8)]  # (thresh, K); retention 0.2 like MagCache
 HOLD = [(0.06, 2), (0.12, 2), (0.24, 4), (0.5, 8)]

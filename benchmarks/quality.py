@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from benchmarks._common import ROOT, build_job, write_readme_block
-
-from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
 from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
+from magcache_dist.io.atomic import atomic_write_text
 from tools.tinydata.judge import judge
 
 PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs overlap

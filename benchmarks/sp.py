@@ -44,8 +44,8 @@ def worker(rank, world, port, kind, args, out_path):
 
     from magcache_dist.cache import MagCacheConfig, build_magcache
     from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_dist_context, solo_context
-    from magcache_dist.sampling import SamplerConfig, sample
     from magcache_dist.random_weights import tiny_model
+    from magcache_dist.sampling import SamplerConfig, sample
 
     torch.set_num_threads(1)
     if world > 1:

@@ -17,7 +17,6 @@ import os
 import sys
 
 from benchmarks._common import ROOT, publish
-
 from magcache_dist.cache import MagCacheConfig, build_magcache
 from magcache_dist.cache.presets import _SWITCH, get_preset
 from magcache_dist.sampling.grids import expert_switch_step

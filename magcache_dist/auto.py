@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from magcache_dist.cache.ratios import RatioTable
 from magcache_dist.cache.store import RatioStore, interpolate_table, make_key, weights_fingerprint
 from magcache_dist.config import JobConfig, resolve_path
-from magcache_dist.sampling.schedulers import FlowScheduler
 from magcache_dist.errors import InputError
+from magcache_dist.sampling.schedulers import FlowScheduler
 
 
 def sigma_grid(num_steps: int, shift: float, solver: str = "unipc", sigmas=None) -> list[float]:

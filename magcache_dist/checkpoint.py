@@ -27,11 +27,11 @@ import torch
 
 from magcache_dist.cache.base import copy_to
 from magcache_dist.config import JobConfig, resolve_path, to_dict
+from magcache_dist.errors import InputError
+from magcache_dist.io.atomic import atomic_path, atomic_write_text
 from magcache_dist.io.fingerprint import content_fingerprint
 from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.preempt import Preempted, signal_number, stop_agreed
-from magcache_dist.io.atomic import atomic_path, atomic_write_text
-from magcache_dist.errors import InputError
 
 FORMAT = "magcache-dist-checkpoint/1"
 POINTER = "latest.json"

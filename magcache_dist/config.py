@@ -19,6 +19,7 @@ from typing import List, Optional
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
 from magcache_dist.errors import InputError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -258,7 +259,7 @@ def _typed(value, path: list[str], where: str):
         return [_typed(v, path + ["[]"], where) for v in value]
     if isinstance(value, _Plain):
         if _is_str(tp):
-            return None if (tp != str and value in ("null", "~")) else _escape(str(value))
+            return None if (tp is not str and value in ("null", "~")) else _escape(str(value))
         return yaml.safe_load(str(value)) if str(value) != "" else None
     return _escape(value) if isinstance(value, str) else value
 

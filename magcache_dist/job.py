@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from magcache_dist.auto import check_store, job_sigmas
 from magcache_dist.cache.base import CachePolicy
-from magcache_dist.cache.magcache import MagCacheConfig
 from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, check_spec, resolve_preset
+from magcache_dist.cache.magcache import MagCacheConfig
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, explicitly_set, resolve_path
+from magcache_dist.errors import InputError, reading
 from magcache_dist.families import FLUX, HUNYUAN, OPENSORA, WAN, model_spec
 from magcache_dist.families.base import DTYPES, ModelFamily, make_family
 from magcache_dist.io.probe import ensure_writable_dir
@@ -25,7 +26,6 @@ from magcache_dist.parallel.fsdp import check_fsdp
 from magcache_dist.prompts import VideoSpec, parse_shard, read_prompts, video_config
 from magcache_dist.sampling.grids import check_grid
 from magcache_dist.sampling.loop import SamplerConfig
-from magcache_dist.errors import InputError, reading
 
 
 @dataclass(frozen=True)

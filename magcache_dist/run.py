@@ -29,8 +29,8 @@ from magcache_dist.checkpoint import Checkpointer, config_hash, fingerprint
 from magcache_dist.claims import Claims
 from magcache_dist.compile import compile_blocks, compile_report
 from magcache_dist.config import JobConfig, to_dict
-from magcache_dist.errors import reading
 from magcache_dist.decode import decode_video
+from magcache_dist.errors import reading
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_torch_save, atomic_write_text
 from magcache_dist.io.video import contact_sheet, to_frames, write_mp4, write_png
@@ -40,11 +40,21 @@ from magcache_dist.parallel.dims import ParallelContext
 from magcache_dist.parallel.fsdp import apply_fsdp, local_param_bytes
 from magcache_dist.phases import PhaseMeter, environment
 from magcache_dist.preempt import Preempted, stop_agreed
-from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, video_config
+from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT
+from magcache_dist.prompts import VideoSpec, video_config
 from magcache_dist.sampling.loop import sample
 from magcache_dist.sampling.schedulers import FlowScheduler
-from magcache_dist.videos import (entry, job_videos, merge_summary, output_files, shard, share, video_job,
-                                  video_state, write_part)
+from magcache_dist.videos import (
+    entry,
+    job_videos,
+    merge_summary,
+    output_files,
+    shard,
+    share,
+    video_job,
+    video_state,
+    write_part,
+)
 
 
 def summarize(decisions_by_rank: list[list[dict]], dims, branches) -> dict:

@@ -11,8 +11,8 @@ import json
 import sys
 
 from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, skip_schedule
-from magcache_dist.errors import InputError
 from magcache_dist.cache.presets import preset_switch_step
+from magcache_dist.errors import InputError
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,8 @@ from magcache_dist.errors import InputError
 from magcache_dist.families.base import make_family
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.job import Job
-from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT, VideoSpec, parse_shard, video_config, video_identity
+from magcache_dist.prompts import SUMMARY_FORMAT as FORMAT
+from magcache_dist.prompts import VideoSpec, parse_shard, video_config, video_identity
 
 PARTS = ".summary"
 OUTPUT_FILES = ("video.mp4", "image.png", "frames.png", "latents.pt", "ratios.json")

@@ -93,8 +93,8 @@ class Check:
         return d
 
     def sdpa(self):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
         import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
         n, length, dh = (2, 256, 64) if self.small else (12, 32_760, 128)
         q, k, v = (torch.randn(1, n, length, dh, device=self.device, dtype=torch.bfloat16) for _ in range(3))

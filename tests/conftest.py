@@ -68,15 +68,6 @@ def wan22_ckpts(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ti2v_ckpt(tmp_path_factory):
-    """A tiny random Wan2.2 TI2V-5B diffusers folder (one DiT, the 48-channel Wan2.2 VAE)."""
-    from tests.support.wan22_tiny import build_ti2v_components, save_ti2v_diffusers
-
-    comps = build_ti2v_components()
-    return dict(comps=comps, diffusers=save_ti2v_diffusers(comps, str(tmp_path_factory.mktemp("ti2v") / "diffusers")))
-
-
-@pytest.fixture(scope="session")
 def nan_ckpt(tiny_ckpt, tmp_path_factory):
     """The tiny checkpoint with one NaN weight in the output head."""
     from safetensors.torch import load_file, save_file

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from benchmarks._common import ROOT, build_job
-
-from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.cache.base import CachePolicy, Decision
 from magcache_dist.cache.presets import DATA_DIR
 from magcache_dist.cache.teacache import TEACACHE_FORMAT, modulated_input, polyval
+from magcache_dist.io.atomic import atomic_write_text
 from tools.tinydata import ProceduralVideos
 
 

@@ -20,11 +20,10 @@ import sys
 
 import numpy as np
 
-
-from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.auto import sigma_grid
 from magcache_dist.cache import RatioTable, get_preset
 from magcache_dist.cache.online import OnlineConfig, predict_slope
+from magcache_dist.io.atomic import atomic_write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED = [("wan2.1-t2v-1.3b", 5.0), ("wan2.1-t2v-14b", 5.0), ("wan2.1-i2v-14b-480p", 3.0),

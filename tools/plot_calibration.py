@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 
-
 from magcache_dist.cache.ratios import RatioTable
 
 

@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from tools.tinydata import ProceduralVideos
 from models.tiny_ae import PixelAutoencoder
 from models.tiny_text import TinyTextEncoder
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
+from tools.tinydata import ProceduralVideos
 
 TEXT_ENCODER_PREFIX = "text_encoder."
 

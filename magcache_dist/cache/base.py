@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import torch
+
 from magcache_dist.errors import InputError
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from magcache_dist.cache.base import (CachePolicy, CacheState, Decision, check_branch_sync, joint_decisions,
-                                      joint_key)
-from magcache_dist.config import MagCacheSection
+from magcache_dist.cache.base import CachePolicy, CacheState, Decision, check_branch_sync, joint_decisions, joint_key
 from magcache_dist.cache.presets import FamilyRule, get_preset, get_rule
 from magcache_dist.cache.ratios import RatioTable
+from magcache_dist.config import MagCacheSection
 from magcache_dist.errors import InputError
 
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from magcache_dist.errors import InputError
 
 FORMAT = "magcache-ratios/1"

@@ -27,8 +27,8 @@ import time
 import numpy as np
 
 from magcache_dist.cache.ratios import RatioTable
-from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.errors import InputError
+from magcache_dist.io.atomic import atomic_write_text
 
 STORE_FORMAT = "magcache-ratio-store/1"
 KEY_FIELDS = ("model", "weights", "num_steps", "resolution", "solver", "shift", "guidance")

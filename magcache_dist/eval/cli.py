@@ -36,10 +36,17 @@ import torch
 from magcache_dist.errors import InputError
 from magcache_dist.eval.folders import Folder, Video, load_folder, match
 from magcache_dist.eval.metrics import PSNR_CAP
-from magcache_dist.eval.perceptual import (INSTALL_HINT, Lpips, download_backbone, lpips_installed,
-                                           resolve_backbone)
-from magcache_dist.eval.scoring import (CACHE_DIR, METRIC_NAMES, Pair, Settings, Task, file_sha256, score,
-                                        score_distributed)
+from magcache_dist.eval.perceptual import INSTALL_HINT, Lpips, download_backbone, lpips_installed, resolve_backbone
+from magcache_dist.eval.scoring import (
+    CACHE_DIR,
+    METRIC_NAMES,
+    Pair,
+    Settings,
+    Task,
+    file_sha256,
+    score,
+    score_distributed,
+)
 from magcache_dist.io.atomic import atomic_path, atomic_write_text
 
 FORMAT = "magcache-eval/1"

@@ -26,6 +26,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from magcache_dist.errors import InputError
 
 PSNR_CAP = 100.0  # identical frames (PSNR = inf) count as this, as in the release (MSE < 1e-10 -> 100 dB)

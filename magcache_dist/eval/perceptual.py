@@ -29,6 +29,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+
 from magcache_dist.errors import InputError
 
 ENV_BACKBONE = "MAGCACHE_LPIPS_BACKBONE"
@@ -133,8 +134,8 @@ def import_lpips() -> tuple[types.ModuleType, str]:
         if not lpips_installed():
             raise ImportError(f"the lpips package is not installed: {INSTALL_HINT}")
         try:
-            import torchvision  # noqa: F401
             import lpips  # noqa: F401
+            import torchvision  # noqa: F401
         except Exception:  # not installed, or built for another torch (RuntimeError: operator ... does not exist)
             with _torchvision_stand_in():
                 import lpips  # noqa: F401

@@ -12,6 +12,7 @@ on the embedded model (or a rejected bad input) never imports diffusers' or tran
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from magcache_dist.errors import InputError
 
 TINY = "magcache_dist.families.tiny:TinyVideoFamily"

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import GUIDANCE, SHIFT, SOLVER, JobConfig, evolve, resolve_dtypes, resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.families import model_spec
 from magcache_dist.sampling.loop import SamplerConfig
-from magcache_dist.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

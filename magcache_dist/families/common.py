@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from magcache_dist.config import resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily, meta_param_count
 from models.layouts import Rule, is_official, official_to_diffusers
 from models.loading import load_state_dict_strict, read_tensors
 from models.tiny_text import TinyTextEncoder
 from models.wan import WanConfig, WanModel
-from magcache_dist.errors import InputError
 
 TEXT_ENCODER_PREFIX = "text_encoder."
 # parameters of the released text encoders several families load (the planner's encode phase)

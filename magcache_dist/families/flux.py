@@ -23,16 +23,22 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
-from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, T5_XXL_ENCODER_PARAMS, PipelineFamily, encode_prompt, pooled
+from magcache_dist.families.common import (
+    CLIP_L_TEXT_PARAMS,
+    T5_XXL_ENCODER_PARAMS,
+    PipelineFamily,
+    encode_prompt,
+    pooled,
+)
 from magcache_dist.sampling.grids import flux_mu, flux_sigmas, linear_grid
 from magcache_dist.sampling.loop import SamplerConfig
 from models.flux import FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, FluxDiT, flux_config
 from models.layouts import is_official, official_to_diffusers
 from models.loading import check_shapes, read_shapes
 from models.tiny_text import TinyTextEncoder
-from magcache_dist.errors import InputError
 
 TINY_TEXT_LEN = 16
 # T5 tokens (max_sequence_length): BFL's published defaults (dev 512, schnell 256); the toy pipeline: 32

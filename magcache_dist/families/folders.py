@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import gc
 import glob
-import json
 import math
 import os
 
 import torch
 
 from magcache_dist.config import resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.families.base import DTYPES
 from magcache_dist.families.components import check_weight_file, read_config  # noqa: F401 (read_config: re-exported)
-from magcache_dist.errors import InputError
 
 
 def free_memory(device) -> None:

@@ -28,14 +28,14 @@ from dataclasses import dataclass
 
 import torch
 
-from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
+from magcache_dist.errors import InputError
 from magcache_dist.families import components, folders
+from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families.common import CLIP_L_TEXT_PARAMS, PipelineFamily, encode_prompt, pooled
 from magcache_dist.sampling.grids import shifted_sigmas
 from magcache_dist.sampling.loop import SamplerConfig
 from models.hunyuan_video import HUNYUAN_OFFICIAL, HUNYUAN_OFFICIAL_MARKER, HunyuanVideoDiT, hunyuan_config
 from models.tiny_text import TinyTextEncoder
-from magcache_dist.errors import InputError
 
 TINY_TEXT_LEN = 16
 LLAMA_TOKENS = 256  # text_len: LLaMA features after the template crop, padded with an attention mask

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from magcache_dist.errors import InputError
 from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, meta_param_count
 from magcache_dist.families.common import T5_XXL_ENCODER_PARAMS, PipelineFamily, encode_prompt
@@ -36,7 +37,6 @@ from models.loading import TensorSource, check_shapes, read_shapes
 from models.opensora import OpenSoraCond, STDiT3, opensora_config
 from models.opensora_vae import PUBLISHED_2D, SDXL_VAE, OpenSoraVAE, OpenSoraVAEConfig, TemporalVAEConfig
 from models.tiny_text import TinyTextEncoder
-from magcache_dist.errors import InputError
 
 AES = 6.5  # configs/opensora-v1-2/inference/sample.py: "aesthetic score: 6.5." is appended to every prompt
 IMG_FPS = 120  # the fps Open-Sora conditions a one-frame video on

@@ -7,15 +7,14 @@ from __future__ import annotations
 import torch
 
 from magcache_dist.config import resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
-from magcache_dist.families.common import (encode_texts, load_dit_and_text, split_text_encoder,
-                                           wan_cost_figures)
+from magcache_dist.families.common import encode_texts, load_dit_and_text, split_text_encoder, wan_cost_figures
 from models.loading import check_shapes, read_shapes
 from models.tiny_ae import PixelAutoencoder
 from models.tiny_text import TinyTextEncoder
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
-from magcache_dist.errors import InputError
 
 AE_STRIDE = {"tiny": 1, "tiny-video": 2}
 

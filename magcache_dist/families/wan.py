@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import torch
 
 from magcache_dist.config import SHIFT, JobConfig, resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.families import components, folders
 from magcache_dist.families.base import DTYPES, CostFigures, ModelFamily
 from magcache_dist.families.common import wan_cost_figures
 from models import wan_components
 from models.wan import get_config
 from models.wan_i2v import I2VCondition, build_wan_model
-from magcache_dist.errors import InputError
 
 VAE_STRIDE = (4, 8, 8)  # time, height, width
 Z_DIM = 16

@@ -26,14 +26,24 @@ import os
 import torch
 
 from magcache_dist.config import resolve_path
+from magcache_dist.errors import InputError
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures
-from magcache_dist.families.wan import (DIFFUSERS_DIRS, LAYOUTS, OFFICIAL_FILES, WanEncoders, WanFamily, WanFiles,
-                                        check_dit_config, detect_layout, load_image, resolve_files)
+from magcache_dist.families.wan import (
+    DIFFUSERS_DIRS,
+    LAYOUTS,
+    OFFICIAL_FILES,
+    WanEncoders,
+    WanFamily,
+    WanFiles,
+    check_dit_config,
+    detect_layout,
+    load_image,
+    resolve_files,
+)
 from magcache_dist.sampling.grids import expert_switch_step
 from models.wan_experts import EXPERTS, WanExperts
 from models.wan_i2v import LatentCondition, build_wan_model
-from magcache_dist.errors import InputError
 
 OFFICIAL_EXPERTS = dict(high="high_noise_model", low="low_noise_model")
 DIFFUSERS_EXPERTS = dict(high="transformer", low="transformer_2")

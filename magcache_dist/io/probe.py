@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 import time
+
 from magcache_dist.errors import InputError
 
 LOCK_NAME = ".magcache-dist.lock"

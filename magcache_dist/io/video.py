@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from magcache_dist.io.atomic import atomic_path
 from magcache_dist.errors import InputError
+from magcache_dist.io.atomic import atomic_path
 
 
 def to_frames(video: torch.Tensor) -> np.ndarray:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from magcache_dist.errors import InputError, InternalError
 from magcache_dist.parallel.attention import RingAttention, UlyssesAttention
 from magcache_dist.parallel.dims import ParallelContext
 from models.attention_joint import LocalFactorizedAttention, LocalJointAttention
-from magcache_dist.errors import InputError, InternalError
 
 BACKENDS = ("native", "deepspeed", "xfuser")
 

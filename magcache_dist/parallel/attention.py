@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from magcache_dist.errors import InternalError
 from magcache_dist.parallel.comm import Comm
 from models.attention import key_padding_mask, unpadded_attention
-from magcache_dist.errors import InternalError
 
 
 def attention_with_lse(q, k, v, k_lens, k_offset: int, q_block: int = 4096, kernel=None):
@@ -139,7 +139,10 @@ def merge_partials(out_a, lse_a, out_b, lse_b):
     finite = torch.isfinite(lse)
     wa = torch.where(finite, torch.exp(lse_a - lse), torch.zeros_like(lse))
     wb = torch.where(finite, torch.exp(lse_b - lse), torch.zeros_like(lse))
-    w = lambda x: x.transpose(1, 2).unsqueeze(-1)  # [B, N, L] -> [B, L, N, 1]
+
+    def w(x):  # [B, N, L] -> [B, L, N, 1]
+        return x.transpose(1, 2).unsqueeze(-1)
+
     return out_a * w(wa) + out_b * w(wb), lse
 
 

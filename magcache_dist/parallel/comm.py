@@ -11,6 +11,7 @@ import threading
 
 import torch
 import torch.distributed as dist
+
 from magcache_dist.errors import InternalError
 
 _OPS = {"sum", "max", "min"}

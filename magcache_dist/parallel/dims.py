@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from magcache_dist.parallel.comm import Comm, SoloComm, ThreadComm, ThreadHub
 from magcache_dist.errors import InputError
+from magcache_dist.parallel.comm import Comm, SoloComm, ThreadComm, ThreadHub
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from magcache_dist.errors import InputError, InternalError
 from magcache_dist.parallel.comm import DistComm
 from magcache_dist.parallel.dims import ParallelContext
-from magcache_dist.errors import InputError, InternalError
 
 
 def block_units(model: nn.Module) -> list[nn.Module]:

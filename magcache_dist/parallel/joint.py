@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from magcache_dist.errors import InternalError
 from magcache_dist.parallel.attention import _heads_to_seq, _seq_to_heads, attention_with_lse, merge_partials
 from magcache_dist.parallel.comm import Comm
 from models.attention_joint import factorized_attention, joint_attention
-from magcache_dist.errors import InternalError
 
 
 class JointSPAttention(nn.Module):

@@ -15,11 +15,11 @@ import os
 from magcache_dist.cache import skip_schedule
 from magcache_dist.cache.magcache import MagCachePolicy
 from magcache_dist.config import JobConfig, to_dict
+from magcache_dist.errors import InputError
 from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, ring_path, token_layout
 from magcache_dist.planner.phases import job_phases
 from magcache_dist.planner.profiles import load_profile
-from magcache_dist.errors import InputError
 
 GB = 1e9
 

@@ -4,6 +4,7 @@ until the allocator fails (``planner.memory_check=false`` runs it anyway)."""
 from __future__ import annotations
 
 import os
+
 from magcache_dist.errors import InputError
 
 GB = 1e9

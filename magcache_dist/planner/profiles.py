@@ -5,6 +5,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+
 from magcache_dist.errors import InputError
 
 PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from magcache_dist.errors import InternalError
 
-from magcache_dist.errors import InputError
+from magcache_dist.errors import InputError, InternalError
 
 
 def linear_grid(num_steps: int) -> np.ndarray:

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import torch
 
 from magcache_dist.cache.base import CachePolicy
-from magcache_dist.parallel.consensus import JointConsensus, SkipConsensus
 from magcache_dist.config import GUIDANCE, SHIFT, SOLVER, SamplerSection
+from magcache_dist.errors import InputError, InternalError
+from magcache_dist.parallel.consensus import JointConsensus, SkipConsensus
 from magcache_dist.parallel.dims import ParallelContext, solo_context
 from magcache_dist.parallel.shard import Sharder
 from magcache_dist.sampling.schedulers import SOLVERS, FlowScheduler
-from magcache_dist.errors import InputError, InternalError
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import torch
+
 from magcache_dist.errors import InternalError
 
 SOLVERS = ("unipc", "euler")

@@ -13,12 +13,12 @@ from magcache_dist.cache.online import build_online
 from magcache_dist.cache.presets import get_rule
 from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.config import load_config
+from magcache_dist.job import validate_job
 from magcache_dist.parallel import ParallelDims, SkipDisagreement, apply_sequence_parallel, build_thread_contexts
 from magcache_dist.parallel.threads import run_threads
-from magcache_dist.job import validate_job
+from magcache_dist.random_weights import odd_inputs, tiny_model
 from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.sampling.schedulers import FlowScheduler
-from magcache_dist.random_weights import odd_inputs, tiny_model
 from tests.support.helpers import plan_json, run_sampling
 
 STEPS = 8

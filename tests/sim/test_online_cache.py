@@ -11,8 +11,8 @@ from magcache_dist.cache import MagCacheConfig
 from magcache_dist.cache.online import OnlineConfig, build_online, predict_slope
 from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts
 from magcache_dist.parallel.threads import run_threads
-from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.random_weights import odd_inputs, tiny_model
+from magcache_dist.sampling import SamplerConfig, sample
 from tests.support.helpers import run_sampling
 
 STEPS = 10

@@ -5,13 +5,18 @@ import torch
 
 from magcache_dist.cache import MagCacheConfig, build_magcache, skip_schedule
 from magcache_dist.cache.calibrate import CalibrationPolicy
-from magcache_dist.parallel import (ParallelDims, SkipDisagreement, apply_sequence_parallel, build_thread_contexts,
-                                    solo_context)
+from magcache_dist.parallel import (
+    ParallelDims,
+    SkipDisagreement,
+    apply_sequence_parallel,
+    build_thread_contexts,
+    solo_context,
+)
 from magcache_dist.parallel.apply import build_sp_attention
 from magcache_dist.parallel.threads import run_threads
+from magcache_dist.random_weights import odd_inputs, tiny_model
 from magcache_dist.sampling import SamplerConfig, sample
 from models.attention import LocalAttention
-from magcache_dist.random_weights import odd_inputs, tiny_model
 from tests.support.helpers import run_sampling
 
 STEPS = 8
@@ -41,7 +46,9 @@ def test_attention_ops_equal_local_attention_on_uneven_lengths():
                  ParallelDims(2, 2)):
         def shard_and_attend(par):
             chunk = -(-length // par.sp.size)
-            pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, chunk * par.sp.size - length))
+            def pad(t):
+                return torch.nn.functional.pad(t, (0, 0, 0, 0, 0, chunk * par.sp.size - length))
+
             lo, hi = par.sp.rank * chunk, (par.sp.rank + 1) * chunk
             out = build_sp_attention(par)(pad(q)[:, lo:hi], pad(k)[:, lo:hi], pad(v)[:, lo:hi],
                                           torch.tensor([length, length]))

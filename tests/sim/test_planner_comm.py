@@ -9,8 +9,8 @@ from magcache_dist.config import load_config
 from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts
 from magcache_dist.parallel.threads import run_threads
 from magcache_dist.planner import plan_job
-from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.random_weights import tiny_model
+from magcache_dist.sampling import SamplerConfig, sample
 from tests.support.helpers import ODD_VIDEO
 
 

@@ -22,7 +22,6 @@ fused bf16 kernel rounds its probabilities to bf16 before P.V: ring cannot be bi
   change). Measured over 2 seeds x 2 / 4 / 6 steps: ring 0.17-0.25, reversed keys 0.15-0.27, bf16 vs fp32
   0.16-0.24; ring / gap at most 1.47.
 """
-import copy
 
 import pytest
 import torch
@@ -34,10 +33,10 @@ from magcache_dist.parallel.apply import build_sp_attention
 from magcache_dist.parallel.joint import JointSPAttention, UlyssesFactorizedAttention
 from magcache_dist.parallel.shard import Sharder
 from magcache_dist.parallel.threads import run_threads
+from magcache_dist.random_weights import odd_inputs, tiny_model
 from magcache_dist.sampling import SamplerConfig, sample
 from models.attention import LocalAttention, sdpa
 from models.attention_joint import LocalFactorizedAttention, LocalJointAttention
-from magcache_dist.random_weights import odd_inputs, tiny_model
 
 BF16 = torch.bfloat16
 ULYSSES = [ParallelDims(2, 1), ParallelDims(4, 1)]

@@ -20,11 +20,11 @@ from magcache_dist.parallel.attention import RingAttention, cpu_block_kernel
 from magcache_dist.parallel.joint import JointSPAttention
 from magcache_dist.parallel.shard import Sharder
 from magcache_dist.parallel.threads import run_threads
+from magcache_dist.random_weights import odd_inputs, tiny_model
 from magcache_dist.sampling import SamplerConfig, sample
 from models.attention import LocalAttention, sdpa
 from models.attention_joint import LocalJointAttention
 from tests.sim.test_precision import RING, _exact, _qkv, _sharded, ids
-from magcache_dist.random_weights import odd_inputs, tiny_model
 
 BF16 = torch.bfloat16
 

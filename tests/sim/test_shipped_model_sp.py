@@ -16,9 +16,9 @@ def test_shipped_model_under_sequence_parallelism_equals_one_process(ulysses, ri
     """The coordinate channels are appended before the tokens are sharded: the shipped model with its MagCache
     preset gives the single-process latents (fp32, max abs difference < 1e-4) and the same skips on every rank."""
     from magcache_dist.cache import MagCacheConfig, build_magcache
+    from magcache_dist.families.common import encode_texts
     from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts
     from magcache_dist.parallel.threads import run_threads
-    from magcache_dist.families.common import encode_texts
     from magcache_dist.sampling import SamplerConfig, sample
 
     cfg = load_config(DEFAULT, ["video.frames=8"])

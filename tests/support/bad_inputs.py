@@ -785,7 +785,7 @@ def _profile(text: str | bytes):
 _H100 = {"name": "mine", "peak_flops": {"float32": 4.9e14, "bfloat16": 9.9e14}, "gemm_efficiency": 0.65,
          "attention_efficiency": 0.4, "memory_bandwidth": 3.35e12, "memory_capacity": "80GB", "link_bandwidth": 4.5e11,
          "link_efficiency": 0.7, "link_latency_s": 1e-5, "op_overhead_s": 4e-6}
-RESUME = [f"checkpoint.dir={{tmp}}/ck", "resume=true"]
+RESUME = ["checkpoint.dir={tmp}/ck", "resume=true"]
 SCHED = "scheduler/scheduler_config.json"
 DIT_FIX = r"re-download"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from models.hunyuan_video import hunyuan_config
 from magcache_dist.random_weights import randomize
+from models.hunyuan_video import hunyuan_config
 
 WORDS = ("a an the and of on in to with is red green blue yellow white black cat dog bird car boat tree house "
          "runs walks flies swims moves jumps sits over under near river road sky city night day slowly fast "

@@ -17,9 +17,9 @@ import os
 import torch
 from safetensors.torch import save_file
 
+from magcache_dist.random_weights import randomize
 from models.opensora import STDiT3, opensora_config
 from models.opensora_vae import OpenSoraVAE, OpenSoraVAEConfig, TemporalVAEConfig
-from magcache_dist.random_weights import randomize
 from tests.support.wan_tiny import WORDS, build_tokenizer
 
 T5_SIZE = dict(d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4)

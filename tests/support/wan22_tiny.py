@@ -14,12 +14,17 @@ import os
 import torch
 from safetensors.torch import save_file
 
+from magcache_dist.random_weights import randomize
 from models.loading import official_to_diffusers_key
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
-from magcache_dist.random_weights import randomize
-from tests.support.wan_tiny import (build_t5, build_tokenizer, build_vae, t5_hf_to_official,
-                                    vae_diffusers_to_official_key)
+from tests.support.wan_tiny import (
+    build_t5,
+    build_tokenizer,
+    build_vae,
+    t5_hf_to_official,
+    vae_diffusers_to_official_key,
+)
 
 BOUNDARY = {"t2v": 0.875, "i2v": 0.900}
 SHIFT = {"t2v": 12.0, "i2v": 5.0}

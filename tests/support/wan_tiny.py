@@ -15,10 +15,10 @@ import re
 import torch
 from safetensors.torch import save_file
 
+from magcache_dist.random_weights import randomize
 from models.loading import official_to_diffusers_key
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
-from magcache_dist.random_weights import randomize
 
 WORDS = ("a an the and of on in to with is red green blue yellow white black cat dog bird car boat tree house "
          "runs walks flies swims moves jumps sits over under near river road sky city night day slowly fast "

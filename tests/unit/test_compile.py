@@ -17,8 +17,8 @@ from magcache_dist.cache import MagCacheConfig, build_magcache
 from magcache_dist.compile import compile_blocks, compile_report
 from magcache_dist.parallel import ParallelDims, apply_sequence_parallel, build_thread_contexts, solo_context
 from magcache_dist.parallel.threads import run_threads
-from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.random_weights import odd_inputs, tiny_model
+from magcache_dist.sampling import SamplerConfig, sample
 
 STEPS = 6
 TOL = 1e-4

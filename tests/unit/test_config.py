@@ -7,8 +7,8 @@ import pytest
 
 from magcache_dist.config import evolve, load_config, to_dict
 from magcache_dist.job import validate_job
-from tests.support.helpers import ODD_VIDEO, job_config
 from tests.support import ROOT
+from tests.support.helpers import ODD_VIDEO, job_config
 
 
 def test_blank_prompt(tiny_ckpt, tmp_path):

@@ -5,11 +5,10 @@ import pytest
 import torch
 
 from magcache_dist.cache import MagCacheConfig, build_magcache
-from magcache_dist.sampling import SamplerConfig, sample
-from magcache_dist.sampling import loop
+from magcache_dist.random_weights import odd_inputs, randomize, tiny_model
+from magcache_dist.sampling import SamplerConfig, loop, sample
 from models.wan import PreparedCondition, get_config
 from models.wan_i2v import I2VCondition, build_wan_model
-from magcache_dist.random_weights import odd_inputs, randomize, tiny_model
 
 
 def _i2v_inputs(model, g):

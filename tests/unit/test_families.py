@@ -15,8 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from magcache_dist.families.base import make_family
 from magcache_dist.sampling.grids import flux_mu, flux_sigmas, opensora_shift, shifted_sigmas
-from tests.support.families import (FAMILY_JOBS, family_config, max_diff, random_family_model,
-                                    save_family_checkpoint)
+from tests.support.families import FAMILY_JOBS, family_config, max_diff, random_family_model, save_family_checkpoint
 from tests.support.helpers import plan_json
 
 TOL = 1e-4
@@ -74,8 +73,10 @@ def _fake(sd_meta):
 
 @pytest.mark.parametrize("family", ["flux", "hunyuanvideo"])
 def test_official_layout_equals_diffusers_converter_at_published_size(family):
-    from diffusers.loaders.single_file_utils import (convert_flux_transformer_checkpoint_to_diffusers,
-                                                     convert_hunyuan_video_transformer_to_diffusers)
+    from diffusers.loaders.single_file_utils import (
+        convert_flux_transformer_checkpoint_to_diffusers,
+        convert_hunyuan_video_transformer_to_diffusers,
+    )
 
     from models.flux import FLUX_CONFIGS, FLUX_OFFICIAL, FluxDiT
     from models.hunyuan_video import HUNYUAN_CONFIGS, HUNYUAN_OFFICIAL, HunyuanVideoDiT

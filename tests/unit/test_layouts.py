@@ -9,6 +9,7 @@
 import pytest
 import torch
 
+from magcache_dist.random_weights import randomize
 from models import wan_components as wc
 from models.flux import FLUX_CONFIGS, FLUX_OFFICIAL, FluxDiT
 from models.hunyuan_video import HUNYUAN_CONFIGS, HUNYUAN_OFFICIAL, HunyuanVideoDiT
@@ -16,9 +17,14 @@ from models.layouts import Rule, diffusers_to_official, matching_rules, official
 from models.loading import WAN_DIT_RULES, official_to_diffusers_key
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
-from magcache_dist.random_weights import randomize
-from tests.support.wan_tiny import (build_clip, build_t5, build_vae, clip_hf_to_official, t5_hf_to_official,
-                            vae_diffusers_to_official_key)
+from tests.support.wan_tiny import (
+    build_clip,
+    build_t5,
+    build_vae,
+    clip_hf_to_official,
+    t5_hf_to_official,
+    vae_diffusers_to_official_key,
+)
 
 TABLES = ["wan_dit", "umt5", "wan_vae", "clip", "flux", "hunyuanvideo"]
 WHERE = "ckpt/model.pth"

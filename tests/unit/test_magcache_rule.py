@@ -8,6 +8,7 @@ import pytest
 from magcache_dist.cache import MagCacheConfig, RatioTable, build_magcache, get_preset, nearest_interp, skip_schedule
 from tests.support import ROOT
 from tests.support.helpers import plan_command, plan_json
+
 PUBLISHED = json.load(open(os.path.join(ROOT, "magcache_dist/cache/data/published_ratios.json")))["models"]
 
 WAN_EXAMPLE = [10, 11, 13, 14, 16, 17, 19, 20, 22, 23, 25, 26, 28, 29, 31, 32, 34, 35, 37, 38, 40, 41, 43, 45, 47]

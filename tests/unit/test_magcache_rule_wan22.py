@@ -11,12 +11,11 @@ import os
 
 import numpy as np
 import pytest
-
-from magcache_dist.errors import InternalError
 import torch
 
 from magcache_dist.cache import MagCacheConfig, build_magcache, get_preset, skip_schedule
 from magcache_dist.cache.presets import RULES, preset_switch_step
+from magcache_dist.errors import InternalError
 from magcache_dist.sampling.grids import expert_switch_step, wan_timesteps
 from tests.support import ROOT
 from tests.support.helpers import plan_command, plan_json

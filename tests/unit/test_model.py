@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from magcache_dist.random_weights import tiny_model
 from models.loading import load_state_dict_strict, official_to_diffusers_key, read_tensors
 from models.wan import WanModel, get_config
-from magcache_dist.random_weights import tiny_model
 
 
 @pytest.mark.parametrize("name,keys,params", [("wan2.1-t2v-1.3b", 825, 1.419e9), ("wan2.1-t2v-14b", 1095, 14.29e9)])

@@ -14,7 +14,7 @@ from magcache_dist.families import opensora as family_mod
 from magcache_dist.families.base import make_family
 from magcache_dist.parallel import solo_context
 from magcache_dist.sampling.schedulers import FlowScheduler
-from models.opensora_vae import (OpenSoraVAE, OpenSoraVAEConfig, TemporalVAE, TemporalVAEConfig, depth_to_time)
+from models.opensora_vae import OpenSoraVAE, OpenSoraVAEConfig, TemporalVAE, TemporalVAEConfig, depth_to_time
 from tests.support.opensora_tiny import build_vae, pipeline_overrides
 
 FACTS = os.path.join(os.path.dirname(__file__), "..", "data", "opensora_vae_v1_2.json")

@@ -13,8 +13,8 @@ from magcache_dist.cache import MagCacheConfig, build_magcache, skip_schedule
 from magcache_dist.config import load_config
 from magcache_dist.families.base import make_family
 from magcache_dist.planner import cost, plan_job
-from models.wan import WanModel, get_config
 from magcache_dist.random_weights import tiny_model
+from models.wan import WanModel, get_config
 from tests.support.helpers import ODD_VIDEO
 
 WAN14B = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",

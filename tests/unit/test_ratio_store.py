@@ -8,10 +8,10 @@ import pytest
 from magcache_dist.auto import sigma_grid
 from magcache_dist.cache import RatioTable
 from magcache_dist.cache.store import RatioStore, interpolate_by_sigma, make_key, weights_fingerprint
-from magcache_dist.parallel import solo_context
 from magcache_dist.job import validate_job
-from magcache_dist.run import run_job
+from magcache_dist.parallel import solo_context
 from magcache_dist.random_weights import save_tiny_checkpoint
+from magcache_dist.run import run_job
 from tests.support.helpers import job_config
 
 

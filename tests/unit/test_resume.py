@@ -10,8 +10,8 @@ import torch
 
 from magcache_dist.checkpoint import FORMAT, POINTER, validate_checkpointing
 from magcache_dist.config import load_config
-from magcache_dist.parallel import solo_context
 from magcache_dist.job import validate_job
+from magcache_dist.parallel import solo_context
 from magcache_dist.run import run_job
 from tests.support.helpers import job_config, job_overrides
 

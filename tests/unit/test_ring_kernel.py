@@ -8,8 +8,14 @@ its output rounded to bf16, which is what a bf16 fused kernel hands back.
 """
 import torch
 
-from magcache_dist.parallel.attention import (attention_with_lse, cuda_block_kernel, fp32_attention_with_lse,
-                                              fused_attention_with_lse, math_block_kernel, merge_partials)
+from magcache_dist.parallel.attention import (
+    attention_with_lse,
+    cuda_block_kernel,
+    fp32_attention_with_lse,
+    fused_attention_with_lse,
+    math_block_kernel,
+    merge_partials,
+)
 
 BF16 = torch.bfloat16
 

@@ -7,8 +7,8 @@ import torch
 
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, skip_schedule
 from magcache_dist.cache.calibrate import CalibrationPolicy
-from magcache_dist.sampling import FlowScheduler, SamplerConfig, sample
 from magcache_dist.random_weights import tiny_model
+from magcache_dist.sampling import FlowScheduler, SamplerConfig, sample
 
 
 @pytest.mark.parametrize("n,shift", [(10, 5.0), (50, 3.0), (1, 5.0)])

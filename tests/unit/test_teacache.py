@@ -8,8 +8,8 @@ from magcache_dist.cache import NoCache
 from magcache_dist.cache.teacache import TeaCacheConfig, TeaCachePolicy, modulated_input, polyval
 from magcache_dist.config import load_config
 from magcache_dist.job import validate_job
-from magcache_dist.sampling import SamplerConfig, sample
 from magcache_dist.random_weights import tiny_model
+from magcache_dist.sampling import SamplerConfig, sample
 
 D = 8
 

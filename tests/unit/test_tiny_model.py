@@ -10,14 +10,15 @@ from magcache_dist import schedule as schedule_cli
 from magcache_dist.cache import get_preset, preset_names
 from magcache_dist.cache.teacache import load_coefficients
 from magcache_dist.config import load_config
-from tools.tinydata import ProceduralVideos, caption_words
-from magcache_dist.parallel.dims import solo_context
 from magcache_dist.families.base import make_family
+from magcache_dist.parallel.dims import solo_context
 from magcache_dist.run import run_job
 from models.loading import load_state_dict_strict, read_tensors
 from models.tiny_text import VOCAB, TinyTextEncoder
 from models.wan import WanModel, get_config
 from tests.support import ROOT
+from tools.tinydata import ProceduralVideos, caption_words
+
 WEIGHTS = os.path.join(ROOT, "models", "weights", "tiny-video.safetensors")
 DEFAULT = os.path.join(ROOT, "configs", "default.yaml")
 

@@ -7,7 +7,6 @@
   plan's steps with one state over both experts;
 - the planner and the dry run know both experts.
 """
-import json
 import os
 
 import numpy as np
@@ -27,8 +26,13 @@ GUIDANCE = (4.0, 3.0)
 
 
 def diffusers_pipeline(task: str, folder: str, boundary: float | None):
-    from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline,
-                           WanTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     parts = dict(tokenizer=AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer")),

@@ -22,15 +22,15 @@ from magcache_dist.cache import skip_schedule
 from magcache_dist.config import load_config
 from magcache_dist.families.base import make_family
 from magcache_dist.families.wan import WanFamily, i2v_geometry
-from magcache_dist.parallel import solo_context
 from magcache_dist.job import validate_job
+from magcache_dist.parallel import solo_context
 from magcache_dist.run import run_job
 from models import wan_components
 from models.loading import load_state_dict_strict, official_to_diffusers_key, read_tensors
 from models.wan import get_config
 from models.wan_i2v import I2VCondition, WanI2VModel
-from tests.support.wan_tiny import CLIP_SIZE, T5_SIZE, vae_diffusers_to_official_key, wan_overrides
 from tests.support import ROOT
+from tests.support.wan_tiny import CLIP_SIZE, T5_SIZE, vae_diffusers_to_official_key, wan_overrides
 
 
 def test_i2v_dit_official_keys_and_diffusers_equality():

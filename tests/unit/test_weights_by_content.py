@@ -11,8 +11,8 @@ from magcache_dist.errors import InputError
 from magcache_dist.io.fingerprint import content_fingerprint, file_fingerprint
 from magcache_dist.job import validate_job
 from magcache_dist.parallel import solo_context
-from magcache_dist.run import run_job
 from magcache_dist.random_weights import save_tiny_checkpoint
+from magcache_dist.run import run_job
 from tests.support.helpers import job_config
 
 

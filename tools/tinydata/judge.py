@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tools.tinydata.procedural import BACKGROUND, COLOURS, MOTIONS, SIZES, SHAPES, VideoSpec, render
+from tools.tinydata.procedural import BACKGROUND, COLOURS, MOTIONS, SHAPES, SIZES, VideoSpec, render
 
 ATTRIBUTES = ("colour", "shape", "size", "motion")
 _FG_THRESHOLD = 0.25  # max |rgb - background| (in [0, 1]) below which a pixel is never foreground

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from magcache_dist.errors import InputError, InternalError
 from magcache_dist.parallel.comm import DistComm
 from models.attention import unpadded_attention
-from magcache_dist.errors import InputError, InternalError
 
 
 def check_available() -> None:

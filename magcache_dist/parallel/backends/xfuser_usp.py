@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
 from magcache_dist.errors import InputError
 
 
