@@ -128,7 +128,8 @@ def run_scenario(sc: dict, pairs, args) -> list[dict]:
     t0 = time.perf_counter()
     for prompt, seed in pairs:
         ref, res_ref, wall_ref = job.run(NoCache(), prompt, seed)
-        runs.append(dict(scenario=sc["name"], method="full", prompt=prompt, seed=seed, computed_calls=len(res_ref.decisions),
+        runs.append(dict(scenario=sc["name"], method="full", prompt=prompt, seed=seed,
+                         computed_calls=len(res_ref.decisions),
                          total_calls=len(res_ref.decisions), psnr=PSNR_CAP, ssim=1.0, wall_s=wall_ref, desync=False))
         for method, params, make in methods:
             policy = make()
@@ -250,14 +251,17 @@ def table(res: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in cmp["per_setting"]:
             lines.append(f"| {p['thresh']} | {p['K']} | {p['joint_calls']:.0f} | {p['joint_psnr']:.2f} | "
-                         f"{p['official_calls']:.0f} | {p['official_psnr']:.2f} | {'yes' if p['official_desyncs'] else 'no'} | "
-                         f"{p['diffusers_calls']:.0f} | {p['diffusers_psnr']:.2f} | {_f(p['joint_minus_diffusers_db'], '{:+.2f}')} | "
+                         f"{p['official_calls']:.0f} | {p['official_psnr']:.2f} | "
+                         f"{'yes' if p['official_desyncs'] else 'no'} | "
+                         f"{p['diffusers_calls']:.0f} | {p['diffusers_psnr']:.2f} | "
+                         f"{_f(p['joint_minus_diffusers_db'], '{:+.2f}')} | "
                          f"{_f(p['joint_minus_official_db'], '{:+.2f}')} |")
         lines += ["", f"Where official desyncs ({cmp['settings_where_official_desyncs']} settings), joint's front is "
                   f"{_f(cmp['mean_joint_minus_official_where_official_desyncs_db'], '{:+.2f}')} dB above official "
                   f"on average at official's call count; joint minus diffusers' front, worst setting: "
                   f"{_f(cmp['min_joint_minus_diffusers_db'], '{:+.2f}')} dB.", "",
-                  "| call reduction | joint | official | diffusers | TeaCache (best of both) | best MagCache - TeaCache |",
+                  "| call reduction | joint | official | diffusers | TeaCache (best of both) | "
+                  "best MagCache - TeaCache |",
                   "|---|---|---|---|---|---|"]
         for t in cmp["at_call_reduction"]:
             joint = _f(t['joint_psnr'])

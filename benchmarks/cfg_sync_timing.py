@@ -81,10 +81,12 @@ def main(argv=None) -> int:
     for sync in ("official", "joint"):
         rs = [r for r in rows if r["sync"] == sync]
         med = statistics.median(r["sample_s"] for r in rs)
-        summary[sync] = dict(median_sample_s=med, per_step_s=med / rs[0]["steps"], computed_calls=rs[0]["computed_calls"],
+        summary[sync] = dict(median_sample_s=med, per_step_s=med / rs[0]["steps"],
+                             computed_calls=rs[0]["computed_calls"],
                              skipped_steps=rs[0]["skipped_steps"],
                              median_wait_s_per_rank=[statistics.median(r["wait_s"][i] for r in rs) for i in range(2)],
-                             median_blocks_s_per_rank=[statistics.median(r["blocks_s"][i] for r in rs) for i in range(2)])
+                             median_blocks_s_per_rank=[statistics.median(r["blocks_s"][i] for r in rs)
+                                                       for i in range(2)])
     ratio = summary["joint"]["per_step_s"] / summary["official"]["per_step_s"]
     res = dict(setting=dict(thresh=args.thresh, K=args.K, retention=0.2, steps=rows[0]["steps"]), repeats=args.repeats,
                cores=os.cpu_count(), summary=summary, joint_over_official_time_per_step=ratio, rows=rows)

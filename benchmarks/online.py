@@ -141,12 +141,14 @@ def table(res: dict) -> str:
         lines.append(f"| {r['label']} | {r['computed_calls']} / {r['total_calls']} | {r['call_reduction']:.2f}x | "
                      f"{r['wall_speedup']:.2f}x | {r['psnr']:.2f} | {r['psnr_min']:.2f} | {r['ssim']:.4f} | "
                      f"{100 * r.get('desync_share', 0):.0f}% |")
-    lines += ["", "At equal computed calls (the other methods' Pareto fronts at the online point's call reduction):", "",
+    lines += ["", "At equal computed calls (the other methods' Pareto fronts at the online point's call reduction):",
+              "",
               "| online point | call reduction | online PSNR | calibrated MagCache | online - MagCache | TeaCache | "
               "online - TeaCache | online-hold |", "|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     for c in res["comparison"]:
-        lines.append(f"| {c['label']} | {c['call_reduction']:.2f}x | {c['online_psnr']:.2f} | {fmt(c['magcache_psnr'])} | "
+        lines.append(f"| {c['label']} | {c['call_reduction']:.2f}x | {c['online_psnr']:.2f} | "
+                     f"{fmt(c['magcache_psnr'])} | "
                      f"{fmt(c['vs_magcache_db'])} | {fmt(c['teacache_psnr'])} | {fmt(c['vs_teacache_db'])} | "
                      f"{fmt(c['online-hold_psnr'])} |")
     lines += ["", f"Benchmark wall time: {res['benchmark_wall_s']:.0f} s."]

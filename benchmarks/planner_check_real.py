@@ -260,7 +260,8 @@ def phases_main(steps: int, profile: str) -> int:
                                  error=planned[k] / m - 1, cpu_error=planned[k] / cpu - 1 if cpu else None))
                 print(f"sp{sp} {k}: measured {m:.2f} s (CPU {cpu:.2f} s), planned {planned[k]:.2f} s", flush=True)
     res["rows"] = rows
-    lines = ["| ranks | phase | measured wall s (slowest rank) | its CPU s | planned s | error vs wall | error vs CPU |",
+    lines = ["| ranks | phase | measured wall s (slowest rank) | its CPU s | planned s | "
+             "error vs wall | error vs CPU |",
              "|---:|---|---:|---:|---:|---:|---:|"] + [
         f"| {r['ranks']} | {r['phase']} | {r['measured_s']:.2f} | {r['measured_cpu_s']:.2f} | {r['planned_s']:.2f} | "
         f"{r['error']:+.0%} | {r['cpu_error']:+.0%} |" for r in rows]

@@ -101,7 +101,8 @@ def run_benchmark(args) -> dict:
         wall_full = sum(r["wall_s"] for r in runs if r["method"] == "full")
         summary.append(dict(label=label, **(params or dict(method="full")),
                             computed_calls=comp, total_calls=tot, call_reduction=tot / comp,
-                            wall_speedup=wall_full / wall, speedup_over_call_reduction=(wall_full / wall) / (tot / comp),
+                            wall_speedup=wall_full / wall,
+                            speedup_over_call_reduction=(wall_full / wall) / (tot / comp),
                             psnr=float(np.mean([r["psnr"] for r in rs])), psnr_min=float(min(r["psnr"] for r in rs)),
                             ssim=float(np.mean([r["ssim"] for r in rs])), num_pairs=len(rs),
                             prompt_match=float(np.mean([ok for r in rs for ok in r["prompt_match"].values()])),
@@ -114,7 +115,8 @@ def run_benchmark(args) -> dict:
         threads=args.threads, repeats=args.repeats, machine=platform.processor() or platform.machine(),
         psnr_cap=PSNR_CAP, lpips="not computed: no pretrained backbone can be downloaded here",
         pairs=[dict(prompt=p, seed=s) for p, s in pairs], summary=summary, runs=runs,
-        blocks_fraction_of_full_sampling=blocks_fraction, targets=targets(summary), benchmark_wall_s=round(time.perf_counter() - t_start, 1))
+        blocks_fraction_of_full_sampling=blocks_fraction, targets=targets(summary),
+        benchmark_wall_s=round(time.perf_counter() - t_start, 1))
 
 
 def _interp(xs, ys, x):
@@ -201,12 +203,13 @@ def table(res: dict) -> str:
               ", ".join(f"{x['label']}: {x['ratio']:.3f} ({'met' if x['met'] else 'not met'})"
                         for x in t["a_wall_speedup_ge_095_call_reduction"]) + ".", ""]
     if t["b_psnr_margin_ge_3db_at_ge_2_5x"]:
-        lines.append("Target (b), at >= 2.5x fewer calls MagCache PSNR >= TeaCache PSNR (interpolated at the same call "
-                     "reduction) + 3 dB: " + ", ".join(
-                         f"{x['label']} at {x['call_reduction']:.2f}x: {x['magcache_psnr']:.2f} vs "
-                         f"{x['teacache_psnr_at_same_calls']} dB (margin {x['margin_db']} dB, "
-                         f"{'met' if x['met'] else 'not met' if x['met'] is not None else 'TeaCache curve does not reach it'})"
-                         for x in t["b_psnr_margin_ge_3db_at_ge_2_5x"]) + ".")
+        lines.append(
+            "Target (b), at >= 2.5x fewer calls MagCache PSNR >= TeaCache PSNR (interpolated at the same call "
+            "reduction) + 3 dB: " + ", ".join(
+                f"{x['label']} at {x['call_reduction']:.2f}x: {x['magcache_psnr']:.2f} vs "
+                f"{x['teacache_psnr_at_same_calls']} dB (margin {x['margin_db']} dB, "
+                f"{'met' if x['met'] else 'not met' if x['met'] is not None else 'TeaCache curve does not reach it'})"
+                for x in t["b_psnr_margin_ge_3db_at_ge_2_5x"]) + ".")
     else:
         lines.append("Target (b): no MagCache setting reached 2.5x fewer calls.")
     lines += ["", f"Benchmark wall time: {res['benchmark_wall_s']:.0f} s.", "", END]

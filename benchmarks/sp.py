@@ -119,10 +119,12 @@ def main():
     base = rows[0]["wall_per_call_s"]
     print(f"tiny model ({mcfg.num_layers} layers, dim {mcfg.dim}), {tokens} tokens, {args.steps} steps x 2 calls, "
           f"gloo, 1 thread per rank, {os.cpu_count()} cores")
-    hdr = f"{'layout':8} {'SP':>3} {'s/call':>8} {'vs SP1':>7} {'KiB sent/call':>14} {'analytical':>11} {'peak MiB':>9} {'consensus':>10}"
+    hdr = (f"{'layout':8} {'SP':>3} {'s/call':>8} {'vs SP1':>7} {'KiB sent/call':>14} "
+          f"{'analytical':>11} {'peak MiB':>9} {'consensus':>10}")
     print(hdr)
     for row in rows:
-        print(f"{row['layout']:8} {row['sp_degree']:>3} {row['wall_per_call_s']:8.4f} {base / row['wall_per_call_s']:6.2f}x "
+        print(f"{row['layout']:8} {row['sp_degree']:>3} {row['wall_per_call_s']:8.4f} "
+              f"{base / row['wall_per_call_s']:6.2f}x "
               f"{row['bytes_per_call'] / 1024:14.1f} {row['analytical_bytes_per_call'] / 1024:11.1f} "
               f"{row['peak_rss_mib']:9.0f} {100 * row['consensus_share']:9.3f}%")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

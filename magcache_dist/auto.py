@@ -1,14 +1,14 @@
 """Calibrate on demand: the glue between a job, the ratio store and the cache policy.
 
-``cache.mode=auto``: rank 0 looks the job's key up in ``cache.calibration.store_dir`` and broadcasts what it found, so every
-rank builds the same policy from the same numbers even when only rank 0 sees the store:
+``cache.mode=auto``: rank 0 looks the job's key up in ``cache.calibration.store_dir`` and broadcasts what it found, so
+every rank builds the same policy from the same numbers even when only rank 0 sees the store:
   - an entry with the same (model, weights, steps, resolution, solver, shift, guidance): MagCache with its ratios;
   - an entry differing only in the step count: its ratios interpolated onto this job's sigma grid
     (magcache_dist/cache/store.py: log magnitude as a function of sigma);
   - nothing: this request runs as a calibration (every call computed: the output is the full-quality video) and
     rank 0 stores the table, so the next request with this key reuses it.
-``cache.mode=calibrate`` with ``cache.calibration.store_dir`` set also stores its table. The report's ``ratios_used`` says
-which ratios were used and where they came from.
+``cache.mode=calibrate`` with ``cache.calibration.store_dir`` set also stores its table. The report's ``ratios_used``
+says which ratios were used and where they came from.
 """
 from __future__ import annotations
 
@@ -135,7 +135,9 @@ def check_store(cfg: JobConfig) -> None:
     """Before any collective: auto needs a usable store; calibrate may write into one."""
     c = cfg.cache
     if c.mode == "auto" and not c.calibration.store_dir:
-        raise InputError("cache.mode=auto needs cache.calibration.store_dir (a directory holding calibrated ratio tables; "
+        raise InputError("cache.mode=auto needs cache.calibration.store_dir "
+                         "(a directory holding calibrated ratio tables; "
                          "it is created and filled on first use)")
-    if c.calibration.store_dir and c.mode in ("auto", "calibrate"):  # auto ignores cache.magcache.preset / cache.magcache.ratios_file
+    # auto ignores cache.magcache.preset / cache.magcache.ratios_file
+    if c.calibration.store_dir and c.mode in ("auto", "calibrate"):
         RatioStore(os.path.abspath(resolve_path(c.calibration.store_dir))).check()

@@ -1,7 +1,8 @@
 """Print the MagCache skip schedule of a preset or ratio file as one JSON object.
 
     python -m magcache_dist.schedule --preset wan2.1-t2v-1.3b --steps 50 --thresh 0.12 --K 2 --retention 0.2
-    python -m magcache_dist.schedule --preset tiny-video --steps 30 --thresh 0.12 --K 4 --retention 0.25 --branch-sync joint
+    python -m magcache_dist.schedule --preset tiny-video --steps 30 --thresh 0.12 --K 4 --retention 0.25 \\
+        --branch-sync joint
     python -m magcache_dist.schedule --preset wan2.2-t2v-a14b --steps 40 --thresh 0.06 --K 2 --retention 0.4
 """
 from __future__ import annotations

@@ -263,7 +263,8 @@ def prepare(args, world_size: int = 1) -> TuneSetup:
     grid, branch_syncs = grid_of(args, base, base_job)
     candidates, total = plan_candidates(base_job, resolved, grid, branch_syncs)
     chunk = args.chunk or base_job.dims.dp_degree
-    return TuneSetup(args, out, overrides, base, base_job, targets, videos, tune, held, dict(grid, branch_sync=branch_syncs),
+    return TuneSetup(args, out, overrides, base, base_job, targets, videos, tune, held,
+                     dict(grid, branch_sync=branch_syncs),
                 candidates, total, resolved, chunk, check_lpips(args, targets))
 
 
@@ -430,7 +431,8 @@ class Runner:
         with open(os.path.join(folder, "report.json")) as f:
             report = json.load(f)
         if report["computed_calls"] != c.calls:
-            raise RuntimeError(f"{folder}: computed {report['computed_calls']} calls but the skip schedule said {c.calls}; "
+            raise RuntimeError(f"{folder}: computed {report['computed_calls']} calls "
+                               f"but the skip schedule said {c.calls}; "
                                f"the schedule depends on more than the settings (is cache.mode calibrated?)")
         (_, _, row), = self.scorer.task(Task(_output(os.path.join(self.ref_dir, name)),
                                              (Pair(0, name, _output(folder)),)))

@@ -83,7 +83,8 @@ def flux_config(name: str) -> dict:
 def pack(x: torch.Tensor) -> torch.Tensor:
     """[B, C, 1, H, W] -> [B, H/2 * W/2, 4C] (2x2 patches, channel-major inside a patch, as diffusers packs)."""
     b, c, _, h, w = x.shape
-    return x[:, :, 0].reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+    return (x[:, :, 0].reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+            .reshape(b, (h // 2) * (w // 2), 4 * c))
 
 
 def unpack(tokens: torch.Tensor, grid) -> torch.Tensor:

@@ -120,7 +120,8 @@ class CaptionEmbedder(nn.Module):
     def __init__(self, cfg: STDiT3Config):
         super().__init__()
         self.y_proj = Mlp(cfg.caption_channels, cfg.hidden_size, cfg.hidden_size)
-        self.y_embedding = nn.Parameter(torch.randn(cfg.model_max_length, cfg.caption_channels) / cfg.caption_channels**0.5)
+        self.y_embedding = nn.Parameter(torch.randn(cfg.model_max_length, cfg.caption_channels)
+                                        / cfg.caption_channels**0.5)
 
 
 class RotaryFrames(nn.Module):

@@ -28,9 +28,11 @@ class MagCacheConfig:
         if not isinstance(self.thresh, (int, float)) or not math.isfinite(self.thresh) or self.thresh < 0:
             raise InputError(f"cache.magcache.thresh={self.thresh!r} must be a number >= 0 (published: 0.12 or 0.24)")
         if isinstance(self.K, bool) or not isinstance(self.K, int) or self.K < 1:
-            raise InputError(f"cache.magcache.K={self.K!r} must be an integer >= 1 (max consecutive skips; published 2-6)")
+            raise InputError(f"cache.magcache.K={self.K!r} must be an integer >= 1 "
+                             f"(max consecutive skips; published 2-6)")
         if not isinstance(self.retention, (int, float)) or not 0 <= self.retention < 1:
-            raise InputError(f"cache.magcache.retention={self.retention!r} must be in [0, 1) (fraction always computed; 0.2)")
+            raise InputError(f"cache.magcache.retention={self.retention!r} must be in [0, 1) "
+                             f"(fraction always computed; 0.2)")
 
 
 def check_num_steps(num_steps) -> int:

@@ -148,7 +148,8 @@ def get_preset(name: str) -> Preset:
             table.meta["preset"] = name
             return Preset(name, RULES[rule], table, dict(thresh=thresh, K=k, retention=r,
                                                          num_steps=table.num_steps))
-    raise InputError(f"cache.magcache.preset={name!r} is unknown; choose one of {preset_names()} or set cache.magcache.ratios_file")
+    raise InputError(f"cache.magcache.preset={name!r} is unknown; choose one of {preset_names()} "
+                     f"or set cache.magcache.ratios_file")
 
 
 def get_rule(name: str) -> FamilyRule:

@@ -108,7 +108,8 @@ class RatioTable:
         meta = obj.get("meta", {})
         if not isinstance(meta, dict):
             raise InputError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
-        return cls(num_steps=n, ratios=fields["ratios"], std=fields["std"], cos_dist=fields["cos_dist"], meta=dict(meta))
+        return cls(num_steps=n, ratios=fields["ratios"], std=fields["std"], cos_dist=fields["cos_dist"],
+                   meta=dict(meta))
 
     @classmethod
     def from_published(cls, entry: dict, where: str) -> "RatioTable":
@@ -136,7 +137,8 @@ class RatioTable:
             raise InputError(f"{where}: 'branches' must list {need}, got {branches!r}")
         if interleaved:
             if len(raw) != 2 * n:
-                raise InputError(f"{where}: interleaved mag_ratios must hold 2*num_steps={2 * n} values, got {len(raw)}")
+                raise InputError(f"{where}: interleaved mag_ratios must hold 2*num_steps={2 * n} values, "
+                                 f"got {len(raw)}")
             ratios = {branches[0]: raw[0::2], branches[1]: raw[1::2]}
         else:
             # Open-Sora's list has no placeholder for step 0 (29 values for 30 steps): add it.
@@ -150,7 +152,8 @@ class RatioTable:
     @classmethod
     def load(cls, path: str) -> "RatioTable":
         if not os.path.isfile(path):
-            raise InputError(f"cache.magcache.ratios_file={path!r} does not exist; write one with cache.mode=calibrate or "
+            raise InputError(f"cache.magcache.ratios_file={path!r} does not exist; "
+                             f"write one with cache.mode=calibrate or "
                              f"use cache.magcache.preset")
         try:
             with open(path, encoding="utf-8") as f:

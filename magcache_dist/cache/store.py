@@ -143,12 +143,14 @@ class RatioStore:
         for i, e in enumerate(self.entries()):  # the tables too: a broken one must not surface after the model loads
             path = self.path(e)
             if not os.path.isfile(path):
-                raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] names {e['file']!r}, which "
+                raise InputError(f"cache.calibration.store_dir={self.dir!r}: "
+                                 f"index.json entries[{i}] names {e['file']!r}, which "
                                  f"is missing; fix or remove that entry (or delete index.json to start a new store)")
             try:
                 RatioTable.load(path)
             except ValueError as err:
-                raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}]: {err}; recalibrate or "
+                raise InputError(f"cache.calibration.store_dir={self.dir!r}: "
+                                 f"index.json entries[{i}]: {err}; recalibrate or "
                                  f"remove that entry") from None
 
     def entries(self) -> list[dict]:
@@ -158,15 +160,18 @@ class RatioStore:
             with open(self.index_path) as f:
                 obj = json.load(f)
         except json.JSONDecodeError as e:
-            raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json is not valid JSON ({e}); delete it to "
+            raise InputError(f"cache.calibration.store_dir={self.dir!r}: "
+                             f"index.json is not valid JSON ({e}); delete it to "
                              f"start a new store") from None
         if not isinstance(obj, dict) or obj.get("format") != STORE_FORMAT or not isinstance(obj.get("entries"), list):
-            raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json is not a {STORE_FORMAT!r} index; point "
+            raise InputError(f"cache.calibration.store_dir={self.dir!r}: "
+                             f"index.json is not a {STORE_FORMAT!r} index; point "
                              f"cache.calibration.store_dir at a ratio store directory")
         for i, e in enumerate(obj["entries"]):
             problem = _entry_problem(e)
             if problem:
-                raise InputError(f"cache.calibration.store_dir={self.dir!r}: index.json entries[{i}] {problem}; fix or remove "
+                raise InputError(f"cache.calibration.store_dir={self.dir!r}: "
+                                 f"index.json entries[{i}] {problem}; fix or remove "
                                  f"that entry (or delete index.json to start a new store)")
         return obj["entries"]
 

@@ -59,7 +59,8 @@ class WanFiles:
 
 
 def detect_layout(ckpt_dir: str) -> str:
-    if os.path.isfile(os.path.join(ckpt_dir, "model_index.json")) or os.path.isdir(os.path.join(ckpt_dir, "transformer")):
+    if (os.path.isfile(os.path.join(ckpt_dir, "model_index.json"))
+            or os.path.isdir(os.path.join(ckpt_dir, "transformer"))):
         return "diffusers"
     return "official"
 
@@ -99,7 +100,8 @@ def _dit_fields(c: dict) -> dict:
     absent fields are left out."""
     if "num_attention_heads" in c:  # diffusers
         heads, head_dim = c.get("num_attention_heads"), c.get("attention_head_dim")
-        got = dict(num_heads=heads, dim=heads * head_dim if heads and head_dim else None, num_layers=c.get("num_layers"),
+        got = dict(num_heads=heads, dim=heads * head_dim if heads and head_dim else None,
+                   num_layers=c.get("num_layers"),
                    in_dim=c.get("in_channels"), out_dim=c.get("out_channels"), ffn_dim=c.get("ffn_dim"),
                    text_dim=c.get("text_dim"), freq_dim=c.get("freq_dim"), eps=c.get("eps"),
                    cross_attn_norm=c.get("cross_attn_norm"),
@@ -129,7 +131,8 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
     if "image_dim" in diff and diff["image_dim"][0] is None:  # official i2v: any CLIP width, or none (Wan2.2)
         diff.pop("image_dim")
     if diff:
-        raise InputError(f"ckpt_dir={ckpt_dir!r} holds a DiT with {', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
+        raise InputError(f"ckpt_dir={ckpt_dir!r} holds a DiT with "
+                         f"{', '.join(f'{k}={g}' for k, (g, _) in diff.items())} "
                          f"but model.name={model_name!r} has {', '.join(f'{k}={w}' for k, (_, w) in diff.items())} "
                          f"({os.path.relpath(path, ckpt_dir)}); set model.name to the checkpoint's model")
 
@@ -204,7 +207,8 @@ class WanFamily(ModelFamily):
         return self.mcfg.num_heads
 
     def sampler_defaults(self) -> dict:
-        """A diffusers folder's released sigma shift (scheduler_config.json flow_shift); the official layout has none."""
+        """A diffusers folder's released sigma shift (scheduler_config.json flow_shift); the official layout has
+        none."""
         shift = SHIFT if self.cfg.model.layout == "official" else folders.default_shift(self.cfg, "flow_shift", SHIFT)
         return dict(super().sampler_defaults(), shift=shift)
 
@@ -248,7 +252,8 @@ class WanFamily(ModelFamily):
         v = cfg.video
         if self.i2v:
             if cfg.image is None:
-                raise InputError(f"image is not set; {self.name} is image-to-video: pass image=/path/to/first_frame.png")
+                raise InputError(f"image is not set; {self.name} is image-to-video: "
+                                 f"pass image=/path/to/first_frame.png")
             w, h = self.image_size()
             lat_h, lat_w = i2v_geometry((h, w), v.height * v.width, p)
             if lat_h < p[1] or lat_w < p[2]:

@@ -51,7 +51,8 @@ def build_sp_seam(seam: nn.Module, par: ParallelContext) -> nn.Module:
     from magcache_dist.parallel.joint import JointSPAttention, UlyssesFactorizedAttention
 
     if par.backend != "native":
-        raise InputError(f"parallel.backend={par.backend!r} has no joint/factorised attention; use parallel.backend=native")
+        raise InputError(f"parallel.backend={par.backend!r} has no joint/factorised attention; "
+                         f"use parallel.backend=native")
     if isinstance(seam, LocalJointAttention):
         return JointSPAttention(par.ulysses, par.ring)
     if par.dims.ring_degree > 1:

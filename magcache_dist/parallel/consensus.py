@@ -31,7 +31,8 @@ class SkipConsensus:
         r = self.comm.all_reduce(torch.tensor([c, -c, e, -e], dtype=torch.float64), op="max").tolist()
         self.reductions += 1
         c_max, c_min, e_max, e_min = r[0], -r[1], r[2], -r[3]
-        spread = e_max - e_min if math.isfinite(e_max) and math.isfinite(e_min) else (0.0 if e_max == e_min else math.inf)
+        spread = (e_max - e_min if math.isfinite(e_max) and math.isfinite(e_min)
+                  else (0.0 if e_max == e_min else math.inf))
         if c_max != c_min or spread > self.rel_tol * max(1.0, abs(e_max)):
             raise SkipDisagreement(
                 f"ranks disagree on the cache decision at step {step} branch {branch!r}: compute in "

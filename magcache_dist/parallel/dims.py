@@ -3,9 +3,10 @@
 Rank layout (global rank r): the job's ranks form ``dp_degree`` data-parallel groups of G = cfg * sp consecutive
 ranks (dp index = r // G), each working through its own share of a prompt list; every other group below lives
 inside one data-parallel group, and a rank's ``rank`` and ``group`` are its place in, and the communicator of, its
-own group (a group never takes part in another group's collectives); ``world`` is every rank of the job. Within a group (rank g): cfg index = g // sp,
-sp rank = g % sp with sp = ulysses * ring; within an SP group sp rank = ring index * ulysses + ulysses index, so a
-Ulysses group is a run of consecutive ranks and a ring chunk is the concatenation of its Ulysses shards.
+own group (a group never takes part in another group's collectives); ``world`` is every rank of the job. Within a
+group (rank g): cfg index = g // sp, sp rank = g % sp with sp = ulysses * ring; within an SP group sp rank = ring
+index * ulysses + ulysses index, so a Ulysses group is a run of consecutive ranks and a ring chunk is the concatenation
+of its Ulysses shards.
 """
 from __future__ import annotations
 

@@ -161,7 +161,8 @@ def format_plan(p: dict) -> str:
     sk = p["skip_schedule"]
     lines = [
         f"dry run: {p['model']} ({p['params'] / 1e9:.2f}B params, {p['dtype']}) on {par['world_size']} x "
-        f"{p['device']['name']} (ulysses {par['ulysses_degree']} x ring {par['ring_degree']} x cfg {par['cfg_degree']})",
+        f"{p['device']['name']} (ulysses {par['ulysses_degree']} x ring {par['ring_degree']} "
+        f"x cfg {par['cfg_degree']})",
         f"  video {p['video']['frames']}x{p['video']['height']}x{p['video']['width']} -> latents "
         f"{'x'.join(map(str, p['latent_shape']))} -> {r['tokens']:,} tokens; {r['tokens_per_rank']:,} per rank "
         f"({r['padding_tokens']} padding)",
@@ -182,7 +183,8 @@ def format_plan(p: dict) -> str:
               "one resident, the other in host memory until the switch")] if p.get("experts") else []),
         "  bytes sent per rank per computed call: " + ", ".join(
             f"{k} {v / 1e6:.2f} MB" for k, v in r["comm_bytes_per_computed_step_per_branch"].items()),
-        "  bytes sent per rank, whole job: " + ", ".join(f"{k} {v / GB:.3f} GB" for k, v in r["comm_bytes_total"].items()),
+        "  bytes sent per rank, whole job: " + ", ".join(
+            f"{k} {v / GB:.3f} GB" for k, v in r["comm_bytes_total"].items()),
         f"  time per computed call {t['per_computed_call']:.4g} s (blocks {t['blocks_compute_per_call']:.4g} s + "
         f"comm {t['blocks_comm_per_call']:.4g} s), per skipped call {t['per_skipped_call']:.4g} s",
         f"  estimated sampling time {t['sampling']:.4g} s (without cache {t['sampling_without_cache']:.4g} s, "

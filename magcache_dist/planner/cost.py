@@ -188,7 +188,8 @@ def estimate(fig: CostFigures, dims, profile: DeviceProfile, *, dtype: str, late
     block_comm_bytes = (comm["ulysses_bytes_per_block"] + comm["ring_bytes_per_block"]) * layers
     block_comm_msgs = (comm["ulysses_msgs_per_block"] + comm["ring_msgs_per_block"]) * layers
     block_comm_s = block_comm_bytes / link + block_comm_msgs * profile.link_latency_s if sp > 1 else 0.0
-    call_comm_s = comm["sp_bytes_per_call"] / link + comm["sp_msgs_per_call"] * profile.link_latency_s if sp > 1 else 0.0
+    call_comm_s = (comm["sp_bytes_per_call"] / link + comm["sp_msgs_per_call"] * profile.link_latency_s
+                   if sp > 1 else 0.0)
     step_comm_s = (comm["cfg_bytes_per_step"] / link + comm["cfg_msgs_per_step"] * profile.link_latency_s
                    if dims.cfg_degree > 1 else 0.0)
     computed = sum(1 for _, comp in calls_per_rank if comp)

@@ -221,7 +221,8 @@ def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, thr
         # without bf16 instructions)
         attn[name] = attention_flops(DTYPES[name], device, tokens, dim) / rates[name][tokens]
         elem[name] = elementwise_rate(DTYPES[name], device, tokens, dim, ffn)
-    return dict(device_type=torch.device(device).type, peak_flops=peak, gemm_efficiency=1.0, gemm_half_rows=half, attention_efficiency=attn,
+    return dict(device_type=torch.device(device).type, peak_flops=peak, gemm_efficiency=1.0, gemm_half_rows=half,
+                attention_efficiency=attn,
                 elementwise_bandwidth=elem, memory_bandwidth=bandwidth(device), memory_capacity=capacity(device),
                 op_overhead_s=op_overhead(device), storage_bandwidth=storage_read(),
                 gemm_rates_measured={d: {str(m): r for m, r in v.items()} for d, v in rates.items()})

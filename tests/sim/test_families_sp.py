@@ -72,7 +72,8 @@ def test_sp2_equals_single_process(name, family_ckpts, family_solo_runs, tmp_pat
     assert report["skipped_steps"] == family_solo_runs[name]["report"]["skipped_steps"]
     for r in report["ranks"]:
         assert r["consensus_reductions"] == len(r["decisions"])  # one agreed decision per call on each rank
-    assert max_diff(torch.load(tmp_path / "sp" / "latents.pt", weights_only=True), family_solo_runs[name]["latents"]) < TOL
+    assert max_diff(torch.load(tmp_path / "sp" / "latents.pt", weights_only=True),
+                    family_solo_runs[name]["latents"]) < TOL
 
 
 def test_usp_2x2_joint_attention_equals_single_process(family_ckpts, family_solo_runs, tmp_path):
@@ -80,4 +81,5 @@ def test_usp_2x2_joint_attention_equals_single_process(family_ckpts, family_solo
     cfg = family_config(name, str(tmp_path / "usp"), "parallel.ulysses_degree=2", "parallel.ring_degree=2",
                         ckpt=family_ckpts[name])
     run_threads(lambda par: run_job(cfg, par), build_thread_contexts(ParallelDims(2, 2), timeout=120), timeout=300)
-    assert max_diff(torch.load(tmp_path / "usp" / "latents.pt", weights_only=True), family_solo_runs[name]["latents"]) < TOL
+    assert max_diff(torch.load(tmp_path / "usp" / "latents.pt", weights_only=True),
+                    family_solo_runs[name]["latents"]) < TOL

@@ -63,7 +63,8 @@ def test_apply_swaps_the_op_and_keeps_the_state_dict():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     apply_sequence_parallel(m, par)
     text = repr(m)
-    assert "(attn_op): UlyssesAttention(" in text and "ulysses_degree=2" in text and "RingAttention(ring_degree=2)" in text
+    assert ("(attn_op): UlyssesAttention(" in text and "ulysses_degree=2" in text
+            and "RingAttention(ring_degree=2)" in text)
     assert m.blocks[0].cross_attn.attn_op.__class__.__name__ == "LocalAttention"  # text attention stays local
     after = m.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

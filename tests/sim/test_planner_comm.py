@@ -34,7 +34,8 @@ def _measured_bytes(dims, steps=6):
 def test_planned_bytes_equal_the_bytes_the_sp_code_sends(layout):
     u, r, c = layout
     measured = _measured_bytes(ParallelDims(u, r, c))
-    p = plan_job(load_config(None, ["model.name=tiny", *ODD_VIDEO, "sampler.num_steps=6", "cache.magcache.preset=wan2.1-t2v-1.3b",
+    p = plan_job(load_config(None, ["model.name=tiny", *ODD_VIDEO, "sampler.num_steps=6",
+                                    "cache.magcache.preset=wan2.1-t2v-1.3b",
                                     f"parallel.ulysses_degree={u}", f"parallel.ring_degree={r}",
                                     f"parallel.cfg_degree={c}"]))
     want = p["per_rank"]["comm_bytes_total"]

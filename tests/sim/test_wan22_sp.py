@@ -14,7 +14,8 @@ from tests.support.wan22_tiny import wan22_overrides
 BASE = ["save_video=false", "sampler.num_steps=12", "cache.magcache.thresh=0.3", "cache.magcache.retention=0.25"]
 
 
-@pytest.mark.parametrize("layout,sync", [("parallel.ulysses_degree=2", "official"), ("parallel.ring_degree=2", "joint")],
+@pytest.mark.parametrize("layout,sync",
+                         [("parallel.ulysses_degree=2", "official"), ("parallel.ring_degree=2", "joint")],
                          ids=["ulysses2-official", "ring2-joint"])
 def test_sp2_equals_single_process(layout, sync, wan22_ckpts, tmp_path):
     folder = wan22_ckpts["t2v"]["official"]

@@ -16,15 +16,19 @@ STEPS = 8
 # model name -> overrides of a short job whose published preset (interpolated to 8 steps) skips some calls
 FAMILY_JOBS = {
     "flux.1-dev-tiny": ["video.frames=1", "video.height=18", "video.width=26", "sampler.guidance=3.5",
-                        "cache.magcache.preset=flux.1-dev", "cache.magcache.thresh=0.24", "cache.magcache.K=5", "cache.magcache.retention=0.1"],
+                        "cache.magcache.preset=flux.1-dev", "cache.magcache.thresh=0.24", "cache.magcache.K=5",
+                        "cache.magcache.retention=0.1"],
     "flux.1-schnell-tiny": ["video.frames=1", "video.height=18", "video.width=26", "sampler.guidance=1",
-                            "sampler.num_steps=4", "cache.magcache.preset=flux.1-schnell-tiny", "cache.magcache.thresh=0.12",
+                            "sampler.num_steps=4", "cache.magcache.preset=flux.1-schnell-tiny",
+                            "cache.magcache.thresh=0.12",
                             "cache.magcache.K=1", "cache.magcache.retention=0.25"],
     "hunyuanvideo-tiny": ["video.frames=3", "video.height=18", "video.width=26", "sampler.guidance=6",
-                          "sampler.shift=7", "cache.magcache.preset=hunyuanvideo-t2v-544p", "cache.magcache.thresh=0.24", "cache.magcache.K=6",
+                          "sampler.shift=7", "cache.magcache.preset=hunyuanvideo-t2v-544p",
+                          "cache.magcache.thresh=0.24", "cache.magcache.K=6",
                           "cache.magcache.retention=0.2"],
     "opensora-1.2-tiny": ["video.frames=3", "video.height=20", "video.width=28", "sampler.guidance=7",
-                          "sampler.shift=3", "cache.magcache.preset=opensora-1.2", "cache.magcache.thresh=0.24", "cache.magcache.K=5",
+                          "sampler.shift=3", "cache.magcache.preset=opensora-1.2", "cache.magcache.thresh=0.24",
+                          "cache.magcache.K=5",
                           "cache.magcache.retention=0.2"],
 }
 

@@ -11,7 +11,8 @@ ODD_VIDEO = ["video.frames=5", "video.height=20", "video.width=28"]
 
 def job_overrides(ckpt: str, out: str, *extra: str) -> list[str]:
     return ["model.name=tiny", f"model.ckpt={ckpt}", f"output_dir={out}", "progress=false", "save_video=false",
-            "sampler.num_steps=8", "cache.magcache.preset=wan2.1-t2v-1.3b", "cache.magcache.thresh=0.12", "cache.magcache.K=2",
+            "sampler.num_steps=8", "cache.magcache.preset=wan2.1-t2v-1.3b", "cache.magcache.thresh=0.12",
+            "cache.magcache.K=2",
             "cache.magcache.retention=0.2", *ODD_VIDEO, *extra]
 
 

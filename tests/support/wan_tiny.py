@@ -222,7 +222,8 @@ def save_image(path: str, h: int = 40, w: int = 56) -> str:
 def wan_overrides(task: str, ckpt_dir: str, out: str, *extra: str, image: str | None = None) -> list[str]:
     o = [f"model.name=tiny-wan-{task}", f"ckpt_dir={ckpt_dir}", f"output_dir={out}", "progress=false",
          "model.dtype=float32", "text_encoder.dtype=float32", "vae.dtype=float32", "sampler.num_steps=8",
-         "cache.magcache.preset=wan2.1-t2v-1.3b", "cache.magcache.thresh=0.12", "cache.magcache.K=2", "cache.magcache.retention=0.2",
+         "cache.magcache.preset=wan2.1-t2v-1.3b", "cache.magcache.thresh=0.12", "cache.magcache.K=2",
+         "cache.magcache.retention=0.2",
          "prompt=a red car moves on the road", "negative_prompt=blurry low quality", *WAN_VIDEO]
     if image is not None:
         o.append(f"image={image}")

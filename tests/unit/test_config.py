@@ -57,13 +57,15 @@ def test_memory_preflight_can_be_overridden(tiny_ckpt, tmp_path):
 def test_settings_left_behind_by_a_switch_are_not_errors(tiny_ckpt, tmp_path):
     """A config file's MagCache settings stay behind when the command line switches cache.mode; a key set after the
     switch (or with it, in the same source) must apply."""
-    (tmp_path / "job.yaml").write_text("cache: {mode: magcache, magcache: {preset: wan2.1-t2v-1.3b, thresh: 0.12, K: 2}}\n")
+    (tmp_path / "job.yaml").write_text("cache: {mode: magcache, "
+                                       "magcache: {preset: wan2.1-t2v-1.3b, thresh: 0.12, K: 2}}\n")
     base = [f"model.ckpt={tiny_ckpt}", "model.name=tiny", f"output_dir={tmp_path / 'o'}", *ODD_VIDEO]
     validate_job(load_config(str(tmp_path / "job.yaml"), base + ["cache.mode=teacache",
                                                                   "cache.teacache.coefficients=[1.0,0.0]"]), 1)
     with pytest.raises(ValueError, match=r"cache\.magcache\.K does not apply here \(cache\.mode='teacache'\)"):
         validate_job(load_config(str(tmp_path / "job.yaml"), base + ["cache.mode=teacache", "cache.magcache.K=3"]), 1)
-    (tmp_path / "tea.yaml").write_text("cache: {mode: teacache, magcache: {thresh: 0.12}}\n")  # the file contradicts itself
+    # the file contradicts itself
+    (tmp_path / "tea.yaml").write_text("cache: {mode: teacache, magcache: {thresh: 0.12}}\n")
     with pytest.raises(ValueError, match=r"cache\.magcache\.thresh does not apply here"):
         validate_job(load_config(str(tmp_path / "tea.yaml"), base), 1)
 

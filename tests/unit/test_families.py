@@ -86,7 +86,8 @@ def test_official_layout_equals_diffusers_converter_at_published_size(family):
         cls, config, rules, convert = FluxDiT, FLUX_CONFIGS["flux.1-dev"], FLUX_OFFICIAL, \
             convert_flux_transformer_checkpoint_to_diffusers
         expect = ["double_blocks.18.img_attn.qkv.weight", "double_blocks.0.txt_attn.norm.key_norm.scale",
-                  "single_blocks.37.linear1.weight", "guidance_in.out_layer.bias", "final_layer.adaLN_modulation.1.weight"]
+                  "single_blocks.37.linear1.weight", "guidance_in.out_layer.bias",
+                  "final_layer.adaLN_modulation.1.weight"]
     else:
         cls, config, rules, convert = HunyuanVideoDiT, HUNYUAN_CONFIGS["hunyuanvideo"], HUNYUAN_OFFICIAL, \
             convert_hunyuan_video_transformer_to_diffusers
@@ -177,7 +178,8 @@ def test_schnell_preset_is_a_calibration_with_its_rule():
 def test_generation_follows_the_plan(name, family_solo_runs):
     report = family_solo_runs[name]["report"]
     c = report["config"]
-    plan = _plan(c["cache"]["magcache"]["preset"], c["sampler"]["num_steps"], c["cache"]["magcache"]["thresh"], c["cache"]["magcache"]["K"],
+    plan = _plan(c["cache"]["magcache"]["preset"], c["sampler"]["num_steps"], c["cache"]["magcache"]["thresh"],
+                 c["cache"]["magcache"]["K"],
                  c["cache"]["magcache"]["retention"])
     assert report["skipped_steps"] == plan["skipped_steps"] and plan["skipped_steps"]["cond"]
     assert report["total_calls"] == c["sampler"]["num_steps"]  # one call per step (distilled or batched CFG)

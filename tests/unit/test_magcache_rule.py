@@ -151,7 +151,8 @@ def test_retention_and_k_bound():
 
 
 @pytest.mark.parametrize("kw,key", [
-    (dict(thresh=-0.1), "cache.magcache.thresh"), (dict(K=0), "cache.magcache.K"), (dict(retention=1.0), "cache.magcache.retention"),
+    (dict(thresh=-0.1), "cache.magcache.thresh"), (dict(K=0), "cache.magcache.K"),
+    (dict(retention=1.0), "cache.magcache.retention"),
     (dict(retention=-0.1), "cache.magcache.retention"), (dict(K=1.5), "cache.magcache.K")])
 def test_bad_hyper_parameters(kw, key):
     args = dict(thresh=0.1, K=2, retention=0.2) | kw
@@ -176,13 +177,15 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         RatioTable.load(str(tmp_path / "missing.json"))
     one = tmp_path / "one.json"
-    one.write_text(json.dumps({"format": "magcache-ratios/1", "num_steps": 2, "branches": {"cond": {"ratios": [1, 1]}}}))
+    one.write_text(json.dumps({"format": "magcache-ratios/1", "num_steps": 2,
+                               "branches": {"cond": {"ratios": [1, 1]}}}))
     with pytest.raises(ValueError, match="branches"):
         build_magcache(None, str(one), MagCacheConfig(), 2, ["cond", "uncond"])
 
 
 def test_plan_command():
-    out = plan_json("--preset", "wan2.1-t2v-1.3b", "--steps", "50", "--thresh", "0.12", "--K", "2", "--retention", "0.2")
+    out = plan_json("--preset", "wan2.1-t2v-1.3b", "--steps", "50", "--thresh", "0.12", "--K", "2",
+                    "--retention", "0.2")
     assert out == {"preset": "wan2.1-t2v-1.3b", "num_steps": 50, "branch_sync": "official",
                    "skipped_steps": {"cond": WAN_EXAMPLE,
                    "uncond": WAN_EXAMPLE}, "computed_calls": 50, "total_calls": 100}

@@ -18,7 +18,8 @@ from models.wan import WanModel, get_config
 from tests.support.helpers import ODD_VIDEO
 
 WAN14B = ["model.name=wan2.1-t2v-14b", "model.dtype=bfloat16", "video.frames=81", "video.height=720",
-          "video.width=1280", "sampler.num_steps=50", "cache.magcache.preset=wan2.1-t2v-14b", "cache.magcache.thresh=0.24", "cache.magcache.K=6",
+          "video.width=1280", "sampler.num_steps=50", "cache.magcache.preset=wan2.1-t2v-14b",
+          "cache.magcache.thresh=0.24", "cache.magcache.K=6",
           "cache.magcache.retention=0.2", "parallel.ulysses_degree=8", "planner.device=h100"]
 
 

@@ -113,7 +113,8 @@ def test_auto_calibrates_once_reuses_interpolates_and_recalibrates_on_a_new_reso
 
 def test_calibrate_with_store_dir_fills_the_store(tiny_ckpt, tmp_path):
     store = tmp_path / "store"
-    rep = run_job(job_config(tiny_ckpt, str(tmp_path / "cal"), "cache.mode=calibrate", f"cache.calibration.store_dir={store}"),
+    rep = run_job(job_config(tiny_ckpt, str(tmp_path / "cal"), "cache.mode=calibrate",
+                             f"cache.calibration.store_dir={store}"),
                   solo_context())
     assert rep["ratios_used"]["stored"] and rep["ratios_used"]["written"] == str(tmp_path / "cal" / "ratios.json")
     assert RatioTable.load(rep["ratios_used"]["stored"]).ratios == RatioTable.load(rep["ratios_used"]["written"]).ratios

@@ -67,7 +67,8 @@ def test_mismatching_config_and_missing_checkpoint_are_refused(tiny_ckpt, tmp_pa
     for extra, msg in [("sampler.num_steps=10", r"sampler\.num_steps=8 in the checkpoint but 10 now"),
                        ("cache.magcache.thresh=0.24", r"cache\.magcache\.thresh=0\.12 in the checkpoint but 0\.24 now"),
                        ("seed=5", r"seed=0 in the checkpoint but 5 now"),
-                       ("cache.branch_sync=official", r"cache\.branch_sync='joint' in the checkpoint but 'official' now"),
+                       ("cache.branch_sync=official",
+                        r"cache\.branch_sync='joint' in the checkpoint but 'official' now"),
                        ("prompt=another", r"prompt='a red circle moves right' in the checkpoint but 'another' now")]:
         with pytest.raises(ValueError, match=r"resume=true: the checkpoint .* different job: " + msg):
             validate_job(job_config(tiny_ckpt, out, "resume=true", extra), 1)

@@ -139,7 +139,8 @@ def test_sampler_with_teacache_on_a_tiny_model():
     model = tiny_model(seed=1)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, 3, 4, 16, 16, generator=g)
-    texts = {"cond": torch.randn(1, 5, model.cfg.text_dim, generator=g), "uncond": torch.zeros(1, 0, model.cfg.text_dim)}
+    texts = {"cond": torch.randn(1, 5, model.cfg.text_dim, generator=g),
+             "uncond": torch.zeros(1, 0, model.cfg.text_dim)}
     scfg = SamplerConfig(num_steps=6, guidance=5.0, solver="euler")
     ref = sample(model, noise, texts, scfg, NoCache())
     zero = sample(model, noise, texts, scfg, teacache(0.0, num_steps=6, branches=("cond", "uncond")))

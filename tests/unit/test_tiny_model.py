@@ -73,7 +73,8 @@ def test_short_generation_matches_the_plan(tmp_path, capsys):
     """A reduced-step generation on the shipped weights skips exactly what the schedule command prints."""
     steps, thresh, k, retention = 8, 0.24, 3, 0.2
     cfg = load_config(DEFAULT, [f"output_dir={tmp_path}", "progress=false", "save_video=false",
-                                f"sampler.num_steps={steps}", f"cache.magcache.thresh={thresh}", f"cache.magcache.K={k}",
+                                f"sampler.num_steps={steps}", f"cache.magcache.thresh={thresh}",
+                                f"cache.magcache.K={k}",
                                 f"cache.magcache.retention={retention}", "video.frames=8"])
     report = run_job(cfg, solo_context())
     assert schedule_cli.main(["--preset", "tiny-video", "--steps", str(steps), "--thresh", str(thresh), "--K", str(k),
@@ -183,7 +184,8 @@ def test_training_is_seeded_and_resumes_bit_for_bit(tmp_path):
 
 @pytest.mark.parametrize("prompt", ["a big red circle moves right", "a small red circle moves left",
                                     "a small blue square moves up", "a big yellow circle moves down",
-                                    "a big white circle bounces", "a yellow triangle grows", "a magenta circle shrinks"])
+                                    "a big white circle bounces", "a yellow triangle grows",
+                                    "a magenta circle shrinks"])
 def test_shipped_model_draws_the_prompted_colour_and_motion(prompt, tmp_path):
     """The demo job (MagCache on, seed 0) draws one object in the caption's colour that moves as the caption says,
     as the judge reads it back (one prompt per motion; the judge makes no error on the data set).

@@ -263,7 +263,8 @@ def test_shipped_configs_carry_the_published_defaults(name, model, steps, shift,
     s = make_family(cfg).cfg.sampler  # what the job runs with (keys the file leaves unset: the family's defaults)
     assert (cfg.model.name, cfg.model.dtype, cfg.sampler.num_steps, s.shift, s.guidance, s.solver) == \
         (model, "auto", steps, shift, 5.0, "unipc")  # bf16 on GPUs, fp32 on a CPU
-    assert (cfg.cache.mode, cfg.cache.magcache.preset, cfg.cache.magcache.thresh, cfg.cache.magcache.K, cfg.cache.magcache.retention) == \
+    assert (cfg.cache.mode, cfg.cache.magcache.preset, cfg.cache.magcache.thresh, cfg.cache.magcache.K,
+            cfg.cache.magcache.retention) == \
         ("magcache", preset, thresh, K, 0.2)
     assert (cfg.video.frames, cfg.video.height, cfg.video.width, cfg.video.fps) == (frames, *hw, 16)
     assert (cfg.parallel.ulysses_degree, cfg.parallel.ring_degree, cfg.parallel.cfg_degree) == par

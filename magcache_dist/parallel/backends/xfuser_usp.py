@@ -26,7 +26,8 @@ class XFuserUSPAttention(nn.Module):
         from xfuser.core.long_ctx_attention import xFuserLongContextAttention
 
         init_distributed_environment(rank=rank, world_size=world_size)
-        initialize_model_parallel(sequence_parallel_degree=dims.sp_degree, classifier_free_guidance_degree=dims.cfg_degree,
+        initialize_model_parallel(sequence_parallel_degree=dims.sp_degree,
+                                  classifier_free_guidance_degree=dims.cfg_degree,
                                   ring_degree=dims.ring_degree, ulysses_degree=dims.ulysses_degree)
         self.attn = xFuserLongContextAttention()
         self.sp_degree = dims.sp_degree
