@@ -219,16 +219,20 @@ class WanFamily(ModelFamily):
         return resolve_files(root, self.cfg.model.layout, self.i2v)
 
     # ---- before any collective -----------------------------------------------------------------------------
+    # the VAE the geometry must suit: (time, space) stride, its name and a frame count it takes (Wan2.2 TI2V-5B's
+    # VAE compresses 16x in space)
+    vae_stride, vae_name, frames_example = VAE_STRIDE, "Wan VAE", 81
+
     def check_geometry(self) -> None:
-        v, p = self.cfg.video, self.mcfg.patch_size
-        if v.frames < 1 or (v.frames - 1) % VAE_STRIDE[0]:
-            raise InputError(f"video.frames={v.frames} must be 4k+1 for the Wan VAE (e.g. 81); use "
-                             f"video.frames={max(1, (v.frames - 1) // 4 * 4 + 1)}")
-        step = VAE_STRIDE[1] * p[1]
+        v, p, (st, ss) = self.cfg.video, self.mcfg.patch_size, self.vae_stride[:2]
+        if v.frames < 1 or (v.frames - 1) % st:
+            raise InputError(f"video.frames={v.frames} must be {st}k+1 for the {self.vae_name} (e.g. "
+                             f"{self.frames_example}); use video.frames={max(1, (v.frames - 1) // st * st + 1)}")
+        step = ss * p[1]
         for key, val in (("video.height", v.height), ("video.width", v.width)):
             if val < step or val % step:
-                raise InputError(f"{key}={val} must be a positive multiple of {step} (VAE stride 8 x patch 2), e.g. "
-                                 f"{max(step, val // step * step)}")
+                raise InputError(f"{key}={val} must be a positive multiple of {step} (VAE stride {ss} x patch {p[1]}), "
+                                 f"e.g. {max(step, val // step * step)}")
 
     def validate(self) -> None:
         cfg = self.cfg

@@ -253,9 +253,10 @@ class Wan22TI2VFamily(WanFamily):
     ``image`` is set: the first latent frame is the image's latents (the image resized to height x width, as
     diffusers' pipeline does) and its tokens sit at timestep 0 (models/wan_i2v.py WanFirstFrameModel); the decoded
     first latent frame is the image's. Read from the diffusers layout (Wan-AI/Wan2.2-TI2V-5B-Diffusers); the official
-    layout (its Wan2.2_VAE.pth key conversion) is refused with a ValueError. MagCache: the release's TI2V arrays (text
+    layout (its Wan2.2_VAE.pth key conversion) is refused with an InputError. MagCache: the release's TI2V arrays (text
     only / with an image) with Wan2.1's rule (docs/magcache.md)."""
 
+    vae_stride, vae_name, frames_example = TI2V_VAE_STRIDE, "Wan2.2 VAE", 121
 
     @property
     def image_mode(self) -> bool:
@@ -279,17 +280,6 @@ class Wan22TI2VFamily(WanFamily):
             raise InputError(f"ckpt_dir={self.cfg.ckpt_dir!r}: vae/config.json describes a VAE with z_dim={z} and "
                              f"{spatial}x spatial compression (the Wan2.1 VAE: 16, 8x); {self.name} needs the Wan2.2 "
                              f"VAE (z_dim=48, 16x): copy the vae/ folder of the Wan2.2-TI2V-5B release")
-
-    def check_geometry(self) -> None:
-        v, p = self.cfg.video, self.mcfg.patch_size
-        if v.frames < 1 or (v.frames - 1) % TI2V_VAE_STRIDE[0]:
-            raise InputError(f"video.frames={v.frames} must be 4k+1 for the Wan2.2 VAE (e.g. 121); use "
-                             f"video.frames={max(1, (v.frames - 1) // 4 * 4 + 1)}")
-        step = TI2V_VAE_STRIDE[1] * p[1]
-        for key, val in (("video.height", v.height), ("video.width", v.width)):
-            if val < step or val % step:
-                raise InputError(f"{key}={val} must be a positive multiple of {step} (VAE stride 16 x patch 2), e.g. "
-                                 f"{max(step, val // step * step)}")
 
     def check_image(self) -> None:
         if self.image_mode:  # text+image: any readable image (resized to height x width)
