@@ -42,4 +42,4 @@ def test_planned_bytes_equal_the_bytes_the_sp_code_sends(layout):
     assert p["per_rank"]["tokens"] == 175 and p["per_rank"]["padding_tokens"] == -175 % (u * r)
     for rank_bytes in measured:  # every rank sends exactly what the planner says
         assert rank_bytes["ulysses"] == want["ulysses"] and rank_bytes["ring"] == want["ring"]
-        assert rank_bytes["sp"] == want["sp"] and rank_bytes["cfg"] == want["cfg"], (rank_bytes, want)
+        assert rank_bytes["sp"] == want["sp"] and rank_bytes["cfg_group"] == want["cfg"], (rank_bytes, want)

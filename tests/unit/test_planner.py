@@ -74,7 +74,8 @@ def test_generate_dry_run_writes_the_plan_without_weights_or_process_group(tmp_p
 
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("dry run created a process group"))
     monkeypatch.setattr("models.loading.read_tensors", lambda *a, **k: pytest.fail("dry run read weights"))
-    monkeypatch.setenv("WORLD_SIZE", "1")  # planned for 8 ranks from a single process
+    monkeypatch.setenv("RANK", "0")  # planned for 8 ranks from a single process (a launcher sets both)
+    monkeypatch.setenv("WORLD_SIZE", "1")
     assert generate.main([*WAN14B, "dry_run=true", f"output_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "75,600 tokens; 9,450 per rank" in out and "estimated sampling time" in out
