@@ -21,7 +21,7 @@ from tests.support import ROOT
 from tests.support.helpers import plan_command, plan_json
 
 PUBLISHED = json.load(open(os.path.join(ROOT, "magcache_dist/cache/data/published_ratios.json")))["models"]
-REFERENCE = os.path.join(ROOT, "..", "..", "shared", "reference", "magcache_ratios.json")
+REFERENCE = os.path.join(ROOT, "..", "shared", "reference", "magcache_ratios.json")  # beside the checkout
 SETTINGS = {"wan2.2-t2v-a14b": (12.0, 0.875, "t2v"), "wan2.2-i2v-a14b": (5.0, 0.900, "i2v")}
 
 
