@@ -344,11 +344,7 @@ class FluxFamily(PipelineFamily):
         """[1, 16, 1, H/8, W/8] -> [1, 3, 1, H, W] in [-1, 1] (rank 0)."""
         if self.pixel:
             return super().decode(latents, model)
-        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
-        with torch.no_grad():
-            image = vae.decode(z).sample.float().clamp(-1, 1).cpu()
-        del vae
-        folders.free_memory(latents.device)
+        image = folders.vae_decode(*self._decode_input(latents, model, self.cfg.vae.tiling), latents.device)
         return image[:, :, None]  # [1, 3, 1, H, W]
 
     def _decode_input(self, latents, model, tiled: bool):

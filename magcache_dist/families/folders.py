@@ -27,6 +27,16 @@ def free_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
+def vae_decode(vae, z: torch.Tensor, device) -> torch.Tensor:
+    """A diffusers VAE's decode of prepared latents ``z`` -> the pixels in [-1, 1] (CPU, float32); the VAE is freed
+    after (pass it straight from the family's ``_decode_input``, holding no other reference)."""
+    with torch.no_grad():
+        out = vae.decode(z).sample.float().clamp(-1, 1).cpu()
+    del vae
+    free_memory(device)
+    return out
+
+
 def ckpt_root(cfg, name: str, family: str, noun: str, contents: str, model_ckpt: bool = False) -> str:
     """The job's ``ckpt_dir``, resolved, or a ValueError that says what to pass: ``ckpt_dir`` unset or not a folder,
     or (unless the family takes one, ``model_ckpt``) a ``model.ckpt``, which only the embedded tiny models read.

@@ -337,12 +337,7 @@ class HunyuanVideoFamily(PipelineFamily):
         H, W] in [-1, 1] (CPU, float32), decoded on the latents' device."""
         if self.pixel:
             return super().decode(latents, model)
-        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
-        with torch.no_grad():
-            video = vae.decode(z).sample.float().clamp(-1, 1).cpu()
-        del vae
-        folders.free_memory(latents.device)
-        return video
+        return folders.vae_decode(*self._decode_input(latents, model, self.cfg.vae.tiling), latents.device)
 
     def _decode_input(self, latents, model, tiled: bool):
         """(the VAE, tiled or not, the latents it decodes: scaled, in its dtype, on its device)."""

@@ -402,12 +402,7 @@ class WanFamily(ModelFamily):
     def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
         """Rank 0: [1, 16, F', H', W'] normalised latents -> [1, 3, F, H, W] in [-1, 1] (CPU, float32), decoded on
         the latents' device."""
-        vae, z = self._decode_input(latents, model, self.cfg.vae.tiling)
-        with torch.no_grad():
-            video = vae.decode(z).sample.float().clamp(-1, 1).cpu()
-        del vae
-        folders.free_memory(latents.device)
-        return video
+        return folders.vae_decode(*self._decode_input(latents, model, self.cfg.vae.tiling), latents.device)
 
     def tile_decoder(self, latents, model, parts):
         """diffusers' tiled decode of AutoencoderKLWan, tile by tile (vae.tile_*)."""
