@@ -69,19 +69,27 @@ def _dit_weights(folder: str, root: str) -> str:
     return folders.diffusers_weights(folder, root, "diffusion_pytorch_model*", "DiT weights")
 
 
+def layout_need(ckpt_dir: str, layout: str, release: str):
+    """``need(rel, what, is_dir=False)``: ``ckpt_dir/rel``, or an InputError naming it, the layout and the release
+    to copy."""
+    def need(rel: str, what: str, is_dir: bool = False) -> str:
+        p = os.path.join(ckpt_dir, rel)
+        if not (os.path.isdir(p) if is_dir else os.path.isfile(p)):
+            raise InputError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'; copy the complete "
+                             f"{release} release into ckpt_dir (docs/wan_checkpoints.md lists the files of each "
+                             f"layout)")
+        return p
+
+    return need
+
+
 def resolve_files(ckpt_dir: str, layout: str, i2v: bool) -> WanFiles:
     """Every file the job needs, or a ValueError naming the first missing one."""
     if layout not in LAYOUTS:
         raise InputError(f"model.layout={layout!r} is unknown; choose one of {LAYOUTS}")
     layout = detect_layout(ckpt_dir) if layout == "auto" else layout
 
-    def need(rel: str, what: str, is_dir: bool = False) -> str:
-        p = os.path.join(ckpt_dir, rel)
-        if not (os.path.isdir(p) if is_dir else os.path.isfile(p)):
-            raise InputError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'; copy the complete "
-                             f"Wan2.1 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)")
-        return p
-
+    need = layout_need(ckpt_dir, layout, "Wan2.1")
     if layout == "official":
         return WanFiles(layout, _dit_weights(ckpt_dir, ckpt_dir), need(OFFICIAL_FILES["t5"], "umT5 encoder"),
                         need(OFFICIAL_FILES["tokenizer"], "umT5 tokenizer folder", is_dir=True),

@@ -38,6 +38,7 @@ from magcache_dist.families.wan import (
     WanFiles,
     check_dit_config,
     detect_layout,
+    layout_need,
     load_image,
     resolve_files,
 )
@@ -75,13 +76,7 @@ def resolve_expert_files(ckpt_dir: str, layout: str, model_name: str) -> ExpertF
     experts = {k: folders.diffusers_weights(os.path.join(ckpt_dir, d), ckpt_dir, "diffusion_pytorch_model*",
                                             f"{k}-noise expert weights") for k, d in dirs.items()}
 
-    def need(rel: str, what: str, is_dir: bool = False) -> str:
-        p = os.path.join(ckpt_dir, rel)
-        if not (os.path.isdir(p) if is_dir else os.path.isfile(p)):
-            raise InputError(f"ckpt_dir={ckpt_dir!r} ({layout} layout): missing {what} '{rel}'; copy the complete "
-                             f"Wan2.2 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)")
-        return p
-
+    need = layout_need(ckpt_dir, layout, "Wan2.2")
     if layout == "official":
         shared = WanFiles(layout, experts["high"], need(OFFICIAL_FILES["t5"], "umT5 encoder"),
                           need(OFFICIAL_FILES["tokenizer"], "umT5 tokenizer folder", is_dir=True),
