@@ -43,7 +43,7 @@ from magcache_dist.families.wan import (
     resolve_files,
 )
 from magcache_dist.sampling.grids import expert_switch_step
-from models.wan_experts import EXPERTS, WanExperts
+from models.wan_experts import EXPERTS, ExpertConditions, WanExperts
 from models.wan_i2v import LatentCondition, build_wan_model
 
 OFFICIAL_EXPERTS = dict(high="high_noise_model", low="low_noise_model")
@@ -109,31 +109,154 @@ def folder_boundary(ckpt_dir: str, layout: str) -> float | None:
     return float(value)
 
 
-class PlacedExperts(WanExperts):
-    """The experts with the family's placement: ``offload_to`` set, the expert not in use waits there and the two
-    trade places when the other is selected (once per generation, at the switch; the high-noise expert starts on
-    the device). ``moves`` logs each trade: (expert sent away, expert brought in, seconds)."""
+class Deferred:
+    """A branch's conditioning for an expert whose blocks are not (all) on the device yet: its cross-attention keys
+    and values are prepared (``prepare_condition``) at its first call after its trade has finished; until then each
+    call passes the raw conditioning and every block computes its own (the same numbers)."""
 
-    def __init__(self, high, low, boundary_t: float, device=None, offload_to=None):
+    def __init__(self, raw):
+        self.raw = raw
+
+
+class PlacedExperts(WanExperts):
+    """The experts with the family's placement. ``offload_to`` unset: both on the device. Set: the device holds one
+    expert's blocks (families/expert_swap.py ``BlockSwap``: the slots) and the other's wait in pinned host memory;
+    both experts' embeddings and heads stay on the device.
+
+    When the trades happen (``prefetch``, the default): the sampler announces the generation's timesteps
+    (``begin_generation``) and each computed call (``before_blocks``); the last local call of the step before the
+    switch trades each high-noise block to its low-noise one as soon as that block has run (a side stream: the copy
+    overlaps the blocks after it); the first low-noise call waits only for a block whose copy is still in flight.
+    Where that call is skipped (MagCache) or the plan is unknown, the trade of every slot starts when the other
+    expert is selected (``select``, at its first call's embed) and streams: its blocks wait one by one. The last call
+    of a generation trades the low-noise expert back the same way (the next video of a list starts on the
+    high-noise expert at t = 1000), so the trade back overlaps that call and the decode. ``prefetch=False``: the
+    synchronous trade (every slot, then the host waits). ``moves`` records each trade: dict(away, brought, during=
+    the blocks traded during the last call, at_select=the rest, select_s=host seconds in ``select``)."""
+
+    def __init__(self, high, low, boundary_t: float, device=None, offload_to=None, copier=None,
+                 prefetch: bool = True):
         super().__init__(high, low, boundary_t)
         self._device, self._offload_to = device, offload_to
-        self.resident = "high"
-        self.moves: list[tuple[str, str, float]] = []
+        self.copier, self.prefetch = copier, prefetch
+        self.swap = None  # the slots, set up at the first call (the weights are read by then)
+        self.resident = "high"  # the expert the slots are (being) given to
+        self.moves: list[dict] = []
+        self._plan: dict = {}  # step -> the expert that takes the slots after that step's last local call
+        self._last_branch = None
+        self._armed = None  # (outgoing, incoming) while the last call of ``outgoing`` runs its blocks
 
-    def move(self, module, where) -> None:
-        module.to(where)
+    @property
+    def offloading(self) -> bool:
+        return self._offload_to is not None
 
+    def _ensure(self) -> None:
+        if not self.offloading or self.swap is not None:
+            return
+        from magcache_dist.families.expert_swap import BlockSwap, default_copier
+
+        blocks = {id(p) for name in EXPERTS for b in getattr(self, name).blocks for p in b.parameters()}
+        for p in self.low.parameters():  # the embeddings and the head of both experts live on the device
+            if id(p) not in blocks:
+                p.data = p.data.to(self._device)
+        device = torch.device(self._device)
+        self.copier = self.copier if self.copier is not None else default_copier(device)
+        self.swap = BlockSwap({"high": self.high, "low": self.low}, self.resident, self.copier,
+                              pin=device.type == "cuda")
+        for name in EXPERTS:
+            for i, block in enumerate(getattr(self, name).blocks):
+                block.register_forward_pre_hook(functools.partial(self._before_block, name, i))
+                block.register_forward_hook(functools.partial(self._after_block, name, i))
+
+    def _before_block(self, name, i, module, args):
+        self.swap.acquire(name, i)
+
+    def _after_block(self, name, i, module, args, out):
+        if self._armed is not None and self._armed[0] == name:
+            self.swap.release(i, self._armed[1])
+            self.moves[-1]["during"] += 1
+
+    # ---- the sampler's announcements (magcache_dist/sampling/loop.py) -------------------------------------------
+    def begin_generation(self, timesteps, start_step: int, branches) -> None:
+        """The generation's timesteps from ``start_step`` and this rank's branches in call order."""
+        self._ensure()
+        names = [self.expert_name(t.reshape(1)) for t in timesteps]
+        first = self.expert_name(timesteps[0].reshape(1))  # the next generation's first expert
+        self._plan = {k: (names[k + 1] if k + 1 < len(names) else first) for k in range(start_step, len(names))}
+        self._plan = {k: e for k, e in self._plan.items() if e != names[k]}
+        self._last_branch = branches[-1]
+        self._armed = None
+
+    def before_blocks(self, step: int, branch: str) -> None:
+        """A computed call is about to run its blocks: the last local call of a step after which the other expert
+        takes over trades each block as soon as it has run."""
+        self._armed = None
+        if not (self.offloading and self.prefetch) or branch != self._last_branch or step not in self._plan:
+            return
+        incoming = self._plan[step]
+        if incoming != self.resident:
+            self.moves.append(dict(away=self.resident, brought=incoming, during=0, at_select=0, select_s=0.0))
+            self._armed = (self.resident, incoming)
+            self.resident = incoming
+
+    # ---- the seams of WanExperts ------------------------------------------------------------------------------
     def select(self, name: str):
-        if self._offload_to is not None and name != self.resident:
+        if self.offloading:
             import time
 
+            self._ensure()
             t = time.perf_counter()
-            self.move(getattr(self, self.resident), self._offload_to)  # first make room
-            folders.free_memory(self._device)
-            self.move(getattr(self, name), self._device)
-            self.moves.append((self.resident, name, time.perf_counter() - t))
-            self.resident = name
+            self._armed = None
+            if name != self.resident:  # no trade was started during a last call: every slot now
+                self.moves.append(dict(away=self.resident, brought=name, during=0, at_select=0, select_s=0.0))
+                self.resident = name
+            n = self.swap.bring(name)
+            if n:
+                self.moves[-1]["at_select"] += n
+            if not self.prefetch and n:
+                self.swap.sync()
+            if n:
+                self.moves[-1]["select_s"] += time.perf_counter() - t
         return getattr(self, name)
+
+    def prepare_condition(self, context) -> ExpertConditions:
+        """Each expert's conditioning; an expert whose blocks are not all on the device gets it deferred."""
+        if not self.offloading:
+            return super().prepare_condition(context)
+        self._ensure()
+        return ExpertConditions(*(getattr(self, n).prepare_condition(context) if self.swap.complete(n)
+                                  else Deferred(context) for n in EXPERTS))
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context):
+        if isinstance(context, ExpertConditions):
+            name = self.expert_name(t)
+            self.select(name)
+            cond = getattr(context, name)
+            if isinstance(cond, Deferred):
+                if self.swap.complete(name):
+                    self.swap.sync()
+                    setattr(context, name, getattr(self, name).prepare_condition(cond.raw))
+                    cond = getattr(context, name)
+                else:
+                    cond = cond.raw
+            context = cond
+        return super().embed(x, t, context)
+
+    def to(self, *args, **kwargs):
+        """Offloading: ``to(host)`` parks every weight in host memory (a decode that needs the device:
+        vae.offload_dit) and ``to(device)`` brings back the embeddings, the heads and the slots' owners."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if not self.offloading or self.swap is None or device is None:
+            return super().to(*args, **kwargs)
+        blocks = {id(p) for name in EXPERTS for b in getattr(self, name).blocks for p in b.parameters()}
+        if device.type == torch.device(self._device).type:
+            self.swap.unpark(device)
+        else:
+            self.swap.park()
+        for p in self.parameters():
+            if id(p) not in blocks:
+                p.data = p.data.to(device)
+        return self
 
 
 def experts_fit(device, expert_bytes: int) -> bool:

@@ -1,0 +1,164 @@
+"""Wan2.2 A14B's expert trade without FSDP (families/expert_swap.py, families/wan22.py PlacedExperts) on a tiny
+two-expert model on the CPU, through the real sampler: the order of the copies, every block resident (its
+parameters in a device slot, its copy waited for) when it runs, exactly one expert's blocks in the slots at every
+block, and latents bit-identical to the synchronous trade and to no offload, with the step before the switch (and
+the last step) computed or skipped."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from magcache_dist.cache.base import CachePolicy, Decision
+from magcache_dist.families.expert_swap import SyncCopier, ThreadCopier
+from magcache_dist.families.wan22 import PlacedExperts
+from magcache_dist.random_weights import randomize
+from magcache_dist.sampling.grids import expert_switch_step
+from magcache_dist.sampling.loop import SamplerConfig, sample
+from models.wan import get_config
+from models.wan_i2v import build_wan_model
+
+STEPS, SHIFT, BOUNDARY, LAYERS = 8, 12.0, 0.875, 4
+SWITCH = expert_switch_step(STEPS, SHIFT, BOUNDARY)
+
+
+class Schedule(CachePolicy):
+    """Skips exactly the (step, branch) calls in ``skips`` (reusing the branch's residual, as MagCache does)."""
+    name, branch_sync = "schedule", "official"
+
+    def __init__(self, skips=()):
+        self.skips = set(skips)
+
+    def propose(self, state, step, branch, probe=None):
+        return Decision(compute=(step, branch) not in self.skips, reason="schedule")
+
+
+class LazyCopier(SyncCopier):
+    """A side stream that copies only when the compute waits for a copy (``lazy``) or at once: a block run
+    without waiting reads its slot's old weights; every copy is logged in ``events``."""
+
+    def __init__(self, events: list, lazy: bool):
+        self.events, self.lazy, self.queue, self.issued = events, lazy, [], 0
+
+    def trade(self, spare, slot, incoming, after):
+        token = self.issued
+        self.issued += 1
+        self.events.append(("copy", token))
+        self.queue.append((token, list(spare), list(slot), list(incoming)))
+        if not self.lazy:
+            self.wait(token)
+        return token
+
+    def wait(self, token):
+        while self.queue and self.queue[0][0] <= token:
+            _, spare, slot, incoming = self.queue.pop(0)
+            SyncCopier.trade(self, spare, slot, incoming, None)
+
+    def done(self, token):
+        return not self.queue or self.queue[0][0] > token
+
+    def sync(self):
+        self.wait(self.issued)
+
+
+def experts():
+    cfg = get_config("tiny-wan22-t2v", num_layers=LAYERS)
+    return [randomize(build_wan_model(cfg), seed).eval() for seed in (3, 13)]
+
+
+def watch(model: PlacedExperts, events: list):
+    """Hooks that log each block run and check it is resident: its parameters are slot tensors, and exactly
+    one expert's blocks are in the slots."""
+    slots = {p.data_ptr() for b in model.high.blocks for p in b.parameters()}
+
+    def check(name, i):
+        def hook(module, args):
+            events.append(("run", name, i))
+            assert all(p.data_ptr() in slots for p in module.parameters()), (name, i)
+            on = [p.data_ptr() for n in ("high", "low") for b in getattr(model, n).blocks for p in b.parameters()
+                  if p.data_ptr() in slots]
+            assert sorted(on) == sorted(slots)  # one expert's blocks: each slot bound once, no more
+        return hook
+
+    for name in ("high", "low"):
+        for i, block in enumerate(getattr(model, name).blocks):
+            block.register_forward_pre_hook(check(name, i))
+
+
+def run(model, skips=(), videos=2):
+    g = torch.Generator().manual_seed(0)
+    scfg = SamplerConfig(num_steps=STEPS, shift=SHIFT, guidance=4.0, guidance_2=3.0, switch_step=SWITCH)
+    texts = {b: torch.randn(1, 7, 32, generator=g) for b in ("cond", "uncond")}
+    out = []
+    for _ in range(videos):  # a prompt list: the next video starts on the high-noise expert
+        noise = torch.randn(1, 16, 2, 4, 4, generator=g)
+        out.append(sample(model, noise, texts, scfg, Schedule(skips)).latents)
+    return out
+
+
+def build(high, low, copier=None, prefetch=True, offload=True):
+    return PlacedExperts(copy.deepcopy(high), copy.deepcopy(low), BOUNDARY * 1000, device="cpu",
+                         offload_to="cpu" if offload else None, copier=copier, prefetch=prefetch)
+
+
+CASES = {
+    "all computed": (),
+    "step before the switch skipped": [(SWITCH - 1, "cond"), (SWITCH - 1, "uncond")],
+    "its last call skipped": [(SWITCH - 1, "uncond")],
+    "last step skipped": [(STEPS - 1, "cond"), (STEPS - 1, "uncond")],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("lazy", [True, False])
+def test_prefetched_trade_is_exact_and_in_order(case, lazy):
+    skips = CASES[case]
+    high, low = experts()
+    ref = run(build(high, low, offload=False), skips)
+    sync = build(high, low, prefetch=False)
+    assert all(torch.equal(a, b) for a, b in zip(run(sync, skips), ref))
+    assert [(m["away"], m["brought"], m["during"], m["at_select"]) for m in sync.moves] == \
+        [("high", "low", 0, LAYERS), ("low", "high", 0, LAYERS), ("high", "low", 0, LAYERS)]  # host waits
+
+    events = []
+    model = build(high, low, copier=LazyCopier(events, lazy))
+    model._ensure()
+    watch(model, events)
+    out = run(model, skips)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))  # bit-identical to no offload
+
+    before_switch = (SWITCH - 1, "uncond") not in skips  # the high-noise expert's last call computed
+    last = (STEPS - 1, "uncond") not in skips
+    expect = [("high", "low", LAYERS if before_switch else 0), ("low", "high", LAYERS if last else 0)] * 2
+    expect = expect if last else expect[:3]  # no trade back after the last video when its last call is skipped
+    assert [(m["away"], m["brought"], m["during"]) for m in model.moves] == expect
+    assert all(m["during"] + m["at_select"] == LAYERS for m in model.moves)
+
+    # the copies: slot by slot in block order; replayed with the runs, every block runs in a slot last given to
+    # its expert; traded during the last call, block i's copy comes right after block i's run
+    log = model.swap.log
+    assert [entry[0] for entry in log] == list(range(LAYERS)) * len(expect)
+    owner = ["high"] * LAYERS
+    for e in events:
+        if e[0] == "copy":
+            i, away, brought = log[e[1]]
+            assert owner[i] == away
+            owner[i] = brought
+        else:
+            assert owner[e[2]] == e[1], e
+    if before_switch:
+        first = events.index(("copy", 0))
+        assert events[first - 1] == ("run", "high", 0) and events[first + 1] == ("run", "high", 1)
+
+
+def test_thread_copier_overlaps_and_is_exact():
+    high, low = experts()
+    ref = run(build(high, low, offload=False), videos=1)
+    copier = ThreadCopier()
+    try:
+        model = build(high, low, copier=copier)
+        assert torch.equal(run(model, videos=1)[0], ref[0])
+        assert [(m["during"], m["at_select"]) for m in model.moves] == [(LAYERS, 0), (LAYERS, 0)]
+    finally:
+        copier.close()
