@@ -23,8 +23,10 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             per op of each, and of ring on the fp32 math path it replaced
   ti2v      Wan2.2 TI2V-5B at real size (random bf16 weights), 17 x 352 x 640, 20 steps: off vs MagCache (the
             release's TI2V array), then the 48-channel Wan2.2 VAE decoding the latents
-  switch    Wan2.2 A14B's expert switch without FSDP (resident expert to the host, the other in), on 8 of the 40
-            layers of a real 14B expert, extrapolated by bytes
+  switch    Wan2.2 A14B's expert trade without FSDP (families/expert_swap.py: pinned host memory, a side stream)
+            on 8 of the 40 blocks of a real 14B expert at the 480P token count: the prefetched trade (during the
+            last high-noise call), the streamed one (from select) and the synchronous one, their exposed time
+            beside the two calls' compute, outputs equal to the untraded ones, extrapolated to 40 blocks
   decode    the decode dealt over ranks (magcache_dist/parallel/vae.py) on a 720P-class video (9 x 720 x 1280, the
             Wan VAE at its published size, random weights): each tile decoded and timed once, rank 0's blend, the
             result against diffusers' own tiled decode (max abs difference), the device peak of one tile against the
@@ -372,35 +374,86 @@ class Check:
         return out
 
     def switch(self):
-        """Wan2.2 A14B's expert switch without FSDP on a GPU that holds one expert: the resident expert goes to host
-        memory, the other comes in (families/wan22.py PlacedExperts). Measured on the first ``layers`` of the
-        real 14B expert (bf16) and extrapolated by bytes to all 40 layers."""
+        """Wan2.2 A14B's expert trade without FSDP on a GPU that holds one expert (families/wan22.py PlacedExperts,
+        families/expert_swap.py: pinned host buffers, a side stream, block slots traded in place), on the first
+        ``layers`` blocks of the real 14B expert (bf16), at the 480P sample step's token count: each expert's
+        block stack alone; the prefetched trade (the high-noise call trading each block after it ran, then the
+        low-noise call) against the two calls without a trade; the streamed trade (started at select, the call
+        waiting block by block); the synchronous trade (the host waits); the low-noise output after each trade
+        equal to the one without; the peak device memory against one expert's blocks. Extrapolated to 40 blocks
+        (``full``): the synchronous trade by bytes, the exposed part of the others by blocks."""
         from magcache_dist.families.wan22 import PlacedExperts
         from models.wan import get_config
         from models.wan_i2v import build_wan_model
 
-        name, layers = ("tiny-wan22-t2v", 2) if self.small else ("wan2.2-t2v-a14b", 8)
+        name, layers, latent = ("tiny-wan22-t2v", 2, (2, 4, 6)) if self.small else ("wan2.2-t2v-a14b", 8, (21, 60, 104))
         cfg = get_config(name, num_layers=layers)
         experts = []
-        for where in (self.device, "cpu"):
+        for i, where in enumerate((self.device, "cpu")):  # random weights made on the device (fast), then placed
             with torch.device("meta"):
                 m = build_wan_model(cfg).to(dtype=torch.bfloat16)
-            m = m.to_empty(device=where)
+            m = m.to_empty(device=self.device)
+            g = torch.Generator(device=self.device).manual_seed(i)
             with torch.no_grad():
                 for p in m.parameters():
-                    p.fill_(0.01)
-            experts.append(m.eval())
+                    p.copy_(torch.randn(p.shape, generator=g, device=self.device, dtype=torch.float32) * 0.02)
+            experts.append(m.to(where).eval().requires_grad_(False))
         model = PlacedExperts(*experts, boundary_t=875.0, device=self.device, offload_to="cpu")
-        nbytes = sum(p.numel() * p.element_size() for p in experts[0].parameters())
-        self.sync()
-        model.select("low")
-        self.sync()
-        model.select("high")
-        self.sync()
+        nbytes = sum(p.numel() * p.element_size() for b in experts[0].blocks for p in b.parameters())
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 16, *latent, generator=gen).to(self.device)
+        text = torch.randn(1, min(64, cfg.text_len), cfg.text_dim, generator=gen).to(self.device, torch.bfloat16)
+        hi, lo = (torch.full((1,), v, device=self.device) for v in (900.0, 800.0))
+        model.begin_generation(torch.tensor([900.0, 800.0]), 0, ["cond"])  # step 0 the last high-noise step
+
+        def timed(fn):
+            self.sync()
+            t = time.perf_counter()
+            r = fn()
+            self.sync()
+            return r, time.perf_counter() - t
+
+        with torch.no_grad():
+            tok_h, ctx_h = model.embed(x, hi, text)
+            timed(lambda: model.forward_blocks(tok_h, ctx_h))  # warm-up
+            _, high_s = timed(lambda: model.forward_blocks(tok_h, ctx_h))
+            self.reset_peak()
+
+            def prefetched():
+                model.before_blocks(0, "cond")  # armed: each high-noise block traded after it has run
+                model.forward_blocks(tok_h, ctx_h)
+                tok, ctx = model.embed(x, lo, text)
+                return model.forward_blocks(tok, ctx), tok, ctx
+            (out_pre, tok_l, ctx_l), pre_s = timed(prefetched)
+            peak = self.peak()
+            ref, low_s = timed(lambda: model.forward_blocks(tok_l, ctx_l))
+
+            def streamed():  # back to high at select, then low again at select: each call waits block by block
+                tok, ctx = model.embed(x, hi, text)
+                model.forward_blocks(tok, ctx)
+                tok, ctx = model.embed(x, lo, text)
+                return model.forward_blocks(tok, ctx)
+            out_str, str_s = timed(streamed)
+            model.prefetch = False
+            _, sync_s = timed(lambda: model.select("high"))
+            _, sync_back_s = timed(lambda: model.select("low"))
+            out_sync = model.forward_blocks(tok_l, ctx_l)
         full = get_config(name).num_layers / layers
-        return dict(model=name, layers=layers, expert_bytes=nbytes, trades=[dict(away=a, brought=b, seconds=s)
-                                                                            for a, b, s in model.moves],
-                    extrapolated_full_expert_switch_s=[s * full for _, _, s in model.moves])
+        tokens = tok_h.shape[1]
+        return dict(model=name, layers=layers, tokens=tokens, block_bytes=nbytes // layers, blocks_bytes=nbytes,
+                    high_blocks_s=high_s, low_blocks_s=low_s,
+                    prefetched=dict(seconds=pre_s, exposed_s=pre_s - high_s - low_s,
+                                    exposed_full_s=(pre_s - high_s - low_s) * full),
+                    streamed=dict(seconds=str_s, exposed_s=str_s - high_s - low_s,
+                                  exposed_full_s=(str_s - high_s - low_s) * full),
+                    synchronous=dict(seconds=sync_s, back_s=sync_back_s, full_s=sync_s * full,
+                                     gbytes_per_s=2 * nbytes / sync_s / 1e9),
+                    outputs_equal=dict(prefetched=bool(torch.equal(out_pre, ref)),
+                                       streamed=bool(torch.equal(out_str, ref)),
+                                       synchronous=bool(torch.equal(out_sync, ref))),
+                    peak_device_bytes=peak, slots=model.swap.resident_blocks(),
+                    trades=[dict(m) for m in model.moves])
+
     def decode(self):
         from diffusers import AutoencoderKLWan
 

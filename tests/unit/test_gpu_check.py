@@ -19,7 +19,10 @@ def test_every_step_runs_at_toy_size(tmp_path, capsys):
     t = res["ti2v"]
     assert t["off"]["computed"] == t["off"]["calls"] == 12 and t["magcache"]["computed"] <= 12
     assert t["vae_decode"]["shape"] == [1, 3, 5, 64, 64]
-    assert [(m["away"], m["brought"]) for m in res["switch"]["trades"]] == [("high", "low"), ("low", "high")]
+    sw = res["switch"]
+    assert [(m["away"], m["brought"], m["during"]) for m in sw["trades"]] == \
+        [("high", "low", 2), ("low", "high", 0), ("high", "low", 0), ("low", "high", 0), ("high", "low", 0)]
+    assert sw["outputs_equal"] == dict(prefetched=True, streamed=True, synchronous=True)
     d = res["decode"]  # the tiles dealt over ranks reproduce diffusers' tiled decode (fp32, CPU: bit for bit)
     assert d["tiles"] == 9 and d["max_abs_diff"] == 0.0 and d["decode_s_on_ranks"]["8"] <= d["decode_s_on_ranks"]["1"]
     assert res["profile"]["measured"]["peak_flops"]["float32"] > 0
