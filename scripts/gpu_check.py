@@ -25,8 +25,8 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             release's TI2V array), then the 48-channel Wan2.2 VAE decoding the latents
   switch    Wan2.2 A14B's expert trade without FSDP (families/expert_swap.py: pinned host memory, a side stream)
             on 8 of the 40 blocks of a real 14B expert at the 480P token count: the prefetched trade (during the
-            last high-noise call), the streamed one (from select) and the synchronous one, their exposed time
-            beside the two calls' compute, outputs equal to the untraded ones, extrapolated to 40 blocks
+            last high-noise call), the streamed one (at the low-noise blocks) and the synchronous one, their
+            exposed time beside the calls' compute, outputs equal to the untraded ones, extrapolated to 40 blocks
   decode    the decode dealt over ranks (magcache_dist/parallel/vae.py) on a 720P-class video (9 x 720 x 1280, the
             Wan VAE at its published size, random weights): each tile decoded and timed once, rank 0's blend, the
             result against diffusers' own tiled decode (max abs difference), the device peak of one tile against the
@@ -378,10 +378,10 @@ class Check:
         families/expert_swap.py: pinned host buffers, a side stream, block slots traded in place), on the first
         ``layers`` blocks of the real 14B expert (bf16), at the 480P sample step's token count: each expert's
         block stack alone; the prefetched trade (the high-noise call trading each block after it ran, then the
-        low-noise call) against the two calls without a trade; the streamed trade (started at select, the call
-        waiting block by block); the synchronous trade (the host waits); the low-noise output after each trade
-        equal to the one without; the peak device memory against one expert's blocks. Extrapolated to 40 blocks
-        (``full``): the synchronous trade by bytes, the exposed part of the others by blocks."""
+        low-noise call) against the two calls without a trade; the streamed trade (started when the low-noise
+        call reaches its blocks, which wait one by one) against that call alone (the low-noise embed timed apart); the
+        synchronous trade (the host waits); the low-noise output after each trade equal to the one without; the
+        peak device memory against one expert's blocks. Extrapolated to 40 blocks (``*_full_s``) by blocks."""
         from magcache_dist.families.wan22 import PlacedExperts
         from models.wan import get_config
         from models.wan_i2v import build_wan_model
@@ -426,26 +426,29 @@ class Check:
                 return model.forward_blocks(tok, ctx), tok, ctx
             (out_pre, tok_l, ctx_l), pre_s = timed(prefetched)
             peak = self.peak()
+            _, embed_s = timed(lambda: model.embed(x, lo, text))  # the low-noise embed alone (resident)
             ref, low_s = timed(lambda: model.forward_blocks(tok_l, ctx_l))
 
-            def streamed():  # back to high at select, then low again at select: each call waits block by block
-                tok, ctx = model.embed(x, hi, text)
-                model.forward_blocks(tok, ctx)
+            model.prefetch = False
+            _, sync_s = timed(lambda: model.place("high"))  # the synchronous trade: the host waits
+            model.prefetch = True
+
+            def streamed():  # every slot traded as the low-noise call reaches its blocks, which wait one by one
                 tok, ctx = model.embed(x, lo, text)
                 return model.forward_blocks(tok, ctx)
             out_str, str_s = timed(streamed)
             model.prefetch = False
-            _, sync_s = timed(lambda: model.select("high"))
-            _, sync_back_s = timed(lambda: model.select("low"))
+            _, sync_back_s = timed(lambda: model.place("high"))
+            model.place("low")
             out_sync = model.forward_blocks(tok_l, ctx_l)
         full = get_config(name).num_layers / layers
         tokens = tok_h.shape[1]
         return dict(model=name, layers=layers, tokens=tokens, block_bytes=nbytes // layers, blocks_bytes=nbytes,
-                    high_blocks_s=high_s, low_blocks_s=low_s,
-                    prefetched=dict(seconds=pre_s, exposed_s=pre_s - high_s - low_s,
-                                    exposed_full_s=(pre_s - high_s - low_s) * full),
-                    streamed=dict(seconds=str_s, exposed_s=str_s - high_s - low_s,
-                                  exposed_full_s=(str_s - high_s - low_s) * full),
+                    high_blocks_s=high_s, low_blocks_s=low_s, low_embed_s=embed_s,
+                    prefetched=dict(seconds=pre_s, exposed_s=pre_s - high_s - embed_s - low_s,
+                                    exposed_full_s=(pre_s - high_s - embed_s - low_s) * full),
+                    streamed=dict(seconds=str_s, exposed_s=str_s - embed_s - low_s,
+                                  exposed_full_s=(str_s - embed_s - low_s) * full),
                     synchronous=dict(seconds=sync_s, back_s=sync_back_s, full_s=sync_s * full,
                                      gbytes_per_s=2 * nbytes / sync_s / 1e9),
                     outputs_equal=dict(prefetched=bool(torch.equal(out_pre, ref)),

@@ -121,18 +121,19 @@ class Deferred:
 class PlacedExperts(WanExperts):
     """The experts with the family's placement. ``offload_to`` unset: both on the device. Set: the device holds one
     expert's blocks (families/expert_swap.py ``BlockSwap``: the slots) and the other's wait in pinned host memory;
-    both experts' embeddings and heads stay on the device.
+    both experts' embeddings and heads stay on the device, so a skipped call (MagCache) needs no trade.
 
-    When the trades happen (``prefetch``, the default): the sampler announces the generation's timesteps
-    (``begin_generation``) and each computed call (``before_blocks``); the last local call of the step before the
-    switch trades each high-noise block to its low-noise one as soon as that block has run (a side stream: the copy
-    overlaps the blocks after it); the first low-noise call waits only for a block whose copy is still in flight.
-    Where that call is skipped (MagCache) or the plan is unknown, the trade of every slot starts when the other
-    expert is selected (``select``, at its first call's embed) and streams: its blocks wait one by one. The last call
-    of a generation trades the low-noise expert back the same way (the next video of a list starts on the
-    high-noise expert at t = 1000), so the trade back overlaps that call and the decode. ``prefetch=False``: the
-    synchronous trade (every slot, then the host waits). ``moves`` records each trade: dict(away, brought, during=
-    the blocks traded during the last call, at_select=the rest, select_s=host seconds in ``select``)."""
+    When the trades happen (``prefetch``, the default). The sampler announces the generation (``begin_generation``:
+    its timesteps, this rank's branches and, where the cache policy knows it in advance, which calls it will skip)
+    and each computed call (``before_blocks``). The last call of an expert that will compute before the other
+    expert takes over (the step before the switch; the generation's last step, whose next expert is the next
+    video's high-noise one) trades each block as soon as it has run, on the side stream, behind the blocks after
+    it; the other expert's first computed call waits only for a block whose copy is still in flight. Wherever the
+    slots are not the running expert's when its call reaches the blocks (that call was skipped after all, or
+    nothing was announced), every slot is traded there and the call waits block by block (streamed).
+    ``prefetch=False``: the synchronous trade (every slot, then the host waits), at the same place. ``moves``
+    records each trade: dict(away, brought, during=blocks traded during the outgoing expert's last call, at_use=
+    the rest, traded when the incoming expert's call reached its blocks, use_s=host seconds spent there)."""
 
     def __init__(self, high, low, boundary_t: float, device=None, offload_to=None, copier=None,
                  prefetch: bool = True):
@@ -142,8 +143,7 @@ class PlacedExperts(WanExperts):
         self.swap = None  # the slots, set up at the first call (the weights are read by then)
         self.resident = "high"  # the expert the slots are (being) given to
         self.moves: list[dict] = []
-        self._plan: dict = {}  # step -> the expert that takes the slots after that step's last local call
-        self._last_branch = None
+        self._arms: dict = {}  # (step, branch) -> the expert that takes the slots after that call
         self._armed = None  # (outgoing, incoming) while the last call of ``outgoing`` runs its blocks
 
     @property
@@ -176,48 +176,57 @@ class PlacedExperts(WanExperts):
             self.swap.release(i, self._armed[1])
             self.moves[-1]["during"] += 1
 
+    def _move(self, away: str, brought: str) -> dict:
+        self.moves.append(dict(away=away, brought=brought, during=0, at_use=0, use_s=0.0))
+        self.resident = brought
+        return self.moves[-1]
+
     # ---- the sampler's announcements (magcache_dist/sampling/loop.py) -------------------------------------------
-    def begin_generation(self, timesteps, start_step: int, branches) -> None:
-        """The generation's timesteps from ``start_step`` and this rank's branches in call order."""
+    def begin_generation(self, timesteps, start_step: int, branches, skips: dict | None = None) -> None:
+        """The generation's timesteps, the first step it runs, this rank's branches in call order and the steps
+        each branch will skip (None: unknown, every call counted as computed)."""
         self._ensure()
+        self._armed, self._arms = None, {}
         names = [self.expert_name(t.reshape(1)) for t in timesteps]
-        first = self.expert_name(timesteps[0].reshape(1))  # the next generation's first expert
-        self._plan = {k: (names[k + 1] if k + 1 < len(names) else first) for k in range(start_step, len(names))}
-        self._plan = {k: e for k, e in self._plan.items() if e != names[k]}
-        self._last_branch = branches[-1]
-        self._armed = None
+        calls = [(k, b) for k in range(start_step, len(names)) for b in branches
+                 if k not in (skips or {}).get(b, ())]
+        for n, (k, b) in enumerate(calls):  # the last computed call of an expert before the other one's
+            after = names[calls[n + 1][0]] if n + 1 < len(calls) else names[0]  # then the next generation's
+            if after != names[k]:
+                self._arms[(k, b)] = after
 
     def before_blocks(self, step: int, branch: str) -> None:
-        """A computed call is about to run its blocks: the last local call of a step after which the other expert
-        takes over trades each block as soon as it has run."""
+        """A computed call is about to run its blocks: an announced last call arms the trade of each block."""
         self._armed = None
-        if not (self.offloading and self.prefetch) or branch != self._last_branch or step not in self._plan:
-            return
-        incoming = self._plan[step]
-        if incoming != self.resident:
-            self.moves.append(dict(away=self.resident, brought=incoming, during=0, at_select=0, select_s=0.0))
+        incoming = self._arms.get((step, branch)) if self.offloading and self.prefetch else None
+        if incoming is not None and incoming != self.resident:
             self._armed = (self.resident, incoming)
-            self.resident = incoming
+            self._move(self.resident, incoming)
 
     # ---- the seams of WanExperts ------------------------------------------------------------------------------
-    def select(self, name: str):
-        if self.offloading:
-            import time
+    def place(self, name: str) -> None:
+        """Every slot ``name``'s (a streamed trade, or with ``prefetch=False`` a synchronous one)."""
+        import time
 
-            self._ensure()
-            t = time.perf_counter()
+        self._ensure()
+        if self._armed is not None:
+            if self._armed[0] == name:  # the announced last call itself: its blocks leave after they have run
+                return
             self._armed = None
-            if name != self.resident:  # no trade was started during a last call: every slot now
-                self.moves.append(dict(away=self.resident, brought=name, during=0, at_select=0, select_s=0.0))
-                self.resident = name
-            n = self.swap.bring(name)
-            if n:
-                self.moves[-1]["at_select"] += n
-            if not self.prefetch and n:
+        t = time.perf_counter()
+        move = self._move(self.resident, name) if name != self.resident else None
+        n = self.swap.bring(name)
+        if n:
+            move = move or self.moves[-1]
+            move["at_use"] += n
+            if not self.prefetch:
                 self.swap.sync()
-            if n:
-                self.moves[-1]["select_s"] += time.perf_counter() - t
-        return getattr(self, name)
+            move["use_s"] += time.perf_counter() - t
+
+    def forward_blocks(self, tokens: torch.Tensor, ctx) -> torch.Tensor:
+        if self.offloading:
+            self.place(ctx.expert)
+        return super().forward_blocks(tokens, ctx)
 
     def prepare_condition(self, context) -> ExpertConditions:
         """Each expert's conditioning; an expert whose blocks are not all on the device gets it deferred."""
@@ -230,7 +239,6 @@ class PlacedExperts(WanExperts):
     def embed(self, x: torch.Tensor, t: torch.Tensor, context):
         if isinstance(context, ExpertConditions):
             name = self.expert_name(t)
-            self.select(name)
             cond = getattr(context, name)
             if isinstance(cond, Deferred):
                 if self.swap.complete(name):

@@ -220,7 +220,8 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], sampler: 
     x = noise.float()
     t_start = time.perf_counter()
     if hasattr(model, "begin_generation"):  # the calls to come, for a model that places weights (PlacedExperts)
-        model.begin_generation(scheduler.timesteps, start_step, mine)
+        model.begin_generation(scheduler.timesteps, start_step, mine,
+                               policy.planned_skips(sampler.num_steps, branches))
     with _Clock(timings, "prepare"):
         texts = prepare_conditions(model, texts, mine)
     with torch.no_grad():

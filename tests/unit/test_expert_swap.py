@@ -24,11 +24,17 @@ SWITCH = expert_switch_step(STEPS, SHIFT, BOUNDARY)
 
 
 class Schedule(CachePolicy):
-    """Skips exactly the (step, branch) calls in ``skips`` (reusing the branch's residual, as MagCache does)."""
+    """Skips exactly the (step, branch) calls in ``skips`` (reusing the branch's residual, as MagCache does);
+    ``planned``: what it announces before sampling (``planned_skips``; None: nothing)."""
     name, branch_sync = "schedule", "official"
 
-    def __init__(self, skips=()):
-        self.skips = set(skips)
+    def __init__(self, skips=(), planned=None):
+        self.skips, self.planned = set(skips), planned
+
+    def planned_skips(self, num_steps, branches):
+        if self.planned is None:
+            return None
+        return {b: [k for k, c in self.planned if c == b] for b in branches}
 
     def propose(self, state, step, branch, probe=None):
         return Decision(compute=(step, branch) not in self.skips, reason="schedule")
@@ -86,14 +92,14 @@ def watch(model: PlacedExperts, events: list):
             block.register_forward_pre_hook(check(name, i))
 
 
-def run(model, skips=(), videos=2):
+def run(model, skips=(), videos=2, planned=None):
     g = torch.Generator().manual_seed(0)
     scfg = SamplerConfig(num_steps=STEPS, shift=SHIFT, guidance=4.0, guidance_2=3.0, switch_step=SWITCH)
     texts = {b: torch.randn(1, 7, 32, generator=g) for b in ("cond", "uncond")}
     out = []
     for _ in range(videos):  # a prompt list: the next video starts on the high-noise expert
         noise = torch.randn(1, 16, 2, 4, 4, generator=g)
-        out.append(sample(model, noise, texts, scfg, Schedule(skips)).latents)
+        out.append(sample(model, noise, texts, scfg, Schedule(skips, planned)).latents)
     return out
 
 
@@ -118,7 +124,7 @@ def test_prefetched_trade_is_exact_and_in_order(case, lazy):
     ref = run(build(high, low, offload=False), skips)
     sync = build(high, low, prefetch=False)
     assert all(torch.equal(a, b) for a, b in zip(run(sync, skips), ref))
-    assert [(m["away"], m["brought"], m["during"], m["at_select"]) for m in sync.moves] == \
+    assert [(m["away"], m["brought"], m["during"], m["at_use"]) for m in sync.moves] == \
         [("high", "low", 0, LAYERS), ("low", "high", 0, LAYERS), ("high", "low", 0, LAYERS)]  # host waits
 
     events = []
@@ -133,7 +139,7 @@ def test_prefetched_trade_is_exact_and_in_order(case, lazy):
     expect = [("high", "low", LAYERS if before_switch else 0), ("low", "high", LAYERS if last else 0)] * 2
     expect = expect if last else expect[:3]  # no trade back after the last video when its last call is skipped
     assert [(m["away"], m["brought"], m["during"]) for m in model.moves] == expect
-    assert all(m["during"] + m["at_select"] == LAYERS for m in model.moves)
+    assert all(m["during"] + m["at_use"] == LAYERS for m in model.moves)
 
     # the copies: slot by slot in block order; replayed with the runs, every block runs in a slot last given to
     # its expert; traded during the last call, block i's copy comes right after block i's run
@@ -159,6 +165,37 @@ def test_thread_copier_overlaps_and_is_exact():
     try:
         model = build(high, low, copier=copier)
         assert torch.equal(run(model, videos=1)[0], ref[0])
-        assert [(m["during"], m["at_select"]) for m in model.moves] == [(LAYERS, 0), (LAYERS, 0)]
+        assert [(m["during"], m["at_use"]) for m in model.moves] == [(LAYERS, 0), (LAYERS, 0)]
     finally:
         copier.close()
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_announced_skips_move_the_trade_to_the_last_computed_call(right):
+    """MagCache announces its schedule (``planned_skips``): with the step before the switch skipped, the trade runs
+    during the high-noise expert's last computed call (the step before it), and a skipped call trades nothing. An
+    announcement that proves wrong (that step computed after all) costs a trade back, never a wrong output."""
+    skips = [(SWITCH - 1, "cond"), (SWITCH - 1, "uncond")]
+    high, low = experts()
+    ref = run(build(high, low, offload=False), skips if right else ())
+    events = []
+    model = build(high, low, copier=LazyCopier(events, lazy=True))
+    out = run(model, skips if right else (), planned=skips)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    moves = [(m["away"], m["brought"], m["during"], m["at_use"]) for m in model.moves]
+    if right:
+        assert moves == [("high", "low", LAYERS, 0), ("low", "high", LAYERS, 0)] * 2
+    else:  # step SWITCH - 1 computes on slots already traded: both its calls wait for high's blocks again
+        assert moves == [("high", "low", LAYERS, 0), ("low", "high", 0, LAYERS), ("high", "low", 0, LAYERS),
+                         ("low", "high", LAYERS, 0)] * 2
+
+
+def test_planned_skips_are_the_planner_schedule():
+    from magcache_dist.cache.magcache import MagCacheConfig, build_magcache, skip_schedule
+
+    policy = build_magcache("wan2.2-t2v-a14b", None, MagCacheConfig(thresh=0.06, K=2, retention=0.4), 40,
+                            ["cond", "uncond"], switch_step=26)
+    planned = policy.planned_skips(40, ["cond", "uncond"])
+    assert planned == skip_schedule(policy, 40, ["cond", "uncond"])["skipped_steps"]
+    assert 25 in planned["cond"] and 24 not in planned["cond"]  # the published T2V setting skips step 25
+    assert Schedule().planned_skips(40, ["cond"]) is None

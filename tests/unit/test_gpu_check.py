@@ -22,6 +22,7 @@ def test_every_step_runs_at_toy_size(tmp_path, capsys):
     sw = res["switch"]
     assert [(m["away"], m["brought"], m["during"]) for m in sw["trades"]] == \
         [("high", "low", 2), ("low", "high", 0), ("high", "low", 0), ("low", "high", 0), ("high", "low", 0)]
+    assert [m["at_use"] for m in sw["trades"]] == [0, 2, 2, 2, 2]
     assert sw["outputs_equal"] == dict(prefetched=True, streamed=True, synchronous=True)
     d = res["decode"]  # the tiles dealt over ranks reproduce diffusers' tiled decode (fp32, CPU: bit for bit)
     assert d["tiles"] == 9 and d["max_abs_diff"] == 0.0 and d["decode_s_on_ranks"]["8"] <= d["decode_s_on_ranks"]["1"]

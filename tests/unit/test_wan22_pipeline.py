@@ -154,7 +154,9 @@ def test_dry_run_plans_both_experts(wan22_ckpts):
     assert p["experts"]["guidance"] == [4.0, 3.0]
     # real size, planned: fp32 on an 80 GB H100 cannot hold both 14B experts (2.2 x 57 GB): one stays on the host;
     # bf16 (28.6 GB each) keeps both; FSDP over 8 ranks holds an eighth of both
-    for extra, resident, weights in ((["model.dtype=float32", "parallel.fsdp=false"], 1, 4 * fig_a14b()),
+    # one resident: that expert plus the other's embeddings and head (40 blocks of 351,394,304 parameters each)
+    for extra, resident, weights in ((["model.dtype=float32", "parallel.fsdp=false"], 1,
+                                      4 * (2 * fig_a14b() - 40 * 351_394_304)),
                                      (["parallel.fsdp=false"], 2, 2 * 2 * fig_a14b()),
                                      ([], 2, 2 * (2 * fig_a14b() / 8 + fig_a14b() // 40))):  # + the block gathered
         cfg = load_config(os.path.join(ROOT, "configs", "wan2.2-t2v-a14b-720p.yaml"), ["planner.device=h100", *extra])
@@ -162,6 +164,11 @@ def test_dry_run_plans_both_experts(wan22_ckpts):
         assert p["experts"]["resident"] == resident and p["experts"]["switch_step"] == 26
         assert abs(p["per_rank"]["memory_bytes"]["weights"] - weights) <= 8, (extra, p["per_rank"]["memory_bytes"])
         assert ("both resident" if resident == 2 else "one resident") in format_plan(p)
+        sw = p["experts"]["switch"]
+        assert sw["mode"] == ("both resident" if resident == 2 else "one resident")
+        if resident == 1:  # 2 x 40 blocks of 1.41 GB over the host link, during step 24 (the preset skips 25)
+            assert sw["trade_bytes"] == 2 * 40 * 4 * 351_394_304 and sw["switch"]["prefetched"]
+            assert 0 <= sw["switch"]["exposed_s"] <= sw["trade_s"] and "prefetched during" in format_plan(p)
 
 
 def fig_a14b() -> int:
@@ -247,14 +254,14 @@ def test_offloaded_expert_trades_places_at_the_switch(wan22_ckpts, tmp_path, mon
         return model, enc
 
     monkeypatch.setattr(wan22.Wan22Family, "build", tracking_build)
-    embed = WanExperts.embed
+    blocks = WanExperts.forward_blocks
     calls = []
-    def logging_embed(self, x, t, context):
-        out = embed(self, x, t, context)
-        calls.append((self.swap.resident_blocks()[out[1].expert], out[1].expert))  # its blocks in the slots
-        return out
 
-    monkeypatch.setattr(WanExperts, "embed", logging_embed)
+    def logging_blocks(self, tokens, ctx):  # a computed call, its slots placed: whose blocks are in them
+        calls.append((self.swap.resident_blocks()[ctx.expert], ctx.expert))
+        return blocks(self, tokens, ctx)
+
+    monkeypatch.setattr(WanExperts, "forward_blocks", logging_blocks)
     cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / "off"),
                                             "save_video=false"))
     run_job(cfg, solo_context())
@@ -262,9 +269,10 @@ def test_offloaded_expert_trades_places_at_the_switch(wan22_ckpts, tmp_path, mon
     layers = model.cfg.num_layers
     assert model._offload_to == "cpu" and model.swap is not None
     assert [(m["away"], m["brought"]) for m in model.moves][:1] == [("high", "low")]  # once, at the switch
-    assert all(m["during"] + m["at_select"] == layers for m in model.moves)
-    switch = expert_switch_step(8, SHIFT["t2v"], BOUNDARY["t2v"])
-    assert calls == [(layers, "high")] * (2 * switch) + [(layers, "low")] * (2 * (8 - switch))
+    assert all(m["during"] + m["at_use"] == layers for m in model.moves)
+    assert model.moves[0]["during"] == layers  # during the high-noise expert's last computed call (announced)
+    assert calls[:2] == [(layers, "high")] * 2 and calls[-1] == (layers, "low")
+    assert calls == sorted(calls, key=lambda c: c[1]) and all(n == layers for n, _ in calls)
     assert torch.equal(torch.load(tmp_path / "off" / "latents.pt", weights_only=True), ref)
 
 
