@@ -13,9 +13,10 @@ the image latents):
   both experts, retention placed around the switch step on the sampler's grid (docs/magcache.md "Wan2.2").
 
 Memory: with ``parallel.fsdp`` both experts' blocks are sharded over the SP group. Otherwise, on an accelerator
-where the two experts do not fit together (free memory < 2.2 x one expert), the low-noise expert is materialised
-in host memory and the experts trade places at the switch (``PlacedExperts.select``): one expert on the device at
-a time, as Wan2.2's ``offload_model`` does.
+where the two experts do not fit together (free memory < 2.2 x one expert), the device holds one expert's blocks at
+a time (plus both experts' embeddings and heads) and the other's wait in pinned host memory; the experts trade
+places block by block on a side stream during the outgoing expert's last computed call, or when the incoming
+expert's call reaches its blocks (``PlacedExperts``, families/expert_swap.py; docs/operations.md).
 """
 from __future__ import annotations
 

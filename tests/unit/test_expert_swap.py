@@ -199,3 +199,28 @@ def test_planned_skips_are_the_planner_schedule():
     assert planned == skip_schedule(policy, 40, ["cond", "uncond"])["skipped_steps"]
     assert 25 in planned["cond"] and 24 not in planned["cond"]  # the published T2V setting skips step 25
     assert Schedule().planned_skips(40, ["cond"]) is None
+
+
+def test_planner_pipeline_and_block_size():
+    """planner/switch.py: a Wan block's parameters as the real module counts them, and the per-block pipeline: block
+    i's copy waits for block i's last run (prefetched) or for nothing (streamed), the incoming call's block i for
+    block i's copy."""
+    import dataclasses
+
+    from magcache_dist.families.common import wan_cost_figures
+    from magcache_dist.planner.switch import block_params, pipeline_exposed, resident_params
+    from models.wan import WanBlock
+
+    cfg = get_config("wan2.2-t2v-a14b")
+    fig = dataclasses.replace(wan_cost_figures(cfg), experts=2)  # as Wan22Family.cost_figures
+    with torch.device("meta"):
+        assert block_params(fig) == sum(p.numel() for p in WanBlock(cfg).parameters()) == 351_394_304
+    assert resident_params(fig, 1) == 2 * fig.params - 40 * 351_394_304 and resident_params(fig, 2) == 2 * fig.params
+    # copies faster than blocks: nothing exposed when prefetched, the first block's copy when streamed
+    assert pipeline_exposed(4, 1.0, 2.0, prefetch=True) == 0.0
+    assert pipeline_exposed(4, 1.0, 2.0, prefetch=False) == 1.0
+    # copies 3x the blocks: copies end at 4, 7, 10, 13 (prefetched, the incoming call from 4) -> waits 0 + 2 + 2 + 2;
+    # streamed: copies end at 3, 6, 9, 12, the call from 0 -> waits 3 + 2 + 2 + 2
+    assert pipeline_exposed(4, 3.0, 1.0, prefetch=True) == 6.0
+    assert pipeline_exposed(4, 3.0, 1.0, prefetch=False) == 9.0
+    assert pipeline_exposed(4, 3.0, 1.0, prefetch=True, gap_s=2.0) == 4.0
