@@ -146,6 +146,7 @@ class PlacedExperts(WanExperts):
         self.moves: list[dict] = []
         self._arms: dict = {}  # (step, branch) -> the expert that takes the slots after that call
         self._armed = None  # (outgoing, incoming) while the last call of ``outgoing`` runs its blocks
+        self._first_move = 0  # this generation's first entry of ``moves``
 
     @property
     def offloading(self) -> bool:
@@ -187,7 +188,7 @@ class PlacedExperts(WanExperts):
         """The generation's timesteps, the first step it runs, this rank's branches in call order and the steps
         each branch will skip (None: unknown, every call counted as computed)."""
         self._ensure()
-        self._armed, self._arms = None, {}
+        self._armed, self._arms, self._first_move = None, {}, len(self.moves)
         names = [self.expert_name(t.reshape(1)) for t in timesteps]
         calls = [(k, b) for k in range(start_step, len(names)) for b in branches
                  if k not in (skips or {}).get(b, ())]
@@ -195,6 +196,12 @@ class PlacedExperts(WanExperts):
             after = names[calls[n + 1][0]] if n + 1 < len(calls) else names[0]  # then the next generation's
             if after != names[k]:
                 self._arms[(k, b)] = after
+
+    def placement_report(self) -> dict:
+        """report.json's ``experts``: where the experts were and this video's trades (``moves``; ``use_s`` is host
+        time, not the device's: the copies run on a side stream)."""
+        return dict(offloaded=self.offloading, trades=self.moves[self._first_move:],
+                    slots=self.swap.resident_blocks() if self.swap is not None else None)
 
     def before_blocks(self, step: int, branch: str) -> None:
         """A computed call is about to run its blocks: an announced last call arms the trade of each block."""

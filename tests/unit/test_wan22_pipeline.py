@@ -7,6 +7,7 @@
   plan's steps with one state over both experts;
 - the planner and the dry run know both experts.
 """
+import json
 import os
 
 import numpy as np
@@ -274,6 +275,8 @@ def test_offloaded_expert_trades_places_at_the_switch(wan22_ckpts, tmp_path, mon
     assert calls[:2] == [(layers, "high")] * 2 and calls[-1] == (layers, "low")
     assert calls == sorted(calls, key=lambda c: c[1]) and all(n == layers for n, _ in calls)
     assert torch.equal(torch.load(tmp_path / "off" / "latents.pt", weights_only=True), ref)
+    report = json.loads((tmp_path / "off" / "report.json").read_text())["experts"]
+    assert report["offloaded"] and report["trades"] == model.moves  # one video: every trade is its own
 
 
 def test_experts_fit_rule(monkeypatch):
