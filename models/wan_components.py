@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 
-from models.layouts import Rule, diffusers_to_official, official_to_diffusers, rename_key
+from models.layouts import Rule, official_to_diffusers, rename_key
 from models.loading import read_tensors
 
 # Published per-channel statistics of Wan2.1's 16 latent channels (also diffusers' AutoencoderKLWan defaults).
@@ -258,12 +258,67 @@ def _meta_wan22_vae(cfg: dict):
                                 latents_std=list(WAN22_LATENTS_STD[: cfg["z_dim"]]), **cfg)
 
 
+def wan22_vae_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an official Wan2.2 VAE (WanVAE_ of wan/modules/vae2_2.py) with the architecture ``cfg``
+    (WAN22_VAE's fields): official key -> shape. Written from the official module's structure, without building a
+    model (the check before any work imports no diffusers)."""
+    z, nrb, mult = cfg["z_dim"], cfg["num_res_blocks"], cfg["dim_mult"]
+    out: dict[str, tuple[int, ...]] = {}
+
+    def conv(name, o, i, k):  # CausalConv3d / Conv2d: weight [out, in, *kernel] and bias [out]
+        out[name + ".weight"], out[name + ".bias"] = (o, i, *k), (o,)
+
+    def res(name, a, b):  # ResidualBlock: RMS_norm, SiLU, conv 3x3x3, RMS_norm, SiLU, dropout, conv 3x3x3 (+ 1x1x1)
+        out[name + ".residual.0.gamma"] = (a, 1, 1, 1)
+        conv(name + ".residual.2", b, a, (3, 3, 3))
+        out[name + ".residual.3.gamma"] = (b, 1, 1, 1)
+        conv(name + ".residual.6", b, b, (3, 3, 3))
+        if a != b:
+            conv(name + ".shortcut", b, a, (1, 1, 1))
+
+    def middle(side, width):  # residual block, attention, residual block
+        res(side + ".middle.0", width, width)
+        out[side + ".middle.1.norm.gamma"] = (width, 1, 1)  # AttentionBlock on images
+        conv(side + ".middle.1.to_qkv", 3 * width, width, (1, 1))
+        conv(side + ".middle.1.proj", width, width, (1, 1))
+        res(side + ".middle.2", width, width)
+
+    conv("conv1", 2 * z, 2 * z, (1, 1, 1))
+    conv("conv2", z, z, (1, 1, 1))
+    levels = len(mult)
+    dims = [cfg["base_dim"] * u for u in [1, *mult]]
+    conv("encoder.conv1", dims[0], cfg["in_channels"], (3, 3, 3))
+    for i in range(levels):  # Down_ResidualBlock: nrb residual blocks, then (not on the last level) a resampler
+        for j in range(nrb):
+            res(f"encoder.downsamples.{i}.downsamples.{j}", dims[i] if j == 0 else dims[i + 1], dims[i + 1])
+        if i != levels - 1:
+            conv(f"encoder.downsamples.{i}.downsamples.{nrb}.resample.1", dims[i + 1], dims[i + 1], (3, 3))
+            if cfg["temperal_downsample"][i]:
+                conv(f"encoder.downsamples.{i}.downsamples.{nrb}.time_conv", dims[i + 1], dims[i + 1], (3, 1, 1))
+    middle("encoder", dims[-1])
+    out["encoder.head.0.gamma"] = (dims[-1], 1, 1, 1)
+    conv("encoder.head.2", 2 * z, dims[-1], (3, 3, 3))
+    dims = [cfg["decoder_base_dim"] * u for u in [mult[-1], *mult[::-1]]]
+    up = cfg["temperal_downsample"][::-1]
+    conv("decoder.conv1", dims[0], z, (3, 3, 3))
+    middle("decoder", dims[0])
+    for i in range(levels):  # Up_ResidualBlock: nrb + 1 residual blocks, then (not on the last level) a resampler
+        for j in range(nrb + 1):
+            res(f"decoder.upsamples.{i}.upsamples.{j}", dims[i] if j == 0 else dims[i + 1], dims[i + 1])
+        if i != levels - 1:
+            conv(f"decoder.upsamples.{i}.upsamples.{nrb + 1}.resample.1", dims[i + 1], dims[i + 1], (3, 3))
+            if up[i]:  # upsample3d: the time conv doubles the channels (two frames out of one)
+                conv(f"decoder.upsamples.{i}.upsamples.{nrb + 1}.time_conv", 2 * dims[i + 1], dims[i + 1], (3, 1, 1))
+    out["decoder.head.0.gamma"] = (dims[-1], 1, 1, 1)
+    conv("decoder.head.2", cfg["out_channels"], dims[-1], (3, 3, 3))
+    return out
+
+
 def check_wan22_vae(shapes: dict, where: str) -> dict:
     """The official Wan2.2 VAE file's keys and shapes (key -> shape) against the model they describe, named in the
     file's own keys (missing, unexpected, wrong shape: a ValueError); returns its AutoencoderKLWan arguments."""
     cfg = wan22_vae_config(shapes, where)
-    own = {k: v for k, v in _meta_wan22_vae(cfg).state_dict().items()}
-    want = {k: tuple(v.shape) for k, v in diffusers_to_official(own, vae22_rules(cfg["num_res_blocks"])).items()}
+    want = wan22_vae_shapes(cfg)
     missing, unexpected = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
     if missing or unexpected:
         wan21 = "encoder.downsamples.0.residual.0.gamma" in shapes
