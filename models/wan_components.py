@@ -1,7 +1,9 @@
-"""Wan2.1's text encoder, VAE and image encoder, as the library models that implement them, from either layout.
+"""Wan's text encoder, VAEs (Wan2.1's, Wan2.2's) and image encoder, as the library models that implement them, from
+either layout.
 
 - umT5-XXL encoder -> transformers' ``UMT5EncoderModel``
-- Wan VAE -> diffusers' ``AutoencoderKLWan`` (latents normalised per channel: (mu - mean) / std)
+- Wan VAE -> diffusers' ``AutoencoderKLWan`` (latents normalised per channel: (mu - mean) / std); the Wan2.2 VAE
+  (TI2V-5B: 48 latent channels, residual levels, 2x2 patchified pixels) -> the same class with ``is_residual``
 - CLIP ViT-H/14 (open-clip xlm-roberta-large-vit-huge-14, vision tower only) -> transformers' ``CLIPVisionModel``
 
 Official layout: single ``.pth`` files in Wan's own key names (converted by the rule tables below, strictly);
