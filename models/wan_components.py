@@ -338,15 +338,19 @@ def check_wan22_vae(shapes: dict, where: str) -> dict:
 def load_wan22_vae(path: str, layout: str, dtype=torch.float32, device="cpu"):
     """``path``: the official ``Wan2.2_VAE.pth`` or the diffusers ``vae/`` folder -> AutoencoderKLWan (48 latent
     channels, residual blocks, 2x2 patchified pixels; latent statistics: the folder's config, or the published
-    WAN22_LATENTS_MEAN / STD for the official file, which carries none)."""
+    WAN22_LATENTS_MEAN / STD for the official file, which carries none). The official file is checked from its
+    header, then streamed tensor by tensor into the model built in ``dtype`` on ``device`` (no host copy of the
+    0.7B parameters beside the file's mapped pages)."""
     if layout == "diffusers":
         return load_wan_vae(path, layout, dtype=dtype, device=device)
-    sd = read_tensors(path)
-    cfg = check_wan22_vae({k: tuple(v.shape) for k, v in sd.items()}, path)
-    vae = _meta_wan22_vae(cfg).to_empty(device="cpu")
-    _strict(vae, official_to_diffusers(sd, vae22_rules(cfg["num_res_blocks"]), 0, path, "is this Wan2.2_VAE.pth?"),
-            path)
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    from models.loading import load_streaming, read_shapes
+
+    cfg = check_wan22_vae(read_shapes(path), path)
+    rules = vae22_rules(cfg["num_res_blocks"])
+    vae = _meta_wan22_vae(cfg).to(dtype=dtype).to_empty(device=device)
+    load_streaming(vae, path, path,
+                   convert=lambda sd: official_to_diffusers(sd, rules, 0, path, "is this Wan2.2_VAE.pth?"))
+    return vae.eval().requires_grad_(False)
 
 
 def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
