@@ -7,6 +7,8 @@ An entry is a ``Bad``: id, overrides, world size, regex for the key, regex for t
 - ``tiny`` (default): tests.support.helpers.job_overrides on the tiny checkpoint with parallel.ulysses_degree=2;
 - ``wan-<task>-<layout>``: the tiny Wan2.1 folder (tests.support.wan_tiny) copied to ``{tmp}/ck`` (a setup may
   remove or edit its files), with ``{image}`` naming its first-frame image;
+- ``wan22-<t2v|i2v>-<layout>``, ``wan22-ti2v-<official|diffusers>``: the tiny Wan2.2 A14B / TI2V-5B folders
+  (tests.support.wan22_tiny), copied to ``{tmp}/ck`` the same way;
 - ``family:<model name>``: a tiny FLUX.1 / HunyuanVideo / Open-Sora job (tests.support.families);
 - ``folder:<tiny-* model name>``: a tiny full-pipeline folder of those families (tests.support.pipelines) copied to
   ``{tmp}/ck`` (a setup may remove or edit its files).
