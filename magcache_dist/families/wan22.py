@@ -298,11 +298,11 @@ class Wan22TI2VFamily(WanFamily):
 
             with reading():
                 cfg = wan_components.check_wan22_vae(read_shapes(path), path)
-            if cfg["z_dim"] != TI2V_Z_DIM or cfg["scale_factor_spatial"] != TI2V_VAE_STRIDE[1]:
-                raise InputError(f"ckpt_dir={self.cfg.ckpt_dir!r}: {OFFICIAL_TI2V_VAE} holds a VAE with "
-                                 f"z_dim={cfg['z_dim']} and {cfg['scale_factor_spatial']}x spatial compression; "
-                                 f"{self.name} needs the Wan2.2 VAE (z_dim=48, 16x): copy {OFFICIAL_TI2V_VAE} of the "
-                                 f"Wan2.2-TI2V-5B release")
+            got = (cfg["z_dim"], cfg["scale_factor_temporal"], cfg["scale_factor_spatial"])
+            if got != (TI2V_Z_DIM, *TI2V_VAE_STRIDE[:2]):
+                raise InputError(f"ckpt_dir={self.cfg.ckpt_dir!r}: {OFFICIAL_TI2V_VAE} holds a VAE with z_dim={got[0]} "
+                                 f"and {got[1]}x temporal, {got[2]}x spatial compression; {self.name} needs the Wan2.2 "
+                                 f"VAE (z_dim=48, 4x, 16x): copy {OFFICIAL_TI2V_VAE} of the Wan2.2-TI2V-5B release")
             return
         c = folders.read_config(path, resolve_path(self.cfg.ckpt_dir))
         z, spatial = c.get("z_dim"), c.get("scale_factor_spatial", 8)
