@@ -27,7 +27,7 @@ import os
 import torch
 
 from magcache_dist.config import resolve_path
-from magcache_dist.errors import InputError
+from magcache_dist.errors import InputError, reading
 from magcache_dist.families import folders
 from magcache_dist.families.base import DTYPES, CostFigures
 from magcache_dist.families.wan import (
@@ -44,6 +44,7 @@ from magcache_dist.families.wan import (
     resolve_files,
 )
 from magcache_dist.sampling.grids import expert_switch_step
+from models import wan_components
 from models.wan_experts import EXPERTS, ExpertConditions, WanExperts
 from models.wan_i2v import LatentCondition, build_wan_model
 
@@ -379,6 +380,30 @@ TI2V_Z_DIM = 48
 # diffusers' AutoencoderKLWan with the Wan2.2 VAE's configuration (base 160 / decoder 256 channels, 48 latent
 # channels, residual blocks, 2x2 patchified pixels), counted on the meta device
 TI2V_VAE_PARAMS = 704_688_668
+OFFICIAL_TI2V_VAE = "Wan2.2_VAE.pth"  # Wan-Video/Wan2.2 wan/configs/wan_ti2v_5B.py vae_checkpoint
+
+
+def resolve_ti2v_files(ckpt_dir: str, layout: str, model_name: str) -> WanFiles:
+    """Every file of a TI2V-5B folder, or an InputError naming the first missing one. Official layout
+    (Wan-AI/Wan2.2-TI2V-5B): the DiT (``diffusion_pytorch_model*.safetensors``, sharded with an index json, and
+    config.json) in Wan's key names, ``models_t5_umt5-xxl-enc-bf16.pth``, ``google/umt5-xxl/`` and
+    ``Wan2.2_VAE.pth``; a folder holding the Wan2.1 VAE instead is named with the fix. Diffusers layout: as Wan2.1."""
+    if layout not in LAYOUTS:
+        raise InputError(f"model.layout={layout!r} is unknown; choose one of {LAYOUTS}")
+    layout = detect_layout(ckpt_dir) if layout == "auto" else layout
+    if layout != "official":
+        return resolve_files(ckpt_dir, layout, False)
+    vae = os.path.join(ckpt_dir, OFFICIAL_TI2V_VAE)
+    if not os.path.isfile(vae) and os.path.isfile(os.path.join(ckpt_dir, OFFICIAL_FILES["vae"])):
+        raise InputError(f"ckpt_dir={ckpt_dir!r} (official layout) holds {OFFICIAL_FILES['vae']} (the Wan2.1 VAE: 16 "
+                         f"latent channels, 8x) and no {OFFICIAL_TI2V_VAE}; model.name={model_name!r} needs the Wan2.2 "
+                         f"VAE (48 latent channels, 16x): copy {OFFICIAL_TI2V_VAE} of the Wan2.2-TI2V-5B release into "
+                         f"ckpt_dir, or set model.name to the Wan2.1 / Wan2.2 A14B model this folder holds")
+    need = layout_need(ckpt_dir, layout, "Wan2.2-TI2V-5B")
+    return WanFiles(layout, folders.diffusers_weights(ckpt_dir, ckpt_dir, "diffusion_pytorch_model*", "DiT weights"),
+                    need(OFFICIAL_FILES["t5"], "umT5 encoder"),
+                    need(OFFICIAL_FILES["tokenizer"], "umT5 tokenizer folder", is_dir=True),
+                    need(OFFICIAL_TI2V_VAE, "VAE"), None)
 
 
 class Wan22TI2VFamily(WanFamily):
@@ -386,9 +411,11 @@ class Wan22TI2VFamily(WanFamily):
     1280x704, 121 frames at 24 fps, 50 steps, shift 5, guidance 5), text-to-video, or text+image-to-video when
     ``image`` is set: the first latent frame is the image's latents (the image resized to height x width, as
     diffusers' pipeline does) and its tokens sit at timestep 0 (models/wan_i2v.py WanFirstFrameModel); the decoded
-    first latent frame is the image's. Read from the diffusers layout (Wan-AI/Wan2.2-TI2V-5B-Diffusers); the official
-    layout (its Wan2.2_VAE.pth key conversion) is refused with an InputError. MagCache: the release's TI2V arrays (text
-    only / with an image) with Wan2.1's rule (docs/magcache.md)."""
+    first latent frame is the image's. Read from either layout: the official one (Wan-AI/Wan2.2-TI2V-5B: the DiT in
+    Wan's key names, umT5 .pth, ``google/umt5-xxl/``, ``Wan2.2_VAE.pth`` converted key by key,
+    models/wan_components.py ``vae22_rules``, with the published latent statistics) or the diffusers one
+    (Wan-AI/Wan2.2-TI2V-5B-Diffusers). MagCache: the release's TI2V arrays (text only / with an image) with Wan2.1's
+    rule (docs/magcache.md)."""
 
     vae_stride, vae_name, frames_example = TI2V_VAE_STRIDE, "Wan2.2 VAE", 121
 
@@ -398,16 +425,24 @@ class Wan22TI2VFamily(WanFamily):
 
     @functools.cached_property
     def files(self) -> WanFiles:
-        root = folders.ckpt_root(self.cfg, self.name, "Wan2.2", "checkpoint folder", "diffusers layout")
-        layout = detect_layout(root) if self.cfg.model.layout == "auto" else self.cfg.model.layout
-        if layout == "official":
-            raise InputError(f"ckpt_dir={self.cfg.ckpt_dir!r} is the official layout; model.name={self.name!r} reads "
-                             f"the diffusers layout only (its Wan2.2_VAE.pth conversion is not written yet): point "
-                             f"ckpt_dir at Wan-AI/Wan2.2-TI2V-5B-Diffusers")
-        return resolve_files(root, layout, False)
+        root = folders.ckpt_root(self.cfg, self.name, "Wan2.2", "checkpoint folder", "official or diffusers layout")
+        return resolve_ti2v_files(root, self.cfg.model.layout, self.name)
 
     def check_vae_config(self) -> None:
+        """The VAE must be the Wan2.2 VAE: the official file's keys and shapes (read from its header, nothing
+        loaded), or the diffusers vae/config.json's latent channels and spatial compression."""
         path = self.files.vae
+        if self.files.layout == "official":
+            from models.loading import read_shapes
+
+            with reading():
+                cfg = wan_components.check_wan22_vae(read_shapes(path), path)
+            got = (cfg["z_dim"], cfg["scale_factor_temporal"], cfg["scale_factor_spatial"])
+            if got != (TI2V_Z_DIM, *TI2V_VAE_STRIDE[:2]):
+                raise InputError(f"ckpt_dir={self.cfg.ckpt_dir!r}: {OFFICIAL_TI2V_VAE} holds a VAE with z_dim={got[0]} "
+                                 f"and {got[1]}x temporal, {got[2]}x spatial compression; {self.name} needs the Wan2.2 "
+                                 f"VAE (z_dim=48, 4x, 16x): copy {OFFICIAL_TI2V_VAE} of the Wan2.2-TI2V-5B release")
+            return
         c = folders.read_config(path, resolve_path(self.cfg.ckpt_dir))
         z, spatial = c.get("z_dim"), c.get("scale_factor_spatial", 8)
         if z != TI2V_Z_DIM or spatial != TI2V_VAE_STRIDE[1]:
@@ -434,10 +469,12 @@ class Wan22TI2VFamily(WanFamily):
             self.load_weights(model, device)
         return model.eval().requires_grad_(False), WanEncoders(self.files, device)
 
+    def _load_vae(self, files: WanFiles, device):
+        path = files.vae if files.layout == "official" else os.path.dirname(files.vae)
+        return wan_components.load_wan22_vae(path, files.layout, dtype=DTYPES[self.cfg.vae.dtype], device=device)
+
     def first_frame_latents(self, files: WanFiles, dev, device) -> torch.Tensor:
         """The image resized to height x width, encoded alone: normalised latents [1, 48, 1, H/16, W/16]."""
-        from models import wan_components
-
         v = self.cfg.video
         image = load_image(resolve_path(self.cfg.image))  # [1, 3, h0, w0] in [-1, 1]
         if tuple(image.shape[-2:]) != (v.height, v.width):
