@@ -237,6 +237,14 @@ class PlacedExperts(WanExperts):
             self.place(ctx.expert)
         return super().forward_blocks(tokens, ctx)
 
+    def first_block(self, ctx):
+        """Read before the call's blocks run (TeaCache's probe): the expert's slots placed, its first block's copy
+        waited for."""
+        if self.offloading:
+            self.place(ctx.expert)
+            self.swap.acquire(ctx.expert, 0)
+        return super().first_block(ctx)
+
     def prepare_condition(self, context) -> ExpertConditions:
         """Each expert's conditioning; an expert whose blocks are not all on the device gets it deferred."""
         if not self.offloading:

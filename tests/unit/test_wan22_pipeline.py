@@ -285,3 +285,23 @@ def test_experts_fit_rule(monkeypatch):
     assert experts_fit("cpu", 10**12)  # nothing to offload to on a CPU
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(HEADROOM * 1000), 2000))
     assert experts_fit(torch.device("cuda", 0), 1000) and not experts_fit(torch.device("cuda", 0), 1001)
+
+
+def test_teacache_probes_the_expert_of_each_call(wan22_ckpts, tmp_path, monkeypatch):
+    """TeaCache on A14B reads the modulated input of the expert that runs the call (WanExperts.first_block): the
+    same skips and latents with the low-noise expert offloaded (its slots placed before the probe) as without."""
+    from magcache_dist.families import wan22
+
+    def run(name):
+        cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / name),
+                                                "save_video=false", "sampler.num_steps=12", "cache.mode=teacache",
+                                                "cache.teacache.thresh=0.5",
+                                                "cache.teacache.coefficients=[0.0,0.0,0.0,1.0,0.0]"))
+        report = run_job(cfg, solo_context())
+        return report["skipped_steps"], torch.load(tmp_path / name / "latents.pt", weights_only=True)
+
+    skips, ref = run("ref")
+    assert any(skips.values()), skips  # the probe really skips some steps
+    monkeypatch.setattr(wan22, "experts_fit", lambda device, nbytes: False)
+    off_skips, off = run("off")
+    assert off_skips == skips and torch.equal(off, ref)
