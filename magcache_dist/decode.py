@@ -35,8 +35,8 @@ ACTIVATION_BYTES_PER_PIXEL = 4 * 6 * 96 * 4
 SPLITS = ("auto", "patches", "tiles")
 # The banded decode's traffic, per neighbouring band, per output pixel column and output frame, in fp32 bytes (halo
 # rows of every spatial convolution, the cached frames with them), and the width of the middle block's keys and values
-# (gathered from every band), by the VAE's latent channels: measured with ThreadComm's byte counter on the published
-# sizes (random weights) decoding 2 latent frames (benchmarks/vae_decode.py --bands).
+# (gathered from every band), by the VAE's latent channels: the bytes counted by Comm on the published sizes (random
+# weights) decoding 2 latent frames: Wan2.1 in benchmarks/vae_decode.py --bands (gloo), Wan2.2 on 2 thread ranks.
 BAND_HALO_BYTES = {16: 10.6e3, 48: 15.6e3}  # Wan2.1 VAE, Wan2.2 VAE
 BAND_KV_CHANNELS = {16: 2 * 384, 48: 2 * 1024}
 BAND_EXCHANGES_PER_LATENT_FRAME = 34  # 33 halo exchanges and the keys/values' all-gather (both VAEs)

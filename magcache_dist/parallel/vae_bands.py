@@ -74,6 +74,12 @@ def unsupported(vae) -> str | None:
             k, s = m.kernel_size[-2:], m.stride[-2:]
             if s != (1, 1) or m.padding_mode != "zeros" or m.dilation[-2:] != (1, 1):
                 return f"decoder.{name}: a strided, dilated or non-zero-padded spatial convolution"
+            if isinstance(m, akw.WanCausalConv3d):
+                p = m._padding
+                if p[0] != p[1] or p[2] != p[3] or p[5] != 0 or m.padding != (0, 0, 0):
+                    return f"decoder.{name}: causal padding {p}"
+            elif not isinstance(m.padding, tuple) or len(m.padding) != 2:
+                return f"decoder.{name}: padding {m.padding!r}"
             pad = m._padding[2] if isinstance(m, akw.WanCausalConv3d) else m.padding[0]
             if k[0] != 2 * pad + 1:
                 return f"decoder.{name}: kernel {tuple(m.kernel_size)} with row padding {pad}"
@@ -90,17 +96,28 @@ class Halo:
         self.rows = [b - a for a, b in bands]  # latent rows of each band
         self.exchanges = 0
 
-    def pad(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        """``x`` with ``rows`` rows of the band above prepended and of the band below appended (zeros at the frame's
-        top and bottom: the convolution's own zero padding)."""
-        if rows == 0:
-            return x
+    def padded(self, x: torch.Tensor, rows: int, cols: int, front: int = 0) -> torch.Tensor:
+        """``x`` [..., (T,) h, W] zero-padded by ``cols`` columns on each side and ``front`` frames before (dim -3,
+        when given), its ``rows`` rows of padding above and below filled from the neighbouring bands (zeros at the
+        frame's top and bottom: the convolution's own padding); one new tensor, as ``F.pad`` would make."""
         if rows > x.shape[-2]:
             raise InternalError(f"a halo of {rows} rows from a band of {x.shape[-2]}")
-        above, below = self.comm.exchange_edges(x[..., :rows, :], x[..., -rows:, :])
-        self.exchanges += 1
-        zeros = x.new_zeros((*x.shape[:-2], rows, x.shape[-1]))
-        return torch.cat([zeros if above is None else above.to(x), x, zeros if below is None else below.to(x)], dim=-2)
+        above, below = self.comm.exchange_edges(x[..., :rows, :], x[..., -rows:, :]) if rows else (None, None)
+        self.exchanges += bool(rows)
+        shape = list(x.shape)
+        shape[-2] += 2 * rows
+        shape[-1] += 2 * cols
+        if front:
+            shape[-3] += front
+        out = x.new_zeros(shape)
+        inner = out[..., front:, :, :] if front else out
+        h, w = x.shape[-2:]
+        inner[..., rows:rows + h, cols:cols + w] = x
+        if above is not None:
+            inner[..., :rows, cols:cols + w] = above
+        if below is not None:
+            inner[..., rows + h:, cols:cols + w] = below
+        return out
 
     def gather_rows(self, t: torch.Tensor, scale: int) -> torch.Tensor:
         """Every band's ``t`` [..., rows x scale, W] in rank order along dim -2 (bands of unequal height are
@@ -114,21 +131,18 @@ class Halo:
 
 def _conv3d_forward(conv, halo: Halo):
     def forward(x, cache_x=None):  # WanCausalConv3d.forward with the rows' halo from the neighbours
-        padding = list(conv._padding)
+        padding = list(conv._padding)  # (W, W, H, H, T front, T back = 0)
         if cache_x is not None and padding[4] > 0:
             x = torch.cat([cache_x.to(x.device), x], dim=2)
             padding[4] -= cache_x.shape[2]
-        x = halo.pad(x, padding[2])
-        padding[2] = padding[3] = 0
-        return nn.Conv3d.forward(conv, F.pad(x, padding))
+        return nn.Conv3d.forward(conv, halo.padded(x, padding[2], padding[0], padding[4]))
     return forward
 
 
 def _conv2d_forward(conv, halo: Halo):
     def forward(x):  # nn.Conv2d with zero padding: the rows' padding is the neighbours' halo
         ph, pw = conv.padding
-        x = F.pad(halo.pad(x, ph), (pw, pw, 0, 0))
-        return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+        return F.conv2d(halo.padded(x, ph, pw), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
     return forward
 
 

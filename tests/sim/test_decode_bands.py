@@ -95,7 +95,7 @@ def test_band_rows_and_the_edges_exchanged():
 
     def body(comm):  # each rank's rows are its rank number; a halo of 1 row from each neighbour, zeros at the ends
         x = torch.full((1, 2, 3, 5), float(comm.rank + 1))
-        return Halo(comm, band_rows(9, 3)).pad(x, 1)[0, 0, :, 0].tolist()
+        return Halo(comm, band_rows(9, 3)).padded(x, 1, 1)[0, 0, :, 1].tolist()
 
     assert on_ranks(body, 3) == [[0, 1, 1, 1, 2], [1, 2, 2, 2, 3], [2, 3, 3, 3, 0]]
 
