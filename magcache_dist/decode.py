@@ -1,15 +1,16 @@
-"""The decode phase of a video: every rank of its data-parallel group decodes a share of its tiles.
+"""The decode phase of a video: every rank of its data-parallel group decodes a share of it.
 
 ``decode_video`` is called by every rank of the group after sampling. With more than one rank and
-``vae.parallel=true`` (the default) the family's VAE decode is cut into its tiles (magcache_dist/parallel/vae.py:
+``vae.parallel=true`` (the default) the family's VAE decode is cut into row bands (the Wan VAEs' whole decode, below)
+or into its tiles (magcache_dist/parallel/vae.py:
 diffusers' tiled decode for Wan2.1 / HunyuanVideo / FLUX, Open-Sora's chunks of latent frames, the pixel-space
 models' frames) and the tiles are dealt over the ranks; rank 0 assembles the video. The result is bit-equal to the
 single-rank tiled decode. With one rank, or ``vae.parallel=false``, rank 0 decodes alone in the mode ``vae.tiling``
 says (as before).
 
 Whether the DiT stays on the device while its rank decodes (``dit_stays``): it does when the DiT's weights plus the
-decode's estimated peak (the VAE's weights and one tile's activations, ``decode_peak_bytes``) fit in the device's
-memory; otherwise ``vae.offload_dit`` moves it to host memory for the decode and back for the next video. The
+decode's estimated peak (the VAE's weights and one band's or tile's activations, ``decode_peak_bytes``) fit in the
+device's memory; otherwise ``vae.offload_dit`` moves it to host memory for the decode and back for the next video. The
 choice and the estimate go into report.json (``decode``).
 
 The route (``decode_route``, ``vae.split``): the Wan VAEs' whole decode (``vae.tiling=false``) runs in row bands with
