@@ -507,39 +507,6 @@ class Check:
             del band, log
         return out
 
-
-class _Recording:
-    """A rank's Comm that keeps what it receives (on the host), for ``_Replay``."""
-
-    def __init__(self, comm, log: list):
-        self.comm, self.log, self.rank, self.size = comm, log, comm.rank, comm.size
-
-    def exchange_edges(self, top, bottom):
-        got = self.comm.exchange_edges(top, bottom)
-        self.log.append(tuple(None if g is None else g.cpu() for g in got))
-        return got
-
-    def all_gather(self, t):
-        got = self.comm.all_gather(t)
-        self.log.append([g.cpu() for g in got])
-        return got
-
-    def gather_to(self, obj, dst=0):
-        return self.comm.gather_to(obj, dst)
-
-
-class _Replay:
-    """Rank 0 of ``size`` alone: its neighbours' halo rows and keys/values as ``_Recording`` kept them."""
-
-    def __init__(self, size: int, log: list, device):
-        self.rank, self.size, self.log, self.device = 0, size, list(log), device
-
-    def exchange_edges(self, top, bottom):
-        return tuple(None if g is None else g.to(self.device) for g in self.log.pop(0))
-
-    def all_gather(self, t):
-        return [g.to(t.device) for g in self.log.pop(0)]
-
     def xfuser(self):
         try:
             import xfuser  # noqa: F401
@@ -588,6 +555,39 @@ class _Replay:
                                  link_latency_s=h100.link_latency_s,
                                  source="magcache_dist.planner.measure (link figures: the h100 profile's)")
         return out
+
+
+class _Recording:
+    """A rank's Comm that keeps what it receives (on the host), for ``_Replay``."""
+
+    def __init__(self, comm, log: list):
+        self.comm, self.log, self.rank, self.size = comm, log, comm.rank, comm.size
+
+    def exchange_edges(self, top, bottom):
+        got = self.comm.exchange_edges(top, bottom)
+        self.log.append(tuple(None if g is None else g.cpu() for g in got))
+        return got
+
+    def all_gather(self, t):
+        got = self.comm.all_gather(t)
+        self.log.append([g.cpu() for g in got])
+        return got
+
+    def gather_to(self, obj, dst=0):
+        return self.comm.gather_to(obj, dst)
+
+
+class _Replay:
+    """Rank 0 of ``size`` alone: its neighbours' halo rows and keys/values as ``_Recording`` kept them."""
+
+    def __init__(self, size: int, log: list, device):
+        self.rank, self.size, self.log, self.device = 0, size, list(log), device
+
+    def exchange_edges(self, top, bottom):
+        return tuple(None if g is None else g.to(self.device) for g in self.log.pop(0))
+
+    def all_gather(self, t):
+        return [g.to(t.device) for g in self.log.pop(0)]
 
 
 def main(argv=None) -> int:
