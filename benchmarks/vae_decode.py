@@ -5,10 +5,10 @@ weights already loaded), the ratios 2 ranks / 1 rank from the one run, and wheth
 1-rank one.
 
     .venv/bin/python -m benchmarks.vae_decode --parallel    # ~1 min on 2 idle cores
-    .venv/bin/python -m benchmarks.vae_decode --bands       # the whole decode in row bands with halo exchange
+    .venv/bin/python -m benchmarks.vae_decode --bands       # the whole decode in row bands: 1, 2, 4 ranks
 
 Writes benchmarks/results/vae_decode_parallel.json (and its README block); ``--bands``: the whole decode (no tiles)
-on 1 rank (``vae.decode``) vs 2 ranks in row bands (magcache_dist/parallel/vae_bands.py), each rank's wall and CPU
+on 1 rank (``vae.decode``) vs 2 and 4 ranks in row bands (magcache_dist/parallel/vae_bands.py), each rank's wall and CPU
 time, peak resident memory above its start, bytes sent, and rank 0's video against the 1-rank one
 (benchmarks/results/vae_decode_bands.json). The load and whole-vs-tiled decode
 figures this script measured before issue 25 are in docs/wan_checkpoints.md.
@@ -169,49 +169,60 @@ def _band_rank(rank: int, world: int, port: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+BANDS_WORLDS = (1, 2, 4)
+
+
 def bands_main() -> int:
     import json
     import socket
 
     import torch.multiprocessing as mp
 
-    res = dict(video="x".join(map(str, BANDS_VIDEO)), runs={})
+    res = dict(video="x".join(map(str, BANDS_VIDEO)), runs={}, max_abs_diff={})
     with tempfile.TemporaryDirectory() as tmp:
-        for world in (1, 2):
+        for world in BANDS_WORLDS:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
             mp.spawn(_band_rank, args=(world, port, tmp), nprocs=world, join=True)
             with open(os.path.join(tmp, f"stats{world}.json")) as fh:
                 res["runs"][world] = json.load(fh)
-        ref, got = torch.load(os.path.join(tmp, "video1.pt")), torch.load(os.path.join(tmp, "video2.pt"))
-        res["max_abs_diff"] = float((got - ref).abs().max())
-    one, two = res["runs"][1]["ranks"][0], res["runs"][2]["ranks"]
+        ref = torch.load(os.path.join(tmp, "video1.pt"))
+        for world in BANDS_WORLDS[1:]:
+            res["max_abs_diff"][world] = float((torch.load(os.path.join(tmp, f"video{world}.pt")) - ref).abs().max())
+    one = res["runs"][1]["ranks"][0]
     f, _, w = BANDS_VIDEO
-    res["time_ratio"] = max(r["seconds"] for r in two) / one["seconds"]
-    res["cpu_time_ratio"] = max(r["cpu_seconds"] for r in two) / one["cpu_seconds"]
-    res["peak_ratio"] = {r["rank"]: r["peak_bytes"] / one["peak_bytes"] for r in two}
-    # the planner's halo figure (decode.BAND_HALO_BYTES): bytes one rank sends its one neighbour, less the middle
-    # block's keys/values (2 x 384 channels of its band's latent rows per latent frame), per output column and frame
+    for world in BANDS_WORLDS[1:]:
+        many = res["runs"][world]["ranks"]
+        res["runs"][world].update(
+            time_ratio=max(r["seconds"] for r in many) / one["seconds"],
+            cpu_time_ratio=max(r["cpu_seconds"] for r in many) / one["cpu_seconds"],
+            peak_ratio={r["rank"]: r["peak_bytes"] / one["peak_bytes"] for r in many},
+            max_peak_ratio=max(r["peak_bytes"] for r in many) / one["peak_bytes"])
+    # the planner's halo figure (decode.BAND_HALO_BYTES): the bytes rank 0 of 2 sends its one neighbour, less the
+    # middle block's keys/values (2 x 384 channels of its band's latent rows per latent frame), per output column and
+    # frame
     lat_f, lat_h, lat_w = (f - 1) // 4 + 1, BANDS_VIDEO[1] // 8, w // 8
     kv = lat_f * (lat_h // 2) * lat_w * 2 * 384 * 4
-    res["halo_bytes_per_column_frame"] = (two[0]["bytes_sent"] - kv) / (f * w)
+    res["halo_bytes_per_column_frame"] = (res["runs"][2]["ranks"][0]["bytes_sent"] - kv) / (f * w)
     rows = [f"| 1 (vae.decode) | 0 | {one['seconds']:.2f} s | {one['cpu_seconds']:.2f} s | "
             f"{one['peak_bytes'] / 1e9:.3f} GB | | | | |"]
-    for r in two:
-        rows.append(f"| 2 (bands) | {r['rank']} | {r['seconds']:.2f} s | {r['cpu_seconds']:.2f} s | "
-                    f"{r['peak_bytes'] / 1e9:.3f} GB | {r['seconds'] / one['seconds']:.2f} | "
-                    f"{r['cpu_seconds'] / one['cpu_seconds']:.2f} | {r['peak_bytes'] / one['peak_bytes']:.2f} | "
-                    f"{r['bytes_sent'] / 1e6:.1f} MB in {r['messages']} |")
+    for world in BANDS_WORLDS[1:]:
+        for r in res["runs"][world]["ranks"]:
+            rows.append(f"| {world} (bands) | {r['rank']} | {r['seconds']:.2f} s | {r['cpu_seconds']:.2f} s | "
+                        f"{r['peak_bytes'] / 1e9:.3f} GB | {r['seconds'] / one['seconds']:.2f} | "
+                        f"{r['cpu_seconds'] / one['cpu_seconds']:.2f} | {r['peak_bytes'] / one['peak_bytes']:.2f} | "
+                        f"{r['bytes_sent'] / 1e6:.1f} MB in {r['messages']} |")
     table = ("| ranks | rank | wall | CPU time | peak memory above the start | wall / 1 rank | CPU / 1 rank "
              "| peak / 1 rank | sent |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+    diffs = ", ".join(f"{d:.2e} on {n}" for n, d in res["max_abs_diff"].items())
     text = (table + f"\n\nWan2.1 VAE (127M parameters, random weights), fp32, whole decode of {res['video']} frames x "
             f"px (latents {lat_f} x {lat_h} x {lat_w}), gloo, 1 thread per rank; rank 0's video against the 1-rank "
-            f"decode: max abs difference {res['max_abs_diff']:.2e}; halo {res['halo_bytes_per_column_frame'] / 1e3:.1f}"
+            f"decode: max abs difference {diffs} ranks; halo {res['halo_bytes_per_column_frame'] / 1e3:.1f}"
             f" kB per neighbour, output column and frame; machine load average {os.getloadavg()[0]:.1f} on "
             f"{os.cpu_count()} cores (wall times need idle cores; CPU time is the work)")
     publish(res, text, BANDS_OUT, BANDS_OUT, "vae_decode_bands",
-            "## Wan2.1 VAE whole decode in row bands on 1 vs 2 ranks (`python -m benchmarks.vae_decode --bands`)")
+            "## Wan2.1 VAE whole decode in row bands on 1, 2 and 4 ranks (`python -m benchmarks.vae_decode --bands`)")
     return 0
 
 

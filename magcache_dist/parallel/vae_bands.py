@@ -129,20 +129,32 @@ class Halo:
         return torch.cat([p[..., :r * scale, :].to(t) for p, r in zip(parts, self.rows)], dim=-2)
 
 
+def _conv(x: torch.Tensor, conv, dims: int) -> torch.Tensor:
+    """``conv`` on the already padded ``x``. On a CPU in fp32 through oneDNN (mkldnn) always: PyTorch sends a small
+    CPU convolution (batch x channels x frames x rows <= 20480) to its im2col path instead, with a column buffer 27x
+    its input and 2-3x the time, which a band hits where the whole frame does not (e.g. 96 channels x 6 frames x 34
+    rows); so every band runs the whole decode's kernel, and its memory falls with the band."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+            and torch.backends.mkldnn.enabled:
+        return torch.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, [0] * dims, list(conv.stride),
+                                        list(conv.dilation), conv.groups)
+    return (F.conv3d if dims == 3 else F.conv2d)(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
 def _conv3d_forward(conv, halo: Halo):
     def forward(x, cache_x=None):  # WanCausalConv3d.forward with the rows' halo from the neighbours
         padding = list(conv._padding)  # (W, W, H, H, T front, T back = 0)
         if cache_x is not None and padding[4] > 0:
             x = torch.cat([cache_x.to(x.device), x], dim=2)
             padding[4] -= cache_x.shape[2]
-        return nn.Conv3d.forward(conv, halo.padded(x, padding[2], padding[0], padding[4]))
+        return _conv(halo.padded(x, padding[2], padding[0], padding[4]), conv, 3)
     return forward
 
 
 def _conv2d_forward(conv, halo: Halo):
     def forward(x):  # nn.Conv2d with zero padding: the rows' padding is the neighbours' halo
         ph, pw = conv.padding
-        return F.conv2d(halo.padded(x, ph, pw), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+        return _conv(halo.padded(x, ph, pw), conv, 2)
     return forward
 
 
