@@ -178,7 +178,13 @@ def bands_main() -> int:
 
     import torch.multiprocessing as mp
 
-    res = dict(video="x".join(map(str, BANDS_VIDEO)), runs={}, max_abs_diff={})
+    # glibc's sliding mmap threshold keeps freed activations in the heap once a large block was freed, so a process's
+    # resident high-water mark depends on its allocation order (2 equal ranks measured 0.71 and 1.03 of one rank);
+    # a fixed threshold (the ranks are spawned with it) returns every large tensor to the system when freed, so the
+    # high-water mark follows the live tensors
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    res = dict(video="x".join(map(str, BANDS_VIDEO)), runs={}, max_abs_diff={},
+               malloc_mmap_threshold=os.environ["MALLOC_MMAP_THRESHOLD_"])
     with tempfile.TemporaryDirectory() as tmp:
         for world in BANDS_WORLDS:
             with socket.socket() as sock:
@@ -217,7 +223,8 @@ def bands_main() -> int:
              "| peak / 1 rank | sent |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
     diffs = ", ".join(f"{d:.2e} on {n}" for n, d in res["max_abs_diff"].items())
     text = (table + f"\n\nWan2.1 VAE (127M parameters, random weights), fp32, whole decode of {res['video']} frames x "
-            f"px (latents {lat_f} x {lat_h} x {lat_w}), gloo, 1 thread per rank; rank 0's video against the 1-rank "
+            f"px (latents {lat_f} x {lat_h} x {lat_w}), gloo, 1 thread per rank, MALLOC_MMAP_THRESHOLD_="
+            f"{res['malloc_mmap_threshold']}; rank 0's video against the 1-rank "
             f"decode: max abs difference {diffs} ranks; halo {res['halo_bytes_per_column_frame'] / 1e3:.1f}"
             f" kB per neighbour, output column and frame; machine load average {os.getloadavg()[0]:.1f} on "
             f"{os.cpu_count()} cores (wall times need idle cores; CPU time is the work)")
