@@ -25,7 +25,7 @@ import torch
 from magcache_dist.errors import InputError
 from magcache_dist.families import folders
 from magcache_dist.parallel.vae import decode_split
-from magcache_dist.parallel.vae_bands import band_rows
+from magcache_dist.parallel.vae_bands import band_rows, unsupported
 
 # A decoder's largest live activations, per output pixel of a tile in flight, in fp32 bytes: a 3D VAE's causal
 # convolution at full resolution holds its input with the cached frames (2 + 4 frames at 96 channels for Wan2.1),
@@ -143,8 +143,11 @@ def decode_video(job, model, latents: torch.Tensor, par) -> tuple[torch.Tensor |
     route, why = decode_route(cfg, job.family, comm.size, latents.shape[3])
     info = dict(dit_on_device=keep, estimated_peak_bytes=need, split=route, **({"split_note": why} if why else {}))
     if route == "patches":
-        return decode_bands(job, model if not keep else None, latents, comm), dict(
-            info, mode="whole", ranks=comm.size, bands=[b - a for a, b in band_rows(latents.shape[3], comm.size)])
+        video, why = decode_bands(job, None if keep else model, latents, comm)
+        if why is None:
+            return video, dict(info, mode="whole", ranks=comm.size,
+                               bands=[b - a for a, b in band_rows(latents.shape[3], comm.size)])
+        route, info["split"], info["split_note"] = "tiles", "tiles", f"the row bands cannot run: {why}"
     td = None
     if route == "tiles":
         td = job.family.tile_decoder(latents, None if keep else model, comm.size)
@@ -159,10 +162,13 @@ def decode_video(job, model, latents: torch.Tensor, par) -> tuple[torch.Tensor |
     return video, dict(info, mode="tiled", ranks=comm.size, tiles=tiles)
 
 
-def decode_bands(job, model, latents: torch.Tensor, comm) -> torch.Tensor | None:
-    """Every rank of the group: the family's whole decode in row bands (parallel/vae_bands.py); the video on rank 0."""
+def decode_bands(job, model, latents: torch.Tensor, comm) -> tuple[torch.Tensor | None, str | None]:
+    """Every rank of the group: the family's whole decode in row bands (parallel/vae_bands.py): (the video on rank 0,
+    None), or (None, why) when the VAE's decoder has a layer the bands do not know (every rank finds the same, so all
+    go to the tiles together)."""
     bd = job.family.band_decoder(latents, model)
-    video = bd.run(comm)
+    why = unsupported(bd.vae)
+    video = bd.run(comm) if why is None else None
     del bd  # the VAE
     folders.free_memory(latents.device)
-    return video
+    return video, why

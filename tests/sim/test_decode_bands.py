@@ -154,3 +154,52 @@ def test_planner_band_peak_falls_with_ranks_and_decode_meets_one_sixth():
     d = decode_seconds(f.cfg, f, load_profile("h100"), 8)
     assert d["split"] == "patches" and d["bands"] == 8
     assert d["compute_s"] <= d["whole_single_rank_s"] / 6
+
+
+class _Scale(nn.Module):  # a layer the bands do not know (as a diffusers update could add)
+    def forward(self, x):
+        return x * 1.0
+
+
+def test_an_unknown_layer_sends_every_rank_to_the_tiles():
+    """decode_video on 2 thread ranks with a decoder the bands do not know: both ranks take the tiles (no hang), the
+    video is the tiled decode bit for bit, and report.json's decode says why."""
+    from types import SimpleNamespace
+
+    from magcache_dist.config import load_config
+    from magcache_dist.decode import decode_video
+    from magcache_dist.parallel.vae import WanTiles
+
+    vae = _wan21()
+    vae.decoder.norm_out = _Scale()
+    z = torch.randn(1, 16, 3, 7, 9, generator=torch.Generator().manual_seed(2))
+    tile = dict(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                tile_sample_stride_width=24)
+
+    class Family:
+        band_decode, name = True, "fake-wan"
+
+        def latent_shape(self):
+            return tuple(z.shape[1:])
+
+        def vae_params(self):
+            return 0
+
+        def band_decoder(self, latents, model):
+            return BandDecode(copy.deepcopy(vae), latents)
+
+        def tile_decoder(self, latents, model, parts):
+            v = copy.deepcopy(vae)
+            v.enable_tiling(**tile)
+            return WanTiles(v, latents)
+
+    cfg = load_config(None, ["video.frames=9", "video.height=56", "video.width=72"])
+    job = SimpleNamespace(cfg=cfg, family=Family())
+    outs = on_ranks(lambda comm: decode_video(job, None, z, SimpleNamespace(group=comm)), 2)
+    (video, info), (other, _) = outs
+    vae.enable_tiling(**tile)
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    assert other is None and torch.equal(video, ref)
+    assert info["split"] == "tiles" and info["mode"] == "tiled" and info["tiles"] == 9
+    assert "decoder.norm_out: _Scale is not a layer the banded decode knows" in info["split_note"]
