@@ -135,7 +135,9 @@ def dit_stays(cfg, family, model, device, ranks: int = 1) -> tuple[bool, int]:
 
 def decode_video(job, model, latents: torch.Tensor, par) -> tuple[torch.Tensor | None, dict]:
     """Every rank of the group: (the decoded video [1, 3, F, H, W] in [-1, 1], CPU float32, on rank 0 (None
-    elsewhere), what the decode did: ``mode``, ``ranks``, ``tiles``, ``dit_on_device``, ``estimated_peak_bytes``)."""
+    elsewhere), what the decode did: ``split`` (patches / tiles / single), ``mode``, ``ranks``, ``bands`` or
+    ``tiles``, ``split_note`` (why the tiles ran where the bands could have), ``dit_on_device``,
+    ``estimated_peak_bytes``)."""
     cfg, comm = job.cfg, par.group
     if not cfg.save_video:
         return None, dict(mode="none", ranks=0)
