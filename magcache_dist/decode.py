@@ -89,23 +89,24 @@ def band_peak_bytes(cfg, family, ranks: int) -> int:
     return int(family.vae_params() * b + ACTIVATION_BYTES_PER_PIXEL * band * v.width * b / 4 + kv)
 
 
-def band_decode_seconds(cfg, family, profile, ranks: int, whole_s: float) -> dict:
-    """The banded decode on ``ranks`` ranks: the tallest band's share of the whole decode's compute (``whole_s``),
-    the halo rows and keys/values exchanged with the neighbours, and the video's other bands gathered to rank 0, at
-    the profile's link bandwidth and latency."""
+def band_decode_seconds(cfg, family, profile, ranks: int, whole_s: float, per_call_s: float = 0.0) -> dict:
+    """The banded decode on ``ranks`` ranks: the tallest band's share of the whole decode's compute (``whole_s``,
+    its FLOPs), plus ``per_call_s`` whole (a per-decoder-call overhead every band pays as the whole frame does), the
+    halo rows and keys/values exchanged with the neighbours, and the video's other bands gathered to rank 0, at the
+    profile's link bandwidth and latency."""
     from magcache_dist.planner.cost import DTYPE_BYTES
 
     v, rows = cfg.video, latent_rows(cfg, family)
     c, f_lat, w_lat = family.latent_shape()[0], family.latent_shape()[1], family.latent_shape()[3]
     b = DTYPE_BYTES.get(cfg.vae.dtype, 4)
     link = profile.link_bandwidth * profile.link_efficiency
-    compute = whole_s * (-(-rows // ranks)) / rows
+    compute = whole_s * (-(-rows // ranks)) / rows + per_call_s
     halo = 2 * BAND_HALO_BYTES.get(c, 15.6e3) * b / 4 * v.frames * v.width
     kv = f_lat * rows * w_lat * BAND_KV_CHANNELS.get(c, 2 * 1024) * b * (ranks - 1) / ranks
     exchange = (halo + kv) / link + f_lat * BAND_EXCHANGES_PER_LATENT_FRAME * profile.link_latency_s
     gather = v.frames * v.height * v.width * 3 * 4 * (ranks - 1) / ranks / link  # fp32 pixels into rank 0
     return dict(compute_s=compute + exchange + gather, band_compute_s=compute, exchange_s=exchange, gather_s=gather,
-                whole_single_rank_s=whole_s, tiled_single_rank_s=None, tiles=0, rounds=1, ranks=ranks,
+                whole_single_rank_s=whole_s + per_call_s, tiled_single_rank_s=None, tiles=0, rounds=1, ranks=ranks,
                 bands=ranks, split="patches")
 
 
