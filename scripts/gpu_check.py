@@ -31,7 +31,10 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             Wan VAE at its published size, random weights): each tile decoded and timed once, rank 0's blend, the
             result against diffusers' own tiled decode (max abs difference), the device peak of one tile against the
             tiled decode's, and the decode time on 1, 2 and 8 ranks as decode_split deals the measured tiles (one
-            GPU: no communication counted; a machine with 2 GPUs is noted, not used)
+            GPU: no communication counted; a machine with 2 GPUs is noted, not used). Then the whole decode in row
+            bands with halo exchange (magcache_dist/parallel/vae_bands.py) on 2 and 8 simulated ranks of this GPU:
+            rank 0's video against diffusers' whole decode, and rank 0's band alone (its neighbours' rows replayed):
+            time and device peak against the whole decode's (``bands``)
   xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
             equals the native forward
   profile   the planner's device profile measured here (magcache_dist.planner.measure: GEMM and SDPA FLOP/s per
@@ -492,14 +495,73 @@ class Check:
                 t = time.perf_counter()
                 video = td.assemble(outs)
                 blend_s = time.perf_counter() - t
+            max_diff, video_shape = float((video - ref).abs().max()), list(video.shape)
+            del ref, video, outs
+            bands = self._bands(vae, z, (2, 3) if self.small else (2, 8))
         finally:
             if model is not None:
                 model.to(self.device)
         per_rank = {n: max(sum(times[r::n]) for r in range(n)) + blend_s for n in (1, 2, 8)}
-        return dict(video=list(video.shape), tiles=len(td.units), diffusers_tiled_s=ref_s,
+        return dict(video=video_shape, tiles=len(td.units), diffusers_tiled_s=ref_s,
                     diffusers_tiled_peak_device_bytes=ref_peak, one_tile_peak_device_bytes=tile_peak,
-                    blend_s=blend_s, max_abs_diff=float((video - ref).abs().max()), decode_s_on_ranks=per_rank,
-                    eight_over_one=per_rank[8] / per_rank[1], gpus_here=torch.cuda.device_count())
+                    blend_s=blend_s, max_abs_diff=max_diff, decode_s_on_ranks=per_rank,
+                    eight_over_one=per_rank[8] / per_rank[1], gpus_here=torch.cuda.device_count(), bands=bands)
+
+    def _bands(self, vae, z, sizes) -> dict:
+        """The whole decode in row bands with halo exchange (magcache_dist/parallel/vae_bands.py, vae.split=auto for
+        the Wan VAEs) on N simulated ranks of this device: the N bands together (threads, ThreadComm), rank 0's video
+        against diffusers' whole decode; then rank 0's band (the tallest) alone, replaying what its neighbours sent
+        it: its time and device peak, as one rank of N GPUs would see them (the link's time not counted)."""
+        import copy
+        import threading
+
+        from magcache_dist.parallel.comm import ThreadComm, ThreadHub
+        from magcache_dist.parallel.vae_bands import BandDecode, band_rows, decode_band
+
+        vae.use_tiling = False
+        weights = sum(p.numel() * p.element_size() for p in vae.parameters())
+        self.reset_peak()
+        self.sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            ref = vae.decode(z).sample.cpu()
+        self.sync()
+        out = dict(whole_s=time.perf_counter() - t, whole_peak_device_bytes=self.peak(), vae_bytes=weights, ranks={})
+        for n in sizes:
+            hub, log, res, errors = ThreadHub(n, timeout=600), [], [None] * n, []
+
+            def body(r, n=n, hub=hub, log=log, res=res, errors=errors):
+                try:
+                    comm = ThreadComm(hub, r)
+                    res[r] = BandDecode(vae if r == 0 else copy.deepcopy(vae), z).run(
+                        _Recording(comm, log) if r == 0 else comm)
+                except BaseException as e:  # noqa: BLE001 - re-raised below
+                    errors.append(e)
+                    hub.abort()
+
+            threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(n)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(900)
+            if errors or any(th.is_alive() for th in threads):
+                raise errors[0] if errors else RuntimeError(f"a simulated rank of {n} hung")
+            diff = float((res[0] - ref).abs().max())
+            del res
+            self.reset_peak()
+            self.sync()
+            t = time.perf_counter()
+            band = decode_band(vae, z, _Replay(n, log, self.device))
+            self.sync()
+            s, peak = time.perf_counter() - t, self.peak()
+            whole_peak = out["whole_peak_device_bytes"]
+            out["ranks"][n] = dict(
+                max_abs_diff=diff, band_latent_rows=[b - a for a, b in band_rows(z.shape[3], n)], rank0_band_s=s,
+                rank0_band_peak_device_bytes=peak, band_over_whole_s=s / out["whole_s"],
+                activations_over_whole=(peak - weights) / (whole_peak - weights) if peak and whole_peak else None,
+                band_shape=list(band.shape))
+            del band, log
+        return out
 
     def xfuser(self):
         try:
@@ -551,11 +613,45 @@ class Check:
         return out
 
 
+class _Recording:
+    """A rank's Comm that keeps what it receives (on the host), for ``_Replay``."""
+
+    def __init__(self, comm, log: list):
+        self.comm, self.log, self.rank, self.size = comm, log, comm.rank, comm.size
+
+    def exchange_edges(self, top, bottom):
+        got = self.comm.exchange_edges(top, bottom)
+        self.log.append(tuple(None if g is None else g.cpu() for g in got))
+        return got
+
+    def all_gather(self, t):
+        got = self.comm.all_gather(t)
+        self.log.append([g.cpu() for g in got])
+        return got
+
+    def gather_to(self, obj, dst=0):
+        return self.comm.gather_to(obj, dst)
+
+
+class _Replay:
+    """Rank 0 of ``size`` alone: its neighbours' halo rows and keys/values as ``_Recording`` kept them."""
+
+    def __init__(self, size: int, log: list, device):
+        self.rank, self.size, self.log, self.device = 0, size, list(log), device
+
+    def exchange_edges(self, top, bottom):
+        return tuple(None if g is None else g.to(self.device) for g in self.log.pop(0))
+
+    def all_gather(self, t):
+        return [g.to(t.device) for g in self.log.pop(0)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "outputs", "gpu_check.json"))
     ap.add_argument("--small", action="store_true", help="toy sizes (a smoke test of the script itself)")
     ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA")
+    ap.add_argument("--only", default=None, help="comma-separated steps to run (default: all)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and not args.allow_cpu:
         print("skipped: no CUDA")
@@ -565,6 +661,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for name in ("env", "sdpa", "load", "sample", "vae", "decode", "compile", "ring", "ti2v", "switch", "xfuser",
                  "profile"):
+        if args.only and name not in args.only.split(","):
+            continue
         if name in ("sample", "vae", "compile") and not getattr(c, "model", None):
             c.out[name] = dict(ok=False, error="skipped: the load step failed")
             continue

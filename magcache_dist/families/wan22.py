@@ -507,11 +507,22 @@ class Wan22TI2VFamily(WanFamily):
         z0 = self.first_frame_latents(encoder.files, dev, encoder.device)
         return [{b: FirstFrameCondition(c, z0) for b, c in zip(["cond", "uncond"], contexts)} for contexts in batches]
 
+    def _with_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents a decode takes: in image mode the first latent frame is the image's (the sampler also moved
+        it: it is not used)."""
+        if not self.image_mode:
+            return latents
+        z0 = self.first_frame_latents(self.files, latents.device, latents.device)
+        return torch.cat([z0.to(latents.dtype), latents[:, :, 1:]], dim=2)
+
     def decode(self, latents: torch.Tensor, model=None) -> torch.Tensor:
-        if self.image_mode:  # the first latent frame is the image's (the sampler also moved it: it is not used)
-            z0 = self.first_frame_latents(self.files, latents.device, latents.device)
-            latents = torch.cat([z0.to(latents.dtype), latents[:, :, 1:]], dim=2)
-        return super().decode(latents, model)
+        return super().decode(self._with_image(latents), model)
+
+    def tile_decoder(self, latents, model, parts):
+        return super().tile_decoder(self._with_image(latents), model, parts)
+
+    def band_decoder(self, latents, model):
+        return super().band_decoder(self._with_image(latents), model)
 
     def latent_shape(self) -> tuple[int, int, int, int]:
         v = self.cfg.video

@@ -226,7 +226,10 @@ def format_phases(j: dict) -> list[str]:
     lines = ["  phases per rank (first video): " + ", ".join(
         f"{k} {ph[k]['s']:.3g} s / {ph[k]['peak_bytes'] / GB:.2f} GB" for k in ("load", "encode", "sample", "decode",
                                                                                 "write")),
-             f"  decode: {d['tiles']} tiles in {d['rounds']} round(s) over {d['ranks']} rank(s), compute "
+             (f"  decode: {d['bands']} row bands with halo exchange (band {d['band_compute_s']:.3g} s, exchanges "
+              f"{d['exchange_s']:.3g} s, gather to rank 0 {d['gather_s']:.3g} s), compute "
+              if d.get("split") == "patches"
+              else f"  decode: {d['tiles']} tiles in {d['rounds']} round(s) over {d['ranks']} rank(s), compute ") +
              f"{d['compute_s']:.3g} s (one rank: whole {d['whole_single_rank_s']:.3g} s, tiled "
              f"{d['tiled_single_rank_s'] or 0:.3g} s); DiT "
              f"{'stays on the device' if d['dit_on_device'] else 'moved to the host and back'}",

@@ -13,6 +13,10 @@ phase.
   round costs its largest tile, at ``vae_decode_flops_per_pixel`` (the family's figure, counted with torch's
   FlopCounterMode at real size) over the GEMM rate of ``vae.dtype``. The peak: the VAE's weights and one tile's
   activations, plus the DiT when it stays on the device (it does when both fit in 90% of the device memory).
+  On the row-band route (the Wan VAEs' whole decode, magcache_dist/decode.py ``decode_route``): the tallest band's
+  share of the whole decode, the halo rows and the middle block's keys/values exchanged and the bands gathered to
+  rank 0 at the link bandwidth (``decode.band_decode_seconds``); the peak: the VAE's weights and one band's
+  activations (``decode.band_peak_bytes``).
 - write: the mp4 writer's start-up plus the video's 8-bit pixels at ``WRITE_BYTES_PER_S`` (mp4 encoding on the
   host; assumptions, not measured per device).
 """
@@ -52,6 +56,10 @@ def decode_seconds(cfg, family, profile, ranks: int) -> dict:
     units = decode_units(cfg, family)
     v = cfg.video
     whole = (1 if family.image_model else v.frames) * v.height * v.width * fpp / rate if units else 0.0
+    from magcache_dist.decode import band_decode_seconds, decode_route
+
+    if units and decode_route(cfg, family, ranks)[0] == "patches":  # row bands with halo exchange
+        return band_decode_seconds(cfg, family, profile, ranks, whole)
     parallel = cfg.vae.parallel and ranks > 1
     if not parallel and not cfg.vae.tiling:
         return dict(compute_s=whole, whole_single_rank_s=whole, tiled_single_rank_s=None, tiles=1 if units else 0,

@@ -438,6 +438,11 @@ WAN = [  # the Wan2.1 checkpoint folders: every file a job needs is named when m
     Bad("wan-vae-tile-stride", ["vae.tiling=true", "vae.tile_stride_height=300"], 1,
         r"vae\.tile_height=256 / vae\.tile_stride_height=300", r"need a multiple of 8 >= 16 and 0 < stride <= tile",
         base="wan-t2v-official"),
+    Bad("wan-vae-split-unknown", ["vae.split=bands"], 2, r"vae\.split='bands' must be one of",
+        r"\['auto', 'patches', 'tiles'\]", base="wan-t2v-official"),
+    Bad("wan-vae-split-patches-tiled", ["vae.split=patches", "vae.tiling=true"], 2,
+        r"vae\.split=patches bands the whole decode", r"vae\.split=tiles or auto\), or set vae\.tiling=false",
+        base="wan-t2v-official"),
     Bad("wan-ulysses-does-not-divide-heads", ["parallel.ulysses_degree=8"], 8,
         r"ulysses_degree=8 does not divide num_heads=4",
         r"use a divisor of 4 and put the rest in parallel\.ring_degree", base="wan-t2v-official"),
@@ -675,6 +680,8 @@ HUNYUAN_PIPELINE = [  # HunyuanVideo folders (base folder:tiny-hunyuanvideo)
         r"must be 'auto' or 'cpu'", base="folder:tiny-hunyuanvideo"),
     Bad("hy-vae-tile", ["vae.tiling=true", "vae.tile_width=20"], 1, r"vae\.tile_width=20 / vae\.tile_stride_width=192",
         r"need a multiple of 8 >= 16", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-vae-split-patches", ["vae.split=patches"], 2, r"vae\.split=patches: tiny-hunyuanvideo's VAE",
+        r"use vae\.split=auto or vae\.split=tiles", base="folder:tiny-hunyuanvideo"),
 ]
 
 OPENSORA_PIPELINE = [  # Open-Sora 1.2 folders (base folder:tiny-opensora)

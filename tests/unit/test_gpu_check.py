@@ -26,6 +26,9 @@ def test_every_step_runs_at_toy_size(tmp_path, capsys):
     assert sw["outputs_equal"] == dict(prefetched=True, streamed=True, synchronous=True)
     d = res["decode"]  # the tiles dealt over ranks reproduce diffusers' tiled decode (fp32, CPU: bit for bit)
     assert d["tiles"] == 9 and d["max_abs_diff"] == 0.0 and d["decode_s_on_ranks"]["8"] <= d["decode_s_on_ranks"]["1"]
+    b = d["bands"]["ranks"]  # the whole decode in row bands with halo exchange: diffusers' whole decode within 1e-4
+    assert all(b[n]["max_abs_diff"] <= 1e-4 and b[n]["rank0_band_s"] > 0 for n in ("2", "3"))
+    assert b["3"]["band_latent_rows"] == [3, 2, 2] and b["3"]["band_shape"] == [1, 3, 5, 24, 72]
     assert res["profile"]["measured"]["peak_flops"]["float32"] > 0
     assert json.loads((tmp_path / "gpu_profile.json").read_text())["name"] == "gpu-measured"
     s = res["sample"]
