@@ -7,7 +7,9 @@ at a time); for comparison the whole-file loader the project used before (``read
 ``load_state_dict_strict``); and under torchrun 2 with ``parallel.fsdp`` (the DiT sharded on the meta device, each
 rank streaming in only its shards: "weights" is then the rank's share, and the worse rank is shown). Reported: peak
 RSS of the process (VmHWM) and that peak minus the RSS after
-``import torch`` (the interpreter and torch's libraries), each over the weights' size in the model's dtype.
+``import torch`` (the interpreter and torch's libraries), each over the weights' size in the model's dtype, and the
+bytes the load read (/proc/self/io rchar: under fsdp a rank reads only its rows of each sharded tensor) over the
+file's size. ``--only fsdp`` reruns the matching rows and keeps the others of the results file.
 
     .venv/bin/python -m benchmarks.load_memory [--model wan2.1-t2v-1.3b] [--keep DIR]
 
@@ -38,6 +40,11 @@ def hwm():  # this process's peak RSS (VmHWM: ru_maxrss would carry the parent's
         return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
 
 
+def rchar():  # bytes this process has read through read() calls (the checkpoint, plus a few small files)
+    with open("/proc/self/io") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("rchar:"))
+
+
 base = hwm()
 from models.loading import load_state_dict_strict, load_streaming, read_tensors
 from magcache_dist.parallel.fsdp import local_param_bytes
@@ -55,13 +62,15 @@ if loader == "fsdp":  # as run.parallelize does it: shard on the meta device, th
     dist.init_process_group("gloo")
     apply_fsdp(model, build_dist_context(ParallelDims(dist.get_world_size(), 1)), "cpu")
 model = model.to_empty(device="cpu")
+read0 = rchar()
 if loader == "whole":
     load_state_dict_strict(model, read_tensors(path), "bench")
 else:
     load_streaming(model, path, "bench")
 wall = time.perf_counter() - t
 weights = local_param_bytes(model)  # the rank's share under fsdp, else every parameter
-print("RESULT " + json.dumps(dict(base=base, peak=hwm(), weights=weights, wall_s=wall)), flush=True)
+print("RESULT " + json.dumps(dict(base=base, peak=hwm(), weights=weights, wall_s=wall, read_bytes=rchar() - read0)),
+      flush=True)
 if loader == "fsdp":
     dist.destroy_process_group()
 """
@@ -84,6 +93,7 @@ def run(args) -> dict:
              ("official", "float32", "float32", "fsdp, torchrun 2"),
              ("official", "bfloat16", "bfloat16", "fsdp, torchrun 2")]
     rows = []
+    cases = [c for c in cases if args.only is None or args.only in c[3]]
     try:
         for layout, file_dtype, model_dtype, loader in cases:
             kind = loader.split()[0].rstrip(",")
@@ -97,6 +107,7 @@ def run(args) -> dict:
             # torchrun's two ranks may print on one line: each result is a flat JSON object after "RESULT "
             results = [json.loads(m) for m in re.findall(r"RESULT (\{[^{}]*\})", p.stdout)]
             r = max(results, key=lambda x: x["peak"] / x["weights"])  # the worst rank
+            r["read_bytes_ranks"] = [x["read_bytes"] for x in results]
             row = dict(layout=layout, file_dtype=file_dtype, model_dtype=model_dtype, loader=loader,
                        file_bytes=os.path.getsize(files[(layout, file_dtype)]), **r,
                        peak_over_weights=r["peak"] / r["weights"],
@@ -106,6 +117,12 @@ def run(args) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    if args.only is not None and os.path.isfile(args.out):  # the other rows as they were
+        with open(args.out) as f:
+            old = json.load(f)["rows"]
+        key = ("layout", "file_dtype", "model_dtype", "loader")
+        new = {tuple(r[k] for k in key): r for r in rows}
+        rows = [new.pop(tuple(r[k] for k in key), r) for r in old] + list(new.values())
     return dict(model=args.model, rows=rows)
 
 
@@ -114,11 +131,12 @@ def table(res: dict) -> str:
     lines = [f"{res['model']} DiT, random weights, one process per load; peak RSS over the weights' size in the "
              f"model's dtype (target: streaming <= 1.15), with and without the RSS of `import torch`.", "",
              "| layout | file | model | loader | weights GB | peak RSS GB | peak / weights | (peak - torch) / weights "
-             "| wall s |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| wall s | read / file |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res["rows"]:
         lines.append(f"| {r['layout']} | {r['file_dtype']} | {r['model_dtype']} | {r['loader']} | "
                      f"{r['weights'] / gb:.2f} | {r['peak'] / gb:.2f} | {r['peak_over_weights']:.2f} | "
-                     f"{r['load_over_weights']:.2f} | {r['wall_s']:.1f} |")
+                     f"{r['load_over_weights']:.2f} | {r['wall_s']:.1f} | "
+                     + (f"{r['read_bytes'] / r['file_bytes']:.2f} |" if "read_bytes" in r else "not measured |"))
     return "\n".join(lines)
 
 
@@ -127,6 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="wan2.1-t2v-1.3b")
     ap.add_argument("--keep", default=None, help="a folder for the checkpoints, kept (and reused) afterwards")
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--only", default=None, help="rerun only the rows whose loader contains this (e.g. fsdp)")
     args = ap.parse_args(argv)
     res = run(args)
     publish(res, table(res), args.out, OUT, "load_memory",
