@@ -148,6 +148,157 @@ def storage_read(mb: int = 256, folder: str | None = None) -> float:
         return mb * 2 ** 20 / (time.perf_counter() - t)
 
 
+def _write_safetensors(path: str, mb: int, cols: int = 8960) -> int:
+    """A safetensors file of ``mb`` MB of fp32 [1536, cols] tensors (a 1.3B DiT's FFN shape), random bytes; its size
+    in bytes."""
+    rows = 1536
+    per = rows * cols * 4
+    n = max(1, mb * 2 ** 20 // per)
+    header = {f"t{i}": dict(dtype="F32", shape=[rows, cols], data_offsets=[i * per, (i + 1) * per]) for i in range(n)}
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    block = os.urandom(per)
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little") + head)
+        for _ in range(n):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return n * per
+
+
+def _drop_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages of a file: no root needed
+    finally:
+        os.close(fd)
+
+
+def loader_read(mb: int = 1024, folder: str | None = None, repeats: int = 2) -> dict:
+    """The weight loader's read (models/loading.py: each tensor read whole, then copied into a parameter) of a
+    ``mb`` MB safetensors file, cold (dropped from the page cache first) and warm: ``host_read_bandwidth`` = bytes
+    / the warm read (the copies out of the page cache alone), ``storage_bandwidth`` = bytes / (cold - warm) (the
+    storage's part). Best of ``repeats`` each. The page cache is dropped per file (posix_fadvise), not the
+    storage's own cache (a virtual disk's host may still hold the file). Host memory only: the planner adds the
+    copy to a GPU at ``host_link_bandwidth``."""
+    import tempfile
+
+    import torch
+
+    from models.loading import TensorSource
+
+    with tempfile.TemporaryDirectory(dir=folder) as d:
+        path = os.path.join(d, "w.safetensors")
+        nbytes = _write_safetensors(path, mb)
+        src = TensorSource(path)
+        dst = {k: torch.empty(shape) for k, shape in src.shapes().items()}
+
+        def read():
+            t = time.perf_counter()
+            for k, v in dst.items():
+                v.copy_(src.read(k))
+            return time.perf_counter() - t
+
+        cold, warm = float("inf"), float("inf")
+        for _ in range(repeats):
+            _drop_cache(path)
+            cold = min(cold, read())
+            warm = min(warm, read())
+    disk = max(cold - warm, 0.05 * warm)  # a cold read no slower than a warm one: the storage's cache served it
+    return dict(storage_bandwidth=nbytes / disk, host_read_bandwidth=nbytes / warm, cold_s=cold, warm_s=warm,
+                bytes=nbytes)
+
+
+def writer_cost(folder: str | None = None) -> dict:
+    """The mp4 writer (magcache_dist/io/video.py write_mp4, libx264 through an ffmpeg process) in CPU seconds, this
+    process's and the ffmpeg child's (RUSAGE_CHILDREN): ``write_start_s`` = a 1-frame 48 x 48 video, the first of
+    the process (as a job's first video: the writer's imports and the ffmpeg look-up included),
+    ``write_pixels_per_s`` = the pixels of a 33 x 256 x 256 video over its extra seconds. Frames of uniform random
+    bytes: x264's worst case (smooth content encodes several times faster)."""
+    import resource
+    import tempfile
+
+    import numpy as np
+
+    from magcache_dist.io.video import write_mp4
+
+    def cpu():
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    rng = np.random.default_rng(0)
+    got = {}
+    with tempfile.TemporaryDirectory(dir=folder) as d:
+        for shape in ((1, 48, 48), (33, 256, 256)):
+            frames = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+            c = cpu()
+            write_mp4(os.path.join(d, "v.mp4"), frames, 16)
+            got[shape] = cpu() - c
+    start = got[(1, 48, 48)]
+    big = 33 * 256 * 256
+    return dict(write_start_s=start, write_pixels_per_s=(big - 48 * 48) / max(got[(33, 256, 256)] - start, 1e-6))
+
+
+WAN_VAE_FLOPS_PER_PIXEL = 8.70e6  # magcache_dist/families/wan.py vae_decode_flops_per_pixel
+
+
+def vae_pass_seconds(rate: float) -> dict:
+    """Seconds per decoder call of the real-size Wan2.1 VAE (random weights, fp32) beyond its FLOPs at ``rate``
+    (FLOP/s): the residual of three decodes (5 x 48 x 48 whole, 5 x 64 x 64 in 32 px tiles, 5 x 96 x 96 in 64 px
+    tiles) over their calls (tiles x latent frames), least squares through 0. What the planner adds per call."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from magcache_dist.parallel.vae import WanTiles
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                           temperal_downsample=[False, True, True]).eval()
+    rows = []
+    for size, tile in ((48, None), (64, 32), (96, 64)):
+        if tile:
+            vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
+                              tile_sample_stride_height=tile * 3 // 4, tile_sample_stride_width=tile * 3 // 4)
+        else:
+            vae.disable_tiling()
+        z = torch.randn(1, 16, 2, size // 8, size // 8)
+        job = WanTiles(vae, z)
+        with torch.no_grad():
+            job.run(job.units[0])  # warm-up
+            t = time.process_time()
+            out = job.assemble([job.run(u) for u in job.units])
+            s = time.process_time() - t
+        tiles = [u for u in job.units] if job.tiled else [None]
+        pixels = sum(_tile_pixels(job, u, vae) for u in tiles) * out.shape[2]
+        rows.append((len(tiles) * z.shape[2], s - pixels * WAN_VAE_FLOPS_PER_PIXEL / rate))
+    per = sum(p * r for p, r in rows) / sum(p * p for p, _ in rows)
+    return dict(vae_pass_s=max(per, 0.0), vae_pass_fit=[dict(calls=p, residual_s=r) for p, r in rows])
+
+
+def _tile_pixels(job, unit, vae) -> int:
+    """Output pixels (one frame) of a decode tile as the planner counts them (planner.phases.decode_units)."""
+    r = vae.spatial_compression_ratio
+    _, _, _, h, w = job.z.shape
+    if unit is None:
+        return h * w * r * r
+    i, j = job.rows[unit[0]], unit[1]
+    return min(job.tile[0], h - i) * r * min(job.tile[1], w - j) * r
+
+
+def job_phase_figures(rate: float | None, folder: str | None = None) -> dict:
+    """The figures of the job's other phases (magcache_dist/planner/phases.py): the weight read, the mp4 writer and
+    (on a CPU, ``rate``: the fp32 GEMM FLOP/s its FLOPs are charged at) the Wan VAE's cost per decoder call."""
+    read = loader_read(folder=folder)
+    return dict(storage_bandwidth=read["storage_bandwidth"], host_read_bandwidth=read["host_read_bandwidth"],
+                **writer_cost(folder), **(vae_pass_seconds(rate) if rate else {}),
+                job_phases_note=f"load: the loader's read of a {read['bytes'] / 1e9:.2f} GB safetensors file, cold "
+                                f"{read['cold_s']:.2f} s (dropped from the page cache) and warm {read['warm_s']:.2f} "
+                                f"s; write: CPU s of write_mp4 (ffmpeg included) on random frames; vae_pass_s: the "
+                                f"Wan VAE's seconds per decoder call beyond its FLOPs")
+
+
 def op_overhead(device) -> float:
     x = torch.zeros(4, device=device)
     return best_time(lambda: x.add_(1.0), device, repeats=5, min_s=0.02)
@@ -224,8 +375,32 @@ def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, thr
     return dict(device_type=torch.device(device).type, peak_flops=peak, gemm_efficiency=1.0, gemm_half_rows=half,
                 attention_efficiency=attn,
                 elementwise_bandwidth=elem, memory_bandwidth=bandwidth(device), memory_capacity=capacity(device),
-                op_overhead_s=op_overhead(device), storage_bandwidth=storage_read(),
-                gemm_rates_measured={d: {str(m): r for m, r in v.items()} for d, v in rates.items()})
+                op_overhead_s=op_overhead(device),
+                gemm_rates_measured={d: {str(m): r for m, r in v.items()} for d, v in rates.items()},
+                **job_phase_figures(peak.get("float32") if torch.device(device).type == "cpu" else None))
+
+
+def job_phases_only(args) -> int:
+    """``--job-phases-only``: --base's profile with the job-phase figures measured now (the others kept)."""
+    from magcache_dist.io.atomic import atomic_write_text
+    from magcache_dist.planner.profiles import PROFILE_DIR as pdir
+
+    if torch.device(args.device).type == "cpu":
+        torch.set_num_threads(args.threads)
+    base_path = args.base if args.base.endswith(".json") else os.path.join(pdir, f"{args.base}.json")
+    load_profile(base_path)  # checked
+    with open(base_path, encoding="utf-8") as f:
+        profile = json.load(f)
+    cpu = torch.device(args.device).type == "cpu"
+    got = job_phase_figures(profile["peak_flops"].get("float32") if cpu else None)
+    profile.pop("storage_note", None)
+    profile.update(got, name=args.name or os.path.splitext(os.path.basename(args.out))[0])
+    profile["job_phases_note"] += f" (measured on {platform.node()}, {time.strftime('%Y-%m-%d')}, added to " \
+                                  f"{os.path.basename(base_path)}'s other figures)"
+    path = args.out or os.path.join(pdir, f"{args.name}.json")
+    atomic_write_text(path, json.dumps(profile, indent=1))
+    print(", ".join(f"{k} {v:.4g}" for k, v in got.items() if isinstance(v, float)) + f"\nwrote {path}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -241,9 +416,13 @@ def main(argv=None) -> int:
     ap.add_argument("--base", default="cpu", help="profile whose link figures are kept with --no-link")
     ap.add_argument("--no-link", action="store_true")
     ap.add_argument("--link-mb", type=int, default=32)
+    ap.add_argument("--job-phases-only", action="store_true",
+                    help="measure only the load / write / VAE-call figures and add them to --base's figures")
     args = ap.parse_args(argv)
     if not args.name and not args.out:
         ap.error("give --name or --out")
+    if args.job_phases_only:
+        return job_phases_only(args)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")
     gpu = args.device.startswith("cuda")
