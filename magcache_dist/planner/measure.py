@@ -287,10 +287,11 @@ def _tile_pixels(job, unit, vae) -> int:
     return min(job.tile[0], h - i) * r * min(job.tile[1], w - j) * r
 
 
-def job_phase_figures(rate: float | None, folder: str | None = None) -> dict:
-    """The figures of the job's other phases (magcache_dist/planner/phases.py): the weight read, the mp4 writer and
-    (on a CPU, ``rate``: the fp32 GEMM FLOP/s its FLOPs are charged at) the Wan VAE's cost per decoder call."""
-    read = loader_read(folder=folder)
+def job_phase_figures(rate: float | None, folder: str | None = None, read_mb: int = 1024) -> dict:
+    """The figures of the job's other phases (magcache_dist/planner/phases.py): the weight read (a ``read_mb`` MB
+    file), the mp4 writer and (``rate``: the fp32 GEMM FLOP/s the VAE's FLOPs are charged at; None: not measured)
+    the Wan VAE's cost per decoder call."""
+    read = loader_read(mb=read_mb, folder=folder)
     return dict(storage_bandwidth=read["storage_bandwidth"], host_read_bandwidth=read["host_read_bandwidth"],
                 **writer_cost(folder), **(vae_pass_seconds(rate) if rate else {}),
                 job_phases_note=f"load: the loader's read of a {read['bytes'] / 1e9:.2f} GB safetensors file, cold "
@@ -360,7 +361,8 @@ def loopback_link(mb: int) -> tuple[float, float]:
     return got["link_bandwidth"], got["link_latency_s"]
 
 
-def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, threads: int) -> dict:
+def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, threads: int, read_mb: int = 1024,
+            vae: bool = True) -> dict:
     if torch.device(device).type == "cpu":
         torch.set_num_threads(threads)
     peak, attn, half, rates, elem = {}, {}, {}, {}, {}
@@ -377,7 +379,8 @@ def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, thr
                 elementwise_bandwidth=elem, memory_bandwidth=bandwidth(device), memory_capacity=capacity(device),
                 op_overhead_s=op_overhead(device),
                 gemm_rates_measured={d: {str(m): r for m, r in v.items()} for d, v in rates.items()},
-                **job_phase_figures(peak.get("float32") if torch.device(device).type == "cpu" else None))
+                **job_phase_figures(peak.get("float32") if vae and torch.device(device).type == "cpu" else None,
+                                   read_mb=read_mb))
 
 
 def job_phases_only(args) -> int:
@@ -392,7 +395,8 @@ def job_phases_only(args) -> int:
     with open(base_path, encoding="utf-8") as f:
         profile = json.load(f)
     cpu = torch.device(args.device).type == "cpu"
-    got = job_phase_figures(profile["peak_flops"].get("float32") if cpu else None)
+    got = job_phase_figures(profile["peak_flops"].get("float32") if cpu and not args.skip_vae else None,
+                            read_mb=args.read_mb)
     profile.pop("storage_note", None)
     profile.update(got, name=args.name or os.path.splitext(os.path.basename(args.out))[0])
     profile["job_phases_note"] += f" (measured on {platform.node()}, {time.strftime('%Y-%m-%d')}, added to " \
@@ -416,6 +420,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base", default="cpu", help="profile whose link figures are kept with --no-link")
     ap.add_argument("--no-link", action="store_true")
     ap.add_argument("--link-mb", type=int, default=32)
+    ap.add_argument("--read-mb", type=int, default=1024, help="size of the file the weight read is timed on")
+    ap.add_argument("--skip-vae", action="store_true", help="keep --base's vae_pass_s (its measure takes ~20 s)")
     ap.add_argument("--job-phases-only", action="store_true",
                     help="measure only the load / write / VAE-call figures and add them to --base's figures")
     args = ap.parse_args(argv)
@@ -441,8 +447,12 @@ def main(argv=None) -> int:
             args.device = f"cuda:{local}"
         dist.init_process_group("nccl" if gpu else "gloo")
     try:
-        prof = measure(args.device, dtypes, args.tokens, args.dim, args.ffn, args.threads)
+        prof = measure(args.device, dtypes, args.tokens, args.dim, args.ffn, args.threads, args.read_mb,
+                       not args.skip_vae)
         base = load_profile(args.base)
+        for k in ("vae_pass_s", "vae_pass_fit", "vae_pass_note"):  # not measured here: --base's (if any)
+            if k not in prof and k in base.extra:
+                prof[k] = base.extra[k]
         if args.no_link:
             bw, lat, how = base.link_bandwidth, base.link_latency_s, f"kept from profile {base.name!r}"
         elif distributed:
