@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -148,23 +149,31 @@ def storage_read(mb: int = 256, folder: str | None = None) -> float:
         return mb * 2 ** 20 / (time.perf_counter() - t)
 
 
-def _write_safetensors(path: str, mb: int, cols: int = 8960) -> int:
-    """A safetensors file of ``mb`` MB of fp32 [1536, cols] tensors (a 1.3B DiT's FFN shape), random bytes; its size
-    in bytes."""
-    rows = 1536
-    per = rows * cols * 4
-    n = max(1, mb * 2 ** 20 // per)
-    header = {f"t{i}": dict(dtype="F32", shape=[rows, cols], data_offsets=[i * per, (i + 1) * per]) for i in range(n)}
+def _write_safetensors(path: str, mb: int) -> int:
+    """A safetensors file of the Wan2.1-1.3B DiT's first ``mb`` MB of fp32 tensors, in its order and shapes (the
+    loader's real mix of large matrices and small norms and biases), random bytes; its size in bytes."""
+    from models.wan import get_config
+    from models.wan_i2v import build_wan_model
+
+    with torch.device("meta"):
+        shapes = [(k, list(v.shape)) for k, v in build_wan_model(get_config("wan2.1-t2v-1.3b")).state_dict().items()]
+    header, end = {}, 0
+    for k, shape in shapes:
+        n = 4 * math.prod(shape)
+        if end + n > mb * 2 ** 20 and header:
+            break
+        header[k] = dict(dtype="F32", shape=shape, data_offsets=[end, end + n])
+        end += n
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)
-    block = os.urandom(per)
+    block = os.urandom(2 ** 20)
     with open(path, "wb") as f:
         f.write(len(head).to_bytes(8, "little") + head)
-        for _ in range(n):
-            f.write(block)
+        for i in range(0, end, len(block)):
+            f.write(block[:min(len(block), end - i)])
         f.flush()
         os.fsync(f.fileno())
-    return n * per
+    return end
 
 
 def _drop_cache(path: str) -> None:
@@ -177,15 +186,15 @@ def _drop_cache(path: str) -> None:
 
 
 def loader_read(mb: int = 1024, folder: str | None = None, repeats: int = 2) -> dict:
-    """The weight loader's read (models/loading.py: each tensor read whole, then copied into a parameter) of a
+    """The weight loader's read (models/loading.py: each tensor read whole into a fresh buffer, then copied into a
+    freshly allocated parameter: both pay first-touch page faults) of a
     ``mb`` MB safetensors file, cold (dropped from the page cache first) and warm: ``host_read_bandwidth`` = bytes
-    / the warm read (the copies out of the page cache alone), ``storage_bandwidth`` = bytes / (cold - warm) (the
-    storage's part). Best of ``repeats`` each. The page cache is dropped per file (posix_fadvise), not the
-    storage's own cache (a virtual disk's host may still hold the file). Host memory only: the planner adds the
-    copy to a GPU at ``host_link_bandwidth``."""
+    / the warm read's CPU seconds (the copies out of the page cache alone: work, which other load on the machine
+    does not stretch), ``storage_bandwidth`` = bytes / (cold - warm) wall seconds (the storage's part). Best of
+    ``repeats`` each. The page cache is dropped per file (posix_fadvise), not the storage's own cache (a virtual
+    disk's host may still hold the file). Host memory only: the planner adds the copy to a GPU at
+    ``host_link_bandwidth``."""
     import tempfile
-
-    import torch
 
     from models.loading import TensorSource
 
@@ -193,30 +202,35 @@ def loader_read(mb: int = 1024, folder: str | None = None, repeats: int = 2) -> 
         path = os.path.join(d, "w.safetensors")
         nbytes = _write_safetensors(path, mb)
         src = TensorSource(path)
-        dst = {k: torch.empty(shape) for k, shape in src.shapes().items()}
+        shapes = src.shapes()
 
         def read():
-            t = time.perf_counter()
-            for k, v in dst.items():
-                v.copy_(src.read(k))
-            return time.perf_counter() - t
+            kept = []  # fresh tensors, all kept, as a model just built by to_empty
+            t, c = time.perf_counter(), time.process_time()
+            for k, shape in shapes.items():
+                kept.append(torch.empty(shape))
+                kept[-1].copy_(src.read(k))
+            return time.perf_counter() - t, time.process_time() - c
 
-        cold, warm = float("inf"), float("inf")
+        cold, warm, warm_cpu = float("inf"), float("inf"), float("inf")
         for _ in range(repeats):
             _drop_cache(path)
-            cold = min(cold, read())
-            warm = min(warm, read())
+            cold = min(cold, read()[0])
+            w, c = read()
+            warm, warm_cpu = min(warm, w), min(warm_cpu, c)
     disk = max(cold - warm, 0.05 * warm)  # a cold read no slower than a warm one: the storage's cache served it
-    return dict(storage_bandwidth=nbytes / disk, host_read_bandwidth=nbytes / warm, cold_s=cold, warm_s=warm,
-                bytes=nbytes)
+    return dict(storage_bandwidth=nbytes / disk, host_read_bandwidth=nbytes / warm_cpu, cold_s=cold, warm_s=warm,
+                warm_cpu_s=warm_cpu, bytes=nbytes)
 
 
-def writer_cost(folder: str | None = None) -> dict:
+def writer_cost(folder: str | None = None, hold_gb: float = 2.0) -> dict:
     """The mp4 writer (magcache_dist/io/video.py write_mp4, libx264 through an ffmpeg process) in CPU seconds, this
     process's and the ffmpeg child's (RUSAGE_CHILDREN): ``write_start_s`` = a 1-frame 48 x 48 video, the first of
     the process (as a job's first video: the writer's imports and the ffmpeg look-up included),
     ``write_pixels_per_s`` = the pixels of a 33 x 256 x 256 video over its extra seconds. Frames of uniform random
-    bytes: x264's worst case (smooth content encodes several times faster)."""
+    bytes: x264's worst case (smooth content encodes several times faster). ``write_fork_s_per_byte``: imageio
+    starts ffmpeg with a ``preexec_fn`` (os.setpgrp), so Python forks rather than vforks, and the fork copies the
+    page tables of every resident byte of the process: a 1-frame video with ``hold_gb`` GB held, over them."""
     import resource
     import tempfile
 
@@ -228,17 +242,22 @@ def writer_cost(folder: str | None = None) -> dict:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
+    import torch
+
     rng = np.random.default_rng(0)
-    got = {}
+    got = []
     with tempfile.TemporaryDirectory(dir=folder) as d:
-        for shape in ((1, 48, 48), (33, 256, 256)):
+        for shape, hold in (((1, 48, 48), 0), ((33, 256, 256), 0), ((1, 48, 48), 0), ((1, 48, 48), hold_gb)):
             frames = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+            held = torch.ones(int(hold * 1e9) // 4)  # resident (written) memory the writer's fork must copy
             c = cpu()
             write_mp4(os.path.join(d, "v.mp4"), frames, 16)
-            got[shape] = cpu() - c
-    start = got[(1, 48, 48)]
-    big = 33 * 256 * 256
-    return dict(write_start_s=start, write_pixels_per_s=(big - 48 * 48) / max(got[(33, 256, 256)] - start, 1e-6))
+            got.append(cpu() - c)
+            del held
+    start, big, warm, held = got
+    pixels = 33 * 256 * 256 - 48 * 48
+    return dict(write_start_s=start, write_pixels_per_s=pixels / max(big - start, 1e-6),
+                write_fork_s_per_byte=max(held - warm, 0.0) / (hold_gb * 1e9) if hold_gb else 0.0)
 
 
 WAN_VAE_FLOPS_PER_PIXEL = 8.70e6  # magcache_dist/families/wan.py vae_decode_flops_per_pixel
@@ -294,10 +313,11 @@ def job_phase_figures(rate: float | None, folder: str | None = None, read_mb: in
     read = loader_read(mb=read_mb, folder=folder)
     return dict(storage_bandwidth=read["storage_bandwidth"], host_read_bandwidth=read["host_read_bandwidth"],
                 **writer_cost(folder), **(vae_pass_seconds(rate) if rate else {}),
-                job_phases_note=f"load: the loader's read of a {read['bytes'] / 1e9:.2f} GB safetensors file, cold "
-                                f"{read['cold_s']:.2f} s (dropped from the page cache) and warm {read['warm_s']:.2f} "
-                                f"s; write: CPU s of write_mp4 (ffmpeg included) on random frames; vae_pass_s: the "
-                                f"Wan VAE's seconds per decoder call beyond its FLOPs")
+                job_phases_note=(f"load: the loader's read of {read['bytes'] / 1e9:.2f} GB of the 1.3B DiT's "
+                                 f"tensors, cold {read['cold_s']:.2f} s (dropped from the page cache) and warm "
+                                 f"{read['warm_s']:.2f} s ({read['warm_cpu_s']:.2f} CPU s); write: CPU s of write_mp4 "
+                                 f"(ffmpeg included) on random frames, the fork's per resident byte with 2 GB held; "
+                                 f"vae_pass_s: the Wan VAE's seconds per decoder call beyond its FLOPs"))
 
 
 def op_overhead(device) -> float:

@@ -21,8 +21,8 @@ phase.
   magcache_dist.planner.measure). The peak: the VAE's weights and one tile's activations, plus the DiT when it
   stays on the device (it does when both fit in 90% of the device memory).
 - write: the mp4 writer's start-up ``write_start_s`` plus the video's pixels (frames x height x width) over
-  ``write_pixels_per_s``, host CPU time including the ffmpeg process (measured on the cpu profile; assumptions in
-  the GPU profiles).
+  ``write_pixels_per_s``, host CPU time including the ffmpeg process, plus ``write_fork_s_per_byte`` per byte rank 0
+  holds in host memory (ffmpeg is started by a fork; measured on the cpu profile; assumptions in the GPU profiles).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ DEFAULT_HOST_READ_BANDWIDTH = 5.0e9  # bytes/s one rank copies out of the page c
 DEFAULT_HOST_LINK_BANDWIDTH = 25e9  # bytes/s host -> device (PCIe 5 x16, pinned)
 DEFAULT_WRITE_START_S = 0.1  # the mp4 writer's start-up (an ffmpeg process)
 DEFAULT_WRITE_PIXELS_PER_S = 25e6  # pixels (frames x height x width) per second through libx264
+DEFAULT_WRITE_FORK_S_PER_BYTE = 0.05e-9  # the fork that starts ffmpeg, per resident byte of the process
 
 
 def decode_units(cfg, family) -> list[int]:
@@ -72,11 +73,13 @@ def read_seconds(rank_bytes: float, node_bytes: float, profile, device_bytes: fl
     return s
 
 
-def write_seconds(profile, frames: int, height: int, width: int) -> float:
+def write_seconds(profile, frames: int, height: int, width: int, host_bytes: float = 0.0) -> float:
     """The mp4 writer (rank 0): start-up + pixels over the profile's x264 rate (host CPU time, the ffmpeg process
-    included)."""
+    included) + the fork that starts ffmpeg, which copies the page tables of the ``host_bytes`` the rank holds in
+    host memory (imageio's ``preexec_fn`` rules out vfork)."""
     return (profile_figure(profile, "write_start_s", DEFAULT_WRITE_START_S)
-            + frames * height * width / profile_figure(profile, "write_pixels_per_s", DEFAULT_WRITE_PIXELS_PER_S))
+            + frames * height * width / profile_figure(profile, "write_pixels_per_s", DEFAULT_WRITE_PIXELS_PER_S)
+            + host_bytes * profile_figure(profile, "write_fork_s_per_byte", DEFAULT_WRITE_FORK_S_PER_BYTE))
 
 
 def decode_passes(cfg, family) -> int:
@@ -135,6 +138,8 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
     link = profile_figure(profile, "host_link_bandwidth", DEFAULT_HOST_LINK_BANDWIDTH)
     move_s = 0.0 if stays else 2 * mem["weights"] / link  # there and back
     frames = 1 if family.image_model else cfg.video.frames
+    # what rank 0 holds in host memory when it writes: on a CPU the DiT and the VAE, on a GPU the DiT if moved off
+    host_held = mem["weights"] + vae_bytes if profile.device_type == "cpu" else (0 if stays else mem["weights"])
     enc_read_s = read_seconds(enc_bytes, enc_bytes, profile, enc_bytes if on_device else 0)
     phases = dict(
         load=dict(s=read_seconds(dit_bytes, dit_bytes, profile, mem["weights"]), peak_bytes=mem["weights"],
@@ -146,7 +151,8 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
         decode=dict(s=read_seconds(vae_bytes, vae_bytes, profile, vae_bytes) + dec["compute_s"] + move_s,
                     peak_bytes=decode_need + (mem["weights"] if stays else 0),
                     read_bytes=vae_bytes, dit_on_device=stays, **dec),
-        write=dict(s=write_seconds(profile, frames, cfg.video.height, cfg.video.width), peak_bytes=0, rank=0),
+        write=dict(s=write_seconds(profile, frames, cfg.video.height, cfg.video.width, host_held), peak_bytes=0,
+                   rank=0, host_bytes=host_held),
     )
     once = phases["load"]["s"] + phases["encode"]["s"]
     each = sum(phases[k]["s"] for k in ("sample", "decode", "write"))

@@ -39,14 +39,18 @@ def test_two_readers_of_one_file_share_the_storage_read(tmp_path):
 
 def test_write_of_a_720p_video_and_the_cpu_profile_figures(tmp_path):
     """81 x 720 x 1280 = 74,649,600 pixels: on h100 (assumed 0.1 s + 25e6 pixels/s) 3.086 s; on a profile with
-    the figures this machine measured (0.0532 s, 3.731e6 pixels/s: libx264 CPU time on random frames) 20.06 s."""
+    figures this machine measured (0.0532 s, 3.731e6 pixels/s: libx264 CPU time on random frames) 20.06 s."""
     h100 = load_profile("h100")
     assert write_seconds(h100, 81, 720, 1280) == pytest.approx(0.1 + 74_649_600 / 25e6)
     assert write_seconds(h100, 81, 720, 1280) == pytest.approx(3.0860, abs=1e-4)
-    box = _profile(tmp_path, write_start_s=0.0532, write_pixels_per_s=3.731e6)
+    box = _profile(tmp_path, write_start_s=0.0532, write_pixels_per_s=3.731e6, write_fork_s_per_byte=0.045e-9)
     assert write_seconds(box, 81, 720, 1280) == pytest.approx(20.0605, abs=1e-3)
+    # the fork that starts ffmpeg copies the page tables of what the process holds: a CPU job's 6.2 GB (the fp32
+    # 1.3B DiT and the VAE) add 0.279 s to a 5 x 48 x 48 video's 0.0563 s
+    assert write_seconds(box, 5, 48, 48, host_bytes=6.2e9) == pytest.approx(0.0532 + 11520 / 3.731e6 + 0.279)
     cpu = load_profile("cpu")  # measured by measure.py: every job-phase figure is there
-    for key in ("storage_bandwidth", "host_read_bandwidth", "write_start_s", "write_pixels_per_s", "vae_pass_s"):
+    for key in ("storage_bandwidth", "host_read_bandwidth", "write_start_s", "write_pixels_per_s",
+                "write_fork_s_per_byte", "vae_pass_s"):
         assert cpu.extra[key] > 0, key
 
 
@@ -83,3 +87,15 @@ def test_encode_counts_the_matrix_products_not_the_embedding(tmp_path):
     enc = plan_job(cfg)["job"]["phases"]["encode"]
     rate = load_profile("cpu").gemm_rate("float32", 512)
     assert enc["s"] - enc["read_s"] == pytest.approx(2 * mm * 512 * 2 / rate)
+
+
+def test_the_plan_write_counts_what_rank_0_holds_on_the_host(tmp_path):
+    """On the cpu profile rank 0 holds the fp32 DiT and VAE in host memory when it writes; on h100 the 14B DiT stays
+    on the GPU (nothing for the fork to copy) unless the decode moves it off."""
+    cpu = plan_job(load_config(None, ["model.name=wan2.1-t2v-1.3b", "video.frames=5", "video.height=48",
+                                      "video.width=48", "planner.device=cpu", f"output_dir={tmp_path}"]))
+    w = cpu["job"]["phases"]["write"]
+    assert w["host_bytes"] == cpu["per_rank"]["memory_bytes"]["weights"] + 127_000_000 * 4
+    assert w["s"] == pytest.approx(write_seconds(load_profile("cpu"), 5, 48, 48, w["host_bytes"]))
+    h = plan_job(load_config("configs/wan2.1-t2v-14b-720p.yaml", ["planner.device=h100", f"output_dir={tmp_path}"]))
+    assert h["job"]["phases"]["decode"]["dit_on_device"] and h["job"]["phases"]["write"]["host_bytes"] == 0
