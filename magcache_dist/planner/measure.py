@@ -185,7 +185,7 @@ def _drop_cache(path: str) -> None:
         os.close(fd)
 
 
-def loader_read(mb: int = 1024, folder: str | None = None, repeats: int = 2) -> dict:
+def loader_read(mb: int = 1024, folder: str | None = None, repeats: int = 2, readers: int = 2) -> dict:
     """The weight loader's read (models/loading.py: each tensor read whole into a fresh buffer, then copied into a
     freshly allocated parameter: both pay first-touch page faults) of a
     ``mb`` MB safetensors file, cold (dropped from the page cache first) and warm: ``host_read_bandwidth`` = bytes
@@ -193,7 +193,9 @@ def loader_read(mb: int = 1024, folder: str | None = None, repeats: int = 2) -> 
     does not stretch), ``storage_bandwidth`` = bytes / (cold - warm) wall seconds (the storage's part). Best of
     ``repeats`` each. The page cache is dropped per file (posix_fadvise), not the storage's own cache (a virtual
     disk's host may still hold the file). Host memory only: the planner adds the copy to a GPU at
-    ``host_link_bandwidth``."""
+    ``host_link_bandwidth``. ``readers`` > 1: as many processes then read the warm file at once (the ranks of a
+    node loading together): ``node_host_read_bandwidth`` = readers x bytes / the slowest one's CPU seconds, the
+    node's total when its cores and memory are shared."""
     import tempfile
 
     from models.loading import TensorSource
@@ -204,23 +206,57 @@ def loader_read(mb: int = 1024, folder: str | None = None, repeats: int = 2) -> 
         src = TensorSource(path)
         shapes = src.shapes()
 
-        def read():
-            kept = []  # fresh tensors, all kept, as a model just built by to_empty
-            t, c = time.perf_counter(), time.process_time()
-            for k, shape in shapes.items():
-                kept.append(torch.empty(shape))
-                kept[-1].copy_(src.read(k))
-            return time.perf_counter() - t, time.process_time() - c
-
         cold, warm, warm_cpu = float("inf"), float("inf"), float("inf")
         for _ in range(repeats):
             _drop_cache(path)
-            cold = min(cold, read()[0])
-            w, c = read()
+            cold = min(cold, _timed_read(src, shapes)[0])
+            w, c = _timed_read(src, shapes)
             warm, warm_cpu = min(warm, w), min(warm_cpu, c)
+        together = concurrent_read(path, readers) if readers > 1 else None
     disk = max(cold - warm, 0.05 * warm)  # a cold read no slower than a warm one: the storage's cache served it
-    return dict(storage_bandwidth=nbytes / disk, host_read_bandwidth=nbytes / warm_cpu, cold_s=cold, warm_s=warm,
-                warm_cpu_s=warm_cpu, bytes=nbytes)
+    out = dict(storage_bandwidth=nbytes / disk, host_read_bandwidth=nbytes / warm_cpu, cold_s=cold, warm_s=warm,
+               warm_cpu_s=warm_cpu, bytes=nbytes)
+    if together:  # the node's ranks copy at once: the slowest reader's CPU seconds give the node's total
+        out.update(node_host_read_bandwidth=readers * nbytes / max(together), node_readers=readers,
+                   together_cpu_s=together)
+    return out
+
+
+def _timed_read(src, shapes) -> tuple[float, float]:
+    """(wall, CPU) seconds of the loader's read of every tensor of ``src`` into fresh tensors, all kept, as into a
+    model just built by to_empty."""
+    kept = []
+    t, c = time.perf_counter(), time.process_time()
+    for k, shape in shapes.items():
+        kept.append(torch.empty(shape))
+        kept[-1].copy_(src.read(k))
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _reader(path: str, barrier, out) -> None:
+    from models.loading import TensorSource
+
+    torch.set_num_threads(1)
+    src = TensorSource(path)
+    shapes = src.shapes()
+    barrier.wait()
+    out.put(_timed_read(src, shapes)[1])
+
+
+def concurrent_read(path: str, readers: int) -> list[float]:
+    """CPU seconds of each of ``readers`` processes reading the (page-cached) file ``path`` at once, as the ranks of
+    a node load the same checkpoint together."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(readers), ctx.Queue()
+    procs = [ctx.Process(target=_reader, args=(path, barrier, out)) for _ in range(readers)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return got
 
 
 def writer_cost(folder: str | None = None, hold_gb: float = 2.0) -> dict:
@@ -306,12 +342,13 @@ def _tile_pixels(job, unit, vae) -> int:
     return min(job.tile[0], h - i) * r * min(job.tile[1], w - j) * r
 
 
-def job_phase_figures(rate: float | None, folder: str | None = None, read_mb: int = 1024) -> dict:
+def job_phase_figures(rate: float | None, folder: str | None = None, read_mb: int = 1024, readers: int = 2) -> dict:
     """The figures of the job's other phases (magcache_dist/planner/phases.py): the weight read (a ``read_mb`` MB
     file), the mp4 writer and (``rate``: the fp32 GEMM FLOP/s the VAE's FLOPs are charged at; None: not measured)
     the Wan VAE's cost per decoder call."""
-    read = loader_read(mb=read_mb, folder=folder)
+    read = loader_read(mb=read_mb, folder=folder, readers=readers)
     return dict(storage_bandwidth=read["storage_bandwidth"], host_read_bandwidth=read["host_read_bandwidth"],
+                **{k: read[k] for k in ("node_host_read_bandwidth", "node_readers") if k in read},
                 **writer_cost(folder), **(vae_pass_seconds(rate) if rate else {}),
                 job_phases_note=(f"load: the loader's read of {read['bytes'] / 1e9:.2f} GB of the 1.3B DiT's "
                                  f"tensors, cold {read['cold_s']:.2f} s (dropped from the page cache) and warm "
@@ -382,7 +419,7 @@ def loopback_link(mb: int) -> tuple[float, float]:
 
 
 def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, threads: int, read_mb: int = 1024,
-            vae: bool = True) -> dict:
+            vae: bool = True, readers: int = 2) -> dict:
     if torch.device(device).type == "cpu":
         torch.set_num_threads(threads)
     peak, attn, half, rates, elem = {}, {}, {}, {}, {}
@@ -400,7 +437,7 @@ def measure(device: str, dtypes: list[str], tokens: int, dim: int, ffn: int, thr
                 op_overhead_s=op_overhead(device),
                 gemm_rates_measured={d: {str(m): r for m, r in v.items()} for d, v in rates.items()},
                 **job_phase_figures(peak.get("float32") if vae and torch.device(device).type == "cpu" else None,
-                                   read_mb=read_mb))
+                                   read_mb=read_mb, readers=readers))
 
 
 def job_phases_only(args) -> int:
@@ -416,7 +453,7 @@ def job_phases_only(args) -> int:
         profile = json.load(f)
     cpu = torch.device(args.device).type == "cpu"
     got = job_phase_figures(profile["peak_flops"].get("float32") if cpu and not args.skip_vae else None,
-                            read_mb=args.read_mb)
+                            read_mb=args.read_mb, readers=args.readers)
     profile.pop("storage_note", None)
     profile.update(got, name=args.name or os.path.splitext(os.path.basename(args.out))[0])
     profile["job_phases_note"] += f" (measured on {platform.node()}, {time.strftime('%Y-%m-%d')}, added to " \
@@ -441,6 +478,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-link", action="store_true")
     ap.add_argument("--link-mb", type=int, default=32)
     ap.add_argument("--read-mb", type=int, default=1024, help="size of the file the weight read is timed on")
+    ap.add_argument("--readers", type=int, default=2, help="processes reading the file at once (a node's ranks)")
     ap.add_argument("--skip-vae", action="store_true", help="keep --base's vae_pass_s (its measure takes ~20 s)")
     ap.add_argument("--job-phases-only", action="store_true",
                     help="measure only the load / write / VAE-call figures and add them to --base's figures")
@@ -468,7 +506,7 @@ def main(argv=None) -> int:
         dist.init_process_group("nccl" if gpu else "gloo")
     try:
         prof = measure(args.device, dtypes, args.tokens, args.dim, args.ffn, args.threads, args.read_mb,
-                       not args.skip_vae)
+                       not args.skip_vae, args.readers)
         base = load_profile(args.base)
         for k in ("vae_pass_s", "vae_pass_fit", "vae_pass_note"):  # not measured here: --base's (if any)
             if k not in prof and k in base.extra:

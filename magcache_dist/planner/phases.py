@@ -62,12 +62,17 @@ def profile_figure(profile, key: str, default: float) -> float:
     return float(profile.extra.get(key, default))
 
 
-def read_seconds(rank_bytes: float, node_bytes: float, profile, device_bytes: float = 0.0) -> float:
+def read_seconds(rank_bytes: float, node_bytes: float, profile, device_bytes: float = 0.0,
+                 node_ranks: int = 1) -> float:
     """Seconds for one rank to read ``rank_bytes`` of weights while the node's storage serves ``node_bytes``
     distinct bytes to all its ranks at once (the same file read by every rank of a node: its size, once), and to
-    put ``device_bytes`` of them on a GPU. The reads are in series per tensor (read, then copy), so the parts add."""
+    put ``device_bytes`` of them on a GPU. The reads are in series per tensor (read, then copy), so the parts add.
+    The ``node_ranks`` ranks of a node copy at once: each at ``host_read_bandwidth``, but together at most at the
+    profile's ``node_host_read_bandwidth`` (shared cores and memory; none given: no such limit)."""
     s = node_bytes / profile_figure(profile, "storage_bandwidth", DEFAULT_STORAGE_BANDWIDTH)
-    s += rank_bytes / profile_figure(profile, "host_read_bandwidth", DEFAULT_HOST_READ_BANDWIDTH)
+    node = profile_figure(profile, "node_host_read_bandwidth", float("inf"))
+    s += rank_bytes / min(profile_figure(profile, "host_read_bandwidth", DEFAULT_HOST_READ_BANDWIDTH),
+                          node / max(node_ranks, 1))
     if device_bytes and profile.device_type != "cpu":
         s += device_bytes / profile_figure(profile, "host_link_bandwidth", DEFAULT_HOST_LINK_BANDWIDTH)
     return s
@@ -140,15 +145,19 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
     frames = 1 if family.image_model else cfg.video.frames
     # what rank 0 holds in host memory when it writes: on a CPU the DiT and the VAE, on a GPU the DiT if moved off
     host_held = mem["weights"] + vae_bytes if profile.device_type == "cpu" else (0 if stays else mem["weights"])
-    enc_read_s = read_seconds(enc_bytes, enc_bytes, profile, enc_bytes if on_device else 0)
+    # every rank of the job loads at its start, so a node's ranks read together (a profile's ranks_per_node: the
+    # ranks of one node; none given: the whole job on one node)
+    node_ranks = min(dims.world_size, int(profile.extra.get("ranks_per_node", dims.world_size)))
+    enc_read_s = read_seconds(enc_bytes, enc_bytes, profile, enc_bytes if on_device else 0, node_ranks)
     phases = dict(
-        load=dict(s=read_seconds(dit_bytes, dit_bytes, profile, mem["weights"]), peak_bytes=mem["weights"],
-                  read_bytes=dit_bytes, node_read_bytes=dit_bytes),
+        load=dict(s=read_seconds(dit_bytes, dit_bytes, profile, mem["weights"], node_ranks), peak_bytes=mem["weights"],
+                  read_bytes=dit_bytes, node_read_bytes=dit_bytes, node_ranks=node_ranks),
         encode=dict(s=enc_read_s + enc_compute * per_group / te_rate, read_s=enc_read_s,
                     peak_bytes=max(encoders.values(), default=0) * te_b if on_device else 0,
                     read_bytes=enc_bytes, prompts=per_group),
         sample=dict(s=sampling_s, peak_bytes=mem["total"]),
-        decode=dict(s=read_seconds(vae_bytes, vae_bytes, profile, vae_bytes) + dec["compute_s"] + move_s,
+        decode=dict(s=read_seconds(vae_bytes, vae_bytes, profile, vae_bytes, min(group, node_ranks)) + dec["compute_s"]
+                    + move_s,
                     peak_bytes=decode_need + (mem["weights"] if stays else 0),
                     read_bytes=vae_bytes, dit_on_device=stays, **dec),
         write=dict(s=write_seconds(profile, frames, cfg.video.height, cfg.video.width, host_held), peak_bytes=0,

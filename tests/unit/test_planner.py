@@ -135,7 +135,7 @@ def test_measured_profile_is_written_and_planned_with(tmp_path):
 
     path = tmp_path / "box.json"
     assert measure_main(["--out", str(path), "--tokens", "32", "--dim", "64", "--ffn", "128", "--no-link",
-                         "--read-mb", "8", "--skip-vae"]) == 0
+                         "--read-mb", "8", "--readers", "1", "--skip-vae"]) == 0
     prof = load_profile(str(path))
     assert set(prof.peak_flops) == {"float32", "bfloat16"} and all(v > 1e6 for v in prof.peak_flops.values())
     assert prof.gemm_efficiency == 1.0 and prof.efficiency("attention", "bfloat16") > 0  # may exceed 1 (vs GEMMs)

@@ -24,14 +24,20 @@ def _profile(tmp_path, name="box", **figures):
 
 def test_two_readers_of_one_file_share_the_storage_read(tmp_path):
     """Storage 1 GB/s, copies out of the page cache 0.5 GB/s: one rank reading a 1 GB file takes 1 + 2 s; two ranks
-    of a node reading that same file take as long (the page cache serves the second), two reading different 1 GB
-    files wait on 2 GB of storage reads (4 s each)."""
+    of a node reading that same file take as long (the page cache serves the second) unless the node's copies
+    together are slower than 2 x 0.5 GB/s, two reading different 1 GB files wait on 2 GB of storage reads (4 s
+    each)."""
     prof = _profile(tmp_path, storage_bandwidth=1e9, host_read_bandwidth=0.5e9)
     assert read_seconds(1e9, 1e9, prof) == pytest.approx(3.0)  # one reader
     assert read_seconds(1e9, 1e9, prof) == pytest.approx(3.0)  # two readers, one file: 1e9 distinct bytes
     assert read_seconds(1e9, 2e9, prof) == pytest.approx(4.0)  # two readers, two files
     assert read_seconds(1e9, 0, prof) == pytest.approx(2.0)  # warm: the page cache alone
     assert read_seconds(1e9, 1e9, prof, device_bytes=1e9) == pytest.approx(3.0)  # a CPU: no copy to a device
+    # the node's ranks copy at once: 2 ranks on a node whose copies total 0.6 GB/s get 0.3 GB/s each
+    shared = _profile(tmp_path, name="shared", storage_bandwidth=1e9, host_read_bandwidth=0.5e9,
+                      node_host_read_bandwidth=0.6e9)
+    assert read_seconds(1e9, 1e9, shared, node_ranks=1) == pytest.approx(3.0)
+    assert read_seconds(1e9, 1e9, shared, node_ranks=2) == pytest.approx(1 + 1 / 0.3)
     gpu = _profile(tmp_path, name="gpu", device_type="cuda", storage_bandwidth=1e9, host_read_bandwidth=0.5e9,
                    host_link_bandwidth=10e9)
     assert read_seconds(1e9, 1e9, gpu, device_bytes=0.5e9) == pytest.approx(3.05)
