@@ -46,6 +46,23 @@ def publish(res: dict, text: str, out: str, default_out: str, name: str, heading
     print(f"wrote {out}")
 
 
+def load_or_run(args, run, write: bool = True) -> dict:
+    """A benchmark's results: read from ``args.out`` with ``--table-only``, else ``run(args)``, written to
+    ``args.out`` atomically when ``write`` (a script that calls ``publish`` leaves the writing to it)."""
+    import json
+
+    from magcache_dist.io.atomic import atomic_write_text
+
+    if args.table_only:
+        with open(args.out) as f:
+            return json.load(f)
+    res = run(args)
+    if write:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        atomic_write_text(args.out, json.dumps(res, indent=1))
+    return res
+
+
 @dataclass
 class Job:
     cfg: JobConfig

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._common import ROOT, build_job
+from benchmarks._common import ROOT, build_job, load_or_run
 from benchmarks.branch_sync import at, desync
 from benchmarks.quality import MAGCACHE, PAIRS, TEACACHE, timed
 from magcache_dist.auto import sigma_grid
@@ -35,7 +35,6 @@ from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache, preset_
 from magcache_dist.cache.online import OnlineConfig, build_online
 from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
-from magcache_dist.io.atomic import atomic_write_text
 
 ONLINE = MAGCACHE + [(0.03, 2), (0.5, 4), (1.0, 8)]  # (thresh, K); retention 0.2 like MagCache
 HOLD = [(0.06, 2), (0.12, 2), (0.24, 4), (0.5, 8)]
@@ -196,15 +195,9 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.ckpt=...")
     args = ap.parse_args(argv)
-    if args.table_only:
-        with open(args.out) as f:
-            res = json.load(f)
-    else:
-        if not args.ratios and args.preset not in preset_names():
-            ap.error(f"--preset {args.preset!r} is not available; pass --ratios FILE (a cache.mode=calibrate output)")
-        res = run_benchmark(args)
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        atomic_write_text(args.out, json.dumps(res, indent=1))
+    if not args.table_only and not args.ratios and args.preset not in preset_names():
+        ap.error(f"--preset {args.preset!r} is not available; pass --ratios FILE (a cache.mode=calibrate output)")
+    res = load_or_run(args, run_benchmark)
     plot(res, os.path.splitext(args.out)[0] + ".png")
     print(table(res))
     return 0

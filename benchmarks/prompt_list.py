@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks._common import ROOT, publish
+from benchmarks._common import ROOT, load_or_run, publish
 
 SUITE = os.path.join(ROOT, "benchmarks", "prompts", "tiny_suite.txt")
 OUT = os.path.join(ROOT, "benchmarks", "results", "prompt_list.json")
@@ -98,11 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from --out's JSON")
     args = ap.parse_args(argv)
-    if args.table_only:
-        with open(args.out) as f:
-            res = json.load(f)
-    else:
-        res = run(args)
+    res = load_or_run(args, run, write=False)
     publish(res, table(res), args.out, OUT, "prompt_list",
             "## Prompt lists: throughput (`python -m benchmarks.prompt_list`)")
     return 0

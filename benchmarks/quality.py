@@ -24,11 +24,10 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._common import ROOT, build_job, write_readme_block
+from benchmarks._common import ROOT, build_job, load_or_run, write_readme_block
 from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache
 from magcache_dist.cache.teacache import build_teacache
 from magcache_dist.eval.metrics import PSNR_CAP, psnr, ssim
-from magcache_dist.io.atomic import atomic_write_text
 from tools.tinydata.judge import judge
 
 PAIRS = [  # (prompt, seed): fixed; none of these seeds or the fit script's runs overlap
@@ -232,13 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true", help="only regenerate README table and plot from --out")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. sampler.num_steps=20")
     args = ap.parse_args(argv)
-    if args.table_only:
-        with open(args.out) as f:
-            res = json.load(f)
-    else:
-        res = run_benchmark(args)
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        atomic_write_text(args.out, json.dumps(res, indent=1))
+    res = load_or_run(args, run_benchmark)
     plot(res, os.path.splitext(args.out)[0] + ".png")
     if os.path.abspath(args.out) == os.path.join(RESULTS, "quality.json"):
         write_readme(res)

@@ -22,7 +22,6 @@ more (the assumption of ``--search probe``), over every pair of the exhaustive d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,7 +29,7 @@ import time
 
 import torch
 
-from benchmarks._common import DEFAULT_CONFIG, ROOT, publish
+from benchmarks._common import DEFAULT_CONFIG, ROOT, load_or_run, publish
 
 SUITE = os.path.join(ROOT, "benchmarks", "prompts", "tiny_suite.txt")
 OUT = os.path.join(ROOT, "benchmarks", "results", "tune.json")
@@ -168,11 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from --out's JSON")
     args = ap.parse_args(argv)
-    if args.table_only:
-        with open(args.out) as f:
-            res = json.load(f)
-    else:
-        res = run(args)
+    res = load_or_run(args, run, write=False)
     publish(res, table(res), args.out, OUT, "tune",
             "## Tuning MagCache for a quality target (`python -m benchmarks.tune`)")
     return 0

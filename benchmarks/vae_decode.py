@@ -5,8 +5,12 @@ weights already loaded), the ratios 2 ranks / 1 rank from the one run, and wheth
 1-rank one.
 
     .venv/bin/python -m benchmarks.vae_decode --parallel    # ~1 min on 2 idle cores
+    .venv/bin/python -m benchmarks.vae_decode --bands       # the whole decode in row bands: 1, 2, 4 ranks
 
-Writes benchmarks/results/vae_decode_parallel.json (and its README block). The load and whole-vs-tiled decode
+Writes benchmarks/results/vae_decode_parallel.json (and its README block); ``--bands``: the whole decode (no tiles)
+on 1 rank (``vae.decode``) vs 2 and 4 ranks in row bands (magcache_dist/parallel/vae_bands.py), each rank's wall and CPU
+time, peak resident memory above its start, bytes sent, and rank 0's video against the 1-rank one
+(benchmarks/results/vae_decode_bands.json). The load and whole-vs-tiled decode
 figures this script measured before issue 25 are in docs/wan_checkpoints.md.
 """
 from __future__ import annotations
@@ -119,5 +123,117 @@ def parallel_main() -> int:
     return 0
 
 
+BANDS_OUT = os.path.join(ROOT, "benchmarks", "results", "vae_decode_bands.json")
+BANDS_VIDEO = (5, 128, 256)  # frames, height, width: latents 2 x 16 x 32, whole decode (vae.tiling=false)
+
+
+def _band_rank(rank: int, world: int, port: int, tmp: str) -> None:
+    """One rank: world 1 runs the single-rank road (``vae.decode``, whole); world 2 the row bands with halo
+    exchange (``BandDecode`` over gloo)."""
+    import datetime
+    import json
+
+    import torch.distributed as dist
+    from diffusers import AutoencoderKLWan
+
+    from magcache_dist.parallel.comm import DistComm
+    from magcache_dist.parallel.vae_bands import BandDecode
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=900))
+    try:
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(**WAN_VAE).eval()  # the same random weights on every rank
+        f, h, w = BANDS_VIDEO
+        z = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
+        comm = DistComm(dist.group.WORLD, list(range(world)))
+        warm = z[:, :, :1, :4, :8]  # first, a small decode: code pages and kernels loaded before the measurement
+        with torch.no_grad():
+            vae.decode(warm) if world == 1 else BandDecode(vae, warm).run(comm)
+        comm.bytes_sent = comm.calls = 0
+        dist.barrier()
+        cpu = time.process_time()
+        if world == 1:
+            with torch.no_grad():
+                video, s, peak = timed(lambda: vae.decode(z).sample)
+        else:
+            video, s, peak = timed(lambda: BandDecode(vae, z).run(comm))
+        stats = comm.gather_objects(dict(rank=rank, seconds=s, cpu_seconds=time.process_time() - cpu, peak_bytes=peak,
+                                         bytes_sent=comm.bytes_sent, messages=comm.calls))
+        if rank == 0:
+            torch.save(video, os.path.join(tmp, f"video{world}.pt"))
+            with open(os.path.join(tmp, f"stats{world}.json"), "w") as fh:
+                json.dump(dict(ranks=stats), fh)
+    finally:
+        dist.destroy_process_group()
+
+
+BANDS_WORLDS = (1, 2, 4)
+
+
+def bands_main() -> int:
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    # glibc's sliding mmap threshold keeps freed activations in the heap once a large block was freed, so a process's
+    # resident high-water mark depends on its allocation order (2 equal ranks measured 0.71 and 1.03 of one rank);
+    # a fixed threshold (the ranks are spawned with it) returns every large tensor to the system when freed, so the
+    # high-water mark follows the live tensors
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    res = dict(video="x".join(map(str, BANDS_VIDEO)), runs={}, max_abs_diff={},
+               malloc_mmap_threshold=os.environ["MALLOC_MMAP_THRESHOLD_"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in BANDS_WORLDS:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            mp.spawn(_band_rank, args=(world, port, tmp), nprocs=world, join=True)
+            with open(os.path.join(tmp, f"stats{world}.json")) as fh:
+                res["runs"][world] = json.load(fh)
+        ref = torch.load(os.path.join(tmp, "video1.pt"))
+        for world in BANDS_WORLDS[1:]:
+            res["max_abs_diff"][world] = float((torch.load(os.path.join(tmp, f"video{world}.pt")) - ref).abs().max())
+    one = res["runs"][1]["ranks"][0]
+    f, _, w = BANDS_VIDEO
+    for world in BANDS_WORLDS[1:]:
+        many = res["runs"][world]["ranks"]
+        res["runs"][world].update(
+            time_ratio=max(r["seconds"] for r in many) / one["seconds"],
+            cpu_time_ratio=max(r["cpu_seconds"] for r in many) / one["cpu_seconds"],
+            peak_ratio={r["rank"]: r["peak_bytes"] / one["peak_bytes"] for r in many},
+            max_peak_ratio=max(r["peak_bytes"] for r in many) / one["peak_bytes"])
+    # the planner's halo figure (decode.BAND_HALO_BYTES): the bytes rank 0 of 2 sends its one neighbour, less the
+    # middle block's keys/values (2 x 384 channels of its band's latent rows per latent frame), per output column and
+    # frame
+    lat_f, lat_h, lat_w = (f - 1) // 4 + 1, BANDS_VIDEO[1] // 8, w // 8
+    kv = lat_f * (lat_h // 2) * lat_w * 2 * 384 * 4
+    res["halo_bytes_per_column_frame"] = (res["runs"][2]["ranks"][0]["bytes_sent"] - kv) / (f * w)
+    rows = [f"| 1 (vae.decode) | 0 | {one['seconds']:.2f} s | {one['cpu_seconds']:.2f} s | "
+            f"{one['peak_bytes'] / 1e9:.3f} GB | | | | |"]
+    for world in BANDS_WORLDS[1:]:
+        for r in res["runs"][world]["ranks"]:
+            rows.append(f"| {world} (bands) | {r['rank']} | {r['seconds']:.2f} s | {r['cpu_seconds']:.2f} s | "
+                        f"{r['peak_bytes'] / 1e9:.3f} GB | {r['seconds'] / one['seconds']:.2f} | "
+                        f"{r['cpu_seconds'] / one['cpu_seconds']:.2f} | {r['peak_bytes'] / one['peak_bytes']:.2f} | "
+                        f"{r['bytes_sent'] / 1e6:.1f} MB in {r['messages']} |")
+    table = ("| ranks | rank | wall | CPU time | peak memory above the start | wall / 1 rank | CPU / 1 rank "
+             "| peak / 1 rank | sent |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+    diffs = ", ".join(f"{d:.2e} on {n}" for n, d in res["max_abs_diff"].items())
+    text = (table + f"\n\nWan2.1 VAE (127M parameters, random weights), fp32, whole decode of {res['video']} frames x "
+            f"px (latents {lat_f} x {lat_h} x {lat_w}), gloo, 1 thread per rank, MALLOC_MMAP_THRESHOLD_="
+            f"{res['malloc_mmap_threshold']}; rank 0's video against the 1-rank "
+            f"decode: max abs difference {diffs} ranks; halo {res['halo_bytes_per_column_frame'] / 1e3:.1f}"
+            f" kB per neighbour, output column and frame; machine load average {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} cores (wall times need idle cores; CPU time is the work)")
+    publish(res, text, BANDS_OUT, BANDS_OUT, "vae_decode_bands",
+            "## Wan2.1 VAE whole decode in row bands on 1, 2 and 4 ranks (`python -m benchmarks.vae_decode --bands`)")
+    return 0
+
+
 if __name__ == "__main__":
-    raise SystemExit(parallel_main())
+    import sys
+
+    raise SystemExit(bands_main() if "--bands" in sys.argv[1:] else parallel_main())

@@ -162,6 +162,9 @@ class VaeSection:
     # (kept on the device when it fits beside the decode: magcache_dist/decode.py dit_stays)
     parallel: bool = True  # >1 rank: the tiled decode's tiles dealt over the group's ranks (the tiled mode,
     # whatever vae.tiling says); false: rank 0 decodes alone in the mode vae.tiling says
+    # how a >1-rank group shares the decode (magcache_dist/decode.py decode_route): auto = row bands with halo
+    # exchange for the Wan VAEs' whole decode (vae.tiling=false), the tiles otherwise; patches / tiles force one
+    split: str = "auto"
 
 
 @dataclass(frozen=True)

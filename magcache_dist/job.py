@@ -16,6 +16,7 @@ from magcache_dist.cache.factory import SKIPPING_MODES, CacheSpec, build_cache, 
 from magcache_dist.cache.magcache import MagCacheConfig
 from magcache_dist.checkpoint import validate_checkpointing
 from magcache_dist.config import JobConfig, explicitly_set, resolve_path
+from magcache_dist.decode import check_split
 from magcache_dist.errors import InputError, reading
 from magcache_dist.families import FLUX, HUNYUAN, OPENSORA, WAN, model_spec
 from magcache_dist.families.base import DTYPES, ModelFamily, make_family
@@ -79,6 +80,7 @@ def validate_job(given: JobConfig, world_size: int) -> Job:
     videos = check_prompt_list(given, cfg)
     with reading():  # the family reads the checkpoint's files through models/ and the libraries
         family.validate()
+    check_split(cfg, family)
     check_applicable(given)
     if cfg.video.fps < 1:
         raise InputError(f"video.fps={cfg.video.fps} must be >= 1")

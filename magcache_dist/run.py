@@ -315,6 +315,7 @@ def finalize(job: Job, built: Built, policy, result, calibration, resolved, per_
         schedule=skip_schedule(policy, scfg.num_steps, scfg.branches) if isinstance(policy, MagCachePolicy) else None,
         phases_s={k: round(v, 4) for k, v in phases.items()},
         compile=compile_report(built.model),
+        experts=built.model.placement_report() if hasattr(built.model, "placement_report") else None,
         decode=decoded[1],
         environment=environment(result.latents.device),
         checkpoint=ckpt.describe(),

@@ -137,10 +137,15 @@ class _SafetensorsFile:
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.entries[key]["shape"])
 
-    def read(self, key: str) -> torch.Tensor:
+    def read(self, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor, or with ``rows=(a, b)`` only its rows a..b-1 (dim 0): only their bytes are read."""
         e = self.entries[key]
         start, end = e["data_offsets"]
-        dtype, shape = _ST_DTYPES[e["dtype"]], e["shape"]
+        dtype, shape = _ST_DTYPES[e["dtype"]], list(e["shape"])
+        if rows is not None and shape:
+            row_bytes = (end - start) // shape[0] if shape[0] else 0
+            start, end = start + rows[0] * row_bytes, start + rows[1] * row_bytes
+            shape[0] = rows[1] - rows[0]
         if end == start:
             return torch.empty(shape, dtype=dtype)
         buf = bytearray(end - start)
@@ -181,8 +186,9 @@ class _TorchFile:
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.sd[key].shape)
 
-    def read(self, key: str) -> torch.Tensor:
-        return self.sd[key]
+    def read(self, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        t = self.sd[key]
+        return t if rows is None or t.dim() == 0 else t[rows[0]:rows[1]]  # a view: only its pages are touched
 
 
 class TensorSource:
@@ -229,16 +235,19 @@ class TensorSource:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: f.shape(k) for k, f in self.files.items()}
 
-    def read(self, key: str) -> torch.Tensor:
-        return self.files[key].read(key)
+    def read(self, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor ``key`` (``rows=(a, b)``: only its rows a..b-1, read alone)."""
+        return self.files[key].read(key, rows)
 
 
 def load_streaming(model: nn.Module, path: str, where: str, convert=None) -> None:
     """Fill a built model (its parameters already on their device, in their dtype: e.g. ``to_empty`` after a
     meta-device build) from a weight file in either Wan layout, tensor by tensor: each is read, converted to the
     parameter's dtype and copied to its device, then freed, so the load never holds more than the model plus one
-    tensor. A sharded parameter (FSDP's DTensor) keeps only this rank's shard of it, sliced locally (no
-    collective). The key and shape checks of ``load_state_dict_strict`` run first, on the names and shapes only.
+    tensor. A sharded parameter (FSDP's DTensor) keeps only this rank's shard of it, with no collective: sharded on
+    dim 0 (FSDP's placement), only this rank's rows are read from the file (each rank of N reads about 1/N of the
+    sharded bytes); with a layout conversion the tensor is read whole and sliced. The key and shape checks of
+    ``load_state_dict_strict`` run first, on the names and shapes only.
 
     ``convert({file key: tensor}) -> {model key: tensor}``: a per-tensor layout conversion (e.g. an official
     fused qkv split into the library's q, k, v), applied to meta tensors for the checks and to each tensor read."""
@@ -248,8 +257,12 @@ def load_streaming(model: nn.Module, path: str, where: str, convert=None) -> Non
         names = check_shapes(model, source.shapes(), where)  # ours -> the file's
         with torch.no_grad():
             for key, dst in own.items():
-                src = source.read(names[key])
-                _put(dst, src)
+                rows = local_rows(dst)
+                src = source.read(names[key], rows)
+                if rows is not None:  # this rank's rows of a sharded parameter: read alone
+                    dst.to_local().copy_(src)
+                else:
+                    _put(dst, src)
                 del src
         return
     shapes = {}
@@ -260,6 +273,22 @@ def load_streaming(model: nn.Module, path: str, where: str, convert=None) -> Non
         for key in source.files:
             for name, part in convert({key: source.read(key)}).items():
                 _put(own[name], part)
+
+
+def local_rows(dst: torch.Tensor) -> tuple[int, int] | None:
+    """The rows (dim 0) of the whole tensor that this rank holds of a parameter sharded on dim 0 alone (FSDP's
+    DTensor with placements (Shard(0),)), or None (a plain tensor, or another placement: read whole)."""
+    if not hasattr(dst, "to_local") or dst.dim() == 0:
+        return None
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if len(dst.placements) != 1 or not isinstance(dst.placements[0], Shard) or dst.placements[0].dim != 0:
+        return None
+    shape, offset = compute_local_shape_and_global_offset(dst.shape, dst.device_mesh, dst.placements)
+    if tuple(shape) != tuple(dst.to_local().shape):
+        return None  # a padded local shard: slice the whole tensor as distribute_tensor does
+    return offset[0], offset[0] + shape[0]
 
 
 def _put(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -290,6 +290,10 @@ class WanModel(nn.Module):
         return tokens, BlockContext(e=e, e0=e0, freqs=freqs, context=context, k_lens=k_lens, grid=grid,
                                     cross_kv=prepared.cross_kv if prepared is not None else None)
 
+    def first_block(self, ctx: BlockContext) -> WanBlock:
+        """The first block the call with ``ctx`` runs (its modulation and norm give TeaCache's probe)."""
+        return self.blocks[0]
+
     def forward_blocks(self, tokens: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         kv = ctx.cross_kv or [None] * len(self.blocks)
         for block, block_kv in zip(self.blocks, kv):

@@ -1,7 +1,9 @@
-"""Wan2.1's text encoder, VAE and image encoder, as the library models that implement them, from either layout.
+"""Wan's text encoder, VAEs (Wan2.1's, Wan2.2's) and image encoder, as the library models that implement them, from
+either layout.
 
 - umT5-XXL encoder -> transformers' ``UMT5EncoderModel``
-- Wan VAE -> diffusers' ``AutoencoderKLWan`` (latents normalised per channel: (mu - mean) / std)
+- Wan VAE -> diffusers' ``AutoencoderKLWan`` (latents normalised per channel: (mu - mean) / std); the Wan2.2 VAE
+  (TI2V-5B: 48 latent channels, residual levels, 2x2 patchified pixels) -> the same class with ``is_residual``
 - CLIP ViT-H/14 (open-clip xlm-roberta-large-vit-huge-14, vision tower only) -> transformers' ``CLIPVisionModel``
 
 Official layout: single ``.pth`` files in Wan's own key names (converted by the rule tables below, strictly);
@@ -10,6 +12,7 @@ Nothing is downloaded and nothing is unpickled (``torch.load(weights_only=True)`
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import torch
@@ -155,6 +158,199 @@ def load_wan_vae(path: str, layout: str, dtype=torch.float32, device="cpu"):
         vae = vae.to_empty(device="cpu")
         _strict(vae, official_to_diffusers(sd, WAN_VAE_RULES, 0, path, "is this Wan2.1_VAE.pth?"), path)
     return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+# ---- Wan2.2 VAE (TI2V-5B) ----------------------------------------------------------------------------------------
+# Published per-channel statistics of the Wan2.2 VAE's 48 latent channels (Wan-Video/Wan2.2 wan/modules/vae2_2.py
+# Wan2_2_VAE; the same values as the latents_mean / latents_std of Wan-AI/Wan2.2-TI2V-5B-Diffusers' vae/config.json).
+# The official code scales with [mean, 1 / std]: z = (mu - mean) * (1 / std), decoded from z / (1 / std) + mean.
+WAN22_LATENTS_MEAN = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667)
+WAN22_LATENTS_STD = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
+# The released Wan2.2 VAE (Wan2_2_VAE: c_dim 160, decoder 256, z_dim 48, temporal downsampling [False, True, True],
+# 2x2 patchified pixels) as AutoencoderKLWan arguments: what a file's shapes do not show, and the fallback for what
+# a damaged file lacks (the key check then names what is missing).
+WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                 attn_scales=[], temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                 out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16)
+
+
+@lru_cache(maxsize=None)
+def vae22_rules(num_res_blocks: int = 2) -> tuple[Rule, ...]:
+    """Official Wan2.2 VAE keys <-> diffusers' AutoencoderKLWan(is_residual=True) keys.
+
+    What differs from the Wan2.1 table: each level is a residual block of its own (Down_ResidualBlock /
+    Up_ResidualBlock, official ``downsamples.L.downsamples.j`` / ``upsamples.L.upsamples.j``; diffusers
+    ``down_blocks.L.resnets.j`` / ``up_blocks.L.resnets.j``): ``num_res_blocks`` residual blocks per encoder level
+    (``num_res_blocks + 1`` per decoder level), then, on every level but the last, the resampler at the next index
+    (diffusers' ``downsampler`` / ``upsampler``, without an index). The levels' shortcuts (AvgDown3D, DupUp3D) and
+    the 2x2 pixel patchify hold no weights. Middle and head: as in Wan2.1.
+    """
+    side = "{side:encoder|decoder}"
+    out = [
+        Rule("conv1.{p}", ("quant_conv.{p}",)),
+        Rule("conv2.{p}", ("post_quant_conv.{p}",)),
+        Rule(side + ".conv1.{p}", (side + ".conv_in.{p}",)),
+        Rule(side + ".head.0.gamma", (side + ".norm_out.gamma",)),
+        Rule(side + ".head.2.{p}", (side + ".conv_out.{p}",)),
+        Rule(side + ".middle.1.{s}", (side + ".mid_block.attentions.0.{s}",)),
+        *(Rule(side + ".middle.{2*j}." + a, (side + ".mid_block.resnets.{j}." + b,)) for a, b in _RESNET[:4]),
+    ]
+    for official, ours, sampler, n in (("encoder.downsamples", "encoder.down_blocks", "downsampler", num_res_blocks),
+                                       ("decoder.upsamples", "decoder.up_blocks", "upsampler", num_res_blocks + 1)):
+        inner = official.split(".")[1]
+        pos = "|".join(str(j) for j in range(n))
+        out += [Rule(f"{official}.{{l}}.{inner}.{{j:{pos}}}." + a, (f"{ours}.{{l}}.resnets.{{j}}." + b,))
+                for a, b in _RESNET]
+        out += [Rule(f"{official}.{{l}}.{inner}.{n}.{part}.{{p}}", (f"{ours}.{{l}}.{sampler}.{part}.{{p}}",))
+                for part in ("resample.1", "time_conv")]
+    return tuple(out)
+
+
+def wan22_vae_config(shapes: dict, where: str = "Wan2.2 VAE") -> dict:
+    """AutoencoderKLWan arguments of an official Wan2.2 VAE state dict, read from its keys and shapes (key -> shape):
+    widths, latent channels, levels, residual blocks per level, where time is downsampled, the pixel patch. What a
+    file lacks keeps the released value (WAN22_VAE), so a damaged file is reported by its keys, not here."""
+    cfg = {k: (list(v) if isinstance(v, list) else v) for k, v in WAN22_VAE.items()}
+
+    def dim(key, axis=0):
+        return shapes[key][axis] if key in shapes and len(shapes[key]) > axis else None
+
+    cfg["base_dim"] = dim("encoder.conv1.weight") or cfg["base_dim"]
+    cfg["z_dim"] = dim("conv2.weight") or cfg["z_dim"]
+    levels = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.downsamples\.(\d+)\.", k))})
+    res = {int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.downsamples\.0\.downsamples\.(\d+)\."
+                                                              r"residual\.", k))}
+    if levels == list(range(len(levels))) and len(levels) > 1:
+        widths = [dim(f"encoder.downsamples.{i}.downsamples.0.residual.2.weight") for i in levels]
+        if all(widths) and all(w % cfg["base_dim"] == 0 for w in widths):
+            cfg["dim_mult"] = [w // cfg["base_dim"] for w in widths]
+    if res == set(range(len(res))) and res:
+        cfg["num_res_blocks"] = len(res)
+    n = cfg["num_res_blocks"]
+    cfg["temperal_downsample"] = [f"encoder.downsamples.{i}.downsamples.{n}.time_conv.weight" in shapes
+                                  for i in range(len(cfg["dim_mult"]) - 1)]
+    head = dim("decoder.head.0.gamma")
+    if head and head % cfg["dim_mult"][0] == 0:
+        cfg["decoder_base_dim"] = head // cfg["dim_mult"][0]
+    cfg["in_channels"] = dim("encoder.conv1.weight", 1) or cfg["in_channels"]
+    cfg["out_channels"] = dim("decoder.head.2.weight") or cfg["out_channels"]
+    patch = round((cfg["in_channels"] / 3) ** 0.5)
+    if patch < 1 or 3 * patch * patch != cfg["in_channels"]:
+        raise ValueError(f"{where}: the encoder's first convolution takes {cfg['in_channels']} channels; the Wan2.2 "
+                         f"VAE takes 3 x p x p (RGB pixels patchified p x p; the release: 12, p = 2)")
+    cfg["patch_size"] = patch
+    cfg["scale_factor_temporal"] = 2 ** sum(cfg["temperal_downsample"])
+    cfg["scale_factor_spatial"] = patch * 2 ** (len(cfg["dim_mult"]) - 1)
+    return cfg
+
+
+def _meta_wan22_vae(cfg: dict):
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):  # no random init of 0.7B parameters only to overwrite them (it has no buffers)
+        return AutoencoderKLWan(latents_mean=list(WAN22_LATENTS_MEAN[: cfg["z_dim"]]),
+                                latents_std=list(WAN22_LATENTS_STD[: cfg["z_dim"]]), **cfg)
+
+
+def wan22_vae_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an official Wan2.2 VAE (WanVAE_ of wan/modules/vae2_2.py) with the architecture ``cfg``
+    (WAN22_VAE's fields): official key -> shape. Written from the official module's structure, without building a
+    model (the check before any work imports no diffusers)."""
+    z, nrb, mult = cfg["z_dim"], cfg["num_res_blocks"], cfg["dim_mult"]
+    out: dict[str, tuple[int, ...]] = {}
+
+    def conv(name, o, i, k):  # CausalConv3d / Conv2d: weight [out, in, *kernel] and bias [out]
+        out[name + ".weight"], out[name + ".bias"] = (o, i, *k), (o,)
+
+    def res(name, a, b):  # ResidualBlock: RMS_norm, SiLU, conv 3x3x3, RMS_norm, SiLU, dropout, conv 3x3x3 (+ 1x1x1)
+        out[name + ".residual.0.gamma"] = (a, 1, 1, 1)
+        conv(name + ".residual.2", b, a, (3, 3, 3))
+        out[name + ".residual.3.gamma"] = (b, 1, 1, 1)
+        conv(name + ".residual.6", b, b, (3, 3, 3))
+        if a != b:
+            conv(name + ".shortcut", b, a, (1, 1, 1))
+
+    def middle(side, width):  # residual block, attention, residual block
+        res(side + ".middle.0", width, width)
+        out[side + ".middle.1.norm.gamma"] = (width, 1, 1)  # AttentionBlock on images
+        conv(side + ".middle.1.to_qkv", 3 * width, width, (1, 1))
+        conv(side + ".middle.1.proj", width, width, (1, 1))
+        res(side + ".middle.2", width, width)
+
+    conv("conv1", 2 * z, 2 * z, (1, 1, 1))
+    conv("conv2", z, z, (1, 1, 1))
+    levels = len(mult)
+    dims = [cfg["base_dim"] * u for u in [1, *mult]]
+    conv("encoder.conv1", dims[0], cfg["in_channels"], (3, 3, 3))
+    for i in range(levels):  # Down_ResidualBlock: nrb residual blocks, then (not on the last level) a resampler
+        for j in range(nrb):
+            res(f"encoder.downsamples.{i}.downsamples.{j}", dims[i] if j == 0 else dims[i + 1], dims[i + 1])
+        if i != levels - 1:
+            conv(f"encoder.downsamples.{i}.downsamples.{nrb}.resample.1", dims[i + 1], dims[i + 1], (3, 3))
+            if cfg["temperal_downsample"][i]:
+                conv(f"encoder.downsamples.{i}.downsamples.{nrb}.time_conv", dims[i + 1], dims[i + 1], (3, 1, 1))
+    middle("encoder", dims[-1])
+    out["encoder.head.0.gamma"] = (dims[-1], 1, 1, 1)
+    conv("encoder.head.2", 2 * z, dims[-1], (3, 3, 3))
+    dims = [cfg["decoder_base_dim"] * u for u in [mult[-1], *mult[::-1]]]
+    up = cfg["temperal_downsample"][::-1]
+    conv("decoder.conv1", dims[0], z, (3, 3, 3))
+    middle("decoder", dims[0])
+    for i in range(levels):  # Up_ResidualBlock: nrb + 1 residual blocks, then (not on the last level) a resampler
+        for j in range(nrb + 1):
+            res(f"decoder.upsamples.{i}.upsamples.{j}", dims[i] if j == 0 else dims[i + 1], dims[i + 1])
+        if i != levels - 1:
+            conv(f"decoder.upsamples.{i}.upsamples.{nrb + 1}.resample.1", dims[i + 1], dims[i + 1], (3, 3))
+            if up[i]:  # upsample3d: the time conv doubles the channels (two frames out of one)
+                conv(f"decoder.upsamples.{i}.upsamples.{nrb + 1}.time_conv", 2 * dims[i + 1], dims[i + 1], (3, 1, 1))
+    out["decoder.head.0.gamma"] = (dims[-1], 1, 1, 1)
+    conv("decoder.head.2", cfg["out_channels"], dims[-1], (3, 3, 3))
+    return out
+
+
+def check_wan22_vae(shapes: dict, where: str) -> dict:
+    """The official Wan2.2 VAE file's keys and shapes (key -> shape) against the model they describe, named in the
+    file's own keys (missing, unexpected, wrong shape: a ValueError); returns its AutoencoderKLWan arguments."""
+    cfg = wan22_vae_config(shapes, where)
+    want = wan22_vae_shapes(cfg)
+    missing, unexpected = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
+    if missing or unexpected:
+        wan21 = "encoder.downsamples.0.residual.0.gamma" in shapes
+        hint = ("it holds the Wan2.1 VAE's keys (Wan2.1_VAE.pth: 16 latent channels, 8x); copy Wan2.2_VAE.pth of the "
+                "Wan2.2-TI2V-5B release" if wan21 else "is this the Wan2.2-TI2V-5B release's Wan2.2_VAE.pth?")
+        raise ValueError(f"{where}: keys do not match the Wan2.2 VAE: missing keys {missing[:6]} ({len(missing)}), "
+                         f"unexpected keys {unexpected[:6]} ({len(unexpected)}); {hint}")
+    bad = [(k, tuple(shapes[k]), want[k]) for k in want if tuple(shapes[k]) != want[k]]
+    if bad:
+        raise ValueError(f"{where}: shape mismatch {bad[:4]} (file vs the Wan2.2 VAE its other tensors describe); is "
+                         f"this the Wan2.2-TI2V-5B release's Wan2.2_VAE.pth?")
+    return cfg
+
+
+def load_wan22_vae(path: str, layout: str, dtype=torch.float32, device="cpu"):
+    """``path``: the official ``Wan2.2_VAE.pth`` or the diffusers ``vae/`` folder -> AutoencoderKLWan (48 latent
+    channels, residual blocks, 2x2 patchified pixels; latent statistics: the folder's config, or the published
+    WAN22_LATENTS_MEAN / STD for the official file, which carries none). The official file is checked from its
+    header, then streamed tensor by tensor into the model built in ``dtype`` on ``device`` (no host copy of the
+    0.7B parameters beside the file's mapped pages)."""
+    if layout == "diffusers":
+        return load_wan_vae(path, layout, dtype=dtype, device=device)
+    from models.loading import load_streaming, read_shapes
+
+    cfg = check_wan22_vae(read_shapes(path), path)
+    rules = vae22_rules(cfg["num_res_blocks"])
+    vae = _meta_wan22_vae(cfg).to(dtype=dtype).to_empty(device=device)
+    load_streaming(vae, path, path,
+                   convert=lambda sd: official_to_diffusers(sd, rules, 0, path, "is this Wan2.2_VAE.pth?"))
+    return vae.eval().requires_grad_(False)
 
 
 def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:

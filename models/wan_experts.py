@@ -55,6 +55,9 @@ class WanExperts(nn.Module):
         tokens, ctx = self.select(name).embed(x, t, context)
         return tokens, dataclasses.replace(ctx, expert=name)
 
+    def first_block(self, ctx) -> nn.Module:
+        return getattr(self, ctx.expert).first_block(ctx)
+
     def forward_blocks(self, tokens: torch.Tensor, ctx) -> torch.Tensor:
         return getattr(self, ctx.expert).forward_blocks(tokens, ctx)
 

@@ -23,13 +23,18 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
             per op of each, and of ring on the fp32 math path it replaced
   ti2v      Wan2.2 TI2V-5B at real size (random bf16 weights), 17 x 352 x 640, 20 steps: off vs MagCache (the
             release's TI2V array), then the 48-channel Wan2.2 VAE decoding the latents
-  switch    Wan2.2 A14B's expert switch without FSDP (resident expert to the host, the other in), on 8 of the 40
-            layers of a real 14B expert, extrapolated by bytes
+  switch    Wan2.2 A14B's expert trade without FSDP (families/expert_swap.py: pinned host memory, a side stream)
+            on 8 of the 40 blocks of a real 14B expert at the 480P token count: the prefetched trade (during the
+            last high-noise call), the streamed one (at the low-noise blocks) and the synchronous one, their
+            exposed time beside the calls' compute, outputs equal to the untraded ones, extrapolated to 40 blocks
   decode    the decode dealt over ranks (magcache_dist/parallel/vae.py) on a 720P-class video (9 x 720 x 1280, the
             Wan VAE at its published size, random weights): each tile decoded and timed once, rank 0's blend, the
             result against diffusers' own tiled decode (max abs difference), the device peak of one tile against the
             tiled decode's, and the decode time on 1, 2 and 8 ranks as decode_split deals the measured tiles (one
-            GPU: no communication counted; a machine with 2 GPUs is noted, not used)
+            GPU: no communication counted; a machine with 2 GPUs is noted, not used). Then the whole decode in row
+            bands with halo exchange (magcache_dist/parallel/vae_bands.py) on 2 and 8 simulated ranks of this GPU:
+            rank 0's video against diffusers' whole decode, and rank 0's band alone (its neighbours' rows replayed):
+            time and device peak against the whole decode's (``bands``)
   xfuser    xfuser imports, and one forward of the tiny DiT through parallel.backend=xfuser (a 1-rank NCCL group)
             equals the native forward
   profile   the planner's device profile measured here (magcache_dist.planner.measure: GEMM and SDPA FLOP/s per
@@ -372,35 +377,89 @@ class Check:
         return out
 
     def switch(self):
-        """Wan2.2 A14B's expert switch without FSDP on a GPU that holds one expert: the resident expert goes to host
-        memory, the other comes in (families/wan22.py PlacedExperts). Measured on the first ``layers`` of the
-        real 14B expert (bf16) and extrapolated by bytes to all 40 layers."""
+        """Wan2.2 A14B's expert trade without FSDP on a GPU that holds one expert (families/wan22.py PlacedExperts,
+        families/expert_swap.py: pinned host buffers, a side stream, block slots traded in place), on the first
+        ``layers`` blocks of the real 14B expert (bf16), at the 480P sample step's token count: each expert's
+        block stack alone; the prefetched trade (the high-noise call trading each block after it ran, then the
+        low-noise call) against the two calls without a trade; the streamed trade (started when the low-noise
+        call reaches its blocks, which wait one by one) against that call alone (the low-noise embed timed apart); the
+        synchronous trade (the host waits); the low-noise output after each trade equal to the one without; the
+        peak device memory against one expert's blocks. Extrapolated to 40 blocks (``*_full_s``) by blocks."""
         from magcache_dist.families.wan22 import PlacedExperts
         from models.wan import get_config
         from models.wan_i2v import build_wan_model
 
-        name, layers = ("tiny-wan22-t2v", 2) if self.small else ("wan2.2-t2v-a14b", 8)
+        name, layers, latent = ("tiny-wan22-t2v", 2, (2, 4, 6)) if self.small else ("wan2.2-t2v-a14b", 8, (21, 60, 104))
         cfg = get_config(name, num_layers=layers)
         experts = []
-        for where in (self.device, "cpu"):
+        for i, where in enumerate((self.device, "cpu")):  # random weights made on the device (fast), then placed
             with torch.device("meta"):
                 m = build_wan_model(cfg).to(dtype=torch.bfloat16)
-            m = m.to_empty(device=where)
+            m = m.to_empty(device=self.device)
+            g = torch.Generator(device=self.device).manual_seed(i)
             with torch.no_grad():
                 for p in m.parameters():
-                    p.fill_(0.01)
-            experts.append(m.eval())
+                    p.copy_(torch.randn(p.shape, generator=g, device=self.device, dtype=torch.float32) * 0.02)
+            experts.append(m.to(where).eval().requires_grad_(False))
         model = PlacedExperts(*experts, boundary_t=875.0, device=self.device, offload_to="cpu")
-        nbytes = sum(p.numel() * p.element_size() for p in experts[0].parameters())
-        self.sync()
-        model.select("low")
-        self.sync()
-        model.select("high")
-        self.sync()
+        nbytes = sum(p.numel() * p.element_size() for b in experts[0].blocks for p in b.parameters())
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 16, *latent, generator=gen).to(self.device)
+        text = torch.randn(1, min(64, cfg.text_len), cfg.text_dim, generator=gen).to(self.device, torch.bfloat16)
+        hi, lo = (torch.full((1,), v, device=self.device) for v in (900.0, 800.0))
+        model.begin_generation(torch.tensor([900.0, 800.0]), 0, ["cond"])  # step 0 the last high-noise step
+
+        def timed(fn):
+            self.sync()
+            t = time.perf_counter()
+            r = fn()
+            self.sync()
+            return r, time.perf_counter() - t
+
+        with torch.no_grad():
+            tok_h, ctx_h = model.embed(x, hi, text)
+            timed(lambda: model.forward_blocks(tok_h, ctx_h))  # warm-up
+            _, high_s = timed(lambda: model.forward_blocks(tok_h, ctx_h))
+            self.reset_peak()
+
+            def prefetched():
+                model.before_blocks(0, "cond")  # armed: each high-noise block traded after it has run
+                model.forward_blocks(tok_h, ctx_h)
+                tok, ctx = model.embed(x, lo, text)
+                return model.forward_blocks(tok, ctx), tok, ctx
+            (out_pre, tok_l, ctx_l), pre_s = timed(prefetched)
+            peak = self.peak()
+            _, embed_s = timed(lambda: model.embed(x, lo, text))  # the low-noise embed alone (resident)
+            ref, low_s = timed(lambda: model.forward_blocks(tok_l, ctx_l))
+
+            model.prefetch = False
+            _, sync_s = timed(lambda: model.place("high"))  # the synchronous trade: the host waits
+            model.prefetch = True
+
+            def streamed():  # every slot traded as the low-noise call reaches its blocks, which wait one by one
+                tok, ctx = model.embed(x, lo, text)
+                return model.forward_blocks(tok, ctx)
+            out_str, str_s = timed(streamed)
+            model.prefetch = False
+            _, sync_back_s = timed(lambda: model.place("high"))
+            model.place("low")
+            out_sync = model.forward_blocks(tok_l, ctx_l)
         full = get_config(name).num_layers / layers
-        return dict(model=name, layers=layers, expert_bytes=nbytes, trades=[dict(away=a, brought=b, seconds=s)
-                                                                            for a, b, s in model.moves],
-                    extrapolated_full_expert_switch_s=[s * full for _, _, s in model.moves])
+        tokens = tok_h.shape[1]
+        return dict(model=name, layers=layers, tokens=tokens, block_bytes=nbytes // layers, blocks_bytes=nbytes,
+                    high_blocks_s=high_s, low_blocks_s=low_s, low_embed_s=embed_s,
+                    prefetched=dict(seconds=pre_s, exposed_s=pre_s - high_s - embed_s - low_s,
+                                    exposed_full_s=(pre_s - high_s - embed_s - low_s) * full),
+                    streamed=dict(seconds=str_s, exposed_s=str_s - embed_s - low_s,
+                                  exposed_full_s=(str_s - embed_s - low_s) * full),
+                    synchronous=dict(seconds=sync_s, back_s=sync_back_s, full_s=sync_s * full,
+                                     gbytes_per_s=2 * nbytes / sync_s / 1e9),
+                    outputs_equal=dict(prefetched=bool(torch.equal(out_pre, ref)),
+                                       streamed=bool(torch.equal(out_str, ref)),
+                                       synchronous=bool(torch.equal(out_sync, ref))),
+                    peak_device_bytes=peak, slots=model.swap.resident_blocks(),
+                    trades=[dict(m) for m in model.moves])
+
     def decode(self):
         from diffusers import AutoencoderKLWan
 
@@ -436,14 +495,73 @@ class Check:
                 t = time.perf_counter()
                 video = td.assemble(outs)
                 blend_s = time.perf_counter() - t
+            max_diff, video_shape = float((video - ref).abs().max()), list(video.shape)
+            del ref, video, outs
+            bands = self._bands(vae, z, (2, 3) if self.small else (2, 8))
         finally:
             if model is not None:
                 model.to(self.device)
         per_rank = {n: max(sum(times[r::n]) for r in range(n)) + blend_s for n in (1, 2, 8)}
-        return dict(video=list(video.shape), tiles=len(td.units), diffusers_tiled_s=ref_s,
+        return dict(video=video_shape, tiles=len(td.units), diffusers_tiled_s=ref_s,
                     diffusers_tiled_peak_device_bytes=ref_peak, one_tile_peak_device_bytes=tile_peak,
-                    blend_s=blend_s, max_abs_diff=float((video - ref).abs().max()), decode_s_on_ranks=per_rank,
-                    eight_over_one=per_rank[8] / per_rank[1], gpus_here=torch.cuda.device_count())
+                    blend_s=blend_s, max_abs_diff=max_diff, decode_s_on_ranks=per_rank,
+                    eight_over_one=per_rank[8] / per_rank[1], gpus_here=torch.cuda.device_count(), bands=bands)
+
+    def _bands(self, vae, z, sizes) -> dict:
+        """The whole decode in row bands with halo exchange (magcache_dist/parallel/vae_bands.py, vae.split=auto for
+        the Wan VAEs) on N simulated ranks of this device: the N bands together (threads, ThreadComm), rank 0's video
+        against diffusers' whole decode; then rank 0's band (the tallest) alone, replaying what its neighbours sent
+        it: its time and device peak, as one rank of N GPUs would see them (the link's time not counted)."""
+        import copy
+        import threading
+
+        from magcache_dist.parallel.comm import ThreadComm, ThreadHub
+        from magcache_dist.parallel.vae_bands import BandDecode, band_rows, decode_band
+
+        vae.use_tiling = False
+        weights = sum(p.numel() * p.element_size() for p in vae.parameters())
+        self.reset_peak()
+        self.sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            ref = vae.decode(z).sample.cpu()
+        self.sync()
+        out = dict(whole_s=time.perf_counter() - t, whole_peak_device_bytes=self.peak(), vae_bytes=weights, ranks={})
+        for n in sizes:
+            hub, log, res, errors = ThreadHub(n, timeout=600), [], [None] * n, []
+
+            def body(r, n=n, hub=hub, log=log, res=res, errors=errors):
+                try:
+                    comm = ThreadComm(hub, r)
+                    res[r] = BandDecode(vae if r == 0 else copy.deepcopy(vae), z).run(
+                        _Recording(comm, log) if r == 0 else comm)
+                except BaseException as e:  # noqa: BLE001 - re-raised below
+                    errors.append(e)
+                    hub.abort()
+
+            threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(n)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(900)
+            if errors or any(th.is_alive() for th in threads):
+                raise errors[0] if errors else RuntimeError(f"a simulated rank of {n} hung")
+            diff = float((res[0] - ref).abs().max())
+            del res
+            self.reset_peak()
+            self.sync()
+            t = time.perf_counter()
+            band = decode_band(vae, z, _Replay(n, log, self.device))
+            self.sync()
+            s, peak = time.perf_counter() - t, self.peak()
+            whole_peak = out["whole_peak_device_bytes"]
+            out["ranks"][n] = dict(
+                max_abs_diff=diff, band_latent_rows=[b - a for a, b in band_rows(z.shape[3], n)], rank0_band_s=s,
+                rank0_band_peak_device_bytes=peak, band_over_whole_s=s / out["whole_s"],
+                activations_over_whole=(peak - weights) / (whole_peak - weights) if peak and whole_peak else None,
+                band_shape=list(band.shape))
+            del band, log
+        return out
 
     def xfuser(self):
         try:
@@ -495,11 +613,45 @@ class Check:
         return out
 
 
+class _Recording:
+    """A rank's Comm that keeps what it receives (on the host), for ``_Replay``."""
+
+    def __init__(self, comm, log: list):
+        self.comm, self.log, self.rank, self.size = comm, log, comm.rank, comm.size
+
+    def exchange_edges(self, top, bottom):
+        got = self.comm.exchange_edges(top, bottom)
+        self.log.append(tuple(None if g is None else g.cpu() for g in got))
+        return got
+
+    def all_gather(self, t):
+        got = self.comm.all_gather(t)
+        self.log.append([g.cpu() for g in got])
+        return got
+
+    def gather_to(self, obj, dst=0):
+        return self.comm.gather_to(obj, dst)
+
+
+class _Replay:
+    """Rank 0 of ``size`` alone: its neighbours' halo rows and keys/values as ``_Recording`` kept them."""
+
+    def __init__(self, size: int, log: list, device):
+        self.rank, self.size, self.log, self.device = 0, size, list(log), device
+
+    def exchange_edges(self, top, bottom):
+        return tuple(None if g is None else g.to(self.device) for g in self.log.pop(0))
+
+    def all_gather(self, t):
+        return [g.to(t.device) for g in self.log.pop(0)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "outputs", "gpu_check.json"))
     ap.add_argument("--small", action="store_true", help="toy sizes (a smoke test of the script itself)")
     ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA")
+    ap.add_argument("--only", default=None, help="comma-separated steps to run (default: all)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and not args.allow_cpu:
         print("skipped: no CUDA")
@@ -509,6 +661,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for name in ("env", "sdpa", "load", "sample", "vae", "decode", "compile", "ring", "ti2v", "switch", "xfuser",
                  "profile"):
+        if args.only and name not in args.only.split(","):
+            continue
         if name in ("sample", "vae", "compile") and not getattr(c, "model", None):
             c.out[name] = dict(ok=False, error="skipped: the load step failed")
             continue

@@ -45,11 +45,22 @@ def wan_ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ti2v_ckpt(tmp_path_factory):
-    """A tiny random Wan2.2 TI2V-5B diffusers folder (one DiT, the 48-channel Wan2.2 VAE)."""
-    from tests.support.wan22_tiny import build_ti2v_components, save_ti2v_diffusers
+    """A tiny random Wan2.2 TI2V-5B folder (one DiT, the 48-channel Wan2.2 VAE): ``diffusers`` (random latent
+    statistics in vae/config.json), ``official`` (the same weights in Wan's layout, Wan2.2_VAE.pth) and
+    ``diffusers_published`` (the diffusers folder with the released latent statistics, which the official layout
+    uses: the same model as ``official``)."""
+    from tests.support.wan22_tiny import (
+        build_ti2v_components,
+        save_ti2v_diffusers,
+        save_ti2v_official,
+        with_published_latent_stats,
+    )
 
+    root = tmp_path_factory.mktemp("ti2v")
     comps = build_ti2v_components()
-    return dict(comps=comps, diffusers=save_ti2v_diffusers(comps, str(tmp_path_factory.mktemp("ti2v") / "diffusers")))
+    diffusers = save_ti2v_diffusers(comps, str(root / "diffusers"))
+    return dict(comps=comps, diffusers=diffusers, official=save_ti2v_official(comps, str(root / "official")),
+                diffusers_published=with_published_latent_stats(diffusers, str(root / "diffusers-published")))
 
 
 @pytest.fixture(scope="session")

@@ -145,6 +145,12 @@ class CachePolicy:
     def needs_probe(self) -> bool:
         return False
 
+    def planned_skips(self, num_steps: int, branches: list[str]) -> dict | None:
+        """branch -> the steps this policy will skip, where its decisions are known before sampling (they depend on
+        no activation); None where they are not. A hint (a model that places weights plans its trades with it,
+        families/wan22.py), never a decision."""
+        return None
+
     # -- joint branch synchronisation -------------------------------------------------------------------------
     def skip_key(self, d: Decision) -> float:
         """The scalar whose maximum over branches and ranks decides a joint step: the accumulated error when the

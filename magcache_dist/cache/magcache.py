@@ -162,6 +162,10 @@ class MagCachePolicy(AccumulatedErrorPolicy):
         err = bs.acc_err + (abs(1.0 - ratio) if self.rule.abs_error else 1.0 - ratio)
         return self.decide(bs, step, err, ratio)
 
+    def planned_skips(self, num_steps: int, branches: list[str]) -> dict | None:
+        """The schedule its precomputed ratios decide (``skip_schedule``: the same rule, no tensors)."""
+        return skip_schedule(self, num_steps, branches)["skipped_steps"]
+
     def describe(self) -> dict:
         return dict(policy="magcache", source=self.source, rule=self.rule.name, branch_sync=self.branch_sync,
                     thresh=self.cfg.thresh, K=self.cfg.K, retention=self.cfg.retention,

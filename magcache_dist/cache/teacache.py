@@ -55,7 +55,7 @@ def polyval(coefficients, x: float) -> float:
 
 def modulated_input(model, tokens: torch.Tensor, ctx) -> torch.Tensor:
     """The first block's self-attention input norm1(x) * (1 + scale) + shift, fp32 [B, L, D]."""
-    block = model.blocks[0]
+    block = model.first_block(ctx)  # a two-expert model's: the expert of this call
     e = (block.modulation.float() + ctx.e0).chunk(6, dim=1)  # 6 x [B, 1, D]
     return block.norm1(tokens).float() * (1 + e[1]) + e[0]
 

@@ -53,8 +53,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("wan2.2-i2v-a14b", WAN22, "wan2.2-i2v-a14b", layouts=("official", "diffusers")),
     ModelSpec("tiny-wan22-t2v", WAN22, "wan2.2-t2v-a14b", layouts=("official", "diffusers")),
     ModelSpec("tiny-wan22-i2v", WAN22, "wan2.2-i2v-a14b", layouts=("official", "diffusers")),
-    ModelSpec("wan2.2-ti2v-5b", WAN22_TI2V, "wan2.2-ti2v-5b-t2v", layouts=("diffusers",)),
-    ModelSpec("tiny-wan22-ti2v", WAN22_TI2V, "wan2.2-ti2v-5b-t2v", layouts=("diffusers",)),
+    ModelSpec("wan2.2-ti2v-5b", WAN22_TI2V, "wan2.2-ti2v-5b-t2v", layouts=("official", "diffusers")),
+    ModelSpec("tiny-wan22-ti2v", WAN22_TI2V, "wan2.2-ti2v-5b-t2v", layouts=("official", "diffusers")),
     ModelSpec("flux.1-dev", FLUX, "flux.1-dev"),
     ModelSpec("flux.1-schnell", FLUX, None),  # no published ratios for schnell
     ModelSpec("flux.1-dev-tiny", FLUX, "flux.1-dev", embedded=True, layouts=()),

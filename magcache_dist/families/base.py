@@ -200,6 +200,13 @@ class ModelFamily:
         cuts = sorted(set(cuts))
         return ChunkTiles(lambda i: self.decode(latents[:, :, cuts[i]:cuts[i + 1]], model), len(cuts) - 1)
 
+    band_decode = False  # its VAE decodes in row bands with halo exchange (magcache_dist/parallel/vae_bands.py)
+
+    def band_decoder(self, latents: torch.Tensor, model):
+        """The whole decode (``vae.tiling=false``) run in row bands, one per rank (a ``vae_bands.BandDecode``);
+        families with ``band_decode`` define it."""
+        raise NotImplementedError
+
     # ---- cache defaults ----------------------------------------------------------------------------------
     def default_preset(self) -> str | None:
         """The MagCache preset used when neither a preset nor a ratios file is given (the registry's)."""

@@ -426,3 +426,12 @@ class WanFamily(ModelFamily):
 
         vae, z = self._decode_input(latents, model, tiled=True)
         return Finished(WanTiles(vae, z), lambda v: v.float().clamp(-1, 1))
+
+    band_decode = True
+
+    def band_decoder(self, latents, model):
+        """The whole decode of AutoencoderKLWan in row bands with halo exchange (parallel/vae_bands.py)."""
+        from magcache_dist.parallel.vae_bands import BandDecode
+
+        vae, z = self._decode_input(latents, model, tiled=False)
+        return BandDecode(vae, z, lambda v: v.float().clamp(-1, 1))

@@ -31,6 +31,9 @@ class Comm:
     def all_to_all(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]: ...
     def ring_shift(self, t: torch.Tensor) -> torch.Tensor:
         """Send t to rank+1, return what rank-1 sent (same shape and dtype)."""
+    def exchange_edges(self, top: torch.Tensor, bottom: torch.Tensor) -> tuple:
+        """Neighbours in rank order (not a ring): send ``top`` to rank-1 and ``bottom`` to rank+1; return (rank-1's
+        ``bottom``, rank+1's ``top``), None at the ends. Every rank sends the same shapes (halo rows)."""
     def broadcast_object(self, obj, src: int = 0): ...
     def gather_objects(self, obj) -> list:
         """Every rank's picklable object, in rank order, on every rank."""
@@ -62,6 +65,9 @@ class SoloComm(Comm):
 
     def ring_shift(self, t):
         return t
+
+    def exchange_edges(self, top, bottom):
+        return None, None
 
     def broadcast_object(self, obj, src=0):
         return obj
@@ -113,6 +119,24 @@ class DistComm(Comm):
         for r in reqs:
             r.wait()
         return out
+
+    def exchange_edges(self, top, bottom):
+        top, bottom = top.contiguous(), bottom.contiguous()
+        ops, above, below = [], None, None
+        if self.rank > 0:
+            prv = self.ranks[self.rank - 1]
+            above = torch.empty_like(bottom)
+            ops += [dist.P2POp(dist.isend, top, prv, group=self.group),
+                    dist.P2POp(dist.irecv, above, prv, group=self.group)]
+        if self.rank < self.size - 1:
+            nxt = self.ranks[self.rank + 1]
+            below = torch.empty_like(top)
+            ops += [dist.P2POp(dist.isend, bottom, nxt, group=self.group),
+                    dist.P2POp(dist.irecv, below, nxt, group=self.group)]
+        self._count(_nbytes(top) * (self.rank > 0) + _nbytes(bottom) * (self.rank < self.size - 1))
+        for r in dist.batch_isend_irecv(ops) if ops else []:
+            r.wait()
+        return above, below
 
     def broadcast_object(self, obj, src=0):
         box = [obj]
@@ -173,6 +197,12 @@ class ThreadComm(Comm):
     def ring_shift(self, t):
         self._count(_nbytes(t))
         return self._exchange(t.clone())[(self.rank - 1) % self.size]
+
+    def exchange_edges(self, top, bottom):
+        self._count(_nbytes(top) * (self.rank > 0) + _nbytes(bottom) * (self.rank < self.size - 1))
+        got = self._exchange((top.clone(), bottom.clone()))
+        return (got[self.rank - 1][1] if self.rank > 0 else None,
+                got[self.rank + 1][0] if self.rank < self.size - 1 else None)
 
     def broadcast_object(self, obj, src=0):
         return pickle.loads(pickle.dumps(self._exchange(obj)[src]))

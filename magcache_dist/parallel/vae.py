@@ -6,8 +6,9 @@ each in spatial tiles) and AutoencoderKL (FLUX, spatial tiles), and Open-Sora's 
 is the unit of work: tile ``u`` goes to rank ``u % N``; after each round (one tile per rank) the round's tiles move
 to rank 0's host memory (``Comm.gather_to``), and rank 0 blends them exactly as the single-rank tiled decode does,
 with the same in-place ramps in the same order. So the result is bit-equal to the single-rank tiled decode of the
-same VAE (same tiles, same arithmetic per tile), for any N; this is also why a job on more than one rank decodes in
-tiles whatever ``vae.tiling`` says (the tiled mode), unless ``vae.parallel=false`` keeps the decode on rank 0.
+same VAE (same tiles, same arithmetic per tile), for any N; this is also why a job on more than one rank that takes
+this route decodes in tiles whatever ``vae.tiling`` says (the tiled mode), unless ``vae.parallel=false`` keeps the
+decode on rank 0. The Wan VAEs' whole decode takes the row bands instead (parallel/vae_bands.py, ``vae.split``).
 
 Memory per rank: the VAE's weights plus one tile's activations on the device (a decoded tile leaves the device
 before the next starts); on the host, rank 0 ends with every tile (the video and its overlaps), any other rank

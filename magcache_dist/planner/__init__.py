@@ -20,6 +20,7 @@ from magcache_dist.io.atomic import atomic_write_text
 from magcache_dist.planner.cost import DTYPE_BYTES, estimate, memory_per_rank, ring_path, token_layout
 from magcache_dist.planner.phases import job_phases
 from magcache_dist.planner.profiles import load_profile
+from magcache_dist.planner.switch import resident_params, switch_cost
 
 GB = 1e9
 
@@ -70,7 +71,19 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
     est = estimate(fig, dims, profile, dtype=cfg.model.dtype, latent=latent, num_steps=scfg.num_steps,
                    calls_per_rank=calls, guard=cfg.cache.consensus_guard, branches=len(mine), prepared=prepared)
     resident = resident_experts(fig, cfg, profile)
-    n_params = fig.params * resident
+    n_params = resident_params(fig, resident)  # one resident: plus the other's embeddings and head
+    videos = num_videos(cfg, job)
+    group_videos = -(-videos // dims.dp_degree)
+    announced = cfg.cache.mode == "magcache"  # MagCachePolicy.planned_skips: the trade follows the schedule
+    switch = switch_cost(fig, profile, DTYPE_BYTES[cfg.model.dtype], est["time_s"], calls, scfg.switch_step,
+                         resident, group_videos, announced)
+    if switch and switch["exposed_s_per_video"]:  # the copies the compute waits for (planner/switch.py)
+        t = est["time_s"]
+        full = switch_cost(fig, profile, DTYPE_BYTES[cfg.model.dtype], t, [(s, True) for s, _ in calls],
+                           scfg.switch_step, resident, group_videos, announced)
+        t.update(expert_switch=switch["exposed_s_per_video"], sampling=t["sampling"] + switch["exposed_s_per_video"],
+                 sampling_without_cache=t["sampling_without_cache"] + full["exposed_s_per_video"])
+        t["speedup"] = t["sampling_without_cache"] / t["sampling"]
     # parallel.fsdp: every block sharded over the sequence-parallel group (magcache_dist/parallel/fsdp.py); the
     # blocks are nearly all of the weights, so about 1/N of them per rank, plus the one block gathered at a time
     held = (-(-n_params // dims.sp_degree) + fig.params // fig.num_layers) if cfg.parallel.fsdp else n_params
@@ -79,7 +92,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
                           DTYPE_BYTES[cfg.model.dtype], latent[0] * latent[1] * latent[2] * latent[3], cached,
                           prepared_branches=len(mine) if prepared else 0, ring=ring_path(profile))
     phases = phase_memory(cfg, family, mem)
-    job_plan = job_phases(cfg, family, dims, profile, est["time_s"]["sampling"], mem, num_videos(cfg, job))
+    job_plan = job_phases(cfg, family, dims, profile, est["time_s"]["sampling"], mem, videos)
     fits = job_plan["peak_bytes"] <= profile.memory_capacity
     return dict(
         model=cfg.model.name, dtype=cfg.model.dtype, params=fig.params * fig.experts,
@@ -91,7 +104,7 @@ def plan_job(cfg: JobConfig, job=None) -> dict:
         per_rank=dict(**est, memory_bytes=mem, phase_memory_bytes=phases, fits_in_memory=fits),
         gpus_needed=gpus_needed(cfg, family, fig, latent, dims, profile, phases, cached, len(mine) if prepared else 0,
                                 resident),
-        experts=(dict(count=fig.experts, resident=resident, switch_step=scfg.switch_step,
+        experts=(dict(count=fig.experts, resident=resident, switch_step=scfg.switch_step, switch=switch,
                       guidance=[scfg.guidance, scfg.guidance_2 if scfg.guidance_2 is not None else scfg.guidance])
                  if fig.experts > 1 else None),
         job=job_plan,
@@ -141,7 +154,7 @@ def gpus_needed(cfg: JobConfig, family, fig, latent, dims, profile, phases: dict
         u = max(d for d in range(1, sp + 1) if sp % d == 0 and heads % d == 0)
         d = dataclasses.replace(dims, ulysses_degree=u, ring_degree=sp // u, dp_degree=1)
         _, chunk, padded = token_layout(fig, latent, sp)
-        held = fig.params * resident if not cfg.parallel.fsdp else -(-fig.params * resident // sp)
+        held = resident_params(fig, resident) if not cfg.parallel.fsdp else -(-fig.params * resident // sp)
         m = memory_per_rank(fig, held, chunk, padded, d, b, math.prod(latent), cached,
                             prepared_branches=prepared, ring=ring_path(profile))
         if max(m["total"], extra) <= profile.memory_capacity:
@@ -180,7 +193,8 @@ def format_plan(p: dict) -> str:
         *([f"  experts: {p['experts']['count']} (high-noise, then low-noise from step {p['experts']['switch_step']}; "
            f"guidance {p['experts']['guidance'][0]} / {p['experts']['guidance'][1]}); "
            + ("both resident" if p["experts"]["resident"] == p["experts"]["count"] else
-              "one resident, the other in host memory until the switch")] if p.get("experts") else []),
+              "one resident, the other in host memory until the switch" + format_switch(p["experts"]["switch"]))]
+          if p.get("experts") else []),
         "  bytes sent per rank per computed call: " + ", ".join(
             f"{k} {v / 1e6:.2f} MB" for k, v in r["comm_bytes_per_computed_step_per_branch"].items()),
         "  bytes sent per rank, whole job: " + ", ".join(
@@ -195,13 +209,27 @@ def format_plan(p: dict) -> str:
     return "\n".join(lines)
 
 
+def format_switch(sw: dict | None) -> str:
+    if not sw or sw.get("mode") != "one resident":
+        return ""
+    how = "prefetched during the high-noise expert's last computed call" if sw["switch"]["prefetched"] else \
+        "streamed into the first low-noise call (the last high-noise call is skipped)"
+    return (f"; each switch trades {sw['trade_bytes'] / GB:.1f} GB over the host link in {sw['trade_s']:.2f} s, "
+            f"{how}: {sw['switch']['exposed_s']:.2f} s exposed, {sw['switch']['hidden_s']:.2f} s hidden; "
+            f"{sw['exposed_s_per_video']:.2f} s exposed per video with the trades back; host memory "
+            f"{sw['host_bytes'] / GB:.1f} GB pinned per rank")
+
+
 def format_phases(j: dict) -> list[str]:
     ph, v, pl = j["phases"], j["per_video"], j["prompt_list"]
     d = ph["decode"]
     lines = ["  phases per rank (first video): " + ", ".join(
         f"{k} {ph[k]['s']:.3g} s / {ph[k]['peak_bytes'] / GB:.2f} GB" for k in ("load", "encode", "sample", "decode",
                                                                                 "write")),
-             f"  decode: {d['tiles']} tiles in {d['rounds']} round(s) over {d['ranks']} rank(s), compute "
+             (f"  decode: {d['bands']} row bands with halo exchange (band {d['band_compute_s']:.3g} s, exchanges "
+              f"{d['exchange_s']:.3g} s, gather to rank 0 {d['gather_s']:.3g} s), compute "
+              if d.get("split") == "patches"
+              else f"  decode: {d['tiles']} tiles in {d['rounds']} round(s) over {d['ranks']} rank(s), compute ") +
              f"{d['compute_s']:.3g} s (one rank: whole {d['whole_single_rank_s']:.3g} s, tiled "
              f"{d['tiled_single_rank_s'] or 0:.3g} s); DiT "
              f"{'stays on the device' if d['dit_on_device'] else 'moved to the host and back'}",

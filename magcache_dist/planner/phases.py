@@ -6,9 +6,10 @@ phase.
 - load: ``read_seconds``: the bytes the node's storage serves over the profile's ``storage_bandwidth`` plus the
   bytes this rank copies out of the page cache into its tensors over ``host_read_bandwidth`` (plus, on a GPU, the
   bytes it keeps over ``host_link_bandwidth``). The loader (models/loading.py) reads every tensor whole on every
-  rank, FSDP or not (a sharded parameter is sliced after the read), and every rank of a node reads the same file:
-  the page cache serves it to all of them, so the storage reads it once per node (measured here: 2 readers of one
-  file take as long as one, 2 readers of 2 files twice as long), while each rank pays its own copy.
+  rank (under ``parallel.fsdp`` only this rank's rows of a sharded parameter), and every rank of a node reads the
+  same file: the page cache serves it to all of them, so the storage reads it once per node (measured here: 2
+  readers of one file take as long as one, 2 readers of 2 files twice as long), while each rank pays its own copy,
+  the node's ranks together at most at ``node_host_read_bandwidth`` when the profile gives one.
 - encode: every encoder read once per job (``read_seconds`` as the load) and run on the group's prompts (2 x the
   parameters its matrix products use x text tokens per prompt and branch, at the GEMM rate of
   ``text_encoder.dtype``; a token embedding is a lookup, not counted). The DiT is not on the device yet
@@ -20,6 +21,11 @@ phase.
   of a frame-by-frame VAE is one call per latent frame): what small tiles cost beyond their FLOPs (measured by
   magcache_dist.planner.measure). The peak: the VAE's weights and one tile's activations, plus the DiT when it
   stays on the device (it does when both fit in 90% of the device memory).
+  On the row-band route (the Wan VAEs' whole decode, magcache_dist/decode.py ``decode_route``): the tallest band's
+  share of the whole decode, its decoder calls (``vae_pass_s`` each, as the whole frame's), the halo rows and the
+  middle block's keys/values exchanged and the bands gathered to rank 0 at the link bandwidth
+  (``decode.band_decode_seconds``); the peak: the VAE's weights and one band's activations
+  (``decode.band_peak_bytes``).
 - write: the mp4 writer's start-up ``write_start_s`` plus the video's pixels (frames x height x width) over
   ``write_pixels_per_s``, host CPU time including the ffmpeg process, plus ``write_fork_s_per_byte`` per byte rank 0
   holds in host memory (ffmpeg is started by a fork; measured on the cpu profile; assumptions in the GPU profiles).
@@ -104,7 +110,12 @@ def decode_seconds(cfg, family, profile, ranks: int) -> dict:
     passes = decode_passes(cfg, family)
     per_pass = profile_figure(profile, "vae_pass_s", 0.0) * passes if units else 0.0
     v = cfg.video
-    whole = ((1 if family.image_model else v.frames) * v.height * v.width * fpp / rate + per_pass) if units else 0.0
+    flops_s = (1 if family.image_model else v.frames) * v.height * v.width * fpp / rate if units else 0.0
+    whole = flops_s + per_pass
+    from magcache_dist.decode import band_decode_seconds, decode_route
+
+    if units and decode_route(cfg, family, ranks)[0] == "patches":  # row bands with halo exchange
+        return band_decode_seconds(cfg, family, profile, ranks, flops_s, per_pass)
     parallel = cfg.vae.parallel and ranks > 1
     if not parallel and not cfg.vae.tiling:
         return dict(compute_s=whole, whole_single_rank_s=whole, tiled_single_rank_s=None, tiles=1 if units else 0,
@@ -132,8 +143,11 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
     te_rate = profile.gemm_rate(te_dtype if te_dtype in profile.peak_flops else "float32", fig.text_tokens)
     enc_compute = sum(2 * p * fig.text_tokens * branches for p in family.encoder_matmul_params().values())  # a prompt
     enc_bytes = sum(encoders.values()) * te_b
-    # the DiT's checkpoint: every rank reads all of it (every expert), FSDP or not; it keeps mem["weights"]
+    # the DiT's checkpoint (every expert): every rank reads all of it, or under parallel.fsdp only its rows of each
+    # sharded parameter (models/loading.py local_rows: about the weights it keeps); a node's storage serves the file
+    # once, or under FSDP the rows of its ranks
     dit_bytes = fig.params * fig.experts * DTYPE_BYTES[cfg.model.dtype]
+    rank_read = min(dit_bytes, mem["weights"]) if cfg.parallel.fsdp else dit_bytes
     on_device = cfg.text_encoder.device != "cpu"
 
     dec = decode_seconds(cfg, family, profile, group)
@@ -148,10 +162,11 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
     # every rank of the job loads at its start, so a node's ranks read together (a profile's ranks_per_node: the
     # ranks of one node; none given: the whole job on one node)
     node_ranks = min(dims.world_size, int(profile.extra.get("ranks_per_node", dims.world_size)))
+    node_read = min(dit_bytes, rank_read * node_ranks)
     enc_read_s = read_seconds(enc_bytes, enc_bytes, profile, enc_bytes if on_device else 0, node_ranks)
     phases = dict(
-        load=dict(s=read_seconds(dit_bytes, dit_bytes, profile, mem["weights"], node_ranks), peak_bytes=mem["weights"],
-                  read_bytes=dit_bytes, node_read_bytes=dit_bytes, node_ranks=node_ranks),
+        load=dict(s=read_seconds(rank_read, node_read, profile, mem["weights"], node_ranks), peak_bytes=mem["weights"],
+                  read_bytes=rank_read, node_read_bytes=node_read, node_ranks=node_ranks),
         encode=dict(s=enc_read_s + enc_compute * per_group / te_rate, read_s=enc_read_s,
                     peak_bytes=max(encoders.values(), default=0) * te_b if on_device else 0,
                     read_bytes=enc_bytes, prompts=per_group),

@@ -142,6 +142,8 @@ def finish_call(model, call: _Call, step: int, decision, policy: CachePolicy, st
     branch = call.branch
     policy.commit(state, step, branch, decision)
     if decision.compute:
+        if hasattr(model, "before_blocks"):  # a model that places weights (families/wan22.py PlacedExperts)
+            model.before_blocks(step, branch)
         with _Clock(timings, "blocks"):
             out = model.forward_blocks(call.tokens, call.ctx)
         with _Clock(timings, "cache"):
@@ -217,6 +219,9 @@ def sample(model, noise: torch.Tensor, texts: dict[str, torch.Tensor], sampler: 
     timings = Timings()
     x = noise.float()
     t_start = time.perf_counter()
+    if hasattr(model, "begin_generation"):  # the calls to come, for a model that places weights (PlacedExperts)
+        model.begin_generation(scheduler.timesteps, start_step, mine,
+                               policy.planned_skips(sampler.num_steps, branches))
     with _Clock(timings, "prepare"):
         texts = prepare_conditions(model, texts, mine)
     with torch.no_grad():

@@ -7,6 +7,8 @@ An entry is a ``Bad``: id, overrides, world size, regex for the key, regex for t
 - ``tiny`` (default): tests.support.helpers.job_overrides on the tiny checkpoint with parallel.ulysses_degree=2;
 - ``wan-<task>-<layout>``: the tiny Wan2.1 folder (tests.support.wan_tiny) copied to ``{tmp}/ck`` (a setup may
   remove or edit its files), with ``{image}`` naming its first-frame image;
+- ``wan22-<t2v|i2v>-<layout>``, ``wan22-ti2v-<official|diffusers>``: the tiny Wan2.2 A14B / TI2V-5B folders
+  (tests.support.wan22_tiny), copied to ``{tmp}/ck`` the same way;
 - ``family:<model name>``: a tiny FLUX.1 / HunyuanVideo / Open-Sora job (tests.support.families);
 - ``folder:<tiny-* model name>``: a tiny full-pipeline folder of those families (tests.support.pipelines) copied to
   ``{tmp}/ck`` (a setup may remove or edit its files).
@@ -344,6 +346,40 @@ def _shards_without_index(rel: str) -> Callable:
     return setup
 
 
+def _rename(rel: str, to: str) -> Callable:
+    """A setup renaming ``rel`` of the copied Wan folder to ``to``."""
+    def setup(tmp):
+        os.rename(os.path.join(tmp, "ck", rel), os.path.join(tmp, "ck", to))
+        return []
+    return setup
+
+
+def _edit_pth(rel: str, renames: dict) -> Callable:
+    """A setup renaming keys of a .pth state dict of the copied Wan folder."""
+    def setup(tmp):
+        import torch
+
+        p = os.path.join(tmp, "ck", rel)
+        sd = torch.load(p, weights_only=True)
+        torch.save({renames.get(k, k): v for k, v in sd.items()}, p)
+        return []
+    return setup
+
+
+def _wan21_vae_as(rel: str) -> Callable:
+    """A setup writing a tiny Wan2.1 VAE (Wan2.1_VAE.pth's key names) under the name ``rel``."""
+    def setup(tmp):
+        import torch
+
+        from tests.support.wan_tiny import build_vae, vae_diffusers_to_official_key
+
+        sd = build_vae(0).state_dict()
+        torch.save({vae_diffusers_to_official_key(k): v.contiguous() for k, v in sd.items()},
+                   os.path.join(tmp, "ck", rel))
+        return []
+    return setup
+
+
 def _edit_json(rel: str, **changes) -> Callable:
     """A setup changing fields of a JSON file of the copied Wan folder (``_scale`` multiplies a field by 2)."""
     def setup(tmp):
@@ -401,6 +437,11 @@ WAN = [  # the Wan2.1 checkpoint folders: every file a job needs is named when m
         base="wan-t2v-official"),
     Bad("wan-vae-tile-stride", ["vae.tiling=true", "vae.tile_stride_height=300"], 1,
         r"vae\.tile_height=256 / vae\.tile_stride_height=300", r"need a multiple of 8 >= 16 and 0 < stride <= tile",
+        base="wan-t2v-official"),
+    Bad("wan-vae-split-unknown", ["vae.split=bands"], 2, r"vae\.split='bands' must be one of",
+        r"\['auto', 'patches', 'tiles'\]", base="wan-t2v-official"),
+    Bad("wan-vae-split-patches-tiled", ["vae.split=patches", "vae.tiling=true"], 2,
+        r"vae\.split=patches bands the whole decode", r"vae\.split=tiles or auto\), or set vae\.tiling=false",
         base="wan-t2v-official"),
     Bad("wan-ulysses-does-not-divide-heads", ["parallel.ulysses_degree=8"], 8,
         r"ulysses_degree=8 does not divide num_heads=4",
@@ -639,6 +680,8 @@ HUNYUAN_PIPELINE = [  # HunyuanVideo folders (base folder:tiny-hunyuanvideo)
         r"must be 'auto' or 'cpu'", base="folder:tiny-hunyuanvideo"),
     Bad("hy-vae-tile", ["vae.tiling=true", "vae.tile_width=20"], 1, r"vae\.tile_width=20 / vae\.tile_stride_width=192",
         r"need a multiple of 8 >= 16", base="folder:tiny-hunyuanvideo"),
+    Bad("hy-vae-split-patches", ["vae.split=patches"], 2, r"vae\.split=patches: tiny-hunyuanvideo's VAE",
+        r"use vae\.split=auto or vae\.split=tiles", base="folder:tiny-hunyuanvideo"),
 ]
 
 OPENSORA_PIPELINE = [  # Open-Sora 1.2 folders (base folder:tiny-opensora)
@@ -742,9 +785,23 @@ WAN22 = [  # Wan2.2 A14B folders (two experts): base ``wan22-<task>-<layout>`` (
     Bad("wan22-ti2v-wan21-vae", [], 1, r"vae/config\.json describes a VAE with z_dim=16 and 8x spatial compression",
         r"needs the Wan2\.2 VAE \(z_dim=48, 16x\)", _edit_json("vae/config.json", z_dim=16, scale_factor_spatial=8),
         "wan22-ti2v-diffusers"),
-    Bad("wan22-ti2v-official-layout", ["model.layout=official"], 1,
-        r"is the official layout; model\.name='tiny-wan22-ti2v'",
-        r"point ckpt_dir at Wan-AI/Wan2\.2-TI2V-5B-Diffusers", base="wan22-ti2v-diffusers"),
+    Bad("wan22-ti2v-official-wan21-vae", [], 1,
+        r"holds Wan2\.1_VAE\.pth \(the Wan2\.1 VAE: 16 latent channels, 8x\) and no Wan2\.2_VAE\.pth",
+        r"copy Wan2\.2_VAE\.pth of the Wan2\.2-TI2V-5B release into ckpt_dir",
+        _rename("Wan2.2_VAE.pth", "Wan2.1_VAE.pth"), "wan22-ti2v-official"),
+    Bad("wan22-ti2v-official-missing-vae", [], 1, r"missing VAE 'Wan2\.2_VAE\.pth'",
+        r"copy the complete Wan2\.2-TI2V-5B release", _remove("Wan2.2_VAE.pth"), "wan22-ti2v-official"),
+    Bad("wan22-ti2v-official-vae-keys", [], 1,
+        r"Wan2\.2_VAE\.pth: keys do not match the Wan2\.2 VAE: missing keys \['decoder\.head\.2\.bias'\] \(1\), "
+        r"unexpected keys \['decoder\.head\.3\.bias'\] \(1\)",
+        r"is this the Wan2\.2-TI2V-5B release's Wan2\.2_VAE\.pth\?",
+        _edit_pth("Wan2.2_VAE.pth", {"decoder.head.2.bias": "decoder.head.3.bias"}), "wan22-ti2v-official"),
+    Bad("wan22-ti2v-official-vae-is-wan21", [], 1,
+        r"Wan2\.2_VAE\.pth: keys do not match the Wan2\.2 VAE: missing keys \[.*\] \(\d+\), unexpected keys",
+        r"it holds the Wan2\.1 VAE's keys \(Wan2\.1_VAE\.pth: 16 latent channels, 8x\); copy Wan2\.2_VAE\.pth",
+        _wan21_vae_as("Wan2.2_VAE.pth"), "wan22-ti2v-official"),
+    Bad("wan22-ti2v-official-dit-config", [], 1, r"holds a DiT with dim=128 .*\(config\.json\)",
+        r"set model\.name to the checkpoint's model", _edit_json("config.json", dim=128), "wan22-ti2v-official"),
     Bad("wan22-ti2v-image-missing", ["image={tmp}/none.png"], 1, r"image='.*none\.png' does not exist",
         r"does not exist",
         base="wan22-ti2v-diffusers"),

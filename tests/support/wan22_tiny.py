@@ -153,6 +153,92 @@ def save_ti2v_diffusers(comps: dict, root: str) -> str:
     return root
 
 
+# ---- TI2V-5B's official layout (Wan-AI/Wan2.2-TI2V-5B) ----------------------------------------------------------
+# Facts of the official Wan2.2 VAE (Wan-Video/Wan2.2 wan/modules/vae2_2.py) used to name the tiny VAE's tensors the
+# official way, written from the diffusers side and independently of the library's rule table
+# (models/wan_components.py vae22_rules), so a test through both checks one against the other:
+# - quant_conv / post_quant_conv are the top-level conv1 / conv2; an encoder's or decoder's conv_in is its conv1,
+#   norm_out / conv_out its head.0 / head.2; mid_block.resnets.0 / .1 and attentions.0 are middle.0 / .2 and .1;
+# - a residual block's norm1, conv1, norm2, conv2, conv_shortcut are residual.0, .2, .3, .6 and shortcut;
+# - encoder level L (Down_ResidualBlock) is downsamples.L; its blocks are downsamples.L.downsamples.j and its
+#   resampler (diffusers' downsampler) the next entry of that list, downsamples.L.downsamples.<num_res_blocks>;
+# - decoder level L (Up_ResidualBlock) is upsamples.L with upsamples.L.upsamples.j, j <= num_res_blocks, and its
+#   resampler (diffusers' upsampler) at upsamples.L.upsamples.<num_res_blocks + 1>.
+_VAE22_RESNET = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+                 "conv_shortcut": "shortcut"}
+
+
+def vae22_diffusers_to_official_key(key: str, num_res_blocks: int) -> str:
+    top = {"quant_conv": "conv1", "post_quant_conv": "conv2"}
+    head, _, rest = key.partition(".")
+    if head in top:
+        return f"{top[head]}.{rest}"
+    side, parts = head, rest.split(".")
+    if parts[0] in ("conv_in", "norm_out", "conv_out"):
+        name = {"conv_in": "conv1", "norm_out": "head.0", "conv_out": "head.2"}[parts[0]]
+        return ".".join([side, name, *parts[1:]])
+    if parts[0] == "mid_block":
+        if parts[1] == "attentions":
+            return ".".join([side, "middle", "1", *parts[3:]])
+        return ".".join([side, "middle", str(2 * int(parts[2])), _VAE22_RESNET[parts[3]], *parts[4:]])
+    level = {"down_blocks": ("downsamples", "downsampler", num_res_blocks),
+             "up_blocks": ("upsamples", "upsampler", num_res_blocks + 1)}
+    outer, sampler, last = level[parts[0]]
+    if parts[2] == "resnets":
+        return ".".join([side, outer, parts[1], outer, parts[3], _VAE22_RESNET[parts[4]], *parts[5:]])
+    assert parts[2] == sampler, key
+    return ".".join([side, outer, parts[1], outer, str(last), *parts[3:]])
+
+
+def official_ti2v_config(cfg) -> dict:
+    """The official TI2V-5B DiT config.json (its fields; the release's: model_type ti2v, dim 3072, 24 heads ...)."""
+    return dict(_class_name="WanModel", model_type="ti2v", patch_size=list(cfg.patch_size), text_len=cfg.text_len,
+                in_dim=cfg.in_dim, dim=cfg.dim, ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim,
+                out_dim=cfg.out_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers, window_size=[-1, -1],
+                qk_norm=True, cross_attn_norm=True, eps=cfg.eps)
+
+
+def save_ti2v_official(comps: dict, root: str, shards: int = 2) -> str:
+    """The official TI2V-5B layout: the DiT in Wan's key names as ``shards`` safetensors shards with their index json
+    (the release has 3) and config.json, the umT5 .pth, ``google/umt5-xxl/`` and ``Wan2.2_VAE.pth`` (the diffusers
+    VAE's tensors under the official names above)."""
+    os.makedirs(root, exist_ok=True)
+    sd = {k: v.contiguous() for k, v in comps["dit"].state_dict().items()}
+    keys, weight_map = list(sd), {}
+    for i in range(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]
+        save_file({k: sd[k] for k in part}, os.path.join(root, name))
+        weight_map.update({k: name for k in part})
+    with open(os.path.join(root, "diffusion_pytorch_model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    with open(os.path.join(root, "config.json"), "w") as f:
+        json.dump(official_ti2v_config(comps["dit"].cfg), f)
+    torch.save(t5_hf_to_official(comps["t5"].state_dict()), os.path.join(root, "models_t5_umt5-xxl-enc-bf16.pth"))
+    comps["tokenizer"].save_pretrained(os.path.join(root, "google", "umt5-xxl"))
+    n = comps["vae"].config.num_res_blocks
+    torch.save({vae22_diffusers_to_official_key(k, n): v.contiguous() for k, v in comps["vae"].state_dict().items()},
+               os.path.join(root, "Wan2.2_VAE.pth"))
+    return root
+
+
+def with_published_latent_stats(folder: str, root: str) -> str:
+    """A copy of a TI2V diffusers folder whose vae/config.json carries the released latent mean / std (what the
+    official layout, which has no VAE config, is read with)."""
+    import shutil
+
+    from models.wan_components import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+
+    shutil.copytree(folder, root)
+    path = os.path.join(root, "vae", "config.json")
+    with open(path) as f:
+        c = json.load(f)
+    c.update(latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD))
+    with open(path, "w") as f:
+        json.dump(c, f)
+    return root
+
+
 def ti2v_overrides(ckpt_dir: str, out: str, *extra: str) -> list[str]:
     o = ["model.name=tiny-wan22-ti2v", f"ckpt_dir={ckpt_dir}", f"output_dir={out}", "progress=false",
          "model.dtype=float32", "text_encoder.dtype=float32", "vae.dtype=float32", "sampler.num_steps=8",

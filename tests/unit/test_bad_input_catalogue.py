@@ -31,8 +31,9 @@ def _base(entry, tmp: str, request) -> tuple[list[str], dict]:
         ckpt = os.path.join(tmp, "tiny.safetensors")
         os.symlink(request.getfixturevalue("tiny_ckpt"), ckpt)
         return job_overrides(ckpt, out, "parallel.ulysses_degree=2"), {}
-    if entry.base == "wan22-ti2v-diffusers":
-        shutil.copytree(request.getfixturevalue("ti2v_ckpt")["diffusers"], os.path.join(tmp, "ck"))
+    if entry.base.startswith("wan22-ti2v-"):
+        layout = entry.base.rsplit("-", 1)[1]
+        shutil.copytree(request.getfixturevalue("ti2v_ckpt")[layout], os.path.join(tmp, "ck"))
         image = request.getfixturevalue("wan22_ckpts")["image"]
         return ti2v_overrides(os.path.join(tmp, "ck"), out), {"image": image}
     if entry.base.startswith("wan22-"):

@@ -19,9 +19,16 @@ def test_every_step_runs_at_toy_size(tmp_path, capsys):
     t = res["ti2v"]
     assert t["off"]["computed"] == t["off"]["calls"] == 12 and t["magcache"]["computed"] <= 12
     assert t["vae_decode"]["shape"] == [1, 3, 5, 64, 64]
-    assert [(m["away"], m["brought"]) for m in res["switch"]["trades"]] == [("high", "low"), ("low", "high")]
+    sw = res["switch"]
+    assert [(m["away"], m["brought"], m["during"]) for m in sw["trades"]] == \
+        [("high", "low", 2), ("low", "high", 0), ("high", "low", 0), ("low", "high", 0), ("high", "low", 0)]
+    assert [m["at_use"] for m in sw["trades"]] == [0, 2, 2, 2, 2]
+    assert sw["outputs_equal"] == dict(prefetched=True, streamed=True, synchronous=True)
     d = res["decode"]  # the tiles dealt over ranks reproduce diffusers' tiled decode (fp32, CPU: bit for bit)
     assert d["tiles"] == 9 and d["max_abs_diff"] == 0.0 and d["decode_s_on_ranks"]["8"] <= d["decode_s_on_ranks"]["1"]
+    b = d["bands"]["ranks"]  # the whole decode in row bands with halo exchange: diffusers' whole decode within 1e-4
+    assert all(b[n]["max_abs_diff"] <= 1e-4 and b[n]["rank0_band_s"] > 0 for n in ("2", "3"))
+    assert b["3"]["band_latent_rows"] == [3, 2, 2] and b["3"]["band_shape"] == [1, 3, 5, 24, 72]
     assert res["profile"]["measured"]["peak_flops"]["float32"] > 0
     assert json.loads((tmp_path / "gpu_profile.json").read_text())["name"] == "gpu-measured"
     s = res["sample"]

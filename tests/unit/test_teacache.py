@@ -16,7 +16,8 @@ D = 8
 
 def identity_probe(value: float):
     """A probe whose modulated input is exactly ``value`` everywhere: zero modulation and norm1 = identity."""
-    model = SimpleNamespace(blocks=[SimpleNamespace(modulation=torch.zeros(1, 6, D), norm1=lambda x: x)])
+    block = SimpleNamespace(modulation=torch.zeros(1, 6, D), norm1=lambda x: x)
+    model = SimpleNamespace(first_block=lambda ctx: block)
     ctx = SimpleNamespace(e0=torch.zeros(1, 6, D))
     return model, torch.full((1, 4, D), float(value)), ctx
 

@@ -7,6 +7,7 @@
   plan's steps with one state over both experts;
 - the planner and the dry run know both experts.
 """
+import json
 import os
 
 import numpy as np
@@ -154,7 +155,9 @@ def test_dry_run_plans_both_experts(wan22_ckpts):
     assert p["experts"]["guidance"] == [4.0, 3.0]
     # real size, planned: fp32 on an 80 GB H100 cannot hold both 14B experts (2.2 x 57 GB): one stays on the host;
     # bf16 (28.6 GB each) keeps both; FSDP over 8 ranks holds an eighth of both
-    for extra, resident, weights in ((["model.dtype=float32", "parallel.fsdp=false"], 1, 4 * fig_a14b()),
+    # one resident: that expert plus the other's embeddings and head (40 blocks of 351,394,304 parameters each)
+    for extra, resident, weights in ((["model.dtype=float32", "parallel.fsdp=false"], 1,
+                                      4 * (2 * fig_a14b() - 40 * 351_394_304)),
                                      (["parallel.fsdp=false"], 2, 2 * 2 * fig_a14b()),
                                      ([], 2, 2 * (2 * fig_a14b() / 8 + fig_a14b() // 40))):  # + the block gathered
         cfg = load_config(os.path.join(ROOT, "configs", "wan2.2-t2v-a14b-720p.yaml"), ["planner.device=h100", *extra])
@@ -162,6 +165,11 @@ def test_dry_run_plans_both_experts(wan22_ckpts):
         assert p["experts"]["resident"] == resident and p["experts"]["switch_step"] == 26
         assert abs(p["per_rank"]["memory_bytes"]["weights"] - weights) <= 8, (extra, p["per_rank"]["memory_bytes"])
         assert ("both resident" if resident == 2 else "one resident") in format_plan(p)
+        sw = p["experts"]["switch"]
+        assert sw["mode"] == ("both resident" if resident == 2 else "one resident")
+        if resident == 1:  # 2 x 40 blocks of 1.41 GB over the host link, during step 24 (the preset skips 25)
+            assert sw["trade_bytes"] == 2 * 40 * 4 * 351_394_304 and sw["switch"]["prefetched"]
+            assert 0 <= sw["switch"]["exposed_s"] <= sw["trade_s"] and "prefetched during" in format_plan(p)
 
 
 def fig_a14b() -> int:
@@ -228,7 +236,8 @@ def test_shipped_configs_carry_the_published_settings(name, task, res, shift, gu
 
 def test_offloaded_expert_trades_places_at_the_switch(wan22_ckpts, tmp_path, monkeypatch):
     """Without FSDP on a device that cannot hold both experts, the low-noise expert waits in host memory and the
-    two trade places once, at the switch, before the low-noise expert's first call; the video is the same."""
+    two trade places block by block at the switch (families/expert_swap.py; the order and the overlap are
+    tests/unit/test_expert_swap.py's): every low-noise call finds its expert in the slots; the video is the same."""
     from magcache_dist.families import wan22
 
     cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / "ref"),
@@ -236,10 +245,8 @@ def test_offloaded_expert_trades_places_at_the_switch(wan22_ckpts, tmp_path, mon
     run_job(cfg, solo_context())
     ref = torch.load(tmp_path / "ref" / "latents.pt", weights_only=True)
 
-    log, built = [], []
+    built = []
     monkeypatch.setattr(wan22, "experts_fit", lambda device, nbytes: False)  # as on a small GPU
-    monkeypatch.setattr(wan22.PlacedExperts, "move", lambda self, module, where: log.append(
-        ("high" if module is self.high else "low", str(where), len(self.moves))))
     build = wan22.Wan22Family.build
 
     def tracking_build(self, device, weights=True):
@@ -248,24 +255,28 @@ def test_offloaded_expert_trades_places_at_the_switch(wan22_ckpts, tmp_path, mon
         return model, enc
 
     monkeypatch.setattr(wan22.Wan22Family, "build", tracking_build)
-    embed = WanExperts.embed
+    blocks = WanExperts.forward_blocks
     calls = []
-    def logging_embed(self, x, t, context):
-        out = embed(self, x, t, context)
-        calls.append((self.resident, out[1].expert))  # on the device when the call's expert embeds
-        return out
 
-    monkeypatch.setattr(WanExperts, "embed", logging_embed)
+    def logging_blocks(self, tokens, ctx):  # a computed call, its slots placed: whose blocks are in them
+        calls.append((self.swap.resident_blocks()[ctx.expert], ctx.expert))
+        return blocks(self, tokens, ctx)
+
+    monkeypatch.setattr(WanExperts, "forward_blocks", logging_blocks)
     cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / "off"),
                                             "save_video=false"))
     run_job(cfg, solo_context())
     model = built[0]
-    assert model._offload_to == "cpu" and model.resident == "low"
-    assert log == [("high", "cpu", 0), ("low", "cpu", 0)]  # high sent away first, then low brought in
-    assert [m[:2] for m in model.moves] == [("high", "low")]  # one trade per generation
-    switch = expert_switch_step(8, SHIFT["t2v"], BOUNDARY["t2v"])
-    assert calls == [("high", "high")] * (2 * switch) + [("low", "low")] * (2 * (8 - switch))
+    layers = model.cfg.num_layers
+    assert model._offload_to == "cpu" and model.swap is not None
+    assert [(m["away"], m["brought"]) for m in model.moves][:1] == [("high", "low")]  # once, at the switch
+    assert all(m["during"] + m["at_use"] == layers for m in model.moves)
+    assert model.moves[0]["during"] == layers  # during the high-noise expert's last computed call (announced)
+    assert calls[:2] == [(layers, "high")] * 2 and calls[-1] == (layers, "low")
+    assert calls == sorted(calls, key=lambda c: c[1]) and all(n == layers for n, _ in calls)
     assert torch.equal(torch.load(tmp_path / "off" / "latents.pt", weights_only=True), ref)
+    report = json.loads((tmp_path / "off" / "report.json").read_text())["experts"]
+    assert report["offloaded"] and report["trades"] == model.moves  # one video: every trade is its own
 
 
 def test_experts_fit_rule(monkeypatch):
@@ -274,3 +285,23 @@ def test_experts_fit_rule(monkeypatch):
     assert experts_fit("cpu", 10**12)  # nothing to offload to on a CPU
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(HEADROOM * 1000), 2000))
     assert experts_fit(torch.device("cuda", 0), 1000) and not experts_fit(torch.device("cuda", 0), 1001)
+
+
+def test_teacache_probes_the_expert_of_each_call(wan22_ckpts, tmp_path, monkeypatch):
+    """TeaCache on A14B reads the modulated input of the expert that runs the call (WanExperts.first_block): the
+    same skips and latents with the low-noise expert offloaded (its slots placed before the probe) as without."""
+    from magcache_dist.families import wan22
+
+    def run(name):
+        cfg = load_config(None, wan22_overrides("t2v", wan22_ckpts["t2v"]["official"], str(tmp_path / name),
+                                                "save_video=false", "sampler.num_steps=12", "cache.mode=teacache",
+                                                "cache.teacache.thresh=0.5",
+                                                "cache.teacache.coefficients=[0.0,0.0,0.0,1.0,0.0]"))
+        report = run_job(cfg, solo_context())
+        return report["skipped_steps"], torch.load(tmp_path / name / "latents.pt", weights_only=True)
+
+    skips, ref = run("ref")
+    assert any(skips.values()), skips  # the probe really skips some steps
+    monkeypatch.setattr(wan22, "experts_fit", lambda device, nbytes: False)
+    off_skips, off = run("off")
+    assert off_skips == skips and torch.equal(off, ref)

@@ -1,7 +1,7 @@
 """Wan2.2 TI2V-5B, text-to-video, on a tiny random diffusers folder (one DiT, the 48-channel Wan2.2 VAE), fp32:
 latents and decoded video equal diffusers' ``WanPipeline(expand_timesteps=True)`` within 1e-4 given the same
-initial latents; MagCache uses the release's TI2V arrays with Wan2.1's rule; the Wan2.1 VAE, the official layout and
-an image are refused before any work."""
+initial latents; MagCache uses the release's TI2V arrays with Wan2.1's rule. The official layout:
+tests/unit/test_wan22_ti2v_official.py."""
 import os
 
 import numpy as np

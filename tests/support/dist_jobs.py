@@ -1,0 +1,38 @@
+"""Shared by the gloo tests of a family's parallel layouts: jobs run under 2 processes against the single-process
+run of the same task (latents within a tolerance, the same MagCache decisions on every rank, FSDP shards)."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from magcache_dist.config import load_config
+from magcache_dist.parallel import solo_context
+from magcache_dist.run import run_job
+from tests.support.dist_worker import spawn
+
+
+def check_two_rank_jobs(tmp_path, jobs: dict, overrides, full_bytes: dict, tol: float) -> None:
+    """``jobs``: {name: (task, layout, [extra overrides])}; ``overrides(task, layout, out, *extra)`` gives a job's
+    overrides; the reference of each task is its single-process run from the official layout. ``full_bytes[task]``:
+    the model's whole fp32 parameter bytes (a job whose name has "fsdp" must hold under 0.7 of them per rank)."""
+    refs = {}
+    for task in sorted({task for task, _, _ in jobs.values()}):
+        out = tmp_path / f"ref_{task}"
+        report = run_job(load_config(None, overrides(task, "official", str(out))), solo_context())
+        refs[task] = (torch.load(out / "latents.pt", weights_only=True), report["skipped_steps"])
+    spawn(2, [(n, overrides(task, layout, str(tmp_path / n), *extra)) for n, (task, layout, extra) in jobs.items()],
+          str(tmp_path), timeout=240)
+    for name, (task, _, _) in jobs.items():
+        for rank in range(2):
+            status = json.loads((tmp_path / f"{name}.rank{rank}.json").read_text())["status"]
+            assert status == "ok", (name, rank, status)
+        latents = torch.load(tmp_path / name / "latents.pt", weights_only=True)
+        diff = (latents - refs[task][0]).abs().max().item()
+        assert diff < tol, (name, diff)
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert report["world_size"] == 2 and report["decisions_identical_across_ranks"]
+        assert report["skipped_steps"] == refs[task][1] and any(refs[task][1].values()), name
+        if "fsdp" in name:  # each rank holds its half of the block weights
+            per_rank = [r["param_bytes"] for r in report["ranks"]]
+            assert all(b < 0.7 * full_bytes[task] for b in per_rank), (name, per_rank, full_bytes[task])
