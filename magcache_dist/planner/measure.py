@@ -17,7 +17,12 @@ Every figure is the best of a few timed repeats after a warm-up, at the shapes o
 - ``memory_capacity``: the GPU's total memory, or the host's RAM on a CPU;
 - the link: under torchrun (world > 1) an all-to-all of ``--link-mb`` per rank and a 4-byte all-reduce over the
   job's group (NCCL on GPUs); alone on a CPU, the same between 2 gloo processes on loopback; ``--no-link`` keeps
-  the figures of ``--base``.
+  the figures of ``--base``;
+- the job's other phases (magcache_dist/planner/phases.py): ``storage_bandwidth``, ``host_read_bandwidth`` and
+  ``node_host_read_bandwidth`` (the weight loader's read, cold, warm and by ``--readers`` processes at once),
+  ``write_start_s``, ``write_pixels_per_s`` and ``write_fork_s_per_byte`` (the mp4 writer, ffmpeg's CPU time
+  included) and, on a CPU, ``vae_pass_s`` (the real-size Wan VAE's seconds per decoder call beyond its FLOPs);
+  ``--job-phases-only`` measures only these into a copy of ``--base``.
 The CPU runs with ``--threads`` intra-op threads (default 1: torchrun starts each rank with OMP_NUM_THREADS=1, and
 the planner costs one rank).
 """
