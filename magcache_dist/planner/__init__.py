@@ -230,8 +230,9 @@ def format_phases(j: dict) -> list[str]:
               f"{d['exchange_s']:.3g} s, gather to rank 0 {d['gather_s']:.3g} s), compute "
               if d.get("split") == "patches"
               else f"  decode: {d['tiles']} tiles in {d['rounds']} round(s) over {d['ranks']} rank(s), compute ") +
-             f"{d['compute_s']:.3g} s (one rank: whole {d['whole_single_rank_s']:.3g} s, tiled "
-             f"{d['tiled_single_rank_s'] or 0:.3g} s); DiT "
+             f"{d['compute_s']:.3g} s (one rank: whole {d['whole_single_rank_s']:.3g} s"
+             + (f", tiled {d['tiled_single_rank_s']:.3g} s" if d.get("tiled_single_rank_s") is not None else "")
+             + "); DiT "
              f"{'stays on the device' if d['dit_on_device'] else 'moved to the host and back'}",
              f"  per video: {v['first_s']:.4g} s the first, {v['later_s']:.4g} s each later one; "
              f"{pl['videos']} video(s) over {pl['dp_degree']} group(s): {pl['group_s']:.4g} s per group "
