@@ -18,10 +18,14 @@ Prints a table and writes benchmarks/results/planner_check_real.json (and its bl
 
 The whole job's phases (issue 26, item 5) at the smallest geometry (5 x 48 x 48, fp32), one process and torchrun 2:
 ``load`` (a random real-size 1.3B checkpoint written once, dropped from the page cache, streamed in by the job's
-loader on every rank), ``sample`` (as above), ``decode`` (the real-size Wan VAE, random weights, 32 px tiles dealt
-over the ranks) and ``write`` (rank 0's mp4), each rank's wall seconds against the plan's ``job.phases`` on
-``--profile``. ``encode`` is not measured: umT5-XXL at real size (5.7B parameters) needs 23 GB in fp32 and runs
-bf16 176x slower than fp32 on this CPU. Writes benchmarks/results/planner_check_phases.json (and its README block).
+loader on every rank at once; ``load_warm``: the same again from the page cache), ``encode`` (umT5-XXL at its real
+width, random weights, with 2 of its 24 layers: the whole encoder needs 23 GB in fp32, and bf16 runs 176x slower
+than fp32 on this CPU; the plan's encode compute is scaled by 2 / 24, its read is not measured), ``sample`` (as
+above), ``decode`` (the real-size Wan VAE, random weights, 32 px tiles dealt over the ranks) and ``write`` (rank 0's
+mp4), each rank's wall and CPU seconds (the write's with the ffmpeg process's) against the plan's ``job.phases`` on
+``--profile``. Other work on the machine stretches wall time, so CPU time is the measure of the compute phases.
+Writes benchmarks/results/planner_check_phases.json (and its README block). ``--phases --replan`` plans the stored
+measurements again with the current planner and profile (after ``python -m magcache_dist.planner.measure``).
 """
 from __future__ import annotations
 
@@ -136,7 +140,10 @@ def estimate(frames, height, width, dtype, steps, sp, profile) -> dict:
 
 PHASES_OUT = os.path.join(ROOT, "benchmarks", "results", "planner_check_phases.json")
 PHASE_GEOMETRY = (5, 48, 48)
-PHASE_TILES = ["vae.tile_height=32", "vae.tile_width=32", "vae.tile_stride_height=24", "vae.tile_stride_width=24"]
+ENC_LAYERS = 2  # of umT5-XXL's 24
+UMT5_LAYERS = 24
+PHASE_TILES = ["vae.tiling=true", "vae.tile_height=32", "vae.tile_width=32", "vae.tile_stride_height=24",
+               "vae.tile_stride_width=24"]  # tiled on 1 rank too: the plan costs the decode that runs
 
 PHASES_CHILD = r"""
 import json, os, sys, time
@@ -144,6 +151,13 @@ import torch
 
 torch.set_num_threads(1)
 frames, height, width, steps, ckpt, out = sys.argv[1:7]
+
+
+def waited():  # seconds this process was runnable but waiting for a CPU (/proc/self/schedstat): others' share
+    with open("/proc/self/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 from diffusers import AutoencoderKLWan
 from magcache_dist.cache.factory import build_cache
 from magcache_dist.config import load_config
@@ -172,22 +186,54 @@ if world > 1:
 else:
     par = solo_context()
 got = dict(rank=par.rank)
+# encode: umT5-XXL at its real width (d_model 4096, d_ff 10240, 64 heads, gated GELU; random weights) with
+# ENC_LAYERS of its 24 layers and a 1024-token vocabulary, on a prompt and a negative prompt padded to 512 tokens
+# (magcache_dist/families/wan.py encode_prompts): the planner's encode compute is scaled by ENC_LAYERS / 24
+from transformers import UMT5Config, UMT5EncoderModel
+tcfg = UMT5Config(vocab_size=1024, d_model=4096, d_kv=64, d_ff=10240, num_layers=ENC_LAYERS, num_heads=64,
+                  relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                  feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6, tie_word_embeddings=False,
+                  pad_token_id=0, eos_token_id=1)
+with torch.device("meta"):
+    t5 = UMT5EncoderModel(tcfg)
+t5 = t5.to_empty(device="cpu").eval().requires_grad_(False)
+torch.manual_seed(0)
+with torch.no_grad():
+    for p in t5.parameters():
+        p.uniform_(-0.02, 0.02)
+    ids = torch.randint(2, 1024, (2, 512))
+    mask = torch.zeros_like(ids)
+    mask[:, :30] = 1
+    t5(input_ids=ids[:, :8], attention_mask=mask[:, :8])  # warm-up
+    par.group.gather_objects(None)
+    t, c, q = time.perf_counter(), time.process_time(), waited()
+    t5(input_ids=ids, attention_mask=mask)
+    got["encode"], got["encode_cpu"] = time.perf_counter() - t, time.process_time() - c
+    got["encode_wait"] = waited() - q
+del t5
 with torch.device("meta"):
     model = build_wan_model(get_config(MODEL))
 par.group.gather_objects(None)  # start together: the ranks share the storage
-t, c = time.perf_counter(), time.process_time()
+t, c, q = time.perf_counter(), time.process_time(), waited()
 stream_weights(model, "cpu", ckpt, "benchmark checkpoint")
 got["load"], got["load_cpu"] = time.perf_counter() - t, time.process_time() - c
+got["load_wait"] = waited() - q
+par.group.gather_objects(None)
+t, c, q = time.perf_counter(), time.process_time(), waited()
+stream_weights(model, "cpu", ckpt, "benchmark checkpoint")  # again, from the page cache
+got["load_warm"], got["load_warm_cpu"] = time.perf_counter() - t, time.process_time() - c
+got["load_warm_wait"] = waited() - q
 model.eval()
 apply_sequence_parallel(model, par)
 g = torch.Generator().manual_seed(0)
 text = {b: torch.randn(1, TEXT_TOKENS, 4096, generator=g) * 0.1 for b in scfg.branches}
 policy = build_cache(cache_spec(cfg, family, scfg))
 from diffusers import UniPCMultistepScheduler  # noqa: F401
-t, c = time.perf_counter(), time.process_time()
+t, c, q = time.perf_counter(), time.process_time(), waited()
 with torch.no_grad():
     res = sample(model, family.make_noise(0), text, scfg, policy, par)
 got["sample"], got["sample_cpu"] = time.perf_counter() - t, time.process_time() - c
+got["sample_wait"] = waited() - q
 torch.manual_seed(0)
 vae = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                        temperal_downsample=[False, True, True]).eval()
@@ -195,19 +241,29 @@ v = cfg.vae
 vae.enable_tiling(tile_sample_min_height=v.tile_height, tile_sample_min_width=v.tile_width,
                   tile_sample_stride_height=v.tile_stride_height, tile_sample_stride_width=v.tile_stride_width)
 par.group.gather_objects(None)
-t, c = time.perf_counter(), time.process_time()
+t, c, q = time.perf_counter(), time.process_time(), waited()
 with torch.no_grad():
     video = decode_split(WanTiles(vae, res.latents.float()), par.group)
 got["decode"], got["decode_cpu"] = time.perf_counter() - t, time.process_time() - c
+got["decode_wait"] = waited() - q
 if par.rank == 0:
-    t, c = time.perf_counter(), time.process_time()
+    import resource
+
+    def kids():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    t, c, k, q = time.perf_counter(), time.process_time(), kids(), waited()
     write_mp4(out + ".mp4", to_frames(video.clamp(-1, 1)[0]), 16)
-    got["write"], got["write_cpu"] = time.perf_counter() - t, time.process_time() - c
+    got["write"], got["write_cpu"] = time.perf_counter() - t, time.process_time() - c + kids() - k  # + ffmpeg's
+    got["write_wait"] = waited() - q
+    got["mp4_bytes"] = os.path.getsize(out + ".mp4")
 with open(f"{out}.rank{par.rank}.json", "w") as f:
     json.dump(got, f)
 if world > 1:
     dist.destroy_process_group()
-""".replace("MODEL", repr(MODEL)).replace("TEXT_TOKENS", str(TEXT_TOKENS)).replace("*TILES", "*" + repr(PHASE_TILES))
+""".replace("MODEL", repr(MODEL)).replace("TEXT_TOKENS", str(TEXT_TOKENS)).replace(
+    "*TILES", "*" + repr(PHASE_TILES)).replace("ENC_LAYERS", str(ENC_LAYERS))
 
 
 def drop_cache(path: str) -> None:
@@ -218,15 +274,86 @@ def drop_cache(path: str) -> None:
         os.close(fd)
 
 
-def phases_main(steps: int, profile: str) -> int:
-    import tempfile
-
+def phase_plan(sp: int, steps: int, profile: str) -> dict:
+    """The plan's seconds for what the benchmark's child does on ``sp`` ranks, phase by phase."""
     from magcache_dist.config import load_config
     from magcache_dist.planner import plan_job
-    from tools.make_wan_checkpoint import make
+    from magcache_dist.planner.phases import read_seconds
+    from magcache_dist.planner.profiles import load_profile
 
     f, h, w = PHASE_GEOMETRY
-    rows, res = [], dict(geometry=f"{f}x{h}x{w}", steps=steps, profile=profile, runs={})
+    cfg = load_config(None, [f"model.name={MODEL}", "model.dtype=float32", f"video.frames={f}", f"video.height={h}",
+                             f"video.width={w}", f"sampler.num_steps={steps}", "cache.mode=off",
+                             f"parallel.ulysses_degree={sp}", f"planner.device={profile}", "output_dir=/tmp/unused",
+                             *PHASE_TILES])
+    plan = plan_job(cfg)["job"]["phases"]
+    # the benchmark's VAE is built, not read: its planned decode is the compute alone; its umT5 has ENC_LAYERS of
+    # 24 layers and is built, not read: the planned encode compute scaled by ENC_LAYERS / 24
+    enc = plan["encode"]
+    warm = read_seconds(plan["load"]["read_bytes"], 0, load_profile(profile))  # the storage's part is 0
+    return dict(load=plan["load"]["s"], load_warm=warm, encode=(enc["s"] - enc["read_s"]) * ENC_LAYERS / UMT5_LAYERS,
+                sample=plan["sample"]["s"], decode=plan["decode"]["compute_s"], write=plan["write"]["s"])
+
+
+def publish_phases(res: dict) -> None:
+    """The rows (measured against planned, per phase and rank count), the table and its README block."""
+    rows = []
+    for sp, run in sorted(res["runs"].items()):
+        ranks, planned = run["measured"], run["planned"]
+        for k in ("load", "load_warm", "encode", "sample", "decode", "write"):
+            slow = max((r for r in ranks if k in r), key=lambda r: r[k])  # the slowest rank's figures
+            m, cpu = slow[k], slow[k + "_cpu"]
+            busy = m - slow[k + "_wait"] if k + "_wait" in slow else None
+            rows.append(dict(ranks=int(sp), phase=k, measured_s=m, measured_cpu_s=cpu, not_waiting_s=busy,
+                             planned_s=planned[k], error=planned[k] / m - 1,
+                             cpu_error=planned[k] / cpu - 1 if cpu else None,
+                             not_waiting_error=planned[k] / busy - 1 if busy else None))
+            print(f"sp{sp} {k}: measured {m:.2f} s (CPU {cpu:.2f} s, not waiting for a CPU "
+                  f"{busy if busy is not None else float('nan'):.2f} s), planned {planned[k]:.2f} s", flush=True)
+    res["rows"] = rows
+
+    def pct(x):
+        return f"{x:+.0%}" if x is not None else "-"
+
+    def sec(x):
+        return f"{x:.2f}" if x is not None else "-"
+
+    lines = ["| ranks | phase | measured wall s (slowest rank) | its CPU s | its wall less CPU waits s | planned s | "
+             "error vs wall | error vs CPU | error vs wall less waits |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"] + [
+        f"| {r['ranks']} | {r['phase']} | {r['measured_s']:.2f} | {r['measured_cpu_s']:.2f} | "
+        f"{sec(r.get('not_waiting_s'))} | {r['planned_s']:.2f} | {pct(r['error'])} | {pct(r['cpu_error'])} | "
+        f"{pct(r.get('not_waiting_error'))} |" for r in rows]
+    text = ("\n".join(lines) + f"\n\n{MODEL} (random weights, fp32) at {res['geometry']}, {res['steps']} step(s) x "
+            f"2 CFG calls, the real-size Wan VAE in 32 px tiles, umT5-XXL at real width with {ENC_LAYERS} of its "
+            f"{UMT5_LAYERS} layers (planned encode compute x {ENC_LAYERS}/{UMT5_LAYERS}), one thread per rank, "
+            f"profile {res['profile']!r}; machine load average (1 min) {res['load_average_start'][0]:.1f} at the "
+            f"start, {res['load_average_end'][0]:.1f} at the end, on {os.cpu_count()} cores. load_warm: the same load "
+            f"again from the page cache. write's CPU s include the ffmpeg process. Wall less CPU waits: the wall "
+            f"time less the time the rank was runnable but waiting for a CPU (/proc/self/schedstat), what the phase "
+            f"would take on an idle machine, I/O waits included."
+            + (f" Planned figures re-planned {res['replanned']} on the measurements of the run." if res.get("replanned")
+               else ""))
+    publish(res, text, PHASES_OUT, PHASES_OUT, "planner_check_phases",
+            "## The whole job's phases: planner vs measured (`python -m benchmarks.planner_check_real --phases`)")
+
+
+def phases_main(steps: int, profile: str, replan: bool = False) -> int:
+    import tempfile
+    import time
+
+    from tools.make_wan_checkpoint import make
+
+    if replan:  # the stored measurements against the current planner and profile
+        with open(PHASES_OUT) as fh:
+            res = json.load(fh)
+        res["runs"] = {sp: dict(run, planned=phase_plan(int(sp), res["steps"], res["profile"]))
+                       for sp, run in res["runs"].items()}
+        res["replanned"] = time.strftime("%Y-%m-%d %H:%M")
+        publish_phases(res)
+        return 0
+    f, h, w = PHASE_GEOMETRY
+    res = dict(geometry=f"{f}x{h}x{w}", steps=steps, profile=profile, runs={}, load_average_start=os.getloadavg())
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         ckpt = make(os.path.join(tmp, "ckpt"), MODEL, "official", "float32")
         script = os.path.join(tmp, "phases_child.py")
@@ -243,33 +370,10 @@ def phases_main(steps: int, profile: str) -> int:
             paths = [f"{out}.rank{r}.json" for r in range(sp)]
             if not all(os.path.isfile(p) for p in paths):
                 raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-            ranks = [json.load(open(p)) for p in paths]
-            cfg = load_config(None, [f"model.name={MODEL}", "model.dtype=float32", f"video.frames={f}",
-                                     f"video.height={h}", f"video.width={w}", f"sampler.num_steps={steps}",
-                                     "cache.mode=off", f"parallel.ulysses_degree={sp}", f"planner.device={profile}",
-                                     "output_dir=/tmp/unused", *PHASE_TILES])
-            plan = plan_job(cfg)["job"]["phases"]
-            # the benchmark's VAE is built, not read: its planned decode is the compute alone
-            planned = dict(load=plan["load"]["s"], sample=plan["sample"]["s"], decode=plan["decode"]["compute_s"],
-                           write=plan["write"]["s"])
-            res["runs"][sp] = dict(measured=ranks, planned=planned)
-            for k in ("load", "sample", "decode", "write"):
-                m = max(r[k] for r in ranks if k in r)
-                cpu = max(r[k + "_cpu"] for r in ranks if k in r)
-                rows.append(dict(ranks=sp, phase=k, measured_s=m, measured_cpu_s=cpu, planned_s=planned[k],
-                                 error=planned[k] / m - 1, cpu_error=planned[k] / cpu - 1 if cpu else None))
-                print(f"sp{sp} {k}: measured {m:.2f} s (CPU {cpu:.2f} s), planned {planned[k]:.2f} s", flush=True)
-    res["rows"] = rows
-    lines = ["| ranks | phase | measured wall s (slowest rank) | its CPU s | planned s | "
-             "error vs wall | error vs CPU |",
-             "|---:|---|---:|---:|---:|---:|---:|"] + [
-        f"| {r['ranks']} | {r['phase']} | {r['measured_s']:.2f} | {r['measured_cpu_s']:.2f} | {r['planned_s']:.2f} | "
-        f"{r['error']:+.0%} | {r['cpu_error']:+.0%} |" for r in rows]
-    text = ("\n".join(lines) + f"\n\n{MODEL} (random weights, fp32) at {res['geometry']}, {steps} step(s) x 2 CFG "
-            f"calls, the real-size Wan VAE in 32 px tiles, one thread per rank, profile {profile!r}; machine load "
-            f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. encode not measured (see the script).")
-    publish(res, text, PHASES_OUT, PHASES_OUT, "planner_check_phases",
-            "## The whole job's phases: planner vs measured (`python -m benchmarks.planner_check_real --phases`)")
+            res["runs"][str(sp)] = dict(measured=[json.load(open(p)) for p in paths],
+                                        planned=phase_plan(sp, steps, profile))
+    res["load_average_end"] = os.getloadavg()
+    publish_phases(res)
     return 0
 
 
@@ -281,9 +385,10 @@ def main() -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--phases", action="store_true", help="the whole job's phases at the smallest geometry")
+    ap.add_argument("--replan", action="store_true", help="with --phases: re-plan the stored measurements")
     args = ap.parse_args()
     if args.phases:
-        return phases_main(args.steps, args.profile)
+        return phases_main(args.steps, args.profile, args.replan)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):

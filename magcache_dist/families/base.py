@@ -139,9 +139,19 @@ class ModelFamily:
         the dry-run planner adds to the resident DiT while encoding. Empty: none worth counting."""
         return {}
 
+    def encoder_matmul_params(self) -> dict[str, int]:
+        """Of ``encoder_params``, the parameters each token goes through in matrix products (the planner's encode
+        FLOPs, 2 per parameter and token): a token embedding is a lookup and is left out where known."""
+        return self.encoder_params()
+
     def vae_params(self) -> int:
         """Parameters of the VAE each rank loads to decode (0: no VAE)."""
         return 0
+
+    def vae_decode_calls_per_tile(self) -> int:
+        """Decoder calls per decode tile (the planner's ``vae_pass_s`` term): 1, or per latent frame for a VAE that
+        decodes frame by frame."""
+        return 1
 
     def vae_decode_flops_per_pixel(self) -> float:
         """FLOPs of the VAE decode per output pixel and frame (the planner's decode time), 0 without a VAE."""

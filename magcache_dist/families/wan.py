@@ -302,8 +302,16 @@ class WanFamily(ModelFamily):
             out["CLIP ViT-H-14"] = 650_000_000
         return out
 
+    def encoder_matmul_params(self) -> dict[str, int]:
+        # umT5-XXL: 24 layers x (4 x 4096^2 attention + 3 x 4096 x 10240 gated FFN) = 4.63e9; its 256384 x 4096 token
+        # embedding (1.05e9 of the 5.68e9) is a lookup
+        return {k: v - 256_384 * 4096 if k == "umT5-XXL encoder" else v for k, v in self.encoder_params().items()}
+
     def vae_params(self) -> int:
         return 0 if self.name.startswith("tiny-") else 127_000_000  # the Wan2.1 VAE
+
+    def vae_decode_calls_per_tile(self) -> int:
+        return self.latent_shape()[1]  # the causal VAE decodes each tile latent frame by latent frame
 
     def vae_decode_flops_per_pixel(self) -> float:
         # AutoencoderKLWan at its published size, counted by torch's FlopCounterMode on the meta device (2026-12-06:
