@@ -100,6 +100,21 @@ _RESNET = [("residual.0.gamma", "norm1.gamma"), ("residual.2.{p}", "conv1.{p}"),
 
 
 @lru_cache(maxsize=None)
+
+def _vae_ends_rules() -> tuple:
+    """The rules the Wan2.1 and Wan2.2 VAEs share: the (post-)quant convs, each side's first conv, middle (resnet,
+    attention, resnet of one width: no shortcut) and head."""
+    side = "{side:encoder|decoder}"
+    return (
+        Rule("conv1.{p}", ("quant_conv.{p}",)),
+        Rule("conv2.{p}", ("post_quant_conv.{p}",)),
+        Rule(side + ".conv1.{p}", (side + ".conv_in.{p}",)),
+        Rule(side + ".head.0.gamma", (side + ".norm_out.gamma",)),
+        Rule(side + ".head.2.{p}", (side + ".conv_out.{p}",)),
+        Rule(side + ".middle.1.{s}", (side + ".mid_block.attentions.0.{s}",)),
+        *(Rule(side + ".middle.{2*j}." + a, (side + ".mid_block.resnets.{j}." + b,)) for a, b in _RESNET[:4]),
+    )
+
 def vae_rules(num_res_blocks: int = 2) -> tuple[Rule, ...]:
     """Official Wan VAE keys <-> diffusers' AutoencoderKLWan keys (Wan's 4-level layout).
 
@@ -109,16 +124,8 @@ def vae_rules(num_res_blocks: int = 2) -> tuple[Rule, ...]:
     """
     n = num_res_blocks + 2  # flat entries per decoder level
     pos = "|".join(str(i) for i in range(num_res_blocks + 1))
-    side = "{side:encoder|decoder}"
     return (
-        Rule("conv1.{p}", ("quant_conv.{p}",)),
-        Rule("conv2.{p}", ("post_quant_conv.{p}",)),
-        Rule(side + ".conv1.{p}", (side + ".conv_in.{p}",)),
-        Rule(side + ".head.0.gamma", (side + ".norm_out.gamma",)),
-        Rule(side + ".head.2.{p}", (side + ".conv_out.{p}",)),
-        Rule(side + ".middle.1.{s}", (side + ".mid_block.attentions.0.{s}",)),
-        *(Rule(side + ".middle.{2*j}." + a, (side + ".mid_block.resnets.{j}." + b,))
-          for a, b in _RESNET[:4]),  # same-width resnets: no shortcut
+        *_vae_ends_rules(),
         *(Rule("encoder.downsamples.{i}." + a, ("encoder.down_blocks.{i}." + b,)) for a, b in _RESNET),
         Rule("encoder.downsamples.{i}.resample.1.{p}", ("encoder.down_blocks.{i}.resample.1.{p}",)),
         Rule("encoder.downsamples.{i}.time_conv.{p}", ("encoder.down_blocks.{i}.time_conv.{p}",)),
@@ -193,16 +200,7 @@ def vae22_rules(num_res_blocks: int = 2) -> tuple[Rule, ...]:
     (diffusers' ``downsampler`` / ``upsampler``, without an index). The levels' shortcuts (AvgDown3D, DupUp3D) and
     the 2x2 pixel patchify hold no weights. Middle and head: as in Wan2.1.
     """
-    side = "{side:encoder|decoder}"
-    out = [
-        Rule("conv1.{p}", ("quant_conv.{p}",)),
-        Rule("conv2.{p}", ("post_quant_conv.{p}",)),
-        Rule(side + ".conv1.{p}", (side + ".conv_in.{p}",)),
-        Rule(side + ".head.0.gamma", (side + ".norm_out.gamma",)),
-        Rule(side + ".head.2.{p}", (side + ".conv_out.{p}",)),
-        Rule(side + ".middle.1.{s}", (side + ".mid_block.attentions.0.{s}",)),
-        *(Rule(side + ".middle.{2*j}." + a, (side + ".mid_block.resnets.{j}." + b,)) for a, b in _RESNET[:4]),
-    ]
+    out = list(_vae_ends_rules())
     for official, ours, sampler, n in (("encoder.downsamples", "encoder.down_blocks", "downsampler", num_res_blocks),
                                        ("decoder.upsamples", "decoder.up_blocks", "upsampler", num_res_blocks + 1)):
         inner = official.split(".")[1]

@@ -4,40 +4,15 @@ shape (48 latent channels, residual up-blocks, patch 2), several latent frames (
 divisible by the ranks and bands of one latent row; rank 0's video against the VAE's own single-rank ``decode`` within
 1e-4 (measured: at most 2.1e-6). Then the route (vae.split) and the planner's band figures."""
 import copy
-import threading
 
 import pytest
 import torch
 import torch.nn as nn
 
 from magcache_dist.errors import InputError
-from magcache_dist.parallel.comm import SoloComm, ThreadComm, ThreadHub
+from magcache_dist.parallel.comm import SoloComm
 from magcache_dist.parallel.vae_bands import BandDecode, Halo, _patched, band_rows, unsupported
-
-
-def on_ranks(body, size: int):
-    """``body(comm)`` on ``size`` thread ranks; the results in rank order."""
-    if size == 1:
-        return [body(SoloComm())]
-    hub = ThreadHub(size, timeout=120)
-    out, errors = [None] * size, []
-
-    def run(r):
-        try:
-            out[r] = body(ThreadComm(hub, r))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-            hub.abort()
-
-    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), "a simulated rank hung"
-    if errors:
-        raise errors[0]
-    return out
+from tests.support.thread_ranks import on_ranks
 
 
 def _wan21():

@@ -2,38 +2,18 @@
 weights) the decode on 1, 2 and 3 ranks equals the VAE's own single-rank decode of the same mode, bit for bit
 (fp32: same tiles, same arithmetic per tile, same blending order)."""
 import copy
-import threading
 
 import pytest
 import torch
 
-from magcache_dist.parallel.comm import SoloComm, ThreadComm, ThreadHub
 from magcache_dist.parallel.vae import ChunkTiles, HunyuanTiles, KLTiles, WanTiles, decode_split
+from tests.support.thread_ranks import on_ranks
 
 
 def split_over(make_td, size: int):
     """decode_split on ``size`` thread ranks, each with its own TiledDecode from ``make_td()`` (its own VAE: a
     decode keeps state on the module, as on real ranks); rank 0's result and the other ranks' (None expected)."""
-    if size == 1:
-        return decode_split(make_td(), SoloComm()), []
-    hub = ThreadHub(size, timeout=120)
-    out, errors = [None] * size, []
-
-    def body(r):
-        try:
-            out[r] = decode_split(make_td(), ThreadComm(hub, r))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-            hub.abort()
-
-    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), "a simulated rank hung"
-    if errors:
-        raise errors[0]
+    out = on_ranks(lambda comm: decode_split(make_td(), comm), size)
     return out[0], out[1:]
 
 
