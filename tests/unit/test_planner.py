@@ -258,3 +258,21 @@ def test_memory_preflight_advice_changes_its_verdict(tiny_ckpt, tmp_path, monkey
     with pytest.raises(ValueError, match="parallel.fsdp=true"):
         pf.memory_preflight(plain, 2)
     assert pf.memory_preflight(sharded, 2)["checked"]
+
+
+def test_host_preflight_counts_the_pinned_expert_of_every_rank_on_the_node():
+    """Wan2.2 A14B without FSDP in fp32 on h100s: one expert per GPU, the other's 40 blocks (+ one spare) pinned in
+    host memory on each of the node's 8 ranks; the preflight refuses a node without that much host memory and names
+    parallel.fsdp=true, which pins nothing."""
+    from magcache_dist.planner.preflight import host_preflight
+
+    base = ["planner.device=h100", "model.dtype=float32", "parallel.fsdp=false"]
+    plan = plan_job(load_config("configs/wan2.2-t2v-a14b-720p.yaml", base))
+    assert plan["experts"]["resident"] == 1 and plan["experts"]["switch"]["mode"] == "one resident"
+    per_rank = plan["experts"]["switch"]["host_bytes"]
+    assert per_rank == 41 * 351_394_304 * 4  # the 14B block's parameters in fp32: 57.6 GB
+    assert host_preflight(plan, 8, 8 * per_rank)["needed_bytes"] == 8 * per_rank
+    with pytest.raises(ValueError, match=r"x 8 ranks on this node = 461\.\d\d GB.*parallel\.fsdp=true"):
+        host_preflight(plan, 8, 8 * per_rank - 1)
+    sharded = plan_job(load_config("configs/wan2.2-t2v-a14b-720p.yaml", base[:2]))  # the shipped fsdp=true
+    assert host_preflight(sharded, 8, 0) is None
