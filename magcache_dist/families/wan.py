@@ -145,11 +145,11 @@ def check_dit_config(files: WanFiles, ckpt_dir: str, model_name: str) -> None:
                          f"({os.path.relpath(path, ckpt_dir)}); set model.name to the checkpoint's model")
 
 
-def check_components(files: WanFiles, root: str) -> None:
+def check_components(files: WanFiles, root: str, release: str = "Wan2.1") -> None:
     """Every component the job reads after the DiT (umT5, its tokenizer, the VAE, CLIP for I2V, the scheduler's
     settings), checked from headers and small files now: a cut, empty or pointer file is named before any
     collective, not found while encoding after the DiT has loaded."""
-    fix = "copy the complete Wan2.1 release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)"
+    fix = f"copy the complete {release} release into ckpt_dir (docs/wan_checkpoints.md lists the files of each layout)"
     components.check_tokenizer(files.tokenizer, root, "umT5 tokenizer", fix)
     if files.layout == "official":
         for path, what in ((files.t5, "umT5 encoder"), (files.vae, "VAE"), (files.clip, "CLIP image encoder")):
@@ -205,6 +205,7 @@ def encode_prompts(t5, tokenizer, texts: list[str], text_len: int) -> list[torch
 class WanFamily(ModelFamily):
     """Wan2.1 T2V / I2V (model.name decides), weights from ``ckpt_dir``. One instance per job."""
 
+    release = "Wan2.1"  # the release a fix names (copy the complete ... release)
 
     def __init__(self, cfg: JobConfig):
         super().__init__(cfg)
@@ -251,7 +252,7 @@ class WanFamily(ModelFamily):
         self.check_image()
         folders.check_encoder_options(cfg)
         folders.check_tiles(cfg)
-        check_components(files, resolve_path(cfg.ckpt_dir))
+        check_components(files, resolve_path(cfg.ckpt_dir), self.release)
 
     def image_size(self) -> tuple[int, int]:
         """(width, height) of the job's ``image``, decoded in full (a file cut after its header is found now): an

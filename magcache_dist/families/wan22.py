@@ -296,6 +296,7 @@ def experts_fit(device, expert_bytes: int) -> bool:
 class Wan22Family(WanFamily):
     """Wan2.2 T2V-A14B / I2V-A14B (model.name decides), weights from ``ckpt_dir``. One instance per job."""
 
+    release = "Wan2.2"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -425,6 +426,7 @@ class Wan22TI2VFamily(WanFamily):
     (Wan-AI/Wan2.2-TI2V-5B-Diffusers). MagCache: the release's TI2V arrays (text only / with an image) with Wan2.1's
     rule (docs/magcache.md)."""
 
+    release = "Wan2.2"
     vae_stride, vae_name, frames_example = TI2V_VAE_STRIDE, "Wan2.2 VAE", 121
 
     @property

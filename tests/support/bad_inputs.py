@@ -760,6 +760,8 @@ WAN22 = [  # Wan2.2 A14B folders (two experts): base ``wan22-<task>-<layout>`` (
         r"has no 'high_noise_model/' and no 'low_noise_model/' folder",
         r"set model\.name to a one-DiT model \(wan2\.1-\*\)",
         base="wan-t2v-official"),
+    Bad("wan22-diffusers-vae-weights-missing", [], 1, r"VAE", r"copy the complete Wan2\.2 release into ckpt_dir",
+        _remove("vae/diffusion_pytorch_model.safetensors"), "wan22-t2v-diffusers"),
     Bad("wan22-diffusers-one-expert", [], 1, r"has no 'transformer_2/' folder",
         r"copy the complete Wan2\.2 A14B release",
         _remove("transformer_2"), "wan22-t2v-diffusers"),
