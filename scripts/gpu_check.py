@@ -513,9 +513,8 @@ class Check:
         against diffusers' whole decode; then rank 0's band (the tallest) alone, replaying what its neighbours sent
         it: its time and device peak, as one rank of N GPUs would see them (the link's time not counted)."""
         import copy
-        import threading
 
-        from magcache_dist.parallel.comm import ThreadComm, ThreadHub
+        from magcache_dist.parallel.threads import run_on_comms
         from magcache_dist.parallel.vae_bands import BandDecode, band_rows, decode_band
 
         vae.use_tiling = False
@@ -528,24 +527,13 @@ class Check:
         self.sync()
         out = dict(whole_s=time.perf_counter() - t, whole_peak_device_bytes=self.peak(), vae_bytes=weights, ranks={})
         for n in sizes:
-            hub, log, res, errors = ThreadHub(n, timeout=600), [], [None] * n, []
+            log = []
 
-            def body(r, n=n, hub=hub, log=log, res=res, errors=errors):
-                try:
-                    comm = ThreadComm(hub, r)
-                    res[r] = BandDecode(vae if r == 0 else copy.deepcopy(vae), z).run(
-                        _Recording(comm, log) if r == 0 else comm)
-                except BaseException as e:  # noqa: BLE001 - re-raised below
-                    errors.append(e)
-                    hub.abort()
+            def body(comm, log=log):
+                rank0 = comm.rank == 0
+                return BandDecode(vae if rank0 else copy.deepcopy(vae), z).run(_Recording(comm, log) if rank0 else comm)
 
-            threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(n)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join(900)
-            if errors or any(th.is_alive() for th in threads):
-                raise errors[0] if errors else RuntimeError(f"a simulated rank of {n} hung")
+            res = run_on_comms(body, n, timeout=900)
             diff = float((res[0] - ref).abs().max())
             del res
             self.reset_peak()

@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from magcache_dist.errors import InputError
 from magcache_dist.parallel.comm import SoloComm
+from magcache_dist.parallel.threads import run_on_comms
 from magcache_dist.parallel.vae_bands import BandDecode, Halo, _patched, band_rows, unsupported
-from tests.support.thread_ranks import on_ranks
 
 
 def _wan21():
@@ -43,7 +43,7 @@ def test_banded_decode_equals_the_vaes_whole_decode(case):
         ref = vae.decode(z).sample
     assert ref.abs().max() > 0.1  # a real signal, not near-zero outputs
     for size in sizes:
-        outs = on_ranks(lambda comm: BandDecode(copy.deepcopy(vae), z).run(comm), size)
+        outs = run_on_comms(lambda comm: BandDecode(copy.deepcopy(vae), z).run(comm), size, timeout=180)
         got, others = outs[0], outs[1:]
         assert got.shape == ref.shape, (case, size)
         assert (got - ref).abs().max() <= 1e-4, (case, size, (got - ref).abs().max())
@@ -72,7 +72,7 @@ def test_band_rows_and_the_edges_exchanged():
         x = torch.full((1, 2, 3, 5), float(comm.rank + 1))
         return Halo(comm, band_rows(9, 3)).padded(x, 1, 1)[0, 0, :, 1].tolist()
 
-    assert on_ranks(body, 3) == [[0, 1, 1, 1, 2], [1, 2, 2, 2, 3], [2, 3, 3, 3, 0]]
+    assert run_on_comms(body, 3) == [[0, 1, 1, 1, 2], [1, 2, 2, 2, 3], [2, 3, 3, 3, 0]]
 
 
 def test_an_unknown_layer_is_named():
@@ -170,7 +170,7 @@ def test_an_unknown_layer_sends_every_rank_to_the_tiles():
 
     cfg = load_config(None, ["video.frames=9", "video.height=56", "video.width=72"])
     job = SimpleNamespace(cfg=cfg, family=Family())
-    outs = on_ranks(lambda comm: decode_video(job, None, z, SimpleNamespace(group=comm)), 2)
+    outs = run_on_comms(lambda comm: decode_video(job, None, z, SimpleNamespace(group=comm)), 2, timeout=180)
     (video, info), (other, _) = outs
     vae.enable_tiling(**tile)
     with torch.no_grad():

@@ -6,14 +6,14 @@ import copy
 import pytest
 import torch
 
+from magcache_dist.parallel.threads import run_on_comms
 from magcache_dist.parallel.vae import ChunkTiles, HunyuanTiles, KLTiles, WanTiles, decode_split
-from tests.support.thread_ranks import on_ranks
 
 
 def split_over(make_td, size: int):
     """decode_split on ``size`` thread ranks, each with its own TiledDecode from ``make_td()`` (its own VAE: a
     decode keeps state on the module, as on real ranks); rank 0's result and the other ranks' (None expected)."""
-    out = on_ranks(lambda comm: decode_split(make_td(), comm), size)
+    out = run_on_comms(lambda comm: decode_split(make_td(), comm), size, timeout=180)
     return out[0], out[1:]
 
 
