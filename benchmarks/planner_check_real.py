@@ -42,6 +42,21 @@ GEOMETRIES = [(5, 48, 48), (9, 64, 64), (9, 96, 96)]  # frames, height, width: 1
 MODEL = "wan2.1-t2v-1.3b"
 TEXT_TOKENS = 20
 
+# Both children's job: its config, family, sampler and this rank's context (frames, height, width, steps, dtype and
+# EXTRA overrides set before it; WORLD_SIZE from torchrun)
+CHILD_CONTEXT = r"""world = int(os.environ.get("WORLD_SIZE", "1"))
+cfg = load_config(None, [f"model.name={MODEL}", f"model.dtype={dtype}", f"video.frames={frames}",
+                         f"video.height={height}", f"video.width={width}", f"sampler.num_steps={steps}",
+                         "cache.mode=off", f"parallel.ulysses_degree={world}", "planner.device=cpu", *EXTRA])
+family = make_family(cfg)
+scfg = family.sampler_config()
+if world > 1:
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    par = build_dist_context(parallel_dims(cfg))
+else:
+    par = solo_context()"""
+
 CHILD = r"""
 import json, os, sys, time
 import torch
@@ -65,18 +80,8 @@ from magcache_dist.sampling.loop import sample
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
 
-world = int(os.environ.get("WORLD_SIZE", "1"))
-cfg = load_config(None, [f"model.name={MODEL}", f"model.dtype={dtype}", f"video.frames={frames}",
-                         f"video.height={height}", f"video.width={width}", f"sampler.num_steps={steps}",
-                         "cache.mode=off", f"parallel.ulysses_degree={world}", "planner.device=cpu"])
-family = make_family(cfg)
-scfg = family.sampler_config()
-if world > 1:
-    import torch.distributed as dist
-    dist.init_process_group("gloo")
-    par = build_dist_context(parallel_dims(cfg))
-else:
-    par = solo_context()
+EXTRA = []
+CHILD_CONTEXT
 base = status("VmRSS")
 with torch.device("meta"):
     model = build_wan_model(get_config(MODEL)).to(dtype=getattr(torch, dtype))
@@ -105,7 +110,7 @@ with open(f"{out}.rank{par.rank}.json", "w") as f:
     json.dump(got, f)
 if world > 1:
     dist.destroy_process_group()
-""".replace("MODEL", repr(MODEL)).replace("TEXT_TOKENS", str(TEXT_TOKENS))
+""".replace("CHILD_CONTEXT", CHILD_CONTEXT).replace("MODEL", repr(MODEL)).replace("TEXT_TOKENS", str(TEXT_TOKENS))
 
 
 def run_child(frames, height, width, dtype, steps, sp, tmp) -> list[dict]:
@@ -173,18 +178,8 @@ from magcache_dist.sampling.loop import sample
 from models.wan import get_config
 from models.wan_i2v import build_wan_model
 
-world = int(os.environ.get("WORLD_SIZE", "1"))
-cfg = load_config(None, [f"model.name={MODEL}", "model.dtype=float32", f"video.frames={frames}",
-                         f"video.height={height}", f"video.width={width}", f"sampler.num_steps={steps}",
-                         "cache.mode=off", f"parallel.ulysses_degree={world}", "planner.device=cpu", *TILES])
-family = make_family(cfg)
-scfg = family.sampler_config()
-if world > 1:
-    import torch.distributed as dist
-    dist.init_process_group("gloo")
-    par = build_dist_context(parallel_dims(cfg))
-else:
-    par = solo_context()
+dtype, EXTRA = "float32", [*TILES]
+CHILD_CONTEXT
 got = dict(rank=par.rank)
 # encode: umT5-XXL at its real width (d_model 4096, d_ff 10240, 64 heads, gated GELU; random weights) with
 # ENC_LAYERS of its 24 layers and a 1024-token vocabulary, on a prompt and a negative prompt padded to 512 tokens
@@ -262,8 +257,8 @@ with open(f"{out}.rank{par.rank}.json", "w") as f:
     json.dump(got, f)
 if world > 1:
     dist.destroy_process_group()
-""".replace("MODEL", repr(MODEL)).replace("TEXT_TOKENS", str(TEXT_TOKENS)).replace(
-    "*TILES", "*" + repr(PHASE_TILES)).replace("ENC_LAYERS", str(ENC_LAYERS))
+""".replace("CHILD_CONTEXT", CHILD_CONTEXT).replace("MODEL", repr(MODEL)).replace(
+    "TEXT_TOKENS", str(TEXT_TOKENS)).replace("*TILES", "*" + repr(PHASE_TILES)).replace("ENC_LAYERS", str(ENC_LAYERS))
 
 
 def drop_cache(path: str) -> None:
