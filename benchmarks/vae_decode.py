@@ -15,6 +15,7 @@ figures this script measured before issue 25 are in docs/wan_checkpoints.md.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -50,27 +51,40 @@ PAR_VIDEO = (5, 128, 128)  # frames, height, width: latents 2 x 16 x 16
 PAR_TILE, PAR_STRIDE = 64, 48  # pixels: 3 x 3 tiles
 
 
-def _par_rank(rank: int, world: int, port: int, tmp: str) -> None:
+@contextlib.contextmanager
+def _gloo_vae(rank: int, world: int, port: int, video: tuple[int, int, int], timeout_s: int):
+    """One gloo rank of ``world`` (one thread) with the real-size Wan2.1 VAE (the same random weights on every rank),
+    the latents of ``video`` (frames, height, width) and the world's Comm; the process group ends with the block."""
     import datetime
-    import json
 
     import torch.distributed as dist
     from diffusers import AutoencoderKLWan
 
     from magcache_dist.parallel.comm import DistComm
-    from magcache_dist.parallel.vae import WanTiles, decode_split
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         torch.manual_seed(0)
-        vae = AutoencoderKLWan(**WAN_VAE).eval()  # the same random weights on every rank
+        vae = AutoencoderKLWan(**WAN_VAE).eval()
+        f, h, w = video
+        z = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
+        yield vae, z, DistComm(dist.group.WORLD, list(range(world)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _par_rank(rank: int, world: int, port: int, tmp: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from magcache_dist.parallel.vae import WanTiles, decode_split
+
+    with _gloo_vae(rank, world, port, PAR_VIDEO, 600) as (vae, z, comm):
         vae.enable_tiling(tile_sample_min_height=PAR_TILE, tile_sample_min_width=PAR_TILE,
                           tile_sample_stride_height=PAR_STRIDE, tile_sample_stride_width=PAR_STRIDE)
-        f, h, w = PAR_VIDEO
-        z = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
-        comm = DistComm(dist.group.WORLD, list(range(world)))
         td = WanTiles(vae, z)
         dist.barrier()
         cpu = time.process_time()
@@ -81,8 +95,6 @@ def _par_rank(rank: int, world: int, port: int, tmp: str) -> None:
             torch.save(video, os.path.join(tmp, f"video{world}.pt"))
             with open(os.path.join(tmp, f"stats{world}.json"), "w") as fh:
                 json.dump(dict(ranks=stats, tiles=len(td.units)), fh)
-    finally:
-        dist.destroy_process_group()
 
 
 def parallel_main() -> int:
@@ -130,24 +142,13 @@ BANDS_VIDEO = (5, 128, 256)  # frames, height, width: latents 2 x 16 x 32, whole
 def _band_rank(rank: int, world: int, port: int, tmp: str) -> None:
     """One rank: world 1 runs the single-rank road (``vae.decode``, whole); world 2 the row bands with halo
     exchange (``BandDecode`` over gloo)."""
-    import datetime
     import json
 
     import torch.distributed as dist
-    from diffusers import AutoencoderKLWan
 
-    from magcache_dist.parallel.comm import DistComm
     from magcache_dist.parallel.vae_bands import BandDecode
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=900))
-    try:
-        torch.manual_seed(0)
-        vae = AutoencoderKLWan(**WAN_VAE).eval()  # the same random weights on every rank
-        f, h, w = BANDS_VIDEO
-        z = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
-        comm = DistComm(dist.group.WORLD, list(range(world)))
+    with _gloo_vae(rank, world, port, BANDS_VIDEO, 900) as (vae, z, comm):
         warm = z[:, :, :1, :4, :8]  # first, a small decode: code pages and kernels loaded before the measurement
         with torch.no_grad():
             vae.decode(warm) if world == 1 else BandDecode(vae, warm).run(comm)
@@ -165,8 +166,6 @@ def _band_rank(rank: int, world: int, port: int, tmp: str) -> None:
             torch.save(video, os.path.join(tmp, f"video{world}.pt"))
             with open(os.path.join(tmp, f"stats{world}.json"), "w") as fh:
                 json.dump(dict(ranks=stats), fh)
-    finally:
-        dist.destroy_process_group()
 
 
 BANDS_WORLDS = (1, 2, 4)
