@@ -45,6 +45,7 @@ class HealthMonitor:
         self._seen: dict[int, tuple[int, float]] = {}  # peer -> (last counter, local time it last moved)
         self._store_down_since: float | None = None
         self._thread: threading.Thread | None = None
+        self._helpers: list[threading.Thread] = []  # e.g. the SIGTERM handler's diagnosis (on_launcher_stop)
 
     # ---- store keys ------------------------------------------------------------------------------------
     def _key(self, *parts) -> str:
@@ -140,8 +141,25 @@ class HealthMonitor:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def spawn(self, target, *args, name: str) -> None:
+        """Run ``target(*args)`` on a daemon thread that ``stop`` waits for (it may use the store)."""
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._helpers.append(t)
+        t.start()
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """End the watchdog and wait (at most ``timeout`` s) for it and the helper threads; True when all ended.
+
+        A thread still inside a store call when the interpreter exits aborts the process ("terminate called
+        without an active exception", SIGABRT instead of the rank's exit code): returning from C++ while Python
+        finalizes unwinds that thread through a destructor. The store's own timeout (10 s) bounds each call."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in [self._thread, *self._helpers]:
+            if t is not None and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t is not None and t.is_alive() and t is not threading.current_thread()
+                       for t in [self._thread, *self._helpers])
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -177,6 +195,8 @@ def on_launcher_stop(monitor: HealthMonitor, rank: int, stop=None):
     rank with EXIT_PEER_FAILED); without it, say the launcher stopped the job and exit 143 (128 + SIGTERM)."""
     def diagnose(signum):
         cause = monitor.explain(wait=max(4 * monitor.interval, 1.0))
+        if monitor._reported.is_set():  # the main thread reported meanwhile (its collective failed): its exit code
+            return
         if cause:
             monitor.mark_reported()
             print(f"[rank {rank}] error: job aborted: {cause} (stopped by the launcher)", file=sys.stderr, flush=True)
@@ -197,7 +217,7 @@ def on_launcher_stop(monitor: HealthMonitor, rank: int, stop=None):
             diagnose(signum)
             return
         stop.request(signum)  # the main thread sees it at the end of its step
-        threading.Thread(target=diagnose, args=(signum,), name="magcache-stop", daemon=True).start()
+        monitor.spawn(diagnose, signum, name="magcache-stop")
     return handler
 
 

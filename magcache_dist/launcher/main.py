@@ -155,30 +155,37 @@ def run(job, rank: int, world: int, local_rank: int) -> int:
                   f"computed, skipped {report['skipped_steps']}, sampling {report['phases_s']['sample']:.2f}s")
         if monitor is not None:
             monitor.mark_done()
-        return 0
+        code = 0
     except Preempted as e:
         print(f"[rank {rank}] {e} (exit {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
         if monitor is not None:  # not a failure: the peers stop at the same step
             monitor.mark_done()
-        return EXIT_PREEMPTED
+        code = EXIT_PREEMPTED
     except InputError as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         if monitor is not None:  # e.g. this rank's checkpoint file is unreadable: the others must not wait
             monitor.post_failure(f"ValueError: {e}")
             monitor.mark_reported()
-        return EXIT_BAD_INPUT
+        code = EXIT_BAD_INPUT
     except SkipDisagreement as e:
         print(f"[rank {rank}] error: {e}", file=sys.stderr)
         if monitor is not None:
             monitor.mark_reported()
-        return EXIT_DISAGREEMENT
+        code = EXIT_DISAGREEMENT
     except Exception as e:  # noqa: BLE001 - any other failure: name the rank and the cause, end the job
-        return report_failure(e, rank, monitor, log_dir=os.path.join(cfg.output_dir, "logs"))
+        code = report_failure(e, rank, monitor, log_dir=os.path.join(cfg.output_dir, "logs"))
     finally:
-        if monitor is not None:
-            monitor.stop()
+        # the watchdog and a SIGTERM diagnosis use the store from their own threads: one still inside a store
+        # call when the interpreter exits aborts the process (SIGABRT instead of this rank's exit code)
+        stuck = monitor is not None and not monitor.stop()
         if dist.is_initialized():
             dist.destroy_process_group()
+    if stuck:
+        print(f"[rank {rank}] the health monitor's store call did not return; ending the process here",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -80,6 +80,40 @@ def test_watchdog_ends_the_rank_when_a_peer_failed(capsys):
 
 
 # ---- real processes ------------------------------------------------------------------------------------------
+# A rank whose collective failed while torchrun's SIGTERM was being diagnosed: the diagnosis thread polls the
+# store; the main thread reports, stops the monitor and exits. stop() must wait for that thread, else the process
+# can abort while Python finalizes ("terminate called without an active exception", SIGABRT instead of exit 5).
+SIGTERM_DURING_FAILURE = """
+import datetime, signal, sys, time
+import torch.distributed as dist
+from magcache_dist.launcher.health import EXIT_PEER_FAILED, HealthMonitor, on_launcher_stop
+from magcache_dist.preempt import StopRequest
+master = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+client = dist.TCPStore("127.0.0.1", master.port, is_master=False, timeout=datetime.timedelta(seconds=10),
+                       wait_for_workers=False)
+mon = HealthMonitor(client, 0, 2, interval=0.5).start()
+stop = StopRequest()
+on_launcher_stop(mon, 0, stop)(signal.SIGTERM, None)  # the handler: sets the stop flag, starts the diagnosis
+time.sleep(0.3)
+mon.mark_reported()  # the main thread's own report (report_failure) comes first
+t = time.monotonic()
+ended = mon.stop()
+print(f"stop={ended} waited={time.monotonic() - t:.2f} stop_flag={stop.is_set()} "
+      f"alive={[th.name for th in [mon._thread, *mon._helpers] if th.is_alive()]}")
+sys.exit(EXIT_PEER_FAILED)
+"""
+
+
+def test_monitor_stop_waits_for_the_sigterm_diagnosis_before_exit():
+    p = subprocess.run([sys.executable, "-c", SIGTERM_DURING_FAILURE], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == EXIT_PEER_FAILED, p.stderr[-2000:]
+    assert "terminate called" not in p.stderr and "error:" not in p.stderr, p.stderr  # the main thread's report only
+    waited = float(re.search(r"waited=([0-9.]+)", p.stdout).group(1))
+    assert "stop=True" in p.stdout and "stop_flag=True" in p.stdout and "alive=[]" in p.stdout, p.stdout
+    assert 1.0 < waited < 10.0  # the diagnosis polls the board for 2 s from the signal on; stop() waited for it
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
