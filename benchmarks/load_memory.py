@@ -5,11 +5,14 @@ layout in bf16; nothing is downloaded). Each load then runs in a fresh process, 
 meta-device model, ``to_empty`` in ``model.dtype``, weights filled by ``models.loading.load_streaming`` (one tensor
 at a time); for comparison the whole-file loader the project used before (``read_tensors`` +
 ``load_state_dict_strict``); and under torchrun 2 with ``parallel.fsdp`` (the DiT sharded on the meta device, each
-rank streaming in only its shards: "weights" is then the rank's share, and the worse rank is shown). Reported: peak
+rank streaming in only its shards: "weights" is then the rank's share, and the worse rank is shown); and under
+torchrun 2 without FSDP, the ranks sharing the read (each reads a row block of every tensor, the two all-gather:
+magcache_dist/parallel/load_share.py; each holds the whole model). Reported: peak
 RSS of the process (VmHWM) and that peak minus the RSS after
 ``import torch`` (the interpreter and torch's libraries), each over the weights' size in the model's dtype, and the
 bytes the load read (/proc/self/io rchar: under fsdp a rank reads only its rows of each sharded tensor) over the
-file's size. ``--only fsdp`` reruns the matching rows and keeps the others of the results file.
+file's size. ``--only fsdp`` (or ``--only shared``) reruns the matching rows and keeps the others of the results
+file.
 
     .venv/bin/python -m benchmarks.load_memory [--model wan2.1-t2v-1.3b] [--keep DIR]
 
@@ -61,17 +64,25 @@ if loader == "fsdp":  # as run.parallelize does it: shard on the meta device, th
 
     dist.init_process_group("gloo")
     apply_fsdp(model, build_dist_context(ParallelDims(dist.get_world_size(), 1)), "cpu")
+share = None
+if loader == "shared":  # as run.load_share does it for a group of ranks that all hold the whole model
+    import torch.distributed as dist
+    from magcache_dist.parallel.comm import DistComm
+    from magcache_dist.parallel.load_share import RowShare
+
+    dist.init_process_group("gloo")
+    share = RowShare(DistComm(dist.group.WORLD, list(range(dist.get_world_size()))))
 model = model.to_empty(device="cpu")
 read0 = rchar()
 if loader == "whole":
     load_state_dict_strict(model, read_tensors(path), "bench")
 else:
-    load_streaming(model, path, "bench")
+    load_streaming(model, path, "bench", share=share)
 wall = time.perf_counter() - t
 weights = local_param_bytes(model)  # the rank's share under fsdp, else every parameter
 print("RESULT " + json.dumps(dict(base=base, peak=hwm(), weights=weights, wall_s=wall, read_bytes=rchar() - read0)),
       flush=True)
-if loader == "fsdp":
+if loader in ("fsdp", "shared"):
     dist.destroy_process_group()
 """
 
@@ -91,14 +102,16 @@ def run(args) -> dict:
              ("official", "float32", "float32", "whole file (before)"),
              ("official", "float32", "bfloat16", "whole file (before)"),
              ("official", "float32", "float32", "fsdp, torchrun 2"),
-             ("official", "bfloat16", "bfloat16", "fsdp, torchrun 2")]
+             ("official", "bfloat16", "bfloat16", "fsdp, torchrun 2"),
+             ("official", "float32", "float32", "shared, torchrun 2"),
+             ("official", "bfloat16", "bfloat16", "shared, torchrun 2")]
     rows = []
     cases = [c for c in cases if args.only is None or args.only in c[3]]
     try:
         for layout, file_dtype, model_dtype, loader in cases:
             kind = loader.split()[0].rstrip(",")
             child = [CHILD, files[(layout, file_dtype)], args.model, model_dtype, kind]
-            cmd = [sys.executable, "-c", *child] if kind != "fsdp" else \
+            cmd = [sys.executable, "-c", *child] if kind not in ("fsdp", "shared") else \
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                  "--no-python", sys.executable, "-c", *child]
             p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -123,6 +123,9 @@ class ParallelSection:
     backend: str = "native"  # native | deepspeed | xfuser
     timeout_s: float = 600.0  # collective timeout
     fsdp: bool = False  # shard the DiT's block weights across each sequence-parallel group
+    # the group's ranks read a row block of the DiT's checkpoint each and all-gather the rest (auto: on GPUs, where
+    # the gather runs over NVLink / InfiniBand; not on CPU, where gloo's gather is slower than each rank's own copy)
+    shared_load: str = "auto"
 
 
 @dataclass(frozen=True)

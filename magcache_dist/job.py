@@ -24,6 +24,7 @@ from magcache_dist.io.probe import ensure_writable_dir
 from magcache_dist.parallel.apply import check_backend
 from magcache_dist.parallel.dims import ParallelDims
 from magcache_dist.parallel.fsdp import check_fsdp
+from magcache_dist.parallel.load_share import check_shared_load
 from magcache_dist.prompts import VideoSpec, parse_shard, read_prompts, video_config
 from magcache_dist.sampling.grids import check_grid
 from magcache_dist.sampling.loop import SamplerConfig
@@ -81,6 +82,7 @@ def validate_job(given: JobConfig, world_size: int) -> Job:
     with reading():  # the family reads the checkpoint's files through models/ and the libraries
         family.validate()
     check_split(cfg, family)
+    check_shared_load(cfg.parallel.shared_load)
     check_applicable(given)
     if cfg.video.fps < 1:
         raise InputError(f"video.fps={cfg.video.fps} must be >= 1")

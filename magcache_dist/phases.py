@@ -87,10 +87,16 @@ class PhaseMeter:
     def add(self, name: str, rec: dict) -> None:
         old = self.records.get(name)
         if old is not None:
-            rec = dict(s=old["s"] + rec["s"],
+            rec = dict(old, s=old["s"] + rec["s"],
                        device_peak_bytes=_max(old["device_peak_bytes"], rec["device_peak_bytes"]),
                        host_peak_bytes=_max(old["host_peak_bytes"], rec["host_peak_bytes"]))
         self.records[name] = rec
+
+    def note(self, name: str, **counts) -> None:
+        """Add counts to a phase's record (e.g. the bytes the load read): summed when noted again."""
+        rec = self.records.setdefault(name, dict(s=0.0, device_peak_bytes=None, host_peak_bytes=None))
+        for k, v in counts.items():
+            rec[k] = rec.get(k, 0) + v
 
     def seconds(self, name: str) -> float:
         return self.records.get(name, {}).get("s", 0.0)

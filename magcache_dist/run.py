@@ -130,8 +130,8 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
             phases = {"encode": time.perf_counter() - t}
             with meter.phase("load"), reading():
                 if not job.cfg.parallel.fsdp:  # fsdp: each rank reads its shards after the sharding (parallelize)
-                    job.family.load_weights(model, device)
-                parallelize(job, model, par, device)
+                    note_load(meter, job.family.load_weights(model, device, share=load_share(job, par, device)))
+                parallelize(job, model, par, device, meter)
             phases["build"] = time.perf_counter() - t0 - phases["encode"]
             part.update(encode_s=phases["encode"], build_s=phases["build"])
             start = t0  # the first video's time counts the load and the encoding; the later ones reuse them
@@ -220,14 +220,30 @@ def _back_on(model: torch.nn.Module, device) -> None:
         model.to(device)
 
 
-def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device) -> None:
+def load_share(job: Job, par: ParallelContext, device):
+    """The group's ranks all load the same DiT: each reads a row block of every tensor and they all-gather
+    (magcache_dist/parallel/load_share.py, ``parallel.shared_load``); None when they do not share."""
+    from magcache_dist.parallel.load_share import row_share
+
+    return row_share(par.group, device, job.cfg.parallel.shared_load)
+
+
+def note_load(meter: PhaseMeter | None, read: int | None) -> None:
+    """The load phase's ``read_bytes``: what this rank read of the DiT's checkpoint (report.json, per rank)."""
+    if meter is not None and read is not None:
+        meter.note("load", read_bytes=read)
+
+
+def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device, meter: PhaseMeter | None = None) \
+        -> None:
     """In place: sequence-parallel attention ops, then (parallel.fsdp) sharded block weights, read into the shards
-    when the family left them to after the sharding, then (model.compile) the compiled blocks."""
+    when the family left them to after the sharding (the parameters FSDP leaves whole: a row block per rank and an
+    all-gather, as without FSDP), then (model.compile) the compiled blocks."""
     apply_sequence_parallel(model, par)
     if job.cfg.parallel.fsdp:
         apply_fsdp(model, par, device)
         with reading():
-            job.family.load_weights(model, device)
+            note_load(meter, job.family.load_weights(model, device, share=load_share(job, par, device)))
     if job.cfg.model.compile:  # last: the compiled blocks are the ones that run
         compile_blocks(model)
 

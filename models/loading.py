@@ -240,7 +240,7 @@ class TensorSource:
         return self.files[key].read(key, rows)
 
 
-def load_streaming(model: nn.Module, path: str, where: str, convert=None) -> None:
+def load_streaming(model: nn.Module, path: str, where: str, convert=None, share=None) -> int:
     """Fill a built model (its parameters already on their device, in their dtype: e.g. ``to_empty`` after a
     meta-device build) from a weight file in either Wan layout, tensor by tensor: each is read, converted to the
     parameter's dtype and copied to its device, then freed, so the load never holds more than the model plus one
@@ -249,30 +249,47 @@ def load_streaming(model: nn.Module, path: str, where: str, convert=None) -> Non
     sharded bytes); with a layout conversion the tensor is read whole and sliced. The key and shape checks of
     ``load_state_dict_strict`` run first, on the names and shapes only.
 
+    ``share``: ranks that all load this whole model share the reading (magcache_dist/parallel/load_share.py):
+    ``share.rows(n)`` is this rank's rows of a tensor of ``n`` rows (None: read it whole), ``share.fill(dst,
+    part)`` the collective that assembles the whole tensor from every rank's rows. Every rank must then load the
+    same model from the same file. Not with ``convert`` (the tensors are read whole there).
+
     ``convert({file key: tensor}) -> {model key: tensor}``: a per-tensor layout conversion (e.g. an official
-    fused qkv split into the library's q, k, v), applied to meta tensors for the checks and to each tensor read."""
+    fused qkv split into the library's q, k, v), applied to meta tensors for the checks and to each tensor read.
+    Returns the bytes this rank read from the file."""
     source = TensorSource(path)
     own = model.state_dict()  # views of the parameters and buffers
+    read = 0
     if convert is None:
         names = check_shapes(model, source.shapes(), where)  # ours -> the file's
         with torch.no_grad():
             for key, dst in own.items():
                 rows = local_rows(dst)
+                shared = rows is None and share is not None and not hasattr(dst, "to_local") and dst.dim() > 0
+                if shared:
+                    rows = share.rows(dst.shape[0])
                 src = source.read(names[key], rows)
-                if rows is not None:  # this rank's rows of a sharded parameter: read alone
+                read += src.numel() * src.element_size()
+                if rows is not None and shared:  # this rank's rows; the group assembles the tensor
+                    share.fill(dst, src)
+                elif rows is not None:  # this rank's rows of a sharded parameter: read alone
                     dst.to_local().copy_(src)
                 else:
                     _put(dst, src)
                 del src
-        return
+        return read
     shapes = {}
     for key, shape in source.shapes().items():
         shapes.update({k: tuple(v.shape) for k, v in convert({key: torch.empty(shape, device="meta")}).items()})
     check_shapes(model, shapes, where)
     with torch.no_grad():
         for key in source.files:
-            for name, part in convert({key: source.read(key)}).items():
+            src = source.read(key)
+            read += src.numel() * src.element_size()
+            for name, part in convert({key: src}).items():
                 _put(own[name], part)
+            del src
+    return read
 
 
 def local_rows(dst: torch.Tensor) -> tuple[int, int] | None:

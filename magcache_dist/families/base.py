@@ -168,9 +168,12 @@ class ModelFamily:
         rank then materialises and reads only its shards); the others load it anyway."""
         raise NotImplementedError
 
-    def load_weights(self, model: torch.nn.Module, device) -> None:
+    def load_weights(self, model: torch.nn.Module, device, share=None) -> int | None:
         """Materialise and fill a denoiser that ``build(weights=False)`` left on the meta device (nothing to do
-        for a family that always loads in ``build``)."""
+        for a family that always loads in ``build``); returns the bytes this rank read (None: nothing read here).
+        ``share``: the ranks of a group that all load the whole model read a row block each and all-gather
+        (magcache_dist/parallel/load_share.py)."""
+        return None
 
     def encode(self, encoder, prompt: str, negative: str, branches) -> dict:
         """{branch: conditioning passed as-is to model.embed}."""

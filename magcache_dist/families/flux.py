@@ -287,15 +287,15 @@ class FluxFamily(PipelineFamily):
             self.load_pixel_weights(model, text, FLUX_OFFICIAL, FLUX_OFFICIAL_MARKER, hidden)
         return self.finish(model, text, device)
 
-    def load_weights(self, model, device) -> None:
+    def load_weights(self, model, device, share=None) -> int | None:
         """The full pipeline's transformer, materialised in model.dtype on the job device (an FSDP-sharded one
         as this rank's shards) and streamed in tensor by tensor (official files converted on the way). The pixel
         sizes loaded everything in ``build``."""
         if self.pixel:
-            return
+            return None
         folder, where = self.folder, self._weights_where()
         convert = (lambda sd: self._convert(sd, where)) if folder.official else None
-        folders.stream_weights(model, device, folder.transformer, where, convert)
+        return folders.stream_weights(model, device, folder.transformer, where, convert, share=share)
 
     def encode(self, encoder, prompt, negative, branches):
         if self.pixel:

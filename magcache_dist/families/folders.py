@@ -56,15 +56,17 @@ def ckpt_root(cfg, name: str, family: str, noun: str, contents: str, model_ckpt:
     return root
 
 
-def stream_weights(model, device, path: str, where: str, convert=None) -> None:
+def stream_weights(model, device, path: str, where: str, convert=None, share=None) -> int:
     """Materialise a meta-built ``model`` in its dtype on ``device`` (an FSDP-sharded one as this rank's shards
     only) and stream the weights at ``path`` in, tensor by tensor (``convert``: a checkpoint-layout conversion
-    applied on the way); ``where`` names the checkpoint in errors."""
+    applied on the way; ``share``: the group's ranks read a row block each and all-gather, see
+    magcache_dist/parallel/load_share.py); ``where`` names the checkpoint in errors. Returns the bytes read."""
     from models.loading import load_streaming
 
     model.to_empty(device=device)
-    load_streaming(model, path, where, convert=convert)
+    read = load_streaming(model, path, where, convert=convert, share=share)
     model.requires_grad_(False)
+    return read
 
 
 def scheduler_shift(root: str, key: str, default: float | None) -> float | None:

@@ -296,12 +296,13 @@ class HunyuanVideoFamily(PipelineFamily):
             self.load_weights(model, device)
         return model.eval().requires_grad_(False), HunyuanEncoders(self.folder, device)
 
-    def load_weights(self, model, device) -> None:
+    def load_weights(self, model, device, share=None) -> int | None:
         """Full pipeline: the transformer materialised on ``device`` (an FSDP-sharded one as this rank's shards)
         and streamed in tensor by tensor. The pixel size loaded everything in ``build``."""
         if self.pixel:
-            return
-        folders.stream_weights(model, device, self.transformer_weights, f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)")
+            return None
+        return folders.stream_weights(model, device, self.transformer_weights,
+                                      f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)", share=share)
 
     def encode(self, encoder, prompt, negative, branches):
         if not self.pixel:

@@ -348,11 +348,12 @@ class OpenSoraFamily(PipelineFamily):
             self.load_weights(model, device)
         return model.eval().requires_grad_(False), OpenSoraEncoders(self.files, device)
 
-    def load_weights(self, model, device) -> None:
+    def load_weights(self, model, device, share=None) -> int | None:
         """Materialise the meta-built STDiT3 in the run dtype on ``device`` and stream transformer/ in."""
         if self.pixel:
-            return
-        folders.stream_weights(model, device, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)")
+            return None
+        return folders.stream_weights(model, device, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (transformer)",
+                                      share=share)
 
     def encode(self, encoder, prompt, negative, branches):
         if not self.pixel:

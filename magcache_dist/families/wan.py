@@ -327,10 +327,11 @@ class WanFamily(ModelFamily):
             self.load_weights(model, device)
         return model.eval().requires_grad_(False), WanEncoders(self.files, device)
 
-    def load_weights(self, model, device) -> None:
+    def load_weights(self, model, device, share=None) -> int:
         """Materialise straight in the run dtype on the job device (a 14B DiT never exists in fp32; an FSDP-sharded
         one only as this rank's shards) and stream the checkpoint in, one tensor at a time."""
-        folders.stream_weights(model, device, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (DiT)")
+        return folders.stream_weights(model, device, self.files.dit, f"ckpt_dir={self.cfg.ckpt_dir!r} (DiT)",
+                                      share=share)
 
     def encode(self, encoder: WanEncoders, prompt: str, negative: str, branches) -> dict:
         return self.encode_many(encoder, [(prompt, negative)], branches)[0]

@@ -365,12 +365,14 @@ class Wan22Family(WanFamily):
             self.load_weights(model, device)
         return model.eval().requires_grad_(False), WanEncoders(self.files, device)
 
-    def load_weights(self, model, device) -> None:
+    def load_weights(self, model, device, share=None) -> int:
         """Each expert streamed from its own folder (the low-noise one into host memory when it waits there)."""
+        read = 0
         for name in EXPERTS:
             target = "cpu" if (name == "low" and getattr(model, "_offload_to", None)) else device
-            folders.stream_weights(getattr(model, name), target, self.expert_files.experts[name],
-                                   f"ckpt_dir={self.cfg.ckpt_dir!r} ({name}-noise expert)")
+            read += folders.stream_weights(getattr(model, name), target, self.expert_files.experts[name],
+                                           f"ckpt_dir={self.cfg.ckpt_dir!r} ({name}-noise expert)", share=share)
+        return read
 
     def encode_many(self, encoder: WanEncoders, texts: list[tuple[str, str]], branches) -> list[dict]:
         per = 2 if "uncond" in branches else 1

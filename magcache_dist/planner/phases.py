@@ -5,11 +5,14 @@ phase.
 
 - load: ``read_seconds``: the bytes the node's storage serves over the profile's ``storage_bandwidth`` plus the
   bytes this rank copies out of the page cache into its tensors over ``host_read_bandwidth`` (plus, on a GPU, the
-  bytes it keeps over ``host_link_bandwidth``). The loader (models/loading.py) reads every tensor whole on every
-  rank (under ``parallel.fsdp`` only this rank's rows of a sharded parameter), and every rank of a node reads the
-  same file: the page cache serves it to all of them, so the storage reads it once per node (measured here: 2
-  readers of one file take as long as one, 2 readers of 2 files twice as long), while each rank pays its own copy,
-  the node's ranks together at most at ``node_host_read_bandwidth`` when the profile gives one.
+  bytes it puts on the device over ``host_link_bandwidth``). The ranks of a data-parallel group share the reading
+  (models/loading.py, magcache_dist/parallel/load_share.py): under ``parallel.fsdp`` each reads its rows of a
+  sharded parameter; otherwise each reads a 1/N row block of every tensor, puts only that on its device, and the
+  group all-gathers the rest over the link (``link_bandwidth`` x ``link_efficiency``: the whole model less the
+  rank's block). The ranks of a node read one file: the page cache serves it to all of them, so the storage reads
+  at most its size once per node (measured here: 2 readers of one file take as long as one, 2 readers of 2 files
+  twice as long), while each rank pays its own copy, the node's ranks together at most at
+  ``node_host_read_bandwidth`` when the profile gives one.
 - encode: every encoder read once per job (``read_seconds`` as the load) and run on the group's prompts (2 x the
   parameters its matrix products use x text tokens per prompt and branch, at the GEMM rate of
   ``text_encoder.dtype``; a token embedding is a lookup, not counted). The DiT is not on the device yet
@@ -143,11 +146,20 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
     te_rate = profile.gemm_rate(te_dtype if te_dtype in profile.peak_flops else "float32", fig.text_tokens)
     enc_compute = sum(2 * p * fig.text_tokens * branches for p in family.encoder_matmul_params().values())  # a prompt
     enc_bytes = sum(encoders.values()) * te_b
-    # the DiT's checkpoint (every expert): every rank reads all of it, or under parallel.fsdp only its rows of each
-    # sharded parameter (models/loading.py local_rows: about the weights it keeps); a node's storage serves the file
-    # once, or under FSDP the rows of its ranks
+    # the DiT's checkpoint (every expert): under parallel.fsdp a rank reads its rows of each sharded parameter
+    # (models/loading.py local_rows: about the weights it keeps); otherwise the group's ranks read a row block each
+    # and all-gather (magcache_dist/parallel/load_share.py); a node's storage serves the file once, or the rows of
+    # its ranks
     dit_bytes = fig.params * fig.experts * DTYPE_BYTES[cfg.model.dtype]
-    rank_read = min(dit_bytes, mem["weights"]) if cfg.parallel.fsdp else dit_bytes
+    from magcache_dist.parallel.load_share import shares_load
+
+    if cfg.parallel.fsdp:  # the sequence-parallel group's ranks split the sharded blocks' rows
+        rank_read, gather_s, shared_by = min(dit_bytes, mem["weights"]), 0.0, dims.sp_degree
+    elif not shares_load(cfg.parallel.shared_load, profile.device_type, group):
+        rank_read, gather_s, shared_by = dit_bytes, 0.0, 1
+    else:
+        rank_read, shared_by = dit_bytes / group, group
+        gather_s = (dit_bytes - rank_read) / (profile.link_bandwidth * profile.link_efficiency) if group > 1 else 0.0
     on_device = cfg.text_encoder.device != "cpu"
 
     dec = decode_seconds(cfg, family, profile, group)
@@ -165,8 +177,9 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
     node_read = min(dit_bytes, rank_read * node_ranks)
     enc_read_s = read_seconds(enc_bytes, enc_bytes, profile, enc_bytes if on_device else 0, node_ranks)
     phases = dict(
-        load=dict(s=read_seconds(rank_read, node_read, profile, mem["weights"], node_ranks), peak_bytes=mem["weights"],
-                  read_bytes=rank_read, node_read_bytes=node_read, node_ranks=node_ranks),
+        load=dict(s=read_seconds(rank_read, node_read, profile, min(mem["weights"], rank_read), node_ranks)
+                  + gather_s, peak_bytes=mem["weights"], read_bytes=rank_read, node_read_bytes=node_read,
+                  node_ranks=node_ranks, read_shared_by=shared_by, gather_s=gather_s),
         encode=dict(s=enc_read_s + enc_compute * per_group / te_rate, read_s=enc_read_s,
                     peak_bytes=max(encoders.values(), default=0) * te_b if on_device else 0,
                     read_bytes=enc_bytes, prompts=per_group),

@@ -12,7 +12,7 @@ def test_wan22_fsdp_and_cfg_parallel_equal_single_process(wan22_ckpts, tmp_path)
     img = wan22_ckpts["image"]
     jobs = {
         "t2v_u2_fsdp_official": ("t2v", "official", ["parallel.ulysses_degree=2", "parallel.fsdp=true"]),
-        "i2v_cfg2_diffusers": ("i2v", "diffusers", ["parallel.cfg_degree=2"]),
+        "i2v_cfg2_diffusers": ("i2v", "diffusers", ["parallel.cfg_degree=2", "parallel.shared_load=true"]),
     }
 
     def overrides(task, layout, out, *extra):

@@ -440,6 +440,8 @@ WAN = [  # the Wan2.1 checkpoint folders: every file a job needs is named when m
         base="wan-t2v-official"),
     Bad("wan-vae-split-unknown", ["vae.split=bands"], 2, r"vae\.split='bands' must be one of",
         r"\['auto', 'patches', 'tiles'\]", base="wan-t2v-official"),
+    Bad("wan-shared-load-unknown", ["parallel.shared_load=sometimes"], 2, r"parallel\.shared_load='sometimes' must be",
+        r"one of \['auto', 'true', 'false'\]", base="wan-t2v-official"),
     Bad("wan-vae-split-patches-tiled", ["vae.split=patches", "vae.tiling=true"], 2,
         r"vae\.split=patches bands the whole decode", r"vae\.split=tiles or auto\), or set vae\.tiling=false",
         base="wan-t2v-official"),

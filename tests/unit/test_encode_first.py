@@ -33,9 +33,9 @@ def test_encoders_run_before_the_dit_is_loaded_and_latents_are_unchanged(name, w
         events.append(("build", weights, any(p.is_meta for p in model.parameters())))
         return model, enc
 
-    def spy_load(self, model, device):
+    def spy_load(self, model, device, share=None):
         events.append(("load_weights",))
-        return load(self, model, device)
+        return load(self, model, device, share=share)
 
     def spy_encode(self, encoder, texts, branches):
         events.append(("encode",))
@@ -58,7 +58,7 @@ def test_encoders_run_before_the_dit_is_loaded_and_latents_are_unchanged(name, w
 
     with monkeypatch.context() as m:  # the former order: the DiT read in build, the encoders beside it
         m.setattr(cls, "build", old_build)
-        m.setattr(cls, "load_weights", lambda self, model, device: None)
+        m.setattr(cls, "load_weights", lambda self, model, device, share=None: None)
         run_job(before_cfg, solo_context())
     before = torch.load(tmp_path / "before" / "latents.pt", weights_only=True)
     assert torch.equal(now, before)

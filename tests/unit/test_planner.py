@@ -208,10 +208,16 @@ def test_whole_job_phases_fsdp_and_the_goal_figures(tmp_path):
     ph = job["phases"]
     assert ph["sample"]["s"] == p["per_rank"]["time_s"]["sampling"]
     w = p["per_rank"]["memory_bytes"]["weights"]
-    # h100: the node's drive reads the file once at 2 GB/s, each rank copies it out of the page cache at 3 GB/s and
-    # to its GPU at 25 GB/s
-    assert ph["load"]["read_bytes"] == w == p["params"] * 2  # bf16
-    assert ph["load"]["s"] == pytest.approx(w / 2.0e9 + w / 3.0e9 + w / 25e9)
+    # h100: the node's drive reads the file once at 2 GB/s; each of the 8 ranks copies its 1/8 row block out of the
+    # page cache at 3 GB/s and to its GPU at 25 GB/s, and the group all-gathers the other 7/8 at 450 GB/s x 0.7
+    assert w == p["params"] * 2  # bf16
+    assert ph["load"]["read_bytes"] == w / 8 and ph["load"]["read_shared_by"] == 8
+    assert ph["load"]["node_read_bytes"] == w and ph["load"]["gather_s"] == pytest.approx(w * 7 / 8 / (450e9 * 0.7))
+    assert ph["load"]["s"] == pytest.approx(w / 2.0e9 + w / 8 / 3.0e9 + w / 8 / 25e9 + w * 7 / 8 / (450e9 * 0.7))
+    alone = plan_job(load_config("configs/wan2.1-t2v-14b-720p.yaml", base + ["parallel.shared_load=false"]))
+    al = alone["job"]["phases"]["load"]  # every rank copies the whole file and puts all of it on its GPU
+    assert al["read_bytes"] == w and al["read_shared_by"] == 1 and al["gather_s"] == 0
+    assert al["s"] == pytest.approx(w / 2.0e9 + w / 3.0e9 + w / 25e9)
     assert ph["encode"]["peak_bytes"] <= ph["sample"]["peak_bytes"]  # umT5 alone: the DiT is read after encoding
     d = ph["decode"]  # the shipped whole decode: 8 row bands with halo exchange, within 1/6 of one rank's
     assert d["ranks"] == 8 and d["split"] == "patches" and d["bands"] == 8 and d["dit_on_device"]
