@@ -7,7 +7,9 @@ Steps, each recorded in one JSON (a failing step records its error and the next 
   sdpa      bf16 attention at 480P-class size through the flash and the memory-efficient kernels, and which kernel
             the default call launches (profiler kernel names)
   load      a random Wan2.1-T2V-1.3B checkpoint written here (tools/make_wan_checkpoint.py), streamed onto the GPU in
-            bf16 (models/loading.py): load time and peak device memory
+            bf16 (models/loading.py): load time and peak device memory; then the shared read (parallel.shared_load,
+            magcache_dist/parallel/load_share.py) on 2 simulated ranks of this GPU: each reads a row block, the
+            blocks are gathered on the GPU, both copies equal the whole read bit for bit (bytes read per rank)
   sample    81 frames x 480 x 832 (32,760 tokens), bf16, cache off vs MagCache (the published 1.3B setting, joint
             branches): wall ratio against call ratio; peak device memory against the dry-run planner (h100/h200)
   vae       the Wan VAE (diffusers' AutoencoderKLWan at its published size, random weights) decoding those latents,
@@ -146,8 +148,33 @@ class Check:
         self.sync()
         self.model = model.eval().requires_grad_(False)
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        return dict(model=self.model_name, write_checkpoint_s=write_s, load_s=time.perf_counter() - t,
-                    weights_bytes=weights, peak_device_bytes=self.peak())
+        out = dict(model=self.model_name, write_checkpoint_s=write_s, load_s=time.perf_counter() - t,
+                   weights_bytes=weights, peak_device_bytes=self.peak())
+        out["shared"] = self.shared_load(path, model)
+        return out
+
+    def shared_load(self, path: str, whole) -> dict:
+        from magcache_dist.parallel.load_share import RowShare
+        from magcache_dist.parallel.threads import run_on_comms
+        from models.loading import load_streaming
+        from models.wan import get_config
+        from models.wan_i2v import build_wan_model
+
+        def rank(comm):
+            with torch.device("meta"):
+                m = build_wan_model(get_config(self.model_name))
+            m = m.to(dtype=torch.bfloat16).to_empty(device=self.device)
+            t = time.perf_counter()
+            read = load_streaming(m, path, "gpu_check", share=RowShare(comm, self.device))
+            self.sync()
+            ref = whole.state_dict()
+            equal = all(torch.equal(v, ref[k]) for k, v in m.state_dict().items())
+            del m
+            return dict(read_bytes=read, load_s=time.perf_counter() - t, equal=equal)
+
+        ranks = run_on_comms(rank, 2, timeout=600)
+        return dict(ranks=ranks, file_bytes=os.path.getsize(path), equal=all(r["equal"] for r in ranks),
+                    read_fraction=[r["read_bytes"] / os.path.getsize(path) for r in ranks])
 
     def sample(self):
         from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache

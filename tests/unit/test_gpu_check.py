@@ -30,6 +30,8 @@ def test_every_step_runs_at_toy_size(tmp_path, capsys):
     assert all(b[n]["max_abs_diff"] <= 1e-4 and b[n]["rank0_band_s"] > 0 for n in ("2", "3"))
     assert b["3"]["band_latent_rows"] == [3, 2, 2] and b["3"]["band_shape"] == [1, 3, 5, 24, 72]
     assert res["profile"]["measured"]["peak_flops"]["float32"] > 0
+    sh = res["load"]["shared"]  # 2 ranks sharing the read: bit-equal, each about half of the file
+    assert sh["equal"] and all(0.4 < f < 0.6 for f in sh["read_fraction"]), sh
     assert json.loads((tmp_path / "gpu_profile.json").read_text())["name"] == "gpu-measured"
     s = res["sample"]
     assert s["off"]["computed"] == s["off"]["calls"] == 12 and s["magcache"]["computed"] < 12
