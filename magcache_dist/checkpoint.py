@@ -37,11 +37,12 @@ FORMAT = "magcache-dist-checkpoint/1"
 POINTER = "latest.json"
 # Keys that cannot change the sampled latents: a resume may change them (a prefix ending in "." covers a section).
 # consensus_guard only verifies decisions; fps, vae.* and calibration_out act after sampling; model.layout names
-# how the same weights are stored; a prompt list's video is fingerprinted by its own prompt and seed, not by the
-# list's file or how many data-parallel groups share the list.
+# how the same weights are stored, parallel.shared_load how they are read (bit-identical either way); a prompt list's
+# video is fingerprinted by its own prompt and seed, not by the list's file or how many data-parallel groups share
+# the list.
 FREE_KEYS = ("progress", "save_video", "resume", "dry_run", "output_dir", "checkpoint.", "planner.",
-             "parallel.timeout_s", "cache.consensus_guard", "cache.calibration.out", "video.fps", "vae.",
-             "model.layout", "prompts_file", "prompts_shard", "parallel.dp_degree")
+             "parallel.timeout_s", "parallel.shared_load", "cache.consensus_guard", "cache.calibration.out",
+             "video.fps", "vae.", "model.layout", "prompts_file", "prompts_shard", "parallel.dp_degree")
 
 
 def _free(key: str) -> bool:

@@ -74,3 +74,12 @@ def test_staged_weights_are_reused_and_resumed_other_weights_are_not(tiny_ckpt, 
     validate_job(job_config(copy, single, "checkpoint.every_n_steps=3", "resume=true"), 1)
     with pytest.raises(InputError, match=r"model\.ckpt='sha256:.*' in the checkpoint but 'sha256:.*' now"):
         validate_job(job_config(staged, single, "checkpoint.every_n_steps=3", "resume=true"), 1)
+
+
+def test_how_the_weights_are_read_is_not_part_of_the_hash(tmp_path):
+    """parallel.shared_load reads the same bytes into the same weights: a video made either way is the same one
+    (a prompt list's done videos stay done, a checkpoint resumes)."""
+    a = save_tiny_checkpoint(str(tmp_path / "w.safetensors"), seed=0)
+    hashes = {config_hash(fingerprint(job_config(a, str(tmp_path / "o"), f"parallel.shared_load={v}")))
+              for v in ("auto", "true", "false")}
+    assert len(hashes) == 1 and "parallel.shared_load" not in fingerprint(job_config(a, str(tmp_path / "o")))
