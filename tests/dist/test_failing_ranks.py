@@ -158,6 +158,21 @@ def test_rank_raising_inside_attention_ends_every_rank(tiny_ckpt, tmp_path):
     assert not (tmp_path / "job" / "video.mp4").exists() and not (tmp_path / "job" / "report.json").exists()
 
 
+def test_read_error_in_a_shared_load_ends_both_ranks(wan_ckpts, tmp_path):
+    """parallel.shared_load=true: rank 1's disk fails at its 5th tensor while rank 0 waits in the all-gather of a
+    block; rank 1 exits 4 naming the error and where, rank 0 follows within seconds with 5 naming rank 1."""
+    from tests.support.wan_tiny import wan_overrides
+
+    args = wan_overrides("t2v", wan_ckpts["t2v"]["official"], str(tmp_path / "job"), "parallel.ulysses_degree=2",
+                         "parallel.shared_load=true", "parallel.timeout_s=300")
+    (rc0, err0, t0), (rc1, err1, t1) = _bare_launch(args, fault="raise_read@5")
+    cause = "OSError: [Errno 5] injected read error"
+    assert rc1 == EXIT_RANK_FAILED and f"[rank 1] error: {cause}" in err1, err1[-2000:]
+    assert rc0 == EXIT_PEER_FAILED and f"[rank 0] error: job aborted: rank 1 failed: {cause}" in err0, err0[-2000:]
+    assert abs(t0 - t1) < 60 and "Traceback" not in err0 + err1
+    assert not (tmp_path / "job" / "report.json").exists()
+
+
 def test_killed_rank_is_named_by_the_survivor(tiny_ckpt, tmp_path):
     (rc0, err0, t0), (rc1, _, t1) = _bare_launch(_args(tiny_ckpt, tmp_path / "job", "save_video=true"),
                                                  fault="kill_attn@5")

@@ -7,8 +7,8 @@ kinds: ``kill_attn`` / ``raise_attn``: SIGKILL / RuntimeError at the n-th self-a
 was written); ``kill_after_steps``: the same after the n-th step of the job (a prompt list counts over its
 videos); ``kill_in_save``: SIGKILL halfway through writing the n-th checkpoint file; ``record_videos`` (no fault): every
 video the process writes is appended to the file $MADE_LOG (its folder and the pid); ``slow_steps``: n ms of sleep
-after every step, each step logged to $STEP_LOG.<rank> (a test sends its signal mid-run). FAULT_RANK=all: every
-rank.
+after every step, each step logged to $STEP_LOG.<rank> (a test sends its signal mid-run); ``raise_read``: OSError at the
+n-th tensor read from a safetensors weight file (a disk error mid-load). FAULT_RANK=all: every rank.
 The library has no test hooks: the fault is patched in here, from outside.
 """
 import os
@@ -80,6 +80,16 @@ def install(kind: str, n: int) -> None:
                 f.write(f"{os.path.basename(self.cfg.output_dir)} {step}\n")
             time.sleep(n / 1000)
         checkpoint.Checkpointer.on_step = slow_step
+    elif kind == "raise_read":
+        from models import loading
+
+        orig_read = loading._SafetensorsFile.read
+
+        def read(self, key, rows=None):
+            if count():
+                raise OSError(5, "injected read error", self.path)
+            return orig_read(self, key, rows)
+        loading._SafetensorsFile.read = read
     elif kind == "record_videos":  # not a fault: every video this process writes is appended to $MADE_LOG
         from magcache_dist import run
 
