@@ -175,6 +175,11 @@ class ModelFamily:
         (magcache_dist/parallel/load_share.py)."""
         return None
 
+    def weights_converted(self) -> bool:
+        """Whether the DiT's file goes through a layout conversion as it loads (every rank then reads it whole:
+        ``parallel.shared_load`` shares only a read without one); the planner's load phase asks."""
+        return False
+
     def encode(self, encoder, prompt: str, negative: str, branches) -> dict:
         """{branch: conditioning passed as-is to model.embed}."""
         raise NotImplementedError

@@ -297,6 +297,14 @@ class FluxFamily(PipelineFamily):
         convert = (lambda sd: self._convert(sd, where)) if folder.official else None
         return folders.stream_weights(model, device, folder.transformer, where, convert, share=share)
 
+    def weights_converted(self) -> bool:
+        if self.pixel or self.cfg.model.ckpt is None:  # transformer/ of a diffusers folder: read as stored
+            return False
+        try:
+            return self.folder.official
+        except (InputError, ValueError, OSError):  # planned where the files are not: a single file is BFL's
+            return True
+
     def encode(self, encoder, prompt, negative, branches):
         if self.pixel:
             feats, n = encode_prompt(encoder, prompt, 0)  # FLUX's T5 has no text mask: the real tokens only

@@ -155,7 +155,7 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
 
     if cfg.parallel.fsdp:  # the sequence-parallel group's ranks split the sharded blocks' rows
         rank_read, gather_s, shared_by = min(dit_bytes, mem["weights"]), 0.0, dims.sp_degree
-    elif not shares_load(cfg.parallel.shared_load, profile.device_type, group):
+    elif family.weights_converted() or not shares_load(cfg.parallel.shared_load, profile.device_type, group):
         rank_read, gather_s, shared_by = dit_bytes, 0.0, 1
     else:
         rank_read, shared_by = dit_bytes / group, group

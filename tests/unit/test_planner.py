@@ -282,3 +282,17 @@ def test_host_preflight_counts_the_pinned_expert_of_every_rank_on_the_node():
         host_preflight(plan, 8, 8 * per_rank - 1)
     sharded = plan_job(load_config("configs/wan2.2-t2v-a14b-720p.yaml", base[:2]))  # the shipped fsdp=true
     assert host_preflight(sharded, 8, 0) is None
+
+
+def test_a_converted_checkpoint_is_planned_as_read_whole(tmp_path):
+    """BFL's single-file FLUX.1 transformer is converted as it loads, so every rank reads all of it
+    (models/loading.py shares only a read without conversion); the diffusers folder's is shared on GPUs."""
+    from magcache_dist.config import load_config
+    from magcache_dist.planner import plan_job
+
+    base = [f"output_dir={tmp_path}", "planner.device=h100"]
+    shared = plan_job(load_config("configs/flux.1-dev-1024.yaml", base))["job"]["phases"]["load"]
+    whole = plan_job(load_config("configs/flux.1-dev-1024.yaml",
+                                 base + ["model.ckpt=/nowhere/flux1-dev.safetensors"]))["job"]["phases"]["load"]
+    assert shared["read_shared_by"] == 8 and shared["read_bytes"] * 8 == whole["read_bytes"]
+    assert whole["read_shared_by"] == 1 and whole["gather_s"] == 0 and whole["s"] > shared["s"]
