@@ -97,21 +97,29 @@ def _par_rank(rank: int, world: int, port: int, tmp: str) -> None:
                 json.dump(dict(ranks=stats, tiles=len(td.units)), fh)
 
 
-def parallel_main() -> int:
+def _spawn_worlds(rank_fn, worlds, tmp: str) -> dict:
+    """``rank_fn(rank, world, port, tmp)`` on a fresh gloo world of each size in turn; {world: the stats<world>.json
+    its ranks wrote into ``tmp``}."""
     import json
     import socket
 
     import torch.multiprocessing as mp
 
-    res = dict(video="x".join(map(str, PAR_VIDEO)), tile=PAR_TILE, stride=PAR_STRIDE, runs={})
+    runs = {}
+    for world in worlds:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.spawn(rank_fn, args=(world, port, tmp), nprocs=world, join=True)
+        with open(os.path.join(tmp, f"stats{world}.json")) as fh:
+            runs[world] = json.load(fh)
+    return runs
+
+
+def parallel_main() -> int:
+    res = dict(video="x".join(map(str, PAR_VIDEO)), tile=PAR_TILE, stride=PAR_STRIDE)
     with tempfile.TemporaryDirectory() as tmp:
-        for world in (1, 2):
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            mp.spawn(_par_rank, args=(world, port, tmp), nprocs=world, join=True)
-            with open(os.path.join(tmp, f"stats{world}.json")) as fh:
-                res["runs"][world] = json.load(fh)
+        res["runs"] = _spawn_worlds(_par_rank, (1, 2), tmp)
         res["bit_equal"] = bool(torch.equal(torch.load(os.path.join(tmp, "video1.pt")),
                                             torch.load(os.path.join(tmp, "video2.pt"))))
     one, two = res["runs"][1]["ranks"][0], res["runs"][2]["ranks"]
@@ -172,26 +180,15 @@ BANDS_WORLDS = (1, 2, 4)
 
 
 def bands_main() -> int:
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
     # glibc's sliding mmap threshold keeps freed activations in the heap once a large block was freed, so a process's
     # resident high-water mark depends on its allocation order (2 equal ranks measured 0.71 and 1.03 of one rank);
     # a fixed threshold (the ranks are spawned with it) returns every large tensor to the system when freed, so the
     # high-water mark follows the live tensors
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
-    res = dict(video="x".join(map(str, BANDS_VIDEO)), runs={}, max_abs_diff={},
+    res = dict(video="x".join(map(str, BANDS_VIDEO)), max_abs_diff={},
                malloc_mmap_threshold=os.environ["MALLOC_MMAP_THRESHOLD_"])
     with tempfile.TemporaryDirectory() as tmp:
-        for world in BANDS_WORLDS:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            mp.spawn(_band_rank, args=(world, port, tmp), nprocs=world, join=True)
-            with open(os.path.join(tmp, f"stats{world}.json")) as fh:
-                res["runs"][world] = json.load(fh)
+        res["runs"] = _spawn_worlds(_band_rank, BANDS_WORLDS, tmp)
         ref = torch.load(os.path.join(tmp, "video1.pt"))
         for world in BANDS_WORLDS[1:]:
             res["max_abs_diff"][world] = float((torch.load(os.path.join(tmp, f"video{world}.pt")) - ref).abs().max())

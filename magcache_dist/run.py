@@ -130,7 +130,7 @@ def run_job(job: Job | JobConfig, par: ParallelContext, device="cpu") -> dict | 
             phases = {"encode": time.perf_counter() - t}
             with meter.phase("load"), reading():
                 if not job.cfg.parallel.fsdp:  # fsdp: each rank reads its shards after the sharding (parallelize)
-                    note_load(meter, job.family.load_weights(model, device, share=load_share(job, par, device)))
+                    load_dit(job, model, par, device, meter)
                 parallelize(job, model, par, device, meter)
             phases["build"] = time.perf_counter() - t0 - phases["encode"]
             part.update(encode_s=phases["encode"], build_s=phases["build"])
@@ -220,16 +220,13 @@ def _back_on(model: torch.nn.Module, device) -> None:
         model.to(device)
 
 
-def load_share(job: Job, par: ParallelContext, device):
-    """The group's ranks all load the same DiT: each reads a row block of every tensor and they all-gather
-    (magcache_dist/parallel/load_share.py, ``parallel.shared_load``); None when they do not share."""
+def load_dit(job: Job, model: torch.nn.Module, par: ParallelContext, device, meter: PhaseMeter | None) -> None:
+    """The family's ``load_weights``: with ``parallel.shared_load`` the group's ranks each read a row block of every
+    tensor and all-gather (magcache_dist/parallel/load_share.py). What this rank read of the DiT's checkpoint
+    becomes the load phase's ``read_bytes`` (report.json, per rank)."""
     from magcache_dist.parallel.load_share import row_share
 
-    return row_share(par.group, device, job.cfg.parallel.shared_load)
-
-
-def note_load(meter: PhaseMeter | None, read: int | None) -> None:
-    """The load phase's ``read_bytes``: what this rank read of the DiT's checkpoint (report.json, per rank)."""
+    read = job.family.load_weights(model, device, share=row_share(par.group, device, job.cfg.parallel.shared_load))
     if meter is not None and read is not None:
         meter.note("load", read_bytes=read)
 
@@ -243,7 +240,7 @@ def parallelize(job: Job, model: torch.nn.Module, par: ParallelContext, device, 
     if job.cfg.parallel.fsdp:
         apply_fsdp(model, par, device)
         with reading():
-            note_load(meter, job.family.load_weights(model, device, share=load_share(job, par, device)))
+            load_dit(job, model, par, device, meter)
     if job.cfg.model.compile:  # last: the compiled blocks are the ones that run
         compile_blocks(model)
 

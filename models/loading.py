@@ -264,15 +264,15 @@ def load_streaming(model: nn.Module, path: str, where: str, convert=None, share=
         names = check_shapes(model, source.shapes(), where)  # ours -> the file's
         with torch.no_grad():
             for key, dst in own.items():
-                rows = local_rows(dst)
-                shared = rows is None and share is not None and not hasattr(dst, "to_local") and dst.dim() > 0
-                if shared:
-                    rows = share.rows(dst.shape[0])
-                src = source.read(names[key], rows)
+                rows = local_rows(dst)  # this rank's rows of a sharded parameter
+                block = None  # this rank's rows of a whole parameter, the others' come from the group
+                if rows is None and share is not None and not hasattr(dst, "to_local") and dst.dim() > 0:
+                    block = share.rows(dst.shape[0])
+                src = source.read(names[key], rows or block)
                 read += src.numel() * src.element_size()
-                if rows is not None and shared:  # this rank's rows; the group assembles the tensor
+                if block is not None:
                     share.fill(dst, src)
-                elif rows is not None:  # this rank's rows of a sharded parameter: read alone
+                elif rows is not None:
                     dst.to_local().copy_(src)
                 else:
                     _put(dst, src)

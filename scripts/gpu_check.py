@@ -160,6 +160,8 @@ class Check:
         from models.wan import get_config
         from models.wan_i2v import build_wan_model
 
+        ref, size = whole.state_dict(), os.path.getsize(path)
+
         def rank(comm):
             with torch.device("meta"):
                 m = build_wan_model(get_config(self.model_name))
@@ -167,14 +169,14 @@ class Check:
             t = time.perf_counter()
             read = load_streaming(m, path, "gpu_check", share=RowShare(comm, self.device))
             self.sync()
-            ref = whole.state_dict()
+            load_s = time.perf_counter() - t
             equal = all(torch.equal(v, ref[k]) for k, v in m.state_dict().items())
             del m
-            return dict(read_bytes=read, load_s=time.perf_counter() - t, equal=equal)
+            return dict(read_bytes=read, load_s=load_s, equal=equal)
 
         ranks = run_on_comms(rank, 2, timeout=600)
-        return dict(ranks=ranks, file_bytes=os.path.getsize(path), equal=all(r["equal"] for r in ranks),
-                    read_fraction=[r["read_bytes"] / os.path.getsize(path) for r in ranks])
+        return dict(ranks=ranks, file_bytes=size, equal=all(r["equal"] for r in ranks),
+                    read_fraction=[r["read_bytes"] / size for r in ranks])
 
     def sample(self):
         from magcache_dist.cache import MagCacheConfig, NoCache, build_magcache

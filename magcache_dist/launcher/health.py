@@ -155,11 +155,10 @@ class HealthMonitor:
         finalizes unwinds that thread through a destructor. The store's own timeout (10 s) bounds each call."""
         self._stop.set()
         deadline = time.monotonic() + timeout
-        for t in [self._thread, *self._helpers]:
-            if t is not None and t is not threading.current_thread():
-                t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t is not None and t.is_alive() and t is not threading.current_thread()
-                       for t in [self._thread, *self._helpers])
+        others = [t for t in (self._thread, *self._helpers) if t is not None and t is not threading.current_thread()]
+        for t in others:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in others)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -159,7 +159,7 @@ def job_phases(cfg, family, dims, profile, sampling_s: float, mem: dict, num_vid
         rank_read, gather_s, shared_by = dit_bytes, 0.0, 1
     else:
         rank_read, shared_by = dit_bytes / group, group
-        gather_s = (dit_bytes - rank_read) / (profile.link_bandwidth * profile.link_efficiency) if group > 1 else 0.0
+        gather_s = (dit_bytes - rank_read) / (profile.link_bandwidth * profile.link_efficiency)
     on_device = cfg.text_encoder.device != "cpu"
 
     dec = decode_seconds(cfg, family, profile, group)
